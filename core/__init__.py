@@ -1,0 +1,21 @@
+"""hemei core: node identity, the signed log, merge policies, the plugin host.
+
+Plugins import what they need from here::
+
+    from hemei.core import hookimpl, TableSpec, LWW, APPEND_ONLY, ApiRoute, HemeiError
+"""
+
+from .api import ApiCall, ApiRoute, create_app
+from .errors import (ChainError, ClockSkew, Conflict, Forbidden, HemeiError, InvalidInput, NodeStateError,
+                     NotFound, Unauthorized)
+from .merge import Change
+from .node import Batch, Node
+from .plugins import hookimpl
+from .reports import ReportSection
+from .schema import APPEND_ONLY, LWW, MigrationSet, TableSpec
+
+__all__ = [
+    "APPEND_ONLY", "LWW", "ApiCall", "ApiRoute", "Batch", "ChainError", "Change", "ClockSkew", "Conflict",
+    "Forbidden", "HemeiError", "InvalidInput", "MigrationSet", "Node", "NodeStateError", "NotFound",
+    "ReportSection", "TableSpec", "Unauthorized", "create_app", "hookimpl",
+]

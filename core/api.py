@@ -1,0 +1,207 @@
+"""The node's HTTP API: a Starlette app declared as data.
+
+Routes come from plugins (``register_routes``), the core's own included, as
+:class:`ApiRoute` values. Every route goes through one wrapper that enforces
+the body size limit, parses JSON, authenticates the bearer token and checks
+the role, runs the handler in a worker thread with that thread's own
+:class:`~hemei.core.node.Node` (SQLite connections are per thread), and
+turns :class:`~hemei.core.errors.HemeiError` into a JSON error. Errors
+always have the shape ``{"error": {"code": str, "message": str}}``.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import orjson
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .errors import HemeiError, InvalidInput
+from .node import Node
+from .plugins import CORE_BUILTINS, Available, merge_named
+from .users import authenticate, require_role
+
+DEFAULT_MAX_BODY = 1024 * 1024
+_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                 405: "method_not_allowed", 413: "body_too_large", 415: "unsupported_media_type"}
+
+
+@dataclass
+class ApiCall:
+    """What a route handler receives."""
+
+    node: Node
+    user: dict | None
+    body: Any
+    path_params: dict
+    query: dict
+    request: Request
+    raw_body: bytes = b""
+
+
+@dataclass
+class ApiRoute:
+    """One HTTP route contributed by a plugin.
+
+    ``role`` is the least role that may call it (``None``: public). ``body``
+    is a JSON schema fragment for the OpenAPI document; ``raw`` hands the
+    handler the undecoded body (``call.raw_body``) for non-JSON transports.
+    A handler returns a dict or list (sent as JSON) or a starlette Response.
+    """
+
+    path: str
+    method: str
+    handler: Callable[[ApiCall], Any]
+    role: str | None = "viewer"
+    summary: str = ""
+    body: dict | None = None
+    max_body: int = DEFAULT_MAX_BODY
+    raw: bool = False
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+class NodePool:
+    """One open :class:`Node` per worker thread, all on the same home."""
+
+    def __init__(self, home, available: Available | None, builtins: tuple[str, ...]):
+        self.home, self.available, self.builtins = home, available, builtins
+        self._local = threading.local()
+        self._all: list[Node] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> Node:
+        node = getattr(self._local, "node", None)
+        if node is None:
+            node = Node.open(self.home, available=self.available, builtins=self.builtins)
+            self._local.node = node
+            with self._lock:
+                self._all.append(node)
+        return node
+
+    def close(self) -> None:
+        with self._lock:
+            for node in self._all:
+                node.close()
+            self._all.clear()
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HemeiError(f"request body is larger than {limit} bytes", code="body_too_large", status=413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HemeiError(f"request body is larger than {limit} bytes", code="body_too_large", status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _endpoint(route: ApiRoute, pool: NodePool):
+    def run(request: Request, raw: bytes, body: Any):
+        node = pool.get()
+        user = None
+        if route.role is not None:
+            header = request.headers.get("authorization", "")
+            token = header[7:].strip() if header.lower().startswith("bearer ") else None
+            user = authenticate(node, token)
+            require_role(user, route.role)
+        call = ApiCall(node=node, user=user, body=body, path_params=dict(request.path_params),
+                       query=dict(request.query_params), request=request, raw_body=raw)
+        return route.handler(call)
+
+    async def endpoint(request: Request) -> Response:
+        raw = await _read_body(request, route.max_body)
+        body = None
+        if raw and not route.raw:
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise InvalidInput("request body is not valid JSON", code="invalid_json") from None
+        result = await run_in_threadpool(run, request, raw, body)
+        if isinstance(result, Response):
+            return result
+        return Response(orjson.dumps(result), media_type="application/json")
+
+    return endpoint
+
+
+async def _hemei_error(request: Request, exc: HemeiError) -> Response:
+    return JSONResponse(exc.to_json(), status_code=exc.status)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    return error_response(exc.status_code, _STATUS_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    return error_response(500, "internal", "internal error; the node operator can find details in the server log")
+
+
+def openapi_document(node: Node, routes: list[ApiRoute]) -> dict:
+    paths: dict = {}
+    for route in routes:
+        op: dict = {"summary": route.summary or route.path, "tags": list(route.tags),
+                    "responses": {"200": {"description": "JSON result"},
+                                  "4XX": {"description": "error", "content": {"application/json": {
+                                      "schema": {"$ref": "#/components/schemas/Error"}}}}}}
+        if route.role is not None:
+            op["security"] = [{"bearer": []}]
+            op["description"] = f"Needs the {route.role} role."
+        if route.body is not None:
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": route.body}}}
+        params = [seg[1:-1].split(":")[0] for seg in route.path.split("/") if seg.startswith("{")]
+        if params:
+            op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                                for p in params]
+        path = "/".join(seg.split(":")[0] + ("}" if ":" in seg else "") for seg in route.path.split("/"))
+        paths.setdefault(path, {})[route.method.lower()] = op
+    from hemei import __version__
+
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": f"hemei node {node.name}", "version": __version__},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                "type": "object", "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}},
+        },
+    }
+
+
+def create_app(home=None, *, available: Available | None = None,
+               builtins: tuple[str, ...] = CORE_BUILTINS) -> Starlette:
+    """The Starlette app of the node at ``home``: core routes plus enabled modules' routes."""
+    pool = NodePool(home, available, builtins)
+    node = pool.get()  # fail now, not on the first request, if the home is unusable
+    api_routes: list[ApiRoute] = merge_named(node.pm.hook.register_routes(), "route",
+                                             lambda r: (r.method.upper(), r.path))
+    document = openapi_document(node, api_routes)
+
+    def openapi(call: ApiCall) -> dict:
+        return document
+
+    api_routes.append(ApiRoute("/api/openapi.json", "GET", openapi, role=None, summary="This document"))
+    routes = [Route(r.path, _endpoint(r, pool), methods=[r.method.upper()]) for r in api_routes]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HemeiError: _hemei_error, HTTPException: _http_error, Exception: _internal_error},
+        on_shutdown=[pool.close],
+    )
+    app.state.pool = pool
+    app.state.api_routes = api_routes
+    return app

@@ -1,0 +1,49 @@
+"""The core's own built-in plugin: health, status, audit and conflict routes.
+
+Registered like any program module (by :func:`get_plugin_manager`), so the
+core's features reach the app through the same hooks as everyone's.
+"""
+
+from __future__ import annotations
+
+from .api import ApiCall, ApiRoute
+from .audit import audit_log, list_conflicts, verify_log
+from .errors import InvalidInput
+from .plugins import hookimpl
+
+
+def health(call: ApiCall) -> dict:
+    return {"ok": True, "node_id": call.node.id, "name": call.node.name}
+
+
+def status(call: ApiCall) -> dict:
+    return call.node.status()
+
+
+def conflicts(call: ApiCall) -> list:
+    return list_conflicts(call.node, call.query.get("table"))
+
+
+def log(call: ApiCall) -> list:
+    limit = call.query.get("limit", "50")
+    if not limit.isdigit():
+        raise InvalidInput("limit must be a whole number")
+    return audit_log(call.node, actor=call.query.get("actor"), kind=call.query.get("kind"),
+                     table=call.query.get("table"), since=call.query.get("since"), limit=int(limit))
+
+
+def verify(call: ApiCall) -> dict:
+    return verify_log(call.node)
+
+
+@hookimpl
+def register_routes() -> list[ApiRoute]:
+    return [
+        ApiRoute("/api/health", "GET", health, role=None, summary="Liveness and node id", tags=("core",)),
+        ApiRoute("/api/status", "GET", status, summary="Node id, scope, modules, log size and head", tags=("core",)),
+        ApiRoute("/api/conflicts", "GET", conflicts, summary="Changes kept but not applied, with reasons",
+                 tags=("core",)),
+        ApiRoute("/api/audit/log", "GET", log, role="admin", summary="Who did what, newest first", tags=("audit",)),
+        ApiRoute("/api/audit/verify", "GET", verify, role="admin", summary="Re-check every chain and checkpoint",
+                 tags=("audit",)),
+    ]

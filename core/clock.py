@@ -1,0 +1,77 @@
+"""Hybrid logical clock.
+
+An HLC value is one integer: ``wall_ms << 16 | counter``. Ticking takes
+``max(now << 16, last + 1)``, so the clock never goes back when the wall
+clock does (the counter keeps counting, and carries into the millisecond
+part if it ever overflows), and it stays close to real time when the wall
+clock is right. Observing a remote value moves the clock up to it, so every
+local write is later than everything the node has seen: that is what lets a
+local last-writer-wins write skip the comparison.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from typing import Callable
+
+from .errors import ClockSkew
+
+COUNTER_BITS = 16
+
+#: How far ahead of this node's wall clock a remote entry may be stamped.
+DEFAULT_MAX_AHEAD_MS = 15 * 60 * 1000
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def hlc_ms(hlc: int) -> int:
+    return hlc >> COUNTER_BITS
+
+
+def hlc_to_iso(hlc: int) -> str:
+    """Human form: UTC time with milliseconds, plus the counter when non-zero."""
+    ms = hlc_ms(hlc)
+    counter = hlc & ((1 << COUNTER_BITS) - 1)
+    stamp = _dt.datetime.fromtimestamp(ms / 1000, tz=_dt.timezone.utc)
+    text = stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return f"{text}+{counter}" if counter else text
+
+
+def iso_to_hlc(text: str) -> int:
+    """Parse a date or datetime (naive means UTC) into the lowest HLC at that instant."""
+    stamp = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=_dt.timezone.utc)
+    return int(stamp.timestamp() * 1000) << COUNTER_BITS
+
+
+class HybridClock:
+    """Monotonic HLC. ``last`` is persisted by the node with every write."""
+
+    def __init__(self, last: int = 0, now: Callable[[], int] = wall_ms,
+                 max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS):
+        self.last = last
+        self._now = now
+        self.max_ahead_ms = max_ahead_ms
+
+    def tick(self) -> int:
+        value = max(self._now() << COUNTER_BITS, self.last + 1)
+        self.last = value
+        return value
+
+    def check_plausible(self, remote: int) -> None:
+        """Refuse a remote stamp too far in the future: a street PC with a wrong clock."""
+        ahead = hlc_ms(remote) - self._now()
+        if ahead > self.max_ahead_ms:
+            raise ClockSkew(
+                f"entry stamped {hlc_to_iso(remote)} is {ahead // 1000} s ahead of this node's clock; "
+                "the sending PC's clock is wrong: set its date and time correctly, then sync again "
+                "(nothing is lost on the sender)"
+            )
+
+    def observe(self, remote: int) -> None:
+        if remote > self.last:
+            self.last = remote

@@ -1,0 +1,75 @@
+"""Errors that reach users.
+
+Every failure a user can cause is a :class:`HemeiError` with a stable
+``code`` (for scripts and the HTTP API) and a human ``message``. The CLI prints
+the message; the HTTP API answers ``{"error": {"code", "message"}}`` with
+``status``. Anything else that escapes is a bug.
+"""
+
+from __future__ import annotations
+
+
+class HemeiError(Exception):
+    """A failure caused by input, state or environment, never by a bug."""
+
+    code = "error"
+    status = 400
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+    def to_json(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class InvalidInput(HemeiError):
+    code = "invalid_input"
+    status = 400
+
+
+class NotFound(HemeiError):
+    code = "not_found"
+    status = 404
+
+
+class Conflict(HemeiError):
+    """The change contradicts what the node already holds."""
+
+    code = "conflict"
+    status = 409
+
+
+class Unauthorized(HemeiError):
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(HemeiError):
+    code = "forbidden"
+    status = 403
+
+
+class ChainError(HemeiError):
+    """A log segment or checkpoint does not verify."""
+
+    code = "chain_invalid"
+    status = 422
+
+
+class ClockSkew(HemeiError):
+    """An entry is stamped implausibly far in the future."""
+
+    code = "clock_skew"
+    status = 422
+
+
+class NodeStateError(HemeiError):
+    """The node home is missing, already exists, or is unusable."""
+
+    code = "node_state"
+    status = 409

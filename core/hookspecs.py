@@ -1,0 +1,132 @@
+"""The hooks a hemei plugin can implement. This module is their reference.
+
+Implement a hook with ``@hemei.core.hookimpl`` on a function of the same
+name in your plugin module; the parameters you name are the ones you get
+(pluggy passes only those, always by keyword, and a parameter name means the
+same object in every hook). A misspelt hook name fails when the node starts.
+
+Hooks come in three families:
+
+* ``register_*`` hooks return lists that the host merges; two plugins
+  contributing the same name (table, route, command) is an error at start.
+* ``validate_change`` is *firstresult*: the first reason given refuses.
+* ``change_applied`` and ``report_sections`` are called on every plugin.
+
+See ``docs/plugins.md`` for a walk-through and ``tests/plugins/hook_probe.py``
+for a plugin that implements every hook.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:  # annotations only: hookspecs import nothing at run time
+    import click
+
+    from .api import ApiRoute
+    from .merge import Change
+    from .node import Node
+    from .reports import ReportSection
+    from .schema import MigrationSet, TableSpec
+
+hookspec = pluggy.HookspecMarker("hemei")
+
+
+# ---------------------------------------------------------------------------
+# Data: tables, merge policies, migrations
+# ---------------------------------------------------------------------------
+
+@hookspec
+def register_tables() -> list[TableSpec]:
+    """Declare the synced tables this plugin owns, each with its merge policy.
+
+    Called when a node opens or the plugin is enabled. The core creates each
+    table (plus hidden version columns) and adds columns that a newer
+    declaration adds; rows reach it only through the node's write API and
+    sync. Table names are global: two plugins declaring one name fail.
+
+    Return a list of :class:`hemei.core.TableSpec`.
+    """
+
+
+@hookspec
+def register_migrations() -> list[MigrationSet]:
+    """Return :class:`hemei.core.MigrationSet` objects for schema steps beyond declared tables.
+
+    Indexes, local-only tables, data moves. Each set is named (use the
+    plugin's name); steps run once, in order, each in its own transaction,
+    after the plugin's tables exist, and are recorded in ``_hemei_migrations``.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Interfaces: HTTP routes and CLI commands
+# ---------------------------------------------------------------------------
+
+@hookspec
+def register_routes() -> list[ApiRoute]:
+    """Return :class:`hemei.core.ApiRoute` objects to serve under ``hemei serve``.
+
+    Called when the app is built; only enabled plugins contribute. Each
+    route names the role it needs (``viewer``, ``operator``, ``admin`` or
+    ``None`` for public), a summary for the OpenAPI document, and a handler
+    ``handler(call: ApiCall) -> dict | list`` run in a worker thread with a
+    node of its own. Raise :class:`hemei.core.HemeiError` for the caller's
+    mistakes: they become 4xx JSON errors.
+    """
+
+
+@hookspec
+def register_commands() -> list[click.Command]:
+    """Return click commands (usually one group) to add to the ``hemei`` command.
+
+    Only enabled plugins contribute. Get the open node inside a command with
+    ``hemei.core.cli_node()`` (``ctx.obj``); the help text of every command
+    should end with an example.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Changes: validation and reactions
+# ---------------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def validate_change(node: Node, change: Change) -> str | None:
+    """Refuse a row change by returning a reason, or return None to accept it.
+
+    Called inside the write transaction, before the change is applied, for
+    local writes and for entries from other nodes alike. A refused local
+    write raises an error and nothing of the transaction is written. A
+    refused remote change stays in the log (the chain must stay whole) and
+    is listed by ``hemei conflicts`` with the reason; it is never dropped.
+
+    For replicas to converge, the answer should depend on the change and on
+    rows that every replica holding the change also holds; say so in your
+    plugin's docs where it cannot.
+    """
+
+
+@hookspec
+def change_applied(node: Node, changes: list[Change]) -> None:
+    """React to row changes that took effect, once per committed batch.
+
+    Called after the transaction that applied them committed (a local
+    ``with node.writer()`` block, or one received batch), never during
+    ``hemei rebuild``. Writes made here are new local entries of their own.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Reports
+# ---------------------------------------------------------------------------
+
+@hookspec
+def report_sections(node: Node, scope: str) -> list[ReportSection]:
+    """Contribute sections to ``hemei report`` for the org subtree ``scope``.
+
+    Compute from synced rows only, so that a district gets the same figures
+    whichever order its streets synced in. Return a list of
+    :class:`hemei.core.ReportSection`.
+    """

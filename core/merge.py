@@ -1,0 +1,335 @@
+"""Projection of row changes into state tables under their merge policy.
+
+This is the one code path for every row change: a local write, an entry
+received from another node, and a replay by ``hemei rebuild``. Only the
+handling of a change that cannot be applied differs: locally it is an error
+(nothing is written); from elsewhere it is a refusal, recorded in
+``_hemei_conflicts`` while the entry stays in the log.
+
+Convergence rests on each policy being a function of the *set* of changes:
+
+* lww: every versioned column (all but the key, plus ``_deleted``) holds the
+  value of the change with the greatest version ``(hlc, origin id)``. Taking
+  a maximum is commutative and idempotent, so arrival order cannot matter.
+  The row's scope is written by inserts only; ``_colv`` keeps per-column
+  versions, NULL when all share the row version (the common case), so the
+  stored form is canonical too.
+* append_only: rows are immutable. Rows that share a key or a unique key
+  form a group in which, taken in version order, a row wins unless an
+  earlier winner holds its key; the losers are conflicts. Re-resolving the
+  whole group on every arrival keeps the result independent of order.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Callable, NamedTuple
+
+import orjson
+
+from .errors import Conflict, InvalidInput, NotFound
+from .schema import APPEND_ONLY, LWW, TableSpec
+
+Version = tuple  # (hlc, origin node id)
+
+
+class Change(NamedTuple):
+    """One row change, as plugins see it in ``validate_change`` and ``change_applied``.
+
+    ``values`` holds data columns only; ``pk`` and ``scope`` name the row.
+    ``local`` is True for a write made on this node in this transaction.
+    """
+
+    table: str
+    op: str  # "insert" | "update" | "delete"
+    pk: str
+    scope: str
+    values: dict
+    hlc: int
+    origin: str
+    actor: str
+    local: bool
+
+
+Validator = Callable[[Change], "str | None"]
+
+
+def _dumps(obj) -> str:
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS).decode()
+
+
+class Projector:
+    """Applies :class:`Change` lists to the state tables of ``specs`` on ``conn``.
+
+    The caller owns the transaction; this class only issues statements.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, specs: dict[str, TableSpec],
+                 validator: Validator | None = None):
+        self.conn = conn
+        self.specs = specs
+        self.validator = validator
+        self._insert_sql = {name: self._fast_insert_sql(spec) for name, spec in specs.items()}
+
+    # -- entry point -----------------------------------------------------
+    def apply(self, changes: list[Change], *, local: bool) -> list[Change]:
+        """Apply ``changes`` in order; return those that took effect."""
+        applied: list[Change] = []
+        i, n = 0, len(changes)
+        while i < n:
+            change = changes[i]
+            spec = self.specs.get(change.table)
+            if spec is None:
+                if local:
+                    raise InvalidInput(f"no table {change.table!r}: is its module enabled?")
+                # A disabled or unknown module: the entry stays in the log and
+                # is projected when the module is enabled (rebuild of its tables).
+                i += 1
+                continue
+            if change.op == "insert":
+                j = i + 1
+                while j < n and changes[j].op == "insert" and changes[j].table == change.table:
+                    j += 1
+                applied.extend(self._insert_run(spec, changes[i:j], local))
+                i = j
+                continue
+            if self._admissible(spec, change, local) and self._apply_one(spec, change, local):
+                applied.append(change)
+            i += 1
+        return applied
+
+    # -- checks shared by both paths -------------------------------------
+    def _admissible(self, spec: TableSpec, change: Change, local: bool) -> bool:
+        if not local:
+            unknown = change.values.keys() - spec.columns.keys()
+            if unknown or spec.pk in change.values or spec.scope in change.values:
+                self.record(spec.name, change, "unreadable",
+                            f"columns {sorted(unknown or [spec.pk, spec.scope])} are not data columns of {spec.name}")
+                return False
+        if self.validator is not None:
+            reason = self.validator(change)
+            if reason:
+                if local:
+                    raise InvalidInput(reason, code="refused")
+                self.record(spec.name, change, "refused", reason)
+                return False
+        return True
+
+    def record(self, table: str, change: Change, kind: str, reason: str, ukey: str | None = None) -> None:
+        """Keep a change that was not applied, so that nothing is lost."""
+        self.conn.execute(
+            "INSERT OR IGNORE INTO _hemei_conflicts (tbl, pk, hlc, origin, kind, reason, row, ukey)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (table, change.pk, change.hlc, change.origin, kind, reason,
+             _dumps({"op": change.op, "scope": change.scope, "v": change.values}), ukey),
+        )
+
+    # -- inserts: optimistic executemany, exact merge on collision --------
+    def _fast_insert_sql(self, spec: TableSpec) -> str:
+        cols = [spec.pk, spec.scope, *spec.data_columns, "_hlc", "_origin"]
+        if spec.policy == LWW:
+            cols += ["_deleted"]
+        marks = ", ".join("?" * len(cols))
+        names = ", ".join(f"[{c}]" for c in cols)
+        return f"INSERT INTO [{spec.name}] ({names}) VALUES ({marks})"
+
+    def _insert_run(self, spec: TableSpec, run: list[Change], local: bool) -> list[Change]:
+        if self.validator is not None or not local:
+            run = [c for c in run if self._admissible(spec, c, local)]
+        if spec.policy == APPEND_ONLY and self._has_duplicates(spec):
+            # A new row might share a key with a stored loser: only the exact
+            # group resolution sees those, so skip the optimistic insert.
+            return [c for c in run if self._apply_one(spec, c, local)]
+        data = spec.data_columns
+        if spec.policy == LWW:
+            rows = [(c.pk, c.scope, *[c.values.get(k) for k in data], c.hlc, c.origin, 0) for c in run]
+        else:
+            rows = [(c.pk, c.scope, *[c.values.get(k) for k in data], c.hlc, c.origin) for c in run]
+        self.conn.execute("SAVEPOINT hemei_fast_insert")
+        try:
+            self.conn.executemany(self._insert_sql[spec.name], rows)
+        except sqlite3.IntegrityError:
+            # A key already taken (or taken twice in this run): merge each row exactly.
+            self.conn.execute("ROLLBACK TO hemei_fast_insert")
+            self.conn.execute("RELEASE hemei_fast_insert")
+            return [c for c in run if self._apply_one(spec, c, local)]
+        self.conn.execute("RELEASE hemei_fast_insert")
+        return run
+
+    def _has_duplicates(self, spec: TableSpec) -> bool:
+        return self.conn.execute("SELECT 1 FROM _hemei_conflicts WHERE tbl = ? AND kind = 'duplicate' LIMIT 1",
+                                 (spec.name,)).fetchone() is not None
+
+    def _apply_one(self, spec: TableSpec, change: Change, local: bool) -> bool:
+        if spec.policy == APPEND_ONLY:
+            return self._append_only(spec, change, local)
+        return self._lww(spec, change, local)
+
+    # -- lww ---------------------------------------------------------------
+    def _lww(self, spec: TableSpec, change: Change, local: bool) -> bool:
+        cols = list(spec.columns)
+        versioned = [c for c in cols if c != spec.pk] + ["_deleted"]
+        row = self.conn.execute(
+            f"SELECT {', '.join(f'[{c}]' for c in cols)}, _deleted, _hlc, _origin, _colv"
+            f" FROM [{spec.name}] WHERE [{spec.pk}] = ?", (change.pk,)).fetchone()
+        if row is None:
+            current: dict = {spec.pk: change.pk, spec.scope: change.scope, "_deleted": None}
+            versions: dict = {}
+        else:
+            current = dict(zip(cols + ["_deleted"], row[:-3]))
+            hlc, origin, colv = row[-3:]
+            if colv is None:
+                versions = {c: (hlc, origin) for c in versioned}
+            else:
+                versions = {c: tuple(v) for c, v in orjson.loads(colv).items()}
+        live = current["_deleted"] == 0
+        if local:
+            if change.op == "insert" and row is not None:
+                raise Conflict(f"{spec.name} {change.pk} already exists")
+            if change.op != "insert" and not live:
+                raise NotFound(f"{spec.name} has no row {change.pk}")
+        elif change.op != "insert" and current["_deleted"] is not None and current[spec.scope] != change.scope:
+            self.record(spec.name, change, "refused",
+                        f"row {change.pk} belongs to scope {current[spec.scope]}, not {change.scope}")
+            return False
+
+        if change.op == "insert":
+            incoming = {c: change.values.get(c) for c in spec.data_columns}
+            incoming[spec.scope] = change.scope
+            incoming["_deleted"] = 0
+        elif change.op == "update":
+            incoming = change.values
+        else:
+            incoming = {"_deleted": 1}
+        version = (change.hlc, change.origin)
+        won = False
+        for col, value in incoming.items():
+            old = versions.get(col)
+            if old is None or version > old:
+                current[col] = value
+                versions[col] = version
+                won = True
+        if not won:
+            return False
+        row_version = max(versions.values())
+        canonical = len(versions) == len(versioned) and all(v == row_version for v in versions.values())
+        colv = None if canonical else _dumps({c: list(v) for c, v in versions.items()})
+        names = cols + ["_deleted", "_hlc", "_origin", "_colv"]
+        self.conn.execute(
+            f"INSERT OR REPLACE INTO [{spec.name}] ({', '.join(f'[{c}]' for c in names)})"
+            f" VALUES ({', '.join('?' * len(names))})",
+            [current.get(c) for c in cols] + [current["_deleted"], row_version[0], row_version[1], colv],
+        )
+        return True
+
+    # -- append-only -------------------------------------------------------
+    def _append_only(self, spec: TableSpec, change: Change, local: bool) -> bool:
+        if change.op != "insert":
+            if local:
+                raise Conflict(f"{spec.name} is append-only: write a new row that corrects {change.pk}")
+            self.record(spec.name, change, "refused", f"{spec.name} is append-only: {change.op} refused")
+            return False
+        row = {c: change.values.get(c) for c in spec.data_columns}
+        row[spec.pk] = change.pk
+        row[spec.scope] = change.scope
+        version = (change.hlc, change.origin)
+        if local:
+            self._refuse_local_duplicate(spec, row)
+        group = self._collision_group(spec, row, version)
+        return self._resolve_group(spec, group, version)
+
+    def _ukey(self, spec: TableSpec, row: dict) -> str | None:
+        if not spec.unique:
+            return None
+        key = [row.get(c) for c in spec.unique]
+        return None if any(v is None for v in key) else _dumps(key)
+
+    def _refuse_local_duplicate(self, spec: TableSpec, row: dict) -> None:
+        if self.conn.execute(f"SELECT 1 FROM [{spec.name}] WHERE [{spec.pk}] = ?", (row[spec.pk],)).fetchone():
+            raise Conflict(f"{spec.name} {row[spec.pk]} already exists")
+        if self._ukey(spec, row) is not None:
+            where = " AND ".join(f"[{c}] = ?" for c in spec.unique)
+            hit = self.conn.execute(f"SELECT [{spec.pk}] FROM [{spec.name}] WHERE {where}",
+                                    [row[c] for c in spec.unique]).fetchone()
+            if hit:
+                shown = ", ".join(f"{c}={row[c]}" for c in spec.unique)
+                raise Conflict(f"{spec.name} already has a row with {shown} ({hit[0]})")
+
+    def _collision_group(self, spec: TableSpec, row: dict, version: Version) -> dict[Version, dict]:
+        """All rows, live or in conflicts, linked to ``row`` by key or unique key."""
+        cols = list(spec.columns)
+        select_live = f"SELECT {', '.join(f'[{c}]' for c in cols)}, _hlc, _origin FROM [{spec.name}] WHERE "
+        group: dict[Version, dict] = {version: row}
+        pending = [row]
+        seen_pk: set = set()
+        seen_key: set = set()
+        while pending:
+            item = pending.pop()
+            found: list[tuple[dict, Version]] = []
+            pk = item[spec.pk]
+            if pk not in seen_pk:
+                seen_pk.add(pk)
+                for r in self.conn.execute(select_live + f"[{spec.pk}] = ?", (pk,)):
+                    found.append((dict(zip(cols, r[:-2])), (r[-2], r[-1])))
+                found += self._conflict_rows(spec, "pk = ?", pk)
+            ukey = self._ukey(spec, item)
+            if ukey is not None and ukey not in seen_key:
+                seen_key.add(ukey)
+                where = " AND ".join(f"[{c}] = ?" for c in spec.unique)
+                for r in self.conn.execute(select_live + where, [item[c] for c in spec.unique]):
+                    found.append((dict(zip(cols, r[:-2])), (r[-2], r[-1])))
+                found += self._conflict_rows(spec, "ukey = ?", ukey)
+            for other, other_version in found:
+                if other_version not in group:
+                    group[other_version] = other
+                    pending.append(other)
+        return group
+
+    def _conflict_rows(self, spec: TableSpec, where: str, arg) -> list[tuple[dict, Version]]:
+        out = []
+        for pk, hlc, origin, stored in self.conn.execute(
+                f"SELECT pk, hlc, origin, row FROM _hemei_conflicts WHERE tbl = ? AND kind = 'duplicate' AND {where}",
+                (spec.name, arg)):
+            data = orjson.loads(stored)
+            row = dict(data["v"])
+            row[spec.pk] = pk
+            row[spec.scope] = data["scope"]
+            out.append((row, (hlc, origin)))
+        return out
+
+    def _resolve_group(self, spec: TableSpec, group: dict[Version, dict], incoming: Version) -> bool:
+        taken_pk: dict = {}
+        taken_key: dict = {}
+        winners, losers = [], []
+        for version in sorted(group):
+            row = group[version]
+            ukey = self._ukey(spec, row)
+            if row[spec.pk] in taken_pk:
+                losers.append((version, row, ukey, f"key {row[spec.pk]} was written earlier"))
+            elif ukey is not None and ukey in taken_key:
+                shown = ", ".join(f"{c}={row[c]}" for c in spec.unique)
+                losers.append((version, row, ukey, f"{shown} is already held by {taken_key[ukey]}"))
+            else:
+                taken_pk[row[spec.pk]] = version
+                if ukey is not None:
+                    taken_key[ukey] = row[spec.pk]
+                winners.append((version, row))
+        # Rewrite the group: remove every member from both places, then put each back.
+        for version, row in group.items():
+            self.conn.execute(f"DELETE FROM [{spec.name}] WHERE [{spec.pk}] = ? AND _hlc = ? AND _origin = ?",
+                              (row[spec.pk], *version))
+            self.conn.execute("DELETE FROM _hemei_conflicts WHERE tbl = ? AND pk = ? AND hlc = ? AND origin = ?",
+                              (spec.name, row[spec.pk], *version))
+        cols = list(spec.columns)
+        sql = (f"INSERT INTO [{spec.name}] ({', '.join(f'[{c}]' for c in cols)}, _hlc, _origin)"
+               f" VALUES ({', '.join('?' * (len(cols) + 2))})")
+        for version, row in winners:
+            self.conn.execute(sql, [row.get(c) for c in cols] + list(version))
+        for version, row, ukey, reason in losers:
+            values = {c: row.get(c) for c in spec.data_columns}
+            self.conn.execute(
+                "INSERT INTO _hemei_conflicts (tbl, pk, hlc, origin, kind, reason, row, ukey)"
+                " VALUES (?, ?, ?, ?, 'duplicate', ?, ?, ?)",
+                (spec.name, row[spec.pk], version[0], version[1], reason,
+                 _dumps({"op": "insert", "scope": row[spec.scope], "v": values}), ukey))
+        return any(version == incoming for version, _ in winners)

@@ -1,0 +1,439 @@
+"""A node: one home directory, one SQLite file, one key, one log.
+
+:class:`Node` ties the parts together: it opens the database, builds the
+plugin manager for the modules this node enabled, creates their tables,
+and offers the write API (:meth:`Node.writer`), the receive path
+(:meth:`Node.apply_batch`) and the read path for sync
+(:meth:`Node.read_batch`). Local writes and received entries end in the
+same :meth:`Node._ingest`: append to the log, project through the same
+:class:`~hemei.core.merge.Projector`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import unicodedata
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, NamedTuple
+
+import orjson
+import pluggy
+import sqlite_utils
+
+from .chain import GENESIS, ROW_KINDS, verify_segment
+from .clock import HybridClock
+from .errors import ChainError, Conflict, InvalidInput, NodeStateError
+from .identity import (node_id_from_public_key, parse_node_id, public_key_raw, read_private_key,
+                       verify_checkpoint, write_private_key)
+from .ids import new_id
+from .merge import Change, Projector
+from .plugins import CORE_BUILTINS, Available, available_modules, get_plugin_manager, merge_named
+from .schema import MIGRATIONS_TABLE, TableSpec, core_migrations, create_or_extend_table
+from .scope import parse_scope
+from .writer import Writer, check_actor
+
+HOME_ENV = "HEMEI_HOME"
+DEFAULT_HOME = "hemei-node"
+DB_NAME = "node.db"
+KEY_NAME = "node.key"
+SYSTEM_ACTOR = "system"
+
+
+class Batch(NamedTuple):
+    """A signed run of one origin's entries: the unit of sync and of bundles.
+
+    ``entries`` are ``(seq, hlc, actor, kind, scope, payload)`` with
+    contiguous seqs; ``signature`` is the origin's checkpoint signature over
+    the last one (node id, size = last seq, head = its hash).
+    """
+
+    origin: str
+    public_key: bytes
+    entries: list
+    signature: bytes
+
+
+def resolve_home(home: str | os.PathLike | None) -> Path:
+    return Path(home or os.environ.get(HOME_ENV) or DEFAULT_HOME)
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not name.strip() or len(name) > 100:
+        raise InvalidInput("node name must be 1 to 100 characters")
+    if any(unicodedata.category(ch)[0] == "C" for ch in name):
+        raise InvalidInput("node name must not contain control characters")
+    return unicodedata.normalize("NFC", name.strip())
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+class Node:
+    """An open node. Use :meth:`init` once, then :meth:`open`; one instance per thread."""
+
+    def __init__(self, home: Path, conn: sqlite3.Connection, key, available: Available | None,
+                 builtins: tuple[str, ...]):
+        self.home = home
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self.key = key
+        self.public_key = public_key_raw(key)
+        self.id = node_id_from_public_key(self.public_key)
+        meta = dict(conn.execute("SELECT key, value FROM _hemei_meta"))
+        if meta.get("node_id") != self.id:
+            raise NodeStateError(f"{home / KEY_NAME} is not the key of the node in {home / DB_NAME}")
+        self.name: str = meta["name"]
+        self.scope: str = meta["scope"]
+        self.clock = HybridClock(int(meta.get("hlc", 0)))
+        self._available = available
+        self._builtins = builtins
+        self._load_plugins()
+
+    # -- creating and opening --------------------------------------------
+    @classmethod
+    def init(cls, home: str | os.PathLike | None, *, name: str, scope: str, actor: str = SYSTEM_ACTOR,
+             available: Available | None = None, builtins: tuple[str, ...] = CORE_BUILTINS) -> Node:
+        """Create a node home with a new key; refuse if one is there already."""
+        name, scope, actor = check_name(name), parse_scope(scope), check_actor(actor)
+        home = resolve_home(home)
+        if (home / DB_NAME).exists() or (home / KEY_NAME).exists():
+            raise NodeStateError(f"{home} is already a node home: nothing was changed")
+        if home.exists() and not home.is_dir():
+            raise NodeStateError(f"{home} exists and is not a directory")
+        made_home = not home.exists()
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            key = write_private_key(home / KEY_NAME)
+            conn = _connect(home / DB_NAME)
+            try:
+                cls._create_schema(conn, key, name, scope)
+            finally:
+                conn.close()
+            node = cls.open(home, available=available, builtins=builtins)
+        except BaseException:
+            for leftover in (KEY_NAME, DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
+                (home / leftover).unlink(missing_ok=True)
+            if made_home:
+                shutil.rmtree(home, ignore_errors=True)
+            raise
+        with node.writer(actor) as w:
+            w.event("node.init", {"node_id": node.id, "name": name, "scope": scope})
+        return node
+
+    @staticmethod
+    def _create_schema(conn: sqlite3.Connection, key, name: str, scope: str) -> None:
+        db = sqlite_utils.Database(conn)
+        db.execute(MIGRATIONS_TABLE)
+        core_migrations.apply(db)
+        public = public_key_raw(key)
+        node_id = node_id_from_public_key(public)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("INSERT INTO _hemei_meta (key, value) VALUES (?, ?)",
+                         [("node_id", node_id), ("name", name), ("scope", scope), ("hlc", 0)])
+        conn.execute("INSERT INTO _hemei_origins (node_id, public_key, size, head) VALUES (?, ?, 0, ?)",
+                     (node_id, public, GENESIS))
+        conn.execute("COMMIT")
+
+    @classmethod
+    def open(cls, home: str | os.PathLike | None = None, *, available: Available | None = None,
+             builtins: tuple[str, ...] = CORE_BUILTINS) -> Node:
+        home = resolve_home(home)
+        if not (home / DB_NAME).exists():
+            raise NodeStateError(f"{home} is not a node home (no {DB_NAME}); create one with 'hemei init'")
+        key = read_private_key(home / KEY_NAME)
+        conn = _connect(home / DB_NAME)
+        try:
+            db = sqlite_utils.Database(conn)
+            db.execute(MIGRATIONS_TABLE)
+            core_migrations.apply(db)
+            return cls(home, conn, key, available, builtins)
+        except BaseException:
+            conn.close()
+            raise
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Node:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- plugins -----------------------------------------------------------
+    def enabled_modules(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT name FROM _hemei_modules WHERE enabled = 1 ORDER BY name")]
+
+    def available_modules(self) -> dict:
+        return available_modules() if self._available is None else dict(self._available)
+
+    def _load_plugins(self) -> None:
+        self.pm: pluggy.PluginManager = get_plugin_manager(
+            self.enabled_modules(), self.available_modules(), self._builtins)
+        specs = merge_named(self.pm.hook.register_tables(), "table", lambda s: s.name)
+        self.specs: dict[str, TableSpec] = {s.name: s for s in specs}
+        for spec in specs:
+            create_or_extend_table(self.conn, spec)
+        for migration_set in merge_named(self.pm.hook.register_migrations(), "migration set", lambda m: m.name):
+            migration_set.apply(self.db)
+        validator = None
+        if self.pm.hook.validate_change.get_hookimpls():
+            def validator(change: Change, _hook=self.pm.hook.validate_change):
+                return _hook(node=self, change=change)
+        self.projector = Projector(self.conn, self.specs, validator)
+
+    def set_module_enabled(self, name: str, enabled: bool, actor: str) -> list[str]:
+        """Enable or disable a program module (recorded in the log); returns tables rebuilt.
+
+        Enabling replays the log into the module's tables, so entries that
+        arrived while it was disabled are applied. Disabling deletes nothing.
+        """
+        available = self.available_modules()
+        if name not in available:
+            known = ", ".join(sorted(available)) or "none installed"
+            raise InvalidInput(f"unknown module {name!r} (available: {known})")
+        if (name in self.enabled_modules()) == enabled:
+            raise InvalidInput(f"module {name} is already {'enabled' if enabled else 'disabled'}")
+        before = set(self.specs)
+        wanted = set(self.enabled_modules()) ^ {name}
+        get_plugin_manager(sorted(wanted), available, self._builtins)  # fails here if it cannot load
+        with self.writer(actor) as w:
+            w.event("module.enable" if enabled else "module.disable", {"module": name})
+            w.conn.execute(
+                "INSERT INTO _hemei_modules (name, enabled, changed_hlc) VALUES (?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET enabled = excluded.enabled, changed_hlc = excluded.changed_hlc",
+                (name, int(enabled), self.clock.last))
+        self._load_plugins()
+        new_tables = sorted(set(self.specs) - before)
+        if new_tables:
+            self.rebuild(new_tables)
+        return new_tables
+
+    # -- identity and clock ------------------------------------------------
+    def new_id(self) -> str:
+        return new_id()
+
+    def _origin_row(self, node_id: str):
+        return self.conn.execute(
+            "SELECT ix, size, head, public_key FROM _hemei_origins WHERE node_id = ?", (node_id,)).fetchone()
+
+    def _persist_clock(self) -> None:
+        self.conn.execute("UPDATE _hemei_meta SET value = ? WHERE key = 'hlc'", (self.clock.last,))
+
+    def _sync_clock(self) -> None:
+        """Another connection (the CLI beside a server) may have ticked the clock."""
+        stored = self.conn.execute("SELECT value FROM _hemei_meta WHERE key = 'hlc'").fetchone()
+        self.clock.observe(int(stored[0]))
+
+    # -- the write API -----------------------------------------------------
+    @contextmanager
+    def writer(self, actor: str) -> Iterator[Writer]:
+        """One transaction of local writes by ``actor``; see :mod:`hemei.core.writer`."""
+        check_actor(actor)
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._sync_clock()
+            ix, size, head, _ = self._origin_row(self.id)
+            w = Writer(self, actor, ix, size, head)
+            yield w
+            w.flush()
+            w._open = False
+            if w.entries_written:
+                self.conn.execute("UPDATE _hemei_origins SET size = ?, head = ? WHERE ix = ?", (w.size, w.head, ix))
+                self._persist_clock()
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        self._react(w.applied)
+
+    def _react(self, applied: list[Change]) -> None:
+        if applied and self.pm.hook.change_applied.get_hookimpls():
+            self.pm.hook.change_applied(node=self, changes=applied)
+
+    def _ingest(self, rows: list, changes: list[Change], *, local: bool) -> list[Change]:
+        """Append log rows and project their row changes: shared by writes, sync and rebuild."""
+        self.conn.executemany("INSERT INTO _hemei_log (origin, seq, hlc, actor, kind, scope, payload, hash, sig)"
+                              " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        return self.projector.apply(changes, local=local)
+
+    # -- receiving entries -------------------------------------------------
+    def apply_batch(self, batch: Batch, *, check: Callable[[Batch], None] | None = None) -> dict:
+        """Verify and apply a batch from another node, atomically and idempotently.
+
+        Entries already held are skipped when identical; a different entry
+        at a held seq is a fork and refuses the batch. ``check`` (the sync
+        layer's scope rules) runs on the verified batch before anything is
+        written. Returns counts: received, new, applied, refused.
+        """
+        origin = parse_node_id(batch.origin)
+        if origin == self.id:
+            raise InvalidInput("a node does not receive its own entries")
+        if not batch.entries:
+            raise InvalidInput("empty batch")
+        if node_id_from_public_key(batch.public_key) != origin:
+            raise ChainError(f"public key does not belong to node {origin}")
+        first = batch.entries[0][0]
+        if not isinstance(first, int) or first < 1:
+            raise ChainError("entry seqs start at 1")
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = self._apply_verified(origin, batch, first, check)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        self._react(result.pop("_applied"))
+        return result
+
+    def _apply_verified(self, origin: str, batch: Batch, first: int, check) -> dict:
+        known = self._origin_row(origin)
+        size = known[1] if known else 0
+        if first > size + 1:
+            raise ChainError(f"entries of {origin} start at #{first} but this node holds up to #{size}: gap")
+        held = max(0, min(size, first + len(batch.entries) - 1) - first + 1)
+        if first > 1:
+            prev = self.conn.execute("SELECT hash FROM _hemei_log WHERE origin = ? AND seq = ?",
+                                     (known[0], first - 1)).fetchone()[0]
+        else:
+            prev = GENESIS
+        try:
+            hashes = verify_segment(origin, prev, first, batch.entries)
+        except ChainError as exc:
+            raise ChainError(f"batch from {origin} refused: {exc.message}") from None
+        last_seq = first + len(batch.entries) - 1
+        verify_checkpoint(batch.public_key, origin, last_seq, hashes[-1], batch.signature)
+        if held:
+            stored = [r[0] for r in self.conn.execute(
+                "SELECT hash FROM _hemei_log WHERE origin = ? AND seq BETWEEN ? AND ? ORDER BY seq",
+                (known[0], first, first + held - 1))]
+            if stored != hashes[:held]:
+                raise Conflict(f"fork: {origin} sent a history that differs from the one held up to #{size}",
+                               code="fork")
+        new = batch.entries[held:]
+        if not new:
+            return {"received": len(batch.entries), "new": 0, "applied": 0, "refused": 0, "_applied": []}
+        if check is not None:
+            check(batch)
+        for entry in new:
+            self.clock.check_plausible(entry[1])
+        if known is None:
+            cur = self.conn.execute("INSERT INTO _hemei_origins (node_id, public_key, size, head) VALUES (?, ?, 0, ?)",
+                                    (origin, batch.public_key, GENESIS))
+            ix = cur.lastrowid
+        else:
+            ix = known[0]
+        new_hashes = hashes[held:]
+        rows = [[ix, seq, hlc, actor, kind, scope, payload, h, None]
+                for (seq, hlc, actor, kind, scope, payload), h in zip(new, new_hashes)]
+        rows[-1][8] = batch.signature
+        changes = self._changes_of(origin, new)
+        before = self._refusal_count()
+        applied = self._ingest(rows, changes, local=False)
+        self.conn.execute("UPDATE _hemei_origins SET size = ?, head = ? WHERE ix = ?", (last_seq, hashes[-1], ix))
+        self.clock.observe(max(e[1] for e in new))
+        self._sync_clock()
+        self._persist_clock()
+        return {"received": len(batch.entries), "new": len(new), "applied": len(applied),
+                "refused": self._refusal_count() - before, "_applied": applied}
+
+    def _refusal_count(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM _hemei_conflicts").fetchone()[0]
+
+    @staticmethod
+    def _changes_of(origin: str, entries) -> list[Change]:
+        changes = []
+        loads = orjson.loads
+        for seq, hlc, actor, kind, scope, payload in entries:
+            if kind in ROW_KINDS:
+                try:
+                    body = loads(payload)
+                    changes.append(Change(body["t"], kind[4:], body["pk"], scope, body["v"], hlc, origin,
+                                          actor, False))
+                except (ValueError, KeyError, TypeError):
+                    raise ChainError(f"entry {origin}#{seq}: payload is not a row change") from None
+        return changes
+
+    # -- reading entries for sync --------------------------------------------
+    def version_vector(self) -> dict[str, int]:
+        """Origin node id -> highest contiguous seq held."""
+        return {r[0]: r[1] for r in self.conn.execute("SELECT node_id, size FROM _hemei_origins WHERE size > 0")}
+
+    def read_batch(self, origin: str, after: int, limit: int = 1000) -> Batch | None:
+        """Entries of ``origin`` after seq ``after``, ending at a signed checkpoint.
+
+        At most ``limit`` entries unless the first signed checkpoint lies
+        further (a node signs at least every 1,000 entries it writes).
+        """
+        known = self._origin_row(origin)
+        if known is None or known[1] <= after:
+            return None
+        ix = known[0]
+        end = self.conn.execute("SELECT max(seq) FROM _hemei_log WHERE origin = ? AND seq > ? AND seq <= ?"
+                                " AND sig IS NOT NULL", (ix, after, after + limit)).fetchone()[0]
+        if end is None:
+            end = self.conn.execute("SELECT min(seq) FROM _hemei_log WHERE origin = ? AND seq > ? AND sig IS NOT NULL",
+                                    (ix, after)).fetchone()[0]
+        if end is None:
+            return None
+        rows = self.conn.execute("SELECT seq, hlc, actor, kind, scope, payload, sig FROM _hemei_log"
+                                 " WHERE origin = ? AND seq > ? AND seq <= ? ORDER BY seq", (ix, after, end)).fetchall()
+        return Batch(origin, known[3], [r[:6] for r in rows], rows[-1][6])
+
+    # -- projection ----------------------------------------------------------
+    def rebuild(self, tables: list[str] | None = None, progress: Callable[[int], None] | None = None) -> int:
+        """Recompute state tables (all synced ones by default) from the log; returns entries replayed."""
+        names = list(self.specs) if tables is None else tables
+        unknown = [t for t in names if t not in self.specs]
+        if unknown:
+            raise InvalidInput(f"no table {', '.join(unknown)}")
+        chosen = set(names)
+        replayed = 0
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for name in names:
+                self.conn.execute(f"DELETE FROM [{name}]")
+                self.conn.execute("DELETE FROM _hemei_conflicts WHERE tbl = ?", (name,))
+            origins = dict(self.conn.execute("SELECT ix, node_id FROM _hemei_origins"))
+            cursor = self.conn.execute(
+                "SELECT origin, seq, hlc, actor, kind, scope, payload FROM _hemei_log"
+                " WHERE kind IN ('row.insert', 'row.update', 'row.delete') ORDER BY origin, seq")
+            while chunk := cursor.fetchmany(2000):
+                changes = []
+                for ix, *entry in chunk:
+                    changes.extend(c for c in self._changes_of(origins[ix], [entry]) if c.table in chosen)
+                self.projector.apply(changes, local=False)
+                replayed += len(chunk)
+                if progress:
+                    progress(len(chunk))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        return replayed
+
+    # -- status ----------------------------------------------------------------
+    def status(self) -> dict:
+        _, size, head, _ = self._origin_row(self.id)
+        total = self.conn.execute("SELECT coalesce(sum(size), 0) FROM _hemei_origins").fetchone()[0]
+        return {
+            "node_id": self.id,
+            "name": self.name,
+            "scope": self.scope,
+            "home": str(self.home),
+            "modules": self.enabled_modules(),
+            "log": {"size": size, "head": head.hex(), "entries_all_origins": total,
+                    "origins": len(self.version_vector())},
+            "conflicts": self._refusal_count(),
+        }

@@ -1,0 +1,82 @@
+"""The plugin host: builds a pluggy manager for one node.
+
+There is no global manager. :func:`get_plugin_manager` registers the
+built-in plugins the caller names (the core's own, and the sync transport,
+which the CLI passes in: core must not import it), then the program modules
+the node has enabled, then checks that every hook implementation matches a
+spec. Program modules shipped with hemei and external ones are found the
+same way, through the ``hemei`` entry-point group, and an installed module
+is imported only when a node enables it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import EntryPoint, entry_points
+from types import ModuleType
+from typing import Iterable, Mapping
+
+import pluggy
+
+from . import hookspecs
+from .errors import InvalidInput
+
+hookimpl = pluggy.HookimplMarker("hemei")
+
+ENTRY_POINT_GROUP = "hemei"
+CORE_BUILTINS: tuple[str, ...] = ("hemei.core.builtin",)
+
+#: name -> an EntryPoint (not yet loaded), a module object, or a module path.
+Available = Mapping[str, "EntryPoint | ModuleType | object | str"]
+
+
+def available_modules(extra: Available | None = None) -> dict:
+    """Program modules that can be enabled: the entry-point group plus ``extra``."""
+    found: dict = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    if extra:
+        found.update(extra)
+    return found
+
+
+def _load(name: str, source) -> object:
+    if isinstance(source, EntryPoint):
+        return source.load()
+    if isinstance(source, str):
+        return importlib.import_module(source)
+    return source
+
+
+def get_plugin_manager(enabled: Iterable[str] = (), available: Available | None = None,
+                       builtins: Iterable[str] = CORE_BUILTINS) -> pluggy.PluginManager:
+    """A fresh manager with ``builtins`` and the ``enabled`` program modules registered.
+
+    ``available`` is what :func:`available_modules` returns (looked up when None).
+
+    Raises :class:`InvalidInput` for an enabled name that is not available,
+    and pluggy's ``PluginValidationError`` for a hook implementation that
+    matches no spec (a misspelt hook fails at start, not silently).
+    """
+    pm = pluggy.PluginManager("hemei")
+    pm.add_hookspecs(hookspecs)
+    for path in builtins:
+        pm.register(importlib.import_module(path), name=path)
+    modules = available_modules() if available is None else available
+    for name in enabled:
+        if name not in modules:
+            raise InvalidInput(f"module {name!r} is enabled on this node but not installed")
+        pm.register(_load(name, modules[name]), name=name)
+    pm.check_pending()
+    return pm
+
+
+def merge_named(results: list[list], what: str, key) -> list:
+    """Flatten ``register_*`` results and fail loudly on a duplicate name."""
+    merged, seen = [], {}
+    for items in results:
+        for item in items or ():
+            name = key(item)
+            if name in seen:
+                raise InvalidInput(f"two plugins register the {what} {name!r}")
+            seen[name] = item
+            merged.append(item)
+    return merged

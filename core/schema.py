@@ -1,0 +1,216 @@
+"""Declared tables, merge policies and migrations.
+
+A plugin declares each synced table as a :class:`TableSpec`; the core
+creates it (and adds columns that a newer declaration adds), with a few
+hidden columns that carry the merge metadata. Anything else a schema needs
+over time (indexes, local-only tables, data moves) is a step in the plugin's
+own :class:`MigrationSet`, recorded in ``_hemei_migrations``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Callable
+
+import sqlite_utils
+
+from .errors import InvalidInput
+
+LWW = "lww"
+APPEND_ONLY = "append_only"
+POLICIES = (LWW, APPEND_ONLY)
+
+COLUMN_TYPES = {"text": "TEXT", "integer": "INTEGER", "real": "REAL", "blob": "BLOB"}
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+#: Hidden columns of every synced table: the version (HLC, origin) of the row.
+VERSION_COLUMNS = ("_hlc", "_origin")
+#: Extra hidden columns of lww tables: tombstone flag and per-column versions.
+LWW_COLUMNS = ("_deleted", "_colv")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A synced table owned by a plugin.
+
+    ``columns`` maps column name to one of ``text``, ``integer``, ``real``,
+    ``blob``; it must include ``pk`` and ``scope`` (the org path of the row,
+    text). ``required`` columns must be given on insert. ``unique`` names
+    columns of an append-only table that no two rows may share: the earliest
+    row (by HLC, then origin id) wins and the others become conflicts.
+    ``indexes`` are tuples of column names.
+
+    In lww tables a deleted row stays as a tombstone with ``_deleted = 1``
+    (and a row known only from an update that arrived before its insert has
+    ``_deleted`` NULL): query live rows with ``WHERE _deleted = 0``.
+    """
+
+    name: str
+    columns: dict[str, str]
+    policy: str = LWW
+    pk: str = "id"
+    scope: str = "scope"
+    required: tuple[str, ...] = ()
+    unique: tuple[str, ...] = ()
+    indexes: tuple[tuple[str, ...], ...] = ()
+
+    def __post_init__(self):
+        if not _NAME.match(self.name) or self.name.startswith("_hemei"):
+            raise ValueError(f"table name {self.name!r}: use lower_snake_case, not starting with _")
+        if self.policy not in POLICIES:
+            raise ValueError(f"table {self.name}: unknown merge policy {self.policy!r}")
+        for col, typ in self.columns.items():
+            if not _NAME.match(col):
+                raise ValueError(f"table {self.name}: column {col!r} must be lower_snake_case, not starting with _")
+            if typ not in COLUMN_TYPES:
+                raise ValueError(f"table {self.name}: column {col} has unknown type {typ!r}")
+        for col in (self.pk, self.scope, *self.required, *self.unique, *(c for ix in self.indexes for c in ix)):
+            if col not in self.columns:
+                raise ValueError(f"table {self.name}: {col!r} is not a declared column")
+        if self.columns[self.pk] != "text" or self.columns[self.scope] != "text":
+            raise ValueError(f"table {self.name}: pk and scope columns must be text")
+        if self.unique and self.policy != APPEND_ONLY:
+            raise ValueError(f"table {self.name}: unique keys are for append_only tables")
+
+    @property
+    def data_columns(self) -> tuple[str, ...]:
+        """Columns an entry's ``v`` carries: all but the key and the scope (both in the header)."""
+        return tuple(c for c in self.columns if c not in (self.pk, self.scope))
+
+    def check_values(self, values: dict, *, insert: bool) -> None:
+        unknown = [c for c in values if c not in self.columns]
+        if unknown:
+            raise InvalidInput(f"{self.name} has no column {', '.join(map(repr, unknown))}")
+        if insert:
+            missing = [c for c in self.required if c not in (self.pk, self.scope) and values.get(c) is None]
+            if missing:
+                raise InvalidInput(f"{self.name}: {', '.join(missing)} required")
+        for col, value in values.items():
+            if value is None:
+                continue
+            typ = self.columns[col]
+            ok = (
+                (typ == "text" and isinstance(value, str))
+                or (typ == "integer" and isinstance(value, int) and not isinstance(value, bool))
+                or (typ == "real" and isinstance(value, (int, float)) and not isinstance(value, bool))
+                or (typ == "blob" and isinstance(value, bytes))
+            )
+            if not ok:
+                raise InvalidInput(f"{self.name}.{col} must be {typ}, got {type(value).__name__}")
+
+
+def create_or_extend_table(conn: sqlite3.Connection, spec: TableSpec) -> None:
+    """Create the table of ``spec``, or add the columns a newer declaration adds."""
+    existing = [row[1] for row in conn.execute(f"PRAGMA table_info([{spec.name}])")]
+    hidden = {"_hlc": "INTEGER", "_origin": "TEXT"}
+    if spec.policy == LWW:
+        hidden.update({"_deleted": "INTEGER", "_colv": "TEXT"})
+    if not existing:
+        cols = [f"[{c}] {COLUMN_TYPES[t]}" + (" PRIMARY KEY" if c == spec.pk else "")
+                for c, t in spec.columns.items()]
+        cols += [f"[{c}] {t}" for c, t in hidden.items()]
+        conn.execute(f"CREATE TABLE [{spec.name}] ({', '.join(cols)})")
+    else:
+        for col, typ in {**{c: COLUMN_TYPES[t] for c, t in spec.columns.items()}, **hidden}.items():
+            if col not in existing:
+                conn.execute(f"ALTER TABLE [{spec.name}] ADD COLUMN [{col}] {typ}")
+    if spec.unique:
+        cols = ", ".join(f"[{c}]" for c in spec.unique)
+        conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS [ux_{spec.name}_{'_'.join(spec.unique)}] "
+                     f"ON [{spec.name}] ({cols})")
+    for index in spec.indexes:
+        cols = ", ".join(f"[{c}]" for c in index)
+        conn.execute(f"CREATE INDEX IF NOT EXISTS [ix_{spec.name}_{'_'.join(index)}] ON [{spec.name}] ({cols})")
+
+
+@dataclass
+class MigrationSet:
+    """A named, ordered set of schema steps owned by one plugin.
+
+    >>> migrations = MigrationSet("volunteer_hours")
+    >>> @migrations.step
+    ... def add_search_index(db):
+    ...     db["volunteers"].create_index(["name"], if_not_exists=True)
+    """
+
+    name: str
+    steps: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = field(default_factory=list)
+
+    def step(self, fn: Callable[[sqlite_utils.Database], None]):
+        if any(name == fn.__name__ for name, _ in self.steps):
+            raise ValueError(f"migration set {self.name}: step {fn.__name__} declared twice")
+        self.steps.append((fn.__name__, fn))
+        return fn
+
+    def apply(self, db: sqlite_utils.Database) -> list[str]:
+        """Run the steps not yet recorded, each in its own transaction; return their names."""
+        done = {row[0] for row in db.execute(
+            "SELECT step FROM _hemei_migrations WHERE set_name = ?", [self.name])}
+        applied = []
+        for name, fn in self.steps:
+            if name in done:
+                continue
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                fn(db)
+                db.execute(
+                    "INSERT INTO _hemei_migrations (set_name, step, applied_at) VALUES (?, ?, ?)",
+                    [self.name, name, _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")],
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            applied.append(name)
+        return applied
+
+
+MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS _hemei_migrations (
+    set_name TEXT NOT NULL, step TEXT NOT NULL, applied_at TEXT NOT NULL,
+    PRIMARY KEY (set_name, step))"""
+
+CORE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS _hemei_meta (key TEXT PRIMARY KEY, value);
+CREATE TABLE IF NOT EXISTS _hemei_origins (
+    ix INTEGER PRIMARY KEY,
+    node_id TEXT NOT NULL UNIQUE,
+    public_key BLOB NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    head BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS _hemei_log (
+    origin INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    hlc INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    hash BLOB NOT NULL,
+    sig BLOB,
+    PRIMARY KEY (origin, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _hemei_conflicts (
+    tbl TEXT NOT NULL, pk TEXT NOT NULL, hlc INTEGER NOT NULL, origin TEXT NOT NULL,
+    kind TEXT NOT NULL, reason TEXT NOT NULL, row TEXT NOT NULL, ukey TEXT,
+    PRIMARY KEY (tbl, pk, hlc, origin)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS _hemei_conflicts_ukey ON _hemei_conflicts (tbl, ukey);
+CREATE TABLE IF NOT EXISTS _hemei_modules (
+    name TEXT PRIMARY KEY, enabled INTEGER NOT NULL, changed_hlc INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS _hemei_users (
+    name TEXT PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL,
+    created_hlc INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS _hemei_tokens (
+    token_hash BLOB PRIMARY KEY, user TEXT NOT NULL, created_hlc INTEGER NOT NULL,
+    expires_ms INTEGER, revoked INTEGER NOT NULL DEFAULT 0);
+"""
+
+core_migrations = MigrationSet("hemei.core")
+
+
+@core_migrations.step
+def core_0001_initial(db: sqlite_utils.Database) -> None:
+    for statement in CORE_SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)

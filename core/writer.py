@@ -1,0 +1,163 @@
+"""The write API: the one obvious way to change a synced table.
+
+    with node.writer("wang.li") as w:
+        vid = w.insert("volunteers", {"name": "王丽", "scope": "yuecheng/fushan"})
+        w.update("volunteers", vid, {"phone_enc": ...})
+
+Inside one SQLite transaction each write stamps the hybrid clock, becomes a
+log entry (hash-chained to the node's previous one, naming its actor) and is
+applied to its table by the same projector that applies entries from other
+nodes. Entries are buffered and written with ``executemany``; the buffer is
+flushed every ``SIGN_EVERY`` entries, before any read through the writer,
+and at the end, and the node signs a checkpoint at each flush.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import TYPE_CHECKING
+
+import orjson
+
+from .chain import entry_hash
+from .errors import InvalidInput, NotFound
+from .identity import sign_checkpoint
+from .merge import Change
+from .schema import LWW
+from .scope import covers, parse_scope
+
+if TYPE_CHECKING:
+    from .node import Node
+
+#: Entries per flush, and so at most this many between two signed checkpoints.
+SIGN_EVERY = 1000
+
+_KIND_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+def check_actor(actor: str) -> str:
+    if not isinstance(actor, str) or not actor.strip() or len(actor) > 64:
+        raise InvalidInput("actor must be a name of 1 to 64 characters")
+    if any(unicodedata.category(ch)[0] == "C" for ch in actor):
+        raise InvalidInput(f"actor {actor!r} contains control characters")
+    return actor
+
+
+def check_kind(kind: str) -> str:
+    if not kind or len(kind) > 64 or not set(kind) <= _KIND_CHARS:
+        raise InvalidInput(f"entry kind {kind!r}: use lower-case letters, digits and '.'")
+    return kind
+
+
+class Writer:
+    """Collects changes for one transaction; made by :meth:`Node.writer`."""
+
+    def __init__(self, node: Node, actor: str, origin_ix: int, size: int, head: bytes):
+        self.node = node
+        self.actor = check_actor(actor)
+        self._origin_ix = origin_ix
+        self.size = size
+        self.head = head
+        self._rows: list[list] = []
+        self._changes: list[Change] = []
+        self.applied: list[Change] = []
+        self.entries_written = 0
+        self._open = True
+
+    # -- row changes -----------------------------------------------------
+    def insert(self, table: str, values: dict) -> str:
+        """Insert a row; returns its key (a new UUIDv7 unless ``values`` names one)."""
+        spec = self._spec(table)
+        values = dict(values)
+        pk = values.pop(spec.pk, None) or self.node.new_id()
+        scope = self._row_scope(values.pop(spec.scope, None))
+        spec.check_values(values, insert=True)
+        if not isinstance(pk, str) or not pk or len(pk) > 200:
+            raise InvalidInput(f"{table}.{spec.pk} must be non-empty text")
+        self._append("row.insert", scope, {"t": table, "pk": pk, "v": values},
+                     table, "insert", pk, values)
+        return pk
+
+    def update(self, table: str, pk: str, values: dict) -> None:
+        """Change some columns of a live row (lww tables only)."""
+        spec = self._spec(table)
+        if spec.pk in values or spec.scope in values:
+            raise InvalidInput(f"{table}: the key and the scope of a row cannot change")
+        if not values:
+            raise InvalidInput(f"{table}: nothing to update")
+        spec.check_values(values, insert=False)
+        scope = self._live_scope(spec, pk)
+        self._append("row.update", scope, {"t": table, "pk": pk, "v": values},
+                     table, "update", pk, dict(values))
+
+    def delete(self, table: str, pk: str) -> None:
+        """Delete a live row: it stays as a tombstone that syncs like any change."""
+        spec = self._spec(table)
+        scope = self._live_scope(spec, pk)
+        self._append("row.delete", scope, {"t": table, "pk": pk, "v": {}}, table, "delete", pk, {})
+
+    def event(self, kind: str, payload: dict, scope: str | None = None) -> None:
+        """Log an administrative event (no table changes): who did what."""
+        self._append(check_kind(kind), scope or self.node.scope, payload)
+
+    # -- reads see what this transaction wrote ---------------------------
+    def query(self, sql: str, params=()) -> list[dict]:
+        self.flush()
+        return list(self.node.db.query(sql, params))
+
+    @property
+    def conn(self):
+        """The transaction's connection, for local-only tables (e.g. users)."""
+        self.flush()
+        return self.node.conn
+
+    # -- internals -------------------------------------------------------
+    def _spec(self, table: str):
+        if not self._open:
+            raise RuntimeError("writer used after its transaction ended")
+        spec = self.node.specs.get(table)
+        if spec is None:
+            raise InvalidInput(f"no table {table!r}: is its module enabled?")
+        return spec
+
+    def _row_scope(self, scope: str | None) -> str:
+        if scope is None:
+            return self.node.scope
+        scope = parse_scope(scope)
+        if not covers(self.node.scope, scope):
+            raise InvalidInput(f"scope {scope} is outside this node's scope {self.node.scope}")
+        return scope
+
+    def _live_scope(self, spec, pk: str) -> str:
+        self.flush()
+        if spec.policy != LWW:
+            raise InvalidInput(f"{spec.name} is append-only: write a new row that corrects {pk}")
+        row = self.node.conn.execute(
+            f"SELECT [{spec.scope}] FROM [{spec.name}] WHERE [{spec.pk}] = ? AND _deleted = 0", (pk,)).fetchone()
+        if row is None:
+            raise NotFound(f"{spec.name} has no row {pk}")
+        return row[0]
+
+    def _append(self, kind: str, scope: str, payload: dict, table: str | None = None,
+                op: str | None = None, pk: str | None = None, values: dict | None = None) -> None:
+        hlc = self.node.clock.tick()
+        text = orjson.dumps(payload).decode()
+        seq = self.size + 1
+        origin = self.node.id
+        self.head = entry_hash(self.head, origin, seq, hlc, self.actor, kind, scope, text)
+        self.size = seq
+        self._rows.append([self._origin_ix, seq, hlc, self.actor, kind, scope, text, self.head, None])
+        if table is not None:
+            self._changes.append(Change(table, op, pk, scope, values, hlc, origin, self.actor, True))
+        if len(self._rows) >= SIGN_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._rows:
+            return
+        last = self._rows[-1]
+        last[8] = sign_checkpoint(self.node.key, self.node.id, last[1], last[7])
+        rows, changes = self._rows, self._changes
+        self._rows, self._changes = [], []
+        self.applied.extend(self.node._ingest(rows, changes, local=True))
+        self.entries_written += len(rows)
