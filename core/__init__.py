@@ -6,6 +6,7 @@ Plugins import what they need from here::
 """
 
 from .api import ApiCall, ApiRoute, create_app
+from .cli_support import cli_actor, cli_node, emit, json_option
 from .errors import (ChainError, ClockSkew, Conflict, Forbidden, HemeiError, InvalidInput, NodeStateError,
                      NotFound, Unauthorized)
 from .merge import Change
@@ -17,5 +18,6 @@ from .schema import APPEND_ONLY, LWW, MigrationSet, TableSpec
 __all__ = [
     "APPEND_ONLY", "LWW", "ApiCall", "ApiRoute", "Batch", "ChainError", "Change", "ClockSkew", "Conflict",
     "Forbidden", "HemeiError", "InvalidInput", "MigrationSet", "Node", "NodeStateError", "NotFound",
-    "ReportSection", "TableSpec", "Unauthorized", "create_app", "hookimpl",
+    "ReportSection", "TableSpec", "Unauthorized", "cli_actor", "cli_node", "create_app", "emit", "hookimpl",
+    "json_option",
 ]

@@ -11,9 +11,10 @@ Convergence rests on each policy being a function of the *set* of changes:
 * lww: every versioned column (all but the key, plus ``_deleted``) holds the
   value of the change with the greatest version ``(hlc, origin id)``. Taking
   a maximum is commutative and idempotent, so arrival order cannot matter.
-  The row's scope is written by inserts only; ``_colv`` keeps per-column
-  versions, NULL when all share the row version (the common case), so the
-  stored form is canonical too.
+  The row's scope is written by inserts only. ``_hlc``/``_origin`` hold the
+  row version (the greatest); ``_colv`` keeps only the columns whose version
+  differs from it (NULL in the common case), so the stored form is canonical
+  too.
 * append_only: rows are immutable. Rows that share a key or a unique key
   form a group in which, taken in version order, a row wins unless an
   earlier winner holds its key; the losers are conflicts. Re-resolving the
@@ -178,10 +179,13 @@ class Projector:
         else:
             current = dict(zip(cols + ["_deleted"], row[:-3]))
             hlc, origin, colv = row[-3:]
-            if colv is None:
-                versions = {c: (hlc, origin) for c in versioned}
-            else:
-                versions = {c: tuple(v) for c, v in orjson.loads(colv).items()}
+            versions = {c: (hlc, origin) for c in versioned}
+            if colv is not None:
+                for c, v in orjson.loads(colv).items():
+                    if v is None:
+                        del versions[c]
+                    else:
+                        versions[c] = tuple(v)
         live = current["_deleted"] == 0
         if local:
             if change.op == "insert" and row is not None:
@@ -212,8 +216,10 @@ class Projector:
         if not won:
             return False
         row_version = max(versions.values())
-        canonical = len(versions) == len(versioned) and all(v == row_version for v in versions.values())
-        colv = None if canonical else _dumps({c: list(v) for c, v in versions.items()})
+        # Only the exceptions to the row version are stored (None: never written).
+        exceptions = {c: (None if c not in versions else list(versions[c]))
+                      for c in versioned if versions.get(c) != row_version}
+        colv = _dumps(exceptions) if exceptions else None
         names = cols + ["_deleted", "_hlc", "_origin", "_colv"]
         self.conn.execute(
             f"INSERT OR REPLACE INTO [{spec.name}] ({', '.join(f'[{c}]' for c in names)})"

@@ -1,0 +1,165 @@
+"""Administration: program modules and users."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from hemei.core import users as user_store
+from hemei.core.cli_support import cli_actor, cli_node, emit, json_option, table
+from hemei.core.errors import InvalidInput
+
+from .durations import Duration
+from .main import home_option
+
+
+@click.group()
+def modules() -> None:
+    """List, enable and disable program modules on this node.
+
+    Example:
+
+        hemei --home ./fushan modules enable volunteer_hours
+    """
+
+
+@modules.command("list")
+@home_option
+@json_option
+def modules_list(as_json: bool) -> None:
+    """Installed program modules and whether this node has them enabled.
+
+    Example:
+
+        hemei modules list --json
+    """
+    node = cli_node()
+    enabled = set(node.enabled_modules())
+    available = node.available_modules()
+    items = [{"name": name, "enabled": name in enabled,
+              "source": getattr(src, "value", getattr(src, "__name__", str(src)))}
+             for name, src in sorted(available.items())]
+    items += [{"name": n, "enabled": True, "source": "(not installed)"} for n in sorted(enabled - set(available))]
+    emit(items, as_json, lambda rows: table(rows, ["name", "enabled", "source"]) if rows
+         else click.echo("no program modules installed"))
+
+
+def _toggle(name: str, enabled: bool) -> None:
+    node = cli_node()
+    tables = node.set_module_enabled(name, enabled, cli_actor())
+    click.echo(f"module {name} {'enabled' if enabled else 'disabled'}"
+               + (f"; tables ready: {', '.join(tables)}" if tables else ""))
+
+
+@modules.command("enable")
+@home_option
+@click.argument("name")
+def modules_enable(name: str) -> None:
+    """Enable a module: create its tables and apply entries already received for it.
+
+    Example:
+
+        hemei modules enable volunteer_hours
+    """
+    _toggle(name, True)
+
+
+@modules.command("disable")
+@home_option
+@click.argument("name")
+def modules_disable(name: str) -> None:
+    """Disable a module: hide its commands and routes; its data is kept.
+
+    Entries for its tables that arrive while it is disabled stay in the log
+    and are applied when it is enabled again.
+
+    Example:
+
+        hemei modules disable volunteer_hours
+    """
+    _toggle(name, False)
+
+
+@click.group()
+def users() -> None:
+    """Local users, roles (admin, operator, viewer) and API tokens.
+
+    Example:
+
+        hemei users add wangli --role operator
+    """
+
+
+def _read_password(password: str | None) -> str:
+    if password is not None:
+        return password
+    if sys.stdin.isatty():
+        return click.prompt("password", hide_input=True, confirmation_prompt=True)
+    line = sys.stdin.readline().rstrip("\r\n")
+    if not line:
+        raise InvalidInput("no password given: use --password, type it at the prompt, or pipe it on stdin")
+    return line
+
+
+@users.command("add")
+@home_option
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(user_store.ROLES), help="What the user may do.")
+@click.option("--password", help="Password (else prompted on a terminal, or read from stdin).")
+def users_add(name: str, role: str, password: str | None) -> None:
+    """Add a local user. The log records who added whom, never the password.
+
+    Example:
+
+        echo 's3cret-pass' | hemei users add wangli --role operator
+    """
+    node = cli_node()
+    user_store.check_user_name(name)
+    user_store.add_user(node, name, role, _read_password(password), cli_actor())
+    click.echo(f"user {name} added as {role}")
+
+
+@users.command("list")
+@home_option
+@json_option
+def users_list(as_json: bool) -> None:
+    """List users with their roles and number of active tokens.
+
+    Example:
+
+        hemei users list --json
+    """
+    emit(user_store.list_users(cli_node()), as_json,
+         lambda rows: table(rows, ["name", "role", "active_tokens"]) if rows else click.echo("no users"))
+
+
+@users.command("token")
+@home_option
+@click.argument("name")
+@click.option("--ttl", type=Duration(), help="Lifetime such as 30d or 12h [default: no expiry].")
+def users_token(name: str, ttl: int | None) -> None:
+    """Issue an API token for a user; it is printed once, alone on stdout.
+
+    Example:
+
+        TOKEN=$(hemei users token wangli --ttl 30d)
+    """
+    click.echo(user_store.issue_token(cli_node(), name, cli_actor(), ttl))
+
+
+@users.command("revoke")
+@home_option
+@click.argument("name")
+def users_revoke(name: str) -> None:
+    """Revoke every active token of a user.
+
+    Example:
+
+        hemei users revoke wangli
+    """
+    count = user_store.revoke_tokens(cli_node(), name, cli_actor())
+    click.echo(f"revoked {count} token(s) of {name}")
+
+
+COMMANDS = [modules, users]

@@ -1,0 +1,133 @@
+"""The ``hemei`` command: a click group whose plugin commands come from the node.
+
+Core commands are registered below; commands of enabled program modules
+(``register_commands`` hook) are looked up on the node at ``--home`` when a
+name is not a core command. Errors reach the user as one line on stderr,
+never as a traceback (set ``HEMEI_DEBUG=1`` to see one for a real bug).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from hemei.core.cli_support import NodeContext
+from hemei.core.errors import HemeiError
+from hemei.core.node import HOME_ENV
+from hemei.core.plugins import CORE_BUILTINS, merge_named
+
+#: Built-in plugins every node registers (the sync transport joins these).
+BUILTIN_PLUGINS: tuple[str, ...] = CORE_BUILTINS
+
+
+def _peek_home(args: list[str]) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == "--home" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--home="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+class HemeiGroup(click.Group):
+    """Core commands plus the commands of the node's enabled modules."""
+
+    def _plugin_commands(self, ctx: click.Context) -> dict[str, click.Command]:
+        obj = ctx.find_object(NodeContext)
+        if obj is None:
+            return {}
+        try:
+            node = obj.node()
+        except HemeiError:
+            return {}
+        commands = merge_named(node.pm.hook.register_commands(), "command", lambda c: c.name)
+        return {c.name: c for c in commands if c.name not in self.commands}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(self._plugin_commands(ctx)))
+
+    def get_command(self, ctx: click.Context, name: str):
+        if name in self.commands:
+            return self.commands[name]
+        return self._plugin_commands(ctx).get(name)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        obj = ctx.find_object(NodeContext)
+        if obj is not None and args and args[0] not in self.commands:
+            obj.home = _peek_home(args[1:]) or obj.home
+        cmd_name, cmd, rest = super().resolve_command(ctx, args)
+        return cmd_name, cmd, rest
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except HemeiError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            sys.exit(1)
+        except (KeyboardInterrupt, EOFError):
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except BrokenPipeError:
+            sys.exit(1)
+        except SystemExit:
+            raise
+        except Exception as exc:  # a bug: one line for the user, the traceback on request
+            if os.environ.get("HEMEI_DEBUG"):
+                raise
+            click.echo(f"error: internal error ({type(exc).__name__}: {exc}); "
+                       "run again with HEMEI_DEBUG=1 to see the traceback and report it", err=True)
+            sys.exit(70)
+
+
+@click.group(cls=HemeiGroup)
+@click.option("--home", envvar=HOME_ENV, type=click.Path(file_okay=False),
+              help=f"Node home directory [env {HOME_ENV}; default ./hemei-node].")
+@click.option("--actor", envvar="HEMEI_ACTOR", help="Name your changes are logged under [default: login name].")
+@click.version_option(package_name="hemei")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None, actor: str | None) -> None:
+    """hemei (和美): offline-first sync server for street offices and their district.
+
+    Every change is recorded in a hash-chained, signed log that is both the
+    audit trail and what syncs up to the district.
+
+    Example:
+
+        hemei --home ./fushan init --name 府山街道 --scope yuecheng/fushan
+    """
+    obj = ctx.ensure_object(NodeContext)
+    obj.home = home or obj.home
+    obj.actor = actor or obj.actor
+    if not obj.builtins or obj.builtins == CORE_BUILTINS:
+        obj.builtins = BUILTIN_PLUGINS
+    ctx.call_on_close(obj.close)
+
+
+def home_option(fn):
+    """``--home`` after the command name too: ``hemei init --home DIR ...``."""
+    def set_home(ctx: click.Context, param, value):
+        if value is not None:
+            ctx.find_object(NodeContext).home = value
+        return value
+
+    return click.option("--home", type=click.Path(file_okay=False), expose_value=False, callback=set_home,
+                        is_eager=True, help="Node home directory (same as the global --home).")(fn)
+
+
+from . import admin_commands, audit_commands, node_commands  # noqa: E402  (register commands)
+
+for module in (node_commands, admin_commands, audit_commands):
+    for command in module.COMMANDS:
+        cli.add_command(command)
+
+
+def main() -> None:
+    cli.main(prog_name="hemei", obj=NodeContext(builtins=BUILTIN_PLUGINS))

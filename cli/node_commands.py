@@ -1,0 +1,188 @@
+"""Commands about the node itself: init, status, conflicts, rebuild, report, serve."""
+
+from __future__ import annotations
+
+import hashlib
+
+import click
+
+from hemei.core.audit import list_conflicts
+from hemei.core.cli_support import NodeContext, cli_actor, cli_context, cli_node, emit, json_option, progress, table
+from hemei.core.errors import InvalidInput
+from hemei.core.node import Node
+from hemei.core.scope import parse_scope
+
+from .main import home_option
+
+
+@click.command()
+@home_option
+@click.option("--name", required=True, help="Human name of the node, e.g. 府山街道.")
+@click.option("--scope", "scope", required=True, help="Org path this node covers, e.g. yuecheng/fushan.")
+@json_option
+def init(name: str, scope: str, as_json: bool) -> None:
+    """Create a node home: database, private key (owner-only) and node id.
+
+    Refuses, changing nothing, when the home already holds a node.
+
+    Example:
+
+        hemei init --home ./fushan --name 府山街道 --scope yuecheng/fushan
+    """
+    ctx = cli_context()
+    node = Node.init(ctx.home, name=name, scope=scope, actor=cli_actor(), available=ctx.available,
+                     builtins=ctx.builtins)
+    ctx._node = node
+    emit({"node_id": node.id, "name": node.name, "scope": node.scope, "home": str(node.home)}, as_json,
+         lambda d: click.echo(f"created node {d['name']} ({d['scope']}) in {d['home']}\nnode id: {d['node_id']}"))
+
+
+def _print_status(s: dict) -> None:
+    click.echo(f"node id:  {s['node_id']}")
+    click.echo(f"name:     {s['name']}")
+    click.echo(f"scope:    {s['scope']}")
+    click.echo(f"home:     {s['home']}")
+    click.echo(f"modules:  {', '.join(s['modules']) or '(none enabled)'}")
+    click.echo(f"log:      {s['log']['size']} entries, head {s['log']['head'][:16]}…")
+    click.echo(f"received: {s['log']['entries_all_origins'] - s['log']['size']} entries from "
+               f"{s['log']['origins'] - 1} other nodes")
+    click.echo(f"conflicts: {s['conflicts']}")
+
+
+@click.command()
+@home_option
+@json_option
+def status(as_json: bool) -> None:
+    """Show node id, name, scope, enabled modules, log size and head.
+
+    Example:
+
+        hemei --home ./fushan status --json
+    """
+    emit(cli_node().status(), as_json, _print_status)
+
+
+@click.command()
+@home_option
+@click.option("--table", help="Only conflicts of this table.")
+@json_option
+def conflicts(table: str | None, as_json: bool) -> None:
+    """List changes that were kept but not applied, and why.
+
+    Duplicate keys (the earliest row wins), refusals by a module or by a
+    table's merge policy, and changes this node cannot read. Nothing listed
+    here was lost: each is also an entry in the log.
+
+    Example:
+
+        hemei --home ./district conflicts --table ballots --json
+    """
+    items = list_conflicts(cli_node(), table)
+
+    def human(rows):
+        if not rows:
+            click.echo("no conflicts")
+            return
+        table([{**r, "origin": r["origin"][:7]} for r in rows], ["table", "pk", "kind", "time", "origin", "reason"])
+
+    emit(items, as_json, human)
+
+
+def _digest(node: Node, name: str) -> str:
+    h = hashlib.sha256()
+    for row in node.conn.execute(f"SELECT * FROM [{name}] ORDER BY 1"):
+        h.update(repr(row).encode())
+    for row in node.conn.execute("SELECT * FROM _hemei_conflicts WHERE tbl = ? ORDER BY pk, hlc, origin", (name,)):
+        h.update(repr(row).encode())
+    return h.hexdigest()
+
+
+@click.command()
+@home_option
+@click.option("--table", "tables", multiple=True, help="Rebuild only this table (repeatable).")
+@json_option
+def rebuild(tables: tuple[str, ...], as_json: bool) -> None:
+    """Recompute state tables from the log, and say which ones changed.
+
+    Safe to run at any time: the log is the truth and state tables are its
+    projection. A table reported as "repaired" had been changed outside
+    hemei (or damaged) and now matches the log again.
+
+    Example:
+
+        hemei --home ./fushan rebuild
+    """
+    node = cli_node()
+    names = list(tables) or sorted(node.specs)
+    for name in names:
+        if name not in node.specs:
+            raise InvalidInput(f"no table {name!r} (enabled tables: {', '.join(sorted(node.specs)) or 'none'})")
+    before = {n: _digest(node, n) for n in names}
+    total = node.conn.execute("SELECT count(*) FROM _hemei_log WHERE kind LIKE 'row.%'").fetchone()[0]
+    with progress(total, "rebuilding") as bar:
+        replayed = node.rebuild(names, progress=bar.update)
+    result = {"entries_replayed": replayed,
+              "tables": {n: ("unchanged" if _digest(node, n) == before[n] else "repaired") for n in names}}
+
+    def human(r):
+        click.echo(f"replayed {r['entries_replayed']} entries")
+        for n, state in r["tables"].items():
+            click.echo(f"  {n}: {state}")
+
+    emit(result, as_json, human)
+
+
+@click.command()
+@home_option
+@click.option("--scope", "scope", help="Org subtree to report on [default: the node's scope].")
+@json_option
+def report(scope: str | None, as_json: bool) -> None:
+    """Figures from every enabled module for an org subtree.
+
+    Example:
+
+        hemei --home ./district report --scope yuecheng/fushan --json
+    """
+    node = cli_node()
+    scope = parse_scope(scope) if scope else node.scope
+    sections = [s for group in node.pm.hook.report_sections(node=node, scope=scope) for s in group or ()]
+    data = {"scope": scope, "sections": [s.to_json() for s in sections]}
+
+    def human(d):
+        if not d["sections"]:
+            click.echo("no enabled module contributes a report")
+        for s in d["sections"]:
+            click.echo(f"== {s['title']} ({s['module']})")
+            for k, v in s["totals"].items():
+                click.echo(f"  {k}: {v}")
+            if s["rows"]:
+                table(s["rows"], list(s["rows"][0]))
+
+    emit(data, as_json, human)
+
+
+@click.command()
+@home_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8340, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(host: str, port: int, log_level: str) -> None:
+    """Run the node's HTTP API (health, status, audit, module routes, OpenAPI).
+
+    Example:
+
+        hemei --home ./district serve --host 127.0.0.1 --port 8340
+    """
+    import uvicorn
+
+    from hemei.core.api import create_app
+
+    ctx: NodeContext = cli_context()
+    app = create_app(ctx.home, available=ctx.available, builtins=ctx.builtins)
+    node = app.state.pool.get()
+    click.echo(f"hemei node {node.name} ({node.id}) on http://{host}:{port}", err=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+COMMANDS = [init, status, conflicts, rebuild, report, serve]

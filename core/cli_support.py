@@ -1,0 +1,102 @@
+"""What CLI commands, the core's and plugins', share: the node context.
+
+The ``hemei`` group (in ``hemei.cli``) puts a :class:`NodeContext` in
+``ctx.obj``; a command calls :func:`cli_node` to get the open node and
+:func:`cli_actor` for the name its writes are logged under. Kept in core so
+that plugins need not import the CLI package.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import click
+
+from .node import Node
+from .plugins import CORE_BUILTINS, Available
+
+
+@dataclass
+class NodeContext:
+    home: str | None = None
+    actor: str | None = None
+    available: Available | None = None
+    builtins: tuple[str, ...] = CORE_BUILTINS
+    _node: Node | None = field(default=None, repr=False)
+
+    def node(self) -> Node:
+        if self._node is None:
+            self._node = Node.open(self.home, available=self.available, builtins=self.builtins)
+        return self._node
+
+    def close(self) -> None:
+        if self._node is not None:
+            self._node.close()
+            self._node = None
+
+
+def cli_context() -> NodeContext:
+    return click.get_current_context().find_object(NodeContext)
+
+
+def cli_node() -> Node:
+    """The node the running ``hemei`` command works on (opened on first use)."""
+    return cli_context().node()
+
+
+def cli_actor() -> str:
+    """The actor for log entries: ``--actor``/``HEMEI_ACTOR``, else the OS login name."""
+    actor = cli_context().actor
+    if actor:
+        return actor
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "operator"
+
+
+def json_option(fn: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(fn)
+
+
+def emit(data: Any, as_json: bool, human: Callable[[Any], None] | None = None) -> None:
+    """Print ``data`` as JSON (Unicode kept as is) or through ``human``."""
+    if as_json or human is None:
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+    else:
+        human(data)
+
+
+def table(rows: list[dict], columns: list[str]) -> None:
+    """Print rows as aligned text columns (East Asian characters count double)."""
+    import unicodedata
+
+    def width(text: str) -> int:
+        return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+    cells = [[str(r.get(c, "") if r.get(c) is not None else "") for c in columns] for r in rows]
+    widths = [max([width(c)] + [width(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    for line in [columns] + cells:
+        click.echo("  ".join(cell + " " * (w - width(cell)) for cell, w in zip(line, widths)).rstrip())
+
+
+def progress(total: int, label: str):
+    """A progress bar on a terminal; silent when stderr is not a TTY (scripts, pipes)."""
+    if sys.stderr.isatty():
+        return click.progressbar(length=total, label=label, file=sys.stderr)
+    return _Silent()
+
+
+class _Silent:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n: int) -> None:
+        pass

@@ -1,0 +1,55 @@
+"""Shared fixtures: fresh nodes on real SQLite files, the probe plugin, a CLI runner."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hemei.cli.main import BUILTIN_PLUGINS, cli
+from hemei.core.cli_support import NodeContext
+from hemei.core.node import Node
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS / "plugins"))
+
+import hook_probe  # noqa: E402
+
+PROBE = {"hook_probe": hook_probe}
+
+
+@pytest.fixture
+def make_node(tmp_path):
+    """Factory: ``make_node("street1", scope=..., modules=["hook_probe"])`` -> open Node."""
+    opened: list[Node] = []
+
+    def make(name: str = "node", scope: str = "yuecheng/fushan", modules=("hook_probe",)) -> Node:
+        node = Node.init(tmp_path / name, name=name, scope=scope, actor="tester", available=PROBE,
+                         builtins=BUILTIN_PLUGINS)
+        for module in modules:
+            node.set_module_enabled(module, True, "tester")
+        opened.append(node)
+        return node
+
+    yield make
+    for node in opened:
+        node.close()
+
+
+@pytest.fixture
+def node(make_node) -> Node:
+    return make_node()
+
+
+@pytest.fixture
+def run_cli():
+    """Run ``hemei`` in-process with the probe plugin available; returns the click Result."""
+    runner = CliRunner()
+
+    def run(*args: str, input: str | None = None, env: dict | None = None):
+        obj = NodeContext(available=PROBE, builtins=BUILTIN_PLUGINS)
+        return runner.invoke(cli, list(args), input=input, obj=obj, env=env, catch_exceptions=False)
+
+    return run
