@@ -192,10 +192,9 @@ class Projector:
                 raise Conflict(f"{spec.name} {change.pk} already exists")
             if change.op != "insert" and not live:
                 raise NotFound(f"{spec.name} has no row {change.pk}")
-        elif change.op != "insert" and current["_deleted"] is not None and current[spec.scope] != change.scope:
-            self.record(spec.name, change, "refused",
-                        f"row {change.pk} belongs to scope {current[spec.scope]}, not {change.scope}")
-            return False
+        # No scope check here: who may touch which scope is decided when a
+        # batch is received, before anything is written; a rule that depended
+        # on which insert arrived first would break convergence.
 
         if change.op == "insert":
             incoming = {c: change.values.get(c) for c in spec.data_columns}
