@@ -1,0 +1,80 @@
+"""Scopes, the hybrid logical clock, time-ordered ids."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hemei.core.clock import COUNTER_BITS, HybridClock, hlc_to_iso, iso_to_hlc
+from hemei.core.errors import ClockSkew, InvalidInput
+from hemei.core.ids import new_id
+from hemei.core.scope import covers, parse_scope
+
+
+@pytest.mark.parametrize("text", ["yuecheng", "yuecheng/fushan/xihu", "越城区/府山街道/西湖社区", "a-1/b_2/c.3"])
+def test_valid_scopes_are_kept(text):
+    assert parse_scope(text) == text
+
+
+@pytest.mark.parametrize("text", ["", "/a", "a/", "a//b", "a b", "a/../b", "a\nb", "a/b\t", "a;b", "x" * 65])
+def test_bad_scopes_are_refused_with_a_reason(text):
+    with pytest.raises(InvalidInput, match="scope"):
+        parse_scope(text)
+
+
+def test_covers_is_by_whole_segments():
+    assert covers("yc/fs", "yc/fs") and covers("yc/fs", "yc/fs/xihu")
+    assert not covers("yc/fs", "yc/fsx") and not covers("yc/fs/xihu", "yc/fs")
+
+
+def test_clock_stays_monotonic_when_the_wall_clock_jumps_back():
+    wall = [1_000_000]
+    clock = HybridClock(now=lambda: wall[0])
+    first = clock.tick()
+    wall[0] -= 60_000  # NTP correction, or an operator fixing the date
+    later = [clock.tick() for _ in range(5)]
+    assert all(b > a for a, b in zip([first] + later, later))
+    wall[0] += 120_000
+    assert clock.tick() >> COUNTER_BITS == wall[0]
+
+
+@given(st.lists(st.integers(-5000, 5000), min_size=1, max_size=50))
+def test_clock_is_monotonic_for_any_wall_clock_path(jumps):
+    wall = [10_000_000]
+    clock = HybridClock(now=lambda: wall[0])
+    last = 0
+    for jump in jumps:
+        wall[0] += jump
+        value = clock.tick()
+        assert value > last
+        last = value
+
+
+def test_observing_a_remote_stamp_moves_the_clock_past_it():
+    clock = HybridClock(now=lambda: 1000)
+    remote = (5000 << COUNTER_BITS) + 3
+    clock.observe(remote)
+    assert clock.tick() > remote
+
+
+def test_stamps_far_in_the_future_are_refused_with_advice():
+    clock = HybridClock(now=lambda: 1_000_000, max_ahead_ms=60_000)
+    clock.check_plausible((1_000_000 + 59_000) << COUNTER_BITS)
+    with pytest.raises(ClockSkew, match="clock is wrong"):
+        clock.check_plausible((1_000_000 + 3_600_000) << COUNTER_BITS)
+
+
+def test_hlc_iso_round_trip():
+    hlc = iso_to_hlc("2026-11-01T08:00:00")
+    assert hlc_to_iso(hlc) == "2026-11-01T08:00:00.000Z"
+    assert hlc_to_iso(hlc + 2) == "2026-11-01T08:00:00.000Z+2"
+
+
+def test_new_ids_are_uuid7_and_time_ordered():
+    ids = [new_id(now_ms=1_700_000_000_000 + i) for i in range(50)]
+    assert ids == sorted(ids)
+    assert all(uuid.UUID(i).version == 7 for i in ids)
+    assert len(set(new_id() for _ in range(1000))) == 1000

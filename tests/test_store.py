@@ -1,0 +1,303 @@
+"""The write API and the merge policies, local and remote, on real SQLite files."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from hemei.core.errors import ChainError, ClockSkew, Conflict, HemeiError, InvalidInput, NotFound
+from hemei.core.node import Batch, Node
+
+
+def send_all(src: Node, dst: Node) -> list[dict]:
+    results = []
+    have = dst.version_vector()
+    for origin in src.version_vector():
+        if origin == dst.id:
+            continue
+        after = have.get(origin, 0)
+        while (batch := src.read_batch(origin, after)) is not None:
+            results.append(dst.apply_batch(batch))
+            after = batch.entries[-1][0]
+    return results
+
+
+def live_notes(node: Node) -> dict:
+    return {r[0]: r[1:] for r in node.conn.execute("SELECT id, title, body, n FROM notes WHERE _deleted = 0")}
+
+
+def log_size(node: Node) -> int:
+    return node.conn.execute("SELECT count(*) FROM _hemei_log").fetchone()[0]
+
+
+def test_a_write_stamps_logs_and_applies_in_one_transaction(node):
+    before = log_size(node)
+    with node.writer("王丽") as w:
+        pk = w.insert("notes", {"title": "楼道粉刷", "n": 1})
+    row = node.conn.execute("SELECT title, _hlc, _origin, _deleted FROM notes WHERE id = ?", (pk,)).fetchone()
+    assert row[0] == "楼道粉刷" and row[2] == node.id and row[3] == 0
+    entry = node.conn.execute("SELECT actor, kind, hlc, payload, sig FROM _hemei_log ORDER BY seq DESC LIMIT 1").fetchone()
+    assert entry[:2] == ("王丽", "row.insert") and entry[2] == row[1]
+    assert orjson.loads(entry[3]) == {"t": "notes", "pk": pk, "v": {"title": "楼道粉刷", "n": 1}}
+    assert entry[4] is not None  # the transaction ends with a signed checkpoint
+    assert log_size(node) == before + 1
+
+
+def test_a_failed_write_leaves_nothing_behind(node):
+    before = (log_size(node), node.status()["log"]["head"])
+    with pytest.raises(InvalidInput):
+        with node.writer("w") as w:
+            w.insert("notes", {"title": "ok"})
+            w.insert("notes", {"title": "bad", "n": "not a number"})
+    with pytest.raises(Conflict):
+        with node.writer("w") as w:
+            w.insert("notes", {"id": "same", "title": "a"})
+            w.insert("notes", {"id": "same", "title": "b"})
+    assert (log_size(node), node.status()["log"]["head"]) == before
+    assert live_notes(node) == {}
+    with node.writer("w") as w:  # the chain continues from the old head
+        w.insert("notes", {"title": "after"})
+    from hemei.core.audit import verify_log
+    assert verify_log(node)["ok"]
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda w: w.insert("nope", {"title": "x"}), "no table"),
+    (lambda w: w.insert("notes", {"body": "no title"}), "title required"),
+    (lambda w: w.insert("notes", {"title": "x", "colour": "red"}), "no column"),
+    (lambda w: w.insert("notes", {"title": "x", "scope": "yuecheng/beihai"}), "outside this node's scope"),
+    (lambda w: w.insert("notes", {"title": "x", "scope": "a//b"}), "empty segment"),
+    (lambda w: w.update("notes", "missing", {"title": "x"}), "no row missing"),
+    (lambda w: w.delete("notes", "missing"), "no row missing"),
+    (lambda w: w.update("ballots", "any", {"choice": "B"}), "append-only"),
+    (lambda w: w.event("Bad Kind!", {}), "entry kind"),
+])
+def test_bad_writes_get_clear_errors(node, call, error):
+    with pytest.raises(HemeiError, match=error):
+        with node.writer("w") as w:
+            call(w)
+
+
+def test_update_and_delete_are_lww_and_tombstones(node):
+    with node.writer("w") as w:
+        pk = w.insert("notes", {"title": "a", "n": 1})
+    with node.writer("w") as w:
+        w.update("notes", pk, {"n": 2})
+    assert live_notes(node)[pk] == ("a", None, 2)
+    with node.writer("w") as w:
+        w.delete("notes", pk)
+    assert live_notes(node) == {}
+    assert node.conn.execute("SELECT _deleted FROM notes WHERE id = ?", (pk,)).fetchone() == (1,)
+    with pytest.raises(NotFound):
+        with node.writer("w") as w:
+            w.update("notes", pk, {"n": 3})
+
+
+def test_concurrent_updates_resolve_per_column_by_hlc_then_origin(make_node):
+    a, b = make_node("a"), make_node("b")
+    with a.writer("w") as w:
+        pk = w.insert("notes", {"title": "t", "body": "x", "n": 0})
+    send_all(a, b)
+    with a.writer("w") as w:
+        w.update("notes", pk, {"body": "from a"})
+    with b.writer("w") as w:
+        w.update("notes", pk, {"n": 5})
+    with b.writer("w") as w:
+        w.update("notes", pk, {"body": "from b, later"})
+    send_all(a, b)
+    send_all(b, a)
+    assert live_notes(a)[pk] == live_notes(b)[pk] == ("t", "from b, later", 5)
+
+
+def test_append_only_unique_key_keeps_the_earliest_and_lists_the_rest(make_node):
+    a, b = make_node("a"), make_node("b")
+    with a.writer("w") as w:
+        first = w.insert("ballots", {"vote": "v1", "voter": "p1", "choice": "A"})
+    with b.writer("w") as w:
+        second = w.insert("ballots", {"vote": "v1", "voter": "p1", "choice": "B"})
+    version = {pk: n.conn.execute("SELECT _hlc, _origin FROM ballots WHERE id = ?", (pk,)).fetchone()
+               for n, pk in ((a, first), (b, second))}
+    winner, loser = sorted([first, second], key=version.get)
+    send_all(a, b)  # each learns of the other's ballot; the earlier one (HLC, then node id) wins
+    send_all(b, a)
+    for node in (a, b):
+        assert node.conn.execute("SELECT id FROM ballots").fetchall() == [(winner,)]
+        conflicts = node.conn.execute("SELECT pk, kind, reason FROM _hemei_conflicts").fetchall()
+        assert conflicts == [(loser, "duplicate", f"vote=v1, voter=p1 is already held by {winner}")]
+
+
+def test_a_local_duplicate_ballot_is_an_error_not_a_conflict(node):
+    with node.writer("w") as w:
+        w.insert("ballots", {"vote": "v1", "voter": "p1", "choice": "A"})
+    with pytest.raises(Conflict, match="vote=v1, voter=p1"):
+        with node.writer("w") as w:
+            w.insert("ballots", {"vote": "v1", "voter": "p1", "choice": "B"})
+    assert node.conn.execute("SELECT count(*) FROM ballots").fetchone() == (1,)
+    assert node.conn.execute("SELECT count(*) FROM _hemei_conflicts").fetchone() == (0,)
+
+
+def _forge(src: Node, dst: Node, payloads: list[tuple[str, dict]]) -> Batch:
+    """A correctly signed batch of arbitrary row entries from ``src`` (a buggy or hostile origin).
+
+    ``dst`` first receives everything before it, so the batch continues its chain.
+    """
+    send_all(src, dst)
+    with src.writer("w") as w:
+        for kind, payload in payloads:
+            w._append(kind, src.scope, payload, None)
+    size = src.version_vector()[src.id]
+    return src.read_batch(src.id, size - len(payloads), limit=len(payloads))
+
+
+def test_remote_update_of_append_only_row_is_refused_but_kept(make_node):
+    a, b = make_node("a"), make_node("b")
+    with a.writer("w") as w:
+        pk = w.insert("ballots", {"vote": "v1", "voter": "p1", "choice": "A"})
+    send_all(a, b)
+    batch = _forge(a, b, [("row.update", {"t": "ballots", "pk": pk, "v": {"choice": "B"}})])
+    result = b.apply_batch(batch)
+    assert result["new"] == 1 and result["refused"] == 1
+    assert b.conn.execute("SELECT choice FROM ballots").fetchall() == [("A",)]
+    assert b.conn.execute("SELECT kind, reason FROM _hemei_conflicts").fetchall() == [
+        ("refused", "ballots is append-only: update refused")]
+    assert b.version_vector()[a.id] == a.version_vector()[a.id]  # the entry is in the log
+
+
+def test_remote_change_refused_by_a_plugin_is_kept_with_its_reason(make_node):
+    a, b = make_node("a"), make_node("b")
+    batch = _forge(a, b, [("row.insert", {"t": "notes", "pk": "n1", "v": {"title": "forbidden"}})])
+    assert b.apply_batch(batch)["refused"] == 1
+    assert live_notes(b) == {}
+    assert b.conn.execute("SELECT kind, reason FROM _hemei_conflicts").fetchall() == [
+        ("refused", "title 'forbidden' is refused by hook_probe")]
+
+
+def test_unreadable_columns_are_kept_as_conflicts(make_node):
+    a, b = make_node("a"), make_node("b")
+    batch = _forge(a, b, [("row.insert", {"t": "notes", "pk": "n1", "v": {"title": "x", "colour": "red"}})])
+    assert b.apply_batch(batch)["refused"] == 1
+    assert b.conn.execute("SELECT kind FROM _hemei_conflicts").fetchall() == [("unreadable",)]
+
+
+def test_update_before_insert_converges_to_the_same_row(make_node):
+    a, b, c = make_node("a"), make_node("b"), make_node("c")
+    with a.writer("w") as w:
+        pk = w.insert("notes", {"title": "t", "n": 1})
+    send_all(a, b)
+    with b.writer("w") as w:
+        w.update("notes", pk, {"n": 2})
+    c.apply_batch(b.read_batch(b.id, 0))  # b's update first...
+    send_all(a, c)  # ...then a's insert
+    assert c.conn.execute("SELECT * FROM notes").fetchall() == b.conn.execute("SELECT * FROM notes").fetchall()
+
+
+def test_applying_the_same_batch_twice_changes_nothing(make_node):
+    a, b = make_node("a"), make_node("b")
+    with a.writer("w") as w:
+        for i in range(5):
+            w.insert("notes", {"title": f"t{i}"})
+    batch = a.read_batch(a.id, 0)
+    first = b.apply_batch(batch)
+    snapshot = (b.conn.execute("SELECT * FROM notes ORDER BY id").fetchall(), log_size(b))
+    second = b.apply_batch(batch)
+    assert first["new"] == len(batch.entries) and second["new"] == 0
+    assert (b.conn.execute("SELECT * FROM notes ORDER BY id").fetchall(), log_size(b)) == snapshot
+
+
+def test_a_bad_batch_is_refused_whole(make_node):
+    a, b = make_node("a"), make_node("b")
+    with a.writer("w") as w:
+        w.insert("notes", {"title": "t1"})
+        w.insert("notes", {"title": "t2"})
+    batch = a.read_batch(a.id, 0)
+    before = (log_size(b), b.conn.execute("SELECT count(*) FROM notes").fetchone())
+    tampered = list(batch.entries)
+    i = next(i for i, e in enumerate(tampered) if '"t1"' in e[5])
+    tampered[i] = tampered[i][:5] + (tampered[i][5].replace('"t1"', '"t9"'),)
+    with pytest.raises(ChainError, match="signature"):
+        b.apply_batch(batch._replace(entries=tampered))
+    with pytest.raises(ChainError, match="gap"):
+        b.apply_batch(batch._replace(entries=batch.entries[2:]))
+    with pytest.raises(ChainError, match="does not belong"):
+        b.apply_batch(batch._replace(public_key=b.public_key))
+    assert (log_size(b), b.conn.execute("SELECT count(*) FROM notes").fetchone()) == before
+
+
+def test_a_different_history_for_held_entries_is_a_fork(make_node, tmp_path):
+    a, b = make_node("a"), make_node("b")
+    with a.writer("w") as w:
+        w.insert("notes", {"title": "original"})
+    send_all(a, b)
+    # The same key signs a second history of the same length: a rewritten log.
+    import shutil
+    a.close()
+    shutil.copytree(tmp_path / "a", tmp_path / "a2")
+    clone = Node.open(tmp_path / "a2", available=a._available, builtins=a._builtins)
+    clone.conn.execute("DELETE FROM _hemei_log WHERE seq > 2")
+    last = clone.conn.execute("SELECT hash FROM _hemei_log WHERE seq = 2").fetchone()[0]
+    clone.conn.execute("UPDATE _hemei_origins SET size = 2, head = ? WHERE node_id = ?", (last, clone.id))
+    clone.conn.execute("DELETE FROM notes")
+    with clone.writer("w") as w:
+        w.insert("notes", {"title": "rewritten"})
+    with pytest.raises(Conflict, match="fork") as err:
+        b.apply_batch(clone.read_batch(clone.id, 0))
+    assert err.value.code == "fork"
+    clone.close()
+
+
+def test_entries_from_the_far_future_are_refused_and_nothing_is_written(make_node):
+    a, b = make_node("a"), make_node("b")
+    a.clock.last = (a.clock._now() + 3 * 3600 * 1000) << 16  # a PC whose clock is 3 hours fast
+    with a.writer("w") as w:
+        w.insert("notes", {"title": "from the future"})
+    before = log_size(b)
+    with pytest.raises(ClockSkew, match="clock is wrong"):
+        send_all(a, b)
+    assert log_size(b) == before and live_notes(b) == {}
+    assert live_notes(a)  # nothing lost on the sender
+
+
+def test_rebuild_reproduces_every_table_exactly(make_node):
+    a, b = make_node("a"), make_node("b")
+    with a.writer("w") as w:
+        keep = w.insert("notes", {"title": "keep", "n": 1})
+        gone = w.insert("notes", {"title": "gone"})
+        w.insert("ballots", {"vote": "v", "voter": "p", "choice": "A"})
+    with b.writer("w") as w:
+        w.insert("ballots", {"vote": "v", "voter": "p", "choice": "B"})
+    send_all(a, b)
+    with b.writer("w") as w:
+        w.update("notes", keep, {"body": "edited at b"})
+        w.delete("notes", gone)
+    dump = lambda n: [n.conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3").fetchall()
+                      for t in ("notes", "ballots", "_hemei_conflicts")]
+    before = dump(b)
+    b.conn.execute("UPDATE notes SET title = 'vandalised'")
+    b.conn.execute("DELETE FROM ballots")
+    assert b.rebuild() > 0
+    assert dump(b) == before
+
+
+def test_reactions_see_local_and_remote_changes_once_per_commit(make_node):
+    a, b = make_node("a"), make_node("b")
+    with a.writer("w") as w:
+        pk = w.insert("notes", {"title": "t"})
+        w.update("notes", pk, {"n": 1})
+    send_all(a, b)
+    assert a.conn.execute("SELECT op, local FROM probe_reactions").fetchall() == [("insert", 1), ("update", 1)]
+    assert b.conn.execute("SELECT op, local FROM probe_reactions").fetchall() == [("insert", 0), ("update", 0)]
+    b.rebuild()  # replay does not react again
+    assert b.conn.execute("SELECT count(*) FROM probe_reactions").fetchone() == (2,)
+
+
+def test_entries_for_a_disabled_module_wait_in_the_log_until_it_is_enabled(make_node):
+    a = make_node("a")
+    b = make_node("b", modules=())
+    with a.writer("w") as w:
+        w.insert("notes", {"title": "while b had no module"})
+    send_all(a, b)
+    assert "notes" not in b.specs
+    assert b.set_module_enabled("hook_probe", True, "t") == ["ballots", "notes"]
+    assert list(live_notes(b).values()) == [("while b had no module", None, None)]
+    b.set_module_enabled("hook_probe", False, "t")
+    assert b.conn.execute("SELECT count(*) FROM notes").fetchone() == (1,)  # disabling deletes nothing
