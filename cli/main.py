@@ -35,30 +35,34 @@ class HemeiGroup(click.Group):
     """Core commands plus the commands of the node's enabled modules."""
 
     def _plugin_commands(self, ctx: click.Context) -> dict[str, click.Command]:
-        obj = ctx.find_object(NodeContext)
-        if obj is None:
-            return {}
-        try:
-            node = obj.node()
-        except HemeiError:
-            return {}
+        # Runs before the group callback: take --home from the parsed params.
+        obj = ctx.ensure_object(NodeContext)
+        obj.home = obj.home or ctx.params.get("home")
+        node = obj.node()
         commands = merge_named(node.pm.hook.register_commands(), "command", lambda c: c.name)
         return {c.name: c for c in commands if c.name not in self.commands}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(self.commands) | set(self._plugin_commands(ctx)))
+        try:
+            plugin_names = set(self._plugin_commands(ctx))
+        except HemeiError:  # no node here: help shows the core commands
+            plugin_names = set()
+        return sorted(set(self.commands) | plugin_names)
 
     def get_command(self, ctx: click.Context, name: str):
         if name in self.commands:
             return self.commands[name]
-        return self._plugin_commands(ctx).get(name)
+        try:
+            return self._plugin_commands(ctx).get(name)
+        except HemeiError as exc:
+            raise click.UsageError(f"no such command {name!r} (module commands come from the node: "
+                                   f"{exc.message})", ctx) from None
 
     def resolve_command(self, ctx: click.Context, args: list[str]):
-        obj = ctx.find_object(NodeContext)
-        if obj is not None and args and args[0] not in self.commands:
+        obj = ctx.ensure_object(NodeContext)
+        if args and args[0] not in self.commands:
             obj.home = _peek_home(args[1:]) or obj.home
-        cmd_name, cmd, rest = super().resolve_command(ctx, args)
-        return cmd_name, cmd, rest
+        return super().resolve_command(ctx, args)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:

@@ -64,9 +64,9 @@ def status(as_json: bool) -> None:
 
 @click.command()
 @home_option
-@click.option("--table", help="Only conflicts of this table.")
+@click.option("--table", "table_name", help="Only conflicts of this table.")
 @json_option
-def conflicts(table: str | None, as_json: bool) -> None:
+def conflicts(table_name: str | None, as_json: bool) -> None:
     """List changes that were kept but not applied, and why.
 
     Duplicate keys (the earliest row wins), refusals by a module or by a
@@ -77,7 +77,7 @@ def conflicts(table: str | None, as_json: bool) -> None:
 
         hemei --home ./district conflicts --table ballots --json
     """
-    items = list_conflicts(cli_node(), table)
+    items = list_conflicts(cli_node(), table_name)
 
     def human(rows):
         if not rows:

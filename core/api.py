@@ -11,6 +11,7 @@ always have the shape ``{"error": {"code": str, "message": str}}``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -197,10 +198,15 @@ def create_app(home=None, *, available: Available | None = None,
 
     api_routes.append(ApiRoute("/api/openapi.json", "GET", openapi, role=None, summary="This document"))
     routes = [Route(r.path, _endpoint(r, pool), methods=[r.method.upper()]) for r in api_routes]
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        pool.close()
+
     app = Starlette(
         routes=routes,
         exception_handlers={HemeiError: _hemei_error, HTTPException: _http_error, Exception: _internal_error},
-        on_shutdown=[pool.close],
+        lifespan=lifespan,
     )
     app.state.pool = pool
     app.state.api_routes = api_routes

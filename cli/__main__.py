@@ -1,0 +1,5 @@
+"""``python -m hemei.cli`` runs the ``hemei`` command."""
+
+from .main import main
+
+main()

@@ -1,0 +1,84 @@
+"""Start a real ``hemei serve`` (uvicorn on 127.0.0.1, a free port) for tests.
+
+The probe plugin reaches the server process the way an external plugin
+reaches any node: a distribution on ``sys.path`` that declares it in the
+``hemei`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+TESTS = Path(__file__).parent
+
+
+def hemei_command() -> list[str]:
+    script = Path(sys.executable).parent / ("hemei.exe" if os.name == "nt" else "hemei")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "hemei.cli"]
+
+
+def probe_site(root: Path) -> Path:
+    """A site directory holding a tiny distribution that declares hook_probe as a hemei plugin."""
+    site = root / "site"
+    dist = site / "hemei_probe-0.0.0.dist-info"
+    dist.mkdir(parents=True, exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: hemei-probe\nVersion: 0.0.0\n")
+    (dist / "entry_points.txt").write_text("[hemei]\nhook_probe = hook_probe\n")
+    shutil.copy(TESTS / "plugins" / "hook_probe.py", site / "hook_probe.py")
+    return site
+
+
+def plugin_env(site: Path) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.pop("HEMEI_HOME", None)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, home: Path, env: dict):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = home.parent / f"serve-{self.port}.log"
+        self._log_file = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            hemei_command() + ["--home", str(home), "serve", "--port", str(self.port), "--log-level", "warning"],
+            env=env, stdout=self._log_file, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hemei serve exited: {self.log.read_text(errors='replace')}")
+            try:
+                if httpx.get(self.url + "/api/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"hemei serve did not answer: {self.log.read_text(errors='replace')}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_file.close()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")

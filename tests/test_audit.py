@@ -1,0 +1,133 @@
+"""The log as audit trail: tampering with the SQLite file is found and named."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hemei.core.audit import audit_log, verify_log
+from hemei.core.chain import entry_hash
+
+
+@pytest.fixture
+def written(node):
+    """A node with a few transactions of notes; returns (node, seq of the first note)."""
+    for i in range(6):
+        with node.writer("王丽" if i % 2 else "li.ming") as w:
+            w.insert("notes", {"title": f"t{i}"})
+    first = node.conn.execute("SELECT min(seq) FROM _hemei_log WHERE kind = 'row.insert'").fetchone()[0]
+    return node, first
+
+
+def errors_of(node) -> list[str]:
+    result = verify_log(node)
+    assert result["ok"] is (not result["errors"])
+    return result["errors"]
+
+
+def test_an_untouched_log_verifies(written):
+    node, _ = written
+    result = verify_log(node)
+    assert result["ok"] and result["origins"][node.id]["size"] == node.status()["log"]["size"]
+
+
+def test_an_altered_entry_is_named(written):
+    node, first = written
+    node.conn.execute("UPDATE _hemei_log SET payload = replace(payload, 't2', 'tX') WHERE seq = ?", (first + 2,))
+    assert errors_of(node) == [f"{node.id}#{first + 2}: hash does not match its content and predecessor "
+                               "(altered or reordered)"]
+
+
+def test_an_altered_actor_is_named(written):
+    node, first = written
+    node.conn.execute("UPDATE _hemei_log SET actor = 'someone.else' WHERE seq = ?", (first + 1,))
+    assert errors_of(node)[0].startswith(f"{node.id}#{first + 1}: hash does not match")
+
+
+def test_a_removed_entry_is_named(written):
+    node, first = written
+    node.conn.execute("DELETE FROM _hemei_log WHERE seq = ?", (first + 1,))
+    assert errors_of(node)[0].startswith(f"{node.id}#{first + 2}: expected entry #{first + 1}")
+
+
+def test_a_removed_last_entry_is_found(written):
+    node, _ = written
+    size = node.status()["log"]["size"]
+    node.conn.execute("DELETE FROM _hemei_log WHERE seq = ?", (size,))
+    assert errors_of(node) == [f"{node.id}: log has {size - 1} entries but the node recorded {size} "
+                               "(entries removed or inserted)"]
+
+
+def test_reordered_entries_are_named(written):
+    node, first = written
+    a, b = first + 1, first + 2
+    rows = {r[0]: r[1:] for r in node.conn.execute(
+        "SELECT seq, hlc, actor, payload FROM _hemei_log WHERE seq IN (?, ?)", (a, b))}
+    for seq, other in ((a, b), (b, a)):
+        node.conn.execute("UPDATE _hemei_log SET hlc = ?, actor = ?, payload = ? WHERE seq = ?", (*rows[other], seq))
+    assert errors_of(node)[0].startswith(f"{node.id}#{a}: hash does not match")
+
+
+def test_an_inserted_entry_is_found_even_with_a_correct_hash(written):
+    node, _ = written
+    ix, size, head = node.conn.execute("SELECT ix, size, head FROM _hemei_origins WHERE node_id = ?",
+                                       (node.id,)).fetchone()
+    payload = '{"t":"notes","pk":"forged","v":{"title":"forged"}}'
+    forged = entry_hash(head, node.id, size + 1, 1, "li.ming", "row.insert", node.scope, payload)
+    node.conn.execute("INSERT INTO _hemei_log VALUES (?, ?, 1, 'li.ming', 'row.insert', ?, ?, ?, NULL)",
+                      (ix, size + 1, node.scope, payload, forged))
+    expected = [f"{node.id}#{size + 1}: entries #{size + 1}..#{size + 1} are not covered by a "
+                "signed checkpoint (inserted or truncated)"]
+    assert errors_of(node) == expected
+    # Covering the tracks in the origins table does not help: no signature covers it.
+    node.conn.execute("UPDATE _hemei_origins SET size = ?, head = ? WHERE ix = ?", (size + 1, forged, ix))
+    assert errors_of(node) == expected
+
+
+def test_an_entry_of_an_unknown_origin_is_found(written):
+    node, _ = written
+    node.conn.execute("INSERT INTO _hemei_log VALUES (99, 1, 1, 'x', 'row.insert', 'a', '{}', x'00', NULL)")
+    assert "unknown origin" in errors_of(node)[0]
+
+
+def test_a_bad_checkpoint_signature_is_named(written):
+    node, _ = written
+    seq = node.conn.execute("SELECT max(seq) FROM _hemei_log WHERE sig IS NOT NULL").fetchone()[0]
+    node.conn.execute("UPDATE _hemei_log SET sig = zeroblob(64) WHERE seq = ?", (seq,))
+    assert errors_of(node) == [f"{node.id}#{seq}: checkpoint of {node.id} at size {seq} has a bad signature"]
+
+
+def test_cli_verify_exits_non_zero_and_prints_json(written, run_cli, tmp_path):
+    node, first = written
+    home = str(node.home)
+    ok = run_cli("--home", home, "audit", "verify", "--json")
+    assert ok.exit_code == 0
+    data = json.loads(ok.output)
+    assert data["ok"] is True and data["errors"] == []
+    assert data["origins"][node.id] == {"size": node.status()["log"]["size"], "head": node.status()["log"]["head"]}
+    node.conn.execute("UPDATE _hemei_log SET payload = replace(payload, 't1', 'tY') WHERE seq = ?", (first + 1,))
+    bad = run_cli("--home", home, "audit", "verify", "--json")
+    assert bad.exit_code == 1
+    assert json.loads(bad.output)["errors"][0].startswith(f"{node.id}#{first + 1}:")
+    text = run_cli("--home", home, "audit", "verify")
+    assert text.exit_code == 1 and f"#{first + 1}" in text.output and "FAILED" in text.output
+
+
+def test_audit_log_filters_newest_first(written):
+    node, _ = written
+    everything = audit_log(node, limit=100)
+    assert [e["hlc"] for e in everything] == sorted((e["hlc"] for e in everything), reverse=True)
+    by_wang = audit_log(node, actor="王丽", limit=100)
+    assert len(by_wang) == 3 and {e["actor"] for e in by_wang} == {"王丽"}
+    assert {e["kind"] for e in audit_log(node, kind="row", limit=100)} == {"row.insert"}
+    assert {e["kind"] for e in audit_log(node, kind="module", limit=100)} == {"module.enable"}
+    assert len(audit_log(node, table="notes", limit=100)) == 6
+    assert audit_log(node, since="2999-01-01") == []
+    assert len(audit_log(node, limit=2)) == 2
+
+
+def test_audit_log_cli_rejects_a_bad_date(written, run_cli):
+    node, _ = written
+    result = run_cli("--home", str(node.home), "audit", "log", "--since", "yesterday")
+    assert result.exit_code == 1 and "not a date" in result.output

@@ -1,0 +1,188 @@
+"""The ``hemei`` command: node lifecycle, users, modules, errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import click
+import pytest
+
+from hemei.cli.main import cli
+from hemei.core.node import Node
+from server import hemei_command, plugin_env, probe_site
+
+
+def run_real(*args: str, env: dict | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ if env is None else env)
+    full_env.pop("HEMEI_HOME", None)
+    return subprocess.run(hemei_command() + list(args), capture_output=True, text=True, encoding="utf-8",
+                          input=input, env=full_env, timeout=60)
+
+
+def test_init_and_status_in_a_real_process(tmp_path):
+    home = str(tmp_path / "府山")
+    made = run_real("init", "--home", home, "--name", "府山街道", "--scope", "越城区/府山街道", "--json")
+    assert made.returncode == 0, made.stderr
+    info = json.loads(made.stdout)
+    status = run_real("--home", home, "status", "--json")
+    data = json.loads(status.stdout)
+    assert data["node_id"] == info["node_id"] and data["scope"] == "越城区/府山街道" and data["name"] == "府山街道"
+    assert data["modules"] == [] and data["log"]["size"] == 1 and len(data["log"]["head"]) == 64
+    assert (tmp_path / "府山" / "node.db").exists()
+    mode = os.stat(tmp_path / "府山" / "node.key").st_mode & 0o777
+    assert os.name == "nt" or mode == 0o600
+    wal = Node.open(home).conn.execute("PRAGMA journal_mode").fetchone()[0]
+    assert wal == "wal"
+
+
+def test_home_from_environment(tmp_path):
+    env = dict(os.environ, HEMEI_HOME=str(tmp_path / "envhome"))
+    made = subprocess.run(hemei_command() + ["init", "--name", "x", "--scope", "a/b"], env=env,
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "envhome" / "node.key").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["status"], "is not a node home"),
+    (["init", "--name", "x", "--scope", "a//b"], "empty segment"),
+    (["init", "--name", "x", "--scope", "/a"], "must not start or end"),
+    (["audit", "verify"], "is not a node home"),
+    (["nonsense-command"], "no such command"),
+])
+def test_errors_are_one_clear_line_without_traceback(tmp_path, args, message):
+    done = run_real("--home", str(tmp_path / "missing"), *args)
+    assert done.returncode != 0
+    assert message in done.stderr.lower() or message in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not (tmp_path / "missing").exists()  # nothing half-written
+
+
+def test_init_on_an_existing_home_refuses_and_changes_nothing(tmp_path, run_cli):
+    home = tmp_path / "h"
+    assert run_cli("--home", str(home), "init", "--name", "a", "--scope", "x").exit_code == 0
+    before = {p.name: p.read_bytes() for p in home.iterdir()}
+    again = run_cli("--home", str(home), "init", "--name", "b", "--scope", "y")
+    assert again.exit_code == 1 and "already a node home" in again.output
+    assert {p.name: p.read_bytes() for p in home.iterdir()} == before
+
+
+def test_users_passwords_from_option_and_stdin_and_secrets_stay_out_of_the_log(tmp_path, run_cli):
+    home = str(tmp_path / "h")
+    run_cli("--home", home, "init", "--name", "a", "--scope", "x")
+    assert run_cli("--home", home, "users", "add", "王丽", "--role", "operator",
+                   "--password", "first-secret-pw").exit_code == 0
+    piped = run_cli("--home", home, "users", "add", "li.ming", "--role", "viewer", input="second-secret-pw\n")
+    assert piped.exit_code == 0, piped.output
+    token = run_cli("--home", home, "users", "token", "王丽", "--ttl", "1h").output.strip()
+    assert token.startswith("hm_") and "\n" not in token
+    listed = json.loads(run_cli("--home", home, "users", "list", "--json").output)
+    assert {(u["name"], u["role"], u["active_tokens"]) for u in listed} == {("王丽", "operator", 1),
+                                                                          ("li.ming", "viewer", 0)}
+    node = Node.open(home)
+    log_text = " ".join(r[0] for r in node.conn.execute("SELECT payload FROM _hemei_log"))
+    assert "王丽" in log_text and "li.ming" in log_text  # who was added is recorded
+    for secret in ("first-secret-pw", "second-secret-pw", token):
+        assert secret not in log_text
+    node.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    node.close()
+    raw = (tmp_path / "h" / "node.db").read_bytes()
+    for secret in ("first-secret-pw", "second-secret-pw", token):
+        assert secret.encode() not in raw
+
+
+@pytest.mark.parametrize("args, stdin, message", [
+    (["users", "add", "x", "--role", "operator", "--password", "short"], None, "at least 8"),
+    (["users", "add", "x y", "--role", "operator", "--password", "long-enough"], None, "spaces"),
+    (["users", "add", "x", "--role", "operator"], "", "no password given"),
+    (["users", "token", "nobody"], None, "no user nobody"),
+    (["users", "token", "王丽", "--ttl", "soon"], None, "not a duration"),
+    (["users", "add", "王丽", "--role", "admin", "--password", "long-enough"], None, "already exists"),
+    (["users", "add", "x", "--role", "boss", "--password", "long-enough"], None, "'boss' is not one of"),
+])
+def test_bad_user_input_is_refused(tmp_path, run_cli, args, stdin, message):
+    home = str(tmp_path / "h")
+    run_cli("--home", home, "init", "--name", "a", "--scope", "x")
+    run_cli("--home", home, "users", "add", "王丽", "--role", "operator", "--password", "long-enough")
+    before = Node.open(home).status()["log"]
+    result = run_cli("--home", home, *args, input=stdin)
+    assert result.exit_code != 0 and message in result.output
+    assert Node.open(home).status()["log"] == before
+
+
+def test_modules_enable_disable_are_logged_and_hide_commands(tmp_path, run_cli):
+    home = str(tmp_path / "h")
+    run_cli("--home", home, "init", "--name", "a", "--scope", "x")
+    listed = json.loads(run_cli("--home", home, "modules", "list", "--json").output)
+    assert {"name": "hook_probe", "enabled": False} in [{k: m[k] for k in ("name", "enabled")} for m in listed]
+    assert "no such command" in run_cli("--home", home, "probe", "note", "x").output.lower()
+    enabled = run_cli("--home", home, "modules", "enable", "hook_probe")
+    assert enabled.exit_code == 0 and "ballots, notes" in enabled.output
+    assert run_cli("--home", home, "probe", "note", "第一条").exit_code == 0
+    assert "already enabled" in run_cli("--home", home, "modules", "enable", "hook_probe").output
+    assert "unknown module 'nope'" in run_cli("--home", home, "modules", "enable", "nope").output
+    assert run_cli("--home", home, "modules", "disable", "hook_probe").exit_code == 0
+    assert "no such command" in run_cli("--home", home, "probe", "note", "x").output.lower()
+    kinds = [e["kind"] for e in json.loads(run_cli("--home", home, "audit", "log", "--kind", "module",
+                                                   "--json").output)]
+    assert kinds == ["module.disable", "module.enable"]
+    node = Node.open(home)
+    assert node.conn.execute("SELECT title FROM notes").fetchall() == [("第一条",)]  # data kept
+
+
+def test_external_plugin_loads_from_entry_points_only_when_enabled(tmp_path):
+    env = plugin_env(probe_site(tmp_path))
+    home = str(tmp_path / "h")
+    assert run_real("--home", home, "init", "--name", "a", "--scope", "x", env=env).returncode == 0
+    listed = json.loads(run_real("--home", home, "modules", "list", "--json", env=env).stdout)
+    assert {"name": "hook_probe", "enabled": False, "source": "hook_probe"} in listed
+    probe_code = ("import sys, hemei.core as c; n = c.Node.open(sys.argv[1]);"
+                  "print('hook_probe' in sys.modules)")
+    loaded = subprocess.run([os.sys.executable, "-c", probe_code, home], env=env, capture_output=True, text=True)
+    assert loaded.stdout.strip() == "False"  # installed, not enabled: never imported
+    assert run_real("--home", home, "modules", "enable", "hook_probe", env=env).returncode == 0
+    loaded = subprocess.run([os.sys.executable, "-c", probe_code, home], env=env, capture_output=True, text=True)
+    assert loaded.stdout.strip() == "True"
+    note = run_real("--home", home, "probe", "note", "插件", "--json", env=env)
+    assert note.returncode == 0 and json.loads(note.stdout)["title"] == "插件"
+
+
+def test_conflicts_and_rebuild_commands(make_node, run_cli):
+    a, b = make_node("a"), make_node("b")
+    with a.writer("w") as w:
+        w.insert("ballots", {"vote": "v", "voter": "p", "choice": "A"})
+    with b.writer("w") as w:
+        w.insert("ballots", {"vote": "v", "voter": "p", "choice": "B"})
+    b.apply_batch(a.read_batch(a.id, 0))
+    listed = json.loads(run_cli("--home", str(b.home), "conflicts", "--json").output)
+    assert len(listed) == 1 and listed[0]["kind"] == "duplicate" and listed[0]["table"] == "ballots"
+    text = run_cli("--home", str(b.home), "conflicts").output
+    assert "duplicate" in text and "already held by" in text
+    same = json.loads(run_cli("--home", str(b.home), "rebuild", "--json").output)
+    assert same["tables"] == {"ballots": "unchanged", "notes": "unchanged"}
+    b.conn.execute("DELETE FROM ballots")
+    repaired = json.loads(run_cli("--home", str(b.home), "rebuild", "--json").output)
+    assert repaired["tables"]["ballots"] == "repaired"
+    assert json.loads(run_cli("--home", str(b.home), "conflicts", "--json").output) == listed
+    assert "no table 'nope'" in run_cli("--home", str(b.home), "rebuild", "--table", "nope").output
+
+
+def _walk(command: click.Command, path: str = "hemei"):
+    yield path, command
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from _walk(sub, f"{path} {name}")
+
+
+def test_every_command_help_ends_with_an_example():
+    import hook_probe
+
+    commands = list(_walk(cli)) + list(_walk(hook_probe.probe, "hemei probe"))
+    assert len(commands) > 15
+    for path, command in commands:
+        help_text = (command.help or "").strip()
+        assert "Example:" in help_text, f"{path} has no example in its help"
+        last = help_text.splitlines()[-1].strip()
+        assert last.startswith(("hemei", "echo", "TOKEN=")), f"{path}: help must end with an example, not {last!r}"

@@ -1,0 +1,132 @@
+"""The HTTP API of a real ``hemei serve`` process on 127.0.0.1."""
+
+from __future__ import annotations
+
+import subprocess
+
+import httpx
+import pytest
+
+from server import Server, hemei_command, plugin_env, probe_site
+
+
+def hemei(env, *args, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(hemei_command() + list(args), env=env, input=input, capture_output=True, text=True,
+                          encoding="utf-8", timeout=60)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    env = plugin_env(probe_site(root))
+    home = str(root / "fushan")
+    for args, stdin in [
+        (["init", "--name", "府山街道", "--scope", "yuecheng/fushan"], None),
+        (["modules", "enable", "hook_probe"], None),
+        (["users", "add", "admin1", "--role", "admin"], "admin-password\n"),
+        (["users", "add", "王丽", "--role", "operator"], "operator-password\n"),
+        (["users", "add", "viewer1", "--role", "viewer"], "viewer-password\n"),
+    ]:
+        done = hemei(env, "--home", home, *args, input=stdin)
+        assert done.returncode == 0, done.stderr
+    tokens = {name: hemei(env, "--home", home, "users", "token", name).stdout.strip()
+              for name in ("admin1", "王丽", "viewer1")}
+    server = Server(root / "fushan", env)
+    yield server, tokens, env, home
+    server.stop()
+    assert "Traceback" not in server.output()
+
+
+def auth(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def log_size(served) -> int:
+    server, tokens, *_ = served
+    return httpx.get(server.url + "/api/status", headers=auth(tokens["viewer1"])).json()["log"]["size"]
+
+
+def test_health_is_public(served):
+    server, *_ = served
+    reply = httpx.get(server.url + "/api/health")
+    assert reply.status_code == 200 and reply.json()["name"] == "府山街道"
+
+
+def test_status_needs_a_valid_token(served):
+    server, tokens, *_ = served
+    missing = httpx.get(server.url + "/api/status")
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "unauthorized"
+    wrong = httpx.get(server.url + "/api/status", headers=auth("hm_not-a-token"))
+    assert wrong.status_code == 401
+    ok = httpx.get(server.url + "/api/status", headers=auth(tokens["viewer1"]))
+    assert ok.status_code == 200 and ok.json()["modules"] == ["hook_probe"]
+
+
+def test_module_routes_enforce_roles_and_keep_unicode(served):
+    server, tokens, *_ = served
+    before = log_size(served)
+    denied = httpx.post(server.url + "/api/probe/notes", json={"title": "x"}, headers=auth(tokens["viewer1"]))
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "forbidden"
+    assert log_size(served) == before
+    made = httpx.post(server.url + "/api/probe/notes", json={"title": "楼道粉刷"}, headers=auth(tokens["王丽"]))
+    assert made.status_code == 200, made.text
+    listed = httpx.get(server.url + "/api/probe/notes", headers=auth(tokens["viewer1"])).json()
+    assert [made.json()["id"], "楼道粉刷"] in listed
+    entry = httpx.get(server.url + "/api/audit/log?kind=row&limit=1", headers=auth(tokens["admin1"])).json()[0]
+    assert entry["actor"] == "王丽" and entry["values"] == {"title": "楼道粉刷", "body": None}
+
+
+@pytest.mark.parametrize("send, status, code", [
+    (lambda url, h: httpx.post(url + "/api/probe/notes", content=b"{not json", headers=h), 400, "invalid_json"),
+    (lambda url, h: httpx.post(url + "/api/probe/notes", json={"body": "no title"}, headers=h), 400, "invalid_input"),
+    (lambda url, h: httpx.post(url + "/api/probe/notes", json={"title": "forbidden"}, headers=h), 400, "refused"),
+    (lambda url, h: httpx.post(url + "/api/probe/notes", content=b"x" * (1024 * 1024 + 1), headers=h), 413,
+     "body_too_large"),
+    (lambda url, h: httpx.get(url + "/api/nothing-here", headers=h), 404, "not_found"),
+    (lambda url, h: httpx.delete(url + "/api/probe/notes", headers=h), 405, "method_not_allowed"),
+    (lambda url, h: httpx.get(url + "/api/audit/log?since=yesterday", headers=h), 400, "invalid_input"),
+    (lambda url, h: httpx.get(url + "/api/audit/log?limit=abc", headers=h), 400, "invalid_input"),
+])
+def test_bad_requests_get_json_errors_and_write_nothing(served, send, status, code):
+    server, tokens, *_ = served
+    before = log_size(served)
+    reply = send(server.url, auth(tokens["admin1"]))
+    assert reply.status_code == status, reply.text
+    body = reply.json()
+    assert body["error"]["code"] == code and body["error"]["message"]
+    assert log_size(served) == before
+
+
+def test_audit_routes_need_admin(served):
+    server, tokens, *_ = served
+    assert httpx.get(server.url + "/api/audit/verify", headers=auth(tokens["王丽"])).status_code == 403
+    verified = httpx.get(server.url + "/api/audit/verify", headers=auth(tokens["admin1"])).json()
+    assert verified["ok"] is True
+
+
+def test_openapi_document_lists_every_route(served):
+    server, *_ = served
+    doc = httpx.get(server.url + "/api/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    assert {"/api/health", "/api/status", "/api/probe/notes", "/api/audit/log"} <= set(doc["paths"])
+    assert doc["paths"]["/api/probe/notes"]["post"]["security"] == [{"bearer": []}]
+
+
+def test_cli_writes_beside_a_running_server_keep_one_chain(served):
+    server, tokens, env, home = served
+    done = hemei(env, "--home", home, "probe", "note", "同时写入")
+    assert done.returncode == 0, done.stderr
+    made = httpx.post(server.url + "/api/probe/notes", json={"title": "after cli"}, headers=auth(tokens["王丽"]))
+    assert made.status_code == 200
+    verify = hemei(env, "--home", home, "audit", "verify", "--json")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_revoked_token_is_refused(served):
+    server, tokens, env, home = served
+    assert hemei(env, "--home", home, "users", "add", "viewer2", "--role", "viewer",
+                 "--password", "viewer2-password").returncode == 0
+    token = hemei(env, "--home", home, "users", "token", "viewer2").stdout.strip()
+    assert httpx.get(server.url + "/api/status", headers=auth(token)).status_code == 200
+    assert hemei(env, "--home", home, "users", "revoke", "viewer2").returncode == 0
+    assert httpx.get(server.url + "/api/status", headers=auth(token)).status_code == 401
