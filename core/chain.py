@@ -23,6 +23,7 @@ from typing import Iterable, NamedTuple, Sequence
 from .errors import ChainError
 
 GENESIS = bytes(32)
+_sha256 = hashlib.sha256
 
 #: Kinds of entries that change rows of synced tables.
 ROW_KINDS = ("row.insert", "row.update", "row.delete")
@@ -40,9 +41,11 @@ class Entry(NamedTuple):
 
 
 def entry_hash(prev: bytes, origin: str, seq: int, hlc: int, actor: str, kind: str,
-               scope: str, payload: str) -> bytes:
-    header = f"{origin}\n{seq}\n{hlc}\n{actor}\n{kind}\n{scope}\n"
-    return hashlib.sha256(prev + header.encode() + payload.encode()).digest()
+               scope: str, payload: str | bytes) -> bytes:
+    """The chain hash of one entry; ``payload`` as text, or as its UTF-8 bytes."""
+    if isinstance(payload, str):
+        payload = payload.encode()
+    return _sha256(b"".join((prev, f"{origin}\n{seq}\n{hlc}\n{actor}\n{kind}\n{scope}\n".encode(), payload))).digest()
 
 
 def check_header_text(name: str, value: str) -> None:

@@ -26,6 +26,9 @@ POLICIES = (LWW, APPEND_ONLY)
 COLUMN_TYPES = {"text": "TEXT", "integer": "INTEGER", "real": "REAL", "blob": "BLOB"}
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
+# Exact Python types a column accepts: bool is not an integer here, an int is a real.
+_PY_TYPES = {"text": (str,), "integer": (int,), "real": (float, int), "blob": (bytes,)}
+
 #: Hidden columns of every synced table: the version (HLC, origin) of the row.
 VERSION_COLUMNS = ("_hlc", "_origin")
 #: Extra hidden columns of lww tables: tombstone flag and per-column versions.
@@ -56,6 +59,7 @@ class TableSpec:
     required: tuple[str, ...] = ()
     unique: tuple[str, ...] = ()
     indexes: tuple[tuple[str, ...], ...] = ()
+    _accepted: dict = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if not _NAME.match(self.name) or self.name.startswith("_hemei"):
@@ -74,6 +78,7 @@ class TableSpec:
             raise ValueError(f"table {self.name}: pk and scope columns must be text")
         if self.unique and self.policy != APPEND_ONLY:
             raise ValueError(f"table {self.name}: unique keys are for append_only tables")
+        object.__setattr__(self, "_accepted", {c: _PY_TYPES[t] for c, t in self.columns.items()})
 
     @property
     def data_columns(self) -> tuple[str, ...]:
@@ -81,25 +86,24 @@ class TableSpec:
         return tuple(c for c in self.columns if c not in (self.pk, self.scope))
 
     def check_values(self, values: dict, *, insert: bool) -> None:
-        unknown = [c for c in values if c not in self.columns]
-        if unknown:
-            raise InvalidInput(f"{self.name} has no column {', '.join(map(repr, unknown))}")
+        """Raise :class:`InvalidInput` unless ``values`` fit the declared columns (a local write)."""
+        accepted = self._accepted
+        for col, value in values.items():
+            if value is None:
+                continue
+            types = accepted.get(col)
+            if types is None:
+                unknown = [c for c in values if c not in self.columns]
+                raise InvalidInput(f"{self.name} has no column {', '.join(map(repr, unknown))}")
+            if type(value) not in types:
+                raise InvalidInput(f"{self.name}.{col} must be {self.columns[col]}, got {type(value).__name__}")
         if insert:
             missing = [c for c in self.required if c not in (self.pk, self.scope) and values.get(c) is None]
             if missing:
                 raise InvalidInput(f"{self.name}: {', '.join(missing)} required")
-        for col, value in values.items():
-            if value is None:
-                continue
-            typ = self.columns[col]
-            ok = (
-                (typ == "text" and isinstance(value, str))
-                or (typ == "integer" and isinstance(value, int) and not isinstance(value, bool))
-                or (typ == "real" and isinstance(value, (int, float)) and not isinstance(value, bool))
-                or (typ == "blob" and isinstance(value, bytes))
-            )
-            if not ok:
-                raise InvalidInput(f"{self.name}.{col} must be {typ}, got {type(value).__name__}")
+        elif any(c not in self.columns for c in values):
+            unknown = [c for c in values if c not in self.columns]
+            raise InvalidInput(f"{self.name} has no column {', '.join(map(repr, unknown))}")
 
 
 def create_or_extend_table(conn: sqlite3.Connection, spec: TableSpec) -> None:

@@ -8,6 +8,7 @@ empty segments, surrounding slashes, whitespace, control characters.
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 
 from .errors import InvalidInput
@@ -19,7 +20,14 @@ _ALLOWED_PUNCTUATION = set("-_.")
 
 def parse_scope(text: str) -> str:
     """Return the canonical (NFC) form of ``text`` or raise :class:`InvalidInput`."""
-    if not isinstance(text, str) or not text:
+    if not isinstance(text, str):
+        raise InvalidInput("scope must be text: give an org path such as yuecheng/fushan/xihu")
+    return _parse_scope(text)
+
+
+@functools.lru_cache(maxsize=4096)  # a node sees few distinct scopes, and writes check one per row
+def _parse_scope(text: str) -> str:
+    if not text:
         raise InvalidInput("scope is empty: give an org path such as yuecheng/fushan/xihu")
     scope = unicodedata.normalize("NFC", text)
     if len(scope) > MAX_SCOPE_LENGTH:

@@ -121,7 +121,7 @@ class Writer:
         return spec
 
     def _row_scope(self, scope: str | None) -> str:
-        if scope is None:
+        if scope is None or scope == self.node.scope:
             return self.node.scope
         scope = parse_scope(scope)
         if not covers(self.node.scope, scope):
@@ -141,10 +141,11 @@ class Writer:
     def _append(self, kind: str, scope: str, payload: dict, table: str | None = None,
                 op: str | None = None, pk: str | None = None, values: dict | None = None) -> None:
         hlc = self.node.clock.tick()
-        text = orjson.dumps(payload).decode()
+        raw = orjson.dumps(payload)
+        text = raw.decode()
         seq = self.size + 1
         origin = self.node.id
-        self.head = entry_hash(self.head, origin, seq, hlc, self.actor, kind, scope, text)
+        self.head = entry_hash(self.head, origin, seq, hlc, self.actor, kind, scope, raw)
         self.size = seq
         self._rows.append([self._origin_ix, seq, hlc, self.actor, kind, scope, text, self.head, None])
         if table is not None:
