@@ -91,10 +91,14 @@ def users() -> None:
     """
 
 
+def _stdin_is_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
 def _read_password(password: str | None) -> str:
     if password is not None:
         return password
-    if sys.stdin.isatty():
+    if _stdin_is_terminal():
         return click.prompt("password", hide_input=True, confirmation_prompt=True)
     line = sys.stdin.readline().rstrip("\r\n")
     if not line:

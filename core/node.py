@@ -178,14 +178,20 @@ class Node:
     def available_modules(self) -> dict:
         return available_modules() if self._available is None else dict(self._available)
 
+    def _plugin_setup(self, enabled: list[str]):
+        """Manager, tables and migration sets for ``enabled``; raises before anything is written."""
+        pm = get_plugin_manager(enabled, self.available_modules(), self._builtins)
+        specs = merge_named(pm.hook.register_tables(), "table", lambda s: s.name)
+        migrations = merge_named(pm.hook.register_migrations(), "migration set", lambda m: m.name)
+        return pm, specs, migrations
+
     def _load_plugins(self) -> None:
-        self.pm: pluggy.PluginManager = get_plugin_manager(
-            self.enabled_modules(), self.available_modules(), self._builtins)
-        specs = merge_named(self.pm.hook.register_tables(), "table", lambda s: s.name)
+        pm, specs, migrations = self._plugin_setup(self.enabled_modules())
+        self.pm: pluggy.PluginManager = pm
         self.specs: dict[str, TableSpec] = {s.name: s for s in specs}
         for spec in specs:
             create_or_extend_table(self.conn, spec)
-        for migration_set in merge_named(self.pm.hook.register_migrations(), "migration set", lambda m: m.name):
+        for migration_set in migrations:
             migration_set.apply(self.db)
         validator = None
         if self.pm.hook.validate_change.get_hookimpls():
@@ -206,8 +212,7 @@ class Node:
         if (name in self.enabled_modules()) == enabled:
             raise InvalidInput(f"module {name} is already {'enabled' if enabled else 'disabled'}")
         before = set(self.specs)
-        wanted = set(self.enabled_modules()) ^ {name}
-        get_plugin_manager(sorted(wanted), available, self._builtins)  # fails here if it cannot load
+        self._plugin_setup(sorted(set(self.enabled_modules()) ^ {name}))  # fails here if it cannot load
         with self.writer(actor) as w:
             w.event("module.enable" if enabled else "module.disable", {"module": name})
             w.conn.execute(
@@ -435,6 +440,7 @@ class Node:
             "scope": self.scope,
             "home": str(self.home),
             "modules": self.enabled_modules(),
+            "missing_modules": list(self.pm.missing_modules),
             "log": {"size": size, "head": head.hex(), "entries_all_origins": total,
                     "origins": len(self.version_vector())},
             "conflicts": self._refusal_count(),

@@ -19,7 +19,14 @@ from typing import Iterable, Mapping
 import pluggy
 
 from . import hookspecs
-from .errors import InvalidInput
+from .errors import HemeiError, InvalidInput
+
+
+class PluginError(HemeiError):
+    """A plugin that cannot be loaded: fails the node's start, not a request."""
+
+    code = "plugin_invalid"
+    status = 500
 
 hookimpl = pluggy.HookimplMarker("hemei")
 
@@ -52,20 +59,31 @@ def get_plugin_manager(enabled: Iterable[str] = (), available: Available | None 
 
     ``available`` is what :func:`available_modules` returns (looked up when None).
 
-    Raises :class:`InvalidInput` for an enabled name that is not available,
-    and pluggy's ``PluginValidationError`` for a hook implementation that
-    matches no spec (a misspelt hook fails at start, not silently).
+    An enabled name that is not installed is skipped and listed in
+    ``pm.missing_modules`` (its entries wait in the log). Raises
+    :class:`PluginError` for a hook implementation that matches no spec: a
+    misspelt hook fails at start, not silently.
     """
     pm = pluggy.PluginManager("hemei")
     pm.add_hookspecs(hookspecs)
     for path in builtins:
         pm.register(importlib.import_module(path), name=path)
     modules = available_modules() if available is None else available
+    pm.missing_modules = []  # enabled here but not installed: the node still opens
     for name in enabled:
         if name not in modules:
-            raise InvalidInput(f"module {name!r} is enabled on this node but not installed")
-        pm.register(_load(name, modules[name]), name=name)
-    pm.check_pending()
+            pm.missing_modules.append(name)
+            continue
+        try:
+            pm.register(_load(name, modules[name]), name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"module {name} cannot be loaded: {exc}") from None
+        except ImportError as exc:
+            raise PluginError(f"module {name} cannot be imported: {exc}") from None
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"a plugin implements a hook that does not exist (misspelt?): {exc}") from None
     return pm
 
 

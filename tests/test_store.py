@@ -301,3 +301,32 @@ def test_entries_for_a_disabled_module_wait_in_the_log_until_it_is_enabled(make_
     assert list(live_notes(b).values()) == [("while b had no module", None, None)]
     b.set_module_enabled("hook_probe", False, "t")
     assert b.conn.execute("SELECT count(*) FROM notes").fetchone() == (1,)  # disabling deletes nothing
+
+
+def test_the_clock_survives_a_restart_with_the_wall_clock_behind(node):
+    with node.writer("w") as w:
+        w.insert("notes", {"title": "before"})
+    future = (node.clock._now() + 3_600_000) << 16  # the last run happened while the PC clock was an hour fast
+    node.conn.execute("UPDATE _hemei_meta SET value = ? WHERE key = 'hlc'", (future,))
+    home, available, builtins = node.home, node._available, node._builtins
+    node.close()
+    reopened = Node.open(home, available=available, builtins=builtins)
+    with reopened.writer("w") as w:
+        w.insert("notes", {"title": "after restart"})
+    last = reopened.conn.execute("SELECT max(hlc) FROM _hemei_log").fetchone()[0]
+    assert last > future
+    reopened.close()
+
+
+def test_a_refusing_check_writes_nothing_of_the_batch(make_node):
+    a, b = make_node("a"), make_node("b")
+    with a.writer("w") as w:
+        w.insert("notes", {"title": "t"})
+    before = log_size(b)
+
+    def refuse(batch):
+        raise InvalidInput("out of scope", code="scope_violation")
+
+    with pytest.raises(InvalidInput, match="out of scope"):
+        b.apply_batch(a.read_batch(a.id, 0), check=refuse)
+    assert log_size(b) == before and live_notes(b) == {} and a.id not in b.version_vector()

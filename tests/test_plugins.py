@@ -1,0 +1,90 @@
+"""The plugin host: built from a function, strict about hook names, lazy about modules."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from conftest import PROBE
+from hemei.core import TableSpec, hookimpl
+from hemei.core.errors import InvalidInput
+from hemei.core.node import Node
+from hemei.core.plugins import CORE_BUILTINS, PluginError, get_plugin_manager
+
+
+def plugin_module(name: str, **hooks) -> types.ModuleType:
+    module = types.ModuleType(name)
+    for hook_name, fn in hooks.items():
+        fn.__name__ = hook_name
+        setattr(module, hook_name, hookimpl(fn))
+    return module
+
+
+def test_each_call_builds_a_fresh_manager_with_the_builtins():
+    one, two = get_plugin_manager(available={}), get_plugin_manager(available={})
+    assert one is not two
+    assert [name for name, _ in one.list_name_plugin()] == list(CORE_BUILTINS)
+
+
+def test_a_misspelt_hook_fails_at_start():
+    typo = plugin_module("typo", register_tabels=lambda: [])
+    with pytest.raises(PluginError, match="register_tabels"):
+        get_plugin_manager(["typo"], {"typo": typo})
+
+
+def test_enabling_a_broken_module_is_refused_and_leaves_it_disabled(tmp_path):
+    typo = plugin_module("typo", register_tabels=lambda: [])
+    node = Node.init(tmp_path / "n", name="n", scope="a", available={"typo": typo})
+    size = node.status()["log"]["size"]
+    with pytest.raises(PluginError):
+        node.set_module_enabled("typo", True, "t")
+    assert node.enabled_modules() == [] and node.status()["log"]["size"] == size
+
+
+def test_two_plugins_declaring_one_table_fail_loudly(tmp_path):
+    spec = TableSpec("things", {"id": "text", "scope": "text"})
+    first = plugin_module("first", register_tables=lambda: [spec])
+    second = plugin_module("second", register_tables=lambda: [spec])
+    node = Node.init(tmp_path / "n", name="n", scope="a", available={"first": first, "second": second})
+    node.set_module_enabled("first", True, "t")
+    with pytest.raises(InvalidInput, match="two plugins register the table 'things'"):
+        node.set_module_enabled("second", True, "t")
+    assert node.enabled_modules() == ["first"]  # nothing recorded: the node still opens
+
+
+def test_a_node_whose_module_was_uninstalled_still_opens(make_node):
+    node = make_node("n")
+    home = node.home
+    node.close()
+    reopened = Node.open(home, available={})
+    assert reopened.status()["missing_modules"] == ["hook_probe"]
+    assert "notes" not in reopened.specs
+    reopened.close()
+
+
+def test_unknown_module_names_get_a_clear_error(node):
+    with pytest.raises(InvalidInput, match="unknown module 'volunter_hours'"):
+        node.set_module_enabled("volunter_hours", True, "t")
+
+
+def test_registered_plugins_are_only_those_enabled(make_node):
+    bare = make_node("bare", modules=())
+    assert bare.pm.get_plugin("hook_probe") is None
+    probe = make_node("probe")
+    assert probe.pm.get_plugin("hook_probe") is PROBE["hook_probe"]
+
+
+def test_password_prompt_on_a_terminal_asks_twice(tmp_path, run_cli, monkeypatch):
+    from hemei.cli import admin_commands
+
+    home = str(tmp_path / "h")
+    run_cli("--home", home, "init", "--name", "a", "--scope", "x")
+    monkeypatch.setattr(admin_commands, "_stdin_is_terminal", lambda: True)
+    mismatch = run_cli("--home", home, "users", "add", "wang", "--role", "viewer",
+                       input="first-password\nother-password\nfirst-password\nfirst-password\n")
+    assert mismatch.exit_code == 0, mismatch.output
+    assert "do not match" in mismatch.output.lower() and "first-password" not in mismatch.output
+    node = Node.open(home)
+    from hemei.core.users import check_password
+    assert check_password(node, "wang", "first-password")["role"] == "viewer"
