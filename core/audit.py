@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from .chain import GENESIS, entry_hash
+from .chain import GENESIS, REDACTED, entry_leaf, link
 from .clock import hlc_to_iso, iso_to_hlc
 from .errors import ChainError, InvalidInput
 from .identity import verify_checkpoint
@@ -53,15 +53,18 @@ def _verify_origin(node: Node, ix: int, node_id: str, public_key: bytes, progres
     prev = GENESIS
     expected = 1
     last_sig_seq = 0
-    cursor = node.conn.execute("SELECT seq, hlc, actor, kind, scope, payload, hash, sig FROM _hemei_log"
+    cursor = node.conn.execute("SELECT seq, hlc, actor, kind, scope, payload, hash, sig, leaf FROM _hemei_log"
                                " WHERE origin = ? ORDER BY seq", (ix,))
     while chunk := cursor.fetchmany(5000):
-        for seq, hlc, actor, kind, scope, payload, stored, sig in chunk:
+        for seq, hlc, actor, kind, scope, payload, stored, sig, leaf in chunk:
             where = f"{node_id}#{seq}"
             if seq != expected:
                 return f"{where}: expected entry #{expected} (entries removed, inserted or reordered)", seq, prev
             try:
-                computed = entry_hash(prev, node_id, seq, hlc, actor, kind, scope, payload)
+                if kind == REDACTED:  # held as its digest only: the link is still checked
+                    computed = link(prev, leaf)
+                else:
+                    computed = link(prev, entry_leaf(node_id, seq, hlc, actor, kind, scope, payload))
             except (TypeError, AttributeError):
                 return f"{where}: entry fields have the wrong types (altered)", seq, prev
             if computed != stored:
@@ -113,7 +116,7 @@ def audit_log(node: Node, *, actor: str | None = None, kind: str | None = None, 
            + " ORDER BY l.hlc DESC, o.node_id DESC LIMIT ?")
     out = []
     for node_id, seq, hlc, who, what, scope, payload in node.conn.execute(sql, params + [limit]):
-        body = orjson.loads(payload)
+        body = orjson.loads(payload) if payload else {}  # a redacted entry has no payload here
         item = {"origin": node_id, "seq": seq, "time": hlc_to_iso(hlc), "hlc": hlc, "actor": who,
                 "kind": what, "scope": scope}
         if what.startswith("row."):

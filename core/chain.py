@@ -1,8 +1,10 @@
 """The log entry and its hash chain.
 
-An entry is ``(origin, seq, hlc, actor, kind, scope, payload)``; its hash is
+An entry is ``(origin, seq, hlc, actor, kind, scope, payload)``. Its *leaf*
+digest and its chain hash are
 
-    SHA-256( prev_hash || UTF-8(origin \\n seq \\n hlc \\n actor \\n kind \\n scope \\n) || UTF-8(payload) )
+    leaf = SHA-256( UTF-8(origin \\n seq \\n hlc \\n actor \\n kind \\n scope \\n) || UTF-8(payload) )
+    hash = SHA-256( prev_hash || leaf )
 
 with ``prev_hash`` the previous entry's hash (32 zero bytes before seq 1),
 ``seq`` and ``hlc`` in decimal, and ``payload`` the JSON text exactly as the
@@ -10,15 +12,20 @@ origin wrote it. None of the header fields may contain a newline, which keeps
 the encoding unambiguous without escaping. The payload is hashed as stored,
 so no canonical JSON is needed and entries are forwarded byte for byte.
 
-:func:`verify_segment` is the check every receiver runs (sync, bundles,
-``hemei audit verify``): contiguous seqs, recomputed links, and a head equal
-to the one the origin signed.
+Splitting leaf from link is what lets a parent send a child an origin's
+chain with the entries the child must not see *redacted*: a redacted entry
+travels as ``(seq, leaf)`` only, and the child can still verify every link
+and the origin's signature without learning anything about it.
+
+:func:`verify_segment` is the check every receiver runs (sync, bundles):
+contiguous seqs, recomputed links, and a head equal to the one the origin
+signed.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, NamedTuple, Sequence
+from typing import Sequence
 
 from .errors import ChainError
 
@@ -27,25 +34,26 @@ _sha256 = hashlib.sha256
 
 #: Kinds of entries that change rows of synced tables.
 ROW_KINDS = ("row.insert", "row.update", "row.delete")
+#: Kind stored for an entry this node holds only as its leaf digest.
+REDACTED = "redacted"
 
 
-class Entry(NamedTuple):
-    origin: str
-    seq: int
-    hlc: int
-    actor: str
-    kind: str
-    scope: str
-    payload: str
-    hash: bytes
+def entry_leaf(origin: str, seq: int, hlc: int, actor: str, kind: str, scope: str,
+               payload: str | bytes) -> bytes:
+    """The digest of one entry's content; ``payload`` as text, or as its UTF-8 bytes."""
+    if isinstance(payload, str):
+        payload = payload.encode()
+    return _sha256(f"{origin}\n{seq}\n{hlc}\n{actor}\n{kind}\n{scope}\n".encode() + payload).digest()
+
+
+def link(prev: bytes, leaf: bytes) -> bytes:
+    return _sha256(prev + leaf).digest()
 
 
 def entry_hash(prev: bytes, origin: str, seq: int, hlc: int, actor: str, kind: str,
                scope: str, payload: str | bytes) -> bytes:
-    """The chain hash of one entry; ``payload`` as text, or as its UTF-8 bytes."""
-    if isinstance(payload, str):
-        payload = payload.encode()
-    return _sha256(b"".join((prev, f"{origin}\n{seq}\n{hlc}\n{actor}\n{kind}\n{scope}\n".encode(), payload))).digest()
+    """The chain hash of one full entry."""
+    return _sha256(prev + entry_leaf(origin, seq, hlc, actor, kind, scope, payload)).digest()
 
 
 def check_header_text(name: str, value: str) -> None:
@@ -53,30 +61,39 @@ def check_header_text(name: str, value: str) -> None:
         raise ChainError(f"entry {name} must be text without line breaks")
 
 
-def verify_segment(origin: str, prev_head: bytes, first_seq: int,
-                   entries: Sequence[tuple], signed_head: bytes | None = None) -> list[bytes]:
+def verify_segment(origin: str, prev_head: bytes, first_seq: int, entries: Sequence[tuple],
+                   signed_head: bytes | None = None) -> list[bytes]:
     """Check that ``entries`` continue a chain whose entry ``first_seq - 1`` hashes to ``prev_head``.
 
-    ``entries`` are ``(seq, hlc, actor, kind, scope, payload)`` tuples (an
-    :class:`Entry` works too through :func:`as_wire`). Returns the recomputed
-    hashes. Raises :class:`ChainError` naming the first entry that breaks
-    the chain, or when the last hash differs from ``signed_head``.
+    Each entry is ``(seq, hlc, actor, kind, scope, payload)``, or
+    ``(seq, leaf)`` for a redacted one. Returns the recomputed hashes.
+    Raises :class:`ChainError` naming the first entry that breaks the
+    chain, or when the last hash differs from ``signed_head``.
     """
     hashes = []
     prev = prev_head
     expected = first_seq
-    for seq, hlc, actor, kind, scope, payload in entries:
+    for entry in entries:
+        seq = entry[0]
         if seq != expected:
             raise ChainError(f"entry {origin}#{seq}: expected seq {expected} (gap or reorder)")
-        if "\n" in actor or "\n" in kind or "\n" in scope:
-            raise ChainError(f"entry {origin}#{seq}: header field contains a line break")
-        prev = entry_hash(prev, origin, seq, hlc, actor, kind, scope, payload)
+        if len(entry) == 2:
+            leaf = entry[1]
+            if not isinstance(leaf, bytes) or len(leaf) != 32:
+                raise ChainError(f"entry {origin}#{seq}: a redacted entry carries a 32-byte digest")
+        elif len(entry) == 6:
+            _, hlc, actor, kind, scope, payload = entry
+            if not (isinstance(hlc, int) and isinstance(actor, str) and isinstance(kind, str)
+                    and isinstance(scope, str) and isinstance(payload, str)):
+                raise ChainError(f"entry {origin}#{seq}: fields have the wrong types")
+            if "\n" in actor or "\n" in kind or "\n" in scope or "\r" in actor or "\r" in scope:
+                raise ChainError(f"entry {origin}#{seq}: header field contains a line break")
+            leaf = entry_leaf(origin, seq, hlc, actor, kind, scope, payload)
+        else:
+            raise ChainError(f"entry {origin}#{seq}: expected 6 fields (or 2 when redacted)")
+        prev = _sha256(prev + leaf).digest()
         hashes.append(prev)
         expected += 1
     if signed_head is not None and prev != signed_head:
         raise ChainError(f"entries of {origin} up to #{expected - 1} do not hash to the signed head")
     return hashes
-
-
-def as_wire(entries: Iterable[Entry]) -> list[tuple]:
-    return [(e.seq, e.hlc, e.actor, e.kind, e.scope, e.payload) for e in entries]

@@ -23,9 +23,9 @@ import orjson
 import pluggy
 import sqlite_utils
 
-from .chain import GENESIS, ROW_KINDS, verify_segment
+from .chain import GENESIS, REDACTED, ROW_KINDS, entry_leaf, verify_segment
 from .clock import HybridClock
-from .errors import ChainError, Conflict, InvalidInput, NodeStateError
+from .errors import ChainError, Conflict, HemeiError, InvalidInput, NodeStateError
 from .identity import (node_id_from_public_key, parse_node_id, public_key_raw, read_private_key,
                        verify_checkpoint, write_private_key)
 from .ids import new_id
@@ -56,6 +56,18 @@ class Batch(NamedTuple):
     public_key: bytes
     entries: list
     signature: bytes
+
+
+def declared_scope(origin: str, entries) -> str | None:
+    """The scope in an origin's ``node.init`` entry when ``entries`` start with it (seq 1)."""
+    first = entries[0]
+    if first[0] != 1 or len(first) != 6 or first[3] != "node.init":
+        return None
+    try:
+        body = orjson.loads(first[5])
+        return parse_scope(body["scope"]) if body.get("node_id") == origin else None
+    except (ValueError, KeyError, TypeError, HemeiError):
+        return None
 
 
 def resolve_home(home: str | os.PathLike | None) -> Path:
@@ -141,8 +153,8 @@ class Node:
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany("INSERT INTO _hemei_meta (key, value) VALUES (?, ?)",
                          [("node_id", node_id), ("name", name), ("scope", scope), ("hlc", 0)])
-        conn.execute("INSERT INTO _hemei_origins (node_id, public_key, size, head) VALUES (?, ?, 0, ?)",
-                     (node_id, public, GENESIS))
+        conn.execute("INSERT INTO _hemei_origins (node_id, public_key, size, head, scope) VALUES (?, ?, 0, ?, ?)",
+                     (node_id, public, GENESIS, scope))
         conn.execute("COMMIT")
 
     @classmethod
@@ -270,41 +282,54 @@ class Node:
 
     def _ingest(self, rows: list, changes: list[Change], *, local: bool) -> list[Change]:
         """Append log rows and project their row changes: shared by writes, sync and rebuild."""
-        self.conn.executemany("INSERT INTO _hemei_log (origin, seq, hlc, actor, kind, scope, payload, hash, sig)"
-                              " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        self.conn.executemany("INSERT INTO _hemei_log (origin, seq, hlc, actor, kind, scope, payload, hash, sig, leaf)"
+                              " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         return self.projector.apply(changes, local=local)
 
     # -- receiving entries -------------------------------------------------
     def apply_batch(self, batch: Batch, *, check: Callable[[Batch], None] | None = None) -> dict:
-        """Verify and apply a batch from another node, atomically and idempotently.
+        """Verify and apply one batch from another node; see :meth:`apply_batches`."""
+        return self.apply_batches([batch], check=check)[0]
+
+    def apply_batches(self, batches: list[Batch], *,
+                      check: Callable[[Batch], None] | None = None) -> list[dict]:
+        """Verify and apply batches from other nodes in one transaction: all or nothing.
 
         Entries already held are skipped when identical; a different entry
-        at a held seq is a fork and refuses the batch. ``check`` (the sync
-        layer's scope rules) runs on the verified batch before anything is
-        written. Returns counts: received, new, applied, refused.
+        at a held seq is a fork and refuses everything. ``check`` (the sync
+        layer's scope rules) runs on each verified batch before anything of
+        it is written. Returns counts per batch: received, new, applied,
+        refused (changes kept as conflicts).
         """
-        origin = parse_node_id(batch.origin)
-        if origin == self.id:
-            raise InvalidInput("a node does not receive its own entries")
-        if not batch.entries:
-            raise InvalidInput("empty batch")
-        if node_id_from_public_key(batch.public_key) != origin:
-            raise ChainError(f"public key does not belong to node {origin}")
-        first = batch.entries[0][0]
-        if not isinstance(first, int) or first < 1:
-            raise ChainError("entry seqs start at 1")
+        for batch in batches:
+            self._check_batch_shape(batch)
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            result = self._apply_verified(origin, batch, first, check)
+            results = [self._apply_verified(parse_node_id(b.origin), b, check) for b in batches]
             self.conn.execute("COMMIT")
         except BaseException:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             raise
-        self._react(result.pop("_applied"))
-        return result
+        self._react([c for r in results for c in r.pop("_applied")])
+        return results
 
-    def _apply_verified(self, origin: str, batch: Batch, first: int, check) -> dict:
+    def _check_batch_shape(self, batch: Batch) -> None:
+        origin = parse_node_id(batch.origin)
+        if origin == self.id:
+            raise InvalidInput("a node does not receive its own entries")
+        if not batch.entries:
+            raise InvalidInput("empty batch")
+        if not isinstance(batch.public_key, bytes) or node_id_from_public_key(batch.public_key) != origin:
+            raise ChainError(f"public key does not belong to node {origin}")
+        if not isinstance(batch.signature, bytes):
+            raise ChainError("batch signature must be bytes")
+        first = batch.entries[0][0] if isinstance(batch.entries[0], (tuple, list)) and batch.entries[0] else None
+        if not isinstance(first, int) or first < 1:
+            raise ChainError("entry seqs are integers starting at 1")
+
+    def _apply_verified(self, origin: str, batch: Batch, check) -> dict:
+        first = batch.entries[0][0]
         known = self._origin_row(origin)
         size = known[1] if known else 0
         if first > size + 1:
@@ -330,29 +355,38 @@ class Node:
                                code="fork")
         new = batch.entries[held:]
         if not new:
-            return {"received": len(batch.entries), "new": 0, "applied": 0, "refused": 0, "_applied": []}
+            return {"origin": origin, "received": len(batch.entries), "new": 0, "applied": 0, "refused": 0,
+                    "_applied": []}
         if check is not None:
-            check(batch)
-        self.clock.check_plausible(max(entry[1] for entry in new))
+            check(batch._replace(entries=new))
+        stamps = [e[1] for e in new if len(e) == 6]
+        if stamps:
+            self.clock.check_plausible(max(stamps))
         if known is None:
-            cur = self.conn.execute("INSERT INTO _hemei_origins (node_id, public_key, size, head) VALUES (?, ?, 0, ?)",
-                                    (origin, batch.public_key, GENESIS))
+            cur = self.conn.execute(
+                "INSERT INTO _hemei_origins (node_id, public_key, size, head, scope) VALUES (?, ?, 0, ?, ?)",
+                (origin, batch.public_key, GENESIS, declared_scope(origin, new)))
             ix = cur.lastrowid
         else:
             ix = known[0]
-        new_hashes = hashes[held:]
-        rows = [[ix, seq, hlc, actor, kind, scope, payload, h, None]
-                for (seq, hlc, actor, kind, scope, payload), h in zip(new, new_hashes)]
+        rows = [[ix, e[0], 0, "", REDACTED, "", "", h, None, e[1]] if len(e) == 2 else [ix, *e, h, None, None]
+                for e, h in zip(new, hashes[held:])]
         rows[-1][8] = batch.signature
         changes = self._changes_of(origin, new)
         before = self._refusal_count()
         applied = self._ingest(rows, changes, local=False)
         self.conn.execute("UPDATE _hemei_origins SET size = ?, head = ? WHERE ix = ?", (last_seq, hashes[-1], ix))
-        self.clock.observe(max(e[1] for e in new))
-        self._sync_clock()
-        self._persist_clock()
-        return {"received": len(batch.entries), "new": len(new), "applied": len(applied),
+        if stamps:
+            self.clock.observe(max(stamps))
+            self._sync_clock()
+            self._persist_clock()
+        return {"origin": origin, "received": len(batch.entries), "new": len(new), "applied": len(applied),
                 "refused": self._refusal_count() - before, "_applied": applied}
+
+    def origin_scope(self, node_id: str) -> str | None:
+        """The scope an origin declared in its first entry (``node.init``), if held."""
+        row = self.conn.execute("SELECT scope FROM _hemei_origins WHERE node_id = ?", (node_id,)).fetchone()
+        return row[0] if row else None
 
     def _refusal_count(self) -> int:
         return self.conn.execute("SELECT count(*) FROM _hemei_conflicts").fetchone()[0]
@@ -361,7 +395,10 @@ class Node:
     def _changes_of(origin: str, entries) -> list[Change]:
         changes = []
         loads = orjson.loads
-        for seq, hlc, actor, kind, scope, payload in entries:
+        for entry in entries:
+            if len(entry) != 6:
+                continue  # redacted: nothing to project
+            seq, hlc, actor, kind, scope, payload = entry
             if kind in ROW_KINDS:
                 try:
                     body = loads(payload)
@@ -376,11 +413,14 @@ class Node:
         """Origin node id -> highest contiguous seq held."""
         return {r[0]: r[1] for r in self.conn.execute("SELECT node_id, size FROM _hemei_origins WHERE size > 0")}
 
-    def read_batch(self, origin: str, after: int, limit: int = 1000) -> Batch | None:
+    def read_batch(self, origin: str, after: int, limit: int = 1000,
+                   redact: Callable[[str, str], bool] | None = None) -> Batch | None:
         """Entries of ``origin`` after seq ``after``, ending at a signed checkpoint.
 
         At most ``limit`` entries unless the first signed checkpoint lies
         further (a node signs at least every 1,000 entries it writes).
+        ``redact(kind, scope)`` marks entries the receiver must not see:
+        they are sent as ``(seq, leaf)``, enough to verify the chain.
         """
         known = self._origin_row(origin)
         if known is None or known[1] <= after:
@@ -393,9 +433,17 @@ class Node:
                                     (ix, after)).fetchone()[0]
         if end is None:
             return None
-        rows = self.conn.execute("SELECT seq, hlc, actor, kind, scope, payload, sig FROM _hemei_log"
+        rows = self.conn.execute("SELECT seq, hlc, actor, kind, scope, payload, sig, leaf FROM _hemei_log"
                                  " WHERE origin = ? AND seq > ? AND seq <= ? ORDER BY seq", (ix, after, end)).fetchall()
-        return Batch(origin, known[3], [r[:6] for r in rows], rows[-1][6])
+        entries = []
+        for seq, hlc, actor, kind, scope, payload, _, leaf in rows:
+            if kind == REDACTED:
+                entries.append((seq, leaf))
+            elif redact is not None and redact(kind, scope):
+                entries.append((seq, entry_leaf(origin, seq, hlc, actor, kind, scope, payload)))
+            else:
+                entries.append((seq, hlc, actor, kind, scope, payload))
+        return Batch(origin, known[3], entries, rows[-1][6])
 
     # -- projection ----------------------------------------------------------
     def rebuild(self, tables: list[str] | None = None, progress: Callable[[int], None] | None = None) -> int:

@@ -183,7 +183,8 @@ CREATE TABLE IF NOT EXISTS _hemei_origins (
     node_id TEXT NOT NULL UNIQUE,
     public_key BLOB NOT NULL,
     size INTEGER NOT NULL DEFAULT 0,
-    head BLOB NOT NULL);
+    head BLOB NOT NULL,
+    scope TEXT);
 CREATE TABLE IF NOT EXISTS _hemei_log (
     origin INTEGER NOT NULL,
     seq INTEGER NOT NULL,
@@ -194,6 +195,7 @@ CREATE TABLE IF NOT EXISTS _hemei_log (
     payload TEXT NOT NULL,
     hash BLOB NOT NULL,
     sig BLOB,
+    leaf BLOB,
     PRIMARY KEY (origin, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS _hemei_conflicts (
     tbl TEXT NOT NULL, pk TEXT NOT NULL, hlc INTEGER NOT NULL, origin TEXT NOT NULL,

@@ -147,7 +147,7 @@ class Writer:
         origin = self.node.id
         self.head = entry_hash(self.head, origin, seq, hlc, self.actor, kind, scope, raw)
         self.size = seq
-        self._rows.append([self._origin_ix, seq, hlc, self.actor, kind, scope, text, self.head, None])
+        self._rows.append([self._origin_ix, seq, hlc, self.actor, kind, scope, text, self.head, None, None])
         if table is not None:
             self._changes.append(Change(table, op, pk, scope, values, hlc, origin, self.actor, True))
         if len(self._rows) >= SIGN_EVERY:

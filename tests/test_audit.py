@@ -75,7 +75,7 @@ def test_an_inserted_entry_is_found_even_with_a_correct_hash(written):
                                        (node.id,)).fetchone()
     payload = '{"t":"notes","pk":"forged","v":{"title":"forged"}}'
     forged = entry_hash(head, node.id, size + 1, 1, "li.ming", "row.insert", node.scope, payload)
-    node.conn.execute("INSERT INTO _hemei_log VALUES (?, ?, 1, 'li.ming', 'row.insert', ?, ?, ?, NULL)",
+    node.conn.execute("INSERT INTO _hemei_log VALUES (?, ?, 1, 'li.ming', 'row.insert', ?, ?, ?, NULL, NULL)",
                       (ix, size + 1, node.scope, payload, forged))
     expected = [f"{node.id}#{size + 1}: entries #{size + 1}..#{size + 1} are not covered by a "
                 "signed checkpoint (inserted or truncated)"]
@@ -87,7 +87,7 @@ def test_an_inserted_entry_is_found_even_with_a_correct_hash(written):
 
 def test_an_entry_of_an_unknown_origin_is_found(written):
     node, _ = written
-    node.conn.execute("INSERT INTO _hemei_log VALUES (99, 1, 1, 'x', 'row.insert', 'a', '{}', x'00', NULL)")
+    node.conn.execute("INSERT INTO _hemei_log VALUES (99, 1, 1, 'x', 'row.insert', 'a', '{}', x'00', NULL, NULL)")
     assert "unknown origin" in errors_of(node)[0]
 
 

@@ -330,3 +330,33 @@ def test_a_refusing_check_writes_nothing_of_the_batch(make_node):
     with pytest.raises(InvalidInput, match="out of scope"):
         b.apply_batch(a.read_batch(a.id, 0), check=refuse)
     assert log_size(b) == before and live_notes(b) == {} and a.id not in b.version_vector()
+
+
+def test_redacted_entries_verify_relay_and_reveal_nothing(make_node, tmp_path):
+    district = make_node("district", scope="yc")
+    street_a = make_node("a", scope="yc/a")
+    street_b = make_node("b", scope="yc/a")  # a second replica of street a's view
+    with district.writer("w") as w:
+        w.insert("notes", {"title": "for everyone", "scope": "yc"})
+        w.insert("notes", {"title": "for street a", "scope": "yc/a/grid1"})
+        w.insert("notes", {"title": "秘密 for street z", "scope": "yc/z"})
+    from hemei.core.scope import related
+
+    def hide(kind, scope):
+        return kind != "node.init" and not (kind.startswith("row.") and related(scope, "yc/a"))
+
+    batch = district.read_batch(district.id, 0, redact=hide)
+    assert sum(1 for e in batch.entries if len(e) == 2) >= 2  # module.enable and the note for z
+    street_a.apply_batch(batch)
+    assert sorted(t for (t,) in street_a.conn.execute("SELECT title FROM notes")) == ["for everyone", "for street a"]
+    assert street_a.origin_scope(district.id) == "yc"
+    # Relayed unchanged to another node: the redacted entries stay redacted and still verify.
+    street_b.apply_batch(street_a.read_batch(district.id, 0))
+    from hemei.core.audit import verify_log
+    assert verify_log(street_a)["ok"] and verify_log(street_b)["ok"]
+    for node in (street_a, street_b):
+        node.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert "秘密".encode() not in (node.home / "node.db").read_bytes()
+    # A tampered digest is caught like any altered entry.
+    street_a.conn.execute("UPDATE _hemei_log SET leaf = zeroblob(32) WHERE kind = 'redacted'")
+    assert not verify_log(street_a)["ok"]
