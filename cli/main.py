@@ -18,8 +18,8 @@ from hemei.core.errors import HemeiError
 from hemei.core.node import HOME_ENV
 from hemei.core.plugins import CORE_BUILTINS, merge_named
 
-#: Built-in plugins every node registers (the sync transport joins these).
-BUILTIN_PLUGINS: tuple[str, ...] = CORE_BUILTINS
+#: Built-in plugins every node registers: the core's own and the sync transport.
+BUILTIN_PLUGINS: tuple[str, ...] = CORE_BUILTINS + ("hemei.sync.plugin",)
 
 
 def _peek_home(args: list[str]) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -100,3 +101,18 @@ class _Silent:
 
     def update(self, n: int) -> None:
         pass
+
+
+class Duration(click.ParamType):
+    """Durations typed by operators: ``90s``, ``30m``, ``1h``, ``7d`` (converted to seconds)."""
+
+    name = "duration"
+    _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+    def convert(self, value, param, ctx) -> int:
+        if isinstance(value, int):
+            return value
+        match = re.fullmatch(r"\s*(\d+)\s*([smhd])\s*", str(value))
+        if not match or int(match.group(1)) == 0:
+            self.fail(f"{value!r} is not a duration such as 30m, 1h or 7d", param, ctx)
+        return int(match.group(1)) * self._UNITS[match.group(2)]

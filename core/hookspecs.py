@@ -119,8 +119,19 @@ def change_applied(node: Node, changes: list[Change]) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Reports
+# Status and reports
 # ---------------------------------------------------------------------------
+
+@hookspec
+def node_status(node: Node) -> dict:
+    """Add keys to ``hemei status --json`` (and ``GET /api/status``).
+
+    Return a dict whose keys are merged into the status document; the sync
+    transport adds ``peers`` and ``forks`` this way. Keys must not clash with
+    the core's (``node_id``, ``name``, ``scope``, ``home``, ``modules``,
+    ``missing_modules``, ``log``, ``conflicts``) or another plugin's.
+    """
+
 
 @hookspec
 def report_sections(node: Node, scope: str) -> list[ReportSection]:

@@ -351,8 +351,13 @@ class Node:
                 "SELECT hash FROM _hemei_log WHERE origin = ? AND seq BETWEEN ? AND ? ORDER BY seq",
                 (known[0], first, first + held - 1))]
             if stored != hashes[:held]:
-                raise Conflict(f"fork: {origin} sent a history that differs from the one held up to #{size}",
-                               code="fork")
+                fork = Conflict(f"fork: {origin} sent a history that differs from the one held up to #{size}",
+                                code="fork")
+                # Two signed checkpoints that contradict each other: the evidence.
+                fork.evidence = {"origin": origin, "held_size": size, "held_head": known[2],
+                                 "presented_size": last_seq, "presented_head": hashes[-1],
+                                 "presented_signature": batch.signature}
+                raise fork
         new = batch.entries[held:]
         if not new:
             return {"origin": origin, "received": len(batch.entries), "new": 0, "applied": 0, "refused": 0,
@@ -482,7 +487,7 @@ class Node:
     def status(self) -> dict:
         _, size, head, _ = self._origin_row(self.id)
         total = self.conn.execute("SELECT coalesce(sum(size), 0) FROM _hemei_origins").fetchone()[0]
-        return {
+        status = {
             "node_id": self.id,
             "name": self.name,
             "scope": self.scope,
@@ -493,3 +498,9 @@ class Node:
                     "origins": len(self.version_vector())},
             "conflicts": self._refusal_count(),
         }
+        for extra in self.pm.hook.node_status(node=self):
+            for key, value in (extra or {}).items():
+                if key in status:
+                    raise InvalidInput(f"two parts of hemei report the status key {key!r}")
+                status[key] = value
+        return status

@@ -87,3 +87,11 @@ def test_hook_report_sections(node, run_cli):
     assert [(s.module, s.totals) for s in sections] == [("hook_probe", {"notes": 1})]
     result = run_cli("--home", str(node.home), "report", "--json")
     assert '"notes": 2' in result.output
+
+
+def test_hook_node_status(node, run_cli):
+    with node.writer("w") as w:
+        w.insert("notes", {"title": "a"})
+    assert node.status()["probe"] == {"notes": 1}
+    import json
+    assert json.loads(run_cli("--home", str(node.home), "status", "--json").output)["probe"] == {"notes": 1}

@@ -102,6 +102,11 @@ def change_applied(node, changes):
 
 
 @hookimpl
+def node_status(node):
+    return {"probe": {"notes": node.conn.execute("SELECT count(*) FROM notes WHERE _deleted = 0").fetchone()[0]}}
+
+
+@hookimpl
 def report_sections(node, scope):
     count = node.conn.execute("SELECT count(*) FROM notes WHERE _deleted = 0 AND (scope = ? OR scope LIKE ?)",
                               (scope, scope + "/%")).fetchone()[0]

@@ -1,0 +1,164 @@
+"""Offline bundles: the same batches on a USB stick, signed, verified whole.
+
+File layout (binary)::
+
+    b"HEMEI-BUNDLE-1\\n"
+    frame*            each: 8-byte big-endian length, then zlib(JSON message)
+    8 zero bytes      end of frames
+    64-byte Ed25519 signature by the sender over SHA-256 of everything before it
+
+The first frame is the header ``{"id", "kind": "push"|"ack", "from", "to",
+"vv"}``; the others carry ``{"batches": [...]}``. A file that is truncated,
+altered, or not signed by the pinned peer is refused before anything is
+applied, and all its batches are applied in one transaction.
+
+A child exports what its parent lacks since the last acknowledged sync or
+export; the parent imports it through the same checks as a push, and writes
+an *ack* bundle: its version vector and the entries of the child's branch
+that the child lacks. The child imports the ack like a pull.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+
+from hemei.core.errors import Forbidden, InvalidInput
+from hemei.core.identity import load_public_key, parse_node_id
+from hemei.core.ids import new_id
+from hemei.core.node import Node
+
+from . import engine, wire
+from .peers import get_peer, now_ms, parent_of, touch
+
+MAGIC = b"HEMEI-BUNDLE-1\n"
+END = bytes(8)
+MAX_FRAME = wire.MAX_COMPRESSED
+
+
+class BadBundle(InvalidInput):
+    code = "bad_bundle"
+
+
+def _write(node: Node, path: Path, header: dict, batch_iter) -> int:
+    """Write frames and the signature; returns the number of entries. Atomic: temp file, then rename."""
+    digest = hashlib.sha256()
+    count = 0
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "wb") as out:
+        def put(data: bytes) -> None:
+            digest.update(data)
+            out.write(data)
+
+        def put_frame(message: dict) -> None:
+            frame = wire.encode(message)
+            put(len(frame).to_bytes(8, "big") + frame)
+
+        put(MAGIC)
+        put_frame(header)
+        chunk: list = []
+        for batch in batch_iter:
+            chunk.append(wire.batch_to_json(batch))
+            count += len(batch.entries)
+            if len(chunk) >= 5:
+                put_frame({"batches": chunk})
+                chunk = []
+        if chunk:
+            put_frame({"batches": chunk})
+        put(END)
+        out.write(node.key.sign(digest.digest()))
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    return count
+
+
+def read_bundle(node: Node, path: Path) -> tuple[dict, list, dict]:
+    """Verify a bundle whole and return (header, batches, sender peer)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise BadBundle(f"cannot read {path}: {exc.strerror}") from None
+    if not data.startswith(MAGIC):
+        raise BadBundle(f"{path} is not a hemei bundle")
+    frames, pos = [], len(MAGIC)
+    while True:
+        if pos + 8 > len(data):
+            raise BadBundle("bundle is truncated: copy it again")
+        size = int.from_bytes(data[pos:pos + 8], "big")
+        pos += 8
+        if size == 0:
+            break
+        if size > MAX_FRAME or pos + size > len(data):
+            raise BadBundle("bundle is truncated or damaged: copy it again")
+        frames.append(data[pos:pos + size])
+        pos += size
+    signature = data[pos:]
+    if len(signature) != 64:
+        raise BadBundle("bundle is truncated or damaged (no signature): copy it again")
+    if not frames:
+        raise BadBundle("bundle has no header")
+    header = wire.decode(frames[0])
+    try:
+        sender = parse_node_id(str(header["from"]))
+        recipient = parse_node_id(str(header["to"]))
+    except (KeyError, InvalidInput):
+        raise BadBundle("bundle header is damaged") from None
+    if recipient != node.id:
+        raise BadBundle(f"this bundle is for node {recipient}, not this node")
+    peer = get_peer(node, sender)
+    if peer is None:
+        raise Forbidden(f"bundle comes from {sender}, which is not a peer of this node", code="unknown_node")
+    if peer["revoked"]:
+        raise Forbidden(f"node {peer['name']} has been revoked", code="revoked")
+    try:
+        load_public_key(peer["public_key"]).verify(signature, hashlib.sha256(data[:pos]).digest())
+    except InvalidSignature:
+        raise BadBundle("bundle signature does not verify: it was altered or not made by "
+                        f"{peer['name']}") from None
+    batches = [b for frame in frames[1:] for b in wire.batches_of(wire.decode(frame))]
+    return header, batches, peer
+
+
+def export_push(node: Node, out: Path) -> dict:
+    """Child: write what the parent lacks since the last acknowledged sync or export."""
+    parent = parent_of(node)
+    their_vv = parent["their_vv"]
+    header = {"id": new_id(), "kind": "push", "from": node.id, "to": parent["node_id"],
+              "vv": node.version_vector()}
+    count = _write(node, Path(out), header, engine.outgoing(node, node.scope, dict(their_vv), 2000))
+    return {"bundle": header["id"], "entries": count, "to": parent["name"], "file": str(out)}
+
+
+def import_bundle(node: Node, path: Path, ack_out: Path | None = None) -> dict:
+    """Import a push bundle (parent; writes an ack bundle) or an ack bundle (child)."""
+    header, batches, peer = read_bundle(node, Path(path))
+    kind = header.get("kind")
+    if kind == "push":
+        if peer["role"] != "child":
+            raise Forbidden("push bundles come from children", code="bad_bundle")
+        results = node.apply_batches(batches, check=engine.push_check(node, peer)) if batches else []
+        child_vv = wire.vv_of(header.get("vv", {}))
+        touch(node, peer["node_id"], their_vv=child_vv)
+        first_time = node.conn.execute("INSERT OR IGNORE INTO _hemei_bundle_acks (bundle_id, peer, imported_ms)"
+                                       " VALUES (?, ?, ?)", (str(header.get("id")), peer["node_id"], now_ms())
+                                       ).rowcount == 1
+        ack_path = Path(ack_out) if ack_out else Path(path).with_name(Path(path).stem + ".ack.hemei")
+        ack = {"id": new_id(), "kind": "ack", "from": node.id, "to": peer["node_id"], "vv": node.version_vector(),
+               "acknowledges": header.get("id")}
+        down, _, _ = engine.downstream(node, peer["node_id"], peer["scope"], child_vv, 10**9, 2000)
+        sent = _write(node, ack_path, ack, iter(down))
+        return {"kind": "push", "from": peer["name"], "new": sum(r["new"] for r in results),
+                "refused": sum(r["refused"] for r in results), "already_imported": not first_time,
+                "ack": str(ack_path), "ack_entries": sent}
+    if kind == "ack":
+        if peer["role"] != "parent":
+            raise Forbidden("ack bundles come from the parent", code="bad_bundle")
+        results = node.apply_batches(batches, check=engine.pull_check(node, peer)) if batches else []
+        touch(node, peer["node_id"], their_vv=wire.vv_of(header.get("vv", {})))
+        return {"kind": "ack", "from": peer["name"], "new": sum(r["new"] for r in results),
+                "refused": sum(r["refused"] for r in results)}
+    raise BadBundle(f"unknown bundle kind {kind!r}")

@@ -1,0 +1,217 @@
+"""The child's side of sync over HTTP: join a parent, then push and pull.
+
+``sync_once`` is one full exchange: hello (version vectors and the child's
+latest checkpoint), push of everything the parent lacks of the child's
+branch, then pull of everything on the child's branch that it lacks. Each
+push or pull message is applied atomically on the receiving side, so a cut
+at any moment loses nothing: the next run starts from the sizes the
+parent reports.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import httpx
+
+from hemei.core.errors import HemeiError
+from hemei.core.node import Node
+
+from . import engine, enroll, signing, wire
+from .peers import parent_of, record_refusal, touch
+
+DEFAULT_BATCH = 2000
+TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+
+
+class SyncRefused(HemeiError):
+    """The parent answered with an error; code and message are the parent's."""
+
+
+class Unreachable(HemeiError):
+    code = "unreachable"
+    status = 503
+
+
+@dataclass
+class SyncReport:
+    pushed: int = 0
+    pulled: int = 0
+    refused_changes: int = 0
+    pending_up: int = 0
+    pending_down: int = 0
+    messages: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"pushed": self.pushed, "pulled": self.pulled, "refused_changes": self.refused_changes,
+                "pending_up": self.pending_up, "pending_down": self.pending_down}
+
+
+class ParentLink:
+    """Signed requests to one parent over one HTTP connection."""
+
+    def __init__(self, node: Node, url: str, transport: httpx.BaseTransport | None = None):
+        self.node = node
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, timeout=TIMEOUT, transport=transport)
+        self.offset_ms = 0
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> ParentLink:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _send(self, method: str, path: str, content: bytes = b"") -> httpx.Response:
+        try:
+            if method == "GET":
+                return self.http.get(path)
+            now_s = (time.time_ns() // 1_000_000 + self.offset_ms) // 1000
+            headers = signing.sign_request(self.node.key, self.node.id, method, path, "", content, now_s)
+            headers["Content-Type"] = wire.CONTENT_TYPE
+            return self.http.request(method, path, content=content, headers=headers)
+        except httpx.TransportError as exc:
+            raise Unreachable(f"cannot reach the parent at {self.url}: {exc or type(exc).__name__}") from None
+
+    def learn_time(self) -> dict:
+        """The parent's clock, so a street PC with a wrong clock still signs valid requests."""
+        before = time.time_ns() // 1_000_000
+        reply = self._send("GET", "/api/health")
+        after = time.time_ns() // 1_000_000
+        info = self._check(reply, raw=False)
+        self.offset_ms = int(info["time_ms"]) - (before + after) // 2
+        return info
+
+    def call(self, path: str, message: dict) -> dict:
+        return self._check(self._send("POST", path, wire.encode(message)), raw=True)
+
+    @staticmethod
+    def _check(reply: httpx.Response, raw: bool) -> dict:
+        if reply.status_code >= 400:
+            try:
+                error = reply.json()["error"]
+                raise SyncRefused(error["message"], code=error["code"], status=reply.status_code)
+            except (ValueError, KeyError, TypeError):
+                raise SyncRefused(f"parent answered {reply.status_code}", code="http_error",
+                                  status=reply.status_code) from None
+        return wire.decode(reply.content) if raw else reply.json()
+
+
+def own_checkpoint(node: Node) -> dict | None:
+    row = node.conn.execute(
+        "SELECT l.seq, l.hash, l.sig FROM _hemei_log l JOIN _hemei_origins o ON o.ix = l.origin"
+        " WHERE o.node_id = ? AND l.sig IS NOT NULL ORDER BY l.seq DESC LIMIT 1", (node.id,)).fetchone()
+    return None if row is None else {"size": row[0], "head": row[1].hex(), "signature": row[2].hex()}
+
+
+def join(node: Node, token: str, actor: str, url: str | None = None,
+         transport: httpx.BaseTransport | None = None) -> dict:
+    """Enroll this node as the child of the parent that issued ``token``."""
+    fields = enroll.parse_token(token)
+    if fields["expires_ms"] <= time.time_ns() // 1_000_000:
+        raise enroll.InvalidToken("the invitation token has expired; ask the parent for a new one")
+    if fields["scope"] != node.scope:
+        raise enroll.InvalidToken(f"the token is for scope {fields['scope']}, but this node's scope is "
+                                  f"{node.scope}: use a token made for this node")
+    existing = node.conn.execute("SELECT name FROM _hemei_peers WHERE role = 'parent'").fetchone()
+    if existing:
+        raise enroll.InvalidToken(f"this node already has a parent ({existing[0]})", code="already_joined")
+    with ParentLink(node, url or fields["url"], transport) as link:
+        link.learn_time()
+        reply = link.call("/api/sync/join", {
+            "token": token.strip(), "node_id": node.id, "name": node.name, "scope": node.scope,
+            "public_key": base64.b64encode(node.public_key).decode()})
+    return enroll.pin_parent(node, fields, reply, actor)
+
+
+Progress = Callable[[str, int, int], None]
+
+
+def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | None = None,
+              transport: httpx.BaseTransport | None = None) -> SyncReport:
+    """Push what the parent lacks of this node's branch, pull what this node lacks of it."""
+    parent = parent_of(node)
+    report = SyncReport()
+    try:
+        with ParentLink(node, parent["url"], transport) as link:
+            link.learn_time()
+            hello = link.call("/api/sync/hello", {"vv": node.version_vector(), "checkpoint": own_checkpoint(node)})
+            their_vv = wire.vv_of(hello.get("vv"))
+            _push(node, link, their_vv, batch_size, report, progress)
+            _pull(node, link, parent, batch_size, report, progress)
+    except SyncRefused as exc:
+        record_refusal(node, parent["node_id"], exc.code, exc.message, "sync")
+        raise
+    except HemeiError as exc:
+        touch(node, parent["node_id"], error=f"{exc.code}: {exc.message}")
+        raise
+    report.pending_up = engine.pending(engine.subtree_origins(node, node.scope), their_vv)
+    touch(node, parent["node_id"], their_vv=their_vv, pending_up=report.pending_up,
+          pending_down=report.pending_down)
+    return report
+
+
+def _push(node: Node, link: ParentLink, their_vv: dict, batch_size: int, report: SyncReport,
+          progress: Progress | None) -> None:
+    total = engine.pending(engine.subtree_origins(node, node.scope), their_vv)
+    message, count = [], 0
+    for batch in engine.outgoing(node, node.scope, their_vv, batch_size):
+        message.append(wire.batch_to_json(batch))
+        count += len(batch.entries)
+        if count >= batch_size:
+            _send_push(link, message, their_vv, report)
+            if progress:
+                progress("push", report.pushed, total)
+            message, count = [], 0
+    if message:
+        _send_push(link, message, their_vv, report)
+        if progress:
+            progress("push", report.pushed, total)
+
+
+def _send_push(link: ParentLink, message: list, their_vv: dict, report: SyncReport) -> None:
+    reply = link.call("/api/sync/push", {"batches": message})
+    for result in reply.get("results", []):
+        report.pushed += result.get("new", 0)
+        report.refused_changes += result.get("refused", 0)
+    their_vv.update(wire.vv_of(reply.get("vv", {})))
+
+
+def _pull(node: Node, link: ParentLink, parent: dict, batch_size: int, report: SyncReport,
+          progress: Progress | None) -> None:
+    check = engine.pull_check(node, parent)
+    while True:
+        reply = link.call("/api/sync/pull", {"vv": node.version_vector(), "batch_size": batch_size,
+                                             "max_entries": batch_size * 5})
+        batches = wire.batches_of(reply)
+        if batches:
+            for result in node.apply_batches(batches, check=check):
+                report.pulled += result["new"]
+                report.refused_changes += result["refused"]
+        report.pending_down = int(reply.get("remaining", 0))
+        if progress:
+            progress("pull", report.pulled, report.pulled + report.pending_down)
+        if not reply.get("more") or not batches:
+            return
+
+
+def sync_watch(node: Node, *, interval_s: float, batch_size: int, on_result: Callable[[object], None],
+               max_backoff_s: float = 300.0, sleep=time.sleep, stop=lambda: False) -> None:
+    """Sync again and again; after a failure wait 2, 4, 8 … seconds (at most ``max_backoff_s``)."""
+    failures = 0
+    while not stop():
+        try:
+            on_result(sync_once(node, batch_size))
+            failures = 0
+            sleep(interval_s)
+        except (Unreachable, SyncRefused) as exc:
+            failures += 1
+            on_result(exc)
+            sleep(min(max_backoff_s, 2 ** failures))
+

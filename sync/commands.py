@@ -1,0 +1,200 @@
+"""CLI commands of the sync transport: invite, join, nodes, sync, bundle."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from hemei.core.cli_support import Duration, cli_actor, cli_node, emit, json_option, table
+from hemei.core.errors import HemeiError, InvalidInput
+
+from . import bundles, client, enroll
+from .peers import peers_status
+
+
+@click.command()
+@click.option("--scope", "scope", required=True, help="The child's org path, inside this node's scope.")
+@click.option("--name", required=True, help="The child's name, e.g. 府山街道.")
+@click.option("--url", help="This node's address as the child reaches it [default: the last --url given].")
+@click.option("--ttl", type=Duration(), default="24h", show_default=True, help="How long the token is valid.")
+def invite(scope: str, name: str, url: str | None, ttl: int) -> None:
+    """Print a single-use enrollment token for a child node, alone on stdout.
+
+    Hand it to the child's operator, who runs 'hemei join TOKEN'. This node
+    keeps only the token's hash.
+
+    Example:
+
+        hemei --home ./district invite --scope yuecheng/fushan --name 府山街道 --url http://10.0.0.5:8340 --ttl 1h
+    """
+    node = cli_node()
+    if url is None:
+        row = node.conn.execute("SELECT value FROM _hemei_meta WHERE key = 'public_url'").fetchone()
+        if row is None:
+            raise InvalidInput("give --url: this node's address as the child will reach it")
+        url = row[0]
+    token = enroll.create_invite(node, name=name, scope=scope, url=url, ttl_s=ttl, actor=cli_actor())
+    node.conn.execute("INSERT OR REPLACE INTO _hemei_meta (key, value) VALUES ('public_url', ?)", (url,))
+    click.echo(token)
+
+
+@click.command()
+@click.argument("token")
+@click.option("--url", help="Reach the parent at this address instead of the one in the token.")
+@json_option
+def join(token: str, url: str | None, as_json: bool) -> None:
+    """Enroll this node as the child of the node that issued TOKEN.
+
+    Example:
+
+        hemei --home ./fushan join hemei1.eyJ1Ijoi...
+    """
+    parent = client.join(cli_node(), token, cli_actor(), url=url)
+    emit(parent, as_json, lambda p: click.echo(f"joined {p['name']} ({p['scope']}) at {p['url']}\n"
+                                               f"parent id: {p['node_id']}"))
+
+
+@click.group()
+def nodes() -> None:
+    """Enrolled child nodes: list them, revoke one.
+
+    Example:
+
+        hemei --home ./district nodes list
+    """
+
+
+@nodes.command("list")
+@json_option
+def nodes_list(as_json: bool) -> None:
+    """Children enrolled here: id, name, scope, last contact, revoked.
+
+    Example:
+
+        hemei --home ./district nodes list --json
+    """
+    children = [{k: p[k] for k in ("node_id", "name", "scope", "last_contact", "revoked", "pending_up",
+                                   "pending_down", "last_error")}
+                for p in peers_status(cli_node()) if p["role"] == "child"]
+    emit(children, as_json, lambda rows: table(rows, ["node_id", "name", "scope", "last_contact", "revoked"])
+         if rows else click.echo("no children enrolled"))
+
+
+@nodes.command("revoke")
+@click.argument("node_id")
+def nodes_revoke(node_id: str) -> None:
+    """Refuse a child from now on (its entries already received are kept).
+
+    Example:
+
+        hemei --home ./district nodes revoke ABCDEFG-HIJKLMN-...
+    """
+    peer = enroll.revoke(cli_node(), node_id, cli_actor())
+    click.echo(f"revoked {peer['name']} ({peer['node_id']})")
+
+
+def _progress_printer():
+    if not sys.stderr.isatty():
+        return None
+    state = {"bar": None, "phase": None}
+
+    def show(phase: str, done: int, total: int) -> None:
+        if state["phase"] != phase:
+            if state["bar"] is not None:
+                state["bar"].render_finish()
+            state["bar"] = click.progressbar(length=max(total, 1), label=phase, file=sys.stderr)
+            state["phase"] = phase
+        bar = state["bar"]
+        bar.length = max(total, done, 1)
+        bar.update(done - bar.pos)
+
+    return show
+
+
+def _describe(report: client.SyncReport) -> str:
+    text = f"pushed {report.pushed}, pulled {report.pulled}"
+    if report.refused_changes:
+        text += f", {report.refused_changes} change(s) kept as conflicts (hemei conflicts)"
+    return text
+
+
+@click.command("sync")
+@click.option("--watch", is_flag=True, help="Keep syncing; retry with backoff while the link is down.")
+@click.option("--interval", type=Duration(), default="30s", show_default=True, help="Pause between syncs (--watch).")
+@click.option("--batch-size", type=click.IntRange(1, 20000), default=client.DEFAULT_BATCH, show_default=True)
+@json_option
+def sync_command(watch: bool, interval: int, batch_size: int, as_json: bool) -> None:
+    """Push what the parent lacks, pull what this node should have, then exit.
+
+    Example:
+
+        hemei --home ./fushan sync
+    """
+    node = cli_node()
+    if not watch:
+        report = client.sync_once(node, batch_size, progress=_progress_printer())
+        emit(report.to_json(), as_json, lambda r: click.echo(_describe(report)))
+        return
+
+    def on_result(result) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        if isinstance(result, HemeiError):
+            click.echo(f"{stamp} not synced: {result.message}", err=True)
+        else:
+            click.echo(f"{stamp} {_describe(result)}", err=not as_json)
+
+    try:
+        client.sync_watch(node, interval_s=interval, batch_size=batch_size, on_result=on_result)
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+
+
+@click.group()
+def bundle() -> None:
+    """Offline sync on a USB stick: export here, import on the other node.
+
+    Example:
+
+        hemei --home ./fushan bundle export --out E:\\fushan.hemei
+    """
+
+
+@bundle.command("export")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="File to write.")
+@json_option
+def bundle_export(out: str, as_json: bool) -> None:
+    """Write what the parent lacks (since the last acknowledged sync or export), signed.
+
+    Example:
+
+        hemei --home ./fushan bundle export --out E:\\fushan.hemei
+    """
+    result = bundles.export_push(cli_node(), out)
+    emit(result, as_json, lambda r: click.echo(f"wrote {r['entries']} entries for {r['to']} to {r['file']}"))
+
+
+@bundle.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--ack-out", type=click.Path(dir_okay=False), help="Where to write the acknowledgement (parent).")
+@json_option
+def bundle_import(file: str, ack_out: str | None, as_json: bool) -> None:
+    """Verify a bundle whole and apply it; on a parent, also write the child's acknowledgement.
+
+    Example:
+
+        hemei --home ./district bundle import E:\\fushan.hemei --ack-out E:\\fushan.ack.hemei
+    """
+    result = bundles.import_bundle(cli_node(), file, ack_out)
+
+    def human(r):
+        click.echo(f"imported {r['new']} new entries from {r['from']}"
+                   + (f"; {r['refused']} kept as conflicts" if r["refused"] else ""))
+        if r["kind"] == "push":
+            click.echo(f"acknowledgement for {r['from']}: {r['ack']} ({r['ack_entries']} entries for it)")
+
+    emit(result, as_json, human)
+
+
+COMMANDS = [invite, join, nodes, sync_command, bundle]

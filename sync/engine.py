@@ -1,0 +1,153 @@
+"""What to send and what to accept, the same at every tier and for every transport.
+
+* Up: a child sends the origins of its own subtree (declared scope inside the
+  child's scope: itself, and for a district its streets) from where the
+  parent's version vector ends. The first batch repeats the parent's last
+  held entry, so a history that contradicts the parent's is caught as a fork
+  at the first batch.
+* Down: a parent sends a child the origins above it (whose scope covers the
+  child's) with every entry outside the child's branch redacted, and the
+  origins inside the child's branch in full; never a sibling's origin.
+* Checks: a parent accepts from a child only origins inside the child's
+  scope, entries inside their origin's declared scope, and updates or
+  deletes of rows inside it; a child accepts from its parent only entries on
+  its own branch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import orjson
+
+from hemei.core.chain import ROW_KINDS
+from hemei.core.errors import Forbidden
+from hemei.core.node import Batch, Node, declared_scope
+from hemei.core.scope import covers, related
+
+
+class ScopeViolation(Forbidden):
+    code = "scope_violation"
+
+
+def origin_scopes(node: Node) -> dict[str, tuple[str | None, int]]:
+    return {r[0]: (r[1], r[2]) for r in node.conn.execute("SELECT node_id, scope, size FROM _hemei_origins")}
+
+
+def subtree_origins(node: Node, scope: str) -> dict[str, int]:
+    """Origins whose declared scope lies inside ``scope``, with their sizes here."""
+    return {o: size for o, (decl, size) in origin_scopes(node).items() if decl and covers(scope, decl)}
+
+
+def pending(mine: dict[str, int], theirs: dict[str, int]) -> int:
+    return sum(max(0, size - theirs.get(origin, 0)) for origin, size in mine.items())
+
+
+def outgoing(node: Node, scope: str, their_vv: dict[str, int], batch_size: int) -> Iterator[Batch]:
+    """Batches of the subtree of ``scope`` that the parent (holding ``their_vv``) lacks."""
+    for origin, size in sorted(subtree_origins(node, scope).items()):
+        held = their_vv.get(origin, 0)
+        if size <= held:
+            continue
+        after = max(0, held - 1)  # overlap one entry: a contradicting history shows as a fork
+        while (batch := node.read_batch(origin, after, limit=batch_size)) is not None:
+            yield batch
+            after = batch.entries[-1][0]
+
+
+def redactor(child_scope: str) -> Callable[[str, str], bool]:
+    """Entries of an origin above the child that the child must not see."""
+    def hide(kind: str, scope: str) -> bool:
+        if kind == "node.init":
+            return False  # who the origin is and where it sits: needed to check its entries
+        return kind not in ROW_KINDS or not related(scope, child_scope)
+    return hide
+
+
+def downstream(node: Node, child_id: str, child_scope: str, child_vv: dict[str, int],
+               max_entries: int, batch_size: int) -> tuple[list[Batch], bool, int]:
+    """Batches for a child (at most about ``max_entries``), whether more remain, and how many."""
+    hide = redactor(child_scope)
+    plan = []
+    for origin, (decl, size) in sorted(origin_scopes(node).items()):
+        if origin == child_id or decl is None or size <= child_vv.get(origin, 0):
+            continue
+        if covers(child_scope, decl):
+            plan.append((origin, size, None))
+        elif covers(decl, child_scope):
+            plan.append((origin, size, hide))
+    remaining = sum(size - child_vv.get(origin, 0) for origin, size, _ in plan)
+    batches, sent, more = [], 0, False
+    for origin, size, redact in plan:
+        after = child_vv.get(origin, 0)
+        while after < size:
+            if sent >= max_entries:
+                more = True
+                break
+            batch = node.read_batch(origin, after, limit=min(batch_size, max_entries - sent), redact=redact)
+            if batch is None:
+                break
+            batches.append(batch)
+            sent += len(batch.entries)
+            after = batch.entries[-1][0]
+        if more:
+            break
+    return batches, more, remaining
+
+
+def _declared(node: Node, batch: Batch) -> str | None:
+    return node.origin_scope(batch.origin) or declared_scope(batch.origin, batch.entries)
+
+
+def push_check(node: Node, child: dict) -> Callable[[Batch], None]:
+    """The parent's rules for a batch pushed by ``child`` (runs before anything is written)."""
+    def check(batch: Batch) -> None:
+        if batch.origin == child["node_id"]:
+            origin_scope = child["scope"]
+        else:
+            origin_scope = _declared(node, batch)
+            if origin_scope is None:
+                raise ScopeViolation(f"origin {batch.origin} has not declared its scope (no node.init entry)")
+        if not covers(child["scope"], origin_scope):
+            raise ScopeViolation(f"{child['name']} may only send entries of {child['scope']}; "
+                                 f"origin {batch.origin} belongs to {origin_scope}")
+        for entry in batch.entries:
+            if len(entry) != 6:
+                raise ScopeViolation(f"entry {batch.origin}#{entry[0]} is redacted: a child sends its own "
+                                     "branch in full")
+            seq, _, _, kind, scope, payload = entry
+            if not covers(origin_scope, scope):
+                raise ScopeViolation(f"entry {batch.origin}#{seq} is for {scope}, outside {origin_scope}")
+            if kind in ("row.update", "row.delete"):
+                _check_target(node, batch.origin, seq, payload, origin_scope)
+    return check
+
+
+def _check_target(node: Node, origin: str, seq: int, payload: str, origin_scope: str) -> None:
+    """An update or delete must not reach rows of another branch (a street editing a sibling's row)."""
+    try:
+        body = orjson.loads(payload)
+        table, pk = body["t"], body["pk"]
+    except (ValueError, KeyError, TypeError):
+        return  # unreadable: the projector keeps it as a conflict
+    spec = node.specs.get(table)
+    if spec is None:
+        return
+    row = node.conn.execute(f"SELECT [{spec.scope}] FROM [{spec.name}] WHERE [{spec.pk}] = ?", (pk,)).fetchone()
+    if row is not None and row[0] is not None and not covers(origin_scope, row[0]):
+        raise ScopeViolation(f"entry {origin}#{seq} changes {table} {pk}, a row of {row[0]} outside {origin_scope}")
+
+
+def pull_check(node: Node, parent: dict) -> Callable[[Batch], None]:
+    """The child's rules for a batch from its parent: only entries on its own branch."""
+    def check(batch: Batch) -> None:
+        origin_scope = _declared(node, batch)
+        if batch.origin == parent["node_id"]:
+            origin_scope = parent["scope"]
+        if origin_scope is None or not related(origin_scope, node.scope):
+            raise ScopeViolation(f"origin {batch.origin} is not on this node's branch")
+        for entry in batch.entries:
+            if len(entry) == 6 and entry[3] != "node.init":
+                if not related(entry[4], node.scope) or not covers(origin_scope, entry[4]):
+                    raise ScopeViolation(f"entry {batch.origin}#{entry[0]} for {entry[4]} does not belong here")
+    return check

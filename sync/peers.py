@@ -1,0 +1,100 @@
+"""Pinned peers (parent and children), refusals, fork evidence, per-peer status."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from hemei.core.clock import hlc_to_iso
+from hemei.core.errors import NotFound
+from hemei.core.node import Node
+
+COLUMNS = ("node_id", "role", "name", "scope", "public_key", "url", "enrolled_ms", "last_contact_ms", "revoked",
+           "their_vv", "pending_up", "pending_down", "last_error")
+SYNC_ACTOR = "sync"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _row(values) -> dict:
+    peer = dict(zip(COLUMNS, values))
+    peer["their_vv"] = orjson.loads(peer["their_vv"])
+    return peer
+
+
+def get_peer(node: Node, node_id: str) -> dict | None:
+    row = node.conn.execute(f"SELECT {', '.join(COLUMNS)} FROM _hemei_peers WHERE node_id = ?", (node_id,)).fetchone()
+    return _row(row) if row else None
+
+
+def parent_of(node: Node) -> dict:
+    row = node.conn.execute(f"SELECT {', '.join(COLUMNS)} FROM _hemei_peers WHERE role = 'parent'").fetchone()
+    if row is None:
+        raise NotFound("this node has no parent yet: join one with 'hemei join TOKEN'", code="no_parent")
+    return _row(row)
+
+
+def all_peers(node: Node) -> list[dict]:
+    return [_row(r) for r in node.conn.execute(
+        f"SELECT {', '.join(COLUMNS)} FROM _hemei_peers ORDER BY role DESC, name")]
+
+
+def touch(node: Node, node_id: str, *, their_vv: dict | None = None, pending_up: int | None = None,
+          pending_down: int | None = None, error: str | None = None) -> None:
+    """Record a contact with a peer (local bookkeeping, not logged)."""
+    sets, args = ["last_contact_ms = ?", "last_error = ?"], [now_ms(), error]
+    for column, value in (("their_vv", None if their_vv is None else orjson.dumps(their_vv).decode()),
+                          ("pending_up", pending_up), ("pending_down", pending_down)):
+        if value is not None:
+            sets.append(f"{column} = ?")
+            args.append(value)
+    node.conn.execute(f"UPDATE _hemei_peers SET {', '.join(sets)} WHERE node_id = ?", (*args, node_id))
+
+
+def record_refusal(node: Node, peer: str | None, code: str, reason: str, what: str) -> None:
+    """Every refusal is a log entry: who was refused, what, and why."""
+    with node.writer(SYNC_ACTOR) as w:
+        w.event("sync.refused", {"peer": peer, "code": code, "reason": reason, "request": what})
+    if peer is not None:
+        node.conn.execute("UPDATE _hemei_peers SET last_error = ? WHERE node_id = ?", (f"{code}: {reason}", peer))
+
+
+def record_fork(node: Node, evidence: dict, peer: str) -> None:
+    """Keep both checkpoints of a fork: the one held and the contradicting one presented."""
+    node.conn.execute(
+        "INSERT OR IGNORE INTO _hemei_forks (origin, seq, held_head, presented_size, presented_head,"
+        " presented_signature, peer, seen_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (evidence["origin"], evidence["held_size"], evidence["held_head"], evidence["presented_size"],
+         evidence["presented_head"], evidence["presented_signature"], peer, now_ms()))
+
+
+def forks(node: Node) -> list[dict]:
+    return [{"origin": o, "held_size": s, "held_head": (h or b"").hex(), "presented_size": ps,
+             "presented_head": ph.hex(), "peer": p, "seen": hlc_to_iso(t << 16)}
+            for o, s, h, ps, ph, p, t in node.conn.execute(
+                "SELECT origin, seq, held_head, presented_size, presented_head, peer, seen_ms FROM _hemei_forks"
+                " ORDER BY seen_ms")]
+
+
+def refusals(node: Node, peer: str, limit: int = 5) -> list[dict]:
+    rows = node.conn.execute(
+        "SELECT hlc, payload FROM _hemei_log WHERE kind = 'sync.refused' AND json_extract(payload, '$.peer') = ?"
+        " ORDER BY hlc DESC LIMIT ?", (peer, limit))
+    return [{"time": hlc_to_iso(hlc), **{k: v for k, v in orjson.loads(p).items() if k != "peer"}}
+            for hlc, p in rows]
+
+
+def peers_status(node: Node) -> list[dict]:
+    out = []
+    for peer in all_peers(node):
+        out.append({
+            "node_id": peer["node_id"], "role": peer["role"], "name": peer["name"], "scope": peer["scope"],
+            "url": peer["url"], "revoked": bool(peer["revoked"]),
+            "last_contact": hlc_to_iso(peer["last_contact_ms"] << 16) if peer["last_contact_ms"] else None,
+            "pending_up": peer["pending_up"], "pending_down": peer["pending_down"],
+            "last_error": peer["last_error"], "refusals": refusals(node, peer["node_id"]),
+        })
+    return out

@@ -1,0 +1,29 @@
+"""The sync transport, registered as a built-in plugin like any program module."""
+
+from __future__ import annotations
+
+from hemei.core import hookimpl
+
+from . import commands, server
+from .peers import forks, peers_status
+from .schema import sync_migrations
+
+
+@hookimpl
+def register_migrations():
+    return [sync_migrations]
+
+
+@hookimpl
+def register_routes():
+    return server.routes()
+
+
+@hookimpl
+def register_commands():
+    return list(commands.COMMANDS)
+
+
+@hookimpl
+def node_status(node):
+    return {"peers": peers_status(node), "forks": forks(node)}

@@ -1,0 +1,57 @@
+"""Local tables of the sync transport (never synced themselves)."""
+
+from __future__ import annotations
+
+from hemei.core import MigrationSet
+
+sync_migrations = MigrationSet("hemei.sync")
+
+SYNC_SCHEMA = """
+CREATE TABLE IF NOT EXISTS _hemei_peers (
+    node_id TEXT PRIMARY KEY,
+    role TEXT NOT NULL CHECK (role IN ('parent', 'child')),
+    name TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    public_key BLOB NOT NULL,
+    url TEXT,
+    enrolled_ms INTEGER NOT NULL,
+    last_contact_ms INTEGER,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    their_vv TEXT NOT NULL DEFAULT '{}',
+    pending_up INTEGER NOT NULL DEFAULT 0,
+    pending_down INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT);
+CREATE TABLE IF NOT EXISTS _hemei_invites (
+    token_hash BLOB PRIMARY KEY,
+    name TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    used_by TEXT,
+    used_ms INTEGER);
+CREATE TABLE IF NOT EXISTS _hemei_nonces (
+    nonce TEXT PRIMARY KEY,
+    node_id TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS _hemei_nonces_expiry ON _hemei_nonces (expires_ms);
+CREATE TABLE IF NOT EXISTS _hemei_forks (
+    origin TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    held_head BLOB,
+    presented_size INTEGER NOT NULL,
+    presented_head BLOB NOT NULL,
+    presented_signature BLOB NOT NULL,
+    peer TEXT NOT NULL,
+    seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (origin, presented_size, presented_head));
+CREATE TABLE IF NOT EXISTS _hemei_bundle_acks (
+    bundle_id TEXT PRIMARY KEY,
+    peer TEXT NOT NULL,
+    imported_ms INTEGER NOT NULL);
+"""
+
+
+@sync_migrations.step
+def sync_0001_tables(db):
+    for statement in SYNC_SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)

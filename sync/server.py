@@ -1,0 +1,178 @@
+"""The parent's side of sync over HTTP: join, hello, push, pull.
+
+Every route authenticates the request signature (sync/signing.py) against
+the pinned key of an enrolled, unrevoked child (join: against the key in
+the body), and every refusal is recorded in the log before the 4xx goes out.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import sqlite3
+import time
+
+import orjson
+from starlette.responses import Response
+
+from hemei.core.api import ApiCall, ApiRoute
+from hemei.core.errors import Conflict, Forbidden, HemeiError, InvalidInput, Unauthorized
+from hemei.core.identity import parse_node_id, verify_checkpoint
+
+from . import engine, enroll, signing, wire
+from .peers import get_peer, record_fork, record_refusal, touch
+
+NONCE_TTL_MS = (signing.WINDOW_S + 60) * 1000
+MAX_PULL_ENTRIES = 20_000
+
+
+def _now_s() -> int:
+    return int(time.time())
+
+
+def authenticate(call: ApiCall, public_key: bytes | None = None) -> dict | None:
+    """The enrolled child that signed this request (None for a join, checked against ``public_key``)."""
+    request = call.request
+    signed, base, signature, created = signing.read_signature(
+        request.headers, request.method, request.url.path, request.url.query, call.raw_body)
+    call.peer_id = signed.node_id
+    signing.check_window(created, signed.expires_s, _now_s())
+    peer = None
+    if public_key is None:
+        peer = get_peer(call.node, signed.node_id)
+        if peer is None or peer["role"] != "child":
+            raise Unauthorized(f"node {signed.node_id} is not enrolled here", code="unknown_node")
+        signing.check_signature(peer["public_key"], base, signature)
+        if peer["revoked"]:
+            raise Forbidden(f"node {peer['name']} has been revoked", code="revoked")
+    else:
+        signing.check_signature(public_key, base, signature)
+    conn = call.node.conn
+    now = time.time_ns() // 1_000_000
+    try:
+        conn.execute("INSERT INTO _hemei_nonces (nonce, node_id, expires_ms) VALUES (?, ?, ?)",
+                     (signed.nonce, signed.node_id, now + NONCE_TTL_MS))
+    except sqlite3.IntegrityError:
+        raise Unauthorized("replayed request (nonce already used)", code="replay") from None
+    conn.execute("DELETE FROM _hemei_nonces WHERE expires_ms < ?", (now,))
+    return peer
+
+
+def refusals_recorded(handler):
+    """Record every refusal in the log (who, what, why), then let the 4xx answer go out."""
+    @functools.wraps(handler)
+    def wrapped(call: ApiCall):
+        call.peer_id = None
+        try:
+            return handler(call)
+        except HemeiError as exc:
+            evidence = getattr(exc, "evidence", None)
+            if evidence is not None and call.peer_id:
+                record_fork(call.node, evidence, call.peer_id)
+            record_refusal(call.node, call.peer_id, exc.code, exc.message, call.request.url.path)
+            raise
+    return wrapped
+
+
+def _reply(message: dict) -> Response:
+    return Response(wire.encode(message), media_type=wire.CONTENT_TYPE)
+
+
+@refusals_recorded
+def join(call: ApiCall) -> Response:
+    body = wire.decode(call.raw_body)
+    try:
+        public_key = base64.b64decode(body["public_key"], validate=True)
+        child_id = parse_node_id(body["node_id"])
+        token, name, scope = str(body["token"]), str(body["name"]), str(body["scope"])
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise InvalidInput("join needs token, node_id, public_key, name and scope") from None
+    authenticate(call, public_key=public_key)
+    return _reply(enroll.accept_join(call.node, token, child_id, public_key, name, scope))
+
+
+@refusals_recorded
+def hello(call: ApiCall) -> Response:
+    """The child says what it holds and shows its latest checkpoint; the parent answers with its own sizes."""
+    child = authenticate(call)
+    node = call.node
+    body = wire.decode(call.raw_body)
+    their_vv = wire.vv_of(body.get("vv"))
+    own = body.get("checkpoint")
+    if own is not None:
+        _check_own_history(call, child, own)
+    mine = node.version_vector()
+    scopes = engine.origin_scopes(node)
+    # What the child holds of its branch that this node lacks (origins unknown here count too).
+    branch = {o: size for o, size in their_vv.items()
+              if o == child["node_id"] or o not in scopes or (scopes[o][0] or "").startswith(child["scope"])}
+    touch(node, child["node_id"], their_vv=their_vv, pending_up=engine.pending(branch, mine),
+          pending_down=engine.downstream(node, child["node_id"], child["scope"], their_vv, 0, 1)[2])
+    return _reply({"node_id": node.id, "vv": mine})
+
+
+def _check_own_history(call: ApiCall, child: dict, own) -> None:
+    """A child whose history is shorter than, or differs from, what it sent before has forked."""
+    try:
+        size, head, signature = int(own["size"]), bytes.fromhex(own["head"]), bytes.fromhex(own["signature"])
+    except (KeyError, TypeError, ValueError):
+        raise wire.MalformedBatch("checkpoint needs size, head and signature (hex)") from None
+    verify_checkpoint(child["public_key"], child["node_id"], size, head, signature)
+    node = call.node
+    row = node.conn.execute("SELECT ix, size, head FROM _hemei_origins WHERE node_id = ?",
+                            (child["node_id"],)).fetchone()
+    if row is None or size > row[1]:
+        held_at = None
+    else:
+        held_at = node.conn.execute("SELECT hash FROM _hemei_log WHERE origin = ? AND seq = ?",
+                                    (row[0], size)).fetchone()
+    if row is not None and (size < row[1] or (held_at is not None and held_at[0] != head)):
+        fork = Conflict(f"fork: {child['name']} presents a history of {size} entries that contradicts the "
+                        f"{row[1]} this node holds; its log was restored or rewritten. Both checkpoints are kept "
+                        "as evidence", code="fork")
+        fork.evidence = {"origin": child["node_id"], "held_size": row[1], "held_head": row[2],
+                         "presented_size": size, "presented_head": head, "presented_signature": signature}
+        raise fork
+
+
+@refusals_recorded
+def push(call: ApiCall) -> Response:
+    child = authenticate(call)
+    node = call.node
+    batches = wire.batches_of(wire.decode(call.raw_body))
+    results = node.apply_batches(batches, check=engine.push_check(node, child))
+    touch(node, child["node_id"])
+    sizes = node.version_vector()
+    return _reply({"results": results, "vv": {b.origin: sizes.get(b.origin, 0) for b in batches}})
+
+
+@refusals_recorded
+def pull(call: ApiCall) -> Response:
+    child = authenticate(call)
+    node = call.node
+    body = wire.decode(call.raw_body)
+    child_vv = wire.vv_of(body.get("vv"))
+    limit = body.get("max_entries", MAX_PULL_ENTRIES)
+    if type(limit) is not int or limit < 1:
+        raise wire.MalformedBatch("max_entries must be a positive integer")
+    batch_size = body.get("batch_size", 2000)
+    if type(batch_size) is not int or batch_size < 1:
+        raise wire.MalformedBatch("batch_size must be a positive integer")
+    batches, more, remaining = engine.downstream(node, child["node_id"], child["scope"], child_vv,
+                                                 min(limit, MAX_PULL_ENTRIES), batch_size)
+    sent = sum(len(b.entries) for b in batches)
+    touch(node, child["node_id"], their_vv=child_vv, pending_down=remaining - sent)
+    return _reply({"batches": [wire.batch_to_json(b) for b in batches], "more": more, "remaining": remaining - sent})
+
+
+def routes() -> list[ApiRoute]:
+    body_limit = wire.MAX_COMPRESSED
+    common = {"role": None, "raw": True, "max_body": body_limit, "tags": ("sync",)}
+    return [
+        ApiRoute("/api/sync/join", "POST", join, summary="Enroll a child with an invitation token", **common),
+        ApiRoute("/api/sync/hello", "POST", hello, summary="Exchange version vectors; check the child's history",
+                 **common),
+        ApiRoute("/api/sync/push", "POST", push, summary="Receive batches of the child's branch", **common),
+        ApiRoute("/api/sync/pull", "POST", pull, summary="Send the child the entries of its branch", **common),
+    ]
