@@ -24,7 +24,7 @@ import pluggy
 import sqlite_utils
 
 from .chain import GENESIS, REDACTED, ROW_KINDS, entry_leaf, verify_segment
-from .clock import HybridClock
+from .clock import DEFAULT_MAX_AHEAD_MS, HybridClock
 from .errors import ChainError, Conflict, HemeiError, InvalidInput, NodeStateError
 from .identity import (node_id_from_public_key, parse_node_id, public_key_raw, read_private_key,
                        verify_checkpoint, write_private_key)
@@ -36,6 +36,7 @@ from .scope import parse_scope
 from .writer import Writer, check_actor
 
 HOME_ENV = "HEMEI_HOME"
+MAX_AHEAD_ENV = "HEMEI_MAX_CLOCK_AHEAD"
 DEFAULT_HOME = "hemei-node"
 DB_NAME = "node.db"
 KEY_NAME = "node.key"
@@ -56,6 +57,16 @@ class Batch(NamedTuple):
     public_key: bytes
     entries: list
     signature: bytes
+
+
+def max_ahead_ms() -> int:
+    """How far ahead of this node's clock received entries may be stamped (``HEMEI_MAX_CLOCK_AHEAD``, s)."""
+    value = os.environ.get(MAX_AHEAD_ENV)
+    if value is None:
+        return DEFAULT_MAX_AHEAD_MS
+    if not value.isdigit():
+        raise NodeStateError(f"{MAX_AHEAD_ENV} must be a whole number of seconds, not {value!r}")
+    return int(value) * 1000
 
 
 def declared_scope(origin: str, entries) -> str | None:
@@ -107,7 +118,7 @@ class Node:
             raise NodeStateError(f"{home / KEY_NAME} is not the key of the node in {home / DB_NAME}")
         self.name: str = meta["name"]
         self.scope: str = meta["scope"]
-        self.clock = HybridClock(int(meta.get("hlc", 0)))
+        self.clock = HybridClock(int(meta.get("hlc", 0)), max_ahead_ms=max_ahead_ms())
         self._available = available
         self._builtins = builtins
         self._load_plugins()

@@ -43,6 +43,16 @@ def pending(mine: dict[str, int], theirs: dict[str, int]) -> int:
     return sum(max(0, size - theirs.get(origin, 0)) for origin, size in mine.items())
 
 
+def child_backlog(node: Node, child: dict, child_vv: dict[str, int]) -> tuple[int, int]:
+    """(entries the child holds of its branch that this node lacks, entries it should get from here)."""
+    scopes = origin_scopes(node)
+    mine = {o: size for o, (_, size) in scopes.items()}
+    branch = {o: size for o, size in child_vv.items()
+              if o == child["node_id"] or o not in scopes or (scopes[o][0] and covers(child["scope"], scopes[o][0]))}
+    down = downstream(node, child["node_id"], child["scope"], child_vv, 0, 1)[2]
+    return pending(branch, mine), down
+
+
 def outgoing(node: Node, scope: str, their_vv: dict[str, int], batch_size: int) -> Iterator[Batch]:
     """Batches of the subtree of ``scope`` that the parent (holding ``their_vv``) lacks."""
     for origin, size in sorted(subtree_origins(node, scope).items()):

@@ -88,8 +88,15 @@ def refusals(node: Node, peer: str, limit: int = 5) -> list[dict]:
 
 
 def peers_status(node: Node) -> list[dict]:
+    """Per peer: contact, backlog both ways (up: computed now; down from a parent: as of last contact)."""
+    from .engine import child_backlog, pending, subtree_origins
+
     out = []
     for peer in all_peers(node):
+        if peer["role"] == "parent":
+            peer["pending_up"] = pending(subtree_origins(node, node.scope), peer["their_vv"])
+        else:
+            peer["pending_up"], peer["pending_down"] = child_backlog(node, peer, peer["their_vv"])
         out.append({
             "node_id": peer["node_id"], "role": peer["role"], "name": peer["name"], "scope": peer["scope"],
             "url": peer["url"], "revoked": bool(peer["revoked"]),

@@ -102,14 +102,8 @@ def hello(call: ApiCall) -> Response:
     own = body.get("checkpoint")
     if own is not None:
         _check_own_history(call, child, own)
-    mine = node.version_vector()
-    scopes = engine.origin_scopes(node)
-    # What the child holds of its branch that this node lacks (origins unknown here count too).
-    branch = {o: size for o, size in their_vv.items()
-              if o == child["node_id"] or o not in scopes or (scopes[o][0] or "").startswith(child["scope"])}
-    touch(node, child["node_id"], their_vv=their_vv, pending_up=engine.pending(branch, mine),
-          pending_down=engine.downstream(node, child["node_id"], child["scope"], their_vv, 0, 1)[2])
-    return _reply({"node_id": node.id, "vv": mine})
+    touch(node, child["node_id"], their_vv=their_vv)
+    return _reply({"node_id": node.id, "vv": node.version_vector()})
 
 
 def _check_own_history(call: ApiCall, child: dict, own) -> None:
@@ -162,7 +156,7 @@ def pull(call: ApiCall) -> Response:
     batches, more, remaining = engine.downstream(node, child["node_id"], child["scope"], child_vv,
                                                  min(limit, MAX_PULL_ENTRIES), batch_size)
     sent = sum(len(b.entries) for b in batches)
-    touch(node, child["node_id"], their_vv=child_vv, pending_down=remaining - sent)
+    touch(node, child["node_id"], their_vv=child_vv)
     return _reply({"batches": [wire.batch_to_json(b) for b in batches], "more": more, "remaining": remaining - sent})
 
 

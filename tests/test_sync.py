@@ -1,0 +1,102 @@
+"""Sync over HTTP between real `hemei serve` processes: a city, a district, two streets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hemei.core.audit import verify_log
+from tree import Tree, note_titles, write_notes
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    t = Tree(tmp_path_factory.mktemp("tree"))
+    t.init("city", "sx")
+    t.init("district", "sx/yc")
+    t.init("fushan", "sx/yc/fs")
+    t.init("beihai", "sx/yc/bh")
+    t.serve("city")
+    t.serve("district")
+    t.enroll("city", "district", "sx/yc")
+    t.enroll("district", "fushan", "sx/yc/fs")
+    t.enroll("district", "beihai", "sx/yc/bh")
+    yield t
+    t.stop()
+
+
+def test_entries_flow_up_and_down_the_tree_and_never_sideways(tree):
+    with tree.open("fushan") as n:
+        write_notes(n, [("府山 楼道粉刷", "sx/yc/fs/xihu")])
+    with tree.open("beihai") as n:
+        write_notes(n, [("北海 秘密", "sx/yc/bh")])
+    with tree.open("district") as n:
+        write_notes(n, [("全区通知", "sx/yc"), ("给府山的案件", "sx/yc/fs/xihu"), ("给北海的案件", "sx/yc/bh")])
+    with tree.open("city") as n:
+        write_notes(n, [("全市通知", "sx"), ("给越城府山", "sx/yc/fs"), ("给别的区", "sx/kq")])
+
+    assert tree.sync("fushan")["pushed"] > 0
+    assert tree.sync("beihai")["pushed"] > 0
+    tree.sync("district")
+    tree.sync("fushan")
+    tree.sync("beihai")
+
+    with tree.open("city") as city, tree.open("district") as district, \
+            tree.open("fushan") as fushan, tree.open("beihai") as beihai:
+        assert {"府山 楼道粉刷", "北海 秘密", "全区通知", "给府山的案件", "给北海的案件"} <= note_titles(city)
+        assert note_titles(district) == {"府山 楼道粉刷", "北海 秘密", "全区通知", "给府山的案件", "给北海的案件",
+                                         "全市通知", "给越城府山"}
+        assert note_titles(fushan) == {"府山 楼道粉刷", "全区通知", "给府山的案件", "全市通知", "给越城府山"}
+        assert note_titles(beihai) == {"北海 秘密", "全区通知", "给北海的案件", "全市通知"}
+        # Neither street holds a single entry of the other: not even the origin.
+        assert beihai.id not in fushan.version_vector() and fushan.id not in beihai.version_vector()
+        for node in (city, district, fushan, beihai):
+            node.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        raw = (tree.home("fushan") / "node.db").read_bytes()
+        assert "北海 秘密".encode() not in raw and "给北海的案件".encode() not in raw and "给别的区".encode() not in raw
+        # The city verified the streets' own signatures through the district.
+        assert city.version_vector()[fushan.id] == fushan.version_vector()[fushan.id]
+        rows = "SELECT * FROM notes WHERE scope LIKE 'sx/yc/fs%' ORDER BY id"
+        assert city.conn.execute(rows).fetchall() == fushan.conn.execute(rows).fetchall()
+        assert district.conn.execute(rows).fetchall() == fushan.conn.execute(rows).fetchall()
+        for node in (city, district, fushan, beihai):
+            assert verify_log(node)["ok"], node.name
+    for name in ("city", "district", "fushan", "beihai"):
+        assert json.loads(tree.ok(name, "audit", "verify", "--json"))["ok"] is True
+
+
+def test_status_shows_peers_with_backlog_both_ways(tree):
+    with tree.open("fushan") as n:
+        write_notes(n, [(f"待同步 {i}", "sx/yc/fs") for i in range(3)])
+    with tree.open("district") as n:
+        write_notes(n, [("区里新通知", "sx/yc")])
+    tree.hemei("fushan", "sync")  # settle
+    with tree.open("fushan") as n:
+        write_notes(n, [("还没同步", "sx/yc/fs")])
+    status = json.loads(tree.ok("fushan", "status", "--json"))
+    parent = next(p for p in status["peers"] if p["role"] == "parent")
+    assert parent["url"] == tree.servers["district"].url and parent["last_contact"]
+    assert {"node_id", "url", "last_contact", "pending_up", "pending_down", "refusals"} <= set(parent)
+    assert parent["pending_up"] >= 0 and parent["pending_down"] == 0
+    tree.sync("fushan")
+    district = json.loads(tree.ok("district", "status", "--json"))
+    child = next(p for p in district["peers"] if p["name"] == "fushan")
+    assert child["pending_up"] == 0 and child["last_contact"]
+    listed = json.loads(tree.ok("district", "nodes", "list", "--json"))
+    assert {c["name"] for c in listed} == {"fushan", "beihai"}
+    assert all(set(c) >= {"node_id", "name", "scope", "last_contact", "revoked"} for c in listed)
+
+
+def test_sync_is_quiet_when_piped_and_a_second_run_moves_nothing(tree):
+    tree.sync("fushan")
+    again = tree.hemei("fushan", "sync")
+    assert again.returncode == 0 and again.stdout.strip() == "pushed 0, pulled 0"
+    assert again.stderr == ""
+
+
+def test_without_a_parent_sync_says_how_to_join(tmp_path):
+    t = Tree(tmp_path)
+    t.init("lonely", "a/b")
+    done = t.hemei("lonely", "sync")
+    assert done.returncode == 1 and "hemei join" in done.stderr and "Traceback" not in done.stderr
