@@ -37,6 +37,12 @@ def verify_log(node: Node, progress=None) -> dict:
         sorted(known_ix)).fetchall()
     for (ix,) in stray:
         errors.append(f"log holds entries of an unknown origin (local index {ix}): inserted outside hemei")
+    clock = node.conn.execute("SELECT value FROM _hemei_meta WHERE key = 'hlc'").fetchone()
+    newest = node.conn.execute("SELECT max(hlc) FROM _hemei_log").fetchone()[0] or 0
+    if clock and int(clock[0]) > newest:
+        # The clock is persisted with every write: a later stamp than any entry means the tail was cut.
+        errors.append(f"the node's clock recorded a write at {hlc_to_iso(int(clock[0]))} but the newest entry is "
+                      f"from {hlc_to_iso(newest)}: entries removed at the end")
     for ix, node_id, public_key, size, head in rows:
         error, seen, last_hash = _verify_origin(node, ix, node_id, public_key, progress)
         if error is None and seen != size:
@@ -53,18 +59,21 @@ def _verify_origin(node: Node, ix: int, node_id: str, public_key: bytes, progres
     prev = GENESIS
     expected = 1
     last_sig_seq = 0
-    cursor = node.conn.execute("SELECT seq, hlc, actor, kind, scope, payload, hash, sig, leaf FROM _hemei_log"
+    cursor = node.conn.execute("SELECT seq, hlc, actor, kind, scope, payload, hash, sig, salt, leaf FROM _hemei_log"
                                " WHERE origin = ? ORDER BY seq", (ix,))
+    own = node_id == node.id
     while chunk := cursor.fetchmany(5000):
-        for seq, hlc, actor, kind, scope, payload, stored, sig, leaf in chunk:
+        for seq, hlc, actor, kind, scope, payload, stored, sig, salt, leaf in chunk:
             where = f"{node_id}#{seq}"
             if seq != expected:
                 return f"{where}: expected entry #{expected} (entries removed, inserted or reordered)", seq, prev
             try:
                 if kind == REDACTED:  # held as its digest only: the link is still checked
+                    if own or (hlc, actor, scope, payload, salt) != (0, "", "", "", None):
+                        return f"{where}: entry hidden as redacted (altered)", seq, prev
                     computed = link(prev, leaf)
                 else:
-                    computed = link(prev, entry_leaf(node_id, seq, hlc, actor, kind, scope, payload))
+                    computed = link(prev, entry_leaf(node_id, seq, hlc, actor, kind, scope, payload, salt))
             except (TypeError, AttributeError):
                 return f"{where}: entry fields have the wrong types (altered)", seq, prev
             if computed != stored:

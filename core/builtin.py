@@ -29,7 +29,7 @@ def conflicts(call: ApiCall) -> list:
 
 def log(call: ApiCall) -> list:
     limit = call.query.get("limit", "50")
-    if not limit.isdigit():
+    if not (limit.isascii() and limit.isdigit()) or len(limit) > 9:
         raise InvalidInput("limit must be a whole number")
     return audit_log(call.node, actor=call.query.get("actor"), kind=call.query.get("kind"),
                      table=call.query.get("table"), since=call.query.get("since"), limit=int(limit))

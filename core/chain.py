@@ -1,9 +1,9 @@
 """The log entry and its hash chain.
 
-An entry is ``(origin, seq, hlc, actor, kind, scope, payload)``. Its *leaf*
-digest and its chain hash are
+An entry is ``(origin, seq, hlc, actor, kind, scope, payload, salt)``. Its
+*leaf* digest and its chain hash are
 
-    leaf = SHA-256( UTF-8(origin \\n seq \\n hlc \\n actor \\n kind \\n scope \\n) || UTF-8(payload) )
+    leaf = SHA-256( salt || UTF-8(origin \\n seq \\n hlc \\n actor \\n kind \\n scope \\n) || UTF-8(payload) )
     hash = SHA-256( prev_hash || leaf )
 
 with ``prev_hash`` the previous entry's hash (32 zero bytes before seq 1),
@@ -15,7 +15,10 @@ so no canonical JSON is needed and entries are forwarded byte for byte.
 Splitting leaf from link is what lets a parent send a child an origin's
 chain with the entries the child must not see *redacted*: a redacted entry
 travels as ``(seq, leaf)`` only, and the child can still verify every link
-and the origin's signature without learning anything about it.
+and the origin's signature without learning anything about it. The 16
+random bytes of ``salt`` make sure of that last part: without them a
+predictable entry (``user.add`` of a likely name) could be recovered from
+its leaf by guessing.
 
 :func:`verify_segment` is the check every receiver runs (sync, bundles):
 contiguous seqs, recomputed links, and a head equal to the one the origin
@@ -36,14 +39,19 @@ _sha256 = hashlib.sha256
 ROW_KINDS = ("row.insert", "row.update", "row.delete")
 #: Kind stored for an entry this node holds only as its leaf digest.
 REDACTED = "redacted"
+#: Kinds no write may use directly: row kinds come from insert/update/delete only.
+RESERVED_KINDS = frozenset(ROW_KINDS) | {REDACTED}
+SALT_BYTES = 16
+#: A full entry on the wire: (seq, hlc, actor, kind, scope, payload, salt); a redacted one: (seq, leaf).
+FULL, REDACTED_LEN = 7, 2
 
 
 def entry_leaf(origin: str, seq: int, hlc: int, actor: str, kind: str, scope: str,
-               payload: str | bytes) -> bytes:
+               payload: str | bytes, salt: bytes) -> bytes:
     """The digest of one entry's content; ``payload`` as text, or as its UTF-8 bytes."""
     if isinstance(payload, str):
         payload = payload.encode()
-    return _sha256(f"{origin}\n{seq}\n{hlc}\n{actor}\n{kind}\n{scope}\n".encode() + payload).digest()
+    return _sha256(salt + f"{origin}\n{seq}\n{hlc}\n{actor}\n{kind}\n{scope}\n".encode() + payload).digest()
 
 
 def link(prev: bytes, leaf: bytes) -> bytes:
@@ -51,9 +59,9 @@ def link(prev: bytes, leaf: bytes) -> bytes:
 
 
 def entry_hash(prev: bytes, origin: str, seq: int, hlc: int, actor: str, kind: str,
-               scope: str, payload: str | bytes) -> bytes:
+               scope: str, payload: str | bytes, salt: bytes) -> bytes:
     """The chain hash of one full entry."""
-    return _sha256(prev + entry_leaf(origin, seq, hlc, actor, kind, scope, payload)).digest()
+    return _sha256(prev + entry_leaf(origin, seq, hlc, actor, kind, scope, payload, salt)).digest()
 
 
 def check_header_text(name: str, value: str) -> None:
@@ -65,7 +73,7 @@ def verify_segment(origin: str, prev_head: bytes, first_seq: int, entries: Seque
                    signed_head: bytes | None = None) -> list[bytes]:
     """Check that ``entries`` continue a chain whose entry ``first_seq - 1`` hashes to ``prev_head``.
 
-    Each entry is ``(seq, hlc, actor, kind, scope, payload)``, or
+    Each entry is ``(seq, hlc, actor, kind, scope, payload, salt)``, or
     ``(seq, leaf)`` for a redacted one. Returns the recomputed hashes.
     Raises :class:`ChainError` naming the first entry that breaks the
     chain, or when the last hash differs from ``signed_head``.
@@ -81,16 +89,19 @@ def verify_segment(origin: str, prev_head: bytes, first_seq: int, entries: Seque
             leaf = entry[1]
             if not isinstance(leaf, bytes) or len(leaf) != 32:
                 raise ChainError(f"entry {origin}#{seq}: a redacted entry carries a 32-byte digest")
-        elif len(entry) == 6:
-            _, hlc, actor, kind, scope, payload = entry
+        elif len(entry) == FULL:
+            _, hlc, actor, kind, scope, payload, salt = entry
             if not (isinstance(hlc, int) and isinstance(actor, str) and isinstance(kind, str)
-                    and isinstance(scope, str) and isinstance(payload, str)):
+                    and isinstance(scope, str) and isinstance(payload, str) and isinstance(salt, bytes)):
                 raise ChainError(f"entry {origin}#{seq}: fields have the wrong types")
+            if len(salt) != SALT_BYTES or kind == REDACTED:
+                raise ChainError(f"entry {origin}#{seq}: needs a {SALT_BYTES}-byte salt and a kind other than "
+                                 f"{REDACTED!r}")
             if "\n" in actor or "\n" in kind or "\n" in scope or "\r" in actor or "\r" in scope:
                 raise ChainError(f"entry {origin}#{seq}: header field contains a line break")
-            leaf = entry_leaf(origin, seq, hlc, actor, kind, scope, payload)
+            leaf = entry_leaf(origin, seq, hlc, actor, kind, scope, payload, salt)
         else:
-            raise ChainError(f"entry {origin}#{seq}: expected 6 fields (or 2 when redacted)")
+            raise ChainError(f"entry {origin}#{seq}: expected {FULL} fields (or 2 when redacted)")
         prev = _sha256(prev + leaf).digest()
         hashes.append(prev)
         expected += 1

@@ -41,11 +41,20 @@ def hlc_to_iso(hlc: int) -> str:
 
 
 def iso_to_hlc(text: str) -> int:
-    """Parse a date or datetime (naive means UTC) into the lowest HLC at that instant."""
+    """Parse a date or datetime (naive means UTC) into the lowest HLC at that instant.
+
+    Raises ValueError for text that is not such a date, or one outside 1970-9999.
+    """
     stamp = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=_dt.timezone.utc)
-    return int(stamp.timestamp() * 1000) << COUNTER_BITS
+    try:
+        ms = int(stamp.timestamp() * 1000)
+    except (OverflowError, OSError):
+        raise ValueError(f"{text} is out of range") from None
+    if not 0 <= ms < 1 << (63 - COUNTER_BITS):
+        raise ValueError(f"{text} is out of range")
+    return ms << COUNTER_BITS
 
 
 class HybridClock:

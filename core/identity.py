@@ -86,7 +86,10 @@ def read_private_key(path: Path) -> Ed25519PrivateKey:
         raise NodeStateError(
             f"{path} can be read by other users; fix it with: chmod 600 {path}"
         )
-    key = serialization.load_pem_private_key(data, password=None)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise NodeStateError(f"{path} is damaged or not a private key: restore it from your backup") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise NodeStateError(f"{path} does not hold an Ed25519 key")
     return key

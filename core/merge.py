@@ -54,6 +54,9 @@ class Change(NamedTuple):
 
 Validator = Callable[[Change], "str | None"]
 
+#: ``Change.op`` of an entry whose payload is not a row change this node can read.
+UNREADABLE = "unreadable"
+
 
 def _dumps(obj) -> str:
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS).decode()
@@ -79,6 +82,10 @@ class Projector:
         i, n = 0, len(changes)
         while i < n:
             change = changes[i]
+            if change.op == UNREADABLE:
+                self.record(change.table, change._replace(values={}), "unreadable", change.values["reason"])
+                i += 1
+                continue
             spec = self.specs.get(change.table)
             if spec is None:
                 if local:
@@ -102,10 +109,9 @@ class Projector:
     # -- checks shared by both paths -------------------------------------
     def _admissible(self, spec: TableSpec, change: Change, local: bool) -> bool:
         if not local:
-            unknown = change.values.keys() - spec.columns.keys()
-            if unknown or spec.pk in change.values or spec.scope in change.values:
-                self.record(spec.name, change, "unreadable",
-                            f"columns {sorted(unknown or [spec.pk, spec.scope])} are not data columns of {spec.name}")
+            problem = spec.value_problem(change.values)
+            if problem:
+                self.record(spec.name, change, "unreadable", problem)
                 return False
         if self.validator is not None:
             reason = self.validator(change)
@@ -174,7 +180,9 @@ class Projector:
             f"SELECT {', '.join(f'[{c}]' for c in cols)}, _deleted, _hlc, _origin, _colv"
             f" FROM [{spec.name}] WHERE [{spec.pk}] = ?", (change.pk,)).fetchone()
         if row is None:
-            current: dict = {spec.pk: change.pk, spec.scope: change.scope, "_deleted": None}
+            # Known only from an update or delete so far: the scope stays unset
+            # until an insert writes it (else the first arrival would decide it).
+            current: dict = {spec.pk: change.pk, spec.scope: None, "_deleted": None}
             versions: dict = {}
         else:
             current = dict(zip(cols + ["_deleted"], row[:-3]))

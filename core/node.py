@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import sys
 import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,13 +24,13 @@ import orjson
 import pluggy
 import sqlite_utils
 
-from .chain import GENESIS, REDACTED, ROW_KINDS, entry_leaf, verify_segment
+from .chain import FULL, GENESIS, REDACTED, REDACTED_LEN, ROW_KINDS, entry_leaf, verify_segment
 from .clock import DEFAULT_MAX_AHEAD_MS, HybridClock
 from .errors import ChainError, Conflict, HemeiError, InvalidInput, NodeStateError
 from .identity import (node_id_from_public_key, parse_node_id, public_key_raw, read_private_key,
                        verify_checkpoint, write_private_key)
 from .ids import new_id
-from .merge import Change, Projector
+from .merge import UNREADABLE, Change, Projector
 from .plugins import CORE_BUILTINS, Available, available_modules, get_plugin_manager, merge_named
 from .schema import MIGRATIONS_TABLE, TableSpec, core_migrations, create_or_extend_table
 from .scope import parse_scope
@@ -48,8 +49,8 @@ CACHE_KIB = 32 * 1024
 class Batch(NamedTuple):
     """A signed run of one origin's entries: the unit of sync and of bundles.
 
-    ``entries`` are ``(seq, hlc, actor, kind, scope, payload)`` with
-    contiguous seqs; ``signature`` is the origin's checkpoint signature over
+    ``entries`` are ``(seq, hlc, actor, kind, scope, payload, salt)``, or
+    ``(seq, leaf)`` when redacted, with contiguous seqs; ``signature`` is the origin's checkpoint signature over
     the last one (node id, size = last seq, head = its hash).
     """
 
@@ -64,7 +65,7 @@ def max_ahead_ms() -> int:
     value = os.environ.get(MAX_AHEAD_ENV)
     if value is None:
         return DEFAULT_MAX_AHEAD_MS
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise NodeStateError(f"{MAX_AHEAD_ENV} must be a whole number of seconds, not {value!r}")
     return int(value) * 1000
 
@@ -72,7 +73,7 @@ def max_ahead_ms() -> int:
 def declared_scope(origin: str, entries) -> str | None:
     """The scope in an origin's ``node.init`` entry when ``entries`` start with it (seq 1)."""
     first = entries[0]
-    if first[0] != 1 or len(first) != 6 or first[3] != "node.init":
+    if first[0] != 1 or len(first) != FULL or first[3] != "node.init":
         return None
     try:
         body = orjson.loads(first[5])
@@ -138,6 +139,8 @@ class Node:
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             key = write_private_key(home / KEY_NAME)
+            # Owner-only before SQLite opens it: -wal and -shm inherit the mode.
+            os.close(os.open(home / DB_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             conn = _connect(home / DB_NAME)
             try:
                 cls._create_schema(conn, key, name, scope)
@@ -175,6 +178,9 @@ class Node:
         if not (home / DB_NAME).exists():
             raise NodeStateError(f"{home} is not a node home (no {DB_NAME}); create one with 'hemei init'")
         key = read_private_key(home / KEY_NAME)
+        if sys.platform != "win32" and (home / DB_NAME).stat().st_mode & 0o077:
+            raise NodeStateError(f"{home / DB_NAME} (password hashes, tokens) can be read by other users; "
+                                 f"fix it with: chmod 600 {home / DB_NAME}*")
         conn = _connect(home / DB_NAME)
         try:
             db = sqlite_utils.Database(conn)
@@ -277,6 +283,8 @@ class Node:
             yield w
             w.flush()
             w._open = False
+            if w.failed is not None:
+                raise InvalidInput(f"transaction rolled back after an error: {w.failed}", code="transaction_failed")
             if w.entries_written:
                 self.conn.execute("UPDATE _hemei_origins SET size = ?, head = ? WHERE ix = ?", (w.size, w.head, ix))
                 self._persist_clock()
@@ -293,8 +301,8 @@ class Node:
 
     def _ingest(self, rows: list, changes: list[Change], *, local: bool) -> list[Change]:
         """Append log rows and project their row changes: shared by writes, sync and rebuild."""
-        self.conn.executemany("INSERT INTO _hemei_log (origin, seq, hlc, actor, kind, scope, payload, hash, sig, leaf)"
-                              " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        self.conn.executemany("INSERT INTO _hemei_log (origin, seq, hlc, actor, kind, scope, payload, hash, sig,"
+                              " salt, leaf) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         return self.projector.apply(changes, local=local)
 
     # -- receiving entries -------------------------------------------------
@@ -375,7 +383,7 @@ class Node:
                     "_applied": []}
         if check is not None:
             check(batch._replace(entries=new))
-        stamps = [e[1] for e in new if len(e) == 6]
+        stamps = [e[1] for e in new if len(e) == FULL]
         if stamps:
             self.clock.check_plausible(max(stamps))
         if known is None:
@@ -385,8 +393,8 @@ class Node:
             ix = cur.lastrowid
         else:
             ix = known[0]
-        rows = [[ix, e[0], 0, "", REDACTED, "", "", h, None, e[1]] if len(e) == 2 else [ix, *e, h, None, None]
-                for e, h in zip(new, hashes[held:])]
+        rows = [[ix, e[0], 0, "", REDACTED, "", "", h, None, None, e[1]] if len(e) == REDACTED_LEN
+                else [ix, *e[:6], h, None, e[6], None] for e, h in zip(new, hashes[held:])]
         rows[-1][8] = batch.signature
         changes = self._changes_of(origin, new)
         before = self._refusal_count()
@@ -412,16 +420,23 @@ class Node:
         changes = []
         loads = orjson.loads
         for entry in entries:
-            if len(entry) != 6:
+            if len(entry) != FULL:
                 continue  # redacted: nothing to project
-            seq, hlc, actor, kind, scope, payload = entry
+            seq, hlc, actor, kind, scope, payload, _ = entry
             if kind in ROW_KINDS:
+                body = None
                 try:
                     body = loads(payload)
-                    changes.append(Change(body["t"], kind[4:], body["pk"], scope, body["v"], hlc, origin,
-                                          actor, False))
+                    table, pk, values = body["t"], body["pk"], body["v"]
+                    if not (isinstance(table, str) and isinstance(pk, str) and pk and isinstance(values, dict)):
+                        raise TypeError
+                    changes.append(Change(table, kind[4:], pk, scope, values, hlc, origin, actor, False))
                 except (ValueError, KeyError, TypeError):
-                    raise ChainError(f"entry {origin}#{seq}: payload is not a row change") from None
+                    # Signed by its origin, so it stays in the log; kept as a conflict, not applied.
+                    table = body.get("t") if isinstance(body, dict) and isinstance(body.get("t"), str) else "?"
+                    changes.append(Change(table, UNREADABLE, f"{origin}#{seq}", scope,
+                                          {"reason": f"entry {origin}#{seq} is not a readable row change"},
+                                          hlc, origin, actor, False))
         return changes
 
     # -- reading entries for sync --------------------------------------------
@@ -449,16 +464,16 @@ class Node:
                                     (ix, after)).fetchone()[0]
         if end is None:
             return None
-        rows = self.conn.execute("SELECT seq, hlc, actor, kind, scope, payload, sig, leaf FROM _hemei_log"
+        rows = self.conn.execute("SELECT seq, hlc, actor, kind, scope, payload, sig, salt, leaf FROM _hemei_log"
                                  " WHERE origin = ? AND seq > ? AND seq <= ? ORDER BY seq", (ix, after, end)).fetchall()
         entries = []
-        for seq, hlc, actor, kind, scope, payload, _, leaf in rows:
+        for seq, hlc, actor, kind, scope, payload, _, salt, leaf in rows:
             if kind == REDACTED:
                 entries.append((seq, leaf))
             elif redact is not None and redact(kind, scope):
-                entries.append((seq, entry_leaf(origin, seq, hlc, actor, kind, scope, payload)))
+                entries.append((seq, entry_leaf(origin, seq, hlc, actor, kind, scope, payload, salt)))
             else:
-                entries.append((seq, hlc, actor, kind, scope, payload))
+                entries.append((seq, hlc, actor, kind, scope, payload, salt))
         return Batch(origin, known[3], entries, rows[-1][6])
 
     # -- projection ----------------------------------------------------------
@@ -477,7 +492,7 @@ class Node:
                 self.conn.execute("DELETE FROM _hemei_conflicts WHERE tbl = ?", (name,))
             origins = dict(self.conn.execute("SELECT ix, node_id FROM _hemei_origins"))
             cursor = self.conn.execute(
-                "SELECT origin, seq, hlc, actor, kind, scope, payload FROM _hemei_log"
+                "SELECT origin, seq, hlc, actor, kind, scope, payload, salt FROM _hemei_log"
                 " WHERE kind IN ('row.insert', 'row.update', 'row.delete') ORDER BY origin, seq")
             while chunk := cursor.fetchmany(2000):
                 changes = []

@@ -10,6 +10,7 @@ own :class:`MigrationSet`, recorded in ``_hemei_migrations``.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import re
 import sqlite3
 from dataclasses import dataclass, field
@@ -87,23 +88,32 @@ class TableSpec:
 
     def check_values(self, values: dict, *, insert: bool) -> None:
         """Raise :class:`InvalidInput` unless ``values`` fit the declared columns (a local write)."""
-        accepted = self._accepted
-        for col, value in values.items():
-            if value is None:
-                continue
-            types = accepted.get(col)
-            if types is None:
-                unknown = [c for c in values if c not in self.columns]
-                raise InvalidInput(f"{self.name} has no column {', '.join(map(repr, unknown))}")
-            if type(value) not in types:
-                raise InvalidInput(f"{self.name}.{col} must be {self.columns[col]}, got {type(value).__name__}")
+        problem = self.value_problem(values)
+        if problem:
+            raise InvalidInput(problem)
         if insert:
             missing = [c for c in self.required if c not in (self.pk, self.scope) and values.get(c) is None]
             if missing:
                 raise InvalidInput(f"{self.name}: {', '.join(missing)} required")
-        elif any(c not in self.columns for c in values):
-            unknown = [c for c in values if c not in self.columns]
-            raise InvalidInput(f"{self.name} has no column {', '.join(map(repr, unknown))}")
+
+    def value_problem(self, values) -> str | None:
+        """Why ``values`` cannot be data columns of this table, or None (shared by writes and receipt)."""
+        if not isinstance(values, dict):
+            return f"{self.name}: values must be an object"
+        accepted = self._accepted
+        for col, value in values.items():
+            types = accepted.get(col)
+            if types is None or col in (self.pk, self.scope):
+                return f"{self.name} has no data column {col!r}"
+            if value is None:
+                continue
+            if type(value) not in types:
+                return f"{self.name}.{col} must be {self.columns[col]}, got {type(value).__name__}"
+            if type(value) is int and not -(2 ** 63) <= value < 2 ** 63:
+                return f"{self.name}.{col}: {value} does not fit in 64 bits"
+            if type(value) is float and not math.isfinite(value):
+                return f"{self.name}.{col}: {value} is not a finite number"
+        return None
 
 
 def create_or_extend_table(conn: sqlite3.Connection, spec: TableSpec) -> None:
@@ -195,6 +205,7 @@ CREATE TABLE IF NOT EXISTS _hemei_log (
     payload TEXT NOT NULL,
     hash BLOB NOT NULL,
     sig BLOB,
+    salt BLOB,
     leaf BLOB,
     PRIMARY KEY (origin, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS _hemei_conflicts (

@@ -15,11 +15,12 @@ and at the end, and the node signs a checkpoint at each flush.
 from __future__ import annotations
 
 import unicodedata
+from os import urandom
 from typing import TYPE_CHECKING
 
 import orjson
 
-from .chain import entry_hash
+from .chain import RESERVED_KINDS, SALT_BYTES, entry_hash
 from .errors import InvalidInput, NotFound
 from .identity import sign_checkpoint
 from .merge import Change
@@ -46,6 +47,8 @@ def check_actor(actor: str) -> str:
 def check_kind(kind: str) -> str:
     if not kind or len(kind) > 64 or not set(kind) <= _KIND_CHARS:
         raise InvalidInput(f"entry kind {kind!r}: use lower-case letters, digits and '.'")
+    if kind in RESERVED_KINDS:
+        raise InvalidInput(f"entry kind {kind!r} is reserved: row changes go through insert, update and delete")
     return kind
 
 
@@ -63,17 +66,20 @@ class Writer:
         self.applied: list[Change] = []
         self.entries_written = 0
         self._open = True
+        self.failed: BaseException | None = None
 
     # -- row changes -----------------------------------------------------
     def insert(self, table: str, values: dict) -> str:
         """Insert a row; returns its key (a new UUIDv7 unless ``values`` names one)."""
         spec = self._spec(table)
         values = dict(values)
-        pk = values.pop(spec.pk, None) or self.node.new_id()
+        pk = values.pop(spec.pk, None)
+        if pk is None:
+            pk = self.node.new_id()
+        elif not isinstance(pk, str) or not pk or len(pk) > 200:
+            raise InvalidInput(f"{table}.{spec.pk} must be non-empty text of at most 200 characters")
         scope = self._row_scope(values.pop(spec.scope, None))
         spec.check_values(values, insert=True)
-        if not isinstance(pk, str) or not pk or len(pk) > 200:
-            raise InvalidInput(f"{table}.{spec.pk} must be non-empty text")
         self._append("row.insert", scope, {"t": table, "pk": pk, "v": values},
                      table, "insert", pk, values)
         return pk
@@ -113,8 +119,8 @@ class Writer:
 
     # -- internals -------------------------------------------------------
     def _spec(self, table: str):
-        if not self._open:
-            raise RuntimeError("writer used after its transaction ended")
+        self._usable()
+
         spec = self.node.specs.get(table)
         if spec is None:
             raise InvalidInput(f"no table {table!r}: is its module enabled?")
@@ -138,27 +144,46 @@ class Writer:
             raise NotFound(f"{spec.name} has no row {pk}")
         return row[0]
 
+    def _usable(self) -> None:
+        if not self._open:
+            raise RuntimeError("writer used after its transaction ended")
+        if self.failed is not None:
+            raise InvalidInput(f"this transaction failed earlier and will be rolled back: {self.failed}",
+                               code="transaction_failed")
+
     def _append(self, kind: str, scope: str, payload: dict, table: str | None = None,
                 op: str | None = None, pk: str | None = None, values: dict | None = None) -> None:
+        self._usable()
         hlc = self.node.clock.tick()
-        raw = orjson.dumps(payload)
+        try:
+            raw = orjson.dumps(payload)
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            raise InvalidInput(f"value cannot be recorded: {exc}") from None
         text = raw.decode()
         seq = self.size + 1
         origin = self.node.id
-        self.head = entry_hash(self.head, origin, seq, hlc, self.actor, kind, scope, raw)
+        salt = urandom(SALT_BYTES)
+        self.head = entry_hash(self.head, origin, seq, hlc, self.actor, kind, scope, raw, salt)
         self.size = seq
-        self._rows.append([self._origin_ix, seq, hlc, self.actor, kind, scope, text, self.head, None, None])
+        self._rows.append([self._origin_ix, seq, hlc, self.actor, kind, scope, text, self.head, None, salt, None])
         if table is not None:
             self._changes.append(Change(table, op, pk, scope, values, hlc, origin, self.actor, True))
         if len(self._rows) >= SIGN_EVERY:
             self.flush()
 
     def flush(self) -> None:
+        self._usable()
         if not self._rows:
             return
         last = self._rows[-1]
         last[8] = sign_checkpoint(self.node.key, self.node.id, last[1], last[7])
         rows, changes = self._rows, self._changes
         self._rows, self._changes = [], []
-        self.applied.extend(self.node._ingest(rows, changes, local=True))
+        try:
+            self.applied.extend(self.node._ingest(rows, changes, local=True))
+        except BaseException as exc:
+            # The log rows may be written and the state not: this transaction
+            # can only be rolled back, even if the caller catches the error.
+            self.failed = exc
+            raise
         self.entries_written += len(rows)

@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 import orjson
 
-from hemei.core.chain import ROW_KINDS
+from hemei.core.chain import FULL, ROW_KINDS
 from hemei.core.errors import Forbidden
 from hemei.core.node import Batch, Node, declared_scope
 from hemei.core.scope import covers, related
@@ -122,10 +122,10 @@ def push_check(node: Node, child: dict) -> Callable[[Batch], None]:
             raise ScopeViolation(f"{child['name']} may only send entries of {child['scope']}; "
                                  f"origin {batch.origin} belongs to {origin_scope}")
         for entry in batch.entries:
-            if len(entry) != 6:
+            if len(entry) != FULL:
                 raise ScopeViolation(f"entry {batch.origin}#{entry[0]} is redacted: a child sends its own "
                                      "branch in full")
-            seq, _, _, kind, scope, payload = entry
+            seq, _, _, kind, scope, payload, _ = entry
             if not covers(origin_scope, scope):
                 raise ScopeViolation(f"entry {batch.origin}#{seq} is for {scope}, outside {origin_scope}")
             if kind in ("row.update", "row.delete"):
@@ -157,7 +157,7 @@ def pull_check(node: Node, parent: dict) -> Callable[[Batch], None]:
         if origin_scope is None or not related(origin_scope, node.scope):
             raise ScopeViolation(f"origin {batch.origin} is not on this node's branch")
         for entry in batch.entries:
-            if len(entry) == 6 and entry[3] != "node.init":
+            if len(entry) == FULL and entry[3] != "node.init":
                 if not related(entry[4], node.scope) or not covers(origin_scope, entry[4]):
                     raise ScopeViolation(f"entry {batch.origin}#{entry[0]} for {entry[4]} does not belong here")
     return check

@@ -14,6 +14,7 @@ import zlib
 
 import orjson
 
+from hemei.core.chain import FULL, REDACTED_LEN
 from hemei.core.errors import InvalidInput
 from hemei.core.node import Batch
 
@@ -46,7 +47,7 @@ def batch_to_json(batch: Batch) -> dict:
         "origin": batch.origin,
         "public_key": _b64(batch.public_key),
         "signature": _b64(batch.signature),
-        "entries": [list(e) if len(e) == 6 else [e[0], _b64(e[1])] for e in batch.entries],
+        "entries": [[*e[:6], _b64(e[6])] if len(e) == FULL else [e[0], _b64(e[1])] for e in batch.entries],
     }
 
 
@@ -63,14 +64,14 @@ def batch_from_json(data) -> Batch:
     for entry in entries:
         if not isinstance(entry, list) or not entry or type(entry[0]) is not int:
             raise MalformedBatch("each entry is a list starting with its seq")
-        if len(entry) == 6:
+        if len(entry) == FULL:
             if type(entry[1]) is not int or not all(isinstance(x, str) for x in entry[2:]):
-                raise MalformedBatch(f"entry #{entry[0]}: expected [seq, hlc, actor, kind, scope, payload]")
-            decoded.append(tuple(entry))
-        elif len(entry) == 2:
+                raise MalformedBatch(f"entry #{entry[0]}: expected [seq, hlc, actor, kind, scope, payload, salt]")
+            decoded.append((*entry[:6], _unb64(entry[6], f"entry #{entry[0]} salt")))
+        elif len(entry) == REDACTED_LEN:
             decoded.append((entry[0], _unb64(entry[1], f"entry #{entry[0]} digest")))
         else:
-            raise MalformedBatch(f"entry #{entry[0]}: expected 6 fields, or 2 when redacted")
+            raise MalformedBatch(f"entry #{entry[0]}: expected {FULL} fields, or 2 when redacted")
     return Batch(origin, _unb64(data.get("public_key"), "public_key"), decoded,
                  _unb64(data.get("signature"), "signature"))
 

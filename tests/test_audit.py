@@ -55,8 +55,36 @@ def test_a_removed_last_entry_is_found(written):
     node, _ = written
     size = node.status()["log"]["size"]
     node.conn.execute("DELETE FROM _hemei_log WHERE seq = ?", (size,))
-    assert errors_of(node) == [f"{node.id}: log has {size - 1} entries but the node recorded {size} "
-                               "(entries removed or inserted)"]
+    errors = errors_of(node)
+    assert f"{node.id}: log has {size - 1} entries but the node recorded {size} (entries removed or inserted)" in errors
+    assert any("entries removed at the end" in e for e in errors)
+
+
+def test_a_removed_last_transaction_is_found_even_with_the_origin_row_rolled_back(written):
+    node, _ = written
+    size = node.status()["log"]["size"]
+    prev_hash = node.conn.execute("SELECT hash FROM _hemei_log WHERE seq = ?", (size - 1,)).fetchone()[0]
+    node.conn.execute("DELETE FROM _hemei_log WHERE seq = ?", (size,))  # the whole last transaction
+    node.conn.execute("UPDATE _hemei_origins SET size = ?, head = ? WHERE node_id = ?", (size - 1, prev_hash, node.id))
+    assert [e for e in errors_of(node) if "entries removed at the end" in e]
+
+
+def test_an_own_entry_disguised_as_redacted_is_found(written):
+    node, first = written
+    seq = first + 1
+    hlc, actor, kind, scope, payload, salt = node.conn.execute(
+        "SELECT hlc, actor, kind, scope, payload, salt FROM _hemei_log WHERE seq = ?", (seq,)).fetchone()
+    from hemei.core.chain import entry_leaf
+    leaf = entry_leaf(node.id, seq, hlc, actor, kind, scope, payload, salt)
+    node.conn.execute("UPDATE _hemei_log SET kind = 'redacted', hlc = 0, actor = '', scope = '', payload = '',"
+                      " salt = NULL, leaf = ? WHERE seq = ?", (leaf, seq))
+    assert errors_of(node) == [f"{node.id}#{seq}: entry hidden as redacted (altered)"]
+
+
+def test_every_entry_has_its_own_random_salt(written):
+    node, _ = written
+    salts = [r[0] for r in node.conn.execute("SELECT salt FROM _hemei_log")]
+    assert all(len(s) == 16 for s in salts) and len(set(salts)) == len(salts)
 
 
 def test_reordered_entries_are_named(written):
@@ -74,9 +102,10 @@ def test_an_inserted_entry_is_found_even_with_a_correct_hash(written):
     ix, size, head = node.conn.execute("SELECT ix, size, head FROM _hemei_origins WHERE node_id = ?",
                                        (node.id,)).fetchone()
     payload = '{"t":"notes","pk":"forged","v":{"title":"forged"}}'
-    forged = entry_hash(head, node.id, size + 1, 1, "li.ming", "row.insert", node.scope, payload)
-    node.conn.execute("INSERT INTO _hemei_log VALUES (?, ?, 1, 'li.ming', 'row.insert', ?, ?, ?, NULL, NULL)",
-                      (ix, size + 1, node.scope, payload, forged))
+    salt = bytes(16)
+    forged = entry_hash(head, node.id, size + 1, 1, "li.ming", "row.insert", node.scope, payload, salt)
+    node.conn.execute("INSERT INTO _hemei_log VALUES (?, ?, 1, 'li.ming', 'row.insert', ?, ?, ?, NULL, ?, NULL)",
+                      (ix, size + 1, node.scope, payload, forged, salt))
     expected = [f"{node.id}#{size + 1}: entries #{size + 1}..#{size + 1} are not covered by a "
                 "signed checkpoint (inserted or truncated)"]
     assert errors_of(node) == expected
@@ -87,7 +116,7 @@ def test_an_inserted_entry_is_found_even_with_a_correct_hash(written):
 
 def test_an_entry_of_an_unknown_origin_is_found(written):
     node, _ = written
-    node.conn.execute("INSERT INTO _hemei_log VALUES (99, 1, 1, 'x', 'row.insert', 'a', '{}', x'00', NULL, NULL)")
+    node.conn.execute("INSERT INTO _hemei_log VALUES (99, 1, 1, 'x', 'row.insert', 'a', '{}', x'00', NULL, NULL, NULL)")
     assert "unknown origin" in errors_of(node)[0]
 
 

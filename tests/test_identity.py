@@ -68,3 +68,24 @@ def test_checkpoint_signature_covers_id_size_and_head(tmp_path):
     other = public_key_raw(write_private_key(tmp_path / "k2"))
     with pytest.raises(ChainError, match="does not belong"):
         verify_checkpoint(other, node_id, 7, head, sig)
+
+
+def test_a_damaged_key_file_gets_a_clear_error(tmp_path):
+    path = tmp_path / "k"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b"-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n")
+    os.close(fd)
+    with pytest.raises(NodeStateError, match="damaged"):
+        read_private_key(path)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permission bits")
+def test_the_database_is_owner_only_and_a_readable_one_is_refused(node):
+    with node.writer("w") as w:
+        w.insert("notes", {"title": "x"})
+    for name in ("node.db", "node.db-wal"):
+        assert stat.S_IMODE(os.stat(node.home / name).st_mode) == 0o600, name
+    os.chmod(node.home / "node.db", 0o644)
+    from hemei.core.node import Node
+    with pytest.raises(NodeStateError, match="chmod 600"):
+        Node.open(node.home)

@@ -86,6 +86,8 @@ def test_module_routes_enforce_roles_and_keep_unicode(served):
     (lambda url, h: httpx.delete(url + "/api/probe/notes", headers=h), 405, "method_not_allowed"),
     (lambda url, h: httpx.get(url + "/api/audit/log?since=yesterday", headers=h), 400, "invalid_input"),
     (lambda url, h: httpx.get(url + "/api/audit/log?limit=abc", headers=h), 400, "invalid_input"),
+    (lambda url, h: httpx.get(url + "/api/audit/log?limit=²", headers=h), 400, "invalid_input"),
+    (lambda url, h: httpx.get(url + "/api/audit/log?since=9999-12-31T23:59-01:00", headers=h), 400, "invalid_input"),
 ])
 def test_bad_requests_get_json_errors_and_write_nothing(served, send, status, code):
     server, tokens, *_ = served

@@ -63,8 +63,15 @@ def test_a_failed_write_leaves_nothing_behind(node):
 
 @pytest.mark.parametrize("call, error", [
     (lambda w: w.insert("nope", {"title": "x"}), "no table"),
+    (lambda w: w.insert("notes", {"title": "x", "colour": None}), "no data column 'colour'"),
+    (lambda w: w.insert("notes", {"title": "x", "n": 2 ** 63}), "does not fit in 64 bits"),
+    (lambda w: w.insert("notes", {"title": "x", "n": True}), "must be integer"),
+    (lambda w: w.insert("notes", {"title": "x\ud800"}), "cannot be recorded"),
+    (lambda w: w.insert("notes", {"id": "", "title": "x"}), "non-empty text"),
+    (lambda w: w.event("redacted", {}), "reserved"),
+    (lambda w: w.event("row.insert", {"t": "notes", "pk": "ghost", "v": {}}), "reserved"),
     (lambda w: w.insert("notes", {"body": "no title"}), "title required"),
-    (lambda w: w.insert("notes", {"title": "x", "colour": "red"}), "no column"),
+    (lambda w: w.insert("notes", {"title": "x", "colour": "red"}), "no data column"),
     (lambda w: w.insert("notes", {"title": "x", "scope": "yuecheng/beihai"}), "outside this node's scope"),
     (lambda w: w.insert("notes", {"title": "x", "scope": "a//b"}), "empty segment"),
     (lambda w: w.update("notes", "missing", {"title": "x"}), "no row missing"),
@@ -213,7 +220,7 @@ def test_a_bad_batch_is_refused_whole(make_node):
     before = (log_size(b), b.conn.execute("SELECT count(*) FROM notes").fetchone())
     tampered = list(batch.entries)
     i = next(i for i, e in enumerate(tampered) if '"t1"' in e[5])
-    tampered[i] = tampered[i][:5] + (tampered[i][5].replace('"t1"', '"t9"'),)
+    tampered[i] = tampered[i][:5] + (tampered[i][5].replace('"t1"', '"t9"'),) + tampered[i][6:]
     with pytest.raises(ChainError, match="signature"):
         b.apply_batch(batch._replace(entries=tampered))
     with pytest.raises(ChainError, match="gap"):
@@ -360,3 +367,80 @@ def test_redacted_entries_verify_relay_and_reveal_nothing(make_node, tmp_path):
     # A tampered digest is caught like any altered entry.
     street_a.conn.execute("UPDATE _hemei_log SET leaf = zeroblob(32) WHERE kind = 'redacted'")
     assert not verify_log(street_a)["ok"]
+
+
+def test_an_error_caught_inside_a_writer_still_rolls_everything_back(node):
+    before = (log_size(node), node.status()["log"]["head"])
+    with pytest.raises(HemeiError, match="rolled back"):
+        with node.writer("w") as w:
+            w.insert("notes", {"id": "k", "title": "first"})
+            w.insert("notes", {"id": "k", "title": "second"})
+            try:
+                w.flush()
+            except Conflict:
+                pass  # a caller that swallows the error cannot commit half a transaction
+            w.insert("notes", {"title": "more"})
+    assert (log_size(node), node.status()["log"]["head"]) == before and live_notes(node) == {}
+    with node.writer("w") as w:
+        w.insert("notes", {"title": "next write works"})
+    from hemei.core.audit import verify_log
+    assert verify_log(node)["ok"]
+
+
+def test_malformed_signed_payloads_are_kept_as_conflicts_and_the_chain_moves_on(make_node):
+    a, b = make_node("a"), make_node("b")
+    bad = [
+        ("row.insert", {"t": "notes", "pk": "p1", "v": ["not", "an", "object"]}),
+        ("row.insert", {"t": "notes", "pk": None, "v": {"title": "x"}}),
+        ("row.insert", {"t": "notes", "pk": 7, "v": {"title": "x"}}),
+        ("row.insert", {"t": "notes", "pk": "p2", "v": {"title": {"nested": 1}}}),
+        ("row.insert", {"t": "notes", "pk": "p3", "v": {"title": "x", "n": "abc"}}),
+        ("row.update", {"t": "notes"}),
+    ]
+    result = b.apply_batch(_forge(a, b, bad))
+    assert result["new"] == len(bad) and result["refused"] == len(bad)
+    assert b.conn.execute("SELECT count(*) FROM notes").fetchone() == (0,)
+    assert {k for (k,) in b.conn.execute("SELECT kind FROM _hemei_conflicts")} == {"unreadable"}
+    with a.writer("w") as w:
+        w.insert("notes", {"title": "fine again"})
+    send_all(a, b)
+    assert list(live_notes(b).values()) == [("fine again", None, None)]
+    before = b.conn.execute("SELECT * FROM _hemei_conflicts ORDER BY 1, 2, 3, 4").fetchall()
+    b.rebuild()
+    assert b.conn.execute("SELECT * FROM _hemei_conflicts ORDER BY 1, 2, 3, 4").fetchall() == before
+
+
+def test_a_row_known_only_from_an_update_has_no_scope_until_its_insert(make_node):
+    a, b, c = make_node("a", scope="yc"), make_node("b", scope="yc"), make_node("c", scope="yc")
+    with a.writer("w") as w:
+        pk = w.insert("notes", {"title": "t", "scope": "yc/x"})
+    send_all(a, b)
+    with b.writer("w") as w:
+        w.update("notes", pk, {"n": 1})
+    c.apply_batch(b.read_batch(b.id, 0))
+    assert c.conn.execute("SELECT scope, _deleted FROM notes").fetchall() == [(None, None)]
+    send_all(a, c)
+    assert c.conn.execute("SELECT scope, n, _deleted FROM notes").fetchall() == [("yc/x", 1, 0)]
+
+
+def test_updates_of_one_key_from_two_branches_converge_without_the_inserts(make_node):
+    """Two nodes create key k in different scopes; each is updated elsewhere; C and C2 see only the updates."""
+    a, d = make_node("a", scope="yc/a"), make_node("d", scope="yc/d")
+    b, e = make_node("b", scope="yc"), make_node("e", scope="yc")
+    c, c2 = make_node("c", scope="yc"), make_node("c2", scope="yc")
+    with a.writer("w") as w:
+        w.insert("notes", {"id": "k", "title": "from a"})
+    with d.writer("w") as w:
+        w.insert("notes", {"id": "k", "title": "from d"})
+    send_all(a, b)
+    send_all(d, e)
+    with b.writer("w") as w:
+        w.update("notes", "k", {"n": 1})
+    with e.writer("w") as w:
+        w.update("notes", "k", {"n": 2})
+    for first, second, target in ((b, e, c), (e, b, c2)):
+        target.apply_batch(first.read_batch(first.id, 0))
+        target.apply_batch(second.read_batch(second.id, 0))
+    received = lambda n: {o: size for o, size in n.version_vector().items() if o != n.id}
+    assert received(c) == received(c2)
+    assert c.conn.execute("SELECT * FROM notes").fetchall() == c2.conn.execute("SELECT * FROM notes").fetchall()
