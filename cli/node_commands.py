@@ -182,7 +182,9 @@ def serve(host: str, port: int, log_level: str) -> None:
     app = create_app(ctx.home, available=ctx.available, builtins=ctx.builtins)
     node = app.state.pool.get()
     click.echo(f"hemei node {node.name} ({node.id}) on http://{host}:{port}", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    # A street whose link died mid-upload leaves a request waiting for its body:
+    # do not let it hold a shutdown forever.
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
 
 
 COMMANDS = [init, status, conflicts, rebuild, report, serve]

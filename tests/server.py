@@ -50,8 +50,8 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, home: Path, env: dict):
-        self.port = free_port()
+    def __init__(self, home: Path, env: dict, port: int | None = None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = home.parent / f"serve-{self.port}.log"
         self._log_file = open(self.log, "wb")

@@ -41,8 +41,8 @@ class Tree:
         assert done.returncode == 0, f"hemei {' '.join(args)} failed: {done.stderr}{done.stdout}"
         return done.stdout
 
-    def serve(self, name: str, env: dict | None = None) -> Server:
-        server = Server(self.home(name), env or self.env)
+    def serve(self, name: str, env: dict | None = None, port: int | None = None) -> Server:
+        server = Server(self.home(name), env or self.env, port)
         self.servers[name] = server
         return server
 

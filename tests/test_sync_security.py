@@ -1,0 +1,227 @@
+"""Hostile and broken requests to a real `hemei serve`: each refused with the right 4xx, nothing written."""
+
+from __future__ import annotations
+
+import base64
+import zlib
+
+import httpx
+import pytest
+
+from hemei.core.identity import write_private_key
+from hemei.core.node import Node
+from hemei.sync import client, signing, wire
+from hemei.sync.client import ParentLink, SyncRefused
+from tree import Tree, write_notes
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    t = Tree(tmp_path_factory.mktemp("net"))
+    t.init("city", "sx")
+    t.init("district", "sx/yc")
+    t.init("fushan", "sx/yc/fs")
+    t.init("beihai", "sx/yc/bh")
+    t.init("stranger", "sx/yc/zz")
+    t.serve("city")
+    t.serve("district")
+    t.enroll("district", "fushan", "sx/yc/fs")
+    t.enroll("district", "beihai", "sx/yc/bh")
+    with t.open("beihai") as b:
+        write_notes(b, [("北海的记录", "sx/yc/bh")])
+    t.sync("beihai")
+    t.sync("fushan")
+    yield t
+    t.stop()
+
+
+def district_state(net) -> tuple:
+    """Everything a refusal must leave alone: entries of other origins, and every state row."""
+    with net.open("district") as d:
+        vv = {o: s for o, s in d.version_vector().items() if o != d.id}
+        notes = d.conn.execute("SELECT * FROM notes ORDER BY id").fetchall()
+        peers = d.conn.execute("SELECT node_id, revoked FROM _hemei_peers ORDER BY 1").fetchall()
+        refusals = d.conn.execute("SELECT count(*) FROM _hemei_log WHERE kind = 'sync.refused'").fetchone()[0]
+    return (vv, notes, peers), refusals
+
+
+def refused(net, call, status: int, code: str) -> None:
+    """Run ``call``; it must get ``status``/``code``, write nothing, and leave one refusal in the log."""
+    before, refusals = district_state(net)
+    with pytest.raises(SyncRefused) as err:
+        call()
+    assert (err.value.status, err.value.code) == (status, code), err.value.message
+    after, refusals_after = district_state(net)
+    assert after == before
+    assert refusals_after == refusals + 1
+
+
+def raw_post(url: str, path: str, body: bytes, headers: dict) -> httpx.Response:
+    return httpx.post(url + path, content=body, headers=headers)
+
+
+def check(reply: httpx.Response) -> None:
+    ParentLink._check(reply, raw=True)
+
+
+def signed_headers(node: Node, key, path: str, body: bytes) -> dict:
+    return signing.sign_request(key, node.id, "POST", path, "", body, int(__import__("time").time()))
+
+
+def test_unsigned_request_is_refused(net):
+    url = net.servers["district"].url
+    body = wire.encode({"vv": {}})
+    refused(net, lambda: check(raw_post(url, "/api/sync/hello", body, {})), 401, "unsigned")
+
+
+def test_forged_signature_is_refused(net, tmp_path):
+    url = net.servers["district"].url
+    other_key = write_private_key(tmp_path / "other.key")
+    with net.open("fushan") as fushan:
+        body = wire.encode({"vv": {}})
+        headers = signed_headers(fushan, other_key, "/api/sync/hello", body)  # fushan's id, someone else's key
+    refused(net, lambda: check(raw_post(url, "/api/sync/hello", body, headers)), 401, "bad_signature")
+
+
+def test_tampered_body_is_refused(net):
+    url = net.servers["district"].url
+    with net.open("fushan") as fushan:
+        body = wire.encode({"vv": {}})
+        headers = signed_headers(fushan, fushan.key, "/api/sync/hello", body)
+    refused(net, lambda: check(raw_post(url, "/api/sync/hello", wire.encode({"vv": {"x": 1}}), headers)),
+            401, "bad_signature")
+
+
+def test_replayed_request_is_refused(net):
+    url = net.servers["district"].url
+    with net.open("fushan") as fushan:
+        body = wire.encode({"vv": fushan.version_vector()})
+        headers = signed_headers(fushan, fushan.key, "/api/sync/pull", body)
+    assert raw_post(url, "/api/sync/pull", body, headers).status_code == 200
+    refused(net, lambda: check(raw_post(url, "/api/sync/pull", body, headers)), 401, "replay")
+
+
+def test_stale_signature_is_refused(net):
+    url = net.servers["district"].url
+    with net.open("fushan") as fushan:
+        body = wire.encode({"vv": {}})
+        headers = signing.sign_request(fushan.key, fushan.id, "POST", "/api/sync/hello", "", body,
+                                       int(__import__("time").time()) - 3600)
+    refused(net, lambda: check(raw_post(url, "/api/sync/hello", body, headers)), 401, "expired_signature")
+
+
+def test_unknown_node_is_refused(net):
+    with net.open("stranger") as stranger:
+        with ParentLink(stranger, net.servers["district"].url) as link:
+            link.learn_time()
+            refused(net, lambda: link.call("/api/sync/hello", {"vv": {}}), 401, "unknown_node")
+
+
+def _hostile_push(net, entries_scope: str | None = None, update_pk: str | None = None):
+    """fushan signs and pushes an entry it should not write (a buggy or hostile street)."""
+    with net.open("fushan") as fushan:
+        have = fushan.version_vector()[fushan.id]
+        with fushan.writer("mallory") as w:
+            if update_pk:
+                w._append("row.update", fushan.scope, {"t": "notes", "pk": update_pk, "v": {"title": "改掉"}})
+            else:
+                w._append("row.insert", entries_scope, {"t": "notes", "pk": fushan.new_id(), "v": {"title": "越界"}})
+        batch = fushan.read_batch(fushan.id, have - 1)
+        link = ParentLink(fushan, net.servers["district"].url)
+        link.learn_time()
+        return lambda: link.call("/api/sync/push", {"batches": [wire.batch_to_json(batch)]}), link
+
+
+def test_out_of_scope_row_is_refused(net):
+    push, link = _hostile_push(net, entries_scope="sx/yc/bh")
+    with link:
+        refused(net, push, 403, "scope_violation")
+
+
+def test_changing_a_siblings_row_is_refused(net):
+    with net.open("district") as d:
+        pk = d.conn.execute("SELECT id FROM notes WHERE title = '北海的记录'").fetchone()[0]
+    push, link = _hostile_push(net, update_pk=pk)
+    with link:
+        refused(net, push, 403, "scope_violation")
+
+
+def test_malformed_batches_are_refused(net):
+    with net.open("beihai") as beihai:
+        with ParentLink(beihai, net.servers["district"].url) as link:
+            link.learn_time()
+            refused(net, lambda: link.call("/api/sync/push", {"batches": [{"origin": 5}]}), 400, "malformed_batch")
+            refused(net, lambda: link.call("/api/sync/push", {"batches": "x"}), 400, "malformed_batch")
+            refused(net, lambda: link.call("/api/sync/push", {"batches": [{
+                "origin": beihai.id, "public_key": base64.b64encode(beihai.public_key).decode(),
+                "signature": "AAAA", "entries": [[1, 2]]}]}), 400, "malformed_batch")
+            body = b"not compressed"
+            headers = signed_headers(beihai, beihai.key, "/api/sync/push", body)
+            refused(net, lambda: check(raw_post(link.url, "/api/sync/push", body, headers)), 400, "malformed_batch")
+            bomb = zlib.compress(b"[" * (wire.MAX_DECOMPRESSED + 10), 9)
+            headers = signed_headers(beihai, beihai.key, "/api/sync/push", bomb)
+            refused(net, lambda: check(raw_post(link.url, "/api/sync/push", bomb, headers)), 400, "malformed_batch")
+
+
+def test_a_forged_batch_signature_is_refused(net):
+    with net.open("beihai") as beihai:
+        write_notes(beihai, [("再来一条", "sx/yc/bh")])
+        batch = beihai.read_batch(beihai.id, beihai.version_vector()[beihai.id] - 1)
+        forged = wire.batch_to_json(batch._replace(signature=bytes(64)))
+        with ParentLink(beihai, net.servers["district"].url) as link:
+            link.learn_time()
+            refused(net, lambda: link.call("/api/sync/push", {"batches": [forged]}), 422, "chain_invalid")
+
+
+def test_oversized_body_is_refused(net):
+    with net.open("beihai") as beihai:
+        body = b"x" * (wire.MAX_COMPRESSED + 1)
+        headers = signed_headers(beihai, beihai.key, "/api/sync/push", body)
+    before, _ = district_state(net)
+    reply = raw_post(net.servers["district"].url, "/api/sync/push", body, headers)
+    assert reply.status_code == 413 and reply.json()["error"]["code"] == "body_too_large"
+    assert district_state(net)[0] == before
+
+
+def test_tokens_reused_altered_expired_or_foreign_are_refused(net):
+    district_url = net.servers["district"].url
+    token = net.ok("district", "invite", "--scope", "sx/yc/zz", "--name", "stranger", "--ttl", "1h").strip()
+    with net.open("stranger") as stranger:
+        def join_raw(tok):
+            with ParentLink(stranger, district_url) as link:
+                link.learn_time()
+                return link.call("/api/sync/join", {
+                    "token": tok, "node_id": stranger.id, "name": stranger.name, "scope": stranger.scope,
+                    "public_key": base64.b64encode(stranger.public_key).decode()})
+
+        altered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+        refused(net, lambda: join_raw(altered), 403, "invalid_token")
+        foreign = net.ok("city", "invite", "--scope", "sx/yc/zz", "--name", "stranger", "--url",
+                         net.servers["city"].url).strip()
+        refused(net, lambda: join_raw(foreign), 403, "invalid_token")
+        short = net.ok("district", "invite", "--scope", "sx/yc/zz", "--name", "stranger", "--ttl", "1s").strip()
+        __import__("time").sleep(1.2)
+        refused(net, lambda: join_raw(short), 403, "token_expired")
+        with pytest.raises(client.enroll.InvalidToken, match="expired"):
+            client.join(stranger, short, "op")  # the child checks before it even asks
+        assert client.join(stranger, token, "op")["scope"] == "sx/yc"
+    with net.open("stranger") as stranger:
+        stranger.conn.execute("DELETE FROM _hemei_peers")  # forget the parent, try the token again
+        refused(net, lambda: join_raw(token), 403, "token_used")
+    done = net.hemei("stranger", "join", "hemei1.garbage")
+    assert done.returncode == 1 and "damaged" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_revoked_node_is_refused(net):
+    with net.open("fushan") as fushan:
+        fushan_id = fushan.id
+    net.ok("district", "nodes", "revoke", fushan_id)
+    done = net.hemei("fushan", "sync")
+    assert done.returncode == 1 and "revoked" in done.stderr
+    listed = {c["node_id"]: c["revoked"] for c in __import__("json").loads(net.ok("district", "nodes", "list", "--json"))}
+    assert listed[fushan_id] is True
+    with net.open("fushan") as fushan:
+        with ParentLink(fushan, net.servers["district"].url) as link:
+            link.learn_time()
+            refused(net, lambda: link.call("/api/sync/hello", {"vv": {}}), 403, "revoked")
+    assert "Traceback" not in net.servers["district"].output()
