@@ -179,10 +179,14 @@ def _walk(command: click.Command, path: str = "hemei"):
 def test_every_command_help_ends_with_an_example():
     import hook_probe
 
+    from hemei.sync.commands import COMMANDS as SYNC_COMMANDS
+
     commands = list(_walk(cli)) + list(_walk(hook_probe.probe, "hemei probe"))
+    commands += [item for command in SYNC_COMMANDS for item in _walk(command, f"hemei {command.name}")]
     assert len(commands) > 15
     for path, command in commands:
         help_text = (command.help or "").strip()
         assert "Example:" in help_text, f"{path} has no example in its help"
         last = help_text.splitlines()[-1].strip()
         assert last.startswith(("hemei", "echo", "TOKEN=")), f"{path}: help must end with an example, not {last!r}"
+    assert {"hemei invite", "hemei join", "hemei sync", "hemei bundle export"} <= {p for p, _ in commands}

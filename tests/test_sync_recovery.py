@@ -1,0 +1,148 @@
+"""Forks, wrong clocks, USB bundles and --watch: the harder days of a street office."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from hemei.core.audit import verify_log
+from hemei.sync import bundles, client
+from tree import Tree, note_titles, write_notes
+
+
+@pytest.fixture
+def pair(tmp_path):
+    t = Tree(tmp_path)
+    t.init("district", "sx/yc")
+    t.init("street", "sx/yc/fs")
+    t.serve("district")
+    t.enroll("district", "street", "sx/yc/fs")
+    yield t
+    t.stop()
+
+
+def test_a_restored_or_rewritten_history_is_a_fork_with_evidence(pair):
+    with pair.open("street") as s:
+        write_notes(s, [("第一条", "sx/yc/fs")])
+    pair.sync("street")
+    backup = pair.root / "backup"
+    shutil.copytree(pair.home("street"), backup)
+    with pair.open("street") as s:
+        write_notes(s, [("第二条", "sx/yc/fs")])
+    pair.sync("street")
+    # The PC's disk dies; the office restores last week's backup and keeps working.
+    shutil.rmtree(pair.home("street"))
+    shutil.copytree(backup, pair.home("street"))
+    shorter = pair.hemei("street", "sync")
+    assert shorter.returncode == 1 and "fork" in shorter.stderr
+    with pair.open("street") as s:
+        write_notes(s, [("恢复后写的", "sx/yc/fs")])
+    diverged = pair.hemei("street", "sync")
+    assert diverged.returncode == 1 and "fork" in diverged.stderr
+    status = json.loads(pair.ok("district", "status", "--json"))
+    assert len(status["forks"]) >= 1
+    fork = status["forks"][0]
+    assert fork["held_size"] > fork["presented_size"] and fork["held_head"] != fork["presented_head"]
+    with pair.open("district") as d:
+        assert "恢复后写的" not in note_titles(d) and {"第一条", "第二条"} <= note_titles(d)
+        assert verify_log(d)["ok"]
+    child = json.loads(pair.ok("street", "status", "--json"))["peers"][0]
+    assert child["refusals"] and child["refusals"][0]["code"] == "fork"
+
+
+def test_entries_from_a_fast_clock_wait_until_their_time(pair, monkeypatch):
+    server = pair.servers["district"]
+    server.stop()
+    env = dict(pair.env, HEMEI_MAX_CLOCK_AHEAD="1")  # a strict district, so the test need not wait long
+    pair.serve("district", env=env, port=server.port)
+    with pair.open("street") as s:
+        s.clock.last = (s.clock._now() + 4000) << 16  # this PC's clock ran four seconds fast
+        write_notes(s, [("快钟写的", "sx/yc/fs")])
+    refused = pair.hemei("street", "sync")
+    assert refused.returncode == 1 and "clock" in refused.stderr and "Traceback" not in refused.stderr
+    with pair.open("street") as s:
+        assert "快钟写的" in note_titles(s)  # nothing lost here
+    import time
+    time.sleep(4)
+    pair.sync("street")
+    with pair.open("district") as d:
+        assert "快钟写的" in note_titles(d)
+
+
+def test_usb_bundles_round_trip_and_import_twice_changes_nothing(pair, tmp_path):
+    with pair.open("street") as s:
+        write_notes(s, [(f"U盘 {i}", "sx/yc/fs") for i in range(5)])
+    with pair.open("district") as d:
+        write_notes(d, [("区里发的", "sx/yc"), ("给府山", "sx/yc/fs/xihu")])
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    out = stick / "fushan.hemei"
+    exported = json.loads(pair.ok("street", "bundle", "export", "--out", str(out), "--json"))
+    assert exported["entries"] > 5
+    imported = json.loads(pair.ok("district", "bundle", "import", str(out), "--json"))
+    assert imported["new"] == exported["entries"] and imported["already_imported"] is False
+    with pair.open("district") as d:
+        snapshot = (d.version_vector(), sorted(note_titles(d)))
+        assert {f"U盘 {i}" for i in range(5)} <= note_titles(d)
+    again = json.loads(pair.ok("district", "bundle", "import", str(out), "--json"))
+    assert again["new"] == 0 and again["already_imported"] is True
+    with pair.open("district") as d:
+        assert (d.version_vector(), sorted(note_titles(d))) == snapshot
+    ack = json.loads(pair.ok("street", "bundle", "import", imported["ack"], "--json"))
+    assert ack["kind"] == "ack" and ack["new"] > 0
+    with pair.open("street") as s:
+        assert {"区里发的", "给府山"} <= note_titles(s)
+    second = json.loads(pair.ok("street", "bundle", "export", "--out", str(stick / "next.hemei"), "--json"))
+    assert second["entries"] <= 1  # only what came after the acknowledged export (the overlap entry)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "foreign"])
+def test_a_damaged_bundle_is_refused_whole(pair, tmp_path, damage):
+    with pair.open("street") as s:
+        write_notes(s, [(f"坏 {i}", "sx/yc/fs") for i in range(20)])
+    out = tmp_path / "b.hemei"
+    pair.ok("street", "bundle", "export", "--out", str(out))
+    data = out.read_bytes()
+    if damage == "truncate":
+        out.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        middle = len(data) // 2
+        out.write_bytes(data[:middle] + bytes([data[middle] ^ 1]) + data[middle + 1:])
+    else:
+        pair.init("other", "sx/yc/qt")
+        with pair.open("other") as other:
+            bundles._write(other, out, {"id": "x", "kind": "push", "from": other.id,
+                                        "to": json.loads(pair.ok("district", "status", "--json"))["node_id"],
+                                        "vv": {}}, iter([]))
+    with pair.open("district") as d:
+        before = d.version_vector()
+    done = pair.hemei("district", "bundle", "import", str(out))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert any(word in done.stderr for word in ("truncated", "damaged", "altered", "not a peer"))
+    with pair.open("district") as d:
+        assert d.version_vector() == before
+
+
+def test_watch_backs_off_while_the_link_is_down_and_recovers(pair):
+    server = pair.servers["district"]
+    server.stop()
+    results, sleeps = [], []
+    state = {"calls": 0}
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        state["calls"] += 1
+        if state["calls"] == 3:
+            pair.serve("district", port=server.port)  # the link comes back
+
+    with pair.open("street") as s:
+        write_notes(s, [("断网时写的", "sx/yc/fs")])
+        client.sync_watch(s, interval_s=30, batch_size=100, on_result=results.append, sleep=sleep,
+                          stop=lambda: any(isinstance(r, client.SyncReport) for r in results))
+    assert [type(r).__name__ for r in results] == ["Unreachable", "Unreachable", "Unreachable", "SyncReport"]
+    assert sleeps[:3] == [2, 4, 8]
+    with pair.open("district") as d:
+        assert "断网时写的" in note_titles(d)
