@@ -3,8 +3,8 @@
 Routes come from plugins (``register_routes``), the core's own included, as
 :class:`ApiRoute` values. Every route goes through one wrapper that enforces
 the body size limit, parses JSON, authenticates the bearer token and checks
-the role, runs the handler in a worker thread with that thread's own
-:class:`~hemei.core.node.Node` (SQLite connections are per thread), and
+the role, runs the handler in a worker thread with a
+:class:`~hemei.core.node.Node` lent from a small pool, and
 turns :class:`~hemei.core.errors.HemeiError` into a JSON error. Errors
 always have the shape ``{"error": {"code": str, "message": str}}``.
 """
@@ -69,28 +69,58 @@ class ApiRoute:
 
 
 class NodePool:
-    """One open :class:`Node` per worker thread, all on the same home."""
+    """A few open :class:`Node` objects on one home, lent to worker threads one at a time.
 
-    def __init__(self, home, available: Available | None, builtins: tuple[str, ...]):
+    SQLite connections must not be shared by two threads at once, and each
+    holds its own page cache: a small fixed pool (not one node per worker
+    thread, of which Starlette may run dozens) keeps memory bounded.
+    """
+
+    def __init__(self, home, available: Available | None, builtins: tuple[str, ...], size: int = 4):
         self.home, self.available, self.builtins = home, available, builtins
-        self._local = threading.local()
+        self._free: list[Node] = []
         self._all: list[Node] = []
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(size)
+
+    def _open(self) -> Node:
+        return Node.open(self.home, available=self.available, builtins=self.builtins)
 
     def get(self) -> Node:
-        node = getattr(self._local, "node", None)
-        if node is None:
-            node = Node.open(self.home, available=self.available, builtins=self.builtins)
-            self._local.node = node
-            with self._lock:
+        """A node for setup work on the calling thread (not returned to the pool)."""
+        with self._lock:
+            if not self._all:
+                node = self._open()
                 self._all.append(node)
-        return node
+                self._free.append(node)
+            return self._all[0]
+
+    @contextlib.contextmanager
+    def lend(self):
+        self._slots.acquire()
+        try:
+            with self._lock:
+                node = self._free.pop() if self._free else None
+            if node is None:
+                node = self._open()
+                with self._lock:
+                    self._all.append(node)
+            try:
+                yield node
+            finally:
+                if node.conn.in_transaction:  # a handler that failed mid-transaction
+                    node.conn.execute("ROLLBACK")
+                with self._lock:
+                    self._free.append(node)
+        finally:
+            self._slots.release()
 
     def close(self) -> None:
         with self._lock:
             for node in self._all:
                 node.close()
             self._all.clear()
+            self._free.clear()
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -112,7 +142,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def _endpoint(route: ApiRoute, pool: NodePool):
     def run(request: Request, raw: bytes, body: Any):
-        node = pool.get()
+        with pool.lend() as node:
+            return call(node, request, raw, body)
+
+    def call(node: Node, request: Request, raw: bytes, body: Any):
         user = None
         if route.role is not None:
             header = request.headers.get("authorization", "")

@@ -43,7 +43,7 @@ DB_NAME = "node.db"
 KEY_NAME = "node.key"
 SYSTEM_ACTOR = "system"
 #: SQLite page cache per connection; the default 2 MB makes large batches re-read pages.
-CACHE_KIB = 32 * 1024
+CACHE_KIB = 8 * 1024
 
 
 class Batch(NamedTuple):

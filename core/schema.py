@@ -79,7 +79,8 @@ class TableSpec:
             raise ValueError(f"table {self.name}: pk and scope columns must be text")
         if self.unique and self.policy != APPEND_ONLY:
             raise ValueError(f"table {self.name}: unique keys are for append_only tables")
-        object.__setattr__(self, "_accepted", {c: _PY_TYPES[t] for c, t in self.columns.items()})
+        object.__setattr__(self, "_accepted", {c: _PY_TYPES[t] for c, t in self.columns.items()
+                                               if c not in (self.pk, self.scope)})
 
     @property
     def data_columns(self) -> tuple[str, ...]:
@@ -100,18 +101,20 @@ class TableSpec:
         """Why ``values`` cannot be data columns of this table, or None (shared by writes and receipt)."""
         if not isinstance(values, dict):
             return f"{self.name}: values must be an object"
-        accepted = self._accepted
+        accepted = self._accepted  # data columns only
         for col, value in values.items():
-            types = accepted.get(col)
-            if types is None or col in (self.pk, self.scope):
-                return f"{self.name} has no data column {col!r}"
             if value is None:
+                if col not in accepted:
+                    return f"{self.name} has no data column {col!r}"
                 continue
-            if type(value) not in types:
-                return f"{self.name}.{col} must be {self.columns[col]}, got {type(value).__name__}"
-            if type(value) is int and not -(2 ** 63) <= value < 2 ** 63:
+            kind = type(value)
+            if kind not in accepted.get(col, ()):
+                if col not in accepted:
+                    return f"{self.name} has no data column {col!r}"
+                return f"{self.name}.{col} must be {self.columns[col]}, got {kind.__name__}"
+            if kind is int and not -(2 ** 63) <= value < 2 ** 63:
                 return f"{self.name}.{col}: {value} does not fit in 64 bits"
-            if type(value) is float and not math.isfinite(value):
+            if kind is float and not math.isfinite(value):
                 return f"{self.name}.{col}: {value} is not a finite number"
         return None
 

@@ -11,9 +11,11 @@ parent reports.
 from __future__ import annotations
 
 import base64
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from queue import Empty, Queue
+from typing import Callable, Iterator
 
 import httpx
 
@@ -89,7 +91,10 @@ class ParentLink:
         return info
 
     def call(self, path: str, message: dict) -> dict:
-        return self._check(self._send("POST", path, wire.encode(message)), raw=True)
+        return self.call_raw(path, wire.encode(message))
+
+    def call_raw(self, path: str, body: bytes) -> dict:
+        return self._check(self._send("POST", path, body), raw=True)
 
     @staticmethod
     def _check(reply: httpx.Response, raw: bool) -> dict:
@@ -157,30 +162,64 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
     return report
 
 
-def _push(node: Node, link: ParentLink, their_vv: dict, batch_size: int, report: SyncReport,
-          progress: Progress | None) -> None:
-    total = engine.pending(engine.subtree_origins(node, node.scope), their_vv)
+def _messages(node: Node, their_vv: dict, batch_size: int) -> Iterator[tuple[bytes, int]]:
+    """Encoded push messages of about ``batch_size`` entries each, read lazily (memory ~ one message)."""
     message, count = [], 0
     for batch in engine.outgoing(node, node.scope, their_vv, batch_size):
         message.append(wire.batch_to_json(batch))
         count += len(batch.entries)
         if count >= batch_size:
-            _send_push(link, message, their_vv, report)
-            if progress:
-                progress("push", report.pushed, total)
+            yield wire.encode({"batches": message}), count
             message, count = [], 0
     if message:
-        _send_push(link, message, their_vv, report)
+        yield wire.encode({"batches": message}), count
+
+
+def _prefetched(items: Iterator, depth: int = 2) -> Iterator:
+    """Produce ``items`` in a thread, ``depth`` ahead: reading and encoding the next message
+    overlaps with the parent applying the current one. The consumer must not use the node's
+    connection meanwhile (it only sends HTTP requests)."""
+    queue: Queue = Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                queue.put(item)
+            queue.put(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            queue.put(exc)
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while (item := queue.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                queue.get_nowait()
+            except Empty:
+                worker.join(0.05)
+
+
+def _push(node: Node, link: ParentLink, their_vv: dict, batch_size: int, report: SyncReport,
+          progress: Progress | None) -> None:
+    total = engine.pending(engine.subtree_origins(node, node.scope), their_vv)
+    for body, _ in _prefetched(_messages(node, dict(their_vv), batch_size)):
+        reply = link.call_raw("/api/sync/push", body)
+        for result in reply.get("results", []):
+            report.pushed += result.get("new", 0)
+            report.refused_changes += result.get("refused", 0)
+        their_vv.update(wire.vv_of(reply.get("vv", {})))
         if progress:
             progress("push", report.pushed, total)
-
-
-def _send_push(link: ParentLink, message: list, their_vv: dict, report: SyncReport) -> None:
-    reply = link.call("/api/sync/push", {"batches": message})
-    for result in reply.get("results", []):
-        report.pushed += result.get("new", 0)
-        report.refused_changes += result.get("refused", 0)
-    their_vv.update(wire.vv_of(reply.get("vv", {})))
 
 
 def _pull(node: Node, link: ParentLink, parent: dict, batch_size: int, report: SyncReport,

@@ -61,13 +61,19 @@ def batch_from_json(data) -> Batch:
     if not isinstance(origin, str) or not isinstance(entries, list) or not entries:
         raise MalformedBatch("batch needs an origin and a non-empty list of entries")
     decoded = []
+    unb64 = base64.b64decode
     for entry in entries:
-        if not isinstance(entry, list) or not entry or type(entry[0]) is not int:
+        if type(entry) is not list or not entry or type(entry[0]) is not int:
             raise MalformedBatch("each entry is a list starting with its seq")
         if len(entry) == FULL:
-            if type(entry[1]) is not int or not all(isinstance(x, str) for x in entry[2:]):
-                raise MalformedBatch(f"entry #{entry[0]}: expected [seq, hlc, actor, kind, scope, payload, salt]")
-            decoded.append((*entry[:6], _unb64(entry[6], f"entry #{entry[0]} salt")))
+            seq, hlc, actor, kind, scope, payload, salt = entry
+            if not (type(hlc) is int and type(actor) is str and type(kind) is str and type(scope) is str
+                    and type(payload) is str and type(salt) is str):
+                raise MalformedBatch(f"entry #{seq}: expected [seq, hlc, actor, kind, scope, payload, salt]")
+            try:
+                decoded.append((seq, hlc, actor, kind, scope, payload, unb64(salt, validate=True)))
+            except (binascii.Error, ValueError):
+                raise MalformedBatch(f"entry #{seq}: salt is not valid base64") from None
         elif len(entry) == REDACTED_LEN:
             decoded.append((entry[0], _unb64(entry[1], f"entry #{entry[0]} digest")))
         else:

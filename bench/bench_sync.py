@@ -1,0 +1,171 @@
+"""A street pushes its backlog to a district over loopback: rate and peak memory.
+
+Run by hand (never in CI):
+
+    .venv/bin/python bench/bench_sync.py --rows 100000
+    .venv/bin/python bench/bench_sync.py --rows 1000000
+
+A real district (`hemei serve`, uvicorn on 127.0.0.1) and a real
+`hemei sync` process; the street's backlog is written first (not timed).
+Printed beside it, measured in the same run: a plain ``sqlite3``
+``executemany`` of the same rows into a table of the same columns. Peak
+RSS is each process's own high-water mark (``VmHWM``, Linux), so memory
+that grows with the backlog instead of the batch shows here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_core import COLUMNS, baseline, make_rows  # noqa: E402
+
+from hemei.core.node import Node  # noqa: E402
+from hemei.sync import client, enroll  # noqa: E402
+
+PLUGIN = f'''
+from hemei.core import TableSpec, hookimpl
+
+@hookimpl
+def register_tables():
+    return [TableSpec("bench_rows", {COLUMNS!r})]
+'''
+
+
+def plugin_site(root: Path) -> Path:
+    site = root / "site"
+    dist = site / "hemei_bench-0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: hemei-bench\nVersion: 0\n")
+    (dist / "entry_points.txt").write_text("[hemei]\nbench = hemei_bench_plugin\n")
+    (site / "hemei_bench_plugin.py").write_text(PLUGIN)
+    return site
+
+
+def hemei(*args: str) -> list[str]:
+    script = Path(sys.executable).parent / "hemei"
+    return ([str(script)] if script.exists() else [sys.executable, "-m", "hemei.cli"]) + list(args)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def vm_hwm_mb(pid: int) -> float:
+    """The process's own RSS high-water mark (VmHWM: per address space, so reset at exec)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wait_peak(proc: subprocess.Popen) -> tuple[int, float]:
+    """Exit code and peak RSS (MB) of a running child, sampled every 20 ms until it exits.
+
+    ``wait4``'s ru_maxrss would include this benchmark's own memory at fork
+    time on Linux, hence the sampling.
+    """
+    peak = 0.0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, vm_hwm_mb(proc.pid))
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+        time.sleep(0.02)
+    return proc.returncode, peak
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=5000)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="hemei-bench-sync-"))
+    env = dict(os.environ, PYTHONPATH=str(plugin_site(work)))
+    sys.path.insert(0, env["PYTHONPATH"])
+    import hemei_bench_plugin
+
+    available = {"bench": hemei_bench_plugin}
+    builtins = ("hemei.core.builtin", "hemei.sync.plugin")
+    server = None
+    try:
+        rows = make_rows(args.rows)
+        base = args.rows / baseline(work / "plain.db", rows, args.batch)
+        district = Node.init(work / "district", name="district", scope="yuecheng", available=available,
+                             builtins=builtins)
+        district.set_module_enabled("bench", True, "bench")
+        street = Node.init(work / "street", name="street", scope="yuecheng/fushan", available=available,
+                           builtins=builtins)
+        street.set_module_enabled("bench", True, "bench")
+        start = time.perf_counter()
+        for i in range(0, len(rows), 5000):
+            with street.writer("bench") as w:
+                for row in rows[i:i + 5000]:
+                    w.insert("bench_rows", dict(row, scope="yuecheng/fushan/xihu"))
+        written = time.perf_counter() - start
+        del rows
+        port = free_port()
+        server = subprocess.Popen(hemei("--home", str(work / "district"), "serve", "--port", str(port),
+                                        "--log-level", "warning"), env=env)
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                import httpx
+
+                httpx.get(url + "/api/health", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        token = enroll.create_invite(district, name="street", scope="yuecheng/fushan", url=url, ttl_s=600,
+                                     actor="bench")
+        client.join(street, token, "bench")
+        entries = street.version_vector()[street.id]
+        street.close()
+        district.close()
+
+        start = time.perf_counter()
+        sync = subprocess.Popen(hemei("--home", str(work / "street"), "sync", "--batch-size", str(args.batch)),
+                                env=env, stdout=subprocess.DEVNULL)
+        code, client_rss = wait_peak(sync)
+        elapsed = time.perf_counter() - start
+        if code != 0:
+            raise SystemExit(f"hemei sync failed with exit code {code}")
+        server_rss = vm_hwm_mb(server.pid)
+        server.terminate()
+        server.wait()
+        server = None
+        with Node.open(work / "district", available=available, builtins=builtins) as check:
+            held = check.conn.execute("SELECT count(*) FROM bench_rows").fetchone()[0]
+        assert held == args.rows, f"district holds {held} rows, expected {args.rows}"
+    finally:
+        if server is not None:
+            server.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+    rate = entries / elapsed
+    print(f"hemei sync benchmark: {args.rows:,} rows ({entries:,} entries), batches of {args.batch},"
+          f" Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}")
+    print(f"  street backlog written in {written:.1f} s (not part of the push)")
+    print(f"  {'plain sqlite3 executemany':<32}{base:>12,.0f} rows/s")
+    print(f"  {'push street -> district':<32}{rate:>12,.0f} entries/s   ratio {rate / base:.2f}   ({elapsed:.1f} s)")
+    print(f"  peak RSS: hemei sync {client_rss:.0f} MB, hemei serve {server_rss:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
