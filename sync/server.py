@@ -147,17 +147,20 @@ def pull(call: ApiCall) -> Response:
     node = call.node
     body = wire.decode(call.raw_body)
     child_vv = wire.vv_of(body.get("vv"))
-    limit = body.get("max_entries", MAX_PULL_ENTRIES)
-    if type(limit) is not int or limit < 1:
-        raise wire.MalformedBatch("max_entries must be a positive integer")
-    batch_size = body.get("batch_size", 2000)
-    if type(batch_size) is not int or batch_size < 1:
-        raise wire.MalformedBatch("batch_size must be a positive integer")
+    limit, batch_size = (_positive(body, name, default) for name, default in
+                         (("max_entries", MAX_PULL_ENTRIES), ("batch_size", 2000)))
     batches, more, remaining = engine.downstream(node, child["node_id"], child["scope"], child_vv,
                                                  min(limit, MAX_PULL_ENTRIES), batch_size)
     sent = sum(len(b.entries) for b in batches)
     touch(node, child["node_id"], their_vv=child_vv)
     return _reply({"batches": [wire.batch_to_json(b) for b in batches], "more": more, "remaining": remaining - sent})
+
+
+def _positive(body: dict, name: str, default: int) -> int:
+    value = body.get(name, default)
+    if type(value) is not int or value < 1:
+        raise wire.MalformedBatch(f"{name} must be a positive integer")
+    return value
 
 
 def routes() -> list[ApiRoute]:

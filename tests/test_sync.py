@@ -12,16 +12,10 @@ from tree import Tree, note_titles, write_notes
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    t = Tree(tmp_path_factory.mktemp("tree"))
-    t.init("city", "sx")
-    t.init("district", "sx/yc")
-    t.init("fushan", "sx/yc/fs")
-    t.init("beihai", "sx/yc/bh")
-    t.serve("city")
-    t.serve("district")
-    t.enroll("city", "district", "sx/yc")
-    t.enroll("district", "fushan", "sx/yc/fs")
-    t.enroll("district", "beihai", "sx/yc/bh")
+    t = Tree(tmp_path_factory.mktemp("tree")).build(
+        {"city": "sx", "district": "sx/yc", "fushan": "sx/yc/fs", "beihai": "sx/yc/bh"},
+        serve=["city", "district"],
+        enroll=[("city", "district"), ("district", "fushan"), ("district", "beihai")])
     yield t
     t.stop()
 

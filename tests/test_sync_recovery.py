@@ -15,11 +15,8 @@ from tree import Tree, note_titles, write_notes
 
 @pytest.fixture
 def pair(tmp_path):
-    t = Tree(tmp_path)
-    t.init("district", "sx/yc")
-    t.init("street", "sx/yc/fs")
-    t.serve("district")
-    t.enroll("district", "street", "sx/yc/fs")
+    t = Tree(tmp_path).build({"district": "sx/yc", "street": "sx/yc/fs"}, serve=["district"],
+                             enroll=[("district", "street")])
     yield t
     t.stop()
 

@@ -17,16 +17,9 @@ from tree import Tree, write_notes
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
-    t = Tree(tmp_path_factory.mktemp("net"))
-    t.init("city", "sx")
-    t.init("district", "sx/yc")
-    t.init("fushan", "sx/yc/fs")
-    t.init("beihai", "sx/yc/bh")
-    t.init("stranger", "sx/yc/zz")
-    t.serve("city")
-    t.serve("district")
-    t.enroll("district", "fushan", "sx/yc/fs")
-    t.enroll("district", "beihai", "sx/yc/bh")
+    t = Tree(tmp_path_factory.mktemp("net")).build(
+        {"city": "sx", "district": "sx/yc", "fushan": "sx/yc/fs", "beihai": "sx/yc/bh", "stranger": "sx/yc/zz"},
+        serve=["city", "district"], enroll=[("district", "fushan"), ("district", "beihai")])
     with t.open("beihai") as b:
         write_notes(b, [("北海的记录", "sx/yc/bh")])
     t.sync("beihai")

@@ -51,6 +51,16 @@ class Tree:
                         self.servers[parent].url, "--ttl", "1h").strip()
         self.ok(child, "join", token)
 
+    def build(self, nodes: dict[str, str], serve=(), enroll=()) -> Tree:
+        """Init ``nodes`` (name -> scope), start servers for ``serve``, enroll ``(parent, child)`` pairs."""
+        for name, scope in nodes.items():
+            self.init(name, scope)
+        for name in serve:
+            self.serve(name)
+        for parent, child in enroll:
+            self.enroll(parent, child, nodes[child])
+        return self
+
     def sync(self, name: str) -> dict:
         return json.loads(self.ok(name, "sync", "--json"))
 
