@@ -13,7 +13,6 @@ import functools
 import sqlite3
 import time
 
-import orjson
 from starlette.responses import Response
 
 from hemei.core.api import ApiCall, ApiRoute

@@ -53,3 +53,14 @@ def run_cli():
         return runner.invoke(cli, list(args), input=input, obj=obj, env=env, catch_exceptions=False)
 
     return run
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """A served district with one enrolled street (tests/tree.py), both with the probe plugin."""
+    from tree import Tree
+
+    t = Tree(tmp_path).build({"district": "sx/yc", "street": "sx/yc/fs"}, serve=["district"],
+                             enroll=[("district", "street")])
+    yield t
+    t.stop()

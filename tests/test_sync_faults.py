@@ -24,14 +24,6 @@ from tree import Tree, write_notes
 SEEDS = range(3)
 
 
-@pytest.fixture
-def pair(tmp_path):
-    t = Tree(tmp_path).build({"district": "sx/yc", "street": "sx/yc/fs"}, serve=["district"],
-                             enroll=[("district", "street")])
-    yield t
-    t.stop()
-
-
 def backlog(t: Tree, seed: int, rows: int = 4500) -> None:
     with t.open("street") as street:
         for chunk in range(3):  # several transactions: several checkpoints to resume from

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import pytest
 
 from hemei.core.audit import verify_log
 from hemei.sync import bundles, client
-from tree import Tree, note_titles, write_notes
-
-
-@pytest.fixture
-def pair(tmp_path):
-    t = Tree(tmp_path).build({"district": "sx/yc", "street": "sx/yc/fs"}, serve=["district"],
-                             enroll=[("district", "street")])
-    yield t
-    t.stop()
+from tree import note_titles, write_notes
 
 
 def test_a_restored_or_rewritten_history_is_a_fork_with_evidence(pair):
