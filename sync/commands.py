@@ -95,22 +95,25 @@ def nodes_revoke(node_id: str) -> None:
     click.echo(f"revoked {peer['name']} ({peer['node_id']})")
 
 
-def _progress_printer():
-    if not sys.stderr.isatty():
-        return None
-    state = {"bar": None, "phase": None}
+class _ProgressBars:
+    """One bar per phase (push, pull) on stderr when it is a terminal; nothing otherwise."""
 
-    def show(phase: str, done: int, total: int) -> None:
-        if state["phase"] != phase:
-            if state["bar"] is not None:
-                state["bar"].render_finish()
-            state["bar"] = click.progressbar(length=max(total, 1), label=phase, file=sys.stderr)
-            state["phase"] = phase
-        bar = state["bar"]
-        bar.length = max(total, done, 1)
-        bar.update(done - bar.pos)
+    def __init__(self):
+        self.bar = None
+        self.phase = None
 
-    return show
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if self.phase != phase:
+            self.finish()
+            self.bar = click.progressbar(length=max(total, 1), label=phase, file=sys.stderr)
+            self.phase = phase
+        self.bar.length = max(total, done, 1)
+        self.bar.update(done - self.bar.pos)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.render_finish()
+            self.bar = None
 
 
 def _describe(report: client.SyncReport) -> str:
@@ -134,7 +137,12 @@ def sync_command(watch: bool, interval: int, batch_size: int, as_json: bool) -> 
     """
     node = cli_node()
     if not watch:
-        report = client.sync_once(node, batch_size, progress=_progress_printer())
+        bars = _ProgressBars() if sys.stderr.isatty() else None
+        try:
+            report = client.sync_once(node, batch_size, progress=bars)
+        finally:
+            if bars:
+                bars.finish()
         emit(report.to_json(), as_json, lambda r: click.echo(_describe(report)))
         return
 
