@@ -47,6 +47,17 @@ def _print_status(s: dict) -> None:
     click.echo(f"received: {s['log']['entries_all_origins'] - s['log']['size']} entries from "
                f"{s['log']['origins'] - 1} other nodes")
     click.echo(f"conflicts: {s['conflicts']}")
+    if s.get("missing_modules"):
+        click.echo(f"MISSING modules (enabled but not installed): {', '.join(s['missing_modules'])}")
+    for peer in s.get("peers", []):
+        state = "REVOKED" if peer["revoked"] else f"last contact {peer['last_contact'] or 'never'}"
+        click.echo(f"{peer['role']:<9} {peer['name']} ({peer['scope']}) {state}; "
+                   f"to send {peer['pending_up']}, to receive {peer['pending_down']}")
+        for refusal in peer["refusals"][:3]:
+            click.echo(f"          refused {refusal['time']}: {refusal['code']}: {refusal['reason']}")
+    for fork in s.get("forks", []):
+        click.echo(f"FORK      {fork['origin']}: held {fork['held_size']} entries, presented "
+                   f"{fork['presented_size']} with another history ({fork['seen']})")
 
 
 @click.command()

@@ -151,7 +151,8 @@ def pull(call: ApiCall) -> Response:
     batches, more, remaining = engine.downstream(node, child["node_id"], child["scope"], child_vv,
                                                  min(limit, MAX_PULL_ENTRIES), batch_size)
     sent = sum(len(b.entries) for b in batches)
-    touch(node, child["node_id"], their_vv=child_vv)
+    # Assume the child applies what it was sent; its next hello corrects this if not.
+    touch(node, child["node_id"], their_vv={**child_vv, **{b.origin: b.entries[-1][0] for b in batches}})
     return _reply({"batches": [wire.batch_to_json(b) for b in batches], "more": more, "remaining": remaining - sent})
 
 

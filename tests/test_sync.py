@@ -76,7 +76,11 @@ def test_status_shows_peers_with_backlog_both_ways(tree):
     tree.sync("fushan")
     district = json.loads(tree.ok("district", "status", "--json"))
     child = next(p for p in district["peers"] if p["name"] == "fushan")
-    assert child["pending_up"] == 0 and child["last_contact"]
+    assert child["pending_up"] == 0 and child["pending_down"] == 0 and child["last_contact"]
+    with tree.open("district") as n:
+        write_notes(n, [("还没发下去", "sx/yc/fs")])
+    district = json.loads(tree.ok("district", "status", "--json"))
+    assert next(p for p in district["peers"] if p["name"] == "fushan")["pending_down"] == 1
     listed = json.loads(tree.ok("district", "nodes", "list", "--json"))
     assert {c["name"] for c in listed} == {"fushan", "beihai"}
     assert all(set(c) >= {"node_id", "name", "scope", "last_contact", "revoked"} for c in listed)
