@@ -12,6 +12,7 @@ always have the shape ``{"error": {"code": str, "message": str}}``.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -180,6 +181,14 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
     return error_response(exc.status_code, _STATUS_CODES.get(exc.status_code, "http_error"), str(exc.detail))
 
 
+async def _busy(request: Request, exc: sqlite3.OperationalError) -> Response:
+    if "locked" in str(exc) or "busy" in str(exc):
+        response = error_response(503, "busy", "the node is busy with a long write; try again shortly")
+        response.headers["Retry-After"] = "5"
+        return response
+    return await _internal_error(request, exc)
+
+
 async def _internal_error(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal", "internal error; the node operator can find details in the server log")
 
@@ -238,7 +247,8 @@ def create_app(home=None, *, available: Available | None = None,
 
     app = Starlette(
         routes=routes,
-        exception_handlers={HemeiError: _hemei_error, HTTPException: _http_error, Exception: _internal_error},
+        exception_handlers={HemeiError: _hemei_error, HTTPException: _http_error, sqlite3.OperationalError: _busy,
+                            Exception: _internal_error},
         lifespan=lifespan,
     )
     app.state.pool = pool

@@ -42,6 +42,7 @@ REDACTED = "redacted"
 #: Kinds no write may use directly: row kinds come from insert/update/delete only.
 RESERVED_KINDS = frozenset(ROW_KINDS) | {REDACTED}
 SALT_BYTES = 16
+MAX_HLC = 1 << 63
 #: A full entry on the wire: (seq, hlc, actor, kind, scope, payload, salt); a redacted one: (seq, leaf).
 FULL, REDACTED_LEN = 7, 2
 
@@ -97,6 +98,8 @@ def verify_segment(origin: str, prev_head: bytes, first_seq: int, entries: Seque
             if len(salt) != SALT_BYTES or kind == REDACTED:
                 raise ChainError(f"entry {origin}#{seq}: needs a {SALT_BYTES}-byte salt and a kind other than "
                                  f"{REDACTED!r}")
+            if not 0 <= hlc < MAX_HLC or not 0 < len(actor) <= 64 or not actor.isprintable():
+                raise ChainError(f"entry {origin}#{seq}: clock value or actor out of range")
             if "\n" in actor or "\n" in kind or "\n" in scope or "\r" in actor or "\r" in scope:
                 raise ChainError(f"entry {origin}#{seq}: header field contains a line break")
             leaf = entry_leaf(origin, seq, hlc, actor, kind, scope, payload, salt)

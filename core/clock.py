@@ -74,6 +74,9 @@ class HybridClock:
     def check_plausible(self, remote: int) -> None:
         """Refuse a remote stamp too far in the future: a street PC with a wrong clock."""
         ahead = hlc_ms(remote) - self._now()
+        if ahead > 10 * 365 * 86400 * 1000:
+            raise ClockSkew("entry stamped more than ten years ahead of this node's clock: the sending PC's "
+                            "clock is wrong; set its date and time, then sync again")
         if ahead > self.max_ahead_ms:
             raise ClockSkew(
                 f"entry stamped {hlc_to_iso(remote)} is {ahead // 1000} s ahead of this node's clock; "

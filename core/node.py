@@ -18,7 +18,7 @@ import sys
 import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import orjson
 import pluggy
@@ -310,7 +310,7 @@ class Node:
         """Verify and apply one batch from another node; see :meth:`apply_batches`."""
         return self.apply_batches([batch], check=check)[0]
 
-    def apply_batches(self, batches: list[Batch], *,
+    def apply_batches(self, batches: Iterable[Batch], *,
                       check: Callable[[Batch], None] | None = None) -> list[dict]:
         """Verify and apply batches from other nodes in one transaction: all or nothing.
 
@@ -320,17 +320,24 @@ class Node:
         it is written. Returns counts per batch: received, new, applied,
         refused (changes kept as conflicts).
         """
-        for batch in batches:
-            self._check_batch_shape(batch)
+        listening = bool(self.pm.hook.change_applied.get_hookimpls())
+        applied: list[Change] = []
+        results = []
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            results = [self._apply_verified(parse_node_id(b.origin), b, check) for b in batches]
+            for batch in batches:  # any iterable: a bundle streams its batches through here
+                self._check_batch_shape(batch)
+                result = self._apply_verified(parse_node_id(batch.origin), batch, check)
+                changes = result.pop("_applied")
+                if listening:
+                    applied.extend(changes)
+                results.append(result)
             self.conn.execute("COMMIT")
         except BaseException:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             raise
-        self._react([c for r in results for c in r.pop("_applied")])
+        self._react(applied)
         return results
 
     def _check_batch_shape(self, batch: Batch) -> None:

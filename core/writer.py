@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 #: Entries per flush, and so at most this many between two signed checkpoints.
 SIGN_EVERY = 1000
+#: Largest payload of one entry: keeps every sync message and relay within bounds.
+MAX_PAYLOAD = 256 * 1024
 
 _KIND_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789._-")
 
@@ -142,6 +144,10 @@ class Writer:
             f"SELECT [{spec.scope}] FROM [{spec.name}] WHERE [{spec.pk}] = ? AND _deleted = 0", (pk,)).fetchone()
         if row is None:
             raise NotFound(f"{spec.name} has no row {pk}")
+        if not covers(self.node.scope, row[0]):
+            # It came from above; the parent would refuse the change (and everything after it).
+            raise InvalidInput(f"{spec.name} {pk} belongs to {row[0]}, outside this node's scope "
+                               f"{self.node.scope}: it can only be changed there", code="out_of_scope")
         return row[0]
 
     def _usable(self) -> None:
@@ -159,6 +165,9 @@ class Writer:
             raw = orjson.dumps(payload)
         except (TypeError, orjson.JSONEncodeError) as exc:
             raise InvalidInput(f"value cannot be recorded: {exc}") from None
+        if len(raw) > MAX_PAYLOAD:
+            raise InvalidInput(f"one change may carry at most {MAX_PAYLOAD // 1024} KiB; this one has "
+                               f"{len(raw) // 1024} KiB")
         text = raw.decode()
         seq = self.size + 1
         origin = self.node.id

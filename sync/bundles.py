@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 from cryptography.exceptions import InvalidSignature
 
@@ -76,32 +77,44 @@ def _write(node: Node, path: Path, header: dict, batch_iter) -> int:
     return count
 
 
-def read_bundle(node: Node, path: Path) -> tuple[dict, list, dict]:
-    """Verify a bundle whole and return (header, batches, sender peer)."""
+def _frames(fh) -> Iterator[bytes]:
+    """The frames of an open bundle, one at a time; the file position ends after the end marker."""
+    if fh.read(len(MAGIC)) != MAGIC:
+        raise BadBundle("this is not a hemei bundle")
+    while True:
+        length = fh.read(8)
+        if len(length) != 8:
+            raise BadBundle("bundle is truncated: copy it again")
+        size = int.from_bytes(length, "big")
+        if size == 0:
+            return
+        if size > MAX_FRAME:
+            raise BadBundle("bundle is damaged: copy it again")
+        frame = fh.read(size)
+        if len(frame) != size:
+            raise BadBundle("bundle is truncated: copy it again")
+        yield frame
+
+
+def read_bundle(node: Node, path: Path) -> tuple[dict, Iterator, dict]:
+    """Verify a bundle whole (streaming), then return (header, lazy batches, sender peer)."""
     try:
-        data = Path(path).read_bytes()
+        fh = open(path, "rb")
     except OSError as exc:
         raise BadBundle(f"cannot read {path}: {exc.strerror}") from None
-    if not data.startswith(MAGIC):
-        raise BadBundle(f"{path} is not a hemei bundle")
-    frames, pos = [], len(MAGIC)
-    while True:
-        if pos + 8 > len(data):
-            raise BadBundle("bundle is truncated: copy it again")
-        size = int.from_bytes(data[pos:pos + 8], "big")
-        pos += 8
-        if size == 0:
-            break
-        if size > MAX_FRAME or pos + size > len(data):
-            raise BadBundle("bundle is truncated or damaged: copy it again")
-        frames.append(data[pos:pos + size])
-        pos += size
-    signature = data[pos:]
+    with fh:
+        digest = hashlib.sha256(MAGIC)
+        header_frame = None
+        for frame in _frames(fh):
+            digest.update(len(frame).to_bytes(8, "big") + frame)
+            header_frame = header_frame or frame
+        digest.update(END)
+        signature = fh.read(65)
     if len(signature) != 64:
         raise BadBundle("bundle is truncated or damaged (no signature): copy it again")
-    if not frames:
+    if header_frame is None:
         raise BadBundle("bundle has no header")
-    header = wire.decode(frames[0])
+    header = wire.decode(header_frame)
     try:
         sender = parse_node_id(str(header["from"]))
         recipient = parse_node_id(str(header["to"]))
@@ -115,12 +128,20 @@ def read_bundle(node: Node, path: Path) -> tuple[dict, list, dict]:
     if peer["revoked"]:
         raise Forbidden(f"node {peer['name']} has been revoked", code="revoked")
     try:
-        load_public_key(peer["public_key"]).verify(signature, hashlib.sha256(data[:pos]).digest())
+        load_public_key(peer["public_key"]).verify(signature, digest.digest())
     except InvalidSignature:
         raise BadBundle("bundle signature does not verify: it was altered or not made by "
                         f"{peer['name']}") from None
-    batches = [b for frame in frames[1:] for b in wire.batches_of(wire.decode(frame))]
-    return header, batches, peer
+
+    def batches() -> Iterator:
+        # Read again only after the whole file verified; a file changed in between fails the chain checks.
+        with open(path, "rb") as again:
+            frames = _frames(again)
+            next(frames)
+            for frame in frames:
+                yield from wire.batches_of(wire.decode(frame))
+
+    return header, batches(), peer
 
 
 def export_push(node: Node, out: Path) -> dict:
@@ -140,24 +161,23 @@ def import_bundle(node: Node, path: Path, ack_out: Path | None = None) -> dict:
     if kind == "push":
         if peer["role"] != "child":
             raise Forbidden("push bundles come from children", code="bad_bundle")
-        results = node.apply_batches(batches, check=engine.push_check(node, peer)) if batches else []
+        results = node.apply_batches(batches, check=engine.push_check(node, peer))
         child_vv = wire.vv_of(header.get("vv", {}))
         touch(node, peer["node_id"], their_vv=child_vv)
         first_time = node.conn.execute("INSERT OR IGNORE INTO _hemei_bundle_acks (bundle_id, peer, imported_ms)"
                                        " VALUES (?, ?, ?)", (str(header.get("id")), peer["node_id"], now_ms())
                                        ).rowcount == 1
         ack_path = Path(ack_out) if ack_out else Path(path).with_name(Path(path).stem + ".ack.hemei")
-        ack = {"id": new_id(), "kind": "ack", "from": node.id, "to": peer["node_id"], "vv": node.version_vector(),
-               "acknowledges": header.get("id")}
-        down, _, _ = engine.downstream(node, peer["node_id"], peer["scope"], child_vv, 10**9, 2000)
-        sent = _write(node, ack_path, ack, iter(down))
+        ack = {"id": new_id(), "kind": "ack", "from": node.id, "to": peer["node_id"],
+               "vv": engine.branch_vv(node, peer["scope"]), "acknowledges": header.get("id")}
+        sent = _write(node, ack_path, ack, engine.downstream_iter(node, peer["node_id"], peer["scope"], child_vv, 2000))
         return {"kind": "push", "from": peer["name"], "new": sum(r["new"] for r in results),
                 "refused": sum(r["refused"] for r in results), "already_imported": not first_time,
                 "ack": str(ack_path), "ack_entries": sent}
     if kind == "ack":
         if peer["role"] != "parent":
             raise Forbidden("ack bundles come from the parent", code="bad_bundle")
-        results = node.apply_batches(batches, check=engine.pull_check(node, peer)) if batches else []
+        results = node.apply_batches(batches, check=engine.pull_check(node, peer))
         touch(node, peer["node_id"], their_vv=wire.vv_of(header.get("vv", {})))
         return {"kind": "ack", "from": peer["name"], "new": sum(r["new"] for r in results),
                 "refused": sum(r["refused"] for r in results)}

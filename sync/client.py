@@ -19,11 +19,12 @@ from typing import Callable, Iterator
 
 import httpx
 
-from hemei.core.errors import HemeiError
+from hemei.core.errors import Conflict, HemeiError
+from hemei.core.identity import verify_checkpoint
 from hemei.core.node import Node
 
 from . import engine, enroll, signing, wire
-from .peers import parent_of, record_refusal, touch
+from .peers import parent_of, record_fork, record_refusal, touch
 
 DEFAULT_BATCH = 2000
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
@@ -108,13 +109,6 @@ class ParentLink:
         return wire.decode(reply.content) if raw else reply.json()
 
 
-def own_checkpoint(node: Node) -> dict | None:
-    row = node.conn.execute(
-        "SELECT l.seq, l.hash, l.sig FROM _hemei_log l JOIN _hemei_origins o ON o.ix = l.origin"
-        " WHERE o.node_id = ? AND l.sig IS NOT NULL ORDER BY l.seq DESC LIMIT 1", (node.id,)).fetchone()
-    return None if row is None else {"size": row[0], "head": row[1].hex(), "signature": row[2].hex()}
-
-
 def join(node: Node, token: str, actor: str, url: str | None = None,
          transport: httpx.BaseTransport | None = None) -> dict:
     """Enroll this node as the child of the parent that issued ``token``."""
@@ -146,20 +140,53 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
     try:
         with ParentLink(node, parent["url"], transport) as link:
             link.learn_time()
-            hello = link.call("/api/sync/hello", {"vv": node.version_vector(), "checkpoint": own_checkpoint(node)})
+            hello = link.call("/api/sync/hello", {"vv": node.version_vector(),
+                                                  "checkpoint": engine.own_checkpoint(node)})
             their_vv = wire.vv_of(hello.get("vv"))
+            _check_parent_history(node, parent, hello.get("checkpoint"))
             _push(node, link, their_vv, batch_size, report, progress)
             _pull(node, link, parent, batch_size, report, progress)
+            # Tell the parent what this node now holds, so its status is right until next time.
+            link.call("/api/sync/hello", {"vv": node.version_vector()})
     except SyncRefused as exc:
         record_refusal(node, parent["node_id"], exc.code, exc.message, "sync")
         raise
     except HemeiError as exc:
-        touch(node, parent["node_id"], error=f"{exc.code}: {exc.message}")
+        evidence = getattr(exc, "evidence", None)
+        if evidence is not None:  # the parent's history contradicts the copy held here
+            record_fork(node, evidence, parent["node_id"])
+            record_refusal(node, parent["node_id"], exc.code, exc.message, "pull")
+        touch(node, parent["node_id"], error=f"{exc.code}: {exc.message}",
+              pending_down=report.pending_down or None)
         raise
     report.pending_up = engine.pending(engine.subtree_origins(node, node.scope), their_vv)
     touch(node, parent["node_id"], their_vv=their_vv, pending_up=report.pending_up,
           pending_down=report.pending_down)
     return report
+
+
+def _check_parent_history(node: Node, parent: dict, checkpoint) -> None:
+    """A parent restored from an old backup presents a shorter (or different) chain than the one held here."""
+    if checkpoint is None:
+        return
+    try:
+        size, head, signature = (int(checkpoint["size"]), bytes.fromhex(checkpoint["head"]),
+                                 bytes.fromhex(checkpoint["signature"]))
+    except (KeyError, TypeError, ValueError):
+        raise wire.MalformedBatch("the parent's checkpoint is malformed") from None
+    verify_checkpoint(parent["public_key"], parent["node_id"], size, head, signature)
+    row = node.conn.execute("SELECT ix, size, head FROM _hemei_origins WHERE node_id = ?",
+                            (parent["node_id"],)).fetchone()
+    if row is None or size > row[1]:
+        return
+    held = node.conn.execute("SELECT hash FROM _hemei_log WHERE origin = ? AND seq = ?", (row[0], size)).fetchone()
+    if size < row[1] or held is None or held[0] != head:
+        fork = Conflict(f"fork: the parent {parent['name']} presents {size} entries of its own log, but this node "
+                        f"holds {row[1]} of them: it was restored or rewritten. Both checkpoints are kept; tell "
+                        "the district", code="fork")
+        fork.evidence = {"origin": parent["node_id"], "held_size": row[1], "held_head": row[2],
+                         "presented_size": size, "presented_head": head, "presented_signature": signature}
+        raise fork
 
 
 def _messages(node: Node, their_vv: dict, batch_size: int) -> Iterator[tuple[bytes, int]]:

@@ -39,6 +39,18 @@ def subtree_origins(node: Node, scope: str) -> dict[str, int]:
     return {o: size for o, (decl, size) in origin_scopes(node).items() if decl and covers(scope, decl)}
 
 
+def own_checkpoint(node: Node) -> dict | None:
+    row = node.conn.execute(
+        "SELECT l.seq, l.hash, l.sig FROM _hemei_log l JOIN _hemei_origins o ON o.ix = l.origin"
+        " WHERE o.node_id = ? AND l.sig IS NOT NULL ORDER BY l.seq DESC LIMIT 1", (node.id,)).fetchone()
+    return None if row is None else {"size": row[0], "head": row[1].hex(), "signature": row[2].hex()}
+
+
+def branch_vv(node: Node, scope: str) -> dict[str, int]:
+    """This node's sizes of the origins on the branch of ``scope`` (ancestors and subtree), nothing else."""
+    return {o: size for o, (decl, size) in origin_scopes(node).items() if decl and related(decl, scope)}
+
+
 def pending(mine: dict[str, int], theirs: dict[str, int]) -> int:
     return sum(max(0, size - theirs.get(origin, 0)) for origin, size in mine.items())
 
@@ -74,9 +86,7 @@ def redactor(child_scope: str) -> Callable[[str, str], bool]:
     return hide
 
 
-def downstream(node: Node, child_id: str, child_scope: str, child_vv: dict[str, int],
-               max_entries: int, batch_size: int) -> tuple[list[Batch], bool, int]:
-    """Batches for a child (at most about ``max_entries``), whether more remain, and how many."""
+def _down_plan(node: Node, child_id: str, child_scope: str, child_vv: dict[str, int]) -> list[tuple]:
     hide = redactor(child_scope)
     plan = []
     for origin, (decl, size) in sorted(origin_scopes(node).items()):
@@ -86,23 +96,33 @@ def downstream(node: Node, child_id: str, child_scope: str, child_vv: dict[str, 
             plan.append((origin, size, None))
         elif covers(decl, child_scope):
             plan.append((origin, size, hide))
+    return plan
+
+
+def downstream_iter(node: Node, child_id: str, child_scope: str, child_vv: dict[str, int],
+                    batch_size: int) -> Iterator[Batch]:
+    """Every batch the child lacks, read lazily (bundles: memory per batch, not per backlog)."""
+    for origin, size, redact in _down_plan(node, child_id, child_scope, child_vv):
+        after = max(0, child_vv.get(origin, 0) - 1)  # overlap one entry: a rewritten parent shows as a fork
+        while after < size and (batch := node.read_batch(origin, after, limit=batch_size, redact=redact)):
+            yield batch
+            after = batch.entries[-1][0]
+
+
+def downstream(node: Node, child_id: str, child_scope: str, child_vv: dict[str, int],
+               max_entries: int, batch_size: int) -> tuple[list[Batch], bool, int]:
+    """Batches for a child (at most about ``max_entries``), whether more remain, and how many."""
+    plan = _down_plan(node, child_id, child_scope, child_vv)
     remaining = sum(size - child_vv.get(origin, 0) for origin, size, _ in plan)
-    batches, sent, more = [], 0, False
-    for origin, size, redact in plan:
-        after = child_vv.get(origin, 0)
-        while after < size:
-            if sent >= max_entries:
-                more = True
-                break
-            batch = node.read_batch(origin, after, limit=min(batch_size, max_entries - sent), redact=redact)
-            if batch is None:
-                break
+    batches, sent, new = [], 0, 0
+    if max_entries > 0:
+        for batch in downstream_iter(node, child_id, child_scope, child_vv, batch_size):
             batches.append(batch)
             sent += len(batch.entries)
-            after = batch.entries[-1][0]
-        if more:
-            break
-    return batches, more, remaining
+            new += batch.entries[-1][0] - max(child_vv.get(batch.origin, 0), batch.entries[0][0] - 1)
+            if sent >= max_entries:
+                break
+    return batches, new < remaining, remaining
 
 
 def _declared(node: Node, batch: Batch) -> str | None:
@@ -114,6 +134,10 @@ def push_check(node: Node, child: dict) -> Callable[[Batch], None]:
     def check(batch: Batch) -> None:
         if batch.origin == child["node_id"]:
             origin_scope = child["scope"]
+            first = batch.entries[0]
+            if first[0] == 1 and declared_scope(batch.origin, batch.entries) != origin_scope:
+                raise ScopeViolation(f"{child['name']}'s first entry must declare its enrolled scope "
+                                     f"{origin_scope}")
         else:
             origin_scope = _declared(node, batch)
             if origin_scope is None:
@@ -128,13 +152,13 @@ def push_check(node: Node, child: dict) -> Callable[[Batch], None]:
             seq, _, _, kind, scope, payload, _ = entry
             if not covers(origin_scope, scope):
                 raise ScopeViolation(f"entry {batch.origin}#{seq} is for {scope}, outside {origin_scope}")
-            if kind in ("row.update", "row.delete"):
+            if kind in ("row.insert", "row.update", "row.delete"):
                 _check_target(node, batch.origin, seq, payload, origin_scope)
     return check
 
 
 def _check_target(node: Node, origin: str, seq: int, payload: str, origin_scope: str) -> None:
-    """An update or delete must not reach rows of another branch (a street editing a sibling's row)."""
+    """No change may reach a row of another branch (a street editing, or re-inserting, a sibling's row)."""
     try:
         body = orjson.loads(payload)
         table, pk = body["t"], body["pk"]
@@ -145,7 +169,7 @@ def _check_target(node: Node, origin: str, seq: int, payload: str, origin_scope:
         return
     row = node.conn.execute(f"SELECT [{spec.scope}] FROM [{spec.name}] WHERE [{spec.pk}] = ?", (pk,)).fetchone()
     if row is not None and row[0] is not None and not covers(origin_scope, row[0]):
-        raise ScopeViolation(f"entry {origin}#{seq} changes {table} {pk}, a row of {row[0]} outside {origin_scope}")
+        raise ScopeViolation(f"entry {origin}#{seq} changes {table} {pk}, a row outside {origin_scope}")
 
 
 def pull_check(node: Node, parent: dict) -> Callable[[Batch], None]:

@@ -78,8 +78,13 @@ def accept_join(node: Node, token: str, child_id: str, public_key: bytes, name: 
     """Parent side: check the token and pin the child. Raises without writing anything on refusal."""
     if node_id_from_public_key(public_key) != child_id:
         raise Forbidden("public key does not match the node id", code="bad_key")
-    row = node.conn.execute("SELECT name, scope, expires_ms, used_by FROM _hemei_invites WHERE token_hash = ?",
-                            (_hash(token),)).fetchone()
+    with node.writer("sync") as w:  # checks and enrollment in one write transaction: a token works once
+        return _enroll(node, w, token, child_id, public_key, scope)
+
+
+def _enroll(node: Node, w, token: str, child_id: str, public_key: bytes, scope: str) -> dict:
+    row = w.conn.execute("SELECT name, scope, expires_ms, used_by FROM _hemei_invites WHERE token_hash = ?",
+                         (_hash(token),)).fetchone()
     if row is None:
         raise Forbidden("this node did not issue that token (altered, or issued by another node)",
                         code="invalid_token")
@@ -94,12 +99,13 @@ def accept_join(node: Node, token: str, child_id: str, public_key: bytes, name: 
     existing = get_peer(node, child_id)
     if existing is not None:
         raise Conflict(f"node {child_id} is already enrolled here as {existing['name']}", code="already_enrolled")
-    with node.writer("sync") as w:
-        w.event("peer.enroll", {"node_id": child_id, "name": invite_name, "scope": scope}, scope=node.scope)
-        w.conn.execute("UPDATE _hemei_invites SET used_by = ?, used_ms = ? WHERE token_hash = ?",
-                       (child_id, now_ms(), _hash(token)))
-        w.conn.execute("INSERT INTO _hemei_peers (node_id, role, name, scope, public_key, enrolled_ms)"
-                       " VALUES (?, 'child', ?, ?, ?, ?)", (child_id, invite_name, scope, public_key, now_ms()))
+    w.event("peer.enroll", {"node_id": child_id, "name": invite_name, "scope": scope}, scope=node.scope)
+    taken = w.conn.execute("UPDATE _hemei_invites SET used_by = ?, used_ms = ? WHERE token_hash = ?"
+                           " AND used_by IS NULL", (child_id, now_ms(), _hash(token))).rowcount
+    if taken != 1:
+        raise Forbidden("that token was already used; ask for a new one", code="token_used")
+    w.conn.execute("INSERT INTO _hemei_peers (node_id, role, name, scope, public_key, enrolled_ms)"
+                   " VALUES (?, 'child', ?, ?, ?, ?)", (child_id, invite_name, scope, public_key, now_ms()))
     return {"node_id": node.id, "public_key": base64.b64encode(node.public_key).decode(), "name": node.name,
             "scope": node.scope}
 

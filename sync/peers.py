@@ -44,7 +44,7 @@ def all_peers(node: Node) -> list[dict]:
 
 def touch(node: Node, node_id: str, *, their_vv: dict | None = None, pending_up: int | None = None,
           pending_down: int | None = None, error: str | None = None) -> None:
-    """Record a contact with a peer (local bookkeeping, not logged)."""
+    """Record a contact with a peer (local bookkeeping, not logged). ``error`` None clears the last one."""
     sets, args = ["last_contact_ms = ?", "last_error = ?"], [now_ms(), error]
     for column, value in (("their_vv", None if their_vv is None else orjson.dumps(their_vv).decode()),
                           ("pending_up", pending_up), ("pending_down", pending_down)):
@@ -54,12 +54,32 @@ def touch(node: Node, node_id: str, *, their_vv: dict | None = None, pending_up:
     node.conn.execute(f"UPDATE _hemei_peers SET {', '.join(sets)} WHERE node_id = ?", (*args, node_id))
 
 
+MAX_REASON = 300
+ANONYMOUS_KEPT = 1000
+
+
 def record_refusal(node: Node, peer: str | None, code: str, reason: str, what: str) -> None:
-    """Every refusal is a log entry: who was refused, what, and why."""
+    """A refusal of a known peer is a log entry: who was refused, what, and why."""
+    reason = reason[:MAX_REASON]
     with node.writer(SYNC_ACTOR) as w:
         w.event("sync.refused", {"peer": peer, "code": code, "reason": reason, "request": what})
     if peer is not None:
         node.conn.execute("UPDATE _hemei_peers SET last_error = ? WHERE node_id = ?", (f"{code}: {reason}", peer))
+
+
+def record_anonymous_refusal(node: Node, code: str, reason: str, what: str, address: str | None) -> None:
+    """A refusal of a request nobody proved to have sent: kept locally, the newest 1,000."""
+    node.conn.execute("INSERT INTO _hemei_anonymous_refusals (seen_ms, address, code, reason, request)"
+                      " VALUES (?, ?, ?, ?, ?)", (now_ms(), address, code, reason[:MAX_REASON], what[:200]))
+    node.conn.execute("DELETE FROM _hemei_anonymous_refusals WHERE id <= (SELECT max(id) FROM"
+                      " _hemei_anonymous_refusals) - ?", (ANONYMOUS_KEPT,))
+
+
+def anonymous_refusals(node: Node, limit: int = 5) -> list[dict]:
+    return [{"time": hlc_to_iso(t << 16), "address": a, "code": c, "reason": r, "request": q}
+            for t, a, c, r, q in node.conn.execute(
+                "SELECT seen_ms, address, code, reason, request FROM _hemei_anonymous_refusals"
+                " ORDER BY id DESC LIMIT ?", (limit,))]
 
 
 def record_fork(node: Node, evidence: dict, peer: str) -> None:

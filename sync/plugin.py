@@ -5,7 +5,7 @@ from __future__ import annotations
 from hemei.core import hookimpl
 
 from . import commands, server
-from .peers import forks, peers_status
+from .peers import anonymous_refusals, forks, peers_status
 from .schema import sync_migrations
 
 
@@ -26,4 +26,5 @@ def register_commands():
 
 @hookimpl
 def node_status(node):
-    return {"peers": peers_status(node), "forks": forks(node)}
+    return {"peers": peers_status(node), "forks": forks(node),
+            "refused_unauthenticated": anonymous_refusals(node)}

@@ -43,6 +43,13 @@ CREATE TABLE IF NOT EXISTS _hemei_forks (
     peer TEXT NOT NULL,
     seen_ms INTEGER NOT NULL,
     PRIMARY KEY (origin, presented_size, presented_head));
+CREATE TABLE IF NOT EXISTS _hemei_anonymous_refusals (
+    id INTEGER PRIMARY KEY,
+    seen_ms INTEGER NOT NULL,
+    address TEXT,
+    code TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    request TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS _hemei_bundle_acks (
     bundle_id TEXT PRIMARY KEY,
     peer TEXT NOT NULL,

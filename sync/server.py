@@ -20,10 +20,15 @@ from hemei.core.errors import Conflict, Forbidden, HemeiError, InvalidInput, Una
 from hemei.core.identity import parse_node_id, verify_checkpoint
 
 from . import engine, enroll, signing, wire
-from .peers import get_peer, record_fork, record_refusal, touch
+from .engine import own_checkpoint
+from .peers import get_peer, record_anonymous_refusal, record_fork, record_refusal, touch
 
 NONCE_TTL_MS = (signing.WINDOW_S + 60) * 1000
 MAX_PULL_ENTRIES = 20_000
+JOIN_MAX_BODY = 16 * 1024
+JOIN_MAX_INFLATED = 64 * 1024
+#: hello and pull carry version vectors only.
+SMALL_MAX_INFLATED = 8 * 1024 * 1024
 
 
 def _now_s() -> int:
@@ -35,7 +40,6 @@ def authenticate(call: ApiCall, public_key: bytes | None = None) -> dict | None:
     request = call.request
     signed, base, signature, created = signing.read_signature(
         request.headers, request.method, request.url.path, request.url.query, call.raw_body)
-    call.peer_id = signed.node_id
     signing.check_window(created, signed.expires_s, _now_s())
     peer = None
     if public_key is None:
@@ -43,6 +47,7 @@ def authenticate(call: ApiCall, public_key: bytes | None = None) -> dict | None:
         if peer is None or peer["role"] != "child":
             raise Unauthorized(f"node {signed.node_id} is not enrolled here", code="unknown_node")
         signing.check_signature(peer["public_key"], base, signature)
+        call.peer_id = signed.node_id  # from here on, refusals are this peer's
         if peer["revoked"]:
             raise Forbidden(f"node {peer['name']} has been revoked", code="revoked")
     else:
@@ -59,7 +64,13 @@ def authenticate(call: ApiCall, public_key: bytes | None = None) -> dict | None:
 
 
 def refusals_recorded(handler):
-    """Record every refusal in the log (who, what, why), then let the 4xx answer go out."""
+    """Record every refusal, then let the 4xx answer go out.
+
+    A refusal of an authenticated peer is a log entry (who, what, why). One
+    of an unauthenticated request goes to a bounded local table instead:
+    anyone can send those, and they must not be able to grow the signed log
+    that is relayed up the tree.
+    """
     @functools.wraps(handler)
     def wrapped(call: ApiCall):
         call.peer_id = None
@@ -69,7 +80,11 @@ def refusals_recorded(handler):
             evidence = getattr(exc, "evidence", None)
             if evidence is not None and call.peer_id:
                 record_fork(call.node, evidence, call.peer_id)
-            record_refusal(call.node, call.peer_id, exc.code, exc.message, call.request.url.path)
+            if call.peer_id:
+                record_refusal(call.node, call.peer_id, exc.code, exc.message, call.request.url.path)
+            else:
+                record_anonymous_refusal(call.node, exc.code, exc.message, call.request.url.path,
+                                         call.request.client.host if call.request.client else None)
             raise
     return wrapped
 
@@ -80,12 +95,14 @@ def _reply(message: dict) -> Response:
 
 @refusals_recorded
 def join(call: ApiCall) -> Response:
-    body = wire.decode(call.raw_body)
+    body = wire.decode(call.raw_body, max_inflated=JOIN_MAX_INFLATED)  # unauthenticated yet: keep it tiny
     try:
         public_key = base64.b64decode(body["public_key"], validate=True)
         child_id = parse_node_id(body["node_id"])
-        token, name, scope = str(body["token"]), str(body["name"]), str(body["scope"])
-    except (KeyError, TypeError, ValueError, binascii.Error):
+        token, name, scope = body["token"], body["name"], body["scope"]
+        if not all(isinstance(x, str) and 0 < len(x) <= 1024 for x in (token, name, scope)):
+            raise TypeError
+    except (KeyError, TypeError, ValueError, AttributeError, binascii.Error, InvalidInput):
         raise InvalidInput("join needs token, node_id, public_key, name and scope") from None
     authenticate(call, public_key=public_key)
     return _reply(enroll.accept_join(call.node, token, child_id, public_key, name, scope))
@@ -96,13 +113,14 @@ def hello(call: ApiCall) -> Response:
     """The child says what it holds and shows its latest checkpoint; the parent answers with its own sizes."""
     child = authenticate(call)
     node = call.node
-    body = wire.decode(call.raw_body)
+    body = wire.decode(call.raw_body, max_inflated=SMALL_MAX_INFLATED)
     their_vv = wire.vv_of(body.get("vv"))
     own = body.get("checkpoint")
     if own is not None:
         _check_own_history(call, child, own)
     touch(node, child["node_id"], their_vv=their_vv)
-    return _reply({"node_id": node.id, "vv": node.version_vector()})
+    return _reply({"node_id": node.id, "vv": engine.branch_vv(node, child["scope"]),
+                   "checkpoint": own_checkpoint(node)})
 
 
 def _check_own_history(call: ApiCall, child: dict, own) -> None:
@@ -144,16 +162,17 @@ def push(call: ApiCall) -> Response:
 def pull(call: ApiCall) -> Response:
     child = authenticate(call)
     node = call.node
-    body = wire.decode(call.raw_body)
+    body = wire.decode(call.raw_body, max_inflated=SMALL_MAX_INFLATED)
     child_vv = wire.vv_of(body.get("vv"))
     limit, batch_size = (_positive(body, name, default) for name, default in
                          (("max_entries", MAX_PULL_ENTRIES), ("batch_size", 2000)))
     batches, more, remaining = engine.downstream(node, child["node_id"], child["scope"], child_vv,
                                                  min(limit, MAX_PULL_ENTRIES), batch_size)
-    sent = sum(len(b.entries) for b in batches)
-    # Assume the child applies what it was sent; its next hello corrects this if not.
-    touch(node, child["node_id"], their_vv={**child_vv, **{b.origin: b.entries[-1][0] for b in batches}})
-    return _reply({"batches": [wire.batch_to_json(b) for b in batches], "more": more, "remaining": remaining - sent})
+    # Entries new to the child (each batch repeats one it holds, to catch a rewritten history).
+    new = sum(b.entries[-1][0] - max(child_vv.get(b.origin, 0), b.entries[0][0] - 1) for b in batches)
+    touch(node, child["node_id"], their_vv=child_vv)  # what it holds; its closing hello says what it applied
+    return _reply({"batches": [wire.batch_to_json(b) for b in batches], "more": more,
+                   "remaining": max(0, remaining - new)})
 
 
 def _positive(body: dict, name: str, default: int) -> int:
@@ -167,7 +186,8 @@ def routes() -> list[ApiRoute]:
     body_limit = wire.MAX_COMPRESSED
     common = {"role": None, "raw": True, "max_body": body_limit, "tags": ("sync",)}
     return [
-        ApiRoute("/api/sync/join", "POST", join, summary="Enroll a child with an invitation token", **common),
+        ApiRoute("/api/sync/join", "POST", join, summary="Enroll a child with an invitation token",
+                 **{**common, "max_body": JOIN_MAX_BODY}),
         ApiRoute("/api/sync/hello", "POST", hello, summary="Exchange version vectors; check the child's history",
                  **common),
         ApiRoute("/api/sync/push", "POST", push, summary="Receive batches of the child's branch", **common),

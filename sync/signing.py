@@ -21,6 +21,7 @@ lock it out), and a nonce it has not seen before.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import re
 import secrets
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hemei.core.errors import Unauthorized
+from hemei.core.errors import InvalidInput, Unauthorized
 from hemei.core.identity import load_public_key, parse_node_id
 
 LABEL = "hemei"
@@ -70,7 +71,8 @@ class SignedRequest:
     expires_s: int
 
 
-def read_signature(headers, method: str, path: str, query: str, body: bytes) -> tuple[SignedRequest, bytes, bytes]:
+def read_signature(headers, method: str, path: str, query: str,
+                   body: bytes) -> tuple[SignedRequest, bytes, bytes, int]:
     """Parse and check the digest; returns (request, signature base, signature). Key check is separate."""
     signature_input = headers.get("signature-input")
     signature = headers.get("signature")
@@ -87,11 +89,15 @@ def read_signature(headers, method: str, path: str, query: str, body: bytes) -> 
         raise Unauthorized("Content-Digest does not match the body", code="bad_signature")
     params = signature_input.strip()[len(LABEL) + 1:]
     base = _base(method, path, query, digest, params)
-    request = SignedRequest(parse_node_id(match["keyid"]), match["nonce"], int(match["expires"]))
+    try:
+        request = SignedRequest(parse_node_id(match["keyid"]), match["nonce"], int(match["expires"]))
+        signature_bytes = base64.b64decode(sig[1], validate=True)
+    except (ValueError, binascii.Error, InvalidInput):
+        raise Unauthorized("malformed signature or key id", code="bad_signature") from None
     created = int(match["created"])
     if request.expires_s - created > WINDOW_S or request.expires_s < created:
         raise Unauthorized("signature validity window is too long", code="bad_signature")
-    return request, base, base64.b64decode(sig[1]), created
+    return request, base, signature_bytes, created
 
 
 def check_signature(public_key: bytes, base: bytes, signature: bytes) -> None:

@@ -21,7 +21,7 @@ from hemei.core.node import Batch
 CONTENT_TYPE = "application/vnd.hemei.batches+json"
 #: Limits against gzip bombs and runaway messages.
 MAX_COMPRESSED = 32 * 1024 * 1024
-MAX_DECOMPRESSED = 256 * 1024 * 1024
+MAX_DECOMPRESSED = 128 * 1024 * 1024
 MAX_ENTRIES_PER_MESSAGE = 50_000
 
 
@@ -87,14 +87,15 @@ def encode(message: dict) -> bytes:
     return zlib.compress(orjson.dumps(message), 1)
 
 
-def decode(body: bytes) -> dict:
+def decode(body: bytes, max_inflated: int = None) -> dict:
+    limit = MAX_DECOMPRESSED if max_inflated is None else max_inflated
     if len(body) > MAX_COMPRESSED:
         raise MalformedBatch(f"message is larger than {MAX_COMPRESSED} bytes")
     try:
         inflater = zlib.decompressobj()
-        raw = inflater.decompress(body, MAX_DECOMPRESSED)
+        raw = inflater.decompress(body, limit)
         if inflater.unconsumed_tail:
-            raise MalformedBatch(f"message inflates past {MAX_DECOMPRESSED} bytes")
+            raise MalformedBatch(f"message inflates past {limit} bytes")
         if not inflater.eof:
             raise MalformedBatch("message is truncated")
         message = orjson.loads(raw)

@@ -444,3 +444,15 @@ def test_updates_of_one_key_from_two_branches_converge_without_the_inserts(make_
     received = lambda n: {o: size for o, size in n.version_vector().items() if o != n.id}
     assert received(c) == received(c2)
     assert c.conn.execute("SELECT * FROM notes").fetchall() == c2.conn.execute("SELECT * FROM notes").fetchall()
+
+
+def test_a_row_from_above_cannot_be_changed_below(make_node):
+    district, street = make_node("d", scope="yc"), make_node("s", scope="yc/fs")
+    with district.writer("w") as w:
+        pk = w.insert("notes", {"title": "全区通知", "scope": "yc"})
+    send_all(district, street)
+    for change in (lambda w: w.update("notes", pk, {"body": "改"}), lambda w: w.delete("notes", pk)):
+        with pytest.raises(InvalidInput, match="outside this node's scope") as err:
+            with street.writer("w") as w:
+                change(w)
+        assert err.value.code == "out_of_scope"

@@ -134,3 +134,24 @@ def test_watch_backs_off_while_the_link_is_down_and_recovers(pair):
     assert sleeps[:3] == [2, 4, 8]
     with pair.open("district") as d:
         assert "断网时写的" in note_titles(d)
+
+
+def test_a_parent_restored_from_backup_is_a_fork_at_the_child(pair):
+    pair.sync("street")
+    server = pair.servers["district"]
+    server.stop()
+    shutil.copytree(pair.home("district"), pair.root / "district-backup")
+    with pair.open("district") as d:
+        write_notes(d, [("备份之后的通知", "sx/yc")])
+    pair.serve("district", port=server.port)
+    pair.sync("street")
+    pair.servers["district"].stop()
+    shutil.rmtree(pair.home("district"))
+    shutil.copytree(pair.root / "district-backup", pair.home("district"))
+    pair.serve("district", port=server.port)
+    done = pair.hemei("street", "sync")
+    assert done.returncode == 1 and "fork" in done.stderr and "restored or rewritten" in done.stderr
+    status = json.loads(pair.ok("street", "status", "--json"))
+    assert status["forks"] and status["forks"][0]["held_size"] > status["forks"][0]["presented_size"]
+    with pair.open("street") as s:
+        assert "备份之后的通知" in note_titles(s)  # the street keeps what it had

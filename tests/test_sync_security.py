@@ -29,24 +29,29 @@ def net(tmp_path_factory):
 
 
 def district_state(net) -> tuple:
-    """Everything a refusal must leave alone: entries of other origins, and every state row."""
+    """Everything a refusal must leave alone (entries of other origins, every state row), and the refusals."""
     with net.open("district") as d:
         vv = {o: s for o, s in d.version_vector().items() if o != d.id}
         notes = d.conn.execute("SELECT * FROM notes ORDER BY id").fetchall()
         peers = d.conn.execute("SELECT node_id, revoked FROM _hemei_peers ORDER BY 1").fetchall()
-        refusals = d.conn.execute("SELECT count(*) FROM _hemei_log WHERE kind = 'sync.refused'").fetchone()[0]
-    return (vv, notes, peers), refusals
+        logged = d.conn.execute("SELECT count(*) FROM _hemei_log WHERE kind = 'sync.refused'").fetchone()[0]
+        local = d.conn.execute("SELECT count(*) FROM _hemei_anonymous_refusals").fetchone()[0]
+    return (vv, notes, peers), (logged, local)
 
 
-def refused(net, call, status: int, code: str) -> None:
-    """Run ``call``; it must get ``status``/``code``, write nothing, and leave one refusal in the log."""
-    before, refusals = district_state(net)
+def refused(net, call, status: int, code: str, signed_by_peer: bool = True) -> None:
+    """Run ``call``; it must get ``status``/``code``, write nothing, and leave one refusal on record.
+
+    A request a known peer signed is refused in the log; one nobody proved to send goes to the
+    bounded local table (anyone can send those: they must not grow the log relayed upwards).
+    """
+    before, (logged, local) = district_state(net)
     with pytest.raises(SyncRefused) as err:
         call()
     assert (err.value.status, err.value.code) == (status, code), err.value.message
-    after, refusals_after = district_state(net)
+    after, counts = district_state(net)
     assert after == before
-    assert refusals_after == refusals + 1
+    assert counts == ((logged + 1, local) if signed_by_peer else (logged, local + 1))
 
 
 def raw_post(url: str, path: str, body: bytes, headers: dict) -> httpx.Response:
@@ -64,7 +69,7 @@ def signed_headers(node: Node, key, path: str, body: bytes) -> dict:
 def test_unsigned_request_is_refused(net):
     url = net.servers["district"].url
     body = wire.encode({"vv": {}})
-    refused(net, lambda: check(raw_post(url, "/api/sync/hello", body, {})), 401, "unsigned")
+    refused(net, lambda: check(raw_post(url, "/api/sync/hello", body, {})), 401, "unsigned", signed_by_peer=False)
 
 
 def test_forged_signature_is_refused(net, tmp_path):
@@ -73,7 +78,8 @@ def test_forged_signature_is_refused(net, tmp_path):
     with net.open("fushan") as fushan:
         body = wire.encode({"vv": {}})
         headers = signed_headers(fushan, other_key, "/api/sync/hello", body)  # fushan's id, someone else's key
-    refused(net, lambda: check(raw_post(url, "/api/sync/hello", body, headers)), 401, "bad_signature")
+    refused(net, lambda: check(raw_post(url, "/api/sync/hello", body, headers)), 401, "bad_signature",
+            signed_by_peer=False)
 
 
 def test_tampered_body_is_refused(net):
@@ -82,7 +88,7 @@ def test_tampered_body_is_refused(net):
         body = wire.encode({"vv": {}})
         headers = signed_headers(fushan, fushan.key, "/api/sync/hello", body)
     refused(net, lambda: check(raw_post(url, "/api/sync/hello", wire.encode({"vv": {"x": 1}}), headers)),
-            401, "bad_signature")
+            401, "bad_signature", signed_by_peer=False)
 
 
 def test_replayed_request_is_refused(net):
@@ -100,14 +106,15 @@ def test_stale_signature_is_refused(net):
         body = wire.encode({"vv": {}})
         headers = signing.sign_request(fushan.key, fushan.id, "POST", "/api/sync/hello", "", body,
                                        int(__import__("time").time()) - 3600)
-    refused(net, lambda: check(raw_post(url, "/api/sync/hello", body, headers)), 401, "expired_signature")
+    refused(net, lambda: check(raw_post(url, "/api/sync/hello", body, headers)), 401, "expired_signature",
+            signed_by_peer=False)
 
 
 def test_unknown_node_is_refused(net):
     with net.open("stranger") as stranger:
         with ParentLink(stranger, net.servers["district"].url) as link:
             link.learn_time()
-            refused(net, lambda: link.call("/api/sync/hello", {"vv": {}}), 401, "unknown_node")
+            refused(net, lambda: link.call("/api/sync/hello", {"vv": {}}), 401, "unknown_node", signed_by_peer=False)
 
 
 def _hostile_push(net, entries_scope: str | None = None, update_pk: str | None = None):
@@ -188,21 +195,101 @@ def test_tokens_reused_altered_expired_or_foreign_are_refused(net):
                     "public_key": base64.b64encode(stranger.public_key).decode()})
 
         altered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
-        refused(net, lambda: join_raw(altered), 403, "invalid_token")
+        refused(net, lambda: join_raw(altered), 403, "invalid_token", signed_by_peer=False)
         foreign = net.ok("city", "invite", "--scope", "sx/yc/zz", "--name", "stranger", "--url",
                          net.servers["city"].url).strip()
-        refused(net, lambda: join_raw(foreign), 403, "invalid_token")
+        refused(net, lambda: join_raw(foreign), 403, "invalid_token", signed_by_peer=False)
         short = net.ok("district", "invite", "--scope", "sx/yc/zz", "--name", "stranger", "--ttl", "1s").strip()
         __import__("time").sleep(1.2)
-        refused(net, lambda: join_raw(short), 403, "token_expired")
+        refused(net, lambda: join_raw(short), 403, "token_expired", signed_by_peer=False)
         with pytest.raises(client.enroll.InvalidToken, match="expired"):
             client.join(stranger, short, "op")  # the child checks before it even asks
         assert client.join(stranger, token, "op")["scope"] == "sx/yc"
     with net.open("stranger") as stranger:
         stranger.conn.execute("DELETE FROM _hemei_peers")  # forget the parent, try the token again
-        refused(net, lambda: join_raw(token), 403, "token_used")
+        refused(net, lambda: join_raw(token), 403, "token_used", signed_by_peer=False)
     done = net.hemei("stranger", "join", "hemei1.garbage")
     assert done.returncode == 1 and "damaged" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_reinserting_a_siblings_row_is_refused(net, tmp_path):
+    with net.open("district") as d:
+        pk = d.conn.execute("SELECT id FROM notes WHERE title = '北海的记录'").fetchone()[0]
+    other = Tree(tmp_path)
+    other.init("hijacker", "sx/yc/hj")
+    token = net.ok("district", "invite", "--scope", "sx/yc/hj", "--name", "hijacker", "--ttl", "1h").strip()
+    with other.open("hijacker") as street:
+        client.join(street, token, "op")
+        client.sync_once(street)
+        with street.writer("mallory") as w:  # same key, its own scope: would move the row into this street
+            w._append("row.insert", street.scope, {"t": "notes", "pk": pk, "v": {"title": "HIJACKED"}})
+        batch = street.read_batch(street.id, street.version_vector()[street.id] - 1)
+        with ParentLink(street, net.servers["district"].url) as link:
+            link.learn_time()
+            refused(net, lambda: link.call("/api/sync/push", {"batches": [wire.batch_to_json(batch)]}),
+                    403, "scope_violation")
+    with net.open("district") as d:
+        assert d.conn.execute("SELECT title, scope FROM notes WHERE id = ?", (pk,)).fetchone() == ("北海的记录",
+                                                                                                 "sx/yc/bh")
+
+
+def test_a_child_whose_log_declares_another_scope_is_refused(net, tmp_path):
+    liar = Tree(tmp_path)
+    liar.init("liar", "sx/yc/bh/x")  # its first entry declares a place inside a sibling
+    token = net.ok("district", "invite", "--scope", "sx/yc/ly", "--name", "liar", "--ttl", "1h").strip()
+    with liar.open("liar") as node:
+        with ParentLink(node, net.servers["district"].url) as link:
+            link.learn_time()
+            link.call("/api/sync/join", {"token": token, "node_id": node.id, "name": "liar", "scope": "sx/yc/ly",
+                                         "public_key": base64.b64encode(node.public_key).decode()})
+            batch = node.read_batch(node.id, 0)
+            refused(net, lambda: link.call("/api/sync/push", {"batches": [wire.batch_to_json(batch)]}),
+                    403, "scope_violation")
+
+
+def test_join_bodies_stay_small_before_anyone_is_authenticated(net):
+    url = net.servers["district"].url
+    bomb = zlib.compress(b" " * (1024 * 1024), 9)  # 1 KB that inflates to 1 MB
+    assert len(bomb) < 16 * 1024
+    refused(net, lambda: check(raw_post(url, "/api/sync/join", bomb, {})), 400, "malformed_batch",
+            signed_by_peer=False)
+    big = raw_post(url, "/api/sync/join", b"x" * (20 * 1024), {})
+    assert big.status_code == 413
+    weird = wire.encode({"token": "t", "node_id": 5, "name": "n", "scope": "s", "public_key": "AAAA"})
+    refused(net, lambda: check(raw_post(url, "/api/sync/join", weird, {})), 400, "invalid_input",
+            signed_by_peer=False)
+
+
+def test_bad_signature_padding_and_absurd_clocks_get_4xx(net):
+    url = net.servers["district"].url
+    with net.open("beihai") as beihai:
+        body = wire.encode({"vv": {}})
+        headers = signed_headers(beihai, beihai.key, "/api/sync/hello", body)
+        headers["Signature"] = "hemei=:" + "A" * 81 + ":"
+        refused(net, lambda: check(raw_post(url, "/api/sync/hello", body, headers)), 401, "bad_signature",
+                signed_by_peer=False)
+        for hlc in (2 ** 64 - 1, -(2 ** 63)):
+            have = beihai.version_vector()[beihai.id]
+            with beihai.writer("w") as w:
+                w.insert("notes", {"title": "钟", "scope": "sx/yc/bh"})
+            batch = beihai.read_batch(beihai.id, have)
+            entries = [(*e[:1], hlc, *e[2:]) if e[3].startswith("row.") else e for e in batch.entries]
+            forged = wire.batch_to_json(batch._replace(entries=entries))
+            with ParentLink(beihai, url) as link:
+                link.learn_time()
+                refused(net, lambda: link.call("/api/sync/push", {"batches": [forged]}), 422, "chain_invalid")
+            beihai.conn.execute("DELETE FROM notes WHERE title = '钟'")  # keep the fixture's street usable
+            beihai.conn.execute("DELETE FROM _hemei_log WHERE seq > ? AND origin = 1", (have,))
+            beihai.conn.execute("UPDATE _hemei_origins SET size = ?, head = (SELECT hash FROM _hemei_log WHERE"
+                                " origin = 1 AND seq = ?) WHERE ix = 1", (have, have))
+
+
+def test_hello_tells_a_street_nothing_about_its_siblings(net):
+    with net.open("beihai") as beihai, net.open("fushan") as fushan:
+        with ParentLink(beihai, net.servers["district"].url) as link:
+            link.learn_time()
+            reply = link.call("/api/sync/hello", {"vv": beihai.version_vector()})
+        assert beihai.id in reply["vv"] and fushan.id not in reply["vv"]
 
 
 def test_revoked_node_is_refused(net):
