@@ -69,6 +69,7 @@ class Writer:
         self.entries_written = 0
         self._open = True
         self.failed: BaseException | None = None
+        self._salts, self._salt_at = b"", 0
 
     # -- row changes -----------------------------------------------------
     def insert(self, table: str, values: dict) -> str:
@@ -171,7 +172,10 @@ class Writer:
         text = raw.decode()
         seq = self.size + 1
         origin = self.node.id
-        salt = urandom(SALT_BYTES)
+        if self._salt_at >= len(self._salts):  # one getrandom call per 1,024 entries, not per entry
+            self._salts, self._salt_at = urandom(SALT_BYTES * 1024), 0
+        salt = self._salts[self._salt_at:self._salt_at + SALT_BYTES]
+        self._salt_at += SALT_BYTES
         self.head = entry_hash(self.head, origin, seq, hlc, self.actor, kind, scope, raw, salt)
         self.size = seq
         self._rows.append([self._origin_ix, seq, hlc, self.actor, kind, scope, text, self.head, None, salt, None])
