@@ -145,6 +145,7 @@ def push_check(node: Node, child: dict) -> Callable[[Batch], None]:
         if not covers(child["scope"], origin_scope):
             raise ScopeViolation(f"{child['name']} may only send entries of {child['scope']}; "
                                  f"origin {batch.origin} belongs to {origin_scope}")
+        targets: dict[str, dict] = {}
         for entry in batch.entries:
             if len(entry) != FULL:
                 raise ScopeViolation(f"entry {batch.origin}#{entry[0]} is redacted: a child sends its own "
@@ -152,24 +153,34 @@ def push_check(node: Node, child: dict) -> Callable[[Batch], None]:
             seq, _, _, kind, scope, payload, _ = entry
             if not covers(origin_scope, scope):
                 raise ScopeViolation(f"entry {batch.origin}#{seq} is for {scope}, outside {origin_scope}")
-            if kind in ("row.insert", "row.update", "row.delete"):
-                _check_target(node, batch.origin, seq, payload, origin_scope)
+            if kind in ROW_KINDS:
+                try:
+                    body = orjson.loads(payload)
+                    targets.setdefault(body["t"], {})[body["pk"]] = seq
+                except (ValueError, KeyError, TypeError):
+                    continue  # unreadable: the projector keeps it as a conflict
+        _check_targets(node, batch.origin, targets, origin_scope)
     return check
 
 
-def _check_target(node: Node, origin: str, seq: int, payload: str, origin_scope: str) -> None:
-    """No change may reach a row of another branch (a street editing, or re-inserting, a sibling's row)."""
-    try:
-        body = orjson.loads(payload)
-        table, pk = body["t"], body["pk"]
-    except (ValueError, KeyError, TypeError):
-        return  # unreadable: the projector keeps it as a conflict
-    spec = node.specs.get(table)
-    if spec is None:
-        return
-    row = node.conn.execute(f"SELECT [{spec.scope}] FROM [{spec.name}] WHERE [{spec.pk}] = ?", (pk,)).fetchone()
-    if row is not None and row[0] is not None and not covers(origin_scope, row[0]):
-        raise ScopeViolation(f"entry {origin}#{seq} changes {table} {pk}, a row outside {origin_scope}")
+def _check_targets(node: Node, origin: str, targets: dict[str, dict], origin_scope: str) -> None:
+    """No change may reach a row of another branch (a street editing, or re-inserting, a sibling's row).
+
+    One query per table and 500 keys, not one per entry: most keys are new.
+    """
+    for table, keys in targets.items():
+        spec = node.specs.get(table)
+        if spec is None:
+            continue
+        pks = [pk for pk in keys if isinstance(pk, str)]
+        for i in range(0, len(pks), 500):
+            chunk = pks[i:i + 500]
+            for pk, scope in node.conn.execute(
+                    f"SELECT [{spec.pk}], [{spec.scope}] FROM [{spec.name}] WHERE [{spec.pk}] IN"
+                    f" ({','.join('?' * len(chunk))})", chunk):
+                if scope is not None and not covers(origin_scope, scope):
+                    raise ScopeViolation(f"entry {origin}#{keys[pk]} changes {table} {pk}, a row outside "
+                                         f"{origin_scope}")
 
 
 def pull_check(node: Node, parent: dict) -> Callable[[Batch], None]:
