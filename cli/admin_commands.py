@@ -7,10 +7,9 @@ import sys
 import click
 
 from hemei.core import users as user_store
-from hemei.core.cli_support import Duration, cli_actor, cli_node, emit, json_option, table
+from hemei.core.cli_support import home_option, Duration, cli_actor, cli_node, emit, json_option, table
 from hemei.core.errors import InvalidInput
 
-from .main import home_option
 
 
 @click.group()

@@ -7,9 +7,8 @@ import sys
 import click
 
 from hemei.core.audit import audit_log, verify_log
-from hemei.core.cli_support import cli_node, emit, json_option, progress, table
+from hemei.core.cli_support import home_option, cli_node, emit, json_option, progress, table
 
-from .main import home_option
 
 
 @click.group()

@@ -16,7 +16,7 @@ import click
 from hemei.core.cli_support import NodeContext
 from hemei.core.errors import HemeiError
 from hemei.core.node import HOME_ENV
-from hemei.core.plugins import CORE_BUILTINS, merge_named
+from hemei.core.plugins import CORE_BUILTINS, get_plugin_manager, merge_named
 
 #: Built-in plugins every node registers: the core's own and the sync transport.
 BUILTIN_PLUGINS: tuple[str, ...] = CORE_BUILTINS + ("hemei.sync.plugin",)
@@ -32,7 +32,18 @@ def _peek_home(args: list[str]) -> str | None:
 
 
 class HemeiGroup(click.Group):
-    """Core commands plus the commands of the node's enabled modules."""
+    """Core commands, the built-in plugins' commands, and those of the node's enabled modules."""
+
+    _builtin_cache: dict[tuple, dict] = {}
+
+    def _builtin_commands(self, ctx: click.Context) -> dict[str, click.Command]:
+        """Commands of built-in plugins (sync): there whether or not a node exists yet."""
+        builtins = ctx.ensure_object(NodeContext).builtins
+        if builtins not in self._builtin_cache:
+            pm = get_plugin_manager((), {}, builtins)
+            commands = merge_named(pm.hook.register_commands(), "command", lambda c: c.name)
+            self._builtin_cache[builtins] = {c.name: c for c in commands}
+        return self._builtin_cache[builtins]
 
     def _plugin_commands(self, ctx: click.Context) -> dict[str, click.Command]:
         # Runs before the group callback: take --home from the parsed params.
@@ -45,13 +56,15 @@ class HemeiGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         try:
             plugin_names = set(self._plugin_commands(ctx))
-        except HemeiError:  # no node here: help shows the core commands
+        except HemeiError:  # no node here: help shows the core and built-in commands
             plugin_names = set()
-        return sorted(set(self.commands) | plugin_names)
+        return sorted(set(self.commands) | set(self._builtin_commands(ctx)) | plugin_names)
 
     def get_command(self, ctx: click.Context, name: str):
         if name in self.commands:
             return self.commands[name]
+        if name in self._builtin_commands(ctx):
+            return self._builtin_commands(ctx)[name]
         try:
             return self._plugin_commands(ctx).get(name)
         except HemeiError as exc:
@@ -60,7 +73,7 @@ class HemeiGroup(click.Group):
 
     def resolve_command(self, ctx: click.Context, args: list[str]):
         obj = ctx.ensure_object(NodeContext)
-        if args and args[0] not in self.commands:
+        if args and args[0] not in self.commands and args[0] not in self._builtin_commands(ctx):
             obj.home = _peek_home(args[1:]) or obj.home
         return super().resolve_command(ctx, args)
 
@@ -113,17 +126,6 @@ def cli(ctx: click.Context, home: str | None, actor: str | None) -> None:
     if not obj.builtins or obj.builtins == CORE_BUILTINS:
         obj.builtins = BUILTIN_PLUGINS
     ctx.call_on_close(obj.close)
-
-
-def home_option(fn):
-    """``--home`` after the command name too: ``hemei init --home DIR ...``."""
-    def set_home(ctx: click.Context, param, value):
-        if value is not None:
-            ctx.find_object(NodeContext).home = value
-        return value
-
-    return click.option("--home", type=click.Path(file_okay=False), expose_value=False, callback=set_home,
-                        is_eager=True, help="Node home directory (same as the global --home).")(fn)
 
 
 from . import admin_commands, audit_commands, node_commands  # noqa: E402  (register commands)

@@ -7,12 +7,11 @@ import hashlib
 import click
 
 from hemei.core.audit import list_conflicts
-from hemei.core.cli_support import NodeContext, cli_actor, cli_context, cli_node, emit, json_option, progress, table
+from hemei.core.cli_support import home_option, NodeContext, cli_actor, cli_context, cli_node, emit, json_option, progress, table
 from hemei.core.errors import InvalidInput
 from hemei.core.node import Node
 from hemei.core.scope import parse_scope
 
-from .main import home_option
 
 
 @click.command()

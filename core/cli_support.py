@@ -60,6 +60,17 @@ def cli_actor() -> str:
         return "operator"
 
 
+def home_option(fn):
+    """``--home`` after the command name too: ``hemei init --home DIR ...``."""
+    def set_home(ctx: click.Context, param, value):
+        if value is not None:
+            ctx.find_object(NodeContext).home = value
+        return value
+
+    return click.option("--home", type=click.Path(file_okay=False), expose_value=False, callback=set_home,
+                        is_eager=True, help="Node home directory (same as the global --home).")(fn)
+
+
 def json_option(fn: Callable) -> Callable:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(fn)
 

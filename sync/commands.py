@@ -7,7 +7,7 @@ import time
 
 import click
 
-from hemei.core.cli_support import Duration, cli_actor, cli_node, emit, json_option, table
+from hemei.core.cli_support import Duration, cli_actor, cli_node, emit, home_option, json_option, table
 from hemei.core.errors import HemeiError, InvalidInput
 
 from . import bundles, client, enroll
@@ -15,6 +15,7 @@ from .peers import peers_status
 
 
 @click.command()
+@home_option
 @click.option("--scope", "scope", required=True, help="The child's org path, inside this node's scope.")
 @click.option("--name", required=True, help="The child's name, e.g. 府山街道.")
 @click.option("--url", help="This node's address as the child reaches it [default: the last --url given].")
@@ -41,6 +42,7 @@ def invite(scope: str, name: str, url: str | None, ttl: int) -> None:
 
 
 @click.command()
+@home_option
 @click.argument("token")
 @click.option("--url", help="Reach the parent at this address instead of the one in the token.")
 @json_option
@@ -67,6 +69,7 @@ def nodes() -> None:
 
 
 @nodes.command("list")
+@home_option
 @json_option
 def nodes_list(as_json: bool) -> None:
     """Children enrolled here: id, name, scope, last contact, revoked.
@@ -83,6 +86,7 @@ def nodes_list(as_json: bool) -> None:
 
 
 @nodes.command("revoke")
+@home_option
 @click.argument("node_id")
 def nodes_revoke(node_id: str) -> None:
     """Refuse a child from now on (its entries already received are kept).
@@ -124,6 +128,7 @@ def _describe(report: client.SyncReport) -> str:
 
 
 @click.command("sync")
+@home_option
 @click.option("--watch", is_flag=True, help="Keep syncing; retry with backoff while the link is down.")
 @click.option("--interval", type=Duration(), default="30s", show_default=True, help="Pause between syncs (--watch).")
 @click.option("--batch-size", type=click.IntRange(1, 20000), default=client.DEFAULT_BATCH, show_default=True)
@@ -170,6 +175,7 @@ def bundle() -> None:
 
 
 @bundle.command("export")
+@home_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="File to write.")
 @json_option
 def bundle_export(out: str, as_json: bool) -> None:
@@ -184,6 +190,7 @@ def bundle_export(out: str, as_json: bool) -> None:
 
 
 @bundle.command("import")
+@home_option
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--ack-out", type=click.Path(dir_okay=False), help="Where to write the acknowledgement (parent).")
 @json_option

@@ -190,3 +190,13 @@ def test_every_command_help_ends_with_an_example():
         last = help_text.splitlines()[-1].strip()
         assert last.startswith(("hemei", "echo", "TOKEN=")), f"{path}: help must end with an example, not {last!r}"
     assert {"hemei invite", "hemei join", "hemei sync", "hemei bundle export"} <= {p for p, _ in commands}
+
+
+def test_sync_commands_are_there_before_a_node_exists_and_take_home_after_the_name(tmp_path, run_cli):
+    helped = run_cli("--home", str(tmp_path / "none"), "sync", "--help")
+    assert helped.exit_code == 0 and "Example:" in helped.output
+    missing = run_cli("sync", "--home", str(tmp_path / "none"))
+    assert missing.exit_code == 1 and "not a node home" in missing.output
+    run_cli("init", "--home", str(tmp_path / "n"), "--name", "n", "--scope", "a/b")
+    listed = run_cli("nodes", "list", "--home", str(tmp_path / "n"))
+    assert listed.exit_code == 0 and "no children enrolled" in listed.output
