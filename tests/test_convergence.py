@@ -27,6 +27,7 @@ from conftest import PROBE
 from hemei.cli.main import BUILTIN_PLUGINS
 from hemei.core.errors import InvalidInput
 from hemei.core.node import Node
+from hemei.core.scope import covers
 
 NOTE_KEYS = [f"note-{i}" for i in range(4)]
 SCOPES = ["yc/a", "yc/b", "yc", "yc/a", "yc/d"]
@@ -68,19 +69,21 @@ def _write(node: Node, ops) -> None:
     Validity is tracked here rather than read back, so nothing forces a
     flush before the end. A refused title rolls the whole transaction back.
     """
-    notes = dict(node.conn.execute("SELECT id, _deleted FROM notes"))
+    # Rows this node may change: live, and inside its own scope (rows from above are read-only here).
+    notes = {pk: deleted == 0 and scope is not None and covers(node.scope, scope)
+             for pk, deleted, scope in node.conn.execute("SELECT id, _deleted, scope FROM notes")}
     ballots = set(node.conn.execute("SELECT vote, voter FROM ballots"))
     try:
         with node.writer("w") as w:
             for op, a, b, c in ops:
                 if op == "insert" and a not in notes:
                     w.insert("notes", {"id": a, "title": b, "n": c})
-                    notes[a] = 0
-                elif op == "update" and notes.get(a) == 0:
+                    notes[a] = True
+                elif op == "update" and notes.get(a):
                     w.update("notes", a, {"body": b, "n": c})
-                elif op == "delete" and notes.get(a) == 0:
+                elif op == "delete" and notes.get(a):
                     w.delete("notes", a)
-                    notes[a] = 1
+                    notes[a] = False
                 elif op == "ballot" and (a, b) not in ballots:
                     w.insert("ballots", {"vote": a, "voter": b, "choice": c})
                     ballots.add((a, b))
