@@ -19,8 +19,7 @@ from typing import Callable, Iterator
 
 import httpx
 
-from hemei.core.errors import Conflict, HemeiError
-from hemei.core.identity import verify_checkpoint
+from hemei.core.errors import HemeiError
 from hemei.core.node import Node
 
 from . import engine, enroll, signing, wire
@@ -143,7 +142,8 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
             hello = link.call("/api/sync/hello", {"vv": node.version_vector(),
                                                   "checkpoint": engine.own_checkpoint(node)})
             their_vv = wire.vv_of(hello.get("vv"))
-            _check_parent_history(node, parent, hello.get("checkpoint"))
+            if hello.get("checkpoint") is not None:
+                engine.check_history(node, parent, hello["checkpoint"])
             _push(node, link, their_vv, batch_size, report, progress)
             _pull(node, link, parent, batch_size, report, progress)
             # Tell the parent what this node now holds, so its status is right until next time.
@@ -163,30 +163,6 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
     touch(node, parent["node_id"], their_vv=their_vv, pending_up=report.pending_up,
           pending_down=report.pending_down)
     return report
-
-
-def _check_parent_history(node: Node, parent: dict, checkpoint) -> None:
-    """A parent restored from an old backup presents a shorter (or different) chain than the one held here."""
-    if checkpoint is None:
-        return
-    try:
-        size, head, signature = (int(checkpoint["size"]), bytes.fromhex(checkpoint["head"]),
-                                 bytes.fromhex(checkpoint["signature"]))
-    except (KeyError, TypeError, ValueError):
-        raise wire.MalformedBatch("the parent's checkpoint is malformed") from None
-    verify_checkpoint(parent["public_key"], parent["node_id"], size, head, signature)
-    row = node.conn.execute("SELECT ix, size, head FROM _hemei_origins WHERE node_id = ?",
-                            (parent["node_id"],)).fetchone()
-    if row is None or size > row[1]:
-        return
-    held = node.conn.execute("SELECT hash FROM _hemei_log WHERE origin = ? AND seq = ?", (row[0], size)).fetchone()
-    if size < row[1] or held is None or held[0] != head:
-        fork = Conflict(f"fork: the parent {parent['name']} presents {size} entries of its own log, but this node "
-                        f"holds {row[1]} of them: it was restored or rewritten. Both checkpoints are kept; tell "
-                        "the district", code="fork")
-        fork.evidence = {"origin": parent["node_id"], "held_size": row[1], "held_head": row[2],
-                         "presented_size": size, "presented_head": head, "presented_signature": signature}
-        raise fork
 
 
 def _messages(node: Node, their_vv: dict, batch_size: int) -> Iterator[tuple[bytes, int]]:

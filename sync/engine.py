@@ -21,7 +21,8 @@ from typing import Callable, Iterator
 import orjson
 
 from hemei.core.chain import FULL, ROW_KINDS
-from hemei.core.errors import Forbidden
+from hemei.core.errors import Conflict, Forbidden, InvalidInput
+from hemei.core.identity import verify_checkpoint
 from hemei.core.node import Batch, Node, declared_scope
 from hemei.core.scope import covers, related
 
@@ -44,6 +45,33 @@ def own_checkpoint(node: Node) -> dict | None:
         "SELECT l.seq, l.hash, l.sig FROM _hemei_log l JOIN _hemei_origins o ON o.ix = l.origin"
         " WHERE o.node_id = ? AND l.sig IS NOT NULL ORDER BY l.seq DESC LIMIT 1", (node.id,)).fetchone()
     return None if row is None else {"size": row[0], "head": row[1].hex(), "signature": row[2].hex()}
+
+
+def check_history(node: Node, peer: dict, checkpoint) -> None:
+    """Compare a peer's signed checkpoint of its own log with the copy held here.
+
+    Shorter than what is held, or a different head at that size: its log
+    was restored from a backup or rewritten. That is a fork: refused, and
+    both checkpoints go with the error as evidence.
+    """
+    try:
+        size, head = int(checkpoint["size"]), bytes.fromhex(checkpoint["head"])
+        signature = bytes.fromhex(checkpoint["signature"])
+    except (KeyError, TypeError, ValueError):
+        raise InvalidInput("checkpoint needs size, head and signature (hex)", code="malformed_batch") from None
+    verify_checkpoint(peer["public_key"], peer["node_id"], size, head, signature)
+    row = node.conn.execute("SELECT ix, size, head FROM _hemei_origins WHERE node_id = ?",
+                            (peer["node_id"],)).fetchone()
+    if row is None or size > row[1]:
+        return  # nothing held to compare with, or ahead: the overlapping batch checks the rest
+    held = node.conn.execute("SELECT hash FROM _hemei_log WHERE origin = ? AND seq = ?", (row[0], size)).fetchone()
+    if size < row[1] or held is None or held[0] != head:
+        fork = Conflict(f"fork: {peer['name']} presents {size} entries of its own log, but this node holds "
+                        f"{row[1]} of them: it was restored or rewritten. Both checkpoints are kept as evidence",
+                        code="fork")
+        fork.evidence = {"origin": peer["node_id"], "held_size": row[1], "held_head": row[2],
+                         "presented_size": size, "presented_head": head, "presented_signature": signature}
+        raise fork
 
 
 def branch_vv(node: Node, scope: str) -> dict[str, int]:

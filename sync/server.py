@@ -16,8 +16,8 @@ import time
 from starlette.responses import Response
 
 from hemei.core.api import ApiCall, ApiRoute
-from hemei.core.errors import Conflict, Forbidden, HemeiError, InvalidInput, Unauthorized
-from hemei.core.identity import parse_node_id, verify_checkpoint
+from hemei.core.errors import Forbidden, HemeiError, InvalidInput, Unauthorized
+from hemei.core.identity import parse_node_id
 
 from . import engine, enroll, signing, wire
 from .engine import own_checkpoint
@@ -117,34 +117,10 @@ def hello(call: ApiCall) -> Response:
     their_vv = wire.vv_of(body.get("vv"))
     own = body.get("checkpoint")
     if own is not None:
-        _check_own_history(call, child, own)
+        engine.check_history(node, child, own)
     touch(node, child["node_id"], their_vv=their_vv)
     return _reply({"node_id": node.id, "vv": engine.branch_vv(node, child["scope"]),
                    "checkpoint": own_checkpoint(node)})
-
-
-def _check_own_history(call: ApiCall, child: dict, own) -> None:
-    """A child whose history is shorter than, or differs from, what it sent before has forked."""
-    try:
-        size, head, signature = int(own["size"]), bytes.fromhex(own["head"]), bytes.fromhex(own["signature"])
-    except (KeyError, TypeError, ValueError):
-        raise wire.MalformedBatch("checkpoint needs size, head and signature (hex)") from None
-    verify_checkpoint(child["public_key"], child["node_id"], size, head, signature)
-    node = call.node
-    row = node.conn.execute("SELECT ix, size, head FROM _hemei_origins WHERE node_id = ?",
-                            (child["node_id"],)).fetchone()
-    if row is None or size > row[1]:
-        held_at = None
-    else:
-        held_at = node.conn.execute("SELECT hash FROM _hemei_log WHERE origin = ? AND seq = ?",
-                                    (row[0], size)).fetchone()
-    if row is not None and (size < row[1] or (held_at is not None and held_at[0] != head)):
-        fork = Conflict(f"fork: {child['name']} presents a history of {size} entries that contradicts the "
-                        f"{row[1]} this node holds; its log was restored or rewritten. Both checkpoints are kept "
-                        "as evidence", code="fork")
-        fork.evidence = {"origin": child["node_id"], "held_size": row[1], "held_head": row[2],
-                         "presented_size": size, "presented_head": head, "presented_signature": signature}
-        raise fork
 
 
 @refusals_recorded
