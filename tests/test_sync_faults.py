@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import signal
+import sqlite3
 import subprocess
 import time
 
@@ -49,6 +50,27 @@ def behind(t: Tree) -> bool:
         return district.version_vector().get(street.id, 0) < street.version_vector()[street.id]
 
 
+def received(t: Tree, origin: str) -> int:
+    """How much of ``origin`` the district holds, read beside the running server."""
+    conn = sqlite3.connect(t.home("district") / "node.db", timeout=10)
+    try:
+        row = conn.execute("SELECT size FROM _hemei_origins WHERE node_id = ?", (origin,)).fetchone()
+        return row[0] if row else 0
+    finally:
+        conn.close()
+
+
+def when_partly_received(t: Tree, rng: random.Random, proc: subprocess.Popen) -> None:
+    """Wait until the district holds a random share of the street's backlog (or the sync ended)."""
+    with t.open("street") as street:
+        origin, total = street.id, street.version_vector()[street.id]
+    start = received(t, origin)
+    target = start + int((total - start) * rng.uniform(0.1, 0.8))
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline and received(t, origin) < target:
+        time.sleep(0.005)
+
+
 def sync_until_done(t: Tree) -> None:
     for _ in range(3):
         done = t.hemei("street", "sync")
@@ -62,9 +84,9 @@ def test_client_killed_mid_push(pair):
     for seed in SEEDS:
         rng = random.Random(seed)
         backlog(pair, seed)
-        proc = subprocess.Popen(hemei_command() + ["--home", str(pair.home("street")), "sync", "--batch-size", "500"],
+        proc = subprocess.Popen(hemei_command() + ["--home", str(pair.home("street")), "sync", "--batch-size", "300"],
                                 env=pair.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.2, 1.2))
+        when_partly_received(pair, rng, proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         interrupted += behind(pair)
@@ -79,9 +101,9 @@ def test_server_killed_mid_apply(pair):
         rng = random.Random(100 + seed)
         backlog(pair, seed)
         server = pair.servers["district"]
-        proc = subprocess.Popen(hemei_command() + ["--home", str(pair.home("street")), "sync", "--batch-size", "500"],
+        proc = subprocess.Popen(hemei_command() + ["--home", str(pair.home("street")), "sync", "--batch-size", "300"],
                                 env=pair.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.3, 1.2))
+        when_partly_received(pair, rng, proc)
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait()
         server.stop()
