@@ -151,11 +151,14 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
     except SyncRefused as exc:
         record_refusal(node, parent["node_id"], exc.code, exc.message, "sync")
         raise
-    except HemeiError as exc:
+    except Unreachable as exc:
+        touch(node, parent["node_id"], error=f"{exc.code}: {exc.message}")
+        raise
+    except HemeiError as exc:  # this node refused what the parent sent: recorded like any refusal
         evidence = getattr(exc, "evidence", None)
         if evidence is not None:  # the parent's history contradicts the copy held here
             record_fork(node, evidence, parent["node_id"])
-            record_refusal(node, parent["node_id"], exc.code, exc.message, "pull")
+        record_refusal(node, parent["node_id"], exc.code, exc.message, "pull")
         touch(node, parent["node_id"], error=f"{exc.code}: {exc.message}",
               pending_down=report.pending_down or None)
         raise

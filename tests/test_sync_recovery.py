@@ -155,3 +155,18 @@ def test_a_parent_restored_from_backup_is_a_fork_at_the_child(pair):
     assert status["forks"] and status["forks"][0]["held_size"] > status["forks"][0]["presented_size"]
     with pair.open("street") as s:
         assert "备份之后的通知" in note_titles(s)  # the street keeps what it had
+
+
+def test_a_street_records_in_its_log_what_it_refuses_from_its_parent(pair):
+    pair.sync("street")
+    with pair.open("district") as d:  # the district's clock runs fast this time
+        d.clock.last = (d.clock._now() + 60_000) << 16
+        write_notes(d, [("快钟的区通知", "sx/yc")])
+    strict = dict(pair.env, HEMEI_MAX_CLOCK_AHEAD="5")
+    done = pair.hemei("street", "sync", env=strict)
+    assert done.returncode == 1 and "clock" in done.stderr
+    with pair.open("street") as s:
+        refusals = [json.loads(p) for (p,) in s.conn.execute(
+            "SELECT payload FROM _hemei_log WHERE kind = 'sync.refused'")]
+        assert refusals and refusals[-1]["code"] == "clock_skew"
+        assert "快钟的区通知" not in note_titles(s)
