@@ -60,6 +60,10 @@ class Batch(NamedTuple):
     signature: bytes
 
 
+#: A receiver's own rules for a verified batch: ``check(batch_of_new_entries, their_row_changes)``.
+Check = Callable[[Batch, list[Change]], None]
+
+
 def max_ahead_ms() -> int:
     """How far ahead of this node's clock received entries may be stamped (``HEMEI_MAX_CLOCK_AHEAD``, s)."""
     value = os.environ.get(MAX_AHEAD_ENV)
@@ -306,18 +310,19 @@ class Node:
         return self.projector.apply(changes, local=local)
 
     # -- receiving entries -------------------------------------------------
-    def apply_batch(self, batch: Batch, *, check: Callable[[Batch], None] | None = None) -> dict:
+    def apply_batch(self, batch: Batch, *, check: Check | None = None) -> dict:
         """Verify and apply one batch from another node; see :meth:`apply_batches`."""
         return self.apply_batches([batch], check=check)[0]
 
     def apply_batches(self, batches: Iterable[Batch], *,
-                      check: Callable[[Batch], None] | None = None) -> list[dict]:
+                      check: Check | None = None) -> list[dict]:
         """Verify and apply batches from other nodes in one transaction: all or nothing.
 
         Entries already held are skipped when identical; a different entry
-        at a held seq is a fork and refuses everything. ``check`` (the sync
-        layer's scope rules) runs on each verified batch before anything of
-        it is written. Returns counts per batch: received, new, applied,
+        at a held seq is a fork and refuses everything. ``check(batch,
+        changes)`` (the sync layer's scope rules) runs on the new entries of
+        each verified batch, with their parsed row changes, before anything
+        of it is written. Returns counts per batch: received, new, applied,
         refused (changes kept as conflicts).
         """
         listening = bool(self.pm.hook.change_applied.get_hookimpls())
@@ -388,8 +393,9 @@ class Node:
         if not new:
             return {"origin": origin, "received": len(batch.entries), "new": 0, "applied": 0, "refused": 0,
                     "_applied": []}
+        changes = self._changes_of(origin, new)  # parsed once, for the check and the projection
         if check is not None:
-            check(batch._replace(entries=new))
+            check(batch._replace(entries=new), changes)
         stamps = [e[1] for e in new if len(e) == FULL]
         if stamps:
             self.clock.check_plausible(max(stamps))
@@ -403,7 +409,6 @@ class Node:
         rows = [[ix, e[0], 0, "", REDACTED, "", "", h, None, None, e[1]] if len(e) == REDACTED_LEN
                 else [ix, *e[:6], h, None, e[6], None] for e, h in zip(new, hashes[held:])]
         rows[-1][8] = batch.signature
-        changes = self._changes_of(origin, new)
         before = self._refusal_count()
         applied = self._ingest(rows, changes, local=False)
         self.conn.execute("UPDATE _hemei_origins SET size = ?, head = ? WHERE ix = ?", (last_seq, hashes[-1], ix))

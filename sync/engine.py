@@ -18,12 +18,11 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
-import orjson
-
 from hemei.core.chain import FULL, ROW_KINDS
 from hemei.core.errors import Conflict, Forbidden, InvalidInput
 from hemei.core.identity import verify_checkpoint
-from hemei.core.node import Batch, Node, declared_scope
+from hemei.core.merge import UNREADABLE, Change
+from hemei.core.node import Batch, Check, Node, declared_scope
 from hemei.core.scope import covers, related
 
 
@@ -157,9 +156,9 @@ def _declared(node: Node, batch: Batch) -> str | None:
     return node.origin_scope(batch.origin) or declared_scope(batch.origin, batch.entries)
 
 
-def push_check(node: Node, child: dict) -> Callable[[Batch], None]:
+def push_check(node: Node, child: dict) -> Check:
     """The parent's rules for a batch pushed by ``child`` (runs before anything is written)."""
-    def check(batch: Batch) -> None:
+    def check(batch: Batch, changes: list[Change]) -> None:
         if batch.origin == child["node_id"]:
             origin_scope = child["scope"]
             first = batch.entries[0]
@@ -173,25 +172,21 @@ def push_check(node: Node, child: dict) -> Callable[[Batch], None]:
         if not covers(child["scope"], origin_scope):
             raise ScopeViolation(f"{child['name']} may only send entries of {child['scope']}; "
                                  f"origin {batch.origin} belongs to {origin_scope}")
-        targets: dict[str, dict] = {}
         for entry in batch.entries:
             if len(entry) != FULL:
                 raise ScopeViolation(f"entry {batch.origin}#{entry[0]} is redacted: a child sends its own "
                                      "branch in full")
-            seq, _, _, kind, scope, payload, _ = entry
-            if not covers(origin_scope, scope):
-                raise ScopeViolation(f"entry {batch.origin}#{seq} is for {scope}, outside {origin_scope}")
-            if kind in ROW_KINDS:
-                try:
-                    body = orjson.loads(payload)
-                    targets.setdefault(body["t"], {})[body["pk"]] = seq
-                except (ValueError, KeyError, TypeError):
-                    continue  # unreadable: the projector keeps it as a conflict
+            if not covers(origin_scope, entry[4]):
+                raise ScopeViolation(f"entry {batch.origin}#{entry[0]} is for {entry[4]}, outside {origin_scope}")
+        targets: dict[str, list] = {}
+        for change in changes:
+            if change.op != UNREADABLE:  # unreadable ones are kept as conflicts by the projector
+                targets.setdefault(change.table, []).append(change.pk)
         _check_targets(node, batch.origin, targets, origin_scope)
     return check
 
 
-def _check_targets(node: Node, origin: str, targets: dict[str, dict], origin_scope: str) -> None:
+def _check_targets(node: Node, origin: str, targets: dict[str, list], origin_scope: str) -> None:
     """No change may reach a row of another branch (a street editing, or re-inserting, a sibling's row).
 
     One query per table and 500 keys, not one per entry: most keys are new.
@@ -200,20 +195,18 @@ def _check_targets(node: Node, origin: str, targets: dict[str, dict], origin_sco
         spec = node.specs.get(table)
         if spec is None:
             continue
-        pks = [pk for pk in keys if isinstance(pk, str)]
-        for i in range(0, len(pks), 500):
-            chunk = pks[i:i + 500]
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
             for pk, scope in node.conn.execute(
                     f"SELECT [{spec.pk}], [{spec.scope}] FROM [{spec.name}] WHERE [{spec.pk}] IN"
                     f" ({','.join('?' * len(chunk))})", chunk):
                 if scope is not None and not covers(origin_scope, scope):
-                    raise ScopeViolation(f"entry {origin}#{keys[pk]} changes {table} {pk}, a row outside "
-                                         f"{origin_scope}")
+                    raise ScopeViolation(f"an entry of {origin} changes {table} {pk}, a row outside {origin_scope}")
 
 
-def pull_check(node: Node, parent: dict) -> Callable[[Batch], None]:
+def pull_check(node: Node, parent: dict) -> Check:
     """The child's rules for a batch from its parent: only entries on its own branch."""
-    def check(batch: Batch) -> None:
+    def check(batch: Batch, changes: list[Change]) -> None:
         origin_scope = _declared(node, batch)
         if batch.origin == parent["node_id"]:
             origin_scope = parent["scope"]

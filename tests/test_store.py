@@ -331,7 +331,7 @@ def test_a_refusing_check_writes_nothing_of_the_batch(make_node):
         w.insert("notes", {"title": "t"})
     before = log_size(b)
 
-    def refuse(batch):
+    def refuse(batch, changes):
         raise InvalidInput("out of scope", code="scope_violation")
 
     with pytest.raises(InvalidInput, match="out of scope"):
