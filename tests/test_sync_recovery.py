@@ -170,3 +170,36 @@ def test_a_street_records_in_its_log_what_it_refuses_from_its_parent(pair):
             "SELECT payload FROM _hemei_log WHERE kind = 'sync.refused'")]
         assert refusals and refusals[-1]["code"] == "clock_skew"
         assert "快钟的区通知" not in note_titles(s)
+
+
+def test_a_token_enrolls_one_node_even_when_joins_race(tmp_path):
+    import threading
+
+    from hemei.core.identity import node_id_from_public_key, public_key_raw, write_private_key
+    from hemei.sync import enroll
+    from tree import Tree
+
+    t = Tree(tmp_path)
+    t.init("district", "sx/yc")
+    with t.open("district") as d:
+        token = enroll.create_invite(d, name="s", scope="sx/yc/s", url="http://127.0.0.1:1", ttl_s=60, actor="op")
+    keys = [public_key_raw(write_private_key(tmp_path / f"k{i}")) for i in range(6)]
+    outcomes, barrier = [], threading.Barrier(len(keys))
+
+    def join(public):
+        with t.open("district") as d:  # a connection per thread, like the server's pool
+            barrier.wait()
+            try:
+                enroll.accept_join(d, token, node_id_from_public_key(public), public, "s", "sx/yc/s")
+                outcomes.append("joined")
+            except Exception as exc:  # noqa: BLE001 - the refusal is the point
+                outcomes.append(getattr(exc, "code", type(exc).__name__))
+
+    threads = [threading.Thread(target=join, args=(k,)) for k in keys]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["joined"] + ["token_used"] * (len(keys) - 1)
+    with t.open("district") as d:
+        assert d.conn.execute("SELECT count(*) FROM _hemei_peers").fetchone() == (1,)
