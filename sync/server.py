@@ -108,13 +108,18 @@ def join(call: ApiCall) -> Response:
     return _reply(enroll.accept_join(call.node, token, child_id, public_key, name, scope))
 
 
+def _vv_request(call: ApiCall) -> tuple[dict, dict, dict]:
+    """hello and pull: the signing child, the (small) body, and the version vector in it."""
+    child = authenticate(call)
+    body = wire.decode(call.raw_body, max_inflated=SMALL_MAX_INFLATED)
+    return child, body, wire.vv_of(body.get("vv"))
+
+
 @refusals_recorded
 def hello(call: ApiCall) -> Response:
     """The child says what it holds and shows its latest checkpoint; the parent answers with its own sizes."""
-    child = authenticate(call)
+    child, body, their_vv = _vv_request(call)
     node = call.node
-    body = wire.decode(call.raw_body, max_inflated=SMALL_MAX_INFLATED)
-    their_vv = wire.vv_of(body.get("vv"))
     own = body.get("checkpoint")
     if own is not None:
         engine.check_history(node, child, own)
@@ -136,10 +141,8 @@ def push(call: ApiCall) -> Response:
 
 @refusals_recorded
 def pull(call: ApiCall) -> Response:
-    child = authenticate(call)
+    child, body, child_vv = _vv_request(call)
     node = call.node
-    body = wire.decode(call.raw_body, max_inflated=SMALL_MAX_INFLATED)
-    child_vv = wire.vv_of(body.get("vv"))
     limit, batch_size = (_positive(body, name, default) for name, default in
                          (("max_entries", MAX_PULL_ENTRIES), ("batch_size", 2000)))
     batches, more, remaining = engine.downstream(node, child["node_id"], child["scope"], child_vv,
