@@ -1,0 +1,63 @@
+"""Volunteer hours and the time bank (志愿服务 / 义工时间银行): a hemei program module.
+
+Everything reaches the core through hooks: tables and merge policies
+(:mod:`.tables`), routes (:mod:`.routes`), the ``hemei volunteers`` commands
+(:mod:`.commands`), reactions to synced changes (key grants, below) and the
+district roll-up (:mod:`.rollup`). The operations themselves live in
+:mod:`.registry` (people, teams, activities) and :mod:`.ledger` (hours and
+the time bank); personal data handling in :mod:`.pii` and :mod:`.keys`.
+See ``docs/volunteers.md``.
+"""
+
+from __future__ import annotations
+
+from hemei.core import ReportSection, hookimpl
+
+from . import keys, rollup
+from .commands import volunteers
+from .routes import ROUTES
+from .tables import TABLES, migrations
+
+#: The actor under which this module writes on its own (key grants).
+MODULE_ACTOR = "volunteer_hours"
+
+
+@hookimpl
+def register_tables():
+    return TABLES
+
+
+@hookimpl
+def register_migrations():
+    return [migrations]
+
+
+@hookimpl
+def register_routes():
+    return ROUTES
+
+
+@hookimpl
+def register_commands():
+    return [volunteers]
+
+
+@hookimpl
+def change_applied(node, changes):
+    requests = [c.pk for c in changes if c.table == "volunteer_key_requests" and not c.local]
+    if requests:
+        keys.grant_requests(node, MODULE_ACTOR, requests)
+    if any(c.table == "volunteer_key_grants" and c.values.get("request") == node.id for c in changes):
+        keys.forget_cached(node)
+
+
+@hookimpl
+def report_sections(node, scope):
+    data = rollup.rollup(node, scope)
+    return [
+        ReportSection("volunteer_hours", "Volunteer hours by unit (ranked)", totals=data["totals"],
+                      rows=data["units"]),
+        ReportSection("volunteer_hours", "Volunteer hours by team", rows=data["teams"]),
+        ReportSection("volunteer_hours", "Volunteer hours by category", rows=data["categories"]),
+        ReportSection("volunteer_hours", "Star volunteers", totals=data["stars"]["people"]),
+    ]

@@ -1,0 +1,204 @@
+"""Which volunteer key a node uses, and how the district's key reaches its streets.
+
+1. The district runs ``hemei volunteers key create``: a 32-byte secret is
+   written to ``volunteer_hours.keys`` in the node home (owner-only, never
+   in the database or the log).
+2. A street that needs the key (first registration, search, …) records a
+   key request: its X25519 public key, in a row of its own scope, which sync
+   carries up. Its private half stays in the street's key file.
+3. When the district applies a request from inside its scope (or creates
+   its key while requests wait), it writes a grant: the secret sealed to that
+   public key, in the street's scope, which sync carries down. Relays and
+   the city see only the sealed box.
+4. The street opens the grant with its private key. Where several ancestors
+   granted keys, the nearest one (longest scope) is used, so every node of a
+   district pseudonymises alike.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import weakref
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from hemei.core import Conflict, HemeiError, Node
+from hemei.core.scope import covers
+
+from . import pii
+
+KEYRING_NAME = "volunteer_hours.keys"
+_active: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class KeyMissing(HemeiError):
+    code = "volunteer_key_missing"
+    status = 409
+
+
+# -- the key file -------------------------------------------------------------
+
+def keyring_path(node: Node) -> Path:
+    return Path(node.home) / KEYRING_NAME
+
+
+def _load(node: Node) -> dict:
+    try:
+        return json.loads(keyring_path(node).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {"box": None, "secrets": []}
+
+
+def _save(node: Node, data: dict) -> None:
+    """Replace the key file atomically; the new file is owner-only from its first byte."""
+    path = keyring_path(node)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(data, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _box_key(node: Node, create: bool) -> X25519PrivateKey | None:
+    data = _load(node)
+    if data.get("box"):
+        return X25519PrivateKey.from_private_bytes(base64.b64decode(data["box"]))
+    if not create:
+        return None
+    private = pii.new_box_key()
+    data["box"] = base64.b64encode(pii.box_private_bytes(private)).decode()
+    _save(node, data)
+    return private
+
+
+# -- choosing the key ---------------------------------------------------------
+
+def _context(request: str, key_id: str) -> str:
+    return f"{request}\n{key_id}"
+
+
+def active_key(node: Node) -> pii.VolunteerKey | None:
+    """The key this node pseudonymises and encrypts with: its own, or the nearest ancestor's grant."""
+    cached = _active.get(node)
+    if cached is not None:
+        return cached
+    data = _load(node)
+    candidates = [pii.VolunteerKey(base64.b64decode(s["secret"]), s["scope"]) for s in data.get("secrets", [])]
+    if data.get("box"):
+        box = X25519PrivateKey.from_private_bytes(base64.b64decode(data["box"]))
+        for key_id, grantor_scope, sealed in node.conn.execute(
+                "SELECT key_id, grantor_scope, sealed FROM volunteer_key_grants WHERE request = ?", (node.id,)):
+            secret = pii.unseal(sealed, box, _context(node.id, key_id))
+            if secret is not None:
+                key = pii.VolunteerKey(secret, grantor_scope)
+                if key.key_id == key_id:
+                    candidates.append(key)
+    if not candidates:
+        return None
+    best = max(candidates, key=lambda k: (len(k.scope), k.key_id))
+    _active[node] = best
+    return best
+
+
+def forget_cached(node: Node) -> None:
+    _active.pop(node, None)
+
+
+def require_key(node: Node, actor: str) -> pii.VolunteerKey:
+    """The active key, or a clear error after recording a request for one."""
+    key = active_key(node)
+    if key is not None:
+        return key
+    request_key(node, actor)
+    raise KeyMissing("this node has no volunteer key yet. A key request is recorded: run `hemei sync` "
+                     "once the district has run `hemei volunteers key create`, then try again "
+                     "(a district or a node without a parent creates its own key)")
+
+
+# -- requests and grants ------------------------------------------------------
+
+def request_key(node: Node, actor: str) -> str:
+    """Record (or refresh) this node's key request; returns its public key."""
+    public = pii.box_public(_box_key(node, create=True))
+    row = node.conn.execute("SELECT public_key, _deleted FROM volunteer_key_requests WHERE id = ?",
+                            (node.id,)).fetchone()
+    if row is not None and row[0] == public and row[1] == 0:
+        return public
+    with node.writer(actor) as w:
+        if row is not None and row[1] == 0:
+            w.update("volunteer_key_requests", node.id, {"public_key": public})
+        else:
+            w.insert("volunteer_key_requests", {"id": node.id, "public_key": public})
+    return public
+
+
+def create_key(node: Node, actor: str) -> tuple[pii.VolunteerKey, int]:
+    """Make this node the key holder of its subtree; grants waiting requests. Returns (key, grants written)."""
+    data = _load(node)
+    if data.get("secrets"):
+        held = pii.VolunteerKey(base64.b64decode(data["secrets"][0]["secret"]), node.scope)
+        raise Conflict(f"this node already holds volunteer key {held.key_id}")
+    key = pii.VolunteerKey(os.urandom(pii.SECRET_BYTES), node.scope)
+    data["secrets"] = [{"secret": base64.b64encode(key.secret).decode(), "scope": node.scope}]
+    _save(node, data)
+    forget_cached(node)
+    with node.writer(actor) as w:
+        w.event("volunteers.key_created", {"key_id": key.key_id})
+    return key, grant_requests(node, actor)
+
+
+def _own_key(node: Node) -> pii.VolunteerKey | None:
+    secrets = _load(node).get("secrets") or []
+    return pii.VolunteerKey(base64.b64decode(secrets[0]["secret"]), node.scope) if secrets else None
+
+
+def grant_requests(node: Node, actor: str, request_ids: list[str] | None = None) -> int:
+    """Seal this node's own key to every request from its subtree that lacks a grant for it."""
+    key = _own_key(node)
+    if key is None:
+        return 0
+    sql = "SELECT id, scope, public_key FROM volunteer_key_requests WHERE _deleted = 0 AND id != ?"
+    params: list = [node.id]
+    if request_ids is not None:
+        sql += f" AND id IN ({', '.join('?' * len(request_ids))})"
+        params += request_ids
+    grants = []
+    for request, scope, public in node.conn.execute(sql, params).fetchall():
+        if scope is None or not covers(node.scope, scope):
+            continue
+        grant_id = f"{request}:{key.key_id}:{hashlib.sha256(public.encode()).hexdigest()[:12]}"
+        if node.conn.execute("SELECT 1 FROM volunteer_key_grants WHERE id = ?", (grant_id,)).fetchone():
+            continue
+        sealed = pii.seal(key.secret, public, _context(request, key.key_id))
+        grants.append({"id": grant_id, "scope": scope, "request": request, "key_id": key.key_id,
+                       "grantor_scope": node.scope, "sealed": sealed})
+    if grants:
+        with node.writer(actor) as w:
+            for grant in grants:
+                w.insert("volunteer_key_grants", grant)
+    return len(grants)
+
+
+def key_status(node: Node) -> dict:
+    key = active_key(node)
+    requested = node.conn.execute("SELECT 1 FROM volunteer_key_requests WHERE id = ? AND _deleted = 0",
+                                  (node.id,)).fetchone() is not None
+    own = _own_key(node)
+    return {"key_id": key.key_id if key else None, "from_scope": key.scope if key else None,
+            "holder": own is not None, "requested": requested,
+            "pending_requests": _pending_requests(node, own) if own else 0}
+
+
+def _pending_requests(node: Node, own: pii.VolunteerKey) -> int:
+    """Requests from this node's subtree that hold no grant of its key."""
+    rows = node.conn.execute(
+        "SELECT r.scope FROM volunteer_key_requests r WHERE r._deleted = 0 AND r.id != ?"
+        " AND NOT EXISTS (SELECT 1 FROM volunteer_key_grants g WHERE g.request = r.id AND g.key_id = ?)",
+        (node.id, own.key_id))
+    return sum(1 for (scope,) in rows if scope and covers(node.scope, scope))

@@ -1,0 +1,292 @@
+"""Hours and the time bank: log, confirm, correct, redeem, balance, star level, certificate.
+
+How hours count. An hour entry counts once it is confirmed; the confirmation
+carries its ``delta``: the entry's hours, or for a correction the new hours
+minus those of the entry it corrects (which was confirmed, and is immutable).
+A person's cumulative hours are the sum of the deltas of their
+confirmations, whatever order they arrived in; the corrections telescope.
+
+The offline double-spend problem, and its solution. Two streets that both
+hold part of a person's hours could, while both are offline, each redeem
+against the whole balance. Here every node keeps its own **account** per
+person: the confirmations it wrote, minus the redemptions it wrote (both
+recognisable by their origin). A node may redeem only from its own account,
+and it alone writes to it, so it always knows that account exactly, online
+or not; no account ever goes below zero, so neither does their sum, which
+is the balance the district shows. The price: hours served at street A are
+spent at street A (or transferred later by a future ``transfer`` entry);
+the person still sees one balance and one star level at the district.
+A correction that lowers hours is confirmed only by the node that confirmed
+the original, against the same account, and is refused if that account
+would go below zero.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from hemei.core import Conflict, InvalidInput, Node, NotFound
+from hemei.core.scope import covers
+
+from .registry import attendance_of, get_activity, get_volunteer, iso_date, mark_attendance, one, text
+
+DEFAULT_STARS = (100.0, 300.0, 600.0, 1000.0, 1500.0)
+#: Sum hours as whole hundredths: a float sum depends on the order of its terms,
+#: and two nodes holding the same rows must show the same figures.
+CENTS = "coalesce(sum(CAST(round({} * 100) AS INTEGER)), 0)"
+MAX_HOURS_PER_ENTRY = 24.0
+_EPS = 1e-9
+
+
+def _hours(value, field: str = "hours", *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"{field} must be a number") from None
+    value = float(value)
+    if value != value or value < 0 or (value == 0 and not allow_zero):
+        raise InvalidInput(f"{field} must be {'zero or more' if allow_zero else 'more than zero'}, not {value:g}")
+    return round(value, 2)
+
+
+def _span(served_on: str, sign_in: str, sign_out: str) -> float:
+    def at(value: str) -> dt.datetime:
+        try:
+            if len(value) <= 5:  # HH:MM on the activity's date
+                return dt.datetime.fromisoformat(f"{served_on}T{value}")
+            return dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidInput(f"time {value!r}: use HH:MM or YYYY-MM-DDTHH:MM") from None
+    start, end = at(sign_in), at(sign_out)
+    if end <= start:
+        raise InvalidInput("sign-out must be after sign-in")
+    return round((end - start).total_seconds() / 3600, 2)
+
+
+# -- hour entries -----------------------------------------------------------------
+
+def log_hours(node: Node, actor: str, *, activity, volunteer, hours=None, sign_in=None, sign_out=None,
+              confirm: bool = False) -> dict:
+    """Record a volunteer's hours at an activity (attended); ``confirm`` when the organiser enters them."""
+    act = get_activity(node, activity)
+    vol = get_volunteer(node, volunteer)
+    if attendance_of(node, act["id"], vol["id"]) == "no_show":
+        raise InvalidInput(f"{vol['name']} is marked no-show at {act['title']}: no hours can be recorded")
+    if one(node, "SELECT id FROM volunteer_hours WHERE activity = ? AND volunteer = ? AND corrects IS NULL",
+           (act["id"], vol["id"])):
+        raise Conflict(f"hours of {vol['name']} at {act['title']} are already recorded: correct them instead")
+    if sign_in or sign_out:
+        if not (sign_in and sign_out) or hours is not None:
+            raise InvalidInput("give both sign-in and sign-out times, or hours")
+        value = _span(act["date"], sign_in, sign_out)
+    else:
+        value = _hours(hours)
+    if value > MAX_HOURS_PER_ENTRY:
+        raise InvalidInput(f"one entry holds at most {MAX_HOURS_PER_ENTRY:g} hours, not {value:g}")
+    entry = {"scope": act["scope"], "volunteer": vol["id"], "person": vol["person"], "activity": act["id"],
+             "team": act["team"] or vol["team"], "category": act["category"], "served_on": act["date"],
+             "sign_in": sign_in, "sign_out": sign_out, "hours": value}
+    with node.writer(actor) as w:
+        if attendance_of(node, act["id"], vol["id"]) is None:
+            mark_attendance(node, actor, activity=act["id"], volunteer=vol["id"], status="attended", writer=w)
+        pk = w.insert("volunteer_hours", entry)
+        if confirm:
+            _confirm(node, w, _entry(node, pk, w))
+    return hour_entry(node, pk)
+
+
+def _entry(node: Node, hour_id: str, w=None) -> dict:
+    sql = ("SELECT id, scope, volunteer, person, activity, team, category, served_on, hours, corrects, reason"
+           " FROM volunteer_hours WHERE id = ?")
+    rows = w.query(sql, (hour_id,)) if w is not None else list(node.db.query(sql, (hour_id,)))
+    if not rows:
+        raise NotFound(f"no hour entry {hour_id}")
+    return rows[0]
+
+
+def hour_entry(node: Node, hour_id: str) -> dict:
+    entry = _entry(node, hour_id)
+    conf = one(node, "SELECT id, _origin AS account FROM volunteer_confirmations WHERE hour = ?", (hour_id,))
+    entry["confirmed"] = conf is not None
+    corrected = one(node, "SELECT id FROM volunteer_hours WHERE corrects = ?", (hour_id,))
+    entry["corrected_by"] = corrected["id"] if corrected else None
+    return entry
+
+
+def account(node: Node, person: str, origin: str, w=None) -> float:
+    """Hours ``origin`` has confirmed for ``person`` minus what it redeemed: its own account."""
+    conn = w.conn if w is not None else node.conn
+    earned = conn.execute(f"SELECT {CENTS.format('delta')} FROM volunteer_confirmations"
+                          " WHERE person = ? AND _origin = ?", (person, origin)).fetchone()[0]
+    spent = conn.execute(f"SELECT {CENTS.format('hours')} FROM volunteer_redemptions"
+                         " WHERE person = ? AND _origin = ?", (person, origin)).fetchone()[0]
+    return (earned - spent) / 100
+
+
+def _confirm(node: Node, w, entry: dict) -> str:
+    if w.query("SELECT 1 AS x FROM volunteer_confirmations WHERE hour = ?", (entry["id"],)):
+        raise Conflict(f"hour entry {entry['id']} is already confirmed")
+    delta = entry["hours"]
+    if entry["corrects"]:
+        original = w.query("SELECT hours, c._origin AS account FROM volunteer_hours h JOIN volunteer_confirmations c"
+                           " ON c.hour = h.id WHERE h.id = ?", (entry["corrects"],))
+        if not original:
+            raise Conflict(f"the entry {entry['corrects']} this corrects is not confirmed")
+        if original[0]["account"] != node.id:
+            raise Conflict("a correction is confirmed where the original was confirmed "
+                           f"(node {original[0]['account'][:7]}), against the same account")
+        delta = round(entry["hours"] - original[0]["hours"], 2)
+        if delta < 0 and account(node, entry["person"], node.id, w) + delta < -_EPS:
+            raise InvalidInput(f"this correction takes {-delta:g} hours back, but part of them were already "
+                               "redeemed: the balance cannot go below zero")
+    return w.insert("volunteer_confirmations", {
+        "scope": entry["scope"], "hour": entry["id"], "volunteer": entry["volunteer"], "person": entry["person"],
+        "team": entry["team"], "category": entry["category"], "served_on": entry["served_on"], "delta": delta})
+
+
+def confirm_hours(node: Node, actor: str, *, hour) -> dict:
+    """The organiser confirms an hour entry: from now on it counts (and may be redeemed here)."""
+    with node.writer(actor) as w:
+        _confirm(node, w, _entry(node, hour, w))
+    return hour_entry(node, hour)
+
+
+def correct_hours(node: Node, actor: str, *, hour, hours, reason, confirm: bool = False) -> dict:
+    """A new entry that replaces a confirmed entry's hours, with the reason; the old one stays."""
+    reason = text(reason, "reason", limit=500)
+    value = _hours(hours, allow_zero=True)
+    if value > MAX_HOURS_PER_ENTRY:
+        raise InvalidInput(f"one entry holds at most {MAX_HOURS_PER_ENTRY:g} hours, not {value:g}")
+    old = hour_entry(node, hour)
+    if not old["confirmed"]:
+        raise Conflict(f"hour entry {hour} is not confirmed yet: confirm it, or correct it once confirmed")
+    if old["corrected_by"]:
+        raise Conflict(f"hour entry {hour} was already corrected by {old['corrected_by']}: correct that one")
+    entry = {k: old[k] for k in ("scope", "volunteer", "person", "activity", "team", "category", "served_on")}
+    entry.update(hours=value, corrects=old["id"], reason=reason)
+    with node.writer(actor) as w:
+        pk = w.insert("volunteer_hours", entry)
+        if confirm:
+            _confirm(node, w, _entry(node, pk, w))
+    return hour_entry(node, pk)
+
+
+def pending_hours(node: Node) -> list[dict]:
+    return list(node.db.query(
+        "SELECT h.id, h.scope, v.name, a.title AS activity, h.served_on, h.hours, h.corrects"
+        " FROM volunteer_hours h LEFT JOIN volunteers v ON v.id = h.volunteer"
+        " LEFT JOIN volunteer_activities a ON a.id = h.activity"
+        " WHERE NOT EXISTS (SELECT 1 FROM volunteer_confirmations c WHERE c.hour = h.id)"
+        " ORDER BY h.served_on, h.id"))
+
+
+# -- the time bank -------------------------------------------------------------------
+
+def redeem(node: Node, actor: str, *, person: str, volunteer: dict | None, hours, item, note=None) -> dict:
+    """Spend hours from this node's account for the person; never below zero."""
+    value = _hours(hours)
+    item = text(item, "item", limit=100)
+    with node.writer(actor) as w:
+        here = account(node, person, node.id, w)
+        if value > here + _EPS:
+            total = balance(node, person)["balance"]
+            raise InvalidInput(f"only {here:g} hours can be redeemed here (balance {total:g} in all): hours are "
+                               "redeemed where they were confirmed, so that two offline streets cannot spend "
+                               "them twice")
+        pk = w.insert("volunteer_redemptions", {
+            "scope": volunteer["scope"] if volunteer and covers(node.scope, volunteer["scope"]) else node.scope,
+            "volunteer": volunteer["id"] if volunteer else None, "person": person, "hours": value, "item": item,
+            "note": text(note, "note", required=False, limit=500)})
+    return {"id": pk, "hours": value, "item": item, "spendable_here": round(here - value, 2)}
+
+
+def star_thresholds(node: Node) -> tuple[float, ...]:
+    """Hours for 1..5 stars: the nearest setting above this node, else the national default."""
+    best = None
+    for where, value in node.conn.execute(
+            "SELECT scope, value FROM volunteer_settings WHERE name = 'stars' AND _deleted = 0"):
+        if covers(where, node.scope) and (best is None or len(where) > len(best[0])):
+            best = (where, value)
+    return tuple(float(v) for v in best[1].split(",")) if best else DEFAULT_STARS
+
+
+def set_star_thresholds(node: Node, actor: str, values) -> tuple[float, ...]:
+    try:
+        parsed = tuple(float(v) for v in (values.split(",") if isinstance(values, str) else values))
+    except (TypeError, ValueError):
+        raise InvalidInput("star thresholds are numbers of hours, e.g. 100,300,600,1000,1500") from None
+    if len(parsed) != 5 or any(v <= 0 for v in parsed) or list(parsed) != sorted(set(parsed)):
+        raise InvalidInput("give five increasing positive thresholds, e.g. 100,300,600,1000,1500")
+    pk, value = f"{node.scope}|stars", ",".join(f"{v:g}" for v in parsed)
+    with node.writer(actor) as w:
+        if one(node, "SELECT 1 AS x FROM volunteer_settings WHERE id = ? AND _deleted = 0", (pk,)):
+            w.update("volunteer_settings", pk, {"value": value})
+        else:
+            w.insert("volunteer_settings", {"id": pk, "name": "stars", "value": value})
+    return parsed
+
+
+def star_level(hours: float, thresholds) -> int:
+    return sum(1 for t in thresholds if hours + _EPS >= t)
+
+
+def balance(node: Node, person: str) -> dict:
+    """Hours, balance and star level of one person over everything this node holds (a district: every street)."""
+    accounts: dict[str, dict] = {}
+    for origin, earned in node.conn.execute(
+            f"SELECT _origin, {CENTS.format('delta')} FROM volunteer_confirmations WHERE person = ?"
+            " GROUP BY _origin", (person,)):
+        accounts.setdefault(origin, {"earned": 0, "redeemed": 0})["earned"] = earned
+    for origin, spent in node.conn.execute(
+            f"SELECT _origin, {CENTS.format('hours')} FROM volunteer_redemptions WHERE person = ?"
+            " GROUP BY _origin", (person,)):
+        accounts.setdefault(origin, {"earned": 0, "redeemed": 0})["redeemed"] = spent
+    hours = sum(a["earned"] for a in accounts.values()) / 100
+    redeemed = sum(a["redeemed"] for a in accounts.values()) / 100
+    thresholds = star_thresholds(node)
+    return {
+        "person": person, "hours": hours, "redeemed": redeemed, "balance": round(hours - redeemed, 2),
+        "star": star_level(hours, thresholds), "star_thresholds": list(thresholds),
+        "spendable_here": account(node, person, node.id),
+        "accounts": [{"node": origin, "hours": a["earned"] / 100, "redeemed": a["redeemed"] / 100,
+                      "balance": (a["earned"] - a["redeemed"]) / 100} for origin, a in sorted(accounts.items())],
+        "registrations": [dict(r) for r in node.db.query(
+            "SELECT id, scope, name FROM volunteers WHERE person = ? AND _deleted = 0 ORDER BY scope", (person,))],
+    }
+
+
+# -- records: certificates and CSV ------------------------------------------------------
+
+def service_records(node: Node, person: str | None = None, scope: str | None = None) -> list[dict]:
+    """Every hour entry with its state: confirmed entries not replaced by a confirmed correction count."""
+    sql = ("SELECT h.id, h.scope, h.volunteer, v.name, h.person, a.title AS activity, h.category,"
+           " t.name AS team, h.served_on, h.hours, h.corrects, h.reason, c._origin AS confirmed_by,"
+           " (SELECT x.id FROM volunteer_hours x JOIN volunteer_confirmations y ON y.hour = x.id"
+           "  WHERE x.corrects = h.id) AS replaced_by"
+           " FROM volunteer_hours h LEFT JOIN volunteer_confirmations c ON c.hour = h.id"
+           " LEFT JOIN volunteers v ON v.id = h.volunteer LEFT JOIN volunteer_activities a ON a.id = h.activity"
+           " LEFT JOIN volunteer_teams t ON t.id = h.team WHERE 1 = 1")
+    params: list = []
+    if person:
+        sql += " AND h.person = ?"
+        params.append(person)
+    if scope:
+        sql += " AND (h.scope = ? OR substr(h.scope, 1, ?) = ?)"
+        params += [scope, len(scope) + 1, scope + "/"]
+    rows = list(node.db.query(sql + " ORDER BY h.served_on, h.id", params))
+    for r in rows:
+        r["status"] = ("pending" if r["confirmed_by"] is None else "replaced" if r["replaced_by"] else "counted")
+    return rows
+
+
+def certificate(node: Node, person: str) -> dict:
+    records = [r for r in service_records(node, person) if r["status"] == "counted"]
+    info = balance(node, person)
+    names = sorted({r["name"] for r in records if r["name"]} | {r["name"] for r in info["registrations"]})
+    return {"names": names, "hours": info["hours"], "star": info["star"], "issued_by": node.name,
+            "issued_scope": node.scope, "issued_on": dt.date.today().isoformat(), "records": records}
+
+
+def parse_since(value) -> str | None:
+    return iso_date(value, "since") if value else None

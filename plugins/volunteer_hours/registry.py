@@ -1,0 +1,315 @@
+"""People and what they sign up for: volunteers, teams, the category catalogue, activities, attendance.
+
+Every function takes an open node (and the actor its writes are logged
+under), checks its input, and either writes one transaction or raises a
+:class:`hemei.core.HemeiError` having written nothing. The CLI and the HTTP
+routes are thin layers over these.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from hemei.core import Conflict, InvalidInput, Node, NotFound
+from hemei.core.scope import covers, parse_scope
+
+from . import keys, pii
+
+#: Used until a district configures its own catalogue (``hemei volunteers category add``):
+#: the six kinds of free service the 96345 centre offers four special groups.
+DEFAULT_CATEGORIES = {
+    "daily_care": "生活照料",
+    "health": "医疗保健",
+    "companionship": "精神慰藉",
+    "legal": "法律援助",
+    "culture": "文体教育",
+    "safety": "安全守护",
+}
+ATTENDANCE_STATES = ("attended", "no_show")
+_CODE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+# -- small shared helpers -------------------------------------------------------
+
+def text(value, field: str, *, required: bool = True, limit: int = 200) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise InvalidInput(f"{field} is required")
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be text")
+    value = value.strip()
+    if len(value) > limit:
+        raise InvalidInput(f"{field} is longer than {limit} characters")
+    return value
+
+
+def iso_date(value, field: str = "date") -> str:
+    try:
+        return dt.date.fromisoformat(str(value)).isoformat()
+    except ValueError:
+        raise InvalidInput(f"{field} {value!r} is not a date: use YYYY-MM-DD") from None
+
+
+def row_scope(node: Node, scope: str | None) -> str:
+    """A scope for a new row: the node's own by default, or one inside it (a community)."""
+    if scope is None:
+        return node.scope
+    scope = parse_scope(scope)
+    if not covers(node.scope, scope):
+        raise InvalidInput(f"scope {scope} is outside this node's scope {node.scope}")
+    return scope
+
+
+def in_subtree_sql(column: str = "scope") -> str:
+    """SQL that holds when ``column`` is the given scope or inside it (two parameters: see subtree_params)."""
+    return f"([{column}] = ? OR substr([{column}], 1, ?) = ?)"
+
+
+def subtree_params(scope: str) -> tuple:
+    return scope, len(scope) + 1, scope + "/"
+
+
+def one(node: Node, sql: str, params=()) -> dict | None:
+    rows = list(node.db.query(sql, params))
+    return rows[0] if rows else None
+
+
+# -- volunteers ----------------------------------------------------------------
+
+PUBLIC_COLUMNS = "id, scope, name, person, party_member, skills, team, registered_on, key_id"
+
+
+def add_volunteer(node: Node, actor: str, *, name, id_number, phone=None, party_member=False, skills=None,
+                  team=None, scope=None) -> dict:
+    """Register a volunteer; the ID number and phone are stored only encrypted and as pseudonyms."""
+    name = text(name, "name", limit=64)
+    id_number = pii.normalize_id_number(id_number)
+    phone = pii.normalize_phone(phone) if phone not in (None, "") else None
+    skills = text(skills, "skills", required=False, limit=500)
+    if not isinstance(party_member, bool):
+        raise InvalidInput("party_member must be true or false")
+    scope = row_scope(node, scope)
+    team_id = find_team(node, team)["id"] if team else None
+    key = keys.require_key(node, actor)
+    person = key.pseudonym("id", id_number)
+    held = one(node, "SELECT id FROM volunteers WHERE person = ? AND scope = ? AND _deleted = 0", (person, scope))
+    if held:
+        raise Conflict(f"this person is already registered in {scope} as volunteer {held['id']}")
+    pk = node.new_id()
+    row = {"id": pk, "scope": scope, "name": name, "person": person, "party_member": int(party_member),
+           "skills": skills, "team": team_id, "key_id": key.key_id, "registered_on": dt.date.today().isoformat(),
+           "id_number_enc": key.encrypt(id_number, "volunteers", pk, "id_number"),
+           "phone_enc": key.encrypt(phone, "volunteers", pk, "phone") if phone else None,
+           "phone_key": key.pseudonym("phone", phone) if phone else None}
+    with node.writer(actor) as w:
+        w.insert("volunteers", row)
+    return get_volunteer(node, pk)
+
+
+def get_volunteer(node: Node, volunteer_id: str) -> dict:
+    row = one(node, f"SELECT {PUBLIC_COLUMNS}, phone_enc FROM volunteers WHERE id = ? AND _deleted = 0",
+              (volunteer_id,))
+    if row is None:
+        raise NotFound(f"no volunteer {volunteer_id}")
+    return _shown(node, row)
+
+
+def _shown(node: Node, row: dict) -> dict:
+    """A volunteer as users see it: phone masked, ID number never."""
+    phone_enc = row.pop("phone_enc", None)
+    row["phone"] = None
+    row["party_member"] = bool(row["party_member"])
+    key = keys.active_key(node)
+    if phone_enc and key is not None and phone_enc.startswith(key.key_id + ":"):
+        phone = key.decrypt(phone_enc, "volunteers", row["id"], "phone")
+        row["phone"] = phone[:3] + "*" * max(len(phone) - 7, 0) + phone[-4:] if len(phone) > 7 else phone
+    return row
+
+
+def find_volunteers(node: Node, actor: str, query, limit: int = 50) -> list[dict]:
+    """Volunteers matching a name (part of it), a phone number or an ID number."""
+    query = text(query, "query", limit=64)
+    params: tuple
+    if re.fullmatch(r"[0-9]{17}[0-9Xx]", query):
+        person = keys.require_key(node, actor).pseudonym("id", pii.normalize_id_number(query))
+        where, params = "person = ?", (person,)
+    elif re.fullmatch(r"[+0-9][0-9\s\-]{4,24}", query):
+        phone_key = keys.require_key(node, actor).pseudonym("phone", pii.normalize_phone(query))
+        where, params = "phone_key = ?", (phone_key,)
+    else:
+        escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where, params = "name LIKE ? ESCAPE '\\'", (f"%{escaped}%",)
+    rows = node.db.query(f"SELECT {PUBLIC_COLUMNS}, phone_enc FROM volunteers WHERE _deleted = 0 AND {where}"
+                         f" ORDER BY name, id LIMIT ?", (*params, limit))
+    return [_shown(node, r) for r in rows]
+
+
+def resolve_person(node: Node, actor: str, *, volunteer=None, id_number=None) -> tuple[str, dict | None]:
+    """(person pseudonym, a local registration or None) from a volunteer id or an ID number."""
+    if volunteer:
+        row = get_volunteer(node, volunteer)
+        return row["person"], row
+    if not id_number:
+        raise InvalidInput("name the volunteer: a volunteer id or an ID number")
+    person = keys.require_key(node, actor).pseudonym("id", pii.normalize_id_number(id_number))
+    row = one(node, f"SELECT {PUBLIC_COLUMNS} FROM volunteers WHERE person = ? AND _deleted = 0"
+                    " ORDER BY length(scope) DESC, id LIMIT 1", (person,))
+    if row is None and not _person_known(node, person):
+        raise NotFound("no volunteer with this ID number is known on this node")
+    return person, row
+
+
+def _person_known(node: Node, person: str) -> bool:
+    return any(node.conn.execute(f"SELECT 1 FROM {t} WHERE person = ? LIMIT 1", (person,)).fetchone()
+               for t in ("volunteers", "volunteer_confirmations"))
+
+
+# -- teams ----------------------------------------------------------------------
+
+def add_team(node: Node, actor: str, *, name, leader=None, note=None, scope=None) -> dict:
+    name = text(name, "name", limit=64)
+    scope = row_scope(node, scope)
+    if one(node, "SELECT id FROM volunteer_teams WHERE name = ? AND scope = ? AND _deleted = 0", (name, scope)):
+        raise Conflict(f"{scope} already has a team named {name}")
+    with node.writer(actor) as w:
+        pk = w.insert("volunteer_teams", {"name": name, "scope": scope,
+                                          "leader": text(leader, "leader", required=False, limit=64),
+                                          "note": text(note, "note", required=False, limit=500)})
+    return find_team(node, pk)
+
+
+def find_team(node: Node, ref) -> dict:
+    """A team by id, or by name (the one nearest this node's scope)."""
+    ref = text(ref, "team", limit=64)
+    row = one(node, "SELECT id, scope, name, leader, note FROM volunteer_teams WHERE id = ? AND _deleted = 0",
+              (ref,))
+    if row is None:
+        rows = [r for r in node.db.query("SELECT id, scope, name, leader, note FROM volunteer_teams"
+                                         " WHERE name = ? AND _deleted = 0 ORDER BY id", (ref,))
+                if covers(r["scope"], node.scope) or covers(node.scope, r["scope"])]
+        rows.sort(key=lambda r: -len(r["scope"]))
+        row = rows[0] if rows else None
+    if row is None:
+        raise NotFound(f"no team {ref!r}: add it with `hemei volunteers team add`")
+    return row
+
+
+def list_teams(node: Node) -> list[dict]:
+    return list(node.db.query("SELECT id, scope, name, leader, note FROM volunteer_teams WHERE _deleted = 0"
+                              " ORDER BY scope, name"))
+
+
+# -- the category catalogue --------------------------------------------------------
+
+def categories(node: Node, scope: str | None = None) -> dict[str, str]:
+    """code -> name for activities in ``scope``: the nearest definition of each code wins."""
+    scope = scope or node.scope
+    found = {code: (-1, name, 1) for code, name in DEFAULT_CATEGORIES.items()}
+    for code, name, active, where in node.conn.execute(
+            "SELECT code, name, active, scope FROM volunteer_categories WHERE _deleted = 0"):
+        if covers(where, scope) and len(where) >= found.get(code, (-2,))[0]:
+            found[code] = (len(where), name, active)
+    return {code: name for code, (_, name, active) in sorted(found.items()) if active}
+
+
+def set_category(node: Node, actor: str, *, code, name, active: bool = True) -> dict:
+    """Add, rename or retire a category for this node's subtree (rows flow down to its streets)."""
+    code = text(code, "code", limit=32)
+    if not _CODE.match(code):
+        raise InvalidInput(f"category code {code!r}: use lower-case letters, digits and _")
+    name = text(name, "name", limit=64)
+    pk = f"{node.scope}|{code}"
+    values = {"code": code, "name": name, "active": int(bool(active))}
+    with node.writer(actor) as w:
+        if one(node, "SELECT 1 AS x FROM volunteer_categories WHERE id = ? AND _deleted = 0", (pk,)):
+            w.update("volunteer_categories", pk, values)
+        else:
+            w.insert("volunteer_categories", {"id": pk, **values})
+    return {"code": code, "name": name, "active": bool(active), "scope": node.scope}
+
+
+# -- activities, sign-up, attendance -----------------------------------------------
+
+def add_activity(node: Node, actor: str, *, title, category, date, place=None, capacity=None, team=None,
+                 organiser=None, scope=None) -> dict:
+    title = text(title, "title", limit=100)
+    scope = row_scope(node, scope)
+    catalogue = categories(node, scope)
+    if category not in catalogue:
+        raise InvalidInput(f"unknown category {category!r}: one of {', '.join(catalogue)}")
+    if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1):
+        raise InvalidInput("capacity must be a whole number of at least 1")
+    row = {"title": title, "scope": scope, "category": category, "date": iso_date(date),
+           "place": text(place, "place", required=False), "capacity": capacity,
+           "team": find_team(node, team)["id"] if team else None,
+           "organiser": text(organiser, "organiser", required=False, limit=64) or actor}
+    with node.writer(actor) as w:
+        pk = w.insert("volunteer_activities", row)
+    return get_activity(node, pk)
+
+
+def get_activity(node: Node, activity_id) -> dict:
+    row = one(node, "SELECT id, scope, title, category, date, place, capacity, team, organiser"
+                    " FROM volunteer_activities WHERE id = ? AND _deleted = 0", (activity_id,))
+    if row is None:
+        raise NotFound(f"no activity {activity_id}")
+    row["signed_up"] = node.conn.execute("SELECT count(*) FROM volunteer_signups WHERE activity = ?",
+                                         (activity_id,)).fetchone()[0]
+    return row
+
+
+def list_activities(node: Node, since: str | None = None) -> list[dict]:
+    sql = ("SELECT a.id, a.scope, a.title, a.category, a.date, a.place, a.capacity,"
+           " (SELECT count(*) FROM volunteer_signups s WHERE s.activity = a.id) AS signed_up"
+           " FROM volunteer_activities a WHERE a._deleted = 0")
+    params: tuple = ()
+    if since:
+        sql, params = sql + " AND a.date >= ?", (iso_date(since, "since"),)
+    return list(node.db.query(sql + " ORDER BY a.date, a.title", params))
+
+
+def signup(node: Node, actor: str, *, activity, volunteer) -> dict:
+    act = get_activity(node, activity)
+    vol = get_volunteer(node, volunteer)
+    if one(node, "SELECT id FROM volunteer_signups WHERE activity = ? AND volunteer = ?", (act["id"], vol["id"])):
+        raise Conflict(f"{vol['name']} is already signed up for {act['title']}")
+    if act["capacity"] is not None and act["signed_up"] >= act["capacity"]:
+        raise Conflict(f"{act['title']} is full ({act['capacity']} places)")
+    with node.writer(actor) as w:
+        pk = w.insert("volunteer_signups", {"scope": act["scope"], "activity": act["id"], "volunteer": vol["id"]})
+    return {"id": pk, "activity": act["id"], "volunteer": vol["id"]}
+
+
+def attendance_of(node: Node, activity_id: str, volunteer_id: str) -> str | None:
+    row = one(node, "SELECT status FROM volunteer_attendance WHERE id = ? AND _deleted = 0",
+              (f"{activity_id}:{volunteer_id}",))
+    return row["status"] if row else None
+
+
+def mark_attendance(node: Node, actor: str, *, activity, volunteer, status, writer=None) -> dict:
+    """Mark a volunteer attended or no-show at an activity; marking again corrects it."""
+    if status not in ATTENDANCE_STATES:
+        raise InvalidInput(f"attendance is one of {', '.join(ATTENDANCE_STATES)}, not {status!r}")
+    act = get_activity(node, activity)
+    vol = get_volunteer(node, volunteer)
+    if status == "no_show" and one(node, "SELECT 1 AS x FROM volunteer_hours WHERE activity = ? AND volunteer = ?",
+                                   (act["id"], vol["id"])):
+        raise Conflict(f"{vol['name']} has hours recorded for {act['title']}: correct those to 0 first")
+    pk = f"{act['id']}:{vol['id']}"
+    current = attendance_of(node, act["id"], vol["id"])
+
+    def write(w):
+        if current is None:
+            w.insert("volunteer_attendance", {"id": pk, "scope": act["scope"], "activity": act["id"],
+                                              "volunteer": vol["id"], "person": vol["person"], "status": status})
+        elif current != status:
+            w.update("volunteer_attendance", pk, {"status": status})
+
+    if writer is not None:
+        write(writer)
+    else:
+        with node.writer(actor) as w:
+            write(w)
+    return {"activity": act["id"], "volunteer": vol["id"], "status": status}

@@ -1,0 +1,122 @@
+"""The district roll-up: figures per street, team and category, stars, and a ranking of streets.
+
+Everything is computed from synced rows with a few grouped passes over
+covering indexes, so a district gets the same numbers whichever order its
+streets synced in. Hours are summed as whole hundredths (integers), because a
+sum of floats depends on the order of its terms and two districts holding the
+same rows must print the same figures.
+
+A "unit" is the part of the report scope one level down: reporting on a
+district gives its streets, on a street its communities. Rows recorded at
+the report scope itself are shown under that scope's own name.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from hemei.core import Node
+
+from .ledger import CENTS, star_level, star_thresholds
+from .registry import in_subtree_sql, iso_date, subtree_params
+
+
+def unit_of(scope: str, report_scope: str) -> str:
+    if scope == report_scope:
+        return report_scope
+    rest = scope[len(report_scope) + 1:]
+    return report_scope + "/" + rest.split("/", 1)[0]
+
+
+def _hours(cents: int) -> float:
+    return round(cents / 100, 2)
+
+
+def rollup(node: Node, scope: str | None = None, since: str | None = None) -> dict:
+    scope = scope or node.scope
+    since = iso_date(since, "since") if since else None
+    where = in_subtree_sql()
+    params = subtree_params(scope)
+    period = " AND served_on >= ?" if since else ""
+    pparams = params + ((since,) if since else ())
+    conn = node.conn
+    teams = dict(conn.execute("SELECT id, name FROM volunteer_teams"))
+    thresholds = star_thresholds(node)
+
+    units: dict[str, dict] = defaultdict(lambda: {
+        "hours": 0, "registered": 0, "active": 0, "attended": 0, "no_show": 0, "redeemed": 0, "balance": 0})
+    by_team: dict[str, int] = defaultdict(int)
+    by_category: dict[str, int] = defaultdict(int)
+    for where_scope, team, category, cents in conn.execute(
+            f"SELECT scope, team, category, {CENTS.format('delta')} FROM volunteer_confirmations"
+            f" WHERE {where}{period} GROUP BY scope, team, category", pparams):
+        units[unit_of(where_scope, scope)]["hours"] += cents
+        by_team[teams.get(team, team) if team else "(no team)"] += cents
+        by_category[category or "(none)"] += cents
+
+    # Per person: cumulative hours (stars, all time) and whether active in the period.
+    person_cents: dict[str, int] = defaultdict(int)
+    active_in: dict[str, set] = defaultdict(set)
+    served = "served_on >= ?" if since else "1"
+    for where_scope, person, cents, in_period in conn.execute(
+            f"SELECT scope, person, {CENTS.format('delta')}, max({served}) FROM volunteer_confirmations"
+            f" WHERE {where} GROUP BY scope, person", ((since,) if since else ()) + params):
+        person_cents[person] += cents
+        if in_period and cents > 0:
+            active_in[unit_of(where_scope, scope)].add(person)
+    stars = [0] * (len(thresholds) + 1)
+    for cents in person_cents.values():
+        stars[star_level(cents / 100, thresholds)] += 1
+
+    registered_people: dict[str, set] = defaultdict(set)
+    for where_scope, person in conn.execute(
+            f"SELECT scope, person FROM volunteers WHERE _deleted = 0 AND {where}", params):
+        registered_people[unit_of(where_scope, scope)].add(person)
+    everyone = set().union(*registered_people.values()) if registered_people else set()
+    for unit, people in registered_people.items():
+        units[unit]["registered"] = len(people)
+    for unit, people in active_in.items():
+        units[unit]["active"] = len(people)
+
+    for where_scope, status, count in conn.execute(
+            f"SELECT scope, status, count(*) FROM volunteer_attendance WHERE _deleted = 0 AND {where}"
+            " GROUP BY scope, status", params):
+        units[unit_of(where_scope, scope)][status] += count
+    for where_scope, cents in conn.execute(
+            f"SELECT scope, {CENTS.format('hours')} FROM volunteer_redemptions WHERE {where} GROUP BY scope",
+            params):
+        units[unit_of(where_scope, scope)]["redeemed"] += cents
+    earned_all = dict(conn.execute(
+        f"SELECT scope, {CENTS.format('delta')} FROM volunteer_confirmations WHERE {where} GROUP BY scope", params))
+    for where_scope, cents in earned_all.items():
+        units[unit_of(where_scope, scope)]["balance"] += cents
+
+    rows = []
+    for unit, u in units.items():
+        marked = u["attended"] + u["no_show"]
+        rows.append({
+            "unit": unit, "hours": _hours(u["hours"]), "registered": u["registered"], "active": u["active"],
+            "attended": u["attended"], "no_show": u["no_show"],
+            "no_show_rate": round(u["no_show"] / marked, 4) if marked else None,
+            "redeemed": _hours(u["redeemed"]), "outstanding": _hours(u["balance"] - u["redeemed"]),
+        })
+    rows.sort(key=lambda r: (-r["hours"], r["unit"]))
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
+    total_marked = sum(r["attended"] + r["no_show"] for r in rows)
+    return {
+        "scope": scope, "since": since,
+        "totals": {
+            "hours": _hours(sum(u["hours"] for u in units.values())),
+            "registered": len(everyone),
+            "active": len(set().union(*active_in.values())) if active_in else 0,
+            "no_show_rate": round(sum(r["no_show"] for r in rows) / total_marked, 4) if total_marked else None,
+            "redeemed": _hours(sum(u["redeemed"] for u in units.values())),
+            "outstanding": _hours(sum(u["balance"] - u["redeemed"] for u in units.values())),
+        },
+        "units": rows,
+        "teams": [{"team": k, "hours": _hours(v)} for k, v in sorted(by_team.items(), key=lambda kv: (-kv[1], kv[0]))],
+        "categories": [{"category": k, "hours": _hours(v)}
+                       for k, v in sorted(by_category.items(), key=lambda kv: (-kv[1], kv[0]))],
+        "stars": {"thresholds": list(thresholds), "people": {str(level): n for level, n in enumerate(stars)}},
+    }
