@@ -17,7 +17,8 @@ sys.path.insert(0, str(TESTS / "plugins"))
 
 import hook_probe  # noqa: E402
 
-PROBE = {"hook_probe": hook_probe}
+#: Modules nodes in tests can enable: the probe, and the shipped program modules (imported when enabled).
+PROBE = {"hook_probe": hook_probe, "volunteer_hours": "hemei.plugins.volunteer_hours"}
 
 
 @pytest.fixture

@@ -181,7 +181,10 @@ def test_every_command_help_ends_with_an_example():
 
     from hemei.sync.commands import COMMANDS as SYNC_COMMANDS
 
+    from hemei.plugins.volunteer_hours.commands import volunteers
+
     commands = list(_walk(cli)) + list(_walk(hook_probe.probe, "hemei probe"))
+    commands += list(_walk(volunteers, "hemei volunteers"))
     commands += [item for command in SYNC_COMMANDS for item in _walk(command, f"hemei {command.name}")]
     assert len(commands) > 15
     for path, command in commands:

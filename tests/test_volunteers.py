@@ -1,0 +1,228 @@
+"""The volunteer hours module on one node: registration, PII, hours, the time bank, bad input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hemei.core import Conflict, HemeiError, InvalidInput, NotFound
+from hemei.plugins.volunteer_hours import keys, ledger, pii, registry, rollup
+from hemei.plugins.volunteer_hours.commands import render_certificate
+
+ACTOR = "organiser"
+
+
+def id_number(serial: int, born: str = "19800101", region: str = "330602") -> str:
+    first17 = f"{region}{born}{serial % 1000:03d}"
+    return first17 + pii.id_check_char(first17)
+
+
+@pytest.fixture
+def street(make_node):
+    node = make_node("street", scope="越城区/府山街道", modules=["volunteer_hours"])
+    keys.create_key(node, ACTOR)
+    return node
+
+
+def _log_size(node) -> int:
+    return node.conn.execute("SELECT count(*) FROM _hemei_log").fetchone()[0]
+
+
+def _served(node, volunteer: str, hours: float, title: str = "助老理发", date: str = "2026-11-20",
+            category: str = "daily_care") -> str:
+    act = registry.add_activity(node, ACTOR, title=title, category=category, date=date)
+    return ledger.log_hours(node, ACTOR, activity=act["id"], volunteer=volunteer, hours=hours, confirm=True)["id"]
+
+
+# -- ID numbers and personal data ------------------------------------------------------
+
+@given(st.from_regex(r"[1-9][0-9]{5}(19[0-9]{2}|20[01][0-9])(0[1-9]|1[0-2])(0[1-9]|1[0-9]|2[0-8])[0-9]{3}",
+                     fullmatch=True), st.integers(0, 16), st.integers(1, 9))
+def test_an_id_number_with_one_mistyped_digit_is_refused(first17, position, shift):
+    valid = first17 + pii.id_check_char(first17)
+    assert pii.normalize_id_number(valid.lower()) == valid
+    digit = (int(first17[position]) + shift) % 10
+    typo = first17[:position] + str(digit) + first17[position + 1:] + valid[17]
+    if position == 0 and digit == 0:
+        return  # a leading zero is a shape error, also refused below
+    with pytest.raises(InvalidInput):
+        pii.normalize_id_number(typo)
+
+
+@pytest.mark.parametrize("bad", ["", "12345", "33060219800230123X", "03060219800101123X", "3306021980010112 3"])
+def test_malformed_id_numbers_are_refused(bad):
+    with pytest.raises(InvalidInput):
+        pii.normalize_id_number(bad)
+
+
+def test_ciphertext_is_bound_to_its_row_and_column_and_grants_only_open_for_their_addressee():
+    key = pii.VolunteerKey(b"k" * 32, "越城区")
+    token = key.encrypt("13805751234", "volunteers", "row-1", "phone")
+    assert key.decrypt(token, "volunteers", "row-1", "phone") == "13805751234"
+    with pytest.raises(InvalidInput):
+        key.decrypt(token, "volunteers", "row-2", "phone")  # copied onto another row
+    box, other = pii.new_box_key(), pii.new_box_key()
+    sealed = pii.seal(key.secret, pii.box_public(box), "req\nvk")
+    assert pii.unseal(sealed, box, "req\nvk") == key.secret
+    assert pii.unseal(sealed, other, "req\nvk") is None
+    assert pii.unseal(sealed, box, "someone-else\nvk") is None
+
+
+def test_the_key_file_is_owner_only_and_a_second_key_is_refused(street):
+    import os
+    import stat
+    if os.name == "posix":
+        assert stat.S_IMODE(keys.keyring_path(street).stat().st_mode) == 0o600
+    with pytest.raises(Conflict):
+        keys.create_key(street, ACTOR)
+
+
+def test_registration_stores_no_id_number_or_phone_in_clear_and_search_finds_them(street):
+    idn = id_number(7)
+    v = registry.add_volunteer(street, ACTOR, name="王丽", id_number=idn, phone="138-0575-1234", party_member=True)
+    assert v["phone"] == "138****1234" and "id_number" not in v
+    row = street.conn.execute("SELECT * FROM volunteers").fetchone()
+    assert idn not in repr(row) and "13805751234" not in repr(row)
+    log = street.conn.execute("SELECT group_concat(payload) FROM _hemei_log").fetchone()[0]
+    assert idn not in log and "13805751234" not in log
+    for query in ("王", idn, idn.lower(), "13805751234", "138 0575 1234"):
+        assert [f["id"] for f in registry.find_volunteers(street, ACTOR, query)] == [v["id"]], query
+    assert registry.find_volunteers(street, ACTOR, "13905751234") == []
+    with pytest.raises(Conflict):
+        registry.add_volunteer(street, ACTOR, name="王丽", id_number=idn)
+
+
+def test_a_node_without_a_key_records_a_request_and_says_what_to_do(make_node):
+    node = make_node("street", scope="越城区/府山街道", modules=["volunteer_hours"])
+    with pytest.raises(HemeiError, match="hemei sync") as caught:
+        registry.add_volunteer(node, ACTOR, name="王丽", id_number=id_number(1))
+    assert caught.value.status == 409
+    assert node.conn.execute("SELECT count(*) FROM volunteers").fetchone()[0] == 0
+    assert keys.key_status(node)["requested"] is True
+
+
+# -- bad input writes nothing -------------------------------------------------------------
+
+def test_bad_input_is_refused_clearly_and_writes_nothing(street):
+    v = registry.add_volunteer(street, ACTOR, name="李强", id_number=id_number(2))
+    act = registry.add_activity(street, ACTOR, title="助餐", category="daily_care", date="2026-11-20")
+    registry.mark_attendance(street, ACTOR, activity=act["id"], volunteer=v["id"], status="no_show")
+    before = _log_size(street)
+    attempts = [
+        (InvalidInput, lambda: ledger.log_hours(street, ACTOR, activity=act["id"], volunteer=v["id"], hours=2)),
+        (InvalidInput, lambda: ledger.log_hours(street, ACTOR, activity=act["id"], volunteer=v["id"], hours=-1)),
+        (NotFound, lambda: ledger.log_hours(street, ACTOR, activity=act["id"], volunteer="nobody", hours=1)),
+        (InvalidInput, lambda: registry.add_volunteer(street, ACTOR, name="张三", id_number="330602198001011230")),
+        (InvalidInput, lambda: registry.add_activity(street, ACTOR, title="x", category="nope", date="2026-11-20")),
+        (InvalidInput, lambda: registry.add_activity(street, ACTOR, title="x", category="health", date="11/20")),
+        (InvalidInput, lambda: ledger.redeem(street, ACTOR, person=v["person"], volunteer=v, hours=1, item="券")),
+        (NotFound, lambda: registry.resolve_person(street, ACTOR, id_number=id_number(3))),
+        (InvalidInput, lambda: registry.add_volunteer(street, ACTOR, name="张三", id_number=id_number(4),
+                                                      phone="call me")),
+    ]
+    for error, attempt in attempts:
+        with pytest.raises(error):
+            attempt()
+    assert _log_size(street) == before
+
+
+def test_hours_count_once_confirmed_and_a_correction_replaces_them(street):
+    v = registry.add_volunteer(street, ACTOR, name="王丽", id_number=id_number(5))
+    act = registry.add_activity(street, ACTOR, title="理发", category="daily_care", date="2026-11-20")
+    entry = ledger.log_hours(street, ACTOR, activity=act["id"], volunteer=v["id"], sign_in="09:00", sign_out="11:30")
+    assert entry["hours"] == 2.5 and ledger.balance(street, v["person"])["hours"] == 0
+    with pytest.raises(Conflict):
+        ledger.correct_hours(street, ACTOR, hour=entry["id"], hours=2, reason="pending entries are not corrected")
+    ledger.confirm_hours(street, ACTOR, hour=entry["id"])
+    assert ledger.balance(street, v["person"])["hours"] == 2.5
+    with pytest.raises(Conflict):
+        ledger.confirm_hours(street, ACTOR, hour=entry["id"])
+    fix = ledger.correct_hours(street, ACTOR, hour=entry["id"], hours=2, reason="签退录错", confirm=True)
+    assert fix["corrects"] == entry["id"] and fix["reason"] == "签退录错"
+    assert ledger.balance(street, v["person"])["hours"] == 2.0
+    with pytest.raises(Conflict, match="already corrected"):
+        ledger.correct_hours(street, ACTOR, hour=entry["id"], hours=1, reason="again")
+    statuses = {r["id"]: r["status"] for r in ledger.service_records(street, v["person"])}
+    assert statuses == {entry["id"]: "replaced", fix["id"]: "counted"}
+    with pytest.raises(Conflict, match="already recorded"):
+        ledger.log_hours(street, ACTOR, activity=act["id"], volunteer=v["id"], hours=1)
+
+
+def test_the_balance_never_goes_below_zero_even_through_a_correction(street):
+    v = registry.add_volunteer(street, ACTOR, name="王丽", id_number=id_number(6))
+    hour = _served(street, v["id"], 10)
+    ledger.redeem(street, ACTOR, person=v["person"], volunteer=v, hours=8, item="理发券")
+    with pytest.raises(InvalidInput, match="below zero"):
+        ledger.correct_hours(street, ACTOR, hour=hour, hours=1, reason="only one hour", confirm=True)
+    assert ledger.balance(street, v["person"])["balance"] == 2
+    with pytest.raises(InvalidInput, match="only 2 hours"):
+        ledger.redeem(street, ACTOR, person=v["person"], volunteer=v, hours=2.5, item="理发券")
+    ledger.redeem(street, ACTOR, person=v["person"], volunteer=v, hours=2, item="理发券")
+    assert ledger.balance(street, v["person"])["balance"] == 0
+
+
+def test_star_levels_follow_configurable_thresholds(street):
+    v = registry.add_volunteer(street, ACTOR, name="王丽", id_number=id_number(8))
+    for day in range(1, 6):
+        _served(street, v["id"], 20, date=f"2026-11-0{day}")
+    assert ledger.balance(street, v["person"])["star"] == 1  # 100 h, national default
+    ledger.set_star_thresholds(street, ACTOR, "50,100,150,200,250")
+    assert ledger.balance(street, v["person"])["star"] == 2
+    for bad in ("1,2,3", "5,4,3,2,1", "a,b,c,d,e"):
+        with pytest.raises(InvalidInput):
+            ledger.set_star_thresholds(street, ACTOR, bad)
+
+
+def test_capacity_attendance_and_no_show_rate(street):
+    act = registry.add_activity(street, ACTOR, title="义诊", category="health", date="2026-11-20", capacity=2)
+    people = [registry.add_volunteer(street, ACTOR, name=f"志愿者{i}", id_number=id_number(20 + i)) for i in range(3)]
+    registry.signup(street, ACTOR, activity=act["id"], volunteer=people[0]["id"])
+    registry.signup(street, ACTOR, activity=act["id"], volunteer=people[1]["id"])
+    with pytest.raises(Conflict, match="full"):
+        registry.signup(street, ACTOR, activity=act["id"], volunteer=people[2]["id"])
+    ledger.log_hours(street, ACTOR, activity=act["id"], volunteer=people[0]["id"], hours=3, confirm=True)
+    registry.mark_attendance(street, ACTOR, activity=act["id"], volunteer=people[1]["id"], status="no_show")
+    data = rollup.rollup(street)
+    assert data["totals"]["no_show_rate"] == 0.5
+    assert data["totals"]["registered"] == 3 and data["totals"]["active"] == 1
+    assert data["categories"] == [{"category": "health", "hours": 3.0}]
+
+
+def test_a_district_catalogue_flows_into_what_its_streets_may_use(street):
+    registry.set_category(street, ACTOR, code="elder_meals", name="助餐服务")
+    assert registry.categories(street)["elder_meals"] == "助餐服务"
+    registry.set_category(street, ACTOR, code="legal", name="法律援助", active=False)
+    assert "legal" not in registry.categories(street)
+    with pytest.raises(InvalidInput):
+        registry.add_activity(street, ACTOR, title="普法", category="legal", date="2026-11-20")
+
+
+def test_certificate_and_csv_export_carry_unicode_and_no_personal_data(street, run_cli, tmp_path):
+    idn = id_number(9)
+    v = registry.add_volunteer(street, ACTOR, name="王丽", id_number=idn, phone="13805751234")
+    _served(street, v["id"], 3.5, title="楼道粉刷")
+    cert = ledger.certificate(street, v["person"])
+    text = render_certificate(cert)
+    assert "王丽" in text and "楼道粉刷" in text and "3.5" in text and idn not in text
+    out = tmp_path / "记录.csv"
+    home = str(street.home)
+    street.close()
+    done = run_cli("--home", home, "--actor", ACTOR, "volunteers", "export", "--out", str(out))
+    assert done.exit_code == 0, done.output
+    raw = out.read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf") and idn.encode() not in raw and b"13805751234" not in raw
+    rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"))))
+    assert [(r["name"], r["activity"], r["hours"], r["status"]) for r in rows] == [("王丽", "楼道粉刷", "3.5", "counted")]
+    balance = run_cli("--home", home, "--actor", ACTOR, "volunteers", "balance", "--id-number", "-", "--json",
+                      input=idn + "\n")
+    assert balance.exit_code == 0, balance.output
+    assert {k: json.loads(balance.output)[k] for k in ("hours", "balance", "star")} == \
+        {"hours": 3.5, "balance": 3.5, "star": 0}
+    bad = run_cli("--home", home, "--actor", ACTOR, "volunteers", "redeem", "--volunteer", v["id"],
+                  "--hours", "-2", "--item", "券")
+    assert bad.exit_code == 1 and "more than zero" in bad.output and "Traceback" not in bad.output
