@@ -72,7 +72,7 @@ def fill_street(node: Node, entries: int, people: list[str], rng: random.Random)
                        "category": CATEGORIES[a % 6], "served_on": f"2026-{1 + a % 12:02d}-{1 + a % 28:02d}"}
                 hours = 0.5 + (i % 8) * 0.5
                 hour = w.insert("volunteer_hours", {**row, "activity": act, "hours": hours})
-                w.insert("volunteer_confirmations", {**row, "hour": hour, "delta": hours})
+                w.insert("volunteer_confirmations", {**row, "hour": hour, "delta_cents": round(hours * 100)})
             done = min(entries, done + 500)
 
 
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         plain = sqlite3.connect(root / "plain.db")
         plain.execute("CREATE TABLE c (scope TEXT, team TEXT, category TEXT, person TEXT, hours REAL)")
         plain.executemany("INSERT INTO c VALUES (?, ?, ?, ?, ?)", district.conn.execute(
-            "SELECT scope, team, category, person, delta FROM volunteer_confirmations"))
+            "SELECT scope, team, category, person, delta_cents / 100.0 FROM volunteer_confirmations"))
         plain.execute("CREATE INDEX c_scope ON c (scope, hours)")
         plain.commit()
         base_s, _ = best(lambda: plain.execute("SELECT scope, sum(hours) FROM c GROUP BY scope").fetchall(),

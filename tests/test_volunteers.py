@@ -226,3 +226,71 @@ def test_certificate_and_csv_export_carry_unicode_and_no_personal_data(street, r
     bad = run_cli("--home", home, "--actor", ACTOR, "volunteers", "redeem", "--volunteer", v["id"],
                   "--hours", "-2", "--item", "券")
     assert bad.exit_code == 1 and "more than zero" in bad.output and "Traceback" not in bad.output
+
+
+# -- rules that hold across nodes ------------------------------------------------------------
+
+@pytest.fixture
+def district_and_streets(make_node):
+    from test_volunteers_property import _send
+
+    district = make_node("district", scope="越城区", modules=["volunteer_hours"])
+    a = make_node("a", scope="越城区/府山街道", modules=["volunteer_hours"])
+    b = make_node("b", scope="越城区/塔山街道", modules=["volunteer_hours"])
+    keys.create_key(district, ACTOR)
+    for street in (a, b):
+        keys.request_key(street, ACTOR)
+    with a.writer(ACTOR) as w:  # a broken request (not valid X25519) must not keep the key from b
+        w.update("volunteer_key_requests", a.id, {"public_key": "AAAA"})
+    for street in (a, b):
+        _send(street, district)
+        _send(district, street)
+    return district, a, b, _send
+
+
+def test_a_broken_key_request_does_not_keep_the_key_from_the_others(district_and_streets):
+    district, a, b, _ = district_and_streets
+    assert keys.active_key(b).key_id == keys.active_key(district).key_id
+    assert keys.active_key(a) is None
+    keys.request_key(a, ACTOR)  # a fresh, valid request is granted on the next sync
+    _, _, _, send = district_and_streets
+    send(a, district)
+    send(district, a)
+    keys.forget_cached(a)
+    assert keys.active_key(a).key_id == keys.active_key(district).key_id
+
+
+def test_only_the_node_that_recorded_an_entry_confirms_or_corrects_it(district_and_streets):
+    district, _, b, send = district_and_streets
+    v = registry.add_volunteer(b, ACTOR, name="王丽", id_number=id_number(30))
+    act = registry.add_activity(b, ACTOR, title="理发", category="daily_care", date="2026-11-20")
+    entry = ledger.log_hours(b, ACTOR, activity=act["id"], volunteer=v["id"], hours=10)
+    send(b, district)
+    before = _log_size(district)
+    with pytest.raises(Conflict, match="recorded by node"):
+        ledger.confirm_hours(district, ACTOR, hour=entry["id"])
+    with pytest.raises(InvalidInput, match="only by the node that recorded it"):
+        with district.writer(ACTOR) as w:  # around the service: the module's validator still refuses
+            w.insert("volunteer_confirmations", {"hour": entry["id"], "person": v["person"], "delta_cents": 1000,
+                                                 "scope": entry["scope"]})
+    assert _log_size(district) == before
+    ledger.confirm_hours(b, ACTOR, hour=entry["id"])
+    send(b, district)
+    with pytest.raises(Conflict, match="recorded by node"):
+        ledger.correct_hours(district, ACTOR, hour=entry["id"], hours=0, reason="district correction")
+    assert ledger.balance(district, v["person"])["hours"] == 10
+
+
+@pytest.mark.parametrize("table, pk, values, origin, reason", [
+    ("volunteer_key_requests", "STREET", {"public_key": "x"}, "CITY", "for itself only"),
+    ("volunteer_key_grants", "g", {"grantor_scope": "越城区/府山街道/假", "request": "STREET"}, "CITY",
+     "scope of the node that wrote it"),
+    ("volunteer_confirmations", "c", {"hour": "no-such-entry"}, "CITY", "only by the node that recorded it"),
+])
+def test_rows_a_relay_or_the_city_forges_are_refused(district_and_streets, table, pk, values, origin, reason):
+    from hemei.core import Change
+    from hemei.plugins import volunteer_hours
+
+    district = district_and_streets[0]
+    change = Change(table, "insert", pk, "越城区/府山街道", values, 1, origin, "x", False)
+    assert reason in volunteer_hours.validate_change(district, change)

@@ -123,7 +123,7 @@ def test_routes_enforce_roles_and_answer_bad_input_with_json_errors(district_tre
     made = call("POST", "/people", "op1", person)
     assert made.status_code == 200, made.text
     assert made.json()["phone"] == "136****0000"
-    found = call("GET", "/people?q=13605750000", "viewer1").json()
+    found = call("POST", "/people/search", "viewer1", {"q": "13605750000"}).json()
     assert [f["id"] for f in found] == [made.json()["id"]]
     for body, code in [({"name": "x", "id_number": "123"}, "invalid_input"),
                        ({"name": "x"}, "invalid_input"),

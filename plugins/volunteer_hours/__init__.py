@@ -12,6 +12,7 @@ See ``docs/volunteers.md``.
 from __future__ import annotations
 
 from hemei.core import ReportSection, hookimpl
+from hemei.core.merge import UNREADABLE
 
 from . import keys, rollup
 from .commands import volunteers
@@ -40,6 +41,36 @@ def register_routes():
 @hookimpl
 def register_commands():
     return [volunteers]
+
+
+@hookimpl
+def validate_change(node, change):
+    """Rules that keep accounts and keys sound when rows arrive from other nodes.
+
+    Each depends only on the change and on earlier entries of the same
+    origin (or its declared scope), which every replica holding the change
+    also holds: replicas agree whatever order entries arrived in.
+    """
+    if change.op == UNREADABLE:
+        return None
+    table = change.table
+    if table == "volunteer_confirmations" and change.op == "insert":
+        if not _recorded_by(node, change.values.get("hour"), change.origin):
+            return "an hour entry is confirmed only by the node that recorded it (its account)"
+    elif table == "volunteer_hours" and change.op == "insert" and change.values.get("corrects"):
+        if not _recorded_by(node, change.values["corrects"], change.origin):
+            return "an hour entry is corrected only by the node that recorded it"
+    elif table == "volunteer_key_requests" and change.pk != change.origin:
+        return "a node requests the volunteer key for itself only"
+    elif table == "volunteer_key_grants" and change.op == "insert":
+        if change.values.get("grantor_scope") != node.origin_scope(change.origin):
+            return "a key grant must name the scope of the node that wrote it"
+    return None
+
+
+def _recorded_by(node, hour_id, origin: str) -> bool:
+    row = node.conn.execute("SELECT _origin FROM volunteer_hours WHERE id = ?", (hour_id,)).fetchone()
+    return row is not None and row[0] == origin
 
 
 @hookimpl

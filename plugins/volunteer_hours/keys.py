@@ -94,8 +94,11 @@ def active_key(node: Node) -> pii.VolunteerKey | None:
         box = X25519PrivateKey.from_private_bytes(base64.b64decode(data["box"]))
         for key_id, grantor_scope, sealed in node.conn.execute(
                 "SELECT key_id, grantor_scope, sealed FROM volunteer_key_grants WHERE request = ?", (node.id,)):
+            # Only an ancestor's key (validate_change ties grantor_scope to the writer's declared scope).
+            if not grantor_scope or grantor_scope == node.scope or not covers(grantor_scope, node.scope):
+                continue
             secret = pii.unseal(sealed, box, _context(node.id, key_id))
-            if secret is not None:
+            if secret is not None and len(secret) == pii.SECRET_BYTES:
                 key = pii.VolunteerKey(secret, grantor_scope)
                 if key.key_id == key_id:
                     candidates.append(key)
@@ -163,19 +166,26 @@ def grant_requests(node: Node, actor: str, request_ids: list[str] | None = None)
     key = _own_key(node)
     if key is None:
         return 0
-    sql = "SELECT id, scope, public_key FROM volunteer_key_requests WHERE _deleted = 0 AND id != ?"
+    sql = "SELECT id, scope, public_key, _origin FROM volunteer_key_requests WHERE _deleted = 0 AND id != ?"
     params: list = [node.id]
     if request_ids is not None:
         sql += f" AND id IN ({', '.join('?' * len(request_ids))})"
         params += request_ids
     grants = []
-    for request, scope, public in node.conn.execute(sql, params).fetchall():
-        if scope is None or not covers(node.scope, scope):
+    for request, scope, public, writer in node.conn.execute(sql, params).fetchall():
+        # A node asks for itself only, from its own declared scope, strictly inside ours: a relay
+        # (or the city above) cannot obtain the secret by writing a request in a street's scope.
+        if writer != request or scope is None or scope != node.origin_scope(request):
+            continue
+        if scope == node.scope or not covers(node.scope, scope) or not public:
             continue
         grant_id = f"{request}:{key.key_id}:{hashlib.sha256(public.encode()).hexdigest()[:12]}"
         if node.conn.execute("SELECT 1 FROM volunteer_key_grants WHERE id = ?", (grant_id,)).fetchone():
             continue
-        sealed = pii.seal(key.secret, public, _context(request, key.key_id))
+        try:
+            sealed = pii.seal(key.secret, public, _context(request, key.key_id))
+        except HemeiError:
+            continue  # a malformed request must not keep the key from the others
         grants.append({"id": grant_id, "scope": scope, "request": request, "key_id": key.key_id,
                        "grantor_scope": node.scope, "sealed": sealed})
     if grants:

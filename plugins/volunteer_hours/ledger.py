@@ -1,7 +1,7 @@
 """Hours and the time bank: log, confirm, correct, redeem, balance, star level, certificate.
 
 How hours count. An hour entry counts once it is confirmed; the confirmation
-carries its ``delta``: the entry's hours, or for a correction the new hours
+carries its ``delta_cents``: the entry's hours, or for a correction the new hours
 minus those of the entry it corrects (which was confirmed, and is immutable).
 A person's cumulative hours are the sum of the deltas of their
 confirmations, whatever order they arrived in; the corrections telescope.
@@ -28,11 +28,12 @@ import datetime as dt
 from hemei.core import Conflict, InvalidInput, Node, NotFound
 from hemei.core.scope import covers
 
-from .registry import attendance_of, get_activity, get_volunteer, iso_date, mark_attendance, one, text
+from .registry import attendance_of, flag, in_subtree_sql, subtree_params, get_activity, get_volunteer, iso_date, mark_attendance, one, text
 
 DEFAULT_STARS = (100.0, 300.0, 600.0, 1000.0, 1500.0)
 #: Sum hours as whole hundredths: a float sum depends on the order of its terms,
-#: and two nodes holding the same rows must show the same figures.
+#: and two nodes holding the same rows must show the same figures. Confirmations
+#: store ``delta_cents`` (an integer) so that the roll-up sums integers directly.
 CENTS = "coalesce(sum(CAST(round({} * 100) AS INTEGER)), 0)"
 MAX_HOURS_PER_ENTRY = 24.0
 _EPS = 1e-9
@@ -44,14 +45,15 @@ def _hours(value, field: str = "hours", *, allow_zero: bool = False) -> float:
             value = float(value)
         except (TypeError, ValueError):
             raise InvalidInput(f"{field} must be a number") from None
-    value = float(value)
+    value = round(float(value), 2)
     if value != value or value < 0 or (value == 0 and not allow_zero):
         raise InvalidInput(f"{field} must be {'zero or more' if allow_zero else 'more than zero'}, not {value:g}")
-    return round(value, 2)
+    return value
 
 
-def _span(served_on: str, sign_in: str, sign_out: str) -> float:
-    def at(value: str) -> dt.datetime:
+def _span(served_on: str, sign_in, sign_out) -> float:
+    def at(value) -> dt.datetime:
+        value = text(value, "sign-in/out time", limit=40)
         try:
             if len(value) <= 5:  # HH:MM on the activity's date
                 return dt.datetime.fromisoformat(f"{served_on}T{value}")
@@ -59,6 +61,8 @@ def _span(served_on: str, sign_in: str, sign_out: str) -> float:
         except ValueError:
             raise InvalidInput(f"time {value!r}: use HH:MM or YYYY-MM-DDTHH:MM") from None
     start, end = at(sign_in), at(sign_out)
+    if (start.tzinfo is None) != (end.tzinfo is None):
+        raise InvalidInput("give both times with a UTC offset, or neither")
     if end <= start:
         raise InvalidInput("sign-out must be after sign-in")
     return round((end - start).total_seconds() / 3600, 2)
@@ -69,6 +73,7 @@ def _span(served_on: str, sign_in: str, sign_out: str) -> float:
 def log_hours(node: Node, actor: str, *, activity, volunteer, hours=None, sign_in=None, sign_out=None,
               confirm: bool = False) -> dict:
     """Record a volunteer's hours at an activity (attended); ``confirm`` when the organiser enters them."""
+    confirm = flag(confirm, "confirm")
     act = get_activity(node, activity)
     vol = get_volunteer(node, volunteer)
     if attendance_of(node, act["id"], vol["id"]) == "no_show":
@@ -96,9 +101,10 @@ def log_hours(node: Node, actor: str, *, activity, volunteer, hours=None, sign_i
     return hour_entry(node, pk)
 
 
-def _entry(node: Node, hour_id: str, w=None) -> dict:
-    sql = ("SELECT id, scope, volunteer, person, activity, team, category, served_on, hours, corrects, reason"
-           " FROM volunteer_hours WHERE id = ?")
+def _entry(node: Node, hour_id, w=None) -> dict:
+    hour_id = text(hour_id, "hour")
+    sql = ("SELECT id, scope, volunteer, person, activity, team, category, served_on, hours, corrects, reason,"
+           " _origin AS recorded_by FROM volunteer_hours WHERE id = ?")
     rows = w.query(sql, (hour_id,)) if w is not None else list(node.db.query(sql, (hour_id,)))
     if not rows:
         raise NotFound(f"no hour entry {hour_id}")
@@ -117,32 +123,37 @@ def hour_entry(node: Node, hour_id: str) -> dict:
 def account(node: Node, person: str, origin: str, w=None) -> float:
     """Hours ``origin`` has confirmed for ``person`` minus what it redeemed: its own account."""
     conn = w.conn if w is not None else node.conn
-    earned = conn.execute(f"SELECT {CENTS.format('delta')} FROM volunteer_confirmations"
+    earned = conn.execute("SELECT coalesce(sum(delta_cents), 0) FROM volunteer_confirmations"
                           " WHERE person = ? AND _origin = ?", (person, origin)).fetchone()[0]
     spent = conn.execute(f"SELECT {CENTS.format('hours')} FROM volunteer_redemptions"
                          " WHERE person = ? AND _origin = ?", (person, origin)).fetchone()[0]
     return (earned - spent) / 100
 
 
+def _owned(node: Node, entry: dict, what: str) -> None:
+    if entry["recorded_by"] != node.id:
+        raise Conflict(f"hour entry {entry['id']} was recorded by node {entry['recorded_by'][:7]}: it is {what} "
+                       "there, where the account it counts in is kept")
+
+
 def _confirm(node: Node, w, entry: dict) -> str:
+    _owned(node, entry, "confirmed")
     if w.query("SELECT 1 AS x FROM volunteer_confirmations WHERE hour = ?", (entry["id"],)):
         raise Conflict(f"hour entry {entry['id']} is already confirmed")
     delta = entry["hours"]
     if entry["corrects"]:
-        original = w.query("SELECT hours, c._origin AS account FROM volunteer_hours h JOIN volunteer_confirmations c"
+        original = w.query("SELECT hours FROM volunteer_hours h JOIN volunteer_confirmations c"
                            " ON c.hour = h.id WHERE h.id = ?", (entry["corrects"],))
         if not original:
             raise Conflict(f"the entry {entry['corrects']} this corrects is not confirmed")
-        if original[0]["account"] != node.id:
-            raise Conflict("a correction is confirmed where the original was confirmed "
-                           f"(node {original[0]['account'][:7]}), against the same account")
         delta = round(entry["hours"] - original[0]["hours"], 2)
         if delta < 0 and account(node, entry["person"], node.id, w) + delta < -_EPS:
             raise InvalidInput(f"this correction takes {-delta:g} hours back, but part of them were already "
                                "redeemed: the balance cannot go below zero")
     return w.insert("volunteer_confirmations", {
         "scope": entry["scope"], "hour": entry["id"], "volunteer": entry["volunteer"], "person": entry["person"],
-        "team": entry["team"], "category": entry["category"], "served_on": entry["served_on"], "delta": delta})
+        "team": entry["team"], "category": entry["category"], "served_on": entry["served_on"],
+        "delta_cents": round(delta * 100)})
 
 
 def confirm_hours(node: Node, actor: str, *, hour) -> dict:
@@ -155,10 +166,12 @@ def confirm_hours(node: Node, actor: str, *, hour) -> dict:
 def correct_hours(node: Node, actor: str, *, hour, hours, reason, confirm: bool = False) -> dict:
     """A new entry that replaces a confirmed entry's hours, with the reason; the old one stays."""
     reason = text(reason, "reason", limit=500)
+    confirm = flag(confirm, "confirm")
     value = _hours(hours, allow_zero=True)
     if value > MAX_HOURS_PER_ENTRY:
         raise InvalidInput(f"one entry holds at most {MAX_HOURS_PER_ENTRY:g} hours, not {value:g}")
     old = hour_entry(node, hour)
+    _owned(node, old, "corrected")
     if not old["confirmed"]:
         raise Conflict(f"hour entry {hour} is not confirmed yet: confirm it, or correct it once confirmed")
     if old["corrected_by"]:
@@ -201,14 +214,18 @@ def redeem(node: Node, actor: str, *, person: str, volunteer: dict | None, hours
     return {"id": pk, "hours": value, "item": item, "spendable_here": round(here - value, 2)}
 
 
-def star_thresholds(node: Node) -> tuple[float, ...]:
-    """Hours for 1..5 stars: the nearest setting above this node, else the national default."""
+def star_thresholds(node: Node, scope: str | None = None) -> tuple[float, ...]:
+    """Hours for 1..5 stars in ``scope``: the nearest setting at or above it, else the national default."""
+    scope = scope or node.scope
     best = None
     for where, value in node.conn.execute(
             "SELECT scope, value FROM volunteer_settings WHERE name = 'stars' AND _deleted = 0"):
-        if covers(where, node.scope) and (best is None or len(where) > len(best[0])):
+        if covers(where, scope) and (best is None or len(where) > len(best[0])):
             best = (where, value)
-    return tuple(float(v) for v in best[1].split(",")) if best else DEFAULT_STARS
+    try:
+        return tuple(float(v) for v in best[1].split(",")) if best else DEFAULT_STARS
+    except ValueError:  # a malformed setting from elsewhere: fall back rather than fail every balance
+        return DEFAULT_STARS
 
 
 def set_star_thresholds(node: Node, actor: str, values) -> tuple[float, ...]:
@@ -235,7 +252,7 @@ def balance(node: Node, person: str) -> dict:
     """Hours, balance and star level of one person over everything this node holds (a district: every street)."""
     accounts: dict[str, dict] = {}
     for origin, earned in node.conn.execute(
-            f"SELECT _origin, {CENTS.format('delta')} FROM volunteer_confirmations WHERE person = ?"
+            "SELECT _origin, sum(delta_cents) FROM volunteer_confirmations WHERE person = ?"
             " GROUP BY _origin", (person,)):
         accounts.setdefault(origin, {"earned": 0, "redeemed": 0})["earned"] = earned
     for origin, spent in node.conn.execute(
@@ -272,8 +289,8 @@ def service_records(node: Node, person: str | None = None, scope: str | None = N
         sql += " AND h.person = ?"
         params.append(person)
     if scope:
-        sql += " AND (h.scope = ? OR substr(h.scope, 1, ?) = ?)"
-        params += [scope, len(scope) + 1, scope + "/"]
+        sql += " AND " + in_subtree_sql("scope").replace("[scope]", "h.scope")
+        params += list(subtree_params(scope))
     rows = list(node.db.query(sql + " ORDER BY h.served_on, h.id", params))
     for r in rows:
         r["status"] = ("pending" if r["confirmed_by"] is None else "replaced" if r["replaced_by"] else "counted")

@@ -72,7 +72,7 @@ def normalize_phone(text: str) -> str:
         raise InvalidInput("phone must be text")
     value = re.sub(r"[\s\-()（）]", "", text)
     if not _PHONE_SHAPE.match(value):
-        raise InvalidInput(f"phone {text!r}: use 5 to 20 digits, e.g. 13805751234 or 0575-85123456")
+        raise InvalidInput("a phone number has 5 to 20 digits, e.g. 13805751234 or 0575-85123456")
     return value
 
 
@@ -107,10 +107,10 @@ class VolunteerKey:
         key_id, _, body = token.partition(":")
         if key_id != self.key_id:
             raise InvalidInput(f"{table}.{column} of {pk} was encrypted with key {key_id}, not {self.key_id}")
-        raw = base64.b64decode(body)
         try:
+            raw = base64.b64decode(body, validate=True)
             return self._aead.decrypt(raw[:_NONCE], raw[_NONCE:], _aad(table, pk, column)).decode()
-        except InvalidTag:
+        except (InvalidTag, ValueError):
             raise InvalidInput(f"{table}.{column} of {pk} does not decrypt: altered or moved") from None
 
 

@@ -45,6 +45,12 @@ def text(value, field: str, *, required: bool = True, limit: int = 200) -> str |
     return value
 
 
+def flag(value, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{field} must be true or false")
+    return value
+
+
 def iso_date(value, field: str = "date") -> str:
     try:
         return dt.date.fromisoformat(str(value)).isoformat()
@@ -63,12 +69,17 @@ def row_scope(node: Node, scope: str | None) -> str:
 
 
 def in_subtree_sql(column: str = "scope") -> str:
-    """SQL that holds when ``column`` is the given scope or inside it (two parameters: see subtree_params)."""
-    return f"([{column}] = ? OR substr([{column}], 1, ?) = ?)"
+    """SQL that holds when ``column`` is the given scope or inside it (parameters: :func:`subtree_params`).
+
+    Written as a range, so an index on the column is scanned only over the
+    subtree: '0' is the character after '/', and the last clause drops
+    siblings such as ``a-b`` that sort between ``a`` and ``a/``.
+    """
+    return f"([{column}] >= ? AND [{column}] < ? AND ([{column}] = ? OR [{column}] > ?))"
 
 
 def subtree_params(scope: str) -> tuple:
-    return scope, len(scope) + 1, scope + "/"
+    return scope, scope + "0", scope, scope + "/"
 
 
 def one(node: Node, sql: str, params=()) -> dict | None:
@@ -108,7 +119,8 @@ def add_volunteer(node: Node, actor: str, *, name, id_number, phone=None, party_
     return get_volunteer(node, pk)
 
 
-def get_volunteer(node: Node, volunteer_id: str) -> dict:
+def get_volunteer(node: Node, volunteer_id) -> dict:
+    volunteer_id = text(volunteer_id, "volunteer")
     row = one(node, f"SELECT {PUBLIC_COLUMNS}, phone_enc FROM volunteers WHERE id = ? AND _deleted = 0",
               (volunteer_id,))
     if row is None:
@@ -123,9 +135,18 @@ def _shown(node: Node, row: dict) -> dict:
     row["party_member"] = bool(row["party_member"])
     key = keys.active_key(node)
     if phone_enc and key is not None and phone_enc.startswith(key.key_id + ":"):
-        phone = key.decrypt(phone_enc, "volunteers", row["id"], "phone")
-        row["phone"] = phone[:3] + "*" * max(len(phone) - 7, 0) + phone[-4:] if len(phone) > 7 else phone
+        try:
+            row["phone"] = mask_phone(key.decrypt(phone_enc, "volunteers", row["id"], "phone"))
+        except InvalidInput:
+            row["phone"] = None  # unreadable here (altered, or another key): show the rest
     return row
+
+
+def mask_phone(phone: str) -> str:
+    """Enough to recognise a number, not to dial it: 138****1234; short numbers keep only their last 2."""
+    if len(phone) >= 11:
+        return phone[:3] + "*" * (len(phone) - 7) + phone[-4:]
+    return "*" * (len(phone) - 2) + phone[-2:]
 
 
 def find_volunteers(node: Node, actor: str, query, limit: int = 50) -> list[dict]:
@@ -220,6 +241,7 @@ def set_category(node: Node, actor: str, *, code, name, active: bool = True) -> 
     if not _CODE.match(code):
         raise InvalidInput(f"category code {code!r}: use lower-case letters, digits and _")
     name = text(name, "name", limit=64)
+    active = flag(active, "active")
     pk = f"{node.scope}|{code}"
     values = {"code": code, "name": name, "active": int(bool(active))}
     with node.writer(actor) as w:
@@ -235,6 +257,7 @@ def set_category(node: Node, actor: str, *, code, name, active: bool = True) -> 
 def add_activity(node: Node, actor: str, *, title, category, date, place=None, capacity=None, team=None,
                  organiser=None, scope=None) -> dict:
     title = text(title, "title", limit=100)
+    category = text(category, "category", limit=32)
     scope = row_scope(node, scope)
     catalogue = categories(node, scope)
     if category not in catalogue:
@@ -251,6 +274,7 @@ def add_activity(node: Node, actor: str, *, title, category, date, place=None, c
 
 
 def get_activity(node: Node, activity_id) -> dict:
+    activity_id = text(activity_id, "activity")
     row = one(node, "SELECT id, scope, title, category, date, place, capacity, team, organiser"
                     " FROM volunteer_activities WHERE id = ? AND _deleted = 0", (activity_id,))
     if row is None:
@@ -290,13 +314,13 @@ def attendance_of(node: Node, activity_id: str, volunteer_id: str) -> str | None
 
 def mark_attendance(node: Node, actor: str, *, activity, volunteer, status, writer=None) -> dict:
     """Mark a volunteer attended or no-show at an activity; marking again corrects it."""
-    if status not in ATTENDANCE_STATES:
+    if not isinstance(status, str) or status not in ATTENDANCE_STATES:
         raise InvalidInput(f"attendance is one of {', '.join(ATTENDANCE_STATES)}, not {status!r}")
     act = get_activity(node, activity)
     vol = get_volunteer(node, volunteer)
     if status == "no_show" and one(node, "SELECT 1 AS x FROM volunteer_hours WHERE activity = ? AND volunteer = ?",
                                    (act["id"], vol["id"])):
-        raise Conflict(f"{vol['name']} has hours recorded for {act['title']}: correct those to 0 first")
+        raise Conflict(f"{vol['name']} has hours recorded for {act['title']}: a no-show cannot have hours")
     pk = f"{act['id']}:{vol['id']}"
     current = attendance_of(node, act["id"], vol["id"])
 

@@ -37,32 +37,33 @@ def rollup(node: Node, scope: str | None = None, since: str | None = None) -> di
     since = iso_date(since, "since") if since else None
     where = in_subtree_sql()
     params = subtree_params(scope)
-    period = " AND served_on >= ?" if since else ""
-    pparams = params + ((since,) if since else ())
     conn = node.conn
-    teams = dict(conn.execute("SELECT id, name FROM volunteer_teams"))
-    thresholds = star_thresholds(node)
+    teams = {tid: (name, where) for tid, name, where in conn.execute("SELECT id, name, scope FROM volunteer_teams")}
+    thresholds = star_thresholds(node, scope)
 
     units: dict[str, dict] = defaultdict(lambda: {
         "hours": 0, "registered": 0, "active": 0, "attended": 0, "no_show": 0, "redeemed": 0, "balance": 0})
-    by_team: dict[str, int] = defaultdict(int)
+    by_team: dict[str | None, int] = defaultdict(int)  # by team id: two streets may name teams alike
     by_category: dict[str, int] = defaultdict(int)
-    for where_scope, team, category, cents in conn.execute(
-            f"SELECT scope, team, category, {CENTS.format('delta')} FROM volunteer_confirmations"
-            f" WHERE {where}{period} GROUP BY scope, team, category", pparams):
-        units[unit_of(where_scope, scope)]["hours"] += cents
-        by_team[teams.get(team, team) if team else "(no team)"] += cents
+    in_period = "sum(CASE WHEN served_on >= ? THEN delta_cents ELSE 0 END)" if since else "sum(delta_cents)"
+    since_param = (since,) if since else ()
+    for where_scope, team, category, cents, all_time in conn.execute(
+            f"SELECT scope, team, category, {in_period}, sum(delta_cents) FROM volunteer_confirmations"
+            f" WHERE {where} GROUP BY scope, team, category", since_param + params):
+        unit = units[unit_of(where_scope, scope)]
+        unit["hours"] += cents
+        unit["balance"] += all_time
+        by_team[team] += cents
         by_category[category or "(none)"] += cents
 
     # Per person: cumulative hours (stars, all time) and whether active in the period.
     person_cents: dict[str, int] = defaultdict(int)
     active_in: dict[str, set] = defaultdict(set)
-    served = "served_on >= ?" if since else "1"
-    for where_scope, person, cents, in_period in conn.execute(
-            f"SELECT scope, person, {CENTS.format('delta')}, max({served}) FROM volunteer_confirmations"
-            f" WHERE {where} GROUP BY scope, person", ((since,) if since else ()) + params):
+    for where_scope, person, cents, period_cents in conn.execute(
+            f"SELECT scope, person, sum(delta_cents), {in_period} FROM volunteer_confirmations"
+            f" WHERE {where} GROUP BY scope, person", since_param + params):
         person_cents[person] += cents
-        if in_period and cents > 0:
+        if period_cents > 0:
             active_in[unit_of(where_scope, scope)].add(person)
     stars = [0] * (len(thresholds) + 1)
     for cents in person_cents.values():
@@ -80,16 +81,12 @@ def rollup(node: Node, scope: str | None = None, since: str | None = None) -> di
 
     for where_scope, status, count in conn.execute(
             f"SELECT scope, status, count(*) FROM volunteer_attendance WHERE _deleted = 0 AND {where}"
-            " GROUP BY scope, status", params):
+            " AND status IN ('attended', 'no_show') GROUP BY scope, status", params):
         units[unit_of(where_scope, scope)][status] += count
     for where_scope, cents in conn.execute(
             f"SELECT scope, {CENTS.format('hours')} FROM volunteer_redemptions WHERE {where} GROUP BY scope",
             params):
         units[unit_of(where_scope, scope)]["redeemed"] += cents
-    earned_all = dict(conn.execute(
-        f"SELECT scope, {CENTS.format('delta')} FROM volunteer_confirmations WHERE {where} GROUP BY scope", params))
-    for where_scope, cents in earned_all.items():
-        units[unit_of(where_scope, scope)]["balance"] += cents
 
     rows = []
     for unit, u in units.items():
@@ -115,7 +112,9 @@ def rollup(node: Node, scope: str | None = None, since: str | None = None) -> di
             "outstanding": _hours(sum(u["balance"] - u["redeemed"] for u in units.values())),
         },
         "units": rows,
-        "teams": [{"team": k, "hours": _hours(v)} for k, v in sorted(by_team.items(), key=lambda kv: (-kv[1], kv[0]))],
+        "teams": sorted(({"team": teams.get(k, (k or "(no team)", None))[0], "scope": teams.get(k, (None, None))[1],
+                          "hours": _hours(v)} for k, v in by_team.items()),
+                        key=lambda r: (-r["hours"], r["team"], r["scope"] or "")),
         "categories": [{"category": k, "hours": _hours(v)}
                        for k, v in sorted(by_category.items(), key=lambda kv: (-kv[1], kv[0]))],
         "stars": {"thresholds": list(thresholds), "people": {str(level): n for level, n in enumerate(stars)}},

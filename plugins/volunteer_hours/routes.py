@@ -2,7 +2,7 @@
 
 Viewers read; operators register, record and redeem; admins configure the
 catalogue and the star thresholds. ID numbers travel only in request bodies
-(never in a URL, which ends up in logs).
+(never in a URL, which ends up in access logs): search and balance are POST.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def add_volunteer(call):
 
 
 def find_volunteers(call):
-    return registry.find_volunteers(call.node, _actor(call), call.query.get("q"))
+    return registry.find_volunteers(call.node, _actor(call), _body(call, {"q"}, ("q",))["q"])
 
 
 def get_volunteer(call):
@@ -137,7 +137,8 @@ ROUTES = [
              body={"type": "object", "required": ["name", "id_number"],
                    "properties": {k: {"type": "string"} for k in ("name", "id_number", "phone", "skills", "team",
                                                                    "scope")} | {"party_member": {"type": "boolean"}}}),
-    ApiRoute(f"{BASE}/people", "GET", find_volunteers, summary="Find volunteers by name, phone or ID number (?q=)"),
+    ApiRoute(f"{BASE}/people/search", "POST", find_volunteers, summary="Find volunteers by name, phone or ID number",
+             body={"type": "object", "required": ["q"], "properties": {"q": {"type": "string"}}}),
     ApiRoute(f"{BASE}/people/{{id}}", "GET", get_volunteer, summary="One volunteer (phone masked)"),
     ApiRoute(f"{BASE}/teams", "POST", add_team, role="operator", summary="Add a team (服务队)"),
     ApiRoute(f"{BASE}/teams", "GET", list_teams, summary="List teams"),

@@ -7,7 +7,7 @@ hour entries (a correction is a new entry naming the one it corrects),
 confirmations, redemptions, key grants.
 
 Columns copied from an hour entry onto its confirmation (person, team,
-category, date, delta) let the district roll up from one table without a
+category, date, delta_cents) let the district roll up from one table without a
 join; they are fixed when the confirmation is written and never change.
 """
 
@@ -61,8 +61,8 @@ HOURS = TableSpec(
 CONFIRMATIONS = TableSpec(
     "volunteer_confirmations",
     {"id": "text", "scope": "text", "hour": "text", "volunteer": "text", "person": "text", "team": "text",
-     "category": "text", "served_on": "text", "delta": "real"},
-    policy=APPEND_ONLY, required=("hour", "person", "delta"), unique=("hour",),
+     "category": "text", "served_on": "text", "delta_cents": "integer"},
+    policy=APPEND_ONLY, required=("hour", "person", "delta_cents"), unique=("hour",),
     indexes=(("person",),))
 REDEMPTIONS = TableSpec(
     "volunteer_redemptions",
@@ -80,10 +80,10 @@ migrations = MigrationSet("volunteer_hours")
 def volunteer_0001_rollup_indexes(db):
     # Covering indexes for the district roll-up: one pass over confirmations per grouping.
     db.execute("CREATE INDEX IF NOT EXISTS volunteer_confirmations_rollup"
-               " ON volunteer_confirmations (scope, team, category, delta)")
+               " ON volunteer_confirmations (scope, team, category, delta_cents, served_on)")
     db.execute("CREATE INDEX IF NOT EXISTS volunteer_confirmations_people"
-               " ON volunteer_confirmations (scope, person, delta, served_on)")
+               " ON volunteer_confirmations (scope, person, delta_cents, served_on)")
     db.execute("CREATE INDEX IF NOT EXISTS volunteer_confirmations_account"
-               " ON volunteer_confirmations (person, _origin, delta)")
+               " ON volunteer_confirmations (person, _origin, delta_cents)")
     db.execute("CREATE INDEX IF NOT EXISTS volunteer_redemptions_account"
                " ON volunteer_redemptions (person, _origin, hours)")
