@@ -16,9 +16,10 @@ or not; no account ever goes below zero, so neither does their sum, which
 is the balance the district shows. The price: hours served at street A are
 spent at street A (or transferred later by a future ``transfer`` entry);
 the person still sees one balance and one star level at the district.
-A correction that lowers hours is confirmed only by the node that confirmed
-the original, against the same account, and is refused if that account
-would go below zero.
+"It alone writes to it" is enforced: an entry is confirmed and corrected
+only by the node that recorded it, here and in the module's
+``validate_change`` for rows from elsewhere. A correction that lowers hours
+is refused if that account would go below zero.
 """
 
 from __future__ import annotations
