@@ -25,6 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import PROBE
+from test_convergence import _replay
+from test_convergence import _send as _send_entries
 from hemei.cli.main import BUILTIN_PLUGINS
 from hemei.core import HemeiError
 from hemei.core.node import Node
@@ -41,14 +43,7 @@ def _open(root: Path, name: str) -> Node:
 
 
 def _send(src: Node, dst: Node) -> None:
-    have = dst.version_vector()
-    for origin, _ in src.version_vector().items():
-        if origin == dst.id:
-            continue
-        after = have.get(origin, 0)
-        while (batch := src.read_batch(origin, after, limit=50)) is not None:
-            dst.apply_batch(batch)
-            after = batch.entries[-1][0]
+    _send_entries(src, dst, rewind=0)
 
 
 @pytest.fixture(scope="module")
@@ -137,14 +132,6 @@ def _run(nodes: dict[str, Node], steps, rng: random.Random) -> None:
 
     # Another copy of the district receives the same entries, origins interleaved at random.
     observer, source = nodes["observer"], nodes["district"]
-    cursors = {o: 0 for o in source.version_vector() if o != observer.id}
-    while cursors:
-        origin = rng.choice(sorted(cursors))
-        batch = source.read_batch(origin, cursors[origin], limit=rng.randint(1, 7))
-        if batch is None:
-            del cursors[origin]
-            continue
-        observer.apply_batch(batch)
-        cursors[origin] = batch.entries[-1][0]
+    _replay(source, observer, rng)
     assert rollup.rollup(observer, "越城区") == rollup.rollup(source, "越城区")
     assert ledger.balance(observer, person)["accounts"] == district["accounts"]
