@@ -118,6 +118,16 @@ def change_applied(node: Node, changes: list[Change]) -> None:
     """
 
 
+@hookspec
+def tables_rebuilt(node: Node, tables: list[str]) -> None:
+    """The named state tables were just recomputed from the log (``hemei rebuild``).
+
+    A module that keeps local tables derived from its synced ones (a cache
+    of each case's current state, say) recomputes them here, since
+    ``change_applied`` is not called during a rebuild.
+    """
+
+
 # ---------------------------------------------------------------------------
 # Status and reports
 # ---------------------------------------------------------------------------

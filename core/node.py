@@ -519,6 +519,7 @@ class Node:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             raise
+        self.pm.hook.tables_rebuilt(node=self, tables=names)
         return replayed
 
     # -- status ----------------------------------------------------------------

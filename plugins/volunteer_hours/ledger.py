@@ -27,9 +27,10 @@ from __future__ import annotations
 import datetime as dt
 
 from hemei.core import Conflict, InvalidInput, Node, NotFound
+from hemei.core.fields import flag, in_subtree_sql, iso_date, one, subtree_params, text
 from hemei.core.scope import covers
 
-from .registry import attendance_of, flag, in_subtree_sql, subtree_params, get_activity, get_volunteer, iso_date, mark_attendance, one, text
+from .registry import attendance_of, get_activity, get_volunteer, mark_attendance
 
 DEFAULT_STARS = (100.0, 300.0, 600.0, 1000.0, 1500.0)
 #: Sum hours as whole hundredths: a float sum depends on the order of its terms,

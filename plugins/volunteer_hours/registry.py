@@ -12,7 +12,8 @@ import datetime as dt
 import re
 
 from hemei.core import Conflict, InvalidInput, Node, NotFound
-from hemei.core.scope import covers, parse_scope
+from hemei.core.fields import flag, iso_date, one, row_scope, text
+from hemei.core.scope import covers
 
 from . import keys, pii
 
@@ -28,63 +29,6 @@ DEFAULT_CATEGORIES = {
 }
 ATTENDANCE_STATES = ("attended", "no_show")
 _CODE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-
-
-# -- small shared helpers -------------------------------------------------------
-
-def text(value, field: str, *, required: bool = True, limit: int = 200) -> str | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        if required:
-            raise InvalidInput(f"{field} is required")
-        return None
-    if not isinstance(value, str):
-        raise InvalidInput(f"{field} must be text")
-    value = value.strip()
-    if len(value) > limit:
-        raise InvalidInput(f"{field} is longer than {limit} characters")
-    return value
-
-
-def flag(value, field: str) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidInput(f"{field} must be true or false")
-    return value
-
-
-def iso_date(value, field: str = "date") -> str:
-    try:
-        return dt.date.fromisoformat(str(value)).isoformat()
-    except ValueError:
-        raise InvalidInput(f"{field} {value!r} is not a date: use YYYY-MM-DD") from None
-
-
-def row_scope(node: Node, scope: str | None) -> str:
-    """A scope for a new row: the node's own by default, or one inside it (a community)."""
-    if scope is None:
-        return node.scope
-    scope = parse_scope(scope)
-    if not covers(node.scope, scope):
-        raise InvalidInput(f"scope {scope} is outside this node's scope {node.scope}")
-    return scope
-
-
-def in_subtree_sql(column: str = "scope") -> str:
-    """SQL that holds when ``column`` is the given scope or inside it (parameters: :func:`subtree_params`).
-
-    Written as a range, so an index on the column is scanned only over the
-    subtree: '0' is the character after '/', and the last clause drops
-    siblings such as ``a-b`` that sort between ``a`` and ``a/``.
-    """
-    return f"([{column}] >= ? AND [{column}] < ? AND ([{column}] = ? OR [{column}] > ?))"
-
-
-def subtree_params(scope: str) -> tuple:
-    return scope, scope + "0", scope, scope + "/"
-
-
-def one(node: Node, sql: str, params=()) -> dict | None:
-    rows = list(node.db.query(sql, params))
-    return rows[0] if rows else None
 
 
 # -- volunteers ----------------------------------------------------------------

@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 from hemei.core import Node
+from hemei.core.fields import in_subtree_sql, iso_date, subtree_params
 
 from .ledger import CENTS, star_level, star_thresholds
-from .registry import in_subtree_sql, iso_date, subtree_params
 
 
 def unit_of(scope: str, report_scope: str) -> str:

@@ -1,0 +1,106 @@
+"""Checks for values that come from users, and small query helpers, shared by program modules.
+
+Each check returns the canonical value or raises :class:`InvalidInput` with a
+message an operator can act on; modules call them before writing anything,
+so a refused request writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+from .errors import InvalidInput
+from .scope import covers, parse_scope
+
+if TYPE_CHECKING:
+    from .node import Node
+
+
+def text(value, field: str, *, required: bool = True, limit: int = 200) -> str | None:
+    """Trimmed text of at most ``limit`` characters; ``None`` when optional and empty."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise InvalidInput(f"{field} is required")
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be text")
+    value = value.strip()
+    if len(value) > limit:
+        raise InvalidInput(f"{field} is longer than {limit} characters")
+    return value
+
+
+def flag(value, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{field} must be true or false")
+    return value
+
+
+def whole_number(value, field: str, *, low: int = 0, high: int = 10**9) -> int:
+    """An integer in [low, high]; digits in a string are accepted (CLI and form input), fractions are not."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput(f"{field} must be a whole number from {low} to {high}")
+    return value
+
+
+def iso_date(value, field: str = "date") -> str:
+    try:
+        return dt.date.fromisoformat(str(value)).isoformat()
+    except ValueError:
+        raise InvalidInput(f"{field} {value!r} is not a date: use YYYY-MM-DD") from None
+
+
+def local_time(value, field: str = "time") -> str:
+    """A local wall-clock time as ``YYYY-MM-DDTHH:MM:SS`` (the form every node stores and compares).
+
+    Offices record in local time and a deployment sits in one time zone
+    (China Standard Time has no daylight saving), so times carry no offset;
+    one given with an offset is converted to this machine's local time.
+    """
+    if isinstance(value, dt.datetime):
+        moment = value
+    else:
+        try:
+            moment = dt.datetime.fromisoformat(str(value).strip().replace(" ", "T", 1))
+        except ValueError:
+            raise InvalidInput(f"{field} {value!r} is not a time: use YYYY-MM-DD HH:MM") from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone().replace(tzinfo=None)
+    return moment.replace(microsecond=0).isoformat()
+
+
+def now_local() -> str:
+    return local_time(dt.datetime.now())
+
+
+def row_scope(node: Node, scope: str | None) -> str:
+    """A scope for a new row: the node's own by default, or one inside it (a community)."""
+    if scope is None:
+        return node.scope
+    scope = parse_scope(scope)
+    if not covers(node.scope, scope):
+        raise InvalidInput(f"scope {scope} is outside this node's scope {node.scope}")
+    return scope
+
+
+def in_subtree_sql(column: str = "scope") -> str:
+    """SQL that holds when ``column`` is the given scope or inside it (parameters: :func:`subtree_params`).
+
+    Written as a range, so an index on the column is scanned only over the
+    subtree: '0' is the character after '/', and the last clause drops
+    siblings such as ``a-b`` that sort between ``a`` and ``a/``.
+    """
+    return f"([{column}] >= ? AND [{column}] < ? AND ([{column}] = ? OR [{column}] > ?))"
+
+
+def subtree_params(scope: str) -> tuple:
+    return scope, scope + "0", scope, scope + "/"
+
+
+def one(node: Node, sql: str, params=()) -> dict | None:
+    """The first row of a query as a dict, or ``None``."""
+    rows = list(node.db.query(sql, params))
+    return rows[0] if rows else None
