@@ -47,6 +47,24 @@ class ApiCall:
     request: Request
     raw_body: bytes = b""
 
+    @property
+    def actor(self) -> str:
+        """The name the caller's writes are logged under."""
+        return self.user["name"] if self.user else "anonymous"
+
+    def fields(self, allowed: set[str], required: tuple[str, ...] = ()) -> dict:
+        """The JSON object body, refusing fields the route does not know and naming missing ones."""
+        body = self.body if self.body is not None else {}
+        if not isinstance(body, dict):
+            raise InvalidInput("the request body must be a JSON object")
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            raise InvalidInput(f"unknown field(s): {', '.join(unknown)}; expected some of {', '.join(sorted(allowed))}")
+        missing = [f for f in required if body.get(f) in (None, "")]
+        if missing:
+            raise InvalidInput(f"missing field(s): {', '.join(missing)}")
+        return body
+
 
 @dataclass
 class ApiRoute:

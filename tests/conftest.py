@@ -18,7 +18,8 @@ sys.path.insert(0, str(TESTS / "plugins"))
 import hook_probe  # noqa: E402
 
 #: Modules nodes in tests can enable: the probe, and the shipped program modules (imported when enabled).
-PROBE = {"hook_probe": hook_probe, "volunteer_hours": "hemei.plugins.volunteer_hours"}
+PROBE = {"hook_probe": hook_probe, "volunteer_hours": "hemei.plugins.volunteer_hours",
+         "grid_inspections": "hemei.plugins.grid_inspections"}
 
 
 @pytest.fixture

@@ -181,10 +181,12 @@ def test_every_command_help_ends_with_an_example():
 
     from hemei.sync.commands import COMMANDS as SYNC_COMMANDS
 
+    from hemei.plugins.grid_inspections.commands import cases, grids
     from hemei.plugins.volunteer_hours.commands import volunteers
 
     commands = list(_walk(cli)) + list(_walk(hook_probe.probe, "hemei probe"))
     commands += list(_walk(volunteers, "hemei volunteers"))
+    commands += list(_walk(grids, "hemei grids")) + list(_walk(cases, "hemei cases"))
     commands += [item for command in SYNC_COMMANDS for item in _walk(command, f"hemei {command.name}")]
     assert len(commands) > 15
     for path, command in commands:
@@ -192,7 +194,8 @@ def test_every_command_help_ends_with_an_example():
         assert "Example:" in help_text, f"{path} has no example in its help"
         last = help_text.splitlines()[-1].strip()
         assert last.startswith(("hemei", "echo", "TOKEN=")), f"{path}: help must end with an example, not {last!r}"
-    assert {"hemei invite", "hemei join", "hemei sync", "hemei bundle export"} <= {p for p, _ in commands}
+    assert {"hemei invite", "hemei join", "hemei sync", "hemei bundle export", "hemei cases evaluate",
+            "hemei grids staff add"} <= {p for p, _ in commands}
 
 
 def test_sync_commands_are_there_before_a_node_exists_and_take_home_after_the_name(tmp_path, run_cli):

@@ -7,7 +7,7 @@ catalogue and the star thresholds. ID numbers travel only in request bodies
 
 from __future__ import annotations
 
-from hemei.core import ApiCall, ApiRoute, InvalidInput
+from hemei.core import ApiCall, ApiRoute
 
 from . import keys, ledger, registry, rollup
 
@@ -15,16 +15,7 @@ BASE = "/api/volunteers"
 
 
 def _body(call: ApiCall, allowed: set[str], required: tuple[str, ...] = ()) -> dict:
-    body = call.body if call.body is not None else {}
-    if not isinstance(body, dict):
-        raise InvalidInput("the request body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise InvalidInput(f"unknown field(s): {', '.join(unknown)}; expected some of {', '.join(sorted(allowed))}")
-    missing = [f for f in required if body.get(f) in (None, "")]
-    if missing:
-        raise InvalidInput(f"missing field(s): {', '.join(missing)}")
-    return body
+    return call.fields(allowed, required)
 
 
 def _actor(call: ApiCall) -> str:

@@ -1,0 +1,264 @@
+"""Cases: the category catalogue, reporting, transitions, escalation, and reading a case back.
+
+Every transition is one append-only event checked against the state the
+node currently folds for the case (:mod:`.machine`); a refused transition
+raises with the reason and writes nothing. The rules that apply here are
+the same ones every replica applies when it folds, so what a node accepts
+is what the others will accept, unless a concurrent event from another
+node got there first (then the later one is kept in the history, marked
+as not applied).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from hemei.core import InvalidInput, Node, NotFound
+from hemei.core.fields import flag, local_time, now_local, one, text, whole_number
+from hemei.core.scope import covers
+
+from . import grids, status
+from .machine import (LEVELS, NEEDS, OPEN_STATES, TRANSITIONS, CaseState, apply, due_after, fold, level_due,
+                      next_level, refusal)
+
+#: Used until a district or street configures its own (``hemei cases category add``): code -> (name, hours).
+DEFAULT_CATEGORIES = {
+    "environment": ("环境卫生", 48),
+    "facilities": ("设施维修", 72),
+    "safety": ("安全隐患", 24),
+    "dispute": ("矛盾纠纷", 72),
+    "livelihood": ("民生服务", 120),
+    "other": ("其他", 168),
+}
+SOURCES = ("patrol", "resident")
+_CODE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+#: Events may be entered after the fact (from a paper record), never ahead of the clock.
+FUTURE_SLACK = dt.timedelta(minutes=5)
+
+
+# -- the category catalogue -------------------------------------------------------
+
+def categories(node: Node, scope: str | None = None) -> dict[str, dict]:
+    """code -> {name, deadline_hours} in force at ``scope``: the nearest definition of each code wins."""
+    scope = scope or node.scope
+    found = {code: (-1, name, hours, 1) for code, (name, hours) in DEFAULT_CATEGORIES.items()}
+    for code, name, hours, active, where in node.conn.execute(
+            "SELECT code, name, deadline_hours, active, scope FROM case_categories WHERE _deleted = 0"):
+        if covers(where, scope) and len(where) >= found.get(code, (-2,))[0]:
+            found[code] = (len(where), name, hours, active)
+    return {code: {"name": name, "deadline_hours": hours}
+            for code, (_, name, hours, active) in sorted(found.items()) if active}
+
+
+def set_category(node: Node, actor: str, *, code, name, deadline_hours, active: bool = True) -> dict:
+    """Add, change or retire a category for this node's subtree (a district's flow down to its streets)."""
+    code = text(code, "code", limit=32)
+    if not _CODE.match(code):
+        raise InvalidInput(f"category code {code!r}: use lower-case letters, digits and _")
+    values = {"code": code, "name": text(name, "name", limit=64),
+              "deadline_hours": whole_number(deadline_hours, "deadline_hours", low=1, high=24 * 366),
+              "active": int(flag(active, "active"))}
+    pk = f"{node.scope}|{code}"
+    with node.writer(actor) as w:
+        if one(node, "SELECT 1 AS held FROM case_categories WHERE id = ? AND _deleted = 0", (pk,)):
+            w.update("case_categories", pk, values)
+        else:
+            w.insert("case_categories", {"id": pk, **values})
+    return {**values, "active": bool(active), "scope": node.scope}
+
+
+# -- reporting ---------------------------------------------------------------------
+
+def report(node: Node, actor: str, *, grid, category, description, reporter, source="patrol", place=None,
+           patrol=None, at=None, on_the_spot=None) -> dict:
+    """Report a case in a grid. ``on_the_spot`` (what was done) fixes a small issue at once:
+    the case is registered, dispatched to the reporter, started, handled, verified and closed,
+    each step an event of its own, so the trail is the same as for any other case."""
+    row = grids.find_grid(node, grid)
+    category = text(category, "category", limit=32)
+    catalogue = categories(node, row["street"])
+    if category not in catalogue:
+        raise InvalidInput(f"unknown category {category!r}; known: {', '.join(catalogue)}", code="unknown_category")
+    if source not in SOURCES:
+        raise InvalidInput(f"source must be one of {', '.join(SOURCES)}")
+    if patrol is not None:
+        patrol = text(patrol, "patrol")
+        if one(node, "SELECT 1 AS held FROM grid_patrols WHERE id = ? AND grid = ?", (patrol, row["id"])) is None:
+            raise NotFound(f"no patrol {patrol} in grid {row['code']}")
+    if "/" not in row["street"]:
+        raise InvalidInput(f"street {row['street']} has no district above it in its scope path")
+    at = _moment(at)
+    case = {"scope": row["scope"], "grid": row["id"], "street": row["street"],
+            "district": row["street"].rsplit("/", 1)[0], "community": row["community"], "category": category,
+            "deadline_hours": catalogue[category]["deadline_hours"],
+            "place": text(place, "place", required=False, limit=200),
+            "description": text(description, "description", limit=2000),
+            "reporter": text(reporter, "reporter", limit=64), "source": source, "patrol": patrol,
+            "reported_at": at}
+    fix = text(on_the_spot, "on_the_spot", required=False, limit=2000)
+    with node.writer(actor) as w:
+        case_id = w.insert("cases", case)
+        if fix is not None:
+            case["id"] = case_id
+            current = CaseState(level_since=at)
+            steps = [("register", {}), ("dispatch", {"assignee": case["reporter"]}), ("start", {}),
+                     ("handle", {"note": fix}), ("verify", {"note": "on the spot"}), ("close", {"note": "on the spot"})]
+            for kind, extra in steps:
+                _write_event(node, w, case, current, {"kind": kind, "at": at, **extra})
+    return show(node, case_id)
+
+
+# -- transitions ---------------------------------------------------------------------
+
+def transition(node: Node, actor: str, case_ref, kind: str, *, at=None, note=None, assignee=None, rating=None,
+               duplicate_of=None, level=None, auto: bool = False) -> dict:
+    """Move a case on by one event (register, dispatch, ..., escalate); refused with the reason if invalid."""
+    if kind not in TRANSITIONS:
+        raise InvalidInput(f"unknown transition {kind!r}; one of {', '.join(TRANSITIONS)}")
+    case = find_case(node, case_ref)
+    current = fold(case, _events(node, case["id"]))
+    event = {"kind": kind, "at": _moment(at, after=case["reported_at"]),
+             "note": text(note, "note", required=False, limit=2000),
+             "assignee": text(assignee, "assignee", required=False, limit=64),
+             "rating": text(rating, "rating", required=False, limit=32), "auto": 1 if auto else None}
+    if kind == "escalate":
+        event["level"] = text(level, "level", required=False, limit=16) or next_level(current.level)
+    if kind == "duplicate":
+        if duplicate_of is None:
+            raise InvalidInput("duplicate needs the case it repeats (duplicate_of)")
+        other = find_case(node, duplicate_of)
+        if other["id"] == case["id"]:
+            raise InvalidInput("a case cannot duplicate itself")
+        event["duplicate_of"] = other["id"]
+    needed = NEEDS.get(kind)
+    if needed and not event.get(needed):
+        raise InvalidInput(f"{kind} needs {needed.replace('_', ' ')}"
+                           + {"note": " (what was done, or why)", "level": ""}.get(needed, ""))
+    with node.writer(actor) as w:
+        _write_event(node, w, case, current, event)
+    return show(node, case["id"])
+
+
+def _write_event(node: Node, w, case: dict, current: CaseState, event: dict) -> None:
+    event = {k: v for k, v in event.items() if v is not None}
+    event["acting_scope"] = node.scope
+    reason = refusal(case, current, event)
+    if reason is not None:
+        raise InvalidInput(reason, code="invalid_transition")
+    w.insert("case_events", {"scope": case["scope"], "case_id": case["id"], **event})
+    apply(case, current, event)
+
+
+def escalate_overdue(node: Node, actor: str, now=None) -> list[dict]:
+    """Escalate, one level, every open case this node holds whose level deadline has passed."""
+    now = local_time(now, "now") if now is not None else now_local()
+    status.ensure_fresh(node)
+    rows = list(node.db.query("SELECT case_id FROM case_status WHERE state IN ({}) AND level != 'district'"
+                              " AND level_due < ? ORDER BY level_due".format(", ".join("?" * len(OPEN_STATES))),
+                              (*OPEN_STATES, now)))
+    moved = []
+    for r in rows:
+        case = find_case(node, r["case_id"])
+        current = fold(case, _events(node, case["id"]))
+        if current.state not in OPEN_STATES or level_due(case, current) >= now:
+            continue
+        target = next_level(current.level)
+        event = {"kind": "escalate", "at": now, "level": target, "auto": 1, "acting_scope": node.scope,
+                 "note": f"deadline {level_due(case, current)} passed at {current.level} level"}
+        if refusal(case, current, event) is not None:
+            continue  # held by another node: that node escalates it
+        with node.writer(actor) as w:
+            _write_event(node, w, case, current, event)
+        moved.append({"id": case["id"], "from": LEVELS[LEVELS.index(target) - 1], "to": target})
+    return moved
+
+
+def _moment(at, after: str | None = None) -> str:
+    moment = local_time(at, "at") if at is not None else now_local()
+    if moment > local_time(dt.datetime.now() + FUTURE_SLACK):
+        raise InvalidInput(f"time {moment} is in the future: check the date, or this PC's clock")
+    if after is not None and moment < after:
+        raise InvalidInput(f"time {moment} is before the case was reported ({after})")
+    return moment
+
+
+# -- reading -----------------------------------------------------------------------
+
+def find_case(node: Node, ref) -> dict:
+    """A case by id, or by the end of its id (at least 6 characters, as lists print it)."""
+    ref = text(ref, "case", limit=64)
+    row = one(node, f"SELECT {status.CASE_COLUMNS}, scope, place, description, reporter, source, patrol"
+                    " FROM cases WHERE id = ?", (ref,))
+    if row is None and len(ref) >= 6:
+        rows = list(node.db.query(f"SELECT {status.CASE_COLUMNS}, scope, place, description, reporter, source,"
+                                  " patrol FROM cases WHERE id LIKE ? ESCAPE '\\' LIMIT 2",
+                                  ("%" + ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_"),)))
+        if len(rows) > 1:
+            raise InvalidInput(f"{ref!r} ends more than one case id: give more of it")
+        row = rows[0] if rows else None
+    if row is None:
+        raise NotFound(f"no case {ref!r}: `hemei cases list` shows the cases this node holds")
+    return row
+
+
+def _events(node: Node, case_id: str) -> list[dict]:
+    return list(node.db.query(f"SELECT {status.EVENT_COLUMNS} FROM case_events WHERE case_id = ?", (case_id,)))
+
+
+def show(node: Node, case_ref) -> dict:
+    """A case with its current state and level and every event, in the order they are folded."""
+    case = find_case(node, case_ref)
+    events = sorted(_events(node, case["id"]), key=lambda e: (e["_hlc"], e["_origin"]))
+    current = fold(case, events)
+    grid = one(node, "SELECT code, name FROM grids WHERE id = ?", (case["grid"],)) or {}
+    history = [{"kind": "report", "at": case["reported_at"], "by": case["reporter"], "applied": True,
+                "note": case["description"]}]
+    for event, reason in zip(events, current.verdicts):
+        history.append({"id": event["id"], "kind": event["kind"], "at": event["at"], "by": event["acting_scope"],
+                        **{k: event[k] for k in ("level", "assignee", "note", "rating", "duplicate_of")
+                           if event[k] is not None},
+                        **({"auto": True} if event["auto"] else {}),
+                        "applied": reason is None, **({"not_applied_because": reason} if reason else {})})
+    return {"id": case["id"], "state": current.state, "level": current.level,
+            "held_by": case["district"] if current.level == "district" else case["street"],
+            "grid": case["grid"], "grid_code": grid.get("code"), "grid_name": grid.get("name"),
+            "community": case["community"], "street": case["street"], "category": case["category"],
+            "place": case["place"], "description": case["description"], "reporter": case["reporter"],
+            "source": case["source"], "patrol": case["patrol"], "reported_at": case["reported_at"],
+            "due": due_after(case["reported_at"], case["deadline_hours"]), "level_due": level_due(case, current),
+            "assignee": current.assignee, "rating": current.rating, "reworks": current.reworks,
+            "duplicate_of": current.duplicate_of, "events": history}
+
+
+def list_cases(node: Node, *, state=None, level=None, grid=None, street=None, open_only: bool = False,
+               overdue: bool = False, limit: int = 200) -> list[dict]:
+    """Cases newest first, from the local status table; filters combine."""
+    status.ensure_fresh(node)
+    where, params = [], []
+    if state is not None:
+        where.append("s.state = ?")
+        params.append(text(state, "state", limit=32))
+    if level is not None:
+        if level not in LEVELS:
+            raise InvalidInput(f"level must be one of {', '.join(LEVELS)}")
+        where.append("s.level = ?")
+        params.append(level)
+    if grid is not None:
+        where.append("s.grid = ?")
+        params.append(grids.find_grid(node, grid)["id"])
+    if street is not None:
+        where.append("s.street = ?")
+        params.append(grids.street_scope(node, street))
+    if open_only or overdue:
+        where.append("s.state IN ({})".format(", ".join("?" * len(OPEN_STATES))))
+        params.extend(OPEN_STATES)
+    if overdue:
+        where.append("s.level_due < ?")
+        params.append(now_local())
+    limit = whole_number(limit, "limit", low=1, high=10_000)
+    sql = ("SELECT s.case_id AS id, s.state, s.level, s.category, s.street, s.community, g.code AS grid,"
+           " s.reported_at, s.level_due, s.assignee, c.description FROM case_status s"
+           " JOIN cases c ON c.id = s.case_id LEFT JOIN grids g ON g.id = s.grid"
+           + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY s.reported_at DESC, s.case_id LIMIT ?")
+    return list(node.db.query(sql, (*params, limit)))

@@ -1,0 +1,214 @@
+"""Grids and micro-grids, their staff (1+1+N), patrol plans, check-ins and coverage.
+
+A grid's scope is ``<street>/<community>/<code>`` (a micro-grid's is its
+grid's scope plus its own code), so everything recorded in a grid lies in
+the street's subtree: grids a district defines flow down to that street, and
+what a street records flows up. Every function checks its input and either
+writes one transaction or raises having written nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+
+from hemei.core import Conflict, InvalidInput, Node, NotFound
+from hemei.core.fields import iso_date, local_time, now_local, one, text, whole_number
+from hemei.core.scope import covers, parse_scope
+
+ROLES = ("leader", "instructor", "member")
+#: Roles of which a grid has one (the "1+1" of 1+1+N); members are the N.
+SINGLE_ROLES = ("leader", "instructor")
+DEFAULT_PATROLS_PER_DAY = 2  # "每天早、晚各巡1次": morning and evening
+_CODE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]{0,31}$")
+GRID_COLUMNS = "id, scope, code, name, street, community, parent, households, patrols_per_day, established"
+
+
+def grid_id(scope: str) -> str:
+    """The key of the grid at ``scope``: the same wherever it is defined, so two definitions merge."""
+    return "grid-" + hashlib.sha256(scope.encode()).hexdigest()[:24]
+
+
+def street_scope(node: Node, street: str | None) -> str:
+    """A street's scope: this node's by default, or a street inside it given by name or path."""
+    if street is None:
+        return node.scope
+    street = text(street, "street", limit=512)
+    scope = parse_scope(street if "/" in street else f"{node.scope}/{street}")
+    if not covers(node.scope, scope):
+        raise InvalidInput(f"street {scope} is outside this node's scope {node.scope}")
+    return scope
+
+
+def add_grid(node: Node, actor: str, *, code, name, community=None, parent=None, street=None, households=None,
+             patrols_per_day=None, established=None) -> dict:
+    """Define a grid in a community (or a micro-grid inside a grid); defining it again updates it."""
+    code = text(code, "code", limit=32)
+    if not _CODE.match(code):
+        raise InvalidInput(f"grid code {code!r}: use letters, digits, '-', '_' or '.' (at most 32)")
+    name = text(name, "name", limit=64)
+    households = None if households is None else whole_number(households, "households", high=1_000_000)
+    if parent is not None:
+        above = find_grid(node, parent)
+        if above["parent"] is not None:
+            raise InvalidInput(f"{above['code']} is a micro-grid: micro-grids hold no further grids")
+        if community is not None and text(community, "community") != above["community"]:
+            raise InvalidInput(f"grid {above['code']} is in {above['community']}, not {community}")
+        street, community, scope = above["street"], above["community"], f"{above['scope']}/{code}"
+        default_plan = 0  # micro-grids are walked as part of their grid's patrols
+    else:
+        street = street_scope(node, street)
+        community = text(community, "community", limit=64)
+        scope = parse_scope(f"{street}/{community}/{code}")
+        default_plan = DEFAULT_PATROLS_PER_DAY
+    plan = default_plan if patrols_per_day is None else whole_number(patrols_per_day, "patrols_per_day", high=24)
+    pk = grid_id(scope)
+    values = {"code": code, "name": name, "street": street, "community": community,
+              "parent": above["id"] if parent is not None else None, "households": households,
+              "patrols_per_day": plan, "established": iso_date(established or dt.date.today(), "established")}
+    with node.writer(actor) as w:
+        if one(node, "SELECT 1 AS held FROM grids WHERE id = ? AND _deleted = 0", (pk,)):
+            w.update("grids", pk, values)
+        else:
+            w.insert("grids", {"id": pk, "scope": scope, **values})
+    return get_grid(node, pk)
+
+
+def set_plan(node: Node, actor: str, grid, patrols_per_day) -> dict:
+    """Change how many patrols a day a grid's plan asks for."""
+    row = find_grid(node, grid)
+    plan = whole_number(patrols_per_day, "patrols_per_day", high=24)
+    with node.writer(actor) as w:
+        w.update("grids", row["id"], {"patrols_per_day": plan})
+    return get_grid(node, row["id"])
+
+
+def get_grid(node: Node, pk: str) -> dict:
+    row = one(node, f"SELECT {GRID_COLUMNS} FROM grids WHERE id = ? AND _deleted = 0", (pk,))
+    if row is None:
+        raise NotFound(f"no grid {pk}")
+    row["staff"] = staff_of(node, pk)
+    return row
+
+
+def find_grid(node: Node, ref) -> dict:
+    """A grid by id, by code, or by its path (from this node's scope or in full)."""
+    ref = text(ref, "grid", limit=512)
+    rows = list(node.db.query(
+        f"SELECT {GRID_COLUMNS} FROM grids WHERE _deleted = 0 AND (id = ? OR code = ? OR scope = ? OR scope = ?)",
+        (ref, ref, ref, f"{node.scope}/{ref}")))
+    if not rows:
+        raise NotFound(f"no grid {ref!r}: `hemei grids list` shows the grids this node holds", code="unknown_grid")
+    if len(rows) > 1:
+        raise InvalidInput(f"grid code {ref!r} is used in {len(rows)} places ("
+                           + ", ".join(r["scope"] for r in rows) + "): give its path or id", code="ambiguous_grid")
+    return rows[0]
+
+
+def list_grids(node: Node, street: str | None = None) -> list[dict]:
+    rows = list(node.db.query(f"SELECT {GRID_COLUMNS} FROM grids WHERE _deleted = 0 ORDER BY scope"))
+    if street is not None:
+        where = street_scope(node, street)
+        rows = [r for r in rows if covers(where, r["scope"])]
+    counts: dict[str, dict[str, int]] = {}
+    for grid, role, n in node.conn.execute(
+            "SELECT grid, role, count(*) FROM grid_staff WHERE _deleted = 0 GROUP BY grid, role"):
+        counts.setdefault(grid, {})[role] = n
+    for r in rows:
+        r["staff"] = {role: counts.get(r["id"], {}).get(role, 0) for role in ROLES}
+    return rows
+
+
+# -- staff -----------------------------------------------------------------------
+
+def add_staff(node: Node, actor: str, grid, *, name, role) -> dict:
+    row = find_grid(node, grid)
+    name = text(name, "name", limit=64)
+    if role not in ROLES:
+        raise InvalidInput(f"role must be one of {', '.join(ROLES)} (网格长, 网格指导员, 兼职网格员)")
+    held = staff_of(node, row["id"])
+    if any(s["name"] == name and s["role"] == role for s in held):
+        raise Conflict(f"{name} is already {role} of grid {row['code']}")
+    if role in SINGLE_ROLES:
+        current = [s for s in held if s["role"] == role]
+        if current:
+            raise Conflict(f"grid {row['code']} already has a {role}, {current[0]['name']}: remove them first "
+                           f"(`hemei grids staff remove {current[0]['id']}`)")
+    with node.writer(actor) as w:
+        pk = w.insert("grid_staff", {"scope": row["scope"], "grid": row["id"], "name": name, "role": role})
+    return {"id": pk, "grid": row["id"], "code": row["code"], "name": name, "role": role}
+
+
+def remove_staff(node: Node, actor: str, staff_id) -> dict:
+    staff_id = text(staff_id, "staff id")
+    row = one(node, "SELECT id, grid, name, role FROM grid_staff WHERE id = ? AND _deleted = 0", (staff_id,))
+    if row is None:
+        raise NotFound(f"no grid staff {staff_id}")
+    with node.writer(actor) as w:
+        w.delete("grid_staff", staff_id)
+    return row
+
+
+def staff_of(node: Node, grid: str) -> list[dict]:
+    order = "CASE role WHEN 'leader' THEN 0 WHEN 'instructor' THEN 1 ELSE 2 END"
+    return list(node.db.query(f"SELECT id, name, role FROM grid_staff WHERE grid = ? AND _deleted = 0"
+                              f" ORDER BY {order}, name", (grid,)))
+
+
+# -- patrols and coverage ------------------------------------------------------------
+
+def check_in(node: Node, actor: str, grid, *, worker, at=None, note=None) -> dict:
+    """Record a patrol of a grid (time, worker, notes)."""
+    row = find_grid(node, grid)
+    worker = text(worker, "worker", limit=64)
+    at = local_time(at, "at") if at is not None else now_local()
+    if at > local_time(dt.datetime.now() + dt.timedelta(minutes=5)):
+        raise InvalidInput(f"patrol time {at} is in the future")
+    note = text(note, "note", required=False, limit=2000)
+    with node.writer(actor) as w:
+        pk = w.insert("grid_patrols", {"scope": row["scope"], "grid": row["id"], "street": row["street"],
+                                       "worker": worker, "at": at, "day": at[:10], "note": note})
+    return {"id": pk, "grid": row["id"], "code": row["code"], "worker": worker, "at": at, "note": note}
+
+
+def coverage(node: Node, start=None, end=None, street: str | None = None) -> dict:
+    """Planned vs done patrols per grid per day in [start, end] (default: the last 7 days).
+
+    A grid plans ``patrols_per_day`` from the day it was established; a day's
+    check-ins beyond the plan do not make up for another day's misses.
+    """
+    end = iso_date(end or dt.date.today(), "to")
+    start = iso_date(start or (dt.date.fromisoformat(end) - dt.timedelta(days=6)), "from")
+    if start > end:
+        raise InvalidInput(f"from {start} is after to {end}")
+    days = (dt.date.fromisoformat(end) - dt.date.fromisoformat(start)).days + 1
+    if days > 3660:
+        raise InvalidInput("coverage covers at most ten years at once")
+    grids = [g for g in list_grids(node, street) if g["patrols_per_day"] > 0]
+    done: dict[tuple[str, str], int] = {}
+    for grid, day, n in node.conn.execute("SELECT grid, day, count(*) FROM grid_patrols"
+                                          " WHERE day >= ? AND day <= ? GROUP BY grid, day", (start, end)):
+        done[grid, day] = n
+    per_grid, missed = [], []
+    for g in grids:
+        planned = made = 0
+        first = max(start, g["established"])
+        day = dt.date.fromisoformat(first) if first <= end else None
+        while day is not None and day.isoformat() <= end:
+            key = day.isoformat()
+            count = min(done.get((g["id"], key), 0), g["patrols_per_day"])
+            planned += g["patrols_per_day"]
+            made += count
+            if count < g["patrols_per_day"]:
+                missed.append({"grid": g["id"], "code": g["code"], "name": g["name"], "street": g["street"],
+                               "community": g["community"], "day": key, "planned": g["patrols_per_day"],
+                               "done": count})
+            day += dt.timedelta(days=1)
+        per_grid.append({"grid": g["id"], "code": g["code"], "name": g["name"], "street": g["street"],
+                         "community": g["community"], "planned": planned, "done": made,
+                         "coverage": round(made / planned, 4) if planned else None})
+    planned = sum(r["planned"] for r in per_grid)
+    made = sum(r["done"] for r in per_grid)
+    return {"from": start, "to": end, "planned": planned, "done": made,
+            "coverage": round(made / planned, 4) if planned else None, "grids": per_grid, "missed": missed}

@@ -1,0 +1,136 @@
+"""Case and patrol metrics per grid, community and street, and the ranking of streets.
+
+Every figure is computed from the cases' events (through ``case_status``,
+the fold of each case's events) and the patrol check-ins, never from
+figures a street reports about itself, so a district recomputes every
+street's numbers under one definition. For cases reported in the window:
+
+* response rate (答复率): cases that got any answer (registered, rejected,
+  marked duplicate, escalated, ...) / cases;
+* resolution rate (解决率): cases closed (or closed and evaluated) / cases
+  accepted (not rejected, not duplicates);
+* on-time rate: resolved cases whose accepted handling came by the
+  category's deadline counted from the report / resolved cases;
+* rework rate: cases sent back for rework at least once / cases handled at
+  least once;
+* satisfaction rate (满意率): evaluations "satisfied" or "basically
+  satisfied" / evaluations;
+* patrol coverage: patrols done / planned (see :func:`.grids.coverage`).
+
+A rate with nothing to divide by is ``None``, not 0 or 100%. Streets are
+ranked by resolution rate, then on-time rate, then satisfaction, then
+response rate (a missing rate ranks below any figure).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+
+from hemei.core import InvalidInput, Node
+from hemei.core.fields import in_subtree_sql, iso_date, now_local, subtree_params
+
+from . import grids, status
+from .machine import OPEN_STATES, SATISFIED
+
+COUNTS = ("cases", "responded", "accepted", "resolved", "on_time", "handled", "reworked", "evaluated", "satisfied",
+          "escalated", "open", "overdue")
+RATES = {"response_rate": ("responded", "cases"), "resolution_rate": ("resolved", "accepted"),
+         "on_time_rate": ("on_time", "resolved"), "rework_rate": ("reworked", "handled"),
+         "satisfaction_rate": ("satisfied", "evaluated")}
+RANK_BY = ("resolution_rate", "on_time_rate", "satisfaction_rate", "response_rate")
+
+
+def _window(start, end) -> tuple[str, str]:
+    end = iso_date(end or dt.date.today(), "to")
+    start = iso_date(start or f"{end[:4]}-01-01", "from")
+    if start > end:
+        raise InvalidInput(f"from {start} is after to {end}")
+    return start, end
+
+
+def _counting_sql() -> str:
+    """One pass over the window's cases; parameters: now, the subtree range, start, end."""
+    opened = ", ".join(f"'{s}'" for s in OPEN_STATES)
+    satisfied = ", ".join(f"'{s}'" for s in SATISFIED)
+    return f"""
+        SELECT street, community, grid, count(*) AS cases,
+          sum(responded_at IS NOT NULL) AS responded,
+          sum(state NOT IN ('rejected', 'duplicate')) AS accepted,
+          sum(state IN ('closed', 'evaluated')) AS resolved,
+          sum(state IN ('closed', 'evaluated') AND handled_at <= due) AS on_time,
+          sum(handled_at IS NOT NULL OR reworks > 0) AS handled,
+          sum(reworks > 0) AS reworked,
+          sum(rating IS NOT NULL) AS evaluated,
+          sum(rating IN ({satisfied})) AS satisfied,
+          sum(escalations > 0) AS escalated,
+          sum(state IN ({opened})) AS open,
+          sum(state IN ({opened}) AND level_due < ?) AS overdue
+        FROM case_status
+        WHERE {in_subtree_sql('street')} AND reported_at >= ? AND reported_at < ?
+        GROUP BY street, community, grid"""
+
+
+def _with_rates(row: dict) -> dict:
+    for rate, (part, whole) in RATES.items():
+        row[rate] = round(row[part] / row[whole], 4) if row[whole] else None
+    return row
+
+
+def _add(into: dict, row: dict) -> None:
+    for key in COUNTS:
+        into[key] = into.get(key, 0) + (row[key] or 0)
+
+
+def stats(node: Node, *, start=None, end=None, scope: str | None = None) -> dict:
+    """All case and patrol figures for cases reported in [start, end] within ``scope``."""
+    start, end = _window(start, end)
+    scope = grids.street_scope(node, scope) if scope else node.scope
+    status.ensure_fresh(node)
+    end_exclusive = (dt.date.fromisoformat(end) + dt.timedelta(days=1)).isoformat()
+    subtree = subtree_params(scope)
+    names = {r[0]: (r[1], r[2]) for r in node.conn.execute("SELECT id, code, name FROM grids")}
+    totals: dict = {}
+    streets: dict[str, dict] = defaultdict(dict)
+    communities: dict[tuple, dict] = defaultdict(dict)
+    per_grid = []
+    for row in node.db.query(_counting_sql(), (now_local(), *subtree, start, end_exclusive)):
+        _add(totals, row)
+        _add(streets[row["street"]], row)
+        _add(communities[row["street"], row["community"]], row)
+        code, name = names.get(row["grid"], (None, None))
+        per_grid.append(_with_rates({**row, "code": code, "name": name}))
+    categories = defaultdict(lambda: {"cases": 0, "resolved": 0, "by_street": {}})
+    for category, street, cases, resolved in node.conn.execute(
+            "SELECT category, street, count(*), sum(state IN ('closed', 'evaluated')) FROM case_status"
+            f" WHERE {in_subtree_sql('street')} AND reported_at >= ? AND reported_at < ?"
+            " GROUP BY category, street", (*subtree, start, end_exclusive)):
+        entry = categories[category]
+        entry["cases"] += cases
+        entry["resolved"] += resolved
+        entry["by_street"][street] = cases
+    patrols = grids.coverage(node, start, end, scope)
+    street_patrols = defaultdict(lambda: [0, 0])
+    for g in patrols["grids"]:
+        street_patrols[g["street"]][0] += g["planned"]
+        street_patrols[g["street"]][1] += g["done"]
+    street_rows = []
+    for street in sorted(set(streets) | set(street_patrols)):
+        row = _with_rates({"street": street, **{k: 0 for k in COUNTS}, **streets.get(street, {})})
+        planned, done = street_patrols.get(street, (0, 0))
+        row.update(patrols_planned=planned, patrols_done=done,
+                   patrol_coverage=round(done / planned, 4) if planned else None)
+        street_rows.append(row)
+    street_rows.sort(key=lambda r: tuple(-(r[k] if r[k] is not None else -1) for k in RANK_BY) + (r["street"],))
+    for rank, row in enumerate(street_rows, 1):
+        row["rank"] = rank
+    return {
+        "scope": scope, "from": start, "to": end,
+        "totals": _with_rates({**{k: 0 for k in COUNTS}, **totals, "patrol_coverage": patrols["coverage"]}),
+        "streets": street_rows,
+        "communities": [_with_rates({"street": s, "community": c, **v}) for (s, c), v in sorted(communities.items())],
+        "grids": sorted(per_grid, key=lambda r: (r["street"], r["community"], r["code"] or "")),
+        "categories": [{"category": k, **v} for k, v in sorted(categories.items())],
+        "patrols": {"planned": patrols["planned"], "done": patrols["done"], "coverage": patrols["coverage"],
+                    "missed": len(patrols["missed"])},
+    }

@@ -1,0 +1,116 @@
+"""Keeps the local ``case_status`` table equal to the fold of each case's events.
+
+Called for every case whose row or events changed (local writes and
+received batches, through ``change_applied``) and for all cases after
+``hemei rebuild``. The table is a cache: dropping its rows and calling
+:func:`refresh_all` gives the same table back.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+from hemei.core import Node
+
+from .machine import due_after, fold, level_due
+
+#: Cases folded per query: bounded memory however many cases a batch touched.
+CHUNK = 500
+
+CASE_COLUMNS = "id, grid, street, district, community, category, deadline_hours, reported_at"
+EVENT_COLUMNS = ("id, case_id, kind, at, acting_scope, level, assignee, note, rating, duplicate_of, auto,"
+                 " _hlc, _origin")
+_STATUS_COLUMNS = ("case_id", "street", "community", "grid", "category", "reported_at", "due", "state", "level",
+                   "level_due", "assignee", "responded_at", "handled_at", "closed_at", "evaluated_at", "rating",
+                   "reworks", "escalations", "events", "not_applied")
+_UPSERT = (f"INSERT OR REPLACE INTO case_status ({', '.join(_STATUS_COLUMNS)})"
+           f" VALUES ({', '.join('?' * len(_STATUS_COLUMNS))})")
+
+
+def refresh(node: Node, case_ids: Iterable[str]) -> None:
+    """Recompute the status rows of these cases (ids of cases not held yet are skipped)."""
+    ids = sorted(set(case_ids))
+    for start in range(0, len(ids), CHUNK):
+        _in_transaction(node, lambda chunk=ids[start:start + CHUNK]: _refresh_chunk(node, chunk))
+
+
+def refresh_all(node: Node) -> None:
+    """Recompute every status row (after ``hemei rebuild``, which may renumber the events)."""
+    _in_transaction(node, lambda: (node.conn.execute("DELETE FROM case_status"), _set_mark(node, 0)))
+    ensure_fresh(node)
+
+
+def after_changes(node: Node, changes) -> None:
+    """Refresh the cases a committed batch touched, and move the mark past its events if none were missed."""
+    ids = touched_cases(changes)
+    if not ids:
+        return
+    refresh(node, ids)
+    new_events = sum(1 for c in changes if c.table == "case_events" and c.op == "insert")
+    mark = _mark(node)
+    unseen = node.conn.execute("SELECT count(*), max(rowid) FROM case_events WHERE rowid > ?", (mark,)).fetchone()
+    if unseen[0] == new_events and unseen[1] is not None:
+        _set_mark(node, unseen[1])
+
+
+def ensure_fresh(node: Node) -> None:
+    """Fold the cases whose events came in past the mark (a crash between a commit and its refresh)
+    and cases without a status row: cheap when nothing is missing."""
+    mark = _mark(node)
+    ids = {r[0] for r in node.conn.execute("SELECT case_id FROM case_events WHERE rowid > ?", (mark,))}
+    if node.conn.execute("SELECT (SELECT count(*) FROM cases) != (SELECT count(*) FROM case_status)").fetchone()[0]:
+        ids.update(r[0] for r in node.conn.execute(
+            "SELECT id FROM cases WHERE id NOT IN (SELECT case_id FROM case_status)"))
+    if ids:
+        refresh(node, ids)
+    top = node.conn.execute("SELECT max(rowid) FROM case_events").fetchone()[0]
+    if top is not None and top != mark:
+        _set_mark(node, top)
+
+
+def _mark(node: Node) -> int:
+    row = node.conn.execute("SELECT events_rowid FROM case_status_mark WHERE id = 1").fetchone()
+    return row[0] if row else 0
+
+
+def _set_mark(node: Node, rowid: int) -> None:
+    node.conn.execute("INSERT OR REPLACE INTO case_status_mark (id, events_rowid) VALUES (1, ?)", (rowid,))
+
+
+def _in_transaction(node: Node, work) -> None:
+    node.conn.execute("BEGIN IMMEDIATE")
+    try:
+        work()
+        node.conn.execute("COMMIT")
+    except BaseException:
+        node.conn.execute("ROLLBACK")
+        raise
+
+
+def _refresh_chunk(node: Node, ids: list[str]) -> None:
+    marks = ", ".join("?" * len(ids))
+    cases = {r["id"]: r for r in node.db.query(f"SELECT {CASE_COLUMNS} FROM cases WHERE id IN ({marks})", ids)}
+    events = defaultdict(list)
+    for e in node.db.query(f"SELECT {EVENT_COLUMNS} FROM case_events WHERE case_id IN ({marks})", ids):
+        events[e["case_id"]].append(e)
+    rows = []
+    for case_id, case in cases.items():
+        s = fold(case, events[case_id])
+        rows.append((case_id, case["street"], case["community"], case["grid"], case["category"],
+                     case["reported_at"], due_after(case["reported_at"], case["deadline_hours"]), s.state, s.level,
+                     level_due(case, s), s.assignee, s.responded_at, s.handled_at, s.closed_at, s.evaluated_at,
+                     s.rating, s.reworks, s.escalations, len(s.verdicts),
+                     sum(1 for v in s.verdicts if v is not None)))
+    node.conn.executemany(_UPSERT, rows)
+
+
+def touched_cases(changes) -> set[str]:
+    """Ids of the cases whose row or events are among ``changes``."""
+    ids = set()
+    for c in changes:
+        if c.table == "cases" and c.op == "insert":
+            ids.add(c.pk)
+        elif c.table == "case_events" and c.op == "insert" and c.values.get("case_id"):
+            ids.add(c.values["case_id"])
+    return ids

@@ -1,0 +1,73 @@
+"""The module's synced tables, their merge policies, and the local case-status table.
+
+Grids, staff and the category catalogue change over time: lww. A grid's key
+is derived from its scope path, so the same grid defined at the district and
+at its street is one row, not two. Patrol check-ins, cases and case events
+are facts: append-only. A case row holds only what was reported; everything
+that happened to it is an event (:mod:`.machine`).
+
+``case_status`` is not synced: each node derives it from ``cases`` and
+``case_events`` with the same fold (:mod:`.status`), so lists and metrics
+read one row per case instead of replaying events.
+"""
+
+from __future__ import annotations
+
+from hemei.core import APPEND_ONLY, LWW, MigrationSet, TableSpec
+
+GRIDS = TableSpec(
+    "grids",
+    {"id": "text", "scope": "text", "code": "text", "name": "text", "street": "text", "community": "text",
+     "parent": "text", "households": "integer", "patrols_per_day": "integer", "established": "text"},
+    policy=LWW, required=("code", "name", "street", "community", "patrols_per_day", "established"),
+    indexes=(("code",), ("street",)))
+STAFF = TableSpec(
+    "grid_staff", {"id": "text", "scope": "text", "grid": "text", "name": "text", "role": "text"},
+    policy=LWW, required=("grid", "name", "role"), indexes=(("grid",),))
+PATROLS = TableSpec(
+    "grid_patrols",
+    {"id": "text", "scope": "text", "grid": "text", "street": "text", "worker": "text", "at": "text",
+     "day": "text", "note": "text"},
+    policy=APPEND_ONLY, required=("grid", "street", "worker", "at", "day"), indexes=(("day", "grid"),))
+CATEGORIES = TableSpec(
+    "case_categories",
+    {"id": "text", "scope": "text", "code": "text", "name": "text", "deadline_hours": "integer",
+     "active": "integer"},
+    policy=LWW, required=("code", "name", "deadline_hours"))
+CASES = TableSpec(
+    "cases",
+    {"id": "text", "scope": "text", "grid": "text", "street": "text", "district": "text", "community": "text",
+     "category": "text", "deadline_hours": "integer", "place": "text", "description": "text",
+     "reporter": "text", "source": "text", "patrol": "text", "reported_at": "text"},
+    policy=APPEND_ONLY,
+    required=("grid", "street", "district", "community", "category", "deadline_hours", "description", "reporter",
+              "source", "reported_at"),
+    indexes=(("grid",),))
+EVENTS = TableSpec(
+    "case_events",
+    {"id": "text", "scope": "text", "case_id": "text", "kind": "text", "at": "text", "acting_scope": "text",
+     "level": "text", "assignee": "text", "note": "text", "rating": "text", "duplicate_of": "text",
+     "auto": "integer"},
+    policy=APPEND_ONLY, required=("case_id", "kind", "at", "acting_scope"), indexes=(("case_id",),))
+
+TABLES = [GRIDS, STAFF, PATROLS, CATEGORIES, CASES, EVENTS]
+#: Synced tables the local case status is derived from.
+CASE_TABLES = ("cases", "case_events")
+
+migrations = MigrationSet("grid_inspections")
+
+
+@migrations.step
+def grid_0001_case_status(db):
+    # One row per case, recomputed from its events whenever they change; see status.py.
+    db.execute("""CREATE TABLE IF NOT EXISTS case_status (
+        case_id TEXT PRIMARY KEY, street TEXT NOT NULL, community TEXT NOT NULL, grid TEXT NOT NULL,
+        category TEXT NOT NULL, reported_at TEXT NOT NULL, due TEXT NOT NULL, state TEXT NOT NULL,
+        level TEXT NOT NULL, level_due TEXT NOT NULL, assignee TEXT, responded_at TEXT, handled_at TEXT,
+        closed_at TEXT, evaluated_at TEXT, rating TEXT, reworks INTEGER NOT NULL, escalations INTEGER NOT NULL,
+        events INTEGER NOT NULL, not_applied INTEGER NOT NULL)""")
+    db.execute("CREATE INDEX IF NOT EXISTS case_status_street ON case_status (street, reported_at)")
+    db.execute("CREATE INDEX IF NOT EXISTS case_status_open ON case_status (state, level_due)")
+    # How far into case_events (by rowid) every case is known to be folded.
+    db.execute("CREATE TABLE IF NOT EXISTS case_status_mark (id INTEGER PRIMARY KEY CHECK (id = 1),"
+               " events_rowid INTEGER NOT NULL)")
