@@ -1,0 +1,340 @@
+"""The grid inspections module on one node: grids, staff, patrols, the case state machine, metrics, bad input."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from hemei.core import Conflict, HemeiError, InvalidInput, NotFound
+from hemei.plugins.grid_inspections import cases, grids, metrics, status
+from hemei.plugins.grid_inspections.machine import TRANSITIONS
+
+ACTOR = "网格员"
+STREET = "越城区/府山街道"
+#: Fixed points in the recent past, so nothing is "in the future" whenever the tests run.
+DAY0 = dt.date.today() - dt.timedelta(days=30)
+
+
+def at(day: int, hour: int = 9, minute: int = 0) -> str:
+    """A local time ``day`` days after DAY0."""
+    return dt.datetime.combine(DAY0 + dt.timedelta(days=day), dt.time(hour, minute)).isoformat()
+
+
+@pytest.fixture
+def street(make_node):
+    node = make_node("street", scope=STREET, modules=["grid_inspections"])
+    grids.add_grid(node, ACTOR, code="FS-01", name="西小河一网格", community="西小河社区", households=300,
+                   established=DAY0.isoformat())
+    grids.add_grid(node, ACTOR, code="FS-02", name="仓桥一网格", community="仓桥社区", patrols_per_day=1,
+                   established=DAY0.isoformat())
+    return node
+
+
+def _log_size(node) -> int:
+    return node.conn.execute("SELECT count(*) FROM _hemei_log").fetchone()[0]
+
+
+def _report(node, grid="FS-01", category="environment", day=1, hour=9, **extra) -> str:
+    return cases.report(node, ACTOR, grid=grid, category=category, description="楼道堆物", reporter="李娟",
+                        at=at(day, hour), **extra)["id"]
+
+
+def _walk(node, case_id, steps) -> dict:
+    shown = None
+    for kind, when, extra in steps:
+        shown = cases.transition(node, ACTOR, case_id, kind, at=when, **extra)
+    return shown
+
+
+def _full_loop(day: int, handled: str, rating: str | None = "satisfied", rework: bool = False):
+    steps = [("register", at(day, 10), {}), ("dispatch", at(day, 10, 5), {"assignee": "王强"}),
+             ("start", at(day, 11), {})]
+    if rework:
+        steps += [("handle", at(day, 12), {"note": "清理了一半"}), ("rework", at(day, 13), {"note": "仍有堆物"}),
+                  ("start", at(day, 14), {})]
+    steps += [("handle", handled, {"note": "已清理"}), ("verify", handled, {}), ("close", handled, {})]
+    if rating:
+        steps.append(("evaluate", handled, {"rating": rating}))
+    return steps
+
+
+# -- grids, staff, patrols -------------------------------------------------------------
+
+def test_grids_nest_under_communities_and_micro_grids_under_grids(street):
+    micro = grids.add_grid(street, ACTOR, code="M1", name="3幢微网格", parent="FS-01")
+    assert micro["scope"] == f"{STREET}/西小河社区/FS-01/M1" and micro["patrols_per_day"] == 0
+    listed = {g["code"]: g for g in grids.list_grids(street)}
+    assert listed["FS-01"]["households"] == 300 and listed["M1"]["parent"] == listed["FS-01"]["id"]
+    with pytest.raises(InvalidInput, match="micro-grid"):
+        grids.add_grid(street, ACTOR, code="M2", name="x", parent="M1")
+    # Defining a grid again updates the one row (its key comes from its path), it does not add one.
+    grids.add_grid(street, ACTOR, code="FS-01", name="西小河一网格", community="西小河社区", households=320)
+    assert [g["households"] for g in grids.list_grids(street) if g["code"] == "FS-01"] == [320]
+
+
+def test_a_grid_has_one_leader_one_instructor_and_any_number_of_members(street):
+    grids.add_staff(street, ACTOR, "FS-01", name="李娟", role="leader")
+    grids.add_staff(street, ACTOR, "FS-01", name="陈老师", role="instructor")
+    for name in ("张三", "李四", "王五"):
+        grids.add_staff(street, ACTOR, "FS-01", name=name, role="member")
+    with pytest.raises(Conflict, match="already has a leader"):
+        grids.add_staff(street, ACTOR, "FS-01", name="赵六", role="leader")
+    staff = grids.get_grid(street, grids.find_grid(street, "FS-01")["id"])["staff"]
+    assert [s["role"] for s in staff] == ["leader", "instructor", "member", "member", "member"]
+    grids.remove_staff(street, ACTOR, staff[0]["id"])
+    grids.add_staff(street, ACTOR, "FS-01", name="赵六", role="leader")
+    assert grids.list_grids(street)[1]["staff"] == {"leader": 1, "instructor": 1, "member": 3}
+
+
+def test_coverage_counts_planned_against_done_and_lists_every_missed_grid_day(street):
+    for when in (at(0, 8), at(0, 18), at(1, 8), at(1, 12), at(1, 18), at(2, 8)):
+        grids.check_in(street, ACTOR, "FS-01", worker="李娟", at=when, note="正常")
+    grids.check_in(street, ACTOR, "FS-02", worker="张三", at=at(0, 9))
+    first, last = DAY0.isoformat(), (DAY0 + dt.timedelta(days=2)).isoformat()
+    data = grids.coverage(street, first, last)
+    by_code = {g["code"]: g for g in data["grids"]}
+    # FS-01 plans 2 a day: 2 + 2 (a third patrol does not count twice) + 1; FS-02 plans 1: 1 + 0 + 0.
+    assert (by_code["FS-01"]["planned"], by_code["FS-01"]["done"]) == (6, 5)
+    assert (by_code["FS-02"]["planned"], by_code["FS-02"]["done"]) == (3, 1)
+    assert (data["planned"], data["done"], data["coverage"]) == (9, 6, round(6 / 9, 4))
+    assert sorted((m["code"], m["day"], m["done"]) for m in data["missed"]) == [
+        ("FS-01", last, 1), ("FS-02", (DAY0 + dt.timedelta(days=1)).isoformat(), 0), ("FS-02", last, 0)]
+
+
+# -- the state machine ----------------------------------------------------------------
+
+def test_a_case_goes_round_the_closed_loop_and_keeps_every_step(street):
+    case_id = _report(street)
+    shown = _walk(street, case_id, _full_loop(1, at(1, 15), rework=True))
+    assert (shown["state"], shown["level"], shown["reworks"], shown["rating"]) == ("evaluated", "grid", 1, "satisfied")
+    assert [e["kind"] for e in shown["events"]] == [
+        "report", "register", "dispatch", "start", "handle", "rework", "start", "handle", "verify", "close",
+        "evaluate"]
+    assert all(e["applied"] for e in shown["events"])
+
+
+@pytest.mark.parametrize("steps, kind, extra, reason", [
+    ([], "dispatch", {"assignee": "王强"}, "cannot dispatch a case that is reported"),
+    ([("register", {})], "handle", {"note": "x"}, "cannot handle a case that is registered"),
+    ([("register", {}), ("dispatch", {"assignee": "王强"}), ("start", {}), ("handle", {"note": "x"})],
+     "evaluate", {"rating": "satisfied"}, "cannot evaluate a case that is handled"),
+    ([("reject", {"note": "不属于受理范围"})], "register", {}, "nothing follows that state"),
+    ([("register", {})], "escalate", {"level": "grid"}, "escalate goes up from grid"),
+])
+def test_invalid_transitions_are_refused_with_the_reason_and_write_nothing(street, steps, kind, extra, reason):
+    case_id = _report(street)
+    for step, fields in steps:
+        cases.transition(street, ACTOR, case_id, step, **fields)
+    before = _log_size(street)
+    with pytest.raises(InvalidInput, match=reason) as refused:
+        cases.transition(street, ACTOR, case_id, kind, **extra)
+    assert refused.value.code == "invalid_transition"
+    assert _log_size(street) == before
+
+
+def test_every_kind_checks_what_it_needs(street):
+    case_id = _report(street)
+    before = _log_size(street)
+    for kind, needs in [("reject", "note"), ("duplicate", "duplicate_of"), ("dispatch", None), ("evaluate", None)]:
+        with pytest.raises(InvalidInput):
+            cases.transition(street, ACTOR, case_id, kind)
+    with pytest.raises(InvalidInput, match="unknown transition"):
+        cases.transition(street, ACTOR, case_id, "teleport")
+    with pytest.raises(InvalidInput, match="in the future"):
+        cases.transition(street, ACTOR, case_id, "register", at=at(60))
+    with pytest.raises(InvalidInput, match="before the case was reported"):
+        cases.transition(street, ACTOR, case_id, "register", at=at(0))
+    with pytest.raises(InvalidInput, match="duplicate itself"):
+        cases.transition(street, ACTOR, case_id, "duplicate", duplicate_of=case_id)
+    assert _log_size(street) == before
+    assert set(TRANSITIONS) >= {"register", "dispatch", "start", "handle", "verify", "rework", "close", "evaluate",
+                                "escalate"}
+
+
+def test_bad_reports_are_refused_with_nothing_written(street):
+    before = _log_size(street)
+    with pytest.raises(NotFound) as unknown_grid:
+        _report(street, grid="NO-SUCH")
+    assert unknown_grid.value.code == "unknown_grid"
+    with pytest.raises(InvalidInput) as unknown_category:
+        _report(street, category="aliens")
+    assert unknown_category.value.code == "unknown_category"
+    with pytest.raises(InvalidInput, match="description is required"):
+        cases.report(street, ACTOR, grid="FS-01", category="safety", description=" ", reporter="李娟")
+    with pytest.raises(InvalidInput, match="source"):
+        _report(street, source="rumour")
+    with pytest.raises(NotFound):
+        _report(street, patrol="no-such-patrol")
+    with pytest.raises(InvalidInput, match="in the future"):
+        _report(street, day=40)
+    assert _log_size(street) == before
+
+
+def test_fixing_on_the_spot_closes_the_case_and_still_leaves_the_whole_trail(street):
+    patrol = grids.check_in(street, ACTOR, "FS-01", worker="李娟", at=at(3, 8))
+    shown = cases.report(street, ACTOR, grid="FS-01", category="safety", description="电线裸露", reporter="李娟",
+                         patrol=patrol["id"], at=at(3, 8, 10), on_the_spot="已包扎绝缘")
+    assert shown["state"] == "closed" and shown["assignee"] == "李娟" and shown["patrol"] == patrol["id"]
+    assert [e["kind"] for e in shown["events"]] == ["report", "register", "dispatch", "start", "handle", "verify",
+                                                    "close"]
+    assert cases.transition(street, ACTOR, shown["id"], "evaluate", rating="satisfied")["state"] == "evaluated"
+
+
+def test_duplicates_link_to_the_case_they_repeat(street):
+    first = _report(street)
+    second = _report(street, day=2)
+    shown = cases.transition(street, ACTOR, second[-8:], "duplicate", duplicate_of=first[-8:])
+    assert (shown["state"], shown["duplicate_of"]) == ("duplicate", first)
+
+
+def test_escalation_moves_the_case_up_and_only_the_holder_acts_on_it(street, make_node):
+    case_id = _report(street)
+    cases.transition(street, ACTOR, case_id, "register")
+    shown = cases.transition(street, ACTOR, case_id, "escalate", note="社区协调")
+    assert (shown["state"], shown["level"], shown["held_by"]) == ("registered", "community", STREET)
+    shown = cases.transition(street, ACTOR, case_id, "escalate", level="district")
+    assert (shown["level"], shown["held_by"]) == ("district", "越城区")
+    with pytest.raises(InvalidInput, match="held by 越城区") as refused:
+        cases.transition(street, ACTOR, case_id, "dispatch", assignee="王强")
+    assert refused.value.code == "invalid_transition"
+    assert [c["id"] for c in cases.list_cases(street, level="district")] == [case_id]
+
+
+def test_overdue_cases_escalate_automatically_one_level_per_deadline(street):
+    late = _report(street, category="safety", day=1)       # 24 h to act at each level
+    fresh = _report(street, category="other", day=29)      # 168 h: not due yet
+    done = cases.report(street, ACTOR, grid="FS-01", category="safety", description="x", reporter="李娟",
+                        at=at(1), on_the_spot="已处理")["id"]
+    moved = cases.escalate_overdue(street, ACTOR, now=at(2, 10))
+    assert moved == [{"id": late, "from": "grid", "to": "community"}]
+    assert cases.escalate_overdue(street, ACTOR, now=at(2, 11)) == []  # the community has its own 24 h
+    assert [m["to"] for m in cases.escalate_overdue(street, ACTOR, now=at(3, 11))] == ["street"]
+    assert [m["to"] for m in cases.escalate_overdue(street, ACTOR, now=at(4, 12))] == ["district"]
+    # At the district the street no longer holds it: the district's own node escalates nothing further.
+    assert cases.escalate_overdue(street, ACTOR, now=at(9)) == []
+    shown = cases.show(street, late)
+    assert shown["level"] == "district" and all(e.get("auto") for e in shown["events"][1:])
+    assert cases.show(street, fresh)["level"] == "grid" and cases.show(street, done)["level"] == "grid"
+
+
+def test_the_status_table_is_the_fold_of_the_events_and_survives_a_rebuild(street):
+    case_id = _report(street)
+    _walk(street, case_id, _full_loop(1, at(1, 15)))
+    before = [tuple(r) for r in street.conn.execute("SELECT * FROM case_status ORDER BY case_id")]
+    assert before and before[0][7] == "evaluated"
+    street.rebuild()
+    assert [tuple(r) for r in street.conn.execute("SELECT * FROM case_status ORDER BY case_id")] == before
+    # A lost status row (a crash between a commit and its refresh) is folded again on the next read.
+    street.conn.execute("DELETE FROM case_status")
+    assert cases.list_cases(street)[0]["state"] == "evaluated"
+    status.refresh_all(street)
+    assert [tuple(r) for r in street.conn.execute("SELECT * FROM case_status ORDER BY case_id")] == before
+
+
+# -- metrics ---------------------------------------------------------------------------
+
+def test_metrics_match_figures_computed_by_hand(street):
+    """Eight cases, each rate worked out by hand below (deadlines: environment 48 h, safety 24 h)."""
+    c1 = _report(street, "FS-01", "environment", day=2)  # handled in 25 h: on time; satisfied
+    _walk(street, c1, _full_loop(2, at(3, 10)))
+    c2 = _report(street, "FS-01", "environment", day=3)  # handled after 72 h: late; dissatisfied
+    _walk(street, c2, _full_loop(3, at(6, 9), rating="dissatisfied"))
+    c3 = _report(street, "FS-01", "safety", day=4, hour=8)  # reworked, then on time; basically satisfied
+    _walk(street, c3, _full_loop(4, at(4, 20), rating="basically_satisfied", rework=True))
+    c4 = _report(street, "FS-02", "safety", day=5)
+    cases.transition(street, ACTOR, c4, "reject", note="不属于受理范围", at=at(5, 10))
+    c5 = _report(street, "FS-02", "environment", day=6)
+    cases.transition(street, ACTOR, c5, "duplicate", duplicate_of=c1, at=at(6, 10))
+    c6 = _report(street, "FS-02", "environment", day=7)  # still open
+    _walk(street, c6, [("register", at(7, 10), {}), ("dispatch", at(7, 11), {"assignee": "王强"})])
+    _report(street, "FS-02", "environment", day=8)  # c7: no answer yet
+    cases.report(street, ACTOR, grid="FS-01", category="environment", description="x", reporter="李娟",
+                 at=at(9), on_the_spot="已处理")  # c8: closed on the spot, not evaluated
+    for when in (at(2, 8), at(2, 18), at(3, 8)):
+        grids.check_in(street, ACTOR, "FS-01", worker="李娟", at=when)
+
+    first, last = (DAY0 + dt.timedelta(days=2)).isoformat(), (DAY0 + dt.timedelta(days=11)).isoformat()
+    data = metrics.stats(street, start=first, end=last)
+    t = data["totals"]
+    assert (t["cases"], t["responded"], t["accepted"], t["resolved"], t["on_time"]) == (8, 7, 6, 4, 3)
+    assert (t["handled"], t["reworked"], t["evaluated"], t["satisfied"], t["open"]) == (4, 1, 3, 2, 2)
+    assert t["response_rate"] == 0.875            # 7 answered of 8
+    assert t["resolution_rate"] == round(4 / 6, 4)  # c1 c2 c3 c8 closed, of 6 not rejected or duplicate
+    assert t["on_time_rate"] == 0.75              # c1 c3 c8 of the 4 resolved
+    assert t["rework_rate"] == 0.25               # c3 of the 4 handled
+    assert t["satisfaction_rate"] == round(2 / 3, 4)  # satisfied + basically satisfied, of 3 evaluations
+    # Plans: FS-01 2 a day, FS-02 1 a day, over 10 days = 30 planned; 3 done.
+    assert (data["patrols"]["planned"], data["patrols"]["done"], t["patrol_coverage"]) == (30, 3, 0.1)
+    by_community = {c["community"]: c for c in data["communities"]}
+    assert by_community["西小河社区"]["cases"] == 4 and by_community["西小河社区"]["resolution_rate"] == 1.0
+    assert by_community["仓桥社区"]["response_rate"] == 0.75 and by_community["仓桥社区"]["resolution_rate"] == 0.0
+    assert by_community["仓桥社区"]["on_time_rate"] is None  # nothing resolved: no rate, not 0%
+    assert {c["category"]: c["cases"] for c in data["categories"]} == {"environment": 6, "safety": 2}
+    assert [g["cases"] for g in data["grids"]] == [4, 4]
+    assert [(s["rank"], s["street"], s["cases"]) for s in data["streets"]] == [(1, STREET, 8)]
+    # The window is on the report date: a day later drops c1.
+    assert metrics.stats(street, start=(DAY0 + dt.timedelta(days=3)).isoformat(), end=last)["totals"]["cases"] == 7
+
+
+# -- the CLI and categories ----------------------------------------------------------------
+
+@pytest.fixture
+def cli_street(tmp_path, run_cli):
+    home = str(tmp_path / "cli")
+    assert run_cli("--home", home, "init", "--name", "府山", "--scope", STREET).exit_code == 0
+    assert run_cli("--home", home, "modules", "enable", "grid_inspections").exit_code == 0
+    return lambda *args, **kw: run_cli("--home", home, *args, **kw)
+
+
+def test_the_cli_runs_a_case_round_the_loop_and_shows_every_event_as_json(cli_street):
+    assert cli_street("grids", "add", "FS-03", "府山第三网格", "--community", "西小河社区").exit_code == 0
+    assert cli_street("grids", "staff", "add", "FS-03", "李娟", "--role", "leader").exit_code == 0
+    assert "李娟" in cli_street("grids", "staff", "list", "FS-03").output
+    reported = cli_street("cases", "report", "--grid", "FS-03", "--category", "environment", "--description",
+                          "楼道堆物", "--reporter", "李娟", "--json")
+    case_id = json.loads(reported.output)["id"]
+    for args in (["register"], ["dispatch", "--to", "王强"], ["start"], ["handle", "--note", "已清理"], ["verify"],
+                 ["close"], ["evaluate", "--rating", "satisfied"]):
+        result = cli_street("cases", args[0], case_id[-8:], *args[1:])
+        assert result.exit_code == 0, result.output
+    shown = json.loads(cli_street("cases", "show", case_id, "--json").output)
+    assert (shown["state"], shown["level"]) == ("evaluated", "grid")
+    assert [e["kind"] for e in shown["events"]][-2:] == ["close", "evaluate"] and len(shown["events"]) == 8
+    assert "楼道堆物" in cli_street("cases", "show", case_id).output
+    stats = json.loads(cli_street("cases", "stats", "--json").output)
+    assert stats["totals"]["satisfaction_rate"] == 1.0
+    assert "resolution_rate" in cli_street("cases", "stats").output
+    assert "FS-03" in cli_street("cases", "list").output
+
+
+def test_the_cli_refuses_bad_input_in_one_line_without_a_traceback(cli_street):
+    cli_street("grids", "add", "FS-03", "府山第三网格", "--community", "西小河社区")
+    for args, words in [
+        (["cases", "report", "--grid", "NOPE", "--category", "environment", "--description", "x",
+          "--reporter", "y"], "no grid"),
+        (["cases", "report", "--grid", "FS-03", "--category", "aliens", "--description", "x", "--reporter", "y"],
+         "unknown category"),
+        (["cases", "register", "doesnotexist"], "no case"),
+        (["grids", "add", "A/B", "x", "--community", "c"], "grid code"),
+    ]:
+        result = cli_street(*args)
+        assert result.exit_code != 0 and words in result.output and "Traceback" not in result.output, result.output
+    case_id = json.loads(cli_street("cases", "report", "--grid", "FS-03", "--category", "environment",
+                                    "--description", "x", "--reporter", "y", "--json").output)["id"]
+    early = cli_street("cases", "evaluate", case_id, "--rating", "satisfied")
+    assert early.exit_code != 0 and "cannot evaluate a case that is reported" in early.output
+
+
+def test_a_district_catalogue_applies_below_it_and_a_street_can_override_it(make_node):
+    district = make_node("district", scope="越城区", modules=["grid_inspections"])
+    cases.set_category(district, ACTOR, code="stairwell", name="楼道堆物", deadline_hours=48)
+    assert cases.categories(district, STREET)["stairwell"]["deadline_hours"] == 48
+    assert "environment" in cases.categories(district)  # the defaults stay until retired
+    cases.set_category(district, ACTOR, code="environment", name="环境卫生", deadline_hours=1, active=False)
+    assert "environment" not in cases.categories(district, STREET)
+    with pytest.raises(HemeiError):
+        cases.set_category(district, ACTOR, code="Bad Code", name="x", deadline_hours=1)
+    with pytest.raises(InvalidInput):
+        cases.set_category(district, ACTOR, code="ok", name="x", deadline_hours=0)
