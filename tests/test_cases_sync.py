@@ -1,0 +1,155 @@
+"""Grid cases across a district and two streets: real `hemei serve`, real `hemei sync`.
+
+Grids and the catalogue defined at the district flow down; a case escalated
+by a street reaches the district's queue; its handling and closure at the
+district flow back to the street, which sees the whole history.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tree import Tree
+
+MODULES = ("grid_inspections",)
+SCOPES = {"district": "越城区", "fushan": "越城区/府山街道", "tashan": "越城区/塔山街道"}
+
+
+def _json(tree: Tree, name: str, *args: str):
+    return json.loads(tree.ok(name, "--actor", f"{name}-staff", *args, "--json"))
+
+
+@pytest.fixture(scope="module")
+def district_tree(tmp_path_factory):
+    tree = Tree(tmp_path_factory.mktemp("grids"))
+    for name, scope in SCOPES.items():
+        tree.init(name, scope, modules=MODULES)
+    tree.serve("district")
+    tree.enroll("district", "fushan", SCOPES["fushan"])
+    tree.enroll("district", "tashan", SCOPES["tashan"])
+    yield tree
+    tree.stop()
+
+
+def test_a_case_escalated_to_the_district_is_closed_there_and_the_street_sees_it_all(district_tree):
+    t = district_tree
+    # Grid definitions and the catalogue are set at the district and flow down.
+    _json(t, "district", "grids", "add", "FS-01", "西小河一网格", "--community", "西小河社区", "--street", "府山街道",
+          "--households", "300")
+    _json(t, "district", "grids", "add", "TS-01", "塔山一网格", "--community", "塔山社区", "--street", "塔山街道")
+    _json(t, "district", "cases", "category", "add", "stairwell", "楼道堆物", "--deadline-hours", "48")
+    for street in ("fushan", "tashan"):
+        t.sync(street)
+    assert [g["code"] for g in _json(t, "fushan", "grids", "list")] == ["FS-01"]  # not its sibling's grid
+    assert [g["code"] for g in _json(t, "tashan", "grids", "list")] == ["TS-01"]
+    assert any(c["code"] == "stairwell" for c in _json(t, "fushan", "cases", "category", "list"))
+
+    # The street reports, registers and escalates beyond itself; it can no longer act on the case.
+    case = _json(t, "fushan", "cases", "report", "--grid", "FS-01", "--category", "stairwell", "--description",
+                 "楼道堆物堵塞消防通道", "--reporter", "李娟", "--place", "3幢2单元")
+    case_id = case["id"]
+    _json(t, "fushan", "cases", "register", case_id)
+    escalated = _json(t, "fushan", "cases", "escalate", case_id, "--to-level", "district", "--note", "需区级协调")
+    assert (escalated["level"], escalated["held_by"]) == ("district", "越城区")
+    refused = t.hemei("fushan", "cases", "dispatch", case_id, "--to", "王强")
+    assert refused.returncode == 1 and "held by 越城区" in refused.stderr and "Traceback" not in refused.stderr
+    _json(t, "tashan", "cases", "report", "--grid", "TS-01", "--category", "environment", "--description", "垃圾",
+          "--reporter", "张三")
+    t.sync("fushan")
+    t.sync("tashan")
+
+    # It is in the district's queue, which handles and closes it.
+    queue = _json(t, "district", "cases", "list", "--level", "district", "--open")
+    assert [c["id"] for c in queue] == [case_id]
+    for args in (["dispatch", case_id, "--to", "区城管执法队"], ["start", case_id],
+                 ["handle", case_id, "--note", "已清运"], ["verify", case_id], ["close", case_id]):
+        _json(t, "district", "cases", *args)
+    t.sync("fushan")
+    t.sync("tashan")
+
+    # Back at the street: closed, at district level, with every event from both nodes.
+    shown = _json(t, "fushan", "cases", "show", case_id)
+    assert (shown["state"], shown["level"]) == ("closed", "district")
+    assert [(e["kind"], e["by"]) for e in shown["events"]] == [
+        ("report", "李娟"), ("register", SCOPES["fushan"]), ("escalate", SCOPES["fushan"]),
+        ("dispatch", SCOPES["district"]), ("start", SCOPES["district"]), ("handle", SCOPES["district"]),
+        ("verify", SCOPES["district"]), ("close", SCOPES["district"])]
+    assert all(e["applied"] for e in shown["events"])
+    assert shown == {**_json(t, "district", "cases", "show", case_id)}  # both levels see the same history
+
+    # The street records what the resident said; the district sees it after the next sync.
+    _json(t, "fushan", "cases", "evaluate", case_id, "--rating", "basically_satisfied")
+    t.sync("fushan")
+    assert _json(t, "district", "cases", "show", case_id)["state"] == "evaluated"
+    tashan = t.open("tashan")
+    try:
+        assert tashan.conn.execute("SELECT count(*) FROM cases WHERE street = ?", (SCOPES["fushan"],)).fetchone() \
+            == (0,)
+    finally:
+        tashan.close()
+
+    # The district ranks its streets from the events it received.
+    stats = _json(t, "district", "cases", "stats")
+    assert [(s["rank"], s["street"], s["cases"], s["resolution_rate"]) for s in stats["streets"]] == [
+        (1, SCOPES["fushan"], 1, 1.0), (2, SCOPES["tashan"], 1, 0.0)]
+    assert stats["totals"]["satisfaction_rate"] == 1.0 and stats["totals"]["escalated"] == 1
+    report = _json(t, "district", "report")
+    assert any(s["module"] == "grid_inspections" for s in report["sections"])
+    for name in ("district", "fushan", "tashan"):
+        assert "verified" in t.ok(name, "audit", "verify").lower()
+
+
+def test_routes_enforce_roles_and_refuse_bad_input_with_json_errors(district_tree):
+    t = district_tree  # the street serves its own staff's browsers
+    for user, role in (("viewer2", "viewer"), ("op2", "operator"), ("admin2", "admin")):
+        done = t.hemei("fushan", "users", "add", user, "--role", role, "--password", "a-long-password")
+        assert done.returncode == 0, done.stderr
+    tokens = {u: t.ok("fushan", "users", "token", u).strip() for u in ("viewer2", "op2", "admin2")}
+    base = t.serve("fushan").url + "/api"
+
+    def call(method, path, user, body=None):
+        return httpx.request(method, base + path, json=body, headers={"Authorization": f"Bearer {tokens[user]}"})
+
+    grid = {"code": "FS-09", "name": "测试网格", "community": "西小河社区"}
+    assert call("POST", "/grids", "op2", grid).status_code == 403
+    made = call("POST", "/grids", "admin2", grid)
+    assert made.status_code == 200, made.text
+    assert call("POST", "/grids/FS-09/staff", "admin2", {"name": "周敏", "role": "leader"}).status_code == 200
+    assert call("GET", "/grids/FS-09", "viewer2").json()["staff"][0]["name"] == "周敏"
+    report = {"grid": "FS-09", "category": "safety", "description": "井盖缺失", "reporter": "周敏"}
+    assert call("POST", "/cases", "viewer2", report).status_code == 403
+    case = call("POST", "/cases", "op2", report)
+    assert case.status_code == 200 and case.json()["state"] == "reported"
+    case_id = case.json()["id"]
+    before = t.open("fushan")
+    try:
+        log_size = before.conn.execute("SELECT count(*) FROM _hemei_log").fetchone()[0]
+    finally:
+        before.close()
+    for path, body, status, code in [
+        ("/cases", {**report, "grid": "NOPE"}, 404, "unknown_grid"),
+        ("/cases", {**report, "category": "aliens"}, 400, "unknown_category"),
+        ("/cases", {**report, "extra": 1}, 400, "invalid_input"),
+        ("/cases", ["not", "an", "object"], 400, "invalid_input"),
+        (f"/cases/{case_id}/events", {"kind": "evaluate", "rating": "satisfied"}, 400, "invalid_transition"),
+        (f"/cases/{case_id}/events", {"kind": "fly"}, 400, "invalid_input"),
+        ("/cases/no-such-case/events", {"kind": "register"}, 404, "not_found"),
+    ]:
+        answer = call("POST", path, "op2", body)
+        assert (answer.status_code, answer.json()["error"]["code"]) == (status, code), (path, body, answer.text)
+    after = t.open("fushan")
+    try:
+        assert after.conn.execute("SELECT count(*) FROM _hemei_log").fetchone()[0] == log_size
+    finally:
+        after.close()
+    registered = call("POST", f"/cases/{case_id}/events", "op2", {"kind": "register"})
+    assert registered.status_code == 200 and registered.json()["state"] == "registered"
+    shown = call("GET", f"/cases/{case_id}", "viewer2").json()
+    assert [e["kind"] for e in shown["events"]] == ["report", "register"]
+    assert call("GET", "/cases/stats", "viewer2").json()["scope"] == SCOPES["fushan"]
+    assert call("GET", "/grids/coverage", "viewer2").status_code == 200
+    assert call("DELETE", f"/grids/staff/{made.json()['id']}", "admin2").status_code == 404
+    assert "Traceback" not in t.servers["fushan"].output()
