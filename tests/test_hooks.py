@@ -79,6 +79,17 @@ def test_hook_change_applied(node):
         ("notes", "insert", pk, 1), ("notes", "update", pk, 1)]
 
 
+def test_hook_tables_rebuilt(node):
+    with node.writer("w") as w:
+        w.insert("notes", {"title": "a"})
+    import hook_probe
+
+    hook_probe.REBUILDS.clear()
+    node.rebuild(["notes"])
+    assert hook_probe.REBUILDS == [(node.id, ["notes"])]
+    # The grid module's use: tests/test_cases.py::test_the_status_table_is_the_fold_of_the_events_and_survives_a_rebuild
+
+
 def test_hook_report_sections(node, run_cli):
     with node.writer("w") as w:
         w.insert("notes", {"title": "a", "scope": "yuecheng/fushan/xihu"})

@@ -101,6 +101,15 @@ def change_applied(node, changes):
                           [(c.table, c.op, c.pk, int(c.local)) for c in changes])
 
 
+#: (node id, tables) for each rebuild seen, for tests/test_hooks.py.
+REBUILDS: list[tuple[str, list[str]]] = []
+
+
+@hookimpl
+def tables_rebuilt(node, tables):
+    REBUILDS.append((node.id, list(tables)))
+
+
 @hookimpl
 def node_status(node):
     return {"probe": {"notes": node.conn.execute("SELECT count(*) FROM notes WHERE _deleted = 0").fetchone()[0]}}
