@@ -76,6 +76,18 @@ def now_local() -> str:
     return local_time(dt.datetime.now())
 
 
+#: How far ahead of this PC's clock a recorded time may be (a phone a little ahead, say).
+FUTURE_SLACK = dt.timedelta(minutes=5)
+
+
+def past_time(value, field: str = "time") -> str:
+    """:func:`local_time` of ``value`` (now when ``None``), refused if it is ahead of the clock."""
+    moment = now_local() if value is None else local_time(value, field)
+    if moment > local_time(dt.datetime.now() + FUTURE_SLACK):
+        raise InvalidInput(f"{field} {moment} is in the future: check the date, or this PC's clock")
+    return moment
+
+
 def row_scope(node: Node, scope: str | None) -> str:
     """A scope for a new row: the node's own by default, or one inside it (a community)."""
     if scope is None:

@@ -144,7 +144,7 @@ def test_every_kind_checks_what_it_needs(street):
         cases.transition(street, ACTOR, case_id, "teleport")
     with pytest.raises(InvalidInput, match="in the future"):
         cases.transition(street, ACTOR, case_id, "register", at=at(60))
-    with pytest.raises(InvalidInput, match="before the case was reported"):
+    with pytest.raises(InvalidInput, match="before the case's last step"):
         cases.transition(street, ACTOR, case_id, "register", at=at(0))
     with pytest.raises(InvalidInput, match="duplicate itself"):
         cases.transition(street, ACTOR, case_id, "duplicate", duplicate_of=case_id)
@@ -223,11 +223,12 @@ def test_the_status_table_is_the_fold_of_the_events_and_survives_a_rebuild(stree
     case_id = _report(street)
     _walk(street, case_id, _full_loop(1, at(1, 15)))
     before = [tuple(r) for r in street.conn.execute("SELECT * FROM case_status ORDER BY case_id")]
-    assert before and before[0][7] == "evaluated"
+    assert street.conn.execute("SELECT state, events FROM case_status").fetchall() == [("evaluated", 7)]
     street.rebuild()
     assert [tuple(r) for r in street.conn.execute("SELECT * FROM case_status ORDER BY case_id")] == before
-    # A lost status row (a crash between a commit and its refresh) is folded again on the next read.
+    # A crash between a commit and its refresh: no status row, marks not moved. The next read folds it.
     street.conn.execute("DELETE FROM case_status")
+    street.conn.execute("DELETE FROM case_status_mark")
     assert cases.list_cases(street)[0]["state"] == "evaluated"
     status.refresh_all(street)
     assert [tuple(r) for r in street.conn.execute("SELECT * FROM case_status ORDER BY case_id")] == before
@@ -338,3 +339,84 @@ def test_a_district_catalogue_applies_below_it_and_a_street_can_override_it(make
         cases.set_category(district, ACTOR, code="Bad Code", name="x", deadline_hours=1)
     with pytest.raises(InvalidInput):
         cases.set_category(district, ACTOR, code="ok", name="x", deadline_hours=0)
+
+
+# -- what the review found -----------------------------------------------------------
+
+def test_rows_the_fold_could_not_trust_are_refused_even_when_written_directly(street):
+    case_id = _report(street)
+    case = cases.find_case(street, case_id)
+    before = _log_size(street)
+    base = {"scope": case["scope"], "case_id": case_id, "kind": "register", "at": at(1, 10),
+            "acting_scope": STREET}
+    for bad in ({"at": "next tuesday"}, {"at": "9999-12-31T00:00:00"}, {"kind": "teleport"},
+                {"acting_scope": "越城区"}, {"rating": "meh"}, {"level": "city"}):
+        with pytest.raises(InvalidInput):
+            with street.writer("forger") as w:
+                w.insert("case_events", {**base, **bad})
+    row = {k: case[k] for k in ("scope", "grid", "street", "district", "community", "category")}
+    row.update(description="x", reporter="y", source="patrol", reported_at=at(1), deadline_hours=24)
+    for bad in ({"deadline_hours": 10**9}, {"reported_at": "soon"}, {"district": "别的区"}, {"source": "rumour"}):
+        with pytest.raises(InvalidInput):
+            with street.writer("forger") as w:
+                w.insert("cases", {**row, **bad})
+    assert _log_size(street) == before
+    assert metrics.stats(street)["totals"]["cases"] == 1
+
+
+def test_a_district_with_a_one_segment_scope_counts_its_streets_grids(make_node):
+    district = make_node("district", scope="越城区", modules=["grid_inspections"])
+    grids.add_grid(district, ACTOR, code="FS-01", name="西小河一网格", community="西小河社区", street="府山街道",
+                   established=DAY0.isoformat())
+    assert [g["street"] for g in grids.list_grids(district, "越城区")] == [STREET]
+    grids.check_in(district, ACTOR, "FS-01", worker="李娟", at=at(1, 8))
+    first = DAY0.isoformat()
+    data = metrics.stats(district, start=first)
+    assert data["patrols"]["done"] == 1 and data["patrols"]["planned"] > 0
+    assert metrics.stats(district, start=first, scope="越城区") == data
+    with pytest.raises(InvalidInput, match="directly below"):
+        grids.add_grid(district, ACTOR, code="X", name="x", community="c", street="府山街道/西小河社区")
+    with pytest.raises(InvalidInput, match="no node of 越城区/府山街道 is known here"):
+        _report(district)
+
+
+def test_a_community_name_cannot_clash_with_a_micro_grid_path_and_redefining_keeps_what_is_not_given(street):
+    with pytest.raises(InvalidInput, match="cannot contain"):
+        grids.add_grid(street, ACTOR, code="M1", name="x", community="西小河社区/FS-01")
+    grids.set_plan(street, ACTOR, "FS-01", 3)
+    renamed = grids.add_grid(street, ACTOR, code="FS-01", name="西小河第一网格", community="西小河社区")
+    assert (renamed["name"], renamed["households"], renamed["patrols_per_day"], renamed["established"]) == (
+        "西小河第一网格", 300, 3, DAY0.isoformat())
+
+
+def test_steps_cannot_be_dated_before_earlier_ones_and_a_missed_deadline_is_no_answer(street):
+    case_id = _report(street, category="safety", day=1)
+    cases.transition(street, ACTOR, case_id, "register", at=at(5))
+    with pytest.raises(InvalidInput, match="before the case's last step"):
+        cases.transition(street, ACTOR, case_id, "dispatch", assignee="王强", at=at(2))
+    ignored = _report(street, category="safety", day=1)
+    cases.escalate_overdue(street, ACTOR, now=at(3))
+    assert cases.show(street, ignored)["level"] == "community"
+    row = street.conn.execute("SELECT responded_at FROM case_status WHERE case_id = ?", (ignored,)).fetchone()
+    assert row == (None,)
+    with pytest.raises(InvalidInput, match="does not take rating"):
+        cases.transition(street, ACTOR, case_id, "dispatch", assignee="王强", rating="satisfied")
+    with pytest.raises(InvalidInput) as bad_rating:
+        cases.transition(street, ACTOR, case_id, "evaluate", rating="meh")
+    assert bad_rating.value.code == "invalid_input"
+    with pytest.raises(InvalidInput, match="state must be one of"):
+        cases.list_cases(street, state="bogus")
+
+
+def test_a_street_cannot_loosen_a_deadline_its_district_set(make_node):
+    district = make_node("district", scope="越城区", modules=["grid_inspections"])
+    street = make_node("street", scope=STREET, modules=["grid_inspections"])
+    cases.set_category(district, ACTOR, code="safety", name="安全隐患", deadline_hours=12)
+    cases.set_category(street, ACTOR, code="stairwell", name="楼道堆物", deadline_hours=48)  # its own code: fine
+    from test_convergence import _send
+
+    _send(district, street, rewind=0)
+    with pytest.raises(Conflict, match="set at 越城区"):
+        cases.set_category(street, ACTOR, code="safety", name="安全隐患", deadline_hours=999)
+    assert cases.categories(street)["safety"]["deadline_hours"] == 12
+    assert cases.categories(street)["stairwell"]["deadline_hours"] == 48

@@ -3,10 +3,9 @@
 A street and its district each act on two cases while offline, in random
 order, with random pushes and pulls between them: any transition, by either
 node, at any time (most are refused locally, as they would be for a user;
-the ones accepted are what a user could have done). Concurrent acts do
-happen: both nodes may record the resident's evaluation of a closed case,
-and the district may act on a case it holds while the street, not yet
-synced, still acts on its earlier level. After a full sync:
+the ones accepted are what a user could have done). Only one node holds a
+case at a time, so the acts that truly race are evaluations, which both may
+record (the second test forces that race). After a full sync:
 
 * both nodes hold every event either wrote (nothing lost) and show the same
   state, level and history for every case, including which events did not

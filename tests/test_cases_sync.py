@@ -137,6 +137,9 @@ def test_routes_enforce_roles_and_refuse_bad_input_with_json_errors(district_tre
         (f"/cases/{case_id}/events", {"kind": "evaluate", "rating": "satisfied"}, 400, "invalid_transition"),
         (f"/cases/{case_id}/events", {"kind": "fly"}, 400, "invalid_input"),
         ("/cases/no-such-case/events", {"kind": "register"}, 404, "not_found"),
+        (f"/cases/{case_id}/events", {"kind": ["register"]}, 400, "invalid_input"),
+        (f"/cases/{case_id}/events", {"kind": "dispatch", "assignee": 7}, 400, "invalid_input"),
+        ("/grids/FS-09/patrols", {"worker": "周敏", "at": "9999-12-31 08:00"}, 400, "invalid_input"),
     ]:
         answer = call("POST", path, "op2", body)
         assert (answer.status_code, answer.json()["error"]["code"]) == (status, code), (path, body, answer.text)
@@ -151,5 +154,9 @@ def test_routes_enforce_roles_and_refuse_bad_input_with_json_errors(district_tre
     assert [e["kind"] for e in shown["events"]] == ["report", "register"]
     assert call("GET", "/cases/stats", "viewer2").json()["scope"] == SCOPES["fushan"]
     assert call("GET", "/grids/coverage", "viewer2").status_code == 200
+    for path in ("/cases/stats?to=9999-12-31", "/grids/coverage?from=9999-12-25&to=9999-12-31",
+                 "/grids/coverage?to=0001-01-02", "/cases?state=bogus", "/cases?limit=many"):
+        answer = call("GET", path, "viewer2")
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_input", (path, answer.text)
     assert call("DELETE", f"/grids/staff/{made.json()['id']}", "admin2").status_code == 404
     assert "Traceback" not in t.servers["fushan"].output()

@@ -13,6 +13,8 @@ from hemei.core import ReportSection, hookimpl
 from hemei.core.scope import covers
 
 from . import commands, metrics, status
+from .cases import MAX_DEADLINE_HOURS, SOURCES
+from .machine import EVENT_KINDS, LEVELS, RATINGS, is_local_time
 from .routes import ROUTES
 from .tables import CASE_TABLES, TABLES, migrations
 
@@ -40,24 +42,53 @@ def register_commands():
 
 @hookimpl
 def validate_change(node, change):
-    """A case event speaks for the node that wrote it, and a case lies inside its street.
+    """Rows a case's fold can trust, whoever wrote them.
 
-    The fold decides who may act on a case by the event's ``acting_scope``;
-    that must be the writer's declared scope, or a street could act in its
-    district's name. Both checks read only the change and the writer's first
-    entry, which every replica holding the change also holds.
+    A case event speaks for the node that wrote it (its ``acting_scope`` is
+    the writer's declared scope, or a street could act in its district's
+    name), a case is reported by its street or the district above it, and
+    every value the fold computes with is well formed, so one bad row from a
+    modified node cannot break lists and figures. Each check reads only the
+    change and the writer's first entry, which every replica holding the
+    change also holds.
     """
-    if change.op != "insert":
+    if change.op != "insert" or change.table not in CASE_TABLES:
         return None
-    values = change.values
+    values, declared = change.values, node.origin_scope(change.origin)
+    if declared is None:
+        return "the writer of a case row must be known (its first entry held) before its rows are"
     if change.table == "case_events":
-        declared = node.origin_scope(change.origin)
-        if declared is not None and values.get("acting_scope") != declared:
-            return f"a case event must name the scope of the node that wrote it ({declared})"
-    elif change.table == "cases":
-        street, district = values.get("street") or "", values.get("district") or ""
-        if not covers(street, change.scope) or street.rsplit("/", 1)[0] != district:
-            return "a case must lie inside its street, and name the district above that street"
+        return _event_problem(values, declared)
+    return _case_problem(change.scope, values, declared)
+
+
+def _event_problem(values: dict, declared: str) -> str | None:
+    if values.get("acting_scope") != declared:
+        return f"a case event must name the scope of the node that wrote it ({declared})"
+    if values.get("kind") not in EVENT_KINDS:
+        return f"unknown case event kind {values.get('kind')!r}"
+    if not is_local_time(values.get("at")):
+        return "a case event needs its time as YYYY-MM-DDTHH:MM:SS"
+    if values.get("level") not in (None, *LEVELS) or values.get("rating") not in (None, *RATINGS):
+        return "a case event's level or rating is not one the module knows"
+    if values.get("auto") not in (None, 0, 1):
+        return "a case event's auto flag must be 0 or 1"
+    return None
+
+
+def _case_problem(scope: str, values: dict, declared: str) -> str | None:
+    street, district = values.get("street") or "", values.get("district") or ""
+    if not covers(street, scope) or street.rsplit("/", 1)[0] != district:
+        return "a case must lie inside its street, and name the district above that street"
+    if declared not in (street, district):
+        return f"a case in {street} is reported by that street or its district, not by {declared}"
+    if not is_local_time(values.get("reported_at")):
+        return "a case needs its report time as YYYY-MM-DDTHH:MM:SS"
+    hours = values.get("deadline_hours")
+    if isinstance(hours, bool) or not isinstance(hours, int) or not 1 <= hours <= MAX_DEADLINE_HOURS:
+        return f"a case's deadline must be 1 to {MAX_DEADLINE_HOURS} hours"
+    if values.get("source") not in SOURCES:
+        return f"a case's source must be one of {', '.join(SOURCES)}"
     return None
 
 

@@ -11,16 +11,15 @@ as not applied).
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 
-from hemei.core import InvalidInput, Node, NotFound
-from hemei.core.fields import flag, local_time, now_local, one, text, whole_number
+from hemei.core import Conflict, InvalidInput, Node, NotFound
+from hemei.core.fields import flag, now_local, one, past_time, text, whole_number
 from hemei.core.scope import covers
 
 from . import grids, status
-from .machine import (LEVELS, NEEDS, OPEN_STATES, TRANSITIONS, CaseState, apply, due_after, fold, level_due,
-                      next_level, refusal)
+from .machine import (LEVELS, NEEDS, OPEN_STATES, RATINGS, STATES, TRANSITIONS, CaseState, apply, due_after, fold,
+                      holder_scope, level_due, next_level, refusal)
 
 #: Used until a district or street configures its own (``hemei cases category add``): code -> (name, hours).
 DEFAULT_CATEGORIES = {
@@ -32,20 +31,25 @@ DEFAULT_CATEGORIES = {
     "other": ("其他", 168),
 }
 SOURCES = ("patrol", "resident")
+MAX_DEADLINE_HOURS = 24 * 366
 _CODE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-#: Events may be entered after the fact (from a paper record), never ahead of the clock.
-FUTURE_SLACK = dt.timedelta(minutes=5)
 
 
 # -- the category catalogue -------------------------------------------------------
 
 def categories(node: Node, scope: str | None = None) -> dict[str, dict]:
-    """code -> {name, deadline_hours} in force at ``scope``: the nearest definition of each code wins."""
+    """code -> {name, deadline_hours} in force at ``scope``.
+
+    The definition highest up the tree wins: a district's deadlines hold for
+    every street under it, so all streets are measured against the same
+    ones; a street may add codes of its own. The defaults apply until
+    someone above defines (or retires) the code.
+    """
     scope = scope or node.scope
-    found = {code: (-1, name, hours, 1) for code, (name, hours) in DEFAULT_CATEGORIES.items()}
+    found = {code: (10**6, name, hours, 1) for code, (name, hours) in DEFAULT_CATEGORIES.items()}
     for code, name, hours, active, where in node.conn.execute(
             "SELECT code, name, deadline_hours, active, scope FROM case_categories WHERE _deleted = 0"):
-        if covers(where, scope) and len(where) >= found.get(code, (-2,))[0]:
+        if covers(where, scope) and len(where) < found.get(code, (10**7,))[0]:
             found[code] = (len(where), name, hours, active)
     return {code: {"name": name, "deadline_hours": hours}
             for code, (_, name, hours, active) in sorted(found.items()) if active}
@@ -57,8 +61,14 @@ def set_category(node: Node, actor: str, *, code, name, deadline_hours, active: 
     if not _CODE.match(code):
         raise InvalidInput(f"category code {code!r}: use lower-case letters, digits and _")
     values = {"code": code, "name": text(name, "name", limit=64),
-              "deadline_hours": whole_number(deadline_hours, "deadline_hours", low=1, high=24 * 366),
+              "deadline_hours": whole_number(deadline_hours, "deadline_hours", low=1, high=MAX_DEADLINE_HOURS),
               "active": int(flag(active, "active"))}
+    above = [where for (where,) in node.conn.execute(
+        "SELECT scope FROM case_categories WHERE code = ? AND _deleted = 0", (code,))
+        if where != node.scope and covers(where, node.scope)]
+    if above:
+        raise Conflict(f"category {code} is set at {above[0]} for everyone below it; change it there, "
+                       "or add a code of your own")
     pk = f"{node.scope}|{code}"
     with node.writer(actor) as w:
         if one(node, "SELECT 1 AS held FROM case_categories WHERE id = ? AND _deleted = 0", (pk,)):
@@ -88,7 +98,11 @@ def report(node: Node, actor: str, *, grid, category, description, reporter, sou
             raise NotFound(f"no patrol {patrol} in grid {row['code']}")
     if "/" not in row["street"]:
         raise InvalidInput(f"street {row['street']} has no district above it in its scope path")
-    at = _moment(at)
+    if row["street"] != node.scope and row["street"] not in set(map(node.origin_scope, node.version_vector())):
+        # The street's node holds the case below district level: without one, nobody could act on it.
+        raise InvalidInput(f"no node of {row['street']} is known here yet: report the case at that street, "
+                           "or after it has synced once")
+    at = past_time(at, "at")
     case = {"scope": row["scope"], "grid": row["id"], "street": row["street"],
             "district": row["street"].rsplit("/", 1)[0], "community": row["community"], "category": category,
             "deadline_hours": catalogue[category]["deadline_hours"],
@@ -101,7 +115,7 @@ def report(node: Node, actor: str, *, grid, category, description, reporter, sou
         case_id = w.insert("cases", case)
         if fix is not None:
             case["id"] = case_id
-            current = CaseState(level_since=at)
+            current = CaseState(level_since=at, last_at=at)
             steps = [("register", {}), ("dispatch", {"assignee": case["reporter"]}), ("start", {}),
                      ("handle", {"note": fix}), ("verify", {"note": "on the spot"}), ("close", {"note": "on the spot"})]
             for kind, extra in steps:
@@ -111,19 +125,27 @@ def report(node: Node, actor: str, *, grid, category, description, reporter, sou
 
 # -- transitions ---------------------------------------------------------------------
 
-def transition(node: Node, actor: str, case_ref, kind: str, *, at=None, note=None, assignee=None, rating=None,
-               duplicate_of=None, level=None, auto: bool = False) -> dict:
+#: What each kind may carry besides its time and note.
+FIELDS = {"dispatch": {"assignee"}, "evaluate": {"rating"}, "duplicate": {"duplicate_of"}, "escalate": {"level"}}
+
+
+def transition(node: Node, actor: str, case_ref, kind, *, at=None, note=None, assignee=None, rating=None,
+               duplicate_of=None, level=None) -> dict:
     """Move a case on by one event (register, dispatch, ..., escalate); refused with the reason if invalid."""
-    if kind not in TRANSITIONS:
+    if not isinstance(kind, str) or kind not in TRANSITIONS:
         raise InvalidInput(f"unknown transition {kind!r}; one of {', '.join(TRANSITIONS)}")
+    given = {"assignee": assignee, "rating": rating, "duplicate_of": duplicate_of, "level": level}
+    stray = sorted(f for f, v in given.items() if v is not None and f not in FIELDS.get(kind, ()))
+    if stray:
+        raise InvalidInput(f"{kind} does not take {', '.join(stray)}")
     case = find_case(node, case_ref)
-    current = fold(case, _events(node, case["id"]))
-    event = {"kind": kind, "at": _moment(at, after=case["reported_at"]),
-             "note": text(note, "note", required=False, limit=2000),
-             "assignee": text(assignee, "assignee", required=False, limit=64),
-             "rating": text(rating, "rating", required=False, limit=32), "auto": 1 if auto else None}
-    if kind == "escalate":
-        event["level"] = text(level, "level", required=False, limit=16) or next_level(current.level)
+    event = {"kind": kind, "at": past_time(at, "at"), "note": text(note, "note", required=False, limit=2000),
+             "assignee": text(assignee, "assignee", required=False, limit=64)}
+    if kind == "evaluate" and rating is not None and rating not in RATINGS:
+        raise InvalidInput(f"rating must be one of {', '.join(RATINGS)}")
+    event["rating"] = rating
+    if kind == "escalate" and level is not None and level not in LEVELS:
+        raise InvalidInput(f"level must be one of {', '.join(LEVELS)}")
     if kind == "duplicate":
         if duplicate_of is None:
             raise InvalidInput("duplicate needs the case it repeats (duplicate_of)")
@@ -132,10 +154,15 @@ def transition(node: Node, actor: str, case_ref, kind: str, *, at=None, note=Non
             raise InvalidInput("a case cannot duplicate itself")
         event["duplicate_of"] = other["id"]
     needed = NEEDS.get(kind)
-    if needed and not event.get(needed):
+    if needed and needed != "level" and not event.get(needed):
         raise InvalidInput(f"{kind} needs {needed.replace('_', ' ')}"
-                           + {"note": " (what was done, or why)", "level": ""}.get(needed, ""))
+                           + (" (what was done, or why)" if needed == "note" else ""))
     with node.writer(actor) as w:
+        # Folded inside the write transaction: another process cannot slip an event in between.
+        current = fold(case, w.query(f"SELECT {status.EVENT_COLUMNS} FROM case_events WHERE case_id = ?",
+                                     (case["id"],)))
+        if kind == "escalate":
+            event["level"] = level or next_level(current.level)
         _write_event(node, w, case, current, event)
     return show(node, case["id"])
 
@@ -146,59 +173,62 @@ def _write_event(node: Node, w, case: dict, current: CaseState, event: dict) -> 
     reason = refusal(case, current, event)
     if reason is not None:
         raise InvalidInput(reason, code="invalid_transition")
+    if event["at"] < current.last_at:
+        raise InvalidInput(f"time {event['at']} is before the case's last step ({current.last_at}): "
+                           "steps are recorded in the order they happened")
     w.insert("case_events", {"scope": case["scope"], "case_id": case["id"], **event})
     apply(case, current, event)
 
 
 def escalate_overdue(node: Node, actor: str, now=None) -> list[dict]:
-    """Escalate, one level, every open case this node holds whose level deadline has passed."""
-    now = local_time(now, "now") if now is not None else now_local()
+    """Escalate, one level, every open case this node holds below the district whose level deadline has passed.
+
+    Only the street's node holds cases below the district level, so only the
+    cases of the street this node is are looked at; all are escalated in one
+    transaction (one signature per thousand, not one per case).
+    """
+    now = past_time(now, "now")
     status.ensure_fresh(node)
-    rows = list(node.db.query("SELECT case_id FROM case_status WHERE state IN ({}) AND level != 'district'"
-                              " AND level_due < ? ORDER BY level_due".format(", ".join("?" * len(OPEN_STATES))),
-                              (*OPEN_STATES, now)))
+    due = [r[0] for r in node.conn.execute(
+        "SELECT case_id FROM case_status WHERE street = ? AND state IN ({}) AND level != 'district'"
+        " AND level_due < ? ORDER BY level_due".format(", ".join("?" * len(OPEN_STATES))),
+        (node.scope, *OPEN_STATES, now))]
     moved = []
-    for r in rows:
-        case = find_case(node, r["case_id"])
-        current = fold(case, _events(node, case["id"]))
-        if current.state not in OPEN_STATES or level_due(case, current) >= now:
-            continue
-        target = next_level(current.level)
-        event = {"kind": "escalate", "at": now, "level": target, "auto": 1, "acting_scope": node.scope,
-                 "note": f"deadline {level_due(case, current)} passed at {current.level} level"}
-        if refusal(case, current, event) is not None:
-            continue  # held by another node: that node escalates it
-        with node.writer(actor) as w:
+    with node.writer(actor) as w:
+        for case_id in due:
+            case = find_case(node, case_id)
+            current = fold(case, w.query(f"SELECT {status.EVENT_COLUMNS} FROM case_events WHERE case_id = ?",
+                                         (case_id,)))
+            deadline = level_due(case, current)
+            if current.state not in OPEN_STATES or deadline >= now or current.level == "district":
+                continue
+            event = {"kind": "escalate", "at": max(now, current.last_at), "level": next_level(current.level),
+                     "auto": 1, "note": f"deadline {deadline} passed at {current.level} level"}
+            if refusal(case, current, {**event, "acting_scope": node.scope}) is not None:
+                continue  # held by another node: that node escalates it
+            moved.append({"id": case_id, "from": current.level, "to": event["level"]})
             _write_event(node, w, case, current, event)
-        moved.append({"id": case["id"], "from": LEVELS[LEVELS.index(target) - 1], "to": target})
     return moved
-
-
-def _moment(at, after: str | None = None) -> str:
-    moment = local_time(at, "at") if at is not None else now_local()
-    if moment > local_time(dt.datetime.now() + FUTURE_SLACK):
-        raise InvalidInput(f"time {moment} is in the future: check the date, or this PC's clock")
-    if after is not None and moment < after:
-        raise InvalidInput(f"time {moment} is before the case was reported ({after})")
-    return moment
 
 
 # -- reading -----------------------------------------------------------------------
 
+_CASE_READ = f"SELECT {status.CASE_COLUMNS}, place, description, reporter, source, patrol FROM cases"
+
+
 def find_case(node: Node, ref) -> dict:
-    """A case by id, or by the end of its id (at least 6 characters, as lists print it)."""
+    """A case by its id, or by the last 8 characters of it (as lists print it)."""
     ref = text(ref, "case", limit=64)
-    row = one(node, f"SELECT {status.CASE_COLUMNS}, scope, place, description, reporter, source, patrol"
-                    " FROM cases WHERE id = ?", (ref,))
-    if row is None and len(ref) >= 6:
-        rows = list(node.db.query(f"SELECT {status.CASE_COLUMNS}, scope, place, description, reporter, source,"
-                                  " patrol FROM cases WHERE id LIKE ? ESCAPE '\\' LIMIT 2",
-                                  ("%" + ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_"),)))
-        if len(rows) > 1:
-            raise InvalidInput(f"{ref!r} ends more than one case id: give more of it")
-        row = rows[0] if rows else None
+    row = one(node, f"{_CASE_READ} WHERE id = ?", (ref,))
+    if row is None and len(ref) == status.REF_LENGTH:
+        status.ensure_fresh(node)
+        ids = [r[0] for r in node.conn.execute("SELECT case_id FROM case_status WHERE ref = ? LIMIT 2", (ref,))]
+        if len(ids) > 1:
+            raise InvalidInput(f"{ref!r} ends more than one case id: give the whole id")
+        row = one(node, f"{_CASE_READ} WHERE id = ?", (ids[0],)) if ids else None
     if row is None:
-        raise NotFound(f"no case {ref!r}: `hemei cases list` shows the cases this node holds")
+        raise NotFound(f"no case {ref!r}: give its id or the last {status.REF_LENGTH} characters of it "
+                       "(`hemei cases list` shows them)")
     return row
 
 
@@ -221,7 +251,7 @@ def show(node: Node, case_ref) -> dict:
                         **({"auto": True} if event["auto"] else {}),
                         "applied": reason is None, **({"not_applied_because": reason} if reason else {})})
     return {"id": case["id"], "state": current.state, "level": current.level,
-            "held_by": case["district"] if current.level == "district" else case["street"],
+            "held_by": holder_scope(case, current.level),
             "grid": case["grid"], "grid_code": grid.get("code"), "grid_name": grid.get("name"),
             "community": case["community"], "street": case["street"], "category": case["category"],
             "place": case["place"], "description": case["description"], "reporter": case["reporter"],
@@ -237,8 +267,10 @@ def list_cases(node: Node, *, state=None, level=None, grid=None, street=None, op
     status.ensure_fresh(node)
     where, params = [], []
     if state is not None:
+        if state not in STATES:
+            raise InvalidInput(f"state must be one of {', '.join(STATES)}")
         where.append("s.state = ?")
-        params.append(text(state, "state", limit=32))
+        params.append(state)
     if level is not None:
         if level not in LEVELS:
             raise InvalidInput(f"level must be one of {', '.join(LEVELS)}")
@@ -249,7 +281,7 @@ def list_cases(node: Node, *, state=None, level=None, grid=None, street=None, op
         params.append(grids.find_grid(node, grid)["id"])
     if street is not None:
         where.append("s.street = ?")
-        params.append(grids.street_scope(node, street))
+        params.append(grids.place_scope(node, street))
     if open_only or overdue:
         where.append("s.state IN ({})".format(", ".join("?" * len(OPEN_STATES))))
         params.extend(OPEN_STATES)

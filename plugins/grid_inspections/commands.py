@@ -327,8 +327,13 @@ def cases_escalate_overdue(as_json):
         hemei cases escalate-overdue
     """
     moved = case_ops.escalate_overdue(cli_node(), cli_actor())
-    emit(moved, as_json, lambda ms: click.echo(f"escalated {len(ms)} case(s)")
-         or [click.echo(f"  {m['id'][-8:]}  {m['from']} -> {m['to']}") for m in ms])
+
+    def human(ms):
+        click.echo(f"escalated {len(ms)} case(s)")
+        for m in ms:
+            click.echo(f"  {m['id'][-8:]}  {m['from']} -> {m['to']}")
+
+    emit(moved, as_json, human)
 
 
 @cases.command("stats")

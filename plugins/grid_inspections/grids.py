@@ -14,7 +14,7 @@ import hashlib
 import re
 
 from hemei.core import Conflict, InvalidInput, Node, NotFound
-from hemei.core.fields import iso_date, local_time, now_local, one, text, whole_number
+from hemei.core.fields import iso_date, one, past_time, text, whole_number
 from hemei.core.scope import covers, parse_scope
 
 ROLES = ("leader", "instructor", "member")
@@ -30,48 +30,78 @@ def grid_id(scope: str) -> str:
     return "grid-" + hashlib.sha256(scope.encode()).hexdigest()[:24]
 
 
-def street_scope(node: Node, street: str | None) -> str:
-    """A street's scope: this node's by default, or a street inside it given by name or path."""
-    if street is None:
-        return node.scope
-    street = text(street, "street", limit=512)
-    scope = parse_scope(street if "/" in street else f"{node.scope}/{street}")
+def place_scope(node: Node, value, field: str = "street") -> str:
+    """A scope at or below this node's: its own scope, a full path inside it, or a path relative to it."""
+    value = text(value, field, limit=512)
+    scope = parse_scope(value)
     if not covers(node.scope, scope):
-        raise InvalidInput(f"street {scope} is outside this node's scope {node.scope}")
+        scope = parse_scope(f"{node.scope}/{value}")
     return scope
+
+
+def grid_street(node: Node, street) -> str:
+    """The street a new grid belongs to: this node's scope, or (at a district) a street directly below it."""
+    if street is None:
+        below = sorted({scope for scope in map(node.origin_scope, node.version_vector())
+                        if scope and scope != node.scope and covers(node.scope, scope)})
+        if below:
+            raise InvalidInput(f"this node has streets below it ({', '.join(below[:3])}"
+                               f"{', ...' if len(below) > 3 else ''}): name the grid's street with --street")
+        return node.scope
+    scope = place_scope(node, street)
+    if scope != node.scope and scope.count("/") != node.scope.count("/") + 1:
+        raise InvalidInput(f"street {scope} is not directly below this node's scope {node.scope}: "
+                           "give the street's name, for example 府山街道")
+    return scope
+
+
+def _segment(value, field: str) -> str:
+    """Text that becomes one segment of a scope path: no '/', nothing a path cannot hold."""
+    value = text(value, field, limit=64)
+    if "/" in value or parse_scope(value) != value:
+        raise InvalidInput(f"{field} {value!r} cannot contain '/' or start or end with spaces")
+    return value
 
 
 def add_grid(node: Node, actor: str, *, code, name, community=None, parent=None, street=None, households=None,
              patrols_per_day=None, established=None) -> dict:
-    """Define a grid in a community (or a micro-grid inside a grid); defining it again updates it."""
+    """Define a grid in a community (or a micro-grid inside a grid).
+
+    Defining a grid that exists (same street, community and code) changes only
+    the fields given: its name, households, plan or start day.
+    """
     code = text(code, "code", limit=32)
     if not _CODE.match(code):
         raise InvalidInput(f"grid code {code!r}: use letters, digits, '-', '_' or '.' (at most 32)")
     name = text(name, "name", limit=64)
-    households = None if households is None else whole_number(households, "households", high=1_000_000)
+    given = {"name": name}
+    if households is not None:
+        given["households"] = whole_number(households, "households", high=1_000_000)
+    if patrols_per_day is not None:
+        given["patrols_per_day"] = whole_number(patrols_per_day, "patrols_per_day", high=24)
+    if established is not None:
+        given["established"] = iso_date(established, "established")
     if parent is not None:
         above = find_grid(node, parent)
         if above["parent"] is not None:
             raise InvalidInput(f"{above['code']} is a micro-grid: micro-grids hold no further grids")
         if community is not None and text(community, "community") != above["community"]:
             raise InvalidInput(f"grid {above['code']} is in {above['community']}, not {community}")
-        street, community, scope = above["street"], above["community"], f"{above['scope']}/{code}"
-        default_plan = 0  # micro-grids are walked as part of their grid's patrols
+        fixed = {"street": above["street"], "community": above["community"], "parent": above["id"]}
+        scope, default_plan = f"{above['scope']}/{code}", 0  # micro-grids are walked on their grid's patrols
     else:
-        street = street_scope(node, street)
-        community = text(community, "community", limit=64)
-        scope = parse_scope(f"{street}/{community}/{code}")
-        default_plan = DEFAULT_PATROLS_PER_DAY
-    plan = default_plan if patrols_per_day is None else whole_number(patrols_per_day, "patrols_per_day", high=24)
+        street = grid_street(node, street)
+        community = _segment(community, "community")
+        fixed = {"street": street, "community": community, "parent": None}
+        scope, default_plan = parse_scope(f"{street}/{community}/{code}"), DEFAULT_PATROLS_PER_DAY
     pk = grid_id(scope)
-    values = {"code": code, "name": name, "street": street, "community": community,
-              "parent": above["id"] if parent is not None else None, "households": households,
-              "patrols_per_day": plan, "established": iso_date(established or dt.date.today(), "established")}
     with node.writer(actor) as w:
         if one(node, "SELECT 1 AS held FROM grids WHERE id = ? AND _deleted = 0", (pk,)):
-            w.update("grids", pk, values)
+            w.update("grids", pk, given)
         else:
-            w.insert("grids", {"id": pk, "scope": scope, **values})
+            w.insert("grids", {"id": pk, "scope": scope, "code": code, **fixed, "households": None,
+                               "patrols_per_day": default_plan, "established": dt.date.today().isoformat(),
+                               **given})
     return get_grid(node, pk)
 
 
@@ -109,7 +139,7 @@ def find_grid(node: Node, ref) -> dict:
 def list_grids(node: Node, street: str | None = None) -> list[dict]:
     rows = list(node.db.query(f"SELECT {GRID_COLUMNS} FROM grids WHERE _deleted = 0 ORDER BY scope"))
     if street is not None:
-        where = street_scope(node, street)
+        where = place_scope(node, street)
         rows = [r for r in rows if covers(where, r["scope"])]
     counts: dict[str, dict[str, int]] = {}
     for grid, role, n in node.conn.execute(
@@ -162,14 +192,22 @@ def check_in(node: Node, actor: str, grid, *, worker, at=None, note=None) -> dic
     """Record a patrol of a grid (time, worker, notes)."""
     row = find_grid(node, grid)
     worker = text(worker, "worker", limit=64)
-    at = local_time(at, "at") if at is not None else now_local()
-    if at > local_time(dt.datetime.now() + dt.timedelta(minutes=5)):
-        raise InvalidInput(f"patrol time {at} is in the future")
+    at = past_time(at, "patrol time")
     note = text(note, "note", required=False, limit=2000)
     with node.writer(actor) as w:
         pk = w.insert("grid_patrols", {"scope": row["scope"], "grid": row["id"], "street": row["street"],
                                        "worker": worker, "at": at, "day": at[:10], "note": note})
     return {"id": pk, "grid": row["id"], "code": row["code"], "worker": worker, "at": at, "note": note}
+
+
+def check_window(start, end) -> tuple[str, str]:
+    """A range of days for figures: both dates valid, in order, and in years an office can mean."""
+    start, end = iso_date(start, "from"), iso_date(end, "to")
+    if start > end:
+        raise InvalidInput(f"from {start} is after to {end}")
+    if start < "2000-01-01" or end > "2999-12-31":
+        raise InvalidInput("dates must lie between 2000-01-01 and 2999-12-31")
+    return start, end
 
 
 def coverage(node: Node, start=None, end=None, street: str | None = None) -> dict:
@@ -179,11 +217,10 @@ def coverage(node: Node, start=None, end=None, street: str | None = None) -> dic
     check-ins beyond the plan do not make up for another day's misses.
     """
     end = iso_date(end or dt.date.today(), "to")
-    start = iso_date(start or (dt.date.fromisoformat(end) - dt.timedelta(days=6)), "from")
-    if start > end:
-        raise InvalidInput(f"from {start} is after to {end}")
-    days = (dt.date.fromisoformat(end) - dt.date.fromisoformat(start)).days + 1
-    if days > 3660:
+    if start is None:
+        start = (dt.date.fromisoformat(check_window(end, end)[0]) - dt.timedelta(days=6)).isoformat()
+    start, end = check_window(start, end)
+    if (dt.date.fromisoformat(end) - dt.date.fromisoformat(start)).days >= 3660:
         raise InvalidInput("coverage covers at most ten years at once")
     grids = [g for g in list_grids(node, street) if g["patrols_per_day"] > 0]
     done: dict[tuple[str, str], int] = {}

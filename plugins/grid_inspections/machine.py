@@ -59,6 +59,16 @@ NEEDS = {"reject": "note", "duplicate": "duplicate_of", "dispatch": "assignee", 
          "rework": "note", "evaluate": "rating", "escalate": "level"}
 
 
+def is_local_time(value) -> bool:
+    """True for a time as every node stores it: ``YYYY-MM-DDTHH:MM:SS``, years 2000 to 2999."""
+    if not isinstance(value, str) or len(value) != 19 or not "2000" <= value[:4] <= "2999":
+        return False
+    try:
+        return dt.datetime.fromisoformat(value).isoformat() == value
+    except ValueError:
+        return False
+
+
 def holder_scope(case: dict, level: str) -> str:
     """The scope of the node that acts on ``case`` while it is at ``level``."""
     return case["district"] if level == "district" else case["street"]
@@ -75,6 +85,8 @@ class CaseState:
     state: str = "reported"
     level: str = "grid"
     level_since: str = ""
+    #: Time of the last applied event (or the report): later steps may not be dated before it.
+    last_at: str = ""
     assignee: str | None = None
     responded_at: str | None = None
     handled_at: str | None = None
@@ -93,6 +105,8 @@ def refusal(case: dict, current: CaseState, event: dict) -> str | None:
     kind = event["kind"]
     if kind not in TRANSITIONS:
         return f"unknown event kind {kind!r}"
+    if event.get("scope", case["scope"]) != case["scope"]:
+        return f"the event is filed under {event['scope']}, not under the case's scope {case['scope']}"
     holder = holder_scope(case, current.level)
     acting = event["acting_scope"]
     if acting != holder and not (kind == "evaluate" and acting == case["street"]):
@@ -117,8 +131,9 @@ def apply(case: dict, current: CaseState, event: dict) -> None:
     """Apply an event that :func:`refusal` accepted."""
     kind, at = event["kind"], event["at"]
     current.state = TRANSITIONS[kind][1]
-    if current.responded_at is None:
-        current.responded_at = at
+    current.last_at = max(current.last_at, at)
+    if current.responded_at is None and not event.get("auto"):
+        current.responded_at = at  # an escalation because nobody acted in time is not an answer
     if kind == "dispatch":
         current.assignee = event.get("assignee")
     elif kind == "handle":
@@ -140,7 +155,7 @@ def apply(case: dict, current: CaseState, event: dict) -> None:
 
 def fold(case: dict, events: list[dict]) -> CaseState:
     """The state of ``case`` after ``events``, taken in ``(hlc, origin)`` order."""
-    current = CaseState(level_since=case["reported_at"])
+    current = CaseState(level_since=case["reported_at"], last_at=case["reported_at"])
     for event in sorted(events, key=lambda e: (e["_hlc"], e["_origin"])):
         reason = refusal(case, current, event)
         if reason is None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 
-from hemei.core import InvalidInput, Node
+from hemei.core import Node
 from hemei.core.fields import in_subtree_sql, iso_date, now_local, subtree_params
 
 from . import grids, status
@@ -43,10 +43,7 @@ RANK_BY = ("resolution_rate", "on_time_rate", "satisfaction_rate", "response_rat
 
 def _window(start, end) -> tuple[str, str]:
     end = iso_date(end or dt.date.today(), "to")
-    start = iso_date(start or f"{end[:4]}-01-01", "from")
-    if start > end:
-        raise InvalidInput(f"from {start} is after to {end}")
-    return start, end
+    return grids.check_window(start or f"{end[:4]}-01-01", end)
 
 
 def _counting_sql() -> str:
@@ -85,7 +82,7 @@ def _add(into: dict, row: dict) -> None:
 def stats(node: Node, *, start=None, end=None, scope: str | None = None) -> dict:
     """All case and patrol figures for cases reported in [start, end] within ``scope``."""
     start, end = _window(start, end)
-    scope = grids.street_scope(node, scope) if scope else node.scope
+    scope = grids.place_scope(node, scope, "scope") if scope else node.scope
     status.ensure_fresh(node)
     end_exclusive = (dt.date.fromisoformat(end) + dt.timedelta(days=1)).isoformat()
     subtree = subtree_params(scope)

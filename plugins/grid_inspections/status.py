@@ -18,14 +18,16 @@ from .machine import due_after, fold, level_due
 #: Cases folded per query: bounded memory however many cases a batch touched.
 CHUNK = 500
 
-CASE_COLUMNS = "id, grid, street, district, community, category, deadline_hours, reported_at"
-EVENT_COLUMNS = ("id, case_id, kind, at, acting_scope, level, assignee, note, rating, duplicate_of, auto,"
+CASE_COLUMNS = "id, scope, grid, street, district, community, category, deadline_hours, reported_at"
+EVENT_COLUMNS = ("id, scope, case_id, kind, at, acting_scope, level, assignee, note, rating, duplicate_of, auto,"
                  " _hlc, _origin")
-_STATUS_COLUMNS = ("case_id", "street", "community", "grid", "category", "reported_at", "due", "state", "level",
-                   "level_due", "assignee", "responded_at", "handled_at", "closed_at", "evaluated_at", "rating",
-                   "reworks", "escalations", "events", "not_applied")
+_STATUS_COLUMNS = ("case_id", "ref", "street", "community", "grid", "category", "reported_at", "due", "state",
+                   "level", "level_due", "assignee", "responded_at", "handled_at", "closed_at", "evaluated_at",
+                   "rating", "reworks", "escalations", "events", "not_applied")
 _UPSERT = (f"INSERT OR REPLACE INTO case_status ({', '.join(_STATUS_COLUMNS)})"
            f" VALUES ({', '.join('?' * len(_STATUS_COLUMNS))})")
+#: Characters at the end of a case id that name it in lists and commands.
+REF_LENGTH = 8
 
 
 def refresh(node: Node, case_ids: Iterable[str]) -> None:
@@ -36,46 +38,50 @@ def refresh(node: Node, case_ids: Iterable[str]) -> None:
 
 
 def refresh_all(node: Node) -> None:
-    """Recompute every status row (after ``hemei rebuild``, which may renumber the events)."""
-    _in_transaction(node, lambda: (node.conn.execute("DELETE FROM case_status"), _set_mark(node, 0)))
+    """Recompute every status row (after ``hemei rebuild``, which renumbers rows)."""
+    _in_transaction(node, lambda: (node.conn.execute("DELETE FROM case_status"), _set_marks(node, 0, 0)))
     ensure_fresh(node)
 
 
 def after_changes(node: Node, changes) -> None:
-    """Refresh the cases a committed batch touched, and move the mark past its events if none were missed."""
+    """Refresh the cases a committed batch touched; move the marks past its rows if none were missed."""
     ids = touched_cases(changes)
     if not ids:
         return
     refresh(node, ids)
+    cases_mark, events_mark = _marks(node)
+    new_cases = sum(1 for c in changes if c.table == "cases" and c.op == "insert")
     new_events = sum(1 for c in changes if c.table == "case_events" and c.op == "insert")
-    mark = _mark(node)
-    unseen = node.conn.execute("SELECT count(*), max(rowid) FROM case_events WHERE rowid > ?", (mark,)).fetchone()
-    if unseen[0] == new_events and unseen[1] is not None:
-        _set_mark(node, unseen[1])
+    unseen_cases = node.conn.execute("SELECT count(*), max(rowid) FROM cases WHERE rowid > ?",
+                                     (cases_mark,)).fetchone()
+    unseen_events = node.conn.execute("SELECT count(*), max(rowid) FROM case_events WHERE rowid > ?",
+                                      (events_mark,)).fetchone()
+    if unseen_cases[0] == new_cases and unseen_events[0] == new_events:
+        _set_marks(node, unseen_cases[1] or cases_mark, unseen_events[1] or events_mark)
 
 
 def ensure_fresh(node: Node) -> None:
-    """Fold the cases whose events came in past the mark (a crash between a commit and its refresh)
-    and cases without a status row: cheap when nothing is missing."""
-    mark = _mark(node)
-    ids = {r[0] for r in node.conn.execute("SELECT case_id FROM case_events WHERE rowid > ?", (mark,))}
-    if node.conn.execute("SELECT (SELECT count(*) FROM cases) != (SELECT count(*) FROM case_status)").fetchone()[0]:
-        ids.update(r[0] for r in node.conn.execute(
-            "SELECT id FROM cases WHERE id NOT IN (SELECT case_id FROM case_status)"))
-    if ids:
-        refresh(node, ids)
-    top = node.conn.execute("SELECT max(rowid) FROM case_events").fetchone()[0]
-    if top is not None and top != mark:
-        _set_mark(node, top)
+    """Fold the cases whose row or events came in past the marks: those whose refresh a crash
+    interrupted. Two index range scans when nothing is missing."""
+    cases_mark, events_mark = _marks(node)
+    ids = {r[0] for r in node.conn.execute("SELECT id FROM cases WHERE rowid > ?", (cases_mark,))}
+    ids.update(r[0] for r in node.conn.execute("SELECT case_id FROM case_events WHERE rowid > ?", (events_mark,)))
+    if not ids:
+        return
+    refresh(node, ids)
+    top_case = node.conn.execute("SELECT max(rowid) FROM cases").fetchone()[0] or 0
+    top_event = node.conn.execute("SELECT max(rowid) FROM case_events").fetchone()[0] or 0
+    _set_marks(node, top_case, top_event)
 
 
-def _mark(node: Node) -> int:
-    row = node.conn.execute("SELECT events_rowid FROM case_status_mark WHERE id = 1").fetchone()
-    return row[0] if row else 0
+def _marks(node: Node) -> tuple[int, int]:
+    row = node.conn.execute("SELECT cases_rowid, events_rowid FROM case_status_mark WHERE id = 1").fetchone()
+    return (row[0], row[1]) if row else (0, 0)
 
 
-def _set_mark(node: Node, rowid: int) -> None:
-    node.conn.execute("INSERT OR REPLACE INTO case_status_mark (id, events_rowid) VALUES (1, ?)", (rowid,))
+def _set_marks(node: Node, cases_rowid: int, events_rowid: int) -> None:
+    node.conn.execute("INSERT OR REPLACE INTO case_status_mark (id, cases_rowid, events_rowid) VALUES (1, ?, ?)",
+                      (cases_rowid, events_rowid))
 
 
 def _in_transaction(node: Node, work) -> None:
@@ -97,7 +103,7 @@ def _refresh_chunk(node: Node, ids: list[str]) -> None:
     rows = []
     for case_id, case in cases.items():
         s = fold(case, events[case_id])
-        rows.append((case_id, case["street"], case["community"], case["grid"], case["category"],
+        rows.append((case_id, case_id[-REF_LENGTH:], case["street"], case["community"], case["grid"], case["category"],
                      case["reported_at"], due_after(case["reported_at"], case["deadline_hours"]), s.state, s.level,
                      level_due(case, s), s.assignee, s.responded_at, s.handled_at, s.closed_at, s.evaluated_at,
                      s.rating, s.reworks, s.escalations, len(s.verdicts),

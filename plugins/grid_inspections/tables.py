@@ -60,14 +60,18 @@ migrations = MigrationSet("grid_inspections")
 @migrations.step
 def grid_0001_case_status(db):
     # One row per case, recomputed from its events whenever they change; see status.py.
+    # ref is the end of the case id that lists print and commands accept.
     db.execute("""CREATE TABLE IF NOT EXISTS case_status (
-        case_id TEXT PRIMARY KEY, street TEXT NOT NULL, community TEXT NOT NULL, grid TEXT NOT NULL,
-        category TEXT NOT NULL, reported_at TEXT NOT NULL, due TEXT NOT NULL, state TEXT NOT NULL,
-        level TEXT NOT NULL, level_due TEXT NOT NULL, assignee TEXT, responded_at TEXT, handled_at TEXT,
-        closed_at TEXT, evaluated_at TEXT, rating TEXT, reworks INTEGER NOT NULL, escalations INTEGER NOT NULL,
-        events INTEGER NOT NULL, not_applied INTEGER NOT NULL)""")
+        case_id TEXT PRIMARY KEY, ref TEXT NOT NULL, street TEXT NOT NULL, community TEXT NOT NULL,
+        grid TEXT NOT NULL, category TEXT NOT NULL, reported_at TEXT NOT NULL, due TEXT NOT NULL,
+        state TEXT NOT NULL, level TEXT NOT NULL, level_due TEXT NOT NULL, assignee TEXT, responded_at TEXT,
+        handled_at TEXT, closed_at TEXT, evaluated_at TEXT, rating TEXT, reworks INTEGER NOT NULL,
+        escalations INTEGER NOT NULL, events INTEGER NOT NULL, not_applied INTEGER NOT NULL)""")
+    db.execute("CREATE INDEX IF NOT EXISTS case_status_ref ON case_status (ref)")
     db.execute("CREATE INDEX IF NOT EXISTS case_status_street ON case_status (street, reported_at)")
+    db.execute("CREATE INDEX IF NOT EXISTS case_status_reported ON case_status (reported_at, case_id)")
+    db.execute("CREATE INDEX IF NOT EXISTS case_status_grid ON case_status (grid, reported_at)")
     db.execute("CREATE INDEX IF NOT EXISTS case_status_open ON case_status (state, level_due)")
-    # How far into case_events (by rowid) every case is known to be folded.
+    # How far into cases and case_events (by rowid) every case is known to be folded.
     db.execute("CREATE TABLE IF NOT EXISTS case_status_mark (id INTEGER PRIMARY KEY CHECK (id = 1),"
-               " events_rowid INTEGER NOT NULL)")
+               " cases_rowid INTEGER NOT NULL, events_rowid INTEGER NOT NULL)")
