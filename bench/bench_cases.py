@@ -49,9 +49,7 @@ from hemei.plugins.grid_inspections import cases, grids, metrics
 from hemei.plugins.grid_inspections.cases import DEFAULT_CATEGORIES
 from hemei.plugins.grid_inspections.machine import RATINGS
 
-# Two levels, so a street's scope is "<district>/<street>" (see the report: a one-level district
-# scope loses its patrol coverage in stats()).
-DISTRICT = "绍兴市/越城区"
+DISTRICT = "越城区"
 COMMUNITIES, GRIDS_PER_COMMUNITY, CHUNK = 4, 5, 1000
 AVAILABLE = {"grid_inspections": "hemei.plugins.grid_inspections"}
 WHAT = {"environment": "垃圾堆放", "facilities": "路灯损坏", "safety": "消防通道堵塞",
@@ -200,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         count = {t: district.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                  for t in ("cases", "case_events", "case_status", "grid_patrols", "grids")}
         entries = district.conn.execute("SELECT count(*) FROM _hemei_log").fetchone()[0]
+        refused = district.conn.execute("SELECT (SELECT count(*) FROM _hemei_conflicts)"
+                                        " + (SELECT sum(not_applied) FROM case_status)").fetchone()[0]
+        assert refused == 0, f"{refused} rows or events refused: the generated data is not valid"
 
         stats_s, data = best(lambda: metrics.stats(district), args.repeat)
         assert data["totals"]["cases"] == args.streets * args.cases == count["case_status"], data["totals"]
