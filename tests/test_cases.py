@@ -232,6 +232,9 @@ def test_the_status_table_is_the_fold_of_the_events_and_survives_a_rebuild(stree
     assert cases.list_cases(street)[0]["state"] == "evaluated"
     status.refresh_all(street)
     assert [tuple(r) for r in street.conn.execute("SELECT * FROM case_status ORDER BY case_id")] == before
+    from test_cases_property import summaries_match_a_recount
+
+    assert summaries_match_a_recount(street)
 
 
 # -- metrics ---------------------------------------------------------------------------
@@ -275,6 +278,9 @@ def test_metrics_match_figures_computed_by_hand(street):
     assert {c["category"]: c["cases"] for c in data["categories"]} == {"environment": 6, "safety": 2}
     assert [g["cases"] for g in data["grids"]] == [4, 4]
     assert [(s["rank"], s["street"], s["cases"]) for s in data["streets"]] == [(1, STREET, 8)]
+    from test_cases_property import summaries_match_a_recount
+
+    assert summaries_match_a_recount(street)
     # The window is on the report date: a day later drops c1.
     assert metrics.stats(street, start=(DAY0 + dt.timedelta(days=3)).isoformat(), end=last)["totals"]["cases"] == 7
 

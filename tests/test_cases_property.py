@@ -63,6 +63,23 @@ def model(events: list[dict]) -> tuple[str, str]:
     return state, level
 
 
+def summaries_match_a_recount(node: Node) -> bool:
+    """The incrementally kept daily summaries equal a GROUP BY over the status table, from scratch."""
+    recount = node.conn.execute("""
+        SELECT grid, substr(reported_at, 1, 10), street, community, count(*), sum(responded_at IS NOT NULL),
+          sum(state NOT IN ('rejected', 'duplicate')), sum(state IN ('closed', 'evaluated')),
+          sum(ifnull(state IN ('closed', 'evaluated') AND handled_at <= due, 0)), sum(handled_at IS NOT NULL OR reworks > 0),
+          sum(reworks > 0), sum(rating IS NOT NULL), sum(ifnull(rating IN ('satisfied', 'basically_satisfied'), 0)),
+          sum(escalations > 0)
+        FROM case_status GROUP BY 1, 2 ORDER BY 1, 2""").fetchall()
+    kept = node.conn.execute("SELECT * FROM case_grid_day ORDER BY grid, day").fetchall()
+    by_category = node.conn.execute(
+        "SELECT street, category, substr(reported_at, 1, 10), count(*), sum(state IN ('closed', 'evaluated'))"
+        " FROM case_status GROUP BY 1, 2, 3 ORDER BY 1, 2, 3").fetchall()
+    return kept == recount and node.conn.execute(
+        "SELECT * FROM case_category_day ORDER BY street, category, day").fetchall() == by_category
+
+
 def _open(root: Path, name: str) -> Node:
     return Node.open(root / name, available=PROBE, builtins=BUILTIN_PLUGINS)
 
@@ -162,6 +179,7 @@ def _run(nodes: dict[str, Node], steps, rng: random.Random) -> None:
     table = "SELECT * FROM case_status ORDER BY case_id"
     assert [tuple(r) for r in observer.conn.execute(table)] == [tuple(r) for r in district.conn.execute(table)] \
         == [tuple(r) for r in street.conn.execute(table)]
+    assert all(summaries_match_a_recount(node) for node in (street, district, observer))
 
 
 def test_both_nodes_recording_the_evaluation_offline_keep_the_first_in_clock_order(template, tmp_path):

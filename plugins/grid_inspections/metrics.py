@@ -1,12 +1,15 @@
 """Case and patrol metrics per grid, community and street, and the ranking of streets.
 
-Every figure is computed from the cases' events (through ``case_status``,
-the fold of each case's events) and the patrol check-ins, never from
-figures a street reports about itself, so a district recomputes every
-street's numbers under one definition. For cases reported in the window:
+Every figure is computed from the cases' events and the patrol check-ins,
+never from figures a street reports about itself, so a district recomputes
+every street's numbers under one definition. The events are folded into
+``case_status`` (one row per case), whose yes/no figures are summed into
+daily summaries per grid and per street and category as they change
+(:mod:`.status`); stats add up the summaries of the window's days. For
+cases reported in the window:
 
-* response rate (答复率): cases that got any answer (registered, rejected,
-  marked duplicate, escalated, ...) / cases;
+* response rate (答复率): cases that got any answer by a person (registered,
+  rejected, marked duplicate, escalated by hand, ...) / cases;
 * resolution rate (解决率): cases closed (or closed and evaluated) / cases
   accepted (not rejected, not duplicates);
 * on-time rate: resolved cases whose accepted handling came by the
@@ -31,10 +34,10 @@ from hemei.core import Node
 from hemei.core.fields import in_subtree_sql, iso_date, now_local, subtree_params
 
 from . import grids, status
-from .machine import OPEN_STATES, SATISFIED
+from .machine import OPEN_STATES
+from .tables import FLAGS
 
-COUNTS = ("cases", "responded", "accepted", "resolved", "on_time", "handled", "reworked", "evaluated", "satisfied",
-          "escalated", "open", "overdue")
+COUNTS = (*FLAGS, "open", "overdue")
 RATES = {"response_rate": ("responded", "cases"), "resolution_rate": ("resolved", "accepted"),
          "on_time_rate": ("on_time", "resolved"), "rework_rate": ("reworked", "handled"),
          "satisfaction_rate": ("satisfied", "evaluated")}
@@ -46,26 +49,23 @@ def _window(start, end) -> tuple[str, str]:
     return grids.check_window(start or f"{end[:4]}-01-01", end)
 
 
-def _counting_sql() -> str:
-    """One pass over the window's cases; parameters: now, the subtree range, start, end."""
-    opened = ", ".join(f"'{s}'" for s in OPEN_STATES)
-    satisfied = ", ".join(f"'{s}'" for s in SATISFIED)
-    return f"""
-        SELECT street, community, grid, count(*) AS cases,
-          sum(responded_at IS NOT NULL) AS responded,
-          sum(state NOT IN ('rejected', 'duplicate')) AS accepted,
-          sum(state IN ('closed', 'evaluated')) AS resolved,
-          sum(state IN ('closed', 'evaluated') AND handled_at <= due) AS on_time,
-          sum(handled_at IS NOT NULL OR reworks > 0) AS handled,
-          sum(reworks > 0) AS reworked,
-          sum(rating IS NOT NULL) AS evaluated,
-          sum(rating IN ({satisfied})) AS satisfied,
-          sum(escalations > 0) AS escalated,
-          sum(state IN ({opened})) AS open,
-          sum(state IN ({opened}) AND level_due < ?) AS overdue
-        FROM case_status
-        WHERE {in_subtree_sql('street')} AND reported_at >= ? AND reported_at < ?
-        GROUP BY street, community, grid"""
+def _grid_rows(node: Node, subtree: tuple, start: str, end: str) -> list[dict]:
+    """Counts per grid for cases reported in the window: sums of the daily summaries, plus open and
+    overdue cases now (few, found through the open-state index)."""
+    where = f"{in_subtree_sql('street')} AND day >= ? AND day <= ?"
+    rows = {(r["street"], r["community"], r["grid"]): {**r, "open": 0, "overdue": 0} for r in node.db.query(
+        f"SELECT street, community, grid, {', '.join(f'sum({f}) AS {f}' for f in FLAGS)} FROM case_grid_day"
+        f" WHERE {where} GROUP BY street, community, grid", (*subtree, start, end))}
+    end_exclusive = (dt.date.fromisoformat(end) + dt.timedelta(days=1)).isoformat()
+    for r in node.db.query(
+            "SELECT street, community, grid, count(*) AS open, sum(level_due < ?) AS overdue FROM case_status"
+            " WHERE state IN ({}) AND {} AND reported_at >= ? AND reported_at < ?"
+            " GROUP BY street, community, grid".format(", ".join("?" * len(OPEN_STATES)), in_subtree_sql("street")),
+            (now_local(), *OPEN_STATES, *subtree, start, end_exclusive)):
+        key = (r["street"], r["community"], r["grid"])
+        if key in rows:
+            rows[key].update(open=r["open"], overdue=r["overdue"])
+    return [r for r in rows.values() if r["cases"]]
 
 
 def _with_rates(row: dict) -> dict:
@@ -84,14 +84,13 @@ def stats(node: Node, *, start=None, end=None, scope: str | None = None) -> dict
     start, end = _window(start, end)
     scope = grids.place_scope(node, scope, "scope") if scope else node.scope
     status.ensure_fresh(node)
-    end_exclusive = (dt.date.fromisoformat(end) + dt.timedelta(days=1)).isoformat()
     subtree = subtree_params(scope)
     names = {r[0]: (r[1], r[2]) for r in node.conn.execute("SELECT id, code, name FROM grids")}
     totals: dict = {}
     streets: dict[str, dict] = defaultdict(dict)
     communities: dict[tuple, dict] = defaultdict(dict)
     per_grid = []
-    for row in node.db.query(_counting_sql(), (now_local(), *subtree, start, end_exclusive)):
+    for row in _grid_rows(node, subtree, start, end):
         _add(totals, row)
         _add(streets[row["street"]], row)
         _add(communities[row["street"], row["community"]], row)
@@ -99,9 +98,11 @@ def stats(node: Node, *, start=None, end=None, scope: str | None = None) -> dict
         per_grid.append(_with_rates({**row, "code": code, "name": name}))
     categories = defaultdict(lambda: {"cases": 0, "resolved": 0, "by_street": {}})
     for category, street, cases, resolved in node.conn.execute(
-            "SELECT category, street, count(*), sum(state IN ('closed', 'evaluated')) FROM case_status"
-            f" WHERE {in_subtree_sql('street')} AND reported_at >= ? AND reported_at < ?"
-            " GROUP BY category, street", (*subtree, start, end_exclusive)):
+            "SELECT category, street, sum(cases), sum(resolved) FROM case_category_day"
+            f" WHERE {in_subtree_sql('street')} AND day >= ? AND day <= ? GROUP BY category, street",
+            (*subtree, start, end)):
+        if not cases:
+            continue
         entry = categories[category]
         entry["cases"] += cases
         entry["resolved"] += resolved

@@ -13,7 +13,8 @@ from collections.abc import Iterable
 
 from hemei.core import Node
 
-from .machine import due_after, fold, level_due
+from .machine import SATISFIED, due_after, fold, level_due
+from .tables import FLAGS
 
 #: Cases folded per query: bounded memory however many cases a batch touched.
 CHUNK = 500
@@ -39,7 +40,12 @@ def refresh(node: Node, case_ids: Iterable[str]) -> None:
 
 def refresh_all(node: Node) -> None:
     """Recompute every status row (after ``hemei rebuild``, which renumbers rows)."""
-    _in_transaction(node, lambda: (node.conn.execute("DELETE FROM case_status"), _set_marks(node, 0, 0)))
+    def clear():
+        for table in ("case_status", "case_grid_day", "case_category_day"):
+            node.conn.execute(f"DELETE FROM {table}")
+        _set_marks(node, 0, 0)
+
+    _in_transaction(node, clear)
     ensure_fresh(node)
 
 
@@ -94,21 +100,67 @@ def _in_transaction(node: Node, work) -> None:
         raise
 
 
+_FLAG_SOURCE = "state, responded_at, handled_at, due, reworks, rating, escalations"
+_GRID_DAY_UPSERT = (
+    f"INSERT INTO case_grid_day (grid, day, street, community, {', '.join(FLAGS)})"
+    f" VALUES (?, ?, ?, ?, {', '.join('?' * len(FLAGS))}) ON CONFLICT (grid, day) DO UPDATE SET "
+    + ", ".join(f"{f} = {f} + excluded.{f}" for f in FLAGS))
+_CATEGORY_DAY_UPSERT = (
+    "INSERT INTO case_category_day (street, category, day, cases, resolved) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (street, category, day) DO UPDATE SET cases = cases + excluded.cases,"
+    " resolved = resolved + excluded.resolved")
+
+
+def flags(row: dict) -> tuple[int, ...]:
+    """A case's contribution to each count of ``FLAGS`` (the definitions metrics.py documents)."""
+    resolved = row["state"] in ("closed", "evaluated")
+    return (1, row["responded_at"] is not None, row["state"] not in ("rejected", "duplicate"), resolved,
+            resolved and row["handled_at"] is not None and row["handled_at"] <= row["due"],
+            row["handled_at"] is not None or row["reworks"] > 0, row["reworks"] > 0, row["rating"] is not None,
+            row["rating"] in SATISFIED, row["escalations"] > 0)
+
+
 def _refresh_chunk(node: Node, ids: list[str]) -> None:
     marks = ", ".join("?" * len(ids))
     cases = {r["id"]: r for r in node.db.query(f"SELECT {CASE_COLUMNS} FROM cases WHERE id IN ({marks})", ids)}
     events = defaultdict(list)
     for e in node.db.query(f"SELECT {EVENT_COLUMNS} FROM case_events WHERE case_id IN ({marks})", ids):
         events[e["case_id"]].append(e)
+    before = {r["case_id"]: r for r in node.db.query(
+        f"SELECT case_id, grid, street, community, category, reported_at, {_FLAG_SOURCE} FROM case_status"
+        f" WHERE case_id IN ({marks})", ids)}
     rows = []
+    grid_days: dict[tuple, list[int]] = defaultdict(lambda: [0] * len(FLAGS))
+    category_days: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+
+    def count(row: dict, sign: int) -> None:
+        day = row["reported_at"][:10]
+        values = flags(row)
+        totals = grid_days[row["grid"], day, row["street"], row["community"]]
+        for i, value in enumerate(values):
+            totals[i] += sign * value
+        per_category = category_days[row["street"], row["category"], day]
+        per_category[0] += sign
+        per_category[1] += sign * values[3]
+
     for case_id, case in cases.items():
         s = fold(case, events[case_id])
-        rows.append((case_id, case_id[-REF_LENGTH:], case["street"], case["community"], case["grid"], case["category"],
-                     case["reported_at"], due_after(case["reported_at"], case["deadline_hours"]), s.state, s.level,
-                     level_due(case, s), s.assignee, s.responded_at, s.handled_at, s.closed_at, s.evaluated_at,
-                     s.rating, s.reworks, s.escalations, len(s.verdicts),
-                     sum(1 for v in s.verdicts if v is not None)))
+        row = {"case_id": case_id, "ref": case_id[-REF_LENGTH:], "street": case["street"],
+               "community": case["community"], "grid": case["grid"], "category": case["category"],
+               "reported_at": case["reported_at"], "due": due_after(case["reported_at"], case["deadline_hours"]),
+               "state": s.state, "level": s.level, "level_due": level_due(case, s), "assignee": s.assignee,
+               "responded_at": s.responded_at, "handled_at": s.handled_at, "closed_at": s.closed_at,
+               "evaluated_at": s.evaluated_at, "rating": s.rating, "reworks": s.reworks,
+               "escalations": s.escalations, "events": len(s.verdicts),
+               "not_applied": sum(1 for v in s.verdicts if v is not None)}
+        rows.append(tuple(row[c] for c in _STATUS_COLUMNS))
+        if case_id in before:
+            count(before[case_id], -1)
+        count(row, +1)
     node.conn.executemany(_UPSERT, rows)
+    node.conn.executemany(_GRID_DAY_UPSERT, [(*key, *totals) for key, totals in grid_days.items() if any(totals)])
+    node.conn.executemany(_CATEGORY_DAY_UPSERT,
+                          [(*key, *totals) for key, totals in category_days.items() if any(totals)])
 
 
 def touched_cases(changes) -> set[str]:

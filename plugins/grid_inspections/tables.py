@@ -51,6 +51,9 @@ EVENTS = TableSpec(
     policy=APPEND_ONLY, required=("case_id", "kind", "at", "acting_scope"), indexes=(("case_id",),))
 
 TABLES = [GRIDS, STAFF, PATROLS, CATEGORIES, CASES, EVENTS]
+#: Per-case yes/no figures summed in the daily summaries (status.flags computes them).
+FLAGS = ("cases", "responded", "accepted", "resolved", "on_time", "handled", "reworked", "evaluated", "satisfied",
+         "escalated")
 #: Synced tables the local case status is derived from.
 CASE_TABLES = ("cases", "case_events")
 
@@ -72,6 +75,16 @@ def grid_0001_case_status(db):
     db.execute("CREATE INDEX IF NOT EXISTS case_status_reported ON case_status (reported_at, case_id)")
     db.execute("CREATE INDEX IF NOT EXISTS case_status_grid ON case_status (grid, reported_at)")
     db.execute("CREATE INDEX IF NOT EXISTS case_status_open ON case_status (state, level_due)")
+    # Figures per grid and report day, and per street, category and day: kept in step with case_status
+    # (each refresh subtracts a case's old flags and adds its new ones), so stats sum a few
+    # thousand rows instead of reading every case. See metrics.py for what each count means.
+    db.execute(f"""CREATE TABLE IF NOT EXISTS case_grid_day (
+        grid TEXT NOT NULL, day TEXT NOT NULL, street TEXT NOT NULL, community TEXT NOT NULL,
+        {", ".join(f"{flag} INTEGER NOT NULL" for flag in FLAGS)}, PRIMARY KEY (grid, day))""")
+    db.execute("CREATE INDEX IF NOT EXISTS case_grid_day_street ON case_grid_day (street, day)")
+    db.execute("""CREATE TABLE IF NOT EXISTS case_category_day (
+        street TEXT NOT NULL, category TEXT NOT NULL, day TEXT NOT NULL, cases INTEGER NOT NULL,
+        resolved INTEGER NOT NULL, PRIMARY KEY (street, category, day))""")
     # How far into cases and case_events (by rowid) every case is known to be folded.
     db.execute("CREATE TABLE IF NOT EXISTS case_status_mark (id INTEGER PRIMARY KEY CHECK (id = 1),"
                " cases_rowid INTEGER NOT NULL, events_rowid INTEGER NOT NULL)")
