@@ -99,6 +99,7 @@ def test_coverage_counts_planned_against_done_and_lists_every_missed_grid_day(st
     assert (by_code["FS-01"]["planned"], by_code["FS-01"]["done"]) == (6, 5)
     assert (by_code["FS-02"]["planned"], by_code["FS-02"]["done"]) == (3, 1)
     assert (data["planned"], data["done"], data["coverage"]) == (9, 6, round(6 / 9, 4))
+    assert data["missed_count"] == 3 and grids.coverage(street, first, last, list_missed=False)["missed"] == []
     assert sorted((m["code"], m["day"], m["done"]) for m in data["missed"]) == [
         ("FS-01", last, 1), ("FS-02", (DAY0 + dt.timedelta(days=1)).isoformat(), 0), ("FS-02", last, 0)]
 

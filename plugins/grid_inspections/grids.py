@@ -210,11 +210,13 @@ def check_window(start, end) -> tuple[str, str]:
     return start, end
 
 
-def coverage(node: Node, start=None, end=None, street: str | None = None) -> dict:
+def coverage(node: Node, start=None, end=None, street: str | None = None, *, list_missed: bool = True) -> dict:
     """Planned vs done patrols per grid per day in [start, end] (default: the last 7 days).
 
     A grid plans ``patrols_per_day`` from the day it was established; a day's
-    check-ins beyond the plan do not make up for another day's misses.
+    check-ins beyond the plan do not make up for another day's misses. Every
+    grid-day short of its plan is listed under ``missed`` (counted only, when
+    ``list_missed`` is false).
     """
     end = iso_date(end or dt.date.today(), "to")
     if start is None:
@@ -223,29 +225,29 @@ def coverage(node: Node, start=None, end=None, street: str | None = None) -> dic
     if (dt.date.fromisoformat(end) - dt.date.fromisoformat(start)).days >= 3660:
         raise InvalidInput("coverage covers at most ten years at once")
     grids = [g for g in list_grids(node, street) if g["patrols_per_day"] > 0]
-    done: dict[tuple[str, str], int] = {}
+    done: dict[str, dict[str, int]] = {}
     for grid, day, n in node.conn.execute("SELECT grid, day, count(*) FROM grid_patrols"
                                           " WHERE day >= ? AND day <= ? GROUP BY grid, day", (start, end)):
-        done[grid, day] = n
-    per_grid, missed = [], []
+        done.setdefault(grid, {})[day] = n
+    per_grid, missed, missed_count = [], [], 0
     for g in grids:
-        planned = made = 0
-        first = max(start, g["established"])
-        day = dt.date.fromisoformat(first) if first <= end else None
-        while day is not None and day.isoformat() <= end:
-            key = day.isoformat()
-            count = min(done.get((g["id"], key), 0), g["patrols_per_day"])
-            planned += g["patrols_per_day"]
-            made += count
-            if count < g["patrols_per_day"]:
-                missed.append({"grid": g["id"], "code": g["code"], "name": g["name"], "street": g["street"],
-                               "community": g["community"], "day": key, "planned": g["patrols_per_day"],
-                               "done": count})
-            day += dt.timedelta(days=1)
+        plan, first = g["patrols_per_day"], max(start, g["established"])
+        days = (dt.date.fromisoformat(end) - dt.date.fromisoformat(first)).days + 1 if first <= end else 0
+        counts = {day: min(n, plan) for day, n in done.get(g["id"], {}).items() if day >= first}
+        made = sum(counts.values())
+        missed_count += days - sum(1 for n in counts.values() if n == plan)
+        if list_missed:
+            for offset in range(days):
+                day = (dt.date.fromisoformat(first) + dt.timedelta(days=offset)).isoformat()
+                if counts.get(day, 0) < plan:
+                    missed.append({"grid": g["id"], "code": g["code"], "name": g["name"], "street": g["street"],
+                                   "community": g["community"], "day": day, "planned": plan,
+                                   "done": counts.get(day, 0)})
         per_grid.append({"grid": g["id"], "code": g["code"], "name": g["name"], "street": g["street"],
-                         "community": g["community"], "planned": planned, "done": made,
-                         "coverage": round(made / planned, 4) if planned else None})
+                         "community": g["community"], "planned": plan * days, "done": made,
+                         "coverage": round(made / (plan * days), 4) if days else None})
     planned = sum(r["planned"] for r in per_grid)
     made = sum(r["done"] for r in per_grid)
     return {"from": start, "to": end, "planned": planned, "done": made,
-            "coverage": round(made / planned, 4) if planned else None, "grids": per_grid, "missed": missed}
+            "coverage": round(made / planned, 4) if planned else None, "grids": per_grid,
+            "missed_count": missed_count, "missed": missed}

@@ -107,7 +107,7 @@ def stats(node: Node, *, start=None, end=None, scope: str | None = None) -> dict
         entry["cases"] += cases
         entry["resolved"] += resolved
         entry["by_street"][street] = cases
-    patrols = grids.coverage(node, start, end, scope)
+    patrols = grids.coverage(node, start, end, scope, list_missed=False)
     street_patrols = defaultdict(lambda: [0, 0])
     for g in patrols["grids"]:
         street_patrols[g["street"]][0] += g["planned"]
@@ -130,5 +130,5 @@ def stats(node: Node, *, start=None, end=None, scope: str | None = None) -> dict
         "grids": sorted(per_grid, key=lambda r: (r["street"], r["community"], r["code"] or "")),
         "categories": [{"category": k, **v} for k, v in sorted(categories.items())],
         "patrols": {"planned": patrols["planned"], "done": patrols["done"], "coverage": patrols["coverage"],
-                    "missed": len(patrols["missed"])},
+                    "missed": patrols["missed_count"]},
     }
