@@ -11,7 +11,10 @@ always have the shape ``{"error": {"code": str, "message": str}}``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass, field
@@ -31,6 +34,7 @@ from .plugins import CORE_BUILTINS, Available, merge_named
 from .users import authenticate, require_role
 
 DEFAULT_MAX_BODY = 1024 * 1024
+logger = logging.getLogger("hemei.api")
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                  405: "method_not_allowed", 413: "body_too_large", 415: "unsupported_media_type"}
 
@@ -244,6 +248,26 @@ def openapi_document(node: Node, routes: list[ApiRoute]) -> dict:
     }
 
 
+def tick_seconds() -> float:
+    """Seconds between two ticks of a served node: ``HEMEI_TICK_SECONDS``, 60 by default."""
+    try:
+        return max(0.2, float(os.environ.get("HEMEI_TICK_SECONDS", "60")))
+    except ValueError:
+        return 60.0
+
+
+async def _tick_every(pool: NodePool, seconds: float) -> None:
+    """Run the modules' time-driven work (``Node.tick``) on a lent node, forever, logging failures."""
+    def tick() -> list[str]:
+        with pool.lend() as node:
+            return node.tick()
+
+    while True:
+        await asyncio.sleep(seconds)
+        for failure in await run_in_threadpool(tick):
+            logger.warning("tick failed: %s", failure)
+
+
 def create_app(home=None, *, available: Available | None = None,
                builtins: tuple[str, ...] = CORE_BUILTINS) -> Starlette:
     """The Starlette app of the node at ``home``: core routes plus enabled modules' routes."""
@@ -260,7 +284,9 @@ def create_app(home=None, *, available: Available | None = None,
     routes = [Route(r.path, _endpoint(r, pool), methods=[r.method.upper()]) for r in api_routes]
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        ticking = asyncio.create_task(_tick_every(pool, tick_seconds()))
         yield
+        ticking.cancel()
         pool.close()
 
     app = Starlette(

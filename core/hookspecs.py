@@ -119,6 +119,17 @@ def change_applied(node: Node, changes: list[Change]) -> None:
 
 
 @hookspec
+def tick(node: Node) -> None:
+    """Do time-driven work: called about once a minute while ``hemei serve``
+    runs (``HEMEI_TICK_SECONDS``), and after every ``hemei sync`` round.
+
+    The grid module escalates cases whose deadline passed. Writes made here
+    are new local entries. An error raised here is logged and does not stop
+    the server or the sync; the next tick tries again.
+    """
+
+
+@hookspec
 def tables_rebuilt(node: Node, tables: list[str]) -> None:
     """The named state tables were just recomputed from the log (``hemei rebuild``).
 

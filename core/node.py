@@ -299,6 +299,18 @@ class Node:
             raise
         self._react(w.applied)
 
+    def tick(self) -> list[str]:
+        """Run every module's time-driven work (the ``tick`` hook); returns what failed, never raises."""
+        failures = []
+        for impl in self.pm.hook.tick.get_hookimpls():
+            try:
+                impl.function(node=self)
+            except Exception as exc:  # one module's failure must not stop the others, the server or sync
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                failures.append(f"{impl.plugin_name}: {type(exc).__name__}: {exc}")
+        return failures
+
     def _react(self, applied: list[Change]) -> None:
         if applied and self.pm.hook.change_applied.get_hookimpls():
             self.pm.hook.change_applied(node=self, changes=applied)

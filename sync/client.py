@@ -49,7 +49,7 @@ class SyncReport:
 
     def to_json(self) -> dict:
         return {"pushed": self.pushed, "pulled": self.pulled, "refused_changes": self.refused_changes,
-                "pending_up": self.pending_up, "pending_down": self.pending_down}
+                "pending_up": self.pending_up, "pending_down": self.pending_down, "messages": self.messages}
 
 
 class ParentLink:
@@ -136,6 +136,9 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
     """Push what the parent lacks of this node's branch, pull what this node lacks of it."""
     parent = parent_of(node)
     report = SyncReport()
+    # Time-driven work first (escalating overdue cases, say): what it writes goes up in this round,
+    # and it happens even when the parent cannot be reached.
+    report.messages.extend(f"tick: {failure}" for failure in node.tick())
     try:
         with ParentLink(node, parent["url"], transport) as link:
             link.learn_time()

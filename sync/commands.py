@@ -124,6 +124,8 @@ def _describe(report: client.SyncReport) -> str:
     text = f"pushed {report.pushed}, pulled {report.pulled}"
     if report.refused_changes:
         text += f", {report.refused_changes} change(s) kept as conflicts (hemei conflicts)"
+    for message in report.messages:
+        text += f"\n{message}"
     return text
 
 

@@ -7,6 +7,7 @@ district flow back to the street, which sees the whole history.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import httpx
@@ -160,3 +161,19 @@ def test_routes_enforce_roles_and_refuse_bad_input_with_json_errors(district_tre
         assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_input", (path, answer.text)
     assert call("DELETE", f"/grids/staff/{made.json()['id']}", "admin2").status_code == 404
     assert "Traceback" not in t.servers["fushan"].output()
+
+
+def test_a_case_past_its_deadline_escalates_by_itself_when_the_street_syncs(district_tree):
+    t = district_tree
+    if not _json(t, "fushan", "grids", "list"):
+        pytest.skip("needs the grids of the first test")
+    three_days_ago = (dt.datetime.now() - dt.timedelta(days=3)).strftime("%Y-%m-%d %H:%M")
+    case = _json(t, "fushan", "cases", "report", "--grid", "FS-01", "--category", "safety", "--description",
+                 "井盖松动", "--reporter", "李娟", "--at", three_days_ago)
+    assert case["level"] == "grid"
+    t.sync("fushan")  # ticks first: safety cases have 24 h per level, so it goes up one level, then up to the district
+    at_district = _json(t, "district", "cases", "show", case["id"])
+    assert at_district["level"] == "community"
+    assert [(e["kind"], e.get("auto"), e["by"]) for e in at_district["events"][1:]] == [
+        ("escalate", True, SCOPES["fushan"])]
+    assert at_district["events"][1]["note"].startswith("deadline ")

@@ -79,6 +79,20 @@ def test_hook_change_applied(node):
         ("notes", "insert", pk, 1), ("notes", "update", pk, 1)]
 
 
+def test_hook_tick(node):
+    import hook_probe
+
+    assert node.tick() == []
+    assert node.conn.execute("SELECT count(*) FROM probe_reactions WHERE op = 'tick'").fetchone() == (1,)
+    hook_probe.TICK_FAILS.append("the probe broke")
+    try:
+        assert node.tick() == ["hook_probe: RuntimeError: the probe broke"]  # reported, not raised
+    finally:
+        hook_probe.TICK_FAILS.clear()
+    # A served node ticks on its own: tests/test_server.py::test_a_served_node_ticks_on_its_own;
+    # hemei sync ticks first: tests/test_cases_sync.py
+
+
 def test_hook_tables_rebuilt(node):
     with node.writer("w") as w:
         w.insert("notes", {"title": "a"})

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
+import time
 
 import httpx
 import pytest
@@ -132,3 +134,23 @@ def test_revoked_token_is_refused(served):
     assert httpx.get(server.url + "/api/status", headers=auth(token)).status_code == 200
     assert hemei(env, "--home", home, "users", "revoke", "viewer2").returncode == 0
     assert httpx.get(server.url + "/api/status", headers=auth(token)).status_code == 401
+
+
+def test_a_served_node_ticks_on_its_own(tmp_path):
+    env = {**plugin_env(probe_site(tmp_path)), "HEMEI_TICK_SECONDS": "0.3"}
+    home = str(tmp_path / "ticking")
+    for args in (["init", "--name", "府山街道", "--scope", "yuecheng/fushan"], ["modules", "enable", "hook_probe"]):
+        assert hemei(env, "--home", home, *args).returncode == 0
+    server = Server(tmp_path / "ticking", env)
+    try:
+        ticks = 0
+        for _ in range(100):
+            with sqlite3.connect(tmp_path / "ticking" / "node.db") as db:
+                ticks = db.execute("SELECT count(*) FROM probe_reactions WHERE op = 'tick'").fetchone()[0]
+            if ticks >= 2:
+                break
+            time.sleep(0.1)
+        assert ticks >= 2
+    finally:
+        server.stop()
+    assert "Traceback" not in server.output()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from hemei.core import ReportSection, hookimpl
 from hemei.core.scope import covers
 
-from . import commands, metrics, status
+from . import cases, commands, metrics, status
 from .cases import MAX_DEADLINE_HOURS, SOURCES
 from .machine import EVENT_KINDS, LEVELS, RATINGS, is_local_time
 from .routes import ROUTES
@@ -90,6 +90,16 @@ def _case_problem(scope: str, values: dict, declared: str) -> str | None:
     if values.get("source") not in SOURCES:
         return f"a case's source must be one of {', '.join(SOURCES)}"
     return None
+
+
+#: The actor under which this module writes on its own (escalations when a deadline passes).
+MODULE_ACTOR = "grid_inspections"
+
+
+@hookimpl
+def tick(node):
+    """Escalate the cases whose level deadline passed: while served, every minute; at every sync."""
+    cases.escalate_overdue(node, MODULE_ACTOR)
 
 
 @hookimpl

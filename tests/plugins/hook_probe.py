@@ -105,6 +105,18 @@ def change_applied(node, changes):
 REBUILDS: list[tuple[str, list[str]]] = []
 
 
+#: Set by a test to make the next ticks fail.
+TICK_FAILS: list[str] = []
+
+
+@hookimpl
+def tick(node):
+    if TICK_FAILS:
+        raise RuntimeError(TICK_FAILS[0])
+    # In the node's own table, so a test can see ticks of a served node (another process).
+    node.conn.execute("INSERT INTO probe_reactions (tbl, op, pk, local) VALUES ('', 'tick', '', 1)")
+
+
 @hookimpl
 def tables_rebuilt(node, tables):
     REBUILDS.append((node.id, list(tables)))
