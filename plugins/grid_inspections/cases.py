@@ -193,7 +193,9 @@ def escalate_overdue(node: Node, actor: str, now=None) -> list[dict]:
         "SELECT case_id FROM case_status WHERE street = ? AND state IN ({}) AND level != 'district'"
         " AND level_due < ? ORDER BY level_due".format(", ".join("?" * len(OPEN_STATES))),
         (node.scope, *OPEN_STATES, now))]
-    moved = []
+    moved: list[dict] = []
+    if not due:
+        return moved
     with node.writer(actor) as w:
         for case_id in due:
             case = find_case(node, case_id)
