@@ -264,8 +264,11 @@ async def _tick_every(pool: NodePool, seconds: float) -> None:
 
     while True:
         await asyncio.sleep(seconds)
-        for failure in await run_in_threadpool(tick):
-            logger.warning("tick failed: %s", failure)
+        try:
+            for failure in await run_in_threadpool(tick):
+                logger.warning("tick failed: %s", failure)
+        except Exception:  # e.g. the pool could not open a node: try again next time
+            logger.exception("tick could not run")
 
 
 def create_app(home=None, *, available: Available | None = None,
@@ -285,9 +288,13 @@ def create_app(home=None, *, available: Available | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app):
         ticking = asyncio.create_task(_tick_every(pool, tick_seconds()))
-        yield
-        ticking.cancel()
-        pool.close()
+        try:
+            yield
+        finally:
+            ticking.cancel()
+            # Waits for a tick running in a worker thread to finish before its node is closed.
+            await asyncio.gather(ticking, return_exceptions=True)
+            pool.close()
 
     app = Starlette(
         routes=routes,

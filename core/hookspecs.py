@@ -121,7 +121,8 @@ def change_applied(node: Node, changes: list[Change]) -> None:
 @hookspec
 def tick(node: Node) -> None:
     """Do time-driven work: called about once a minute while ``hemei serve``
-    runs (``HEMEI_TICK_SECONDS``), and after every ``hemei sync`` round.
+    runs (``HEMEI_TICK_SECONDS``), and in every ``hemei sync`` round once the
+    parent has confirmed this PC's clock (before the push).
 
     The grid module escalates cases whose deadline passed. Writes made here
     are new local entries. An error raised here is logged and does not stop

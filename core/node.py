@@ -16,7 +16,7 @@ import shutil
 import sqlite3
 import sys
 import unicodedata
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
@@ -300,15 +300,19 @@ class Node:
         self._react(w.applied)
 
     def tick(self) -> list[str]:
-        """Run every module's time-driven work (the ``tick`` hook); returns what failed, never raises."""
+        """Run every module's time-driven work (the ``tick`` hook); returns what failed, never raises.
+
+        Each implementation runs on its own, so one module's failure does not stop the others.
+        """
         failures = []
         for impl in self.pm.hook.tick.get_hookimpls():
             try:
-                impl.function(node=self)
-            except Exception as exc:  # one module's failure must not stop the others, the server or sync
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
+                impl.function(**{name: self for name in impl.argnames})
+            except (Exception, SystemExit) as exc:  # must not stop the server or the sync
                 failures.append(f"{impl.plugin_name}: {type(exc).__name__}: {exc}")
+                with suppress(sqlite3.Error):
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
         return failures
 
     def _react(self, applied: list[Change]) -> None:

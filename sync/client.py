@@ -136,12 +136,10 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
     """Push what the parent lacks of this node's branch, pull what this node lacks of it."""
     parent = parent_of(node)
     report = SyncReport()
-    # Time-driven work first (escalating overdue cases, say): what it writes goes up in this round,
-    # and it happens even when the parent cannot be reached.
-    report.messages.extend(f"tick: {failure}" for failure in node.tick())
     try:
         with ParentLink(node, parent["url"], transport) as link:
             link.learn_time()
+            _tick(node, link, report)
             hello = link.call("/api/sync/hello", {"vv": node.version_vector(),
                                                   "checkpoint": engine.own_checkpoint(node)})
             their_vv = wire.vv_of(hello.get("vv"))
@@ -169,6 +167,20 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
     touch(node, parent["node_id"], their_vv=their_vv, pending_up=report.pending_up,
           pending_down=report.pending_down)
     return report
+
+
+#: A clock further than this from the parent's is not trusted for time-driven work.
+TICK_CLOCK_TOLERANCE_MS = 5 * 60 * 1000
+
+
+def _tick(node: Node, link: ParentLink, report: SyncReport) -> None:
+    """Time-driven work (escalating overdue cases, say) before the push, so what it writes goes up now;
+    skipped when the parent says this PC's clock is wrong, since what it writes cannot be undone."""
+    if abs(link.offset_ms) > TICK_CLOCK_TOLERANCE_MS:
+        report.messages.append(f"this PC's clock is {link.offset_ms / 60000:+.0f} min off the parent's: "
+                               "time-driven work (escalating overdue cases) skipped until it is fixed")
+        return
+    report.messages.extend(f"tick: {failure}" for failure in node.tick())
 
 
 def _messages(node: Node, their_vv: dict, batch_size: int) -> Iterator[tuple[bytes, int]]:

@@ -363,7 +363,8 @@ def test_rows_the_fold_could_not_trust_are_refused_even_when_written_directly(st
                 w.insert("case_events", {**base, **bad})
     row = {k: case[k] for k in ("scope", "grid", "street", "district", "community", "category")}
     row.update(description="x", reporter="y", source="patrol", reported_at=at(1), deadline_hours=24)
-    for bad in ({"deadline_hours": 10**9}, {"reported_at": "soon"}, {"district": "别的区"}, {"source": "rumour"}):
+    for bad in ({"deadline_hours": 10**9}, {"reported_at": "soon"}, {"district": "别的区"}, {"source": "rumour"},
+                {"grid": grids.find_grid(street, "FS-02")["id"]}, {"community": "仓桥社区"}):
         with pytest.raises(InvalidInput):
             with street.writer("forger") as w:
                 w.insert("cases", {**row, **bad})

@@ -87,6 +87,8 @@ def test_hook_tick(node):
     hook_probe.TICK_FAILS.append("the probe broke")
     try:
         assert node.tick() == ["hook_probe: RuntimeError: the probe broke"]  # reported, not raised
+        node.conn.execute("BEGIN IMMEDIATE")  # a failing tick that left a transaction open
+        assert len(node.tick()) == 1 and not node.conn.in_transaction
     finally:
         hook_probe.TICK_FAILS.clear()
     # A served node ticks on its own: tests/test_server.py::test_a_served_node_ticks_on_its_own;

@@ -98,3 +98,16 @@ def test_without_a_parent_sync_says_how_to_join(tmp_path):
     t.init("lonely", "a/b")
     done = t.hemei("lonely", "sync")
     assert done.returncode == 1 and "hemei join" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_sync_skips_time_driven_work_when_the_parent_says_this_clock_is_wrong(node):
+    from types import SimpleNamespace
+
+    from hemei.sync import client
+
+    ticks = "SELECT count(*) FROM probe_reactions WHERE op = 'tick'"
+    report = client.SyncReport()
+    client._tick(node, SimpleNamespace(offset_ms=-11 * 60 * 1000), report)
+    assert node.conn.execute(ticks).fetchone() == (0,) and "clock is -11 min off" in report.messages[0]
+    client._tick(node, SimpleNamespace(offset_ms=2000), report)  # two seconds: fine
+    assert node.conn.execute(ticks).fetchone() == (1,) and len(report.messages) == 1

@@ -14,6 +14,7 @@ from hemei.core.scope import covers
 
 from . import cases, commands, metrics, status
 from .cases import MAX_DEADLINE_HOURS, SOURCES
+from .grids import grid_id
 from .machine import EVENT_KINDS, LEVELS, RATINGS, is_local_time
 from .routes import ROUTES
 from .tables import CASE_TABLES, TABLES, migrations
@@ -80,6 +81,8 @@ def _case_problem(scope: str, values: dict, declared: str) -> str | None:
     street, district = values.get("street") or "", values.get("district") or ""
     if not covers(street, scope) or street.rsplit("/", 1)[0] != district:
         return "a case must lie inside its street, and name the district above that street"
+    if values.get("grid") != grid_id(scope) or not scope.startswith(f"{street}/{values.get('community')}/"):
+        return "a case's scope is its grid's: inside its street and community, and named by the grid's key"
     if declared not in (street, district):
         return f"a case in {street} is reported by that street or its district, not by {declared}"
     if not is_local_time(values.get("reported_at")):

@@ -75,6 +75,13 @@ def grid_0001_case_status(db):
     db.execute("CREATE INDEX IF NOT EXISTS case_status_reported ON case_status (reported_at, case_id)")
     db.execute("CREATE INDEX IF NOT EXISTS case_status_grid ON case_status (grid, reported_at)")
     db.execute("CREATE INDEX IF NOT EXISTS case_status_open ON case_status (state, level_due)")
+    # How far into cases and case_events (by rowid) every case is known to be folded.
+    db.execute("CREATE TABLE IF NOT EXISTS case_status_mark (id INTEGER PRIMARY KEY CHECK (id = 1),"
+               " cases_rowid INTEGER NOT NULL, events_rowid INTEGER NOT NULL)")
+
+
+@migrations.step
+def grid_0002_daily_summaries(db):
     # Figures per grid and report day, and per street, category and day: kept in step with case_status
     # (each refresh subtracts a case's old flags and adds its new ones), so stats sum a few
     # thousand rows instead of reading every case. See metrics.py for what each count means.
@@ -85,6 +92,6 @@ def grid_0001_case_status(db):
     db.execute("""CREATE TABLE IF NOT EXISTS case_category_day (
         street TEXT NOT NULL, category TEXT NOT NULL, day TEXT NOT NULL, cases INTEGER NOT NULL,
         resolved INTEGER NOT NULL, PRIMARY KEY (street, category, day))""")
-    # How far into cases and case_events (by rowid) every case is known to be folded.
-    db.execute("CREATE TABLE IF NOT EXISTS case_status_mark (id INTEGER PRIMARY KEY CHECK (id = 1),"
-               " cases_rowid INTEGER NOT NULL, events_rowid INTEGER NOT NULL)")
+    # Summaries are built by refreshing cases: fold every case again on the next read.
+    db.execute("DELETE FROM case_status")
+    db.execute("DELETE FROM case_status_mark")
