@@ -51,6 +51,8 @@ from hemei.plugins.grid_inspections import cases, grids, metrics
 from hemei.plugins.grid_inspections.cases import DEFAULT_CATEGORIES
 from hemei.plugins.grid_inspections.machine import RATINGS
 
+from district_build import best, ship  # bench/ is on sys.path when a script in it runs
+
 DISTRICT = "越城区"
 COMMUNITIES, GRIDS_PER_COMMUNITY, CHUNK = 4, 5, 1000
 AVAILABLE = {"grid_inspections": "hemei.plugins.grid_inspections"}
@@ -144,22 +146,6 @@ def fill_street(node: Node, n_cases: int, rng: random.Random, now: dt.datetime) 
                 for kind, at, extra in events:
                     w.insert("case_events", {"scope": scope, "case_id": case_id, "kind": kind, "at": at,
                                              "acting_scope": node.scope, **extra})
-
-
-def ship(street: Node, district: Node) -> None:
-    after = 0
-    while (batch := street.read_batch(street.id, after, limit=2000)) is not None:
-        district.apply_batch(batch)
-        after = batch.entries[-1][0]
-
-
-def best(fn, repeat: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), result
 
 
 BASELINE_COLUMNS = ("street, community, grid, category, reported_at, due, state, level_due, responded_at,"

@@ -37,7 +37,10 @@ from pathlib import Path
 
 from hemei.cli.main import BUILTIN_PLUGINS
 from hemei.core.node import Node
+
 from hemei.plugins.volunteer_hours import keys, ledger, rollup
+
+from district_build import best, ship  # bench/ is on sys.path when a script in it runs
 
 DISTRICT = "越城区"
 TEAMS = ["老吴热线", "雷锋驿站", "306和事佬", "最红星期五", "小棉袄"]
@@ -74,22 +77,6 @@ def fill_street(node: Node, entries: int, people: list[str], rng: random.Random)
                 hour = w.insert("volunteer_hours", {**row, "activity": act, "hours": hours})
                 w.insert("volunteer_confirmations", {**row, "hour": hour, "delta_cents": round(hours * 100)})
             done = min(entries, done + 500)
-
-
-def ship(street: Node, district: Node) -> None:
-    after = 0
-    while (batch := street.read_batch(street.id, after, limit=2000)) is not None:
-        district.apply_batch(batch)
-        after = batch.entries[-1][0]
-
-
-def best(fn, repeat: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -66,3 +69,23 @@ def pair(tmp_path):
                              enroll=[("district", "street")])
     yield t
     t.stop()
+
+
+@contextlib.contextmanager
+def nodes_on_a_copy(template: Path, names):
+    """Open nodes on a fresh copy of the homes in ``template``; closed and removed afterwards.
+
+    Property tests build their starting homes once and run each hypothesis
+    example on its own copy (a function-scoped tmp_path cannot be used there).
+    """
+    work = Path(tempfile.mkdtemp(prefix="hemei-copy-"))
+    nodes: dict[str, Node] = {}
+    try:
+        shutil.copytree(template, work, dirs_exist_ok=True)
+        for name in names:
+            nodes[name] = Node.open(work / name, available=PROBE, builtins=BUILTIN_PLUGINS)
+        yield nodes
+    finally:
+        for node in nodes.values():
+            node.close()
+        shutil.rmtree(work, ignore_errors=True)

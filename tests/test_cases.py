@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from test_cases_property import summaries_match_a_recount
+from test_convergence import _send
 from hemei.core import Conflict, HemeiError, InvalidInput, NotFound
 from hemei.plugins.grid_inspections import cases, grids, metrics, status
 from hemei.plugins.grid_inspections.machine import TRANSITIONS
@@ -233,8 +235,6 @@ def test_the_status_table_is_the_fold_of_the_events_and_survives_a_rebuild(stree
     assert cases.list_cases(street)[0]["state"] == "evaluated"
     status.refresh_all(street)
     assert [tuple(r) for r in street.conn.execute("SELECT * FROM case_status ORDER BY case_id")] == before
-    from test_cases_property import summaries_match_a_recount
-
     assert summaries_match_a_recount(street)
 
 
@@ -279,8 +279,6 @@ def test_metrics_match_figures_computed_by_hand(street):
     assert {c["category"]: c["cases"] for c in data["categories"]} == {"environment": 6, "safety": 2}
     assert [g["cases"] for g in data["grids"]] == [4, 4]
     assert [(s["rank"], s["street"], s["cases"]) for s in data["streets"]] == [(1, STREET, 8)]
-    from test_cases_property import summaries_match_a_recount
-
     assert summaries_match_a_recount(street)
     # The window is on the report date: a day later drops c1.
     assert metrics.stats(street, start=(DAY0 + dt.timedelta(days=3)).isoformat(), end=last)["totals"]["cases"] == 7
@@ -421,8 +419,6 @@ def test_a_street_cannot_loosen_a_deadline_its_district_set(make_node):
     street = make_node("street", scope=STREET, modules=["grid_inspections"])
     cases.set_category(district, ACTOR, code="safety", name="安全隐患", deadline_hours=12)
     cases.set_category(street, ACTOR, code="stairwell", name="楼道堆物", deadline_hours=48)  # its own code: fine
-    from test_convergence import _send
-
     _send(district, street, rewind=0)
     with pytest.raises(Conflict, match="set at 越城区"):
         cases.set_category(street, ACTOR, code="safety", name="安全隐患", deadline_hours=999)

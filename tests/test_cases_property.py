@@ -19,15 +19,12 @@ record (the second test forces that race). After a full sync:
 from __future__ import annotations
 
 import random
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import PROBE
+from conftest import PROBE, nodes_on_a_copy
 from test_convergence import _replay
 from test_convergence import _send as _send_entries
 from hemei.cli.main import BUILTIN_PLUGINS
@@ -80,10 +77,6 @@ def summaries_match_a_recount(node: Node) -> bool:
         "SELECT * FROM case_category_day ORDER BY street, category, day").fetchall() == by_category
 
 
-def _open(root: Path, name: str) -> Node:
-    return Node.open(root / name, available=PROBE, builtins=BUILTIN_PLUGINS)
-
-
 def _send(src: Node, dst: Node) -> None:
     _send_entries(src, dst, rewind=0)
 
@@ -124,17 +117,8 @@ NEXT = {"reported": ["register", "register", "escalate"], "registered": ["dispat
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(step, min_size=20, max_size=80), seed=st.integers(0, 2**32 - 1))
 def test_offline_transitions_on_one_case_converge_to_the_clock_order_state(template, steps, seed):
-    work = Path(tempfile.mkdtemp(prefix="cases-"))
-    try:
-        shutil.copytree(template, work, dirs_exist_ok=True)
-        nodes = {name: _open(work, name) for name in SCOPES}
-        try:
-            _run(nodes, steps, random.Random(seed))
-        finally:
-            for node in nodes.values():
-                node.close()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with nodes_on_a_copy(template, SCOPES) as nodes:
+        _run(nodes, steps, random.Random(seed))
 
 
 def _run(nodes: dict[str, Node], steps, rng: random.Random) -> None:
@@ -182,11 +166,9 @@ def _run(nodes: dict[str, Node], steps, rng: random.Random) -> None:
     assert all(summaries_match_a_recount(node) for node in (street, district, observer))
 
 
-def test_both_nodes_recording_the_evaluation_offline_keep_the_first_in_clock_order(template, tmp_path):
+def test_both_nodes_recording_the_evaluation_offline_keep_the_first_in_clock_order(template):
     """The one act both nodes may do on a case: the earlier evaluation applies, the other is kept, marked."""
-    shutil.copytree(template, tmp_path, dirs_exist_ok=True)
-    nodes = {name: _open(tmp_path, name) for name in SCOPES}
-    try:
+    with nodes_on_a_copy(template, SCOPES) as nodes:
         street, district = nodes["street"], nodes["district"]
         case_id = sorted(r[0] for r in street.conn.execute("SELECT id FROM cases"))[0]
         cases.transition(street, "t", case_id, "register")
@@ -207,6 +189,3 @@ def test_both_nodes_recording_the_evaluation_offline_keep_the_first_in_clock_ord
         assert [e["applied"] for e in evaluations] == [True, False]
         assert "cannot evaluate a case that is evaluated" in evaluations[1]["not_applied_because"]
         assert shown["state"] == "evaluated" and shown["rating"] == evaluations[0]["rating"]
-    finally:
-        for node in nodes.values():
-            node.close()

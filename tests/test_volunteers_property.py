@@ -16,15 +16,12 @@ district, in any order, while the others stay offline. Whatever happens:
 from __future__ import annotations
 
 import random
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import PROBE
+from conftest import PROBE, nodes_on_a_copy
 from test_convergence import _replay
 from test_convergence import _send as _send_entries
 from hemei.cli.main import BUILTIN_PLUGINS
@@ -36,10 +33,6 @@ FIRST17 = "33060219760508002"
 ID_NUMBER = FIRST17 + pii.id_check_char(FIRST17)
 NAMES = ["district", "a", "b", "observer"]
 SCOPES = {"district": "越城区", "a": "越城区/府山街道", "b": "越城区/塔山街道", "observer": "越城区"}
-
-
-def _open(root: Path, name: str) -> Node:
-    return Node.open(root / name, available=PROBE, builtins=BUILTIN_PLUGINS)
 
 
 def _send(src: Node, dst: Node) -> None:
@@ -78,17 +71,8 @@ step = st.one_of(
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(step, max_size=14), seed=st.integers(0, 2**32 - 1))
 def test_offline_streets_never_overdraw_and_every_district_copy_agrees(template, steps, seed):
-    work = Path(tempfile.mkdtemp(prefix="bank-"))
-    try:
-        shutil.copytree(template, work, dirs_exist_ok=True)
-        nodes = {name: _open(work, name) for name in NAMES}
-        try:
-            _run(nodes, steps, random.Random(seed))
-        finally:
-            for node in nodes.values():
-                node.close()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with nodes_on_a_copy(template, NAMES) as nodes:
+        _run(nodes, steps, random.Random(seed))
 
 
 def _run(nodes: dict[str, Node], steps, rng: random.Random) -> None:
