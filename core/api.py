@@ -28,8 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .checkpoint import Checkpointer, defer_checkpoints
 from .errors import HemeiError, InvalidInput
-from .node import Node
+from .node import DB_NAME, Node
 from .plugins import CORE_BUILTINS, Available, merge_named
 from .users import authenticate, require_role
 
@@ -105,9 +106,22 @@ class NodePool:
         self._all: list[Node] = []
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(size)
+        self._deferring = False
 
     def _open(self) -> Node:
-        return Node.open(self.home, available=self.available, builtins=self.builtins)
+        node = Node.open(self.home, available=self.available, builtins=self.builtins)
+        if self._deferring:
+            defer_checkpoints(node.conn)
+        return node
+
+    def start_checkpointer(self) -> Checkpointer:
+        """From now on this pool's nodes commit without checkpointing; the returned thread does it."""
+        path = self.get().home / DB_NAME
+        with self._lock:
+            self._deferring = True
+            for node in self._all:
+                defer_checkpoints(node.conn)
+        return Checkpointer(path).start()
 
     def get(self) -> Node:
         """A node for setup work on the calling thread (not returned to the pool)."""
@@ -287,6 +301,7 @@ def create_app(home=None, *, available: Available | None = None,
     routes = [Route(r.path, _endpoint(r, pool), methods=[r.method.upper()]) for r in api_routes]
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        checkpointer = pool.start_checkpointer()
         ticking = asyncio.create_task(_tick_every(pool, tick_seconds()))
         try:
             yield
@@ -294,6 +309,7 @@ def create_app(home=None, *, available: Available | None = None,
             ticking.cancel()
             # Waits for a tick running in a worker thread to finish before its node is closed.
             await asyncio.gather(ticking, return_exceptions=True)
+            checkpointer.stop()
             pool.close()
 
     app = Starlette(

@@ -70,6 +70,16 @@ def check_header_text(name: str, value: str) -> None:
         raise ChainError(f"entry {name} must be text without line breaks")
 
 
+def _refuse_header(origin: str, seq: int, hlc: int, actor: str, kind: str, scope: str, salt: bytes):
+    """Say which rule a full entry's header breaks (the checks themselves are inlined, on the hot path)."""
+    if len(salt) != SALT_BYTES or kind == REDACTED:
+        raise ChainError(f"entry {origin}#{seq}: needs a {SALT_BYTES}-byte salt and a kind other than "
+                         f"{REDACTED!r}")
+    if not 0 <= hlc < MAX_HLC or not 0 < len(actor) <= 64 or not actor.isprintable():
+        raise ChainError(f"entry {origin}#{seq}: clock value or actor out of range")
+    raise ChainError(f"entry {origin}#{seq}: header field contains a line break")
+
+
 def verify_segment(origin: str, prev_head: bytes, first_seq: int, entries: Sequence[tuple],
                    signed_head: bytes | None = None) -> list[bytes]:
     """Check that ``entries`` continue a chain whose entry ``first_seq - 1`` hashes to ``prev_head``.
@@ -80,33 +90,34 @@ def verify_segment(origin: str, prev_head: bytes, first_seq: int, entries: Seque
     chain, or when the last hash differs from ``signed_head``.
     """
     hashes = []
+    append = hashes.append
     prev = prev_head
     expected = first_seq
+    sha256 = _sha256
     for entry in entries:
         seq = entry[0]
         if seq != expected:
             raise ChainError(f"entry {origin}#{seq}: expected seq {expected} (gap or reorder)")
-        if len(entry) == 2:
-            leaf = entry[1]
-            if not isinstance(leaf, bytes) or len(leaf) != 32:
-                raise ChainError(f"entry {origin}#{seq}: a redacted entry carries a 32-byte digest")
-        elif len(entry) == FULL:
+        if len(entry) == FULL:
             _, hlc, actor, kind, scope, payload, salt = entry
-            if not (isinstance(hlc, int) and isinstance(actor, str) and isinstance(kind, str)
-                    and isinstance(scope, str) and isinstance(payload, str) and isinstance(salt, bytes)):
+            if not (type(hlc) is int and type(actor) is str and type(kind) is str and type(scope) is str
+                    and type(payload) is str and type(salt) is bytes):
                 raise ChainError(f"entry {origin}#{seq}: fields have the wrong types")
-            if len(salt) != SALT_BYTES or kind == REDACTED:
-                raise ChainError(f"entry {origin}#{seq}: needs a {SALT_BYTES}-byte salt and a kind other than "
-                                 f"{REDACTED!r}")
-            if not 0 <= hlc < MAX_HLC or not 0 < len(actor) <= 64 or not actor.isprintable():
-                raise ChainError(f"entry {origin}#{seq}: clock value or actor out of range")
-            if "\n" in actor or "\n" in kind or "\n" in scope or "\r" in actor or "\r" in scope:
-                raise ChainError(f"entry {origin}#{seq}: header field contains a line break")
-            leaf = entry_leaf(origin, seq, hlc, actor, kind, scope, payload, salt)
+            # One string for the header and the payload: one encode, one hash update.
+            text = f"{origin}\n{seq}\n{hlc}\n{actor}\n{kind}\n{scope}\n{payload}"
+            if (len(salt) != SALT_BYTES or kind == REDACTED or not 0 <= hlc < MAX_HLC
+                    or not 0 < len(actor) <= 64 or not actor.isprintable()
+                    or text.count("\n", 0, len(text) - len(payload)) != 6 or "\r" in actor or "\r" in scope):
+                _refuse_header(origin, seq, hlc, actor, kind, scope, salt)
+            leaf = sha256(salt + text.encode()).digest()
+        elif len(entry) == 2:
+            leaf = entry[1]
+            if type(leaf) is not bytes or len(leaf) != 32:
+                raise ChainError(f"entry {origin}#{seq}: a redacted entry carries a 32-byte digest")
         else:
             raise ChainError(f"entry {origin}#{seq}: expected {FULL} fields (or 2 when redacted)")
-        prev = _sha256(prev + leaf).digest()
-        hashes.append(prev)
+        prev = sha256(prev + leaf).digest()
+        append(prev)
         expected += 1
     if signed_head is not None and prev != signed_head:
         raise ChainError(f"entries of {origin} up to #{expected - 1} do not hash to the signed head")

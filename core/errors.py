@@ -54,6 +54,12 @@ class Forbidden(HemeiError):
     status = 403
 
 
+class ScopeViolation(Forbidden):
+    """An entry reaches outside the part of the tree its writer (or sender) stands for."""
+
+    code = "scope_violation"
+
+
 class ChainError(HemeiError):
     """A log segment or checkpoint does not verify."""
 

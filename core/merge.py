@@ -28,8 +28,9 @@ from typing import Callable, NamedTuple
 
 import orjson
 
-from .errors import Conflict, InvalidInput, NotFound
+from .errors import Conflict, InvalidInput, NotFound, ScopeViolation
 from .schema import APPEND_ONLY, LWW, TableSpec
+from .scope import covers
 
 Version = tuple  # (hlc, origin node id)
 
@@ -74,10 +75,31 @@ class Projector:
         self.specs = specs
         self.validator = validator
         self._insert_sql = {name: self._fast_insert_sql(spec) for name, spec in specs.items()}
+        self._origin_scope: str | None = None
 
     # -- entry point -----------------------------------------------------
-    def apply(self, changes: list[Change], *, local: bool) -> list[Change]:
-        """Apply ``changes`` in order; return those that took effect."""
+    def apply(self, changes: list[Change], *, local: bool, origin_scope: str | None = None) -> list[Change]:
+        """Apply ``changes`` in order; return those that took effect.
+
+        ``origin_scope`` (received changes, all of one origin): raise
+        :class:`ScopeViolation` when one of them reaches a stored row outside
+        that scope (a street editing, deleting or re-inserting a sibling's
+        row). Only a stored row can be reached, so the check runs where the
+        merge reads it anyway; a new key costs nothing.
+        """
+        self._origin_scope = origin_scope
+        try:
+            return self._apply(changes, local)
+        finally:
+            self._origin_scope = None
+
+    def _guard(self, spec: TableSpec, change: Change, row_scope: str | None) -> None:
+        """Refuse a received change to a stored row outside its origin's scope (None: not yet inserted)."""
+        if self._origin_scope is not None and row_scope is not None and not covers(self._origin_scope, row_scope):
+            raise ScopeViolation(f"an entry of {change.origin} changes {spec.name} {change.pk}, "
+                                 f"a row of {row_scope}, outside {self._origin_scope}")
+
+    def _apply(self, changes: list[Change], local: bool) -> list[Change]:
         applied: list[Change] = []
         i, n = 0, len(changes)
         while i < n:
@@ -179,6 +201,8 @@ class Projector:
         row = self.conn.execute(
             f"SELECT {', '.join(f'[{c}]' for c in cols)}, _deleted, _hlc, _origin, _colv"
             f" FROM [{spec.name}] WHERE [{spec.pk}] = ?", (change.pk,)).fetchone()
+        if row is not None:
+            self._guard(spec, change, row[cols.index(spec.scope)])
         if row is None:
             # Known only from an update or delete so far: the scope stays unset
             # until an insert writes it (else the first arrival would decide it).
@@ -237,6 +261,10 @@ class Projector:
 
     # -- append-only -------------------------------------------------------
     def _append_only(self, spec: TableSpec, change: Change, local: bool) -> bool:
+        if self._origin_scope is not None:
+            stored = self.conn.execute(f"SELECT [{spec.scope}] FROM [{spec.name}] WHERE [{spec.pk}] = ?",
+                                       (change.pk,)).fetchone()
+            self._guard(spec, change, stored and stored[0])
         if change.op != "insert":
             if local:
                 raise Conflict(f"{spec.name} is append-only: write a new row that corrects {change.pk}")

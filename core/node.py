@@ -27,6 +27,7 @@ import sqlite_utils
 from .chain import FULL, GENESIS, REDACTED, REDACTED_LEN, ROW_KINDS, entry_leaf, verify_segment
 from .clock import DEFAULT_MAX_AHEAD_MS, HybridClock
 from .errors import ChainError, Conflict, HemeiError, InvalidInput, NodeStateError
+from .gc_pause import cyclic_gc_paused
 from .identity import (node_id_from_public_key, parse_node_id, public_key_raw, read_private_key,
                        verify_checkpoint, write_private_key)
 from .ids import new_id
@@ -59,6 +60,9 @@ class Batch(NamedTuple):
     entries: list
     signature: bytes
 
+
+#: Row kinds of the log and the change operation each stands for.
+_ROW_OPS = {kind: kind[4:] for kind in ROW_KINDS}
 
 #: A receiver's own rules for a verified batch: ``check(batch_of_new_entries, their_row_changes)``.
 Check = Callable[[Batch, list[Change]], None]
@@ -319,45 +323,55 @@ class Node:
         if applied and self.pm.hook.change_applied.get_hookimpls():
             self.pm.hook.change_applied(node=self, changes=applied)
 
-    def _ingest(self, rows: list, changes: list[Change], *, local: bool) -> list[Change]:
-        """Append log rows and project their row changes: shared by writes, sync and rebuild."""
+    def _ingest(self, rows: list, changes: list[Change], *, local: bool,
+                origin_scope: str | None = None) -> list[Change]:
+        """Append log rows and project their row changes: shared by writes and receipt.
+
+        ``origin_scope``: received changes may not reach stored rows outside it (see ``confine``).
+        """
         self.conn.executemany("INSERT INTO _hemei_log (origin, seq, hlc, actor, kind, scope, payload, hash, sig,"
                               " salt, leaf) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        return self.projector.apply(changes, local=local)
+        return self.projector.apply(changes, local=local, origin_scope=origin_scope)
 
     # -- receiving entries -------------------------------------------------
-    def apply_batch(self, batch: Batch, *, check: Check | None = None) -> dict:
+    def apply_batch(self, batch: Batch, *, check: Check | None = None, confine: bool = False) -> dict:
         """Verify and apply one batch from another node; see :meth:`apply_batches`."""
-        return self.apply_batches([batch], check=check)[0]
+        return self.apply_batches([batch], check=check, confine=confine)[0]
 
-    def apply_batches(self, batches: Iterable[Batch], *,
-                      check: Check | None = None) -> list[dict]:
+    def apply_batches(self, batches: Iterable[Batch], *, check: Check | None = None,
+                      confine: bool = False) -> list[dict]:
         """Verify and apply batches from other nodes in one transaction: all or nothing.
 
         Entries already held are skipped when identical; a different entry
         at a held seq is a fork and refuses everything. ``check(batch,
         changes)`` (the sync layer's scope rules) runs on the new entries of
         each verified batch, with their parsed row changes, before anything
-        of it is written. Returns counts per batch: received, new, applied,
-        refused (changes kept as conflicts).
+        of it is written. ``confine``: a change that reaches a stored row
+        outside its origin's declared scope (a street editing, deleting or
+        re-inserting a sibling's row) refuses everything with
+        :class:`ScopeViolation`; the rule a parent holds its children to. It
+        depends on what is already stored, so it is for a tree's edges, not
+        for replicas exchanging freely. Returns counts per batch: received,
+        new, applied, refused (changes kept as conflicts).
         """
         listening = bool(self.pm.hook.change_applied.get_hookimpls())
         applied: list[Change] = []
         results = []
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            for batch in batches:  # any iterable: a bundle streams its batches through here
-                self._check_batch_shape(batch)
-                result = self._apply_verified(parse_node_id(batch.origin), batch, check)
-                changes = result.pop("_applied")
-                if listening:
-                    applied.extend(changes)
-                results.append(result)
-            self.conn.execute("COMMIT")
-        except BaseException:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise
+        with cyclic_gc_paused():
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                for batch in batches:  # any iterable: a bundle streams its batches through here
+                    self._check_batch_shape(batch)
+                    result = self._apply_verified(parse_node_id(batch.origin), batch, check, confine)
+                    changes = result.pop("_applied")
+                    if listening:
+                        applied.extend(changes)
+                    results.append(result)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
         self._react(applied)
         return results
 
@@ -375,7 +389,7 @@ class Node:
         if not isinstance(first, int) or first < 1:
             raise ChainError("entry seqs are integers starting at 1")
 
-    def _apply_verified(self, origin: str, batch: Batch, check) -> dict:
+    def _apply_verified(self, origin: str, batch: Batch, check, confine: bool) -> dict:
         first = batch.entries[0][0]
         known = self._origin_row(origin)
         size = known[1] if known else 0
@@ -416,17 +430,18 @@ class Node:
         if stamps:
             self.clock.check_plausible(max(stamps))
         if known is None:
+            origin_scope = declared_scope(origin, new)
             cur = self.conn.execute(
                 "INSERT INTO _hemei_origins (node_id, public_key, size, head, scope) VALUES (?, ?, 0, ?, ?)",
-                (origin, batch.public_key, GENESIS, declared_scope(origin, new)))
+                (origin, batch.public_key, GENESIS, origin_scope))
             ix = cur.lastrowid
         else:
-            ix = known[0]
+            ix, origin_scope = known[0], self.origin_scope(origin)
         rows = [[ix, e[0], 0, "", REDACTED, "", "", h, None, None, e[1]] if len(e) == REDACTED_LEN
                 else [ix, *e[:6], h, None, e[6], None] for e, h in zip(new, hashes[held:])]
         rows[-1][8] = batch.signature
         before = self._refusal_count()
-        applied = self._ingest(rows, changes, local=False)
+        applied = self._ingest(rows, changes, local=False, origin_scope=origin_scope if confine else None)
         self.conn.execute("UPDATE _hemei_origins SET size = ?, head = ? WHERE ix = ?", (last_seq, hashes[-1], ix))
         if stamps:
             self.clock.observe(max(stamps))
@@ -446,19 +461,22 @@ class Node:
     @staticmethod
     def _changes_of(origin: str, entries) -> list[Change]:
         changes = []
+        append = changes.append
         loads = orjson.loads
+        row_op = _ROW_OPS.get
         for entry in entries:
             if len(entry) != FULL:
                 continue  # redacted: nothing to project
             seq, hlc, actor, kind, scope, payload, _ = entry
-            if kind in ROW_KINDS:
+            op = row_op(kind)
+            if op is not None:
                 body = None
                 try:
                     body = loads(payload)
                     table, pk, values = body["t"], body["pk"], body["v"]
-                    if not (isinstance(table, str) and isinstance(pk, str) and pk and isinstance(values, dict)):
+                    if not (type(table) is str and type(pk) is str and pk and type(values) is dict):
                         raise TypeError
-                    changes.append(Change(table, kind[4:], pk, scope, values, hlc, origin, actor, False))
+                    append(Change(table, op, pk, scope, values, hlc, origin, actor, False))
                 except (ValueError, KeyError, TypeError):
                     # Signed by its origin, so it stays in the log; kept as a conflict, not applied.
                     table = body.get("t") if isinstance(body, dict) and isinstance(body.get("t"), str) else "?"

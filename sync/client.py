@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 import httpx
 
 from hemei.core.errors import HemeiError
+from hemei.core.gc_pause import cyclic_gc_paused
 from hemei.core.node import Node
 
 from . import engine, enroll, signing, wire
@@ -185,15 +186,19 @@ def _tick(node: Node, link: ParentLink, report: SyncReport) -> None:
 
 def _messages(node: Node, their_vv: dict, batch_size: int) -> Iterator[tuple[bytes, int]]:
     """Encoded push messages of about ``batch_size`` entries each, read lazily (memory ~ one message)."""
-    message, count = [], 0
-    for batch in engine.outgoing(node, node.scope, their_vv, batch_size):
-        message.append(wire.batch_to_json(batch))
-        count += len(batch.entries)
-        if count >= batch_size:
-            yield wire.encode({"batches": message}), count
+    batches = engine.outgoing(node, node.scope, their_vv, batch_size)
+    while True:
+        with cyclic_gc_paused():  # not across the yield: the pause covers building one message
             message, count = [], 0
-    if message:
-        yield wire.encode({"batches": message}), count
+            for batch in batches:
+                message.append(wire.batch_to_json(batch))
+                count += len(batch.entries)
+                if count >= batch_size:
+                    break
+            body = wire.encode({"batches": message}) if message else None
+        if body is None:
+            return
+        yield body, count
 
 
 def _prefetched(items: Iterator, depth: int = 2) -> Iterator:
@@ -247,9 +252,10 @@ def _pull(node: Node, link: ParentLink, parent: dict, batch_size: int, report: S
           progress: Progress | None) -> None:
     check = engine.pull_check(node, parent)
     while True:
-        reply = link.call("/api/sync/pull", {"vv": node.version_vector(), "batch_size": batch_size,
-                                             "max_entries": batch_size * 5})
-        batches = wire.batches_of(reply)
+        with cyclic_gc_paused():
+            reply = link.call("/api/sync/pull", {"vv": node.version_vector(), "batch_size": batch_size,
+                                                 "max_entries": batch_size * 5})
+            batches = wire.batches_of(reply)
         if batches:
             for result in node.apply_batches(batches, check=check):
                 report.pulled += result["new"]

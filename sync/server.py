@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from hemei.core.api import ApiCall, ApiRoute
 from hemei.core.errors import Forbidden, HemeiError, InvalidInput, Unauthorized
+from hemei.core.gc_pause import cyclic_gc_paused
 from hemei.core.identity import parse_node_id
 
 from . import engine, enroll, signing, wire
@@ -132,8 +133,9 @@ def hello(call: ApiCall) -> Response:
 def push(call: ApiCall) -> Response:
     child = authenticate(call)
     node = call.node
-    batches = wire.batches_of(wire.decode(call.raw_body))
-    results = node.apply_batches(batches, check=engine.push_check(node, child))
+    with cyclic_gc_paused():  # decoding allocates as much as applying (see hemei.core.gc_pause)
+        batches = wire.batches_of(wire.decode(call.raw_body))
+        results = node.apply_batches(batches, check=engine.push_check(node, child), confine=True)
     touch(node, child["node_id"])
     sizes = node.version_vector()
     return _reply({"results": results, "vv": {b.origin: sizes.get(b.origin, 0) for b in batches}})
@@ -145,13 +147,15 @@ def pull(call: ApiCall) -> Response:
     node = call.node
     limit, batch_size = (_positive(body, name, default) for name, default in
                          (("max_entries", MAX_PULL_ENTRIES), ("batch_size", 2000)))
-    batches, more, remaining = engine.downstream(node, child["node_id"], child["scope"], child_vv,
-                                                 min(limit, MAX_PULL_ENTRIES), batch_size)
+    with cyclic_gc_paused():
+        batches, more, remaining = engine.downstream(node, child["node_id"], child["scope"], child_vv,
+                                                     min(limit, MAX_PULL_ENTRIES), batch_size)
     # Entries new to the child (each batch repeats one it holds, to catch a rewritten history).
     new = sum(b.entries[-1][0] - max(child_vv.get(b.origin, 0), b.entries[0][0] - 1) for b in batches)
     touch(node, child["node_id"], their_vv=child_vv)  # what it holds; its closing hello says what it applied
-    return _reply({"batches": [wire.batch_to_json(b) for b in batches], "more": more,
-                   "remaining": max(0, remaining - new)})
+    with cyclic_gc_paused():
+        return _reply({"batches": [wire.batch_to_json(b) for b in batches], "more": more,
+                       "remaining": max(0, remaining - new)})
 
 
 def _positive(body: dict, name: str, default: int) -> int:

@@ -37,7 +37,7 @@ def _unb64(text, what: str) -> bytes:
     if not isinstance(text, str):
         raise MalformedBatch(f"{what} must be base64 text")
     try:
-        return base64.b64decode(text, validate=True)
+        return binascii.a2b_base64(text, strict_mode=True)
     except (binascii.Error, ValueError):
         raise MalformedBatch(f"{what} is not valid base64") from None
 
@@ -61,7 +61,8 @@ def batch_from_json(data) -> Batch:
     if not isinstance(origin, str) or not isinstance(entries, list) or not entries:
         raise MalformedBatch("batch needs an origin and a non-empty list of entries")
     decoded = []
-    unb64 = base64.b64decode
+    append = decoded.append
+    a2b = binascii.a2b_base64
     for entry in entries:
         if type(entry) is not list or not entry or type(entry[0]) is not int:
             raise MalformedBatch("each entry is a list starting with its seq")
@@ -71,11 +72,12 @@ def batch_from_json(data) -> Batch:
                     and type(payload) is str and type(salt) is str):
                 raise MalformedBatch(f"entry #{seq}: expected [seq, hlc, actor, kind, scope, payload, salt]")
             try:
-                decoded.append((seq, hlc, actor, kind, scope, payload, unb64(salt, validate=True)))
+                entry[6] = a2b(salt, strict_mode=True)  # the decoded list is ours: reuse it
             except (binascii.Error, ValueError):
                 raise MalformedBatch(f"entry #{seq}: salt is not valid base64") from None
+            append(entry)
         elif len(entry) == REDACTED_LEN:
-            decoded.append((entry[0], _unb64(entry[1], f"entry #{entry[0]} digest")))
+            append((entry[0], _unb64(entry[1], f"entry #{entry[0]} digest")))
         else:
             raise MalformedBatch(f"entry #{entry[0]}: expected {FULL} fields, or 2 when redacted")
     return Batch(origin, _unb64(data.get("public_key"), "public_key"), decoded,

@@ -456,3 +456,59 @@ def test_a_row_from_above_cannot_be_changed_below(make_node):
             with street.writer("w") as w:
                 change(w)
         assert err.value.code == "out_of_scope"
+
+
+def _siblings_with_a_row(make_node, table: str, values: dict):
+    """A district holding a row of street a; street b (a sibling) and the district's view of a batch of b."""
+    district = make_node("d", scope="yc")
+    a, b = make_node("a", scope="yc/a"), make_node("b", scope="yc/b")
+    with a.writer("w") as w:
+        pk = w.insert(table, values)
+    send_all(a, district)
+    send_all(b, district)
+    return district, b, pk
+
+
+@pytest.mark.parametrize("table, values, kind, v", [
+    ("notes", {"title": "甲街的记录"}, "row.update", {"title": "改掉"}),
+    ("notes", {"title": "甲街的记录"}, "row.delete", {}),
+    ("notes", {"title": "甲街的记录"}, "row.insert", {"title": "HIJACKED"}),
+    ("ballots", {"vote": "v1", "voter": "p1", "choice": "A"}, "row.insert", {"vote": "v9", "voter": "p9",
+                                                                            "choice": "B"}),
+])
+def test_a_confined_receipt_refuses_changes_to_a_siblings_row(make_node, table, values, kind, v):
+    district, b, pk = _siblings_with_a_row(make_node, table, values)
+    before = district.conn.execute(f"SELECT * FROM {table}").fetchall()
+    size = log_size(district)
+    with b.writer("mallory") as w:  # signed by b, inside b's scope, but naming a's row
+        w._append(kind, b.scope, {"t": table, "pk": pk, "v": v}, None)
+    batch = b.read_batch(b.id, b.version_vector()[b.id] - 1)
+    with pytest.raises(HemeiError) as err:
+        district.apply_batch(batch, confine=True)
+    assert err.value.code == "scope_violation" and err.value.status == 403
+    assert "outside yc/b" in err.value.message
+    assert district.conn.execute(f"SELECT * FROM {table}").fetchall() == before
+    assert log_size(district) == size  # the whole batch is refused, log entries included
+
+
+def test_an_unconfined_receipt_merges_the_same_change(make_node):
+    """Replicas that exchange freely (no tree edge between them) merge by the policy instead."""
+    district, b, pk = _siblings_with_a_row(make_node, "notes", {"title": "甲街的记录"})
+    with b.writer("w") as w:
+        w._append("row.update", b.scope, {"t": "notes", "pk": pk, "v": {"title": "改掉"}}, None)
+    district.apply_batch(b.read_batch(b.id, b.version_vector()[b.id] - 1))
+    assert district.conn.execute("SELECT title FROM notes WHERE id = ?", (pk,)).fetchone() == ("改掉",)
+
+
+def test_a_confined_receipt_accepts_changes_inside_the_origins_scope(make_node):
+    district, street = make_node("d", scope="yc"), make_node("s", scope="yc/a")
+    with district.writer("w") as w:  # a row the district placed in the street
+        pk = w.insert("notes", {"title": "区里交办", "scope": "yc/a/x"})
+    send_all(district, street)
+    with street.writer("w") as w:
+        w.update("notes", pk, {"body": "已办"})
+        new = w.insert("notes", {"title": "新的"})
+    street_batch = street.read_batch(street.id, 0)
+    result = district.apply_batch(street_batch, confine=True)
+    assert result["refused"] == 0
+    assert dict(district.conn.execute("SELECT id, coalesce(body, title) FROM notes")) == {pk: "已办", new: "新的"}
