@@ -28,6 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import bare_push as bare  # noqa: E402
 from bench_core import COLUMNS, baseline, make_rows  # noqa: E402
 
 from hemei.core.node import Node  # noqa: E402
@@ -90,6 +91,41 @@ def wait_peak(proc: subprocess.Popen) -> tuple[int, float]:
     return proc.returncode, peak
 
 
+def wait_up(url: str) -> None:
+    import httpx
+
+    for _ in range(100):
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise SystemExit(f"no answer from {url}")
+
+
+def bare_push(work: Path, rows: list[dict], batch: int) -> tuple[float, float]:
+    """Rows/s and server peak RSS of bench/bare_push.py: the same rows over HTTP into SQLite, no hemei."""
+    source = bare.connect(str(work / "bare-source.db"))
+    source.executemany("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?)", [tuple(r.values()) for r in rows])
+    source.close()
+    port = free_port()
+    script = str(HERE / "bare_push.py")
+    server = subprocess.Popen([sys.executable, script, "serve", str(work / "bare.db"), str(port)])
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_up(url + "/health")
+        start = time.perf_counter()
+        subprocess.run([sys.executable, script, "push", str(work / "bare-source.db"), url, str(batch)], check=True)
+        elapsed = time.perf_counter() - start
+        rss = vm_hwm_mb(server.pid)
+    finally:
+        server.terminate()
+        server.wait()
+    held = sqlite3.connect(work / "bare.db").execute("SELECT count(*) FROM rows").fetchone()[0]
+    assert held == len(rows), f"bare push stored {held} rows, expected {len(rows)}"
+    return len(rows) / elapsed, rss
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
@@ -106,6 +142,7 @@ def main() -> int:
     try:
         rows = make_rows(args.rows)
         base = args.rows / baseline(work / "plain.db", rows, args.batch)
+        bare, bare_server_rss = bare_push(work, rows, args.batch)
         district = Node.init(work / "district", name="district", scope="yuecheng", available=available,
                              builtins=builtins)
         district.set_module_enabled("bench", True, "bench")
@@ -123,14 +160,7 @@ def main() -> int:
         server = subprocess.Popen(hemei("--home", str(work / "district"), "serve", "--port", str(port),
                                         "--log-level", "warning"), env=env)
         url = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                import httpx
-
-                httpx.get(url + "/api/health", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_up(url + "/api/health")
         token = enroll.create_invite(district, name="street", scope="yuecheng/fushan", url=url, ttl_s=600,
                                      actor="bench")
         client.join(street, token, "bench")
@@ -161,9 +191,13 @@ def main() -> int:
     print(f"hemei sync benchmark: {args.rows:,} rows ({entries:,} entries), batches of {args.batch},"
           f" Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}")
     print(f"  street backlog written in {written:.1f} s (not part of the push)")
-    print(f"  {'plain sqlite3 executemany':<32}{base:>12,.0f} rows/s")
-    print(f"  {'push street -> district':<32}{rate:>12,.0f} entries/s   ratio {rate / base:.2f}   ({elapsed:.1f} s)")
-    print(f"  peak RSS: hemei sync {client_rss:.0f} MB, hemei serve {server_rss:.0f} MB")
+    print(f"  {'':<34}{'per second':>12}   vs plain   vs bare push")
+    print(f"  {'plain sqlite3 executemany':<34}{base:>12,.0f}   {1:>8.2f}")
+    print(f"  {'bare HTTP push, no hemei':<34}{bare:>12,.0f}   {bare / base:>8.2f}   {1:>12.2f}")
+    print(f"  {'hemei sync: street -> district':<34}{rate:>12,.0f}   {rate / base:>8.2f}   {rate / bare:>12.2f}"
+          f"   ({elapsed:.1f} s)")
+    print(f"  peak RSS: hemei sync {client_rss:.0f} MB, hemei serve {server_rss:.0f} MB"
+          f" (bare push server {bare_server_rss:.0f} MB)")
     return 0
 
 

@@ -1,0 +1,87 @@
+"""A bare HTTP push of the same rows: the reference hemei's push is measured against.
+
+No hemei code: a Starlette app under uvicorn that inflates a zlib'd JSON
+list of rows and inserts it with one ``executemany`` and one commit, and a
+client process that reads the rows from a SQLite file in batches, encodes
+each with one ``orjson`` call, compresses it at level 1 and POSTs it, one
+request at a time, with a thread preparing the next batch meanwhile. That
+is the shape of ``hemei sync``'s push minus the log, the signatures, the
+checks and the merge: what HTTP and SQLite alone cost on this machine.
+
+    python bench/bare_push.py serve DB PORT       # the receiving side
+    python bench/bare_push.py push SOURCE_DB URL BATCH
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+import threading
+import zlib
+from queue import Queue
+
+import orjson
+
+COLUMNS = "id TEXT PRIMARY KEY, scope TEXT, volunteer TEXT, activity TEXT, hours REAL, served_on TEXT, note TEXT"
+
+
+def connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA cache_size=-8192")
+    conn.execute(f"CREATE TABLE IF NOT EXISTS rows ({COLUMNS})")
+    return conn
+
+
+def serve(db: str, port: int) -> None:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    conn = connect(db)
+    lock = threading.Lock()
+
+    def insert(body: bytes) -> int:
+        rows = orjson.loads(zlib.decompress(body))
+        with lock:
+            conn.execute("BEGIN")
+            conn.executemany("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            conn.execute("COMMIT")
+        return len(rows)
+
+    async def push(request):
+        count = await run_in_threadpool(insert, await request.body())
+        return Response(orjson.dumps({"inserted": count}), media_type="application/json")
+
+    async def health(request):
+        return Response(b"{}", media_type="application/json")
+
+    app = Starlette(routes=[Route("/push", push, methods=["POST"]), Route("/health", health)])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def push(source: str, url: str, batch: int) -> None:
+    import httpx
+
+    queue: Queue = Queue(maxsize=2)
+
+    def produce() -> None:
+        cursor = sqlite3.connect(source).execute("SELECT * FROM rows ORDER BY rowid")
+        while rows := cursor.fetchmany(batch):
+            queue.put(zlib.compress(orjson.dumps(rows), 1))
+        queue.put(None)
+
+    threading.Thread(target=produce, daemon=True).start()
+    with httpx.Client(base_url=url, timeout=60) as http:
+        while (body := queue.get()) is not None:
+            http.post("/push", content=body).raise_for_status()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "serve":
+        serve(sys.argv[2], int(sys.argv[3]))
+    else:
+        push(sys.argv[2], sys.argv[3], int(sys.argv[4]))
