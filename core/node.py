@@ -283,24 +283,27 @@ class Node:
     def writer(self, actor: str) -> Iterator[Writer]:
         """One transaction of local writes by ``actor``; see :mod:`hemei.core.writer`."""
         check_actor(actor)
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._sync_clock()
-            ix, size, head, _ = self._origin_row(self.id)
-            w = Writer(self, actor, ix, size, head)
-            yield w
-            w.flush()
-            w._open = False
-            if w.failed is not None:
-                raise InvalidInput(f"transaction rolled back after an error: {w.failed}", code="transaction_failed")
-            if w.entries_written:
-                self.conn.execute("UPDATE _hemei_origins SET size = ?, head = ? WHERE ix = ?", (w.size, w.head, ix))
-                self._persist_clock()
-            self.conn.execute("COMMIT")
-        except BaseException:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise
+        with cyclic_gc_paused():  # a transaction of writes is the bulk path of a local import
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._sync_clock()
+                ix, size, head, _ = self._origin_row(self.id)
+                w = Writer(self, actor, ix, size, head)
+                yield w
+                w.flush()
+                w._open = False
+                if w.failed is not None:
+                    raise InvalidInput(f"transaction rolled back after an error: {w.failed}",
+                                       code="transaction_failed")
+                if w.entries_written:
+                    self.conn.execute("UPDATE _hemei_origins SET size = ?, head = ? WHERE ix = ?",
+                                      (w.size, w.head, ix))
+                    self._persist_clock()
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
         self._react(w.applied)
 
     def tick(self) -> list[str]:
@@ -529,6 +532,13 @@ class Node:
         unknown = [t for t in names if t not in self.specs]
         if unknown:
             raise InvalidInput(f"no table {', '.join(unknown)}")
+        with cyclic_gc_paused():
+            replayed = self._replay(names, progress)
+        self.pm.hook.tables_rebuilt(node=self, tables=names)
+        return replayed
+
+    def _replay(self, names: list[str], progress: Callable[[int], None] | None) -> int:
+        """Empty ``names`` and project every row entry of the log into them again, in one transaction."""
         chosen = set(names)
         replayed = 0
         self.conn.execute("BEGIN IMMEDIATE")
@@ -553,7 +563,6 @@ class Node:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             raise
-        self.pm.hook.tables_rebuilt(node=self, tables=names)
         return replayed
 
     # -- status ----------------------------------------------------------------
