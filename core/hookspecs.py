@@ -96,7 +96,9 @@ def register_commands() -> list[click.Command]:
 def validate_change(node: Node, change: Change) -> str | None:
     """Refuse a row change by returning a reason, or return None to accept it.
 
-    Called inside the write transaction, before the change is applied, for
+    Asked only about changes to the tables this plugin declares in
+    :func:`register_tables` (each module judges its own rows). Called inside
+    the write transaction, before the change is applied, for
     local writes and for entries from other nodes alike. A refused local
     write raises an error and nothing of the transaction is written. A
     refused remote change stays in the log (the chain must stay whole) and

@@ -32,7 +32,8 @@ from .identity import (node_id_from_public_key, parse_node_id, public_key_raw, r
                        verify_checkpoint, write_private_key)
 from .ids import new_id
 from .merge import UNREADABLE, Change, Projector
-from .plugins import CORE_BUILTINS, Available, available_modules, get_plugin_manager, merge_named
+from .plugins import (CORE_BUILTINS, Available, available_modules, get_plugin_manager, merge_named,
+                      tables_by_plugin, validators_by_table)
 from .schema import MIGRATIONS_TABLE, TableSpec, core_migrations, create_or_extend_table
 from .scope import parse_scope
 from .writer import Writer, check_actor
@@ -218,12 +219,13 @@ class Node:
     def _plugin_setup(self, enabled: list[str]):
         """Manager, tables and migration sets for ``enabled``; raises before anything is written."""
         pm = get_plugin_manager(enabled, self.available_modules(), self._builtins)
-        specs = merge_named(pm.hook.register_tables(), "table", lambda s: s.name)
+        owned = tables_by_plugin(pm)
+        specs = merge_named([tables for _, tables in owned], "table", lambda s: s.name)
         migrations = merge_named(pm.hook.register_migrations(), "migration set", lambda m: m.name)
-        return pm, specs, migrations
+        return pm, owned, specs, migrations
 
     def _load_plugins(self) -> None:
-        pm, specs, migrations = self._plugin_setup(self.enabled_modules())
+        pm, owned, specs, migrations = self._plugin_setup(self.enabled_modules())
         self.pm: pluggy.PluginManager = pm
         self.specs: dict[str, TableSpec] = {s.name: s for s in specs}
         for spec in specs:
@@ -231,9 +233,10 @@ class Node:
         for migration_set in migrations:
             migration_set.apply(self.db)
         validator = None
-        if self.pm.hook.validate_change.get_hookimpls():
-            def validator(change: Change, _hook=self.pm.hook.validate_change):
-                return _hook(node=self, change=change)
+        if by_table := validators_by_table(pm, owned):
+            def validator(change: Change, _get=by_table.get):
+                hook = _get(change.table)
+                return None if hook is None else hook(node=self, change=change)
         self.projector = Projector(self.conn, self.specs, validator)
 
     def set_module_enabled(self, name: str, enabled: bool, actor: str) -> list[str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import pluggy
 
@@ -98,3 +98,29 @@ def merge_named(results: list[list], what: str, key) -> list:
             seen[name] = item
             merged.append(item)
     return merged
+
+
+def tables_by_plugin(pm: pluggy.PluginManager) -> list[tuple[object, list]]:
+    """Each plugin's ``register_tables`` answer, in hook-call order: the tables a plugin *owns*."""
+    return [(impl.plugin, impl.function() or []) for impl in reversed(pm.hook.register_tables.get_hookimpls())]
+
+
+def validators_by_table(pm: pluggy.PluginManager, owned: list[tuple[object, list]]) -> dict[str, Callable]:
+    """For each table whose owner implements ``validate_change``, a hook caller of that plugin alone.
+
+    A change is validated by the module that declared its table, not by
+    every module: with two modules enabled, asking both about every row
+    cost ~2.8 µs a change on the receive path, most of it pluggy's call.
+    """
+    validating = {id(impl.plugin) for impl in pm.hook.validate_change.get_hookimpls()}
+    callers: dict[int, Callable] = {}
+    by_table = {}
+    for plugin, specs in owned:
+        if id(plugin) not in validating:
+            continue
+        if id(plugin) not in callers:
+            others = [p for p in pm.get_plugins() if p is not plugin]
+            callers[id(plugin)] = pm.subset_hook_caller("validate_change", remove_plugins=others)
+        for spec in specs:
+            by_table[spec.name] = callers[id(plugin)]
+    return by_table

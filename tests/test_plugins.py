@@ -88,3 +88,31 @@ def test_password_prompt_on_a_terminal_asks_twice(tmp_path, run_cli, monkeypatch
     node = Node.open(home)
     from hemei.core.users import check_password
     assert check_password(node, "wang", "first-password")["role"] == "viewer"
+
+
+def test_a_change_is_validated_by_the_module_that_declared_its_table(tmp_path):
+    """Each module judges its own rows: another module's validator is not asked about them."""
+    asked: list[tuple[str, str]] = []
+
+    def judge(name, refuse):
+        def validate_change(change):
+            asked.append((name, change.table))
+            return f"{name} refuses {change.table}" if refuse and change.values.get("title") == "x" else None
+        return validate_change
+
+    owns_a = plugin_module("owns_a", register_tables=lambda: [TableSpec("table_a", {"id": "text", "scope": "text",
+                                                                                  "title": "text"})],
+                           validate_change=judge("owns_a", refuse=False))
+    owns_b = plugin_module("owns_b", register_tables=lambda: [TableSpec("table_b", {"id": "text", "scope": "text",
+                                                                                  "title": "text"})],
+                           validate_change=judge("owns_b", refuse=True))
+    node = Node.init(tmp_path / "n", name="n", scope="a", available={"owns_a": owns_a, "owns_b": owns_b})
+    node.set_module_enabled("owns_a", True, "t")
+    node.set_module_enabled("owns_b", True, "t")
+    with node.writer("w") as w:
+        w.insert("table_a", {"title": "x"})  # owns_b would refuse this title; it is not asked
+    assert asked == [("owns_a", "table_a")]
+    with pytest.raises(InvalidInput, match="owns_b refuses"):
+        with node.writer("w") as w:
+            w.insert("table_b", {"title": "x"})
+    assert asked == [("owns_a", "table_a"), ("owns_b", "table_b")]
