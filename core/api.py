@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .checkpoint import Checkpointer, defer_checkpoints
+from .checkpoint import Checkpointer, checkpoint_at_commit, defer_checkpoints
 from .errors import HemeiError, InvalidInput
 from .node import DB_NAME, Node
 from .plugins import CORE_BUILTINS, Available, merge_named
@@ -106,22 +106,29 @@ class NodePool:
         self._all: list[Node] = []
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(size)
-        self._deferring = False
+        self._checkpointer: Checkpointer | None = None
+        self._deferred: set[Node] = set()  # nodes whose commits leave the WAL to it
 
     def _open(self) -> Node:
-        node = Node.open(self.home, available=self.available, builtins=self.builtins)
-        if self._deferring:
-            defer_checkpoints(node.conn)
-        return node
+        return Node.open(self.home, available=self.available, builtins=self.builtins)
 
     def start_checkpointer(self) -> Checkpointer:
-        """From now on this pool's nodes commit without checkpointing; the returned thread does it."""
+        """From now on the nodes this pool lends commit without checkpointing; the returned thread does it."""
         path = self.get().home / DB_NAME
         with self._lock:
-            self._deferring = True
-            for node in self._all:
-                defer_checkpoints(node.conn)
-        return Checkpointer(path).start()
+            self._checkpointer = Checkpointer(path).start()
+            return self._checkpointer
+
+    def _checkpoint_mode(self, node: Node) -> None:
+        """Defer checkpoints while the checkpointer runs; give SQLite's default back if it ended."""
+        running = self._checkpointer is not None and self._checkpointer.is_alive()
+        if running and node not in self._deferred:
+            defer_checkpoints(node.conn)
+            self._deferred.add(node)
+        elif not running and node in self._deferred:
+            logger.error("the WAL checkpoint thread has stopped: connections checkpoint at commit again")
+            checkpoint_at_commit(node.conn)
+            self._deferred.discard(node)
 
     def get(self) -> Node:
         """A node for setup work on the calling thread (not returned to the pool)."""
@@ -142,6 +149,7 @@ class NodePool:
                 node = self._open()
                 with self._lock:
                     self._all.append(node)
+            self._checkpoint_mode(node)  # the node is this thread's until it goes back
             try:
                 yield node
             finally:

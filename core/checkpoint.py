@@ -11,8 +11,11 @@ never waits for, or blocks, a writer. SQLite does that work with the GIL
 released, so on a machine with a second core it runs beside the requests.
 
 Command-line processes keep SQLite's default (checkpoint at commit), and
-closing the last connection checkpoints what is left, so nothing depends
-on this thread for correctness: only where the time is spent.
+closing the last connection checkpoints what is left. The thread keeps
+going through any error (logged, retried next time); should it still end,
+the server's pool gives its connections SQLite's default back
+(:meth:`hemei.core.api.NodePool.lend`), so the WAL cannot grow without
+bound.
 """
 
 from __future__ import annotations
@@ -28,9 +31,18 @@ logger = logging.getLogger("hemei")
 INTERVAL_S = 0.25
 
 
+#: SQLite's own default: a commit that takes the WAL past this many pages checkpoints it.
+DEFAULT_AUTOCHECKPOINT = 1000
+
+
 def defer_checkpoints(conn: sqlite3.Connection) -> None:
     """Let ``conn``'s commits leave the WAL to a :class:`Checkpointer`."""
     conn.execute("PRAGMA wal_autocheckpoint=0")
+
+
+def checkpoint_at_commit(conn: sqlite3.Connection) -> None:
+    """Give ``conn`` SQLite's default back (no :class:`Checkpointer` running)."""
+    conn.execute(f"PRAGMA wal_autocheckpoint={DEFAULT_AUTOCHECKPOINT}")
 
 
 class Checkpointer:
@@ -50,15 +62,20 @@ class Checkpointer:
         self._stop.set()
         self._thread.join()
 
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _run(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn = None
         try:
-            while True:
+            while not self._stop.wait(0 if conn is None else self.interval_s):
                 try:
+                    if conn is None:
+                        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.Error:  # e.g. the disk is full: requests will say so; try again later
+                except Exception:  # e.g. the disk is full: requests will say so; try again later
                     logger.exception("WAL checkpoint failed")
-                if self._stop.wait(self.interval_s):
-                    return
+                    self._stop.wait(self.interval_s)
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()

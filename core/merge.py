@@ -99,6 +99,21 @@ class Projector:
             raise ScopeViolation(f"an entry of {change.origin} changes {spec.name} {change.pk}, "
                                  f"a row of {row_scope}, outside {self._origin_scope}")
 
+    def _guard_stored(self, spec: TableSpec, change: Change) -> None:
+        """:meth:`_guard` against whatever is stored under the change's key: the row, and for an
+        append-only table the rows kept as duplicates (a key whose row lost a unique-key clash
+        is still its writer's). Runs whether or not the change is admissible, so a refused change
+        aimed at a sibling's row does not sit in the log for a later upgrade and rebuild to apply."""
+        if self._origin_scope is None:
+            return
+        stored = self.conn.execute(f"SELECT [{spec.scope}] FROM [{spec.name}] WHERE [{spec.pk}] = ?",
+                                   (change.pk,)).fetchone()
+        self._guard(spec, change, stored and stored[0])
+        if spec.policy == APPEND_ONLY:
+            for (kept,) in self.conn.execute("SELECT row FROM _hemei_conflicts WHERE tbl = ? AND pk = ?"
+                                             " AND kind = 'duplicate'", (spec.name, change.pk)):
+                self._guard(spec, change, orjson.loads(kept).get("scope"))
+
     def _apply(self, changes: list[Change], local: bool) -> list[Change]:
         applied: list[Change] = []
         i, n = 0, len(changes)
@@ -123,6 +138,7 @@ class Projector:
                 applied.extend(self._insert_run(spec, changes[i:j], local))
                 i = j
                 continue
+            self._guard_stored(spec, change)
             if self._admissible(spec, change, local) and self._apply_one(spec, change, local):
                 applied.append(change)
             i += 1
@@ -164,7 +180,13 @@ class Projector:
 
     def _insert_run(self, spec: TableSpec, run: list[Change], local: bool) -> list[Change]:
         if self.validator is not None or not local:
-            run = [c for c in run if self._admissible(spec, c, local)]
+            admitted = []
+            for change in run:
+                if self._admissible(spec, change, local):
+                    admitted.append(change)
+                else:
+                    self._guard_stored(spec, change)  # refused or not, it may not aim at a sibling's row
+            run = admitted
         if spec.policy == APPEND_ONLY and self._has_duplicates(spec):
             # A new row might share a key with a stored loser: only the exact
             # group resolution sees those, so skip the optimistic insert.
@@ -224,9 +246,9 @@ class Projector:
                 raise Conflict(f"{spec.name} {change.pk} already exists")
             if change.op != "insert" and not live:
                 raise NotFound(f"{spec.name} has no row {change.pk}")
-        # No scope check here: who may touch which scope is decided when a
-        # batch is received, before anything is written; a rule that depended
-        # on which insert arrived first would break convergence.
+        # Beyond the confinement above (a tree edge's rule, see Node.apply_batches),
+        # no scope check here: a rule that depended on which insert arrived first
+        # would break convergence between replicas that exchange freely.
 
         if change.op == "insert":
             incoming = {c: change.values.get(c) for c in spec.data_columns}
@@ -261,10 +283,7 @@ class Projector:
 
     # -- append-only -------------------------------------------------------
     def _append_only(self, spec: TableSpec, change: Change, local: bool) -> bool:
-        if self._origin_scope is not None:
-            stored = self.conn.execute(f"SELECT [{spec.scope}] FROM [{spec.name}] WHERE [{spec.pk}] = ?",
-                                       (change.pk,)).fetchone()
-            self._guard(spec, change, stored and stored[0])
+        self._guard_stored(spec, change)
         if change.op != "insert":
             if local:
                 raise Conflict(f"{spec.name} is append-only: write a new row that corrects {change.pk}")

@@ -26,7 +26,7 @@ import sqlite_utils
 
 from .chain import FULL, GENESIS, REDACTED, REDACTED_LEN, ROW_KINDS, entry_leaf, verify_segment
 from .clock import DEFAULT_MAX_AHEAD_MS, HybridClock
-from .errors import ChainError, Conflict, HemeiError, InvalidInput, NodeStateError
+from .errors import ChainError, Conflict, HemeiError, InvalidInput, NodeStateError, ScopeViolation
 from .gc_pause import cyclic_gc_paused
 from .identity import (node_id_from_public_key, parse_node_id, public_key_raw, read_private_key,
                        verify_checkpoint, write_private_key)
@@ -286,27 +286,24 @@ class Node:
     def writer(self, actor: str) -> Iterator[Writer]:
         """One transaction of local writes by ``actor``; see :mod:`hemei.core.writer`."""
         check_actor(actor)
-        with cyclic_gc_paused():  # a transaction of writes is the bulk path of a local import
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._sync_clock()
-                ix, size, head, _ = self._origin_row(self.id)
-                w = Writer(self, actor, ix, size, head)
-                yield w
-                w.flush()
-                w._open = False
-                if w.failed is not None:
-                    raise InvalidInput(f"transaction rolled back after an error: {w.failed}",
-                                       code="transaction_failed")
-                if w.entries_written:
-                    self.conn.execute("UPDATE _hemei_origins SET size = ?, head = ? WHERE ix = ?",
-                                      (w.size, w.head, ix))
-                    self._persist_clock()
-                self.conn.execute("COMMIT")
-            except BaseException:
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                raise
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._sync_clock()
+            ix, size, head, _ = self._origin_row(self.id)
+            w = Writer(self, actor, ix, size, head)
+            yield w
+            w.flush()
+            w._open = False
+            if w.failed is not None:
+                raise InvalidInput(f"transaction rolled back after an error: {w.failed}", code="transaction_failed")
+            if w.entries_written:
+                self.conn.execute("UPDATE _hemei_origins SET size = ?, head = ? WHERE ix = ?", (w.size, w.head, ix))
+                self._persist_clock()
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
         self._react(w.applied)
 
     def tick(self) -> list[str]:
@@ -447,6 +444,8 @@ class Node:
                 else [ix, *e[:6], h, None, e[6], None] for e, h in zip(new, hashes[held:])]
         rows[-1][8] = batch.signature
         before = self._refusal_count()
+        if confine and origin_scope is None:
+            raise ScopeViolation(f"origin {origin} has not declared its scope: its changes cannot be confined")
         applied = self._ingest(rows, changes, local=False, origin_scope=origin_scope if confine else None)
         self.conn.execute("UPDATE _hemei_origins SET size = ?, head = ? WHERE ix = ?", (last_seq, hashes[-1], ix))
         if stamps:

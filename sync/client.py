@@ -106,7 +106,10 @@ class ParentLink:
             except (ValueError, KeyError, TypeError):
                 raise SyncRefused(f"parent answered {reply.status_code}", code="http_error",
                                   status=reply.status_code) from None
-        return wire.decode(reply.content) if raw else reply.json()
+        if not raw:
+            return reply.json()
+        with cyclic_gc_paused():  # a pull's reply is thousands of entries
+            return wire.decode(reply.content)
 
 
 def join(node: Node, token: str, actor: str, url: str | None = None,
@@ -252,9 +255,9 @@ def _pull(node: Node, link: ParentLink, parent: dict, batch_size: int, report: S
           progress: Progress | None) -> None:
     check = engine.pull_check(node, parent)
     while True:
+        reply = link.call("/api/sync/pull", {"vv": node.version_vector(), "batch_size": batch_size,
+                                             "max_entries": batch_size * 5})
         with cyclic_gc_paused():
-            reply = link.call("/api/sync/pull", {"vv": node.version_vector(), "batch_size": batch_size,
-                                                 "max_entries": batch_size * 5})
             batches = wire.batches_of(reply)
         if batches:
             for result in node.apply_batches(batches, check=check):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import gc
 import threading
 import time
+import weakref
 
 from hemei.core.api import NodePool
 from hemei.core.checkpoint import Checkpointer, defer_checkpoints
+from hemei.core import gc_pause
 from hemei.core.gc_pause import cyclic_gc_paused
 from hemei.core.node import DB_NAME
 
@@ -31,6 +33,42 @@ def test_pauses_nest_and_overlap_across_threads_and_the_collector_resumes_after_
     assert not gc.isenabled()  # the other thread's pause still runs
     release.set()
     worker.join()
+    assert gc.isenabled()
+
+
+class _Cycle:
+    def __init__(self):
+        self.me = self
+
+
+def test_overlapping_pauses_still_collect_once_the_collector_was_off_too_long(monkeypatch):
+    """Streets syncing back to back must not keep cycles piling up for the whole rush."""
+    monkeypatch.setattr(gc_pause, "MAX_OFF_S", 0.05)
+    holding, release = threading.Event(), threading.Event()
+
+    def long_push():
+        with cyclic_gc_paused():
+            holding.set()
+            release.wait(5)
+
+    worker = threading.Thread(target=long_push)
+    worker.start()
+    holding.wait(5)
+    try:
+        garbage = _Cycle()
+        gone = weakref.ref(garbage)
+        del garbage
+        with cyclic_gc_paused():
+            pass
+        assert gone() is not None  # off for less than MAX_OFF_S: no collection yet
+        time.sleep(0.1)
+        with cyclic_gc_paused():
+            pass
+        assert gone() is None  # this pause ended after the limit: collected, though the other still runs
+        assert not gc.isenabled()
+    finally:
+        release.set()
+        worker.join()
     assert gc.isenabled()
 
 
@@ -89,3 +127,44 @@ def test_a_served_pool_defers_checkpoints_on_every_node_it_lends(node):
     finally:
         checkpointer.stop()
         pool.close()
+
+
+def test_when_the_checkpoint_thread_ends_lent_nodes_checkpoint_at_commit_again(node):
+    pool = NodePool(node.home, None, ())
+    checkpointer = pool.start_checkpointer()
+    try:
+        with pool.lend() as lent:
+            assert lent.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        checkpointer.stop()  # however it ended, the pool must not keep deferring to a dead thread
+        with pool.lend() as lent:
+            assert lent.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    finally:
+        checkpointer.stop()
+        pool.close()
+
+
+def test_the_checkpoint_thread_survives_a_failure_and_tries_again(node, monkeypatch):
+    from hemei.core import checkpoint
+
+    real_connect, failures = checkpoint.sqlite3.connect, []
+
+    def flaky_connect(*args, **kwargs):
+        if not failures:
+            failures.append("once")
+            raise checkpoint.sqlite3.OperationalError("unable to open database file")
+        return real_connect(*args, **kwargs)
+
+    path = node.home / DB_NAME
+    defer_checkpoints(node.conn)
+    size = path.stat().st_size
+    _fill(node, 3000)
+    monkeypatch.setattr(checkpoint.sqlite3, "connect", flaky_connect)
+    checkpointer = Checkpointer(path, interval_s=0.05).start()
+    try:
+        deadline = time.monotonic() + 10
+        while path.stat().st_size == size and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert failures == ["once"] and checkpointer.is_alive()
+    finally:
+        checkpointer.stop()
+    assert path.stat().st_size > size

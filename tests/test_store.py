@@ -475,6 +475,11 @@ def _siblings_with_a_row(make_node, table: str, values: dict):
     ("notes", {"title": "甲街的记录"}, "row.insert", {"title": "HIJACKED"}),
     ("ballots", {"vote": "v1", "voter": "p1", "choice": "A"}, "row.insert", {"vote": "v9", "voter": "p9",
                                                                             "choice": "B"}),
+    # Refused anyway (unknown column, a module's veto), but aimed at a sibling's row: the whole batch
+    # goes, or the entry would wait in the log for an upgrade and a rebuild to apply it.
+    ("notes", {"title": "甲街的记录"}, "row.update", {"title": "HIJACKED", "not_yet_a_column": "x"}),
+    ("notes", {"title": "甲街的记录"}, "row.update", {"title": "forbidden"}),
+    ("notes", {"title": "甲街的记录"}, "row.insert", {"title": "forbidden"}),
 ])
 def test_a_confined_receipt_refuses_changes_to_a_siblings_row(make_node, table, values, kind, v):
     district, b, pk = _siblings_with_a_row(make_node, table, values)
@@ -512,3 +517,25 @@ def test_a_confined_receipt_accepts_changes_inside_the_origins_scope(make_node):
     result = district.apply_batch(street_batch, confine=True)
     assert result["refused"] == 0
     assert dict(district.conn.execute("SELECT id, coalesce(body, title) FROM notes")) == {pk: "已办", new: "新的"}
+
+
+def test_a_confined_receipt_refuses_taking_the_key_of_a_siblings_row_kept_as_a_duplicate(make_node):
+    """Street b's earlier ballot for the same voter pushes a's into the duplicates; a's key stays a's."""
+    district = make_node("d", scope="yc")
+    a, b = make_node("a", scope="yc/a"), make_node("b", scope="yc/b")
+    with b.writer("w") as w:  # written first: the earlier version wins the (vote, voter) clash
+        w.insert("ballots", {"vote": "v1", "voter": "p1", "choice": "B"})
+    with a.writer("w") as w:
+        a_key = w.insert("ballots", {"vote": "v1", "voter": "p1", "choice": "A"})
+    send_all(a, district)
+    district.apply_batch(b.read_batch(b.id, 0), confine=True)  # the policy at work, not an attack
+    assert district.conn.execute("SELECT count(*) FROM _hemei_conflicts WHERE pk = ? AND kind = 'duplicate'",
+                                 (a_key,)).fetchone() == (1,)
+    with b.writer("mallory") as w:
+        w._append("row.insert", b.scope, {"t": "ballots", "pk": a_key, "v": {"vote": "v2", "voter": "p2",
+                                                                             "choice": "B"}}, None)
+    size = log_size(district)
+    with pytest.raises(HemeiError) as err:
+        district.apply_batch(b.read_batch(b.id, b.version_vector()[b.id] - 1), confine=True)
+    assert err.value.code == "scope_violation" and log_size(district) == size
+    assert district.conn.execute("SELECT count(*) FROM ballots WHERE id = ?", (a_key,)).fetchone() == (0,)
