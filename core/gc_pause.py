@@ -6,9 +6,10 @@ batch is done; reference counting frees them. Python's cyclic collector
 does not know that: every 700 allocations it scans the young objects, and
 because a batch's objects live for the whole batch, they are promoted and
 rescanned in the old generations too, together with everything the
-process holds. Measured on the push path (bench/bench_sync.py), that was
-a fifth of the district's time. So the bulk paths run with the collector
-paused and let it run as usual in between.
+process holds. Measured on a district applying a street's pushed batches,
+that was 10–20% of the time. So the bulk paths (receiving, rebuilding,
+encoding for sync) run with the collector paused and let it run as usual
+in between.
 
 Pauses nest and may overlap across threads (``hemei serve`` applies in a
 thread pool): the collector resumes when the last pause ends, and only if
