@@ -131,7 +131,7 @@ class NodePool:
             self._deferred.discard(node)
 
     def get(self) -> Node:
-        """A node for setup work on the calling thread (not returned to the pool)."""
+        """The pool's first node, for setup before serving (it is also lent out like the others later)."""
         with self._lock:
             if not self._all:
                 node = self._open()

@@ -29,6 +29,8 @@ logger = logging.getLogger("hemei")
 
 #: Seconds between two checkpoints: the WAL stays within a few MB during a large push.
 INTERVAL_S = 0.25
+#: Longest wait between two attempts while checkpoints keep failing (logged once, not every time).
+MAX_BACKOFF_S = 30.0
 
 
 #: SQLite's own default: a commit that takes the WAL past this many pages checkpoints it.
@@ -66,16 +68,20 @@ class Checkpointer:
         return self._thread.is_alive()
 
     def _run(self) -> None:
-        conn = None
+        conn, wait, failing = None, 0.0, False
         try:
-            while not self._stop.wait(0 if conn is None else self.interval_s):
+            while not self._stop.wait(wait):
                 try:
                     if conn is None:
                         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except Exception:  # e.g. the disk is full: requests will say so; try again later
-                    logger.exception("WAL checkpoint failed")
-                    self._stop.wait(self.interval_s)
+                    if failing:
+                        logger.warning("WAL checkpoints work again")
+                    wait, failing = self.interval_s, False
+                except Exception:  # e.g. the disk is full: requests will say so; try again, less often
+                    if not failing:
+                        logger.exception("WAL checkpoint failed; retrying with backoff")
+                    wait, failing = min(MAX_BACKOFF_S, max(wait, self.interval_s) * 2), True
         finally:
             if conn is not None:
                 conn.close()

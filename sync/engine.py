@@ -177,8 +177,9 @@ def push_check(node: Node, child: dict) -> Check:
             if not covers(origin_scope, scope):
                 seq = next(e[0] for e in entries if e[4] == scope)
                 raise ScopeViolation(f"entry {batch.origin}#{seq} is for {scope}, outside {origin_scope}")
-        # Changes that reach a stored row outside origin_scope: refused by the core's projector, where
-        # the merge reads that row anyway (apply_batches(confine=True)), so new keys cost no lookup.
+        # Changes that reach a stored row outside origin_scope: refused by the core's projector
+        # (apply_batches(confine=True)), which looks the row up only when a change can reach one:
+        # an insert of a new key costs no lookup.
     return check
 
 

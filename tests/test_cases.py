@@ -370,6 +370,34 @@ def test_rows_the_fold_could_not_trust_are_refused_even_when_written_directly(st
     assert metrics.stats(street)["totals"]["cases"] == 1
 
 
+def test_a_street_cannot_take_the_key_of_a_siblings_grid_or_category_first(make_node):
+    """Grid and category keys are computed from their place; one written under another place's key is
+    kept as a conflict, so the sibling that owns the place still delivers its own row later."""
+    district = make_node("district", scope="越城区", modules=["grid_inspections"])
+    fushan = make_node("fushan", scope=STREET, modules=["grid_inspections"])
+    beihai = make_node("beihai", scope="越城区/北海街道", modules=["grid_inspections"])
+    for street_node in (fushan, beihai):
+        _send(street_node, district, rewind=0)
+    squats = {"grids": (grids.grid_id(f"{STREET}/西小河社区/FS-09"),
+                        {"code": "FS-09", "name": "抢注", "street": beihai.scope, "community": "西小河社区",
+                         "patrols_per_day": 2}),
+              "case_categories": (f"{STREET}|noise", {"code": "noise", "name": "抢注", "deadline_hours": 1,
+                                                       "active": 1})}
+    with beihai.writer("mallory") as w:
+        for table, (pk, values) in squats.items():
+            w._append("row.insert", beihai.scope, {"t": table, "pk": pk, "v": values}, None)
+    district.apply_batch(beihai.read_batch(beihai.id, district.version_vector()[beihai.id]), confine=True)
+    reasons = [r[0] for r in district.conn.execute("SELECT reason FROM _hemei_conflicts ORDER BY tbl")]
+    assert len(reasons) == 2 and all("derived from its place" in r for r in reasons)
+    grids.add_grid(fushan, ACTOR, code="FS-09", name="西小河九网格", community="西小河社区")
+    cases.set_category(fushan, ACTOR, code="noise", name="噪声", deadline_hours=24)
+    district.apply_batch(fushan.read_batch(fushan.id, district.version_vector()[fushan.id]), confine=True)
+    assert district.conn.execute("SELECT scope, name FROM grids WHERE code = 'FS-09'").fetchall() == [
+        (f"{STREET}/西小河社区/FS-09", "西小河九网格")]
+    assert district.conn.execute("SELECT scope, name FROM case_categories WHERE code = 'noise'").fetchall() == [
+        (STREET, "噪声")]
+
+
 def test_a_district_with_a_one_segment_scope_counts_its_streets_grids(make_node):
     district = make_node("district", scope="越城区", modules=["grid_inspections"])
     grids.add_grid(district, ACTOR, code="FS-01", name="西小河一网格", community="西小河社区", street="府山街道",

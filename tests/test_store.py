@@ -525,6 +525,7 @@ def test_a_confined_receipt_refuses_taking_the_key_of_a_siblings_row_kept_as_a_d
     a, b = make_node("a", scope="yc/a"), make_node("b", scope="yc/b")
     with b.writer("w") as w:  # written first: the earlier version wins the (vote, voter) clash
         w.insert("ballots", {"vote": "v1", "voter": "p1", "choice": "B"})
+    a.clock.observe(b.clock.last)  # strictly later, even within the same millisecond
     with a.writer("w") as w:
         a_key = w.insert("ballots", {"vote": "v1", "voter": "p1", "choice": "A"})
     send_all(a, district)
@@ -539,3 +540,15 @@ def test_a_confined_receipt_refuses_taking_the_key_of_a_siblings_row_kept_as_a_d
         district.apply_batch(b.read_batch(b.id, b.version_vector()[b.id] - 1), confine=True)
     assert err.value.code == "scope_violation" and log_size(district) == size
     assert district.conn.execute("SELECT count(*) FROM ballots WHERE id = ?", (a_key,)).fetchone() == (0,)
+
+
+def test_a_confined_receipt_refuses_an_origin_whose_scope_is_not_known(make_node):
+    district, b = make_node("d", scope="yc"), make_node("b", scope="yc/b")
+    send_all(b, district)
+    district.conn.execute("UPDATE _hemei_origins SET scope = NULL WHERE node_id = ?", (b.id,))  # e.g. an old copy
+    with b.writer("w") as w:
+        w.insert("notes", {"title": "新的"})
+    size = log_size(district)
+    with pytest.raises(HemeiError, match="has not declared its scope") as err:
+        district.apply_batch(b.read_batch(b.id, b.version_vector()[b.id] - 1), confine=True)
+    assert err.value.code == "scope_violation" and log_size(district) == size

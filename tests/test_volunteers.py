@@ -285,6 +285,9 @@ def test_only_the_node_that_recorded_an_entry_confirms_or_corrects_it(district_a
     ("volunteer_key_grants", "g", {"grantor_scope": "越城区/府山街道/假", "request": "STREET"}, "CITY",
      "scope of the node that wrote it"),
     ("volunteer_confirmations", "c", {"hour": "no-such-entry"}, "CITY", "only by the node that recorded it"),
+    # A sibling's key taken first would make every later push of that sibling "reach another street's row".
+    ("volunteer_categories", "越城区/北海街道|clean", {"code": "clean"}, "STREET", "derived from its scope"),
+    ("volunteer_settings", "越城区/北海街道|stars", {"name": "stars"}, "STREET", "derived from its scope"),
 ])
 def test_rows_a_relay_or_the_city_forges_are_refused(district_and_streets, table, pk, values, origin, reason):
     from hemei.core import Change

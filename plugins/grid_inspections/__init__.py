@@ -53,7 +53,13 @@ def validate_change(node, change):
     change and the writer's first entry, which every replica holding the
     change also holds.
     """
-    if change.op != "insert" or change.table not in CASE_TABLES:
+    if change.op != "insert":
+        return None
+    if change.table in DERIVED_KEYS and change.pk != DERIVED_KEYS[change.table](change):
+        # Keys anyone can compute: without this a street could take a sibling's grid or category
+        # key first, and every later push of that sibling would reach "a row of another street".
+        return f"a {change.table} row's key is derived from its place; {change.pk!r} is not this row's"
+    if change.table not in CASE_TABLES:
         return None
     values, declared = change.values, node.origin_scope(change.origin)
     if declared is None:
@@ -61,6 +67,14 @@ def validate_change(node, change):
     if change.table == "case_events":
         return _event_problem(values, declared)
     return _case_problem(change.scope, values, declared)
+
+
+#: Tables whose keys are computed from the row (the same wherever the row is defined, so two
+#: definitions merge): how to compute each.
+DERIVED_KEYS = {
+    "grids": lambda change: grid_id(change.scope),
+    "case_categories": lambda change: f"{change.scope}|{change.values.get('code')}",
+}
 
 
 def _event_problem(values: dict, declared: str) -> str | None:

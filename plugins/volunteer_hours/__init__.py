@@ -54,6 +54,10 @@ def validate_change(node, change):
     if change.op == UNREADABLE:
         return None
     table = change.table
+    if change.op == "insert" and table in DERIVED_KEYS and change.pk != DERIVED_KEYS[table](change):
+        # Keys anyone can compute: without this a street could take a sibling's key first, and every
+        # later push of that sibling would reach "a row of another street".
+        return f"a {table} row's key is derived from its scope; {change.pk!r} is not this row's"
     if table == "volunteer_confirmations" and change.op == "insert":
         if not _recorded_by(node, change.values.get("hour"), change.origin):
             return "an hour entry is confirmed only by the node that recorded it (its account)"
@@ -66,6 +70,13 @@ def validate_change(node, change):
         if change.values.get("grantor_scope") != node.origin_scope(change.origin):
             return "a key grant must name the scope of the node that wrote it"
     return None
+
+
+#: Tables whose keys are computed from the row's scope (a setting per node), and how.
+DERIVED_KEYS = {
+    "volunteer_categories": lambda change: f"{change.scope}|{change.values.get('code')}",
+    "volunteer_settings": lambda change: f"{change.scope}|{change.values.get('name')}",
+}
 
 
 def _recorded_by(node, hour_id, origin: str) -> bool:
