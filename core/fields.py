@@ -116,3 +116,11 @@ def one(node: Node, sql: str, params=()) -> dict | None:
     """The first row of a query as a dict, or ``None``."""
     rows = list(node.db.query(sql, params))
     return rows[0] if rows else None
+
+
+def is_scoped_key(change, column: str) -> bool:
+    """Whether ``change`` names its row by ``<the row's scope>|<value of column>``, a key anyone can
+    compute (one row per node and code). Insert entries carry the value to compare; an honest update or
+    delete carries its row's scope (:meth:`hemei.core.writer.Writer.update`), which is what is compared."""
+    scope, _, value = change.pk.rpartition("|")
+    return scope == change.scope and (change.op != "insert" or value == change.values.get(column))

@@ -386,9 +386,11 @@ def test_a_street_cannot_take_the_key_of_a_siblings_grid_or_category_first(make_
     with beihai.writer("mallory") as w:
         for table, (pk, values) in squats.items():
             w._append("row.insert", beihai.scope, {"t": table, "pk": pk, "v": values}, None)
+            # and, as if the row existed already, an update: it would wait on a keyless row for the insert
+            w._append("row.update", beihai.scope, {"t": table, "pk": pk, "v": {"name": "改名"}}, None)
     district.apply_batch(beihai.read_batch(beihai.id, district.version_vector()[beihai.id]), confine=True)
     reasons = [r[0] for r in district.conn.execute("SELECT reason FROM _hemei_conflicts ORDER BY tbl")]
-    assert len(reasons) == 2 and all("derived from its place" in r for r in reasons)
+    assert len(reasons) == 4 and all("derived from its place" in r for r in reasons)
     grids.add_grid(fushan, ACTOR, code="FS-09", name="西小河九网格", community="西小河社区")
     cases.set_category(fushan, ACTOR, code="noise", name="噪声", deadline_hours=24)
     district.apply_batch(fushan.read_batch(fushan.id, district.version_vector()[fushan.id]), confine=True)

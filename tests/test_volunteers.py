@@ -288,6 +288,7 @@ def test_only_the_node_that_recorded_an_entry_confirms_or_corrects_it(district_a
     # A sibling's key taken first would make every later push of that sibling "reach another street's row".
     ("volunteer_categories", "越城区/北海街道|clean", {"code": "clean"}, "STREET", "derived from its scope"),
     ("volunteer_settings", "越城区/北海街道|stars", {"name": "stars"}, "STREET", "derived from its scope"),
+    ("volunteer_categories", "越城区/府山街道|clean", {"code": "other"}, "STREET", "derived from its scope"),
 ])
 def test_rows_a_relay_or_the_city_forges_are_refused(district_and_streets, table, pk, values, origin, reason):
     from hemei.core import Change
@@ -296,3 +297,15 @@ def test_rows_a_relay_or_the_city_forges_are_refused(district_and_streets, table
     district = district_and_streets[0]
     change = Change(table, "insert", pk, "越城区/府山街道", values, 1, origin, "x", False)
     assert reason in volunteer_hours.validate_change(district, change)
+
+
+@pytest.mark.parametrize("op", ["update", "delete"])
+def test_a_scoped_key_is_changed_only_under_its_own_scope(district_and_streets, op):
+    from hemei.core import Change
+    from hemei.plugins import volunteer_hours
+
+    district = district_and_streets[0]
+    own = Change("volunteer_categories", op, "越城区/府山街道|clean", "越城区/府山街道", {}, 1, "S", "x", False)
+    assert volunteer_hours.validate_change(district, own) is None
+    foreign = own._replace(scope="越城区/北海街道")  # a sibling naming the key before it exists anywhere
+    assert "derived from its scope" in volunteer_hours.validate_change(district, foreign)

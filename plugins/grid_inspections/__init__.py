@@ -10,6 +10,7 @@ fresh through the hooks below. See ``docs/grids.md``.
 from __future__ import annotations
 
 from hemei.core import ReportSection, hookimpl
+from hemei.core.fields import is_scoped_key
 from hemei.core.scope import covers
 
 from . import cases, commands, metrics, status
@@ -53,13 +54,13 @@ def validate_change(node, change):
     change and the writer's first entry, which every replica holding the
     change also holds.
     """
-    if change.op != "insert":
-        return None
-    if change.table in DERIVED_KEYS and change.pk != DERIVED_KEYS[change.table](change):
-        # Keys anyone can compute: without this a street could take a sibling's grid or category
-        # key first, and every later push of that sibling would reach "a row of another street".
+    if change.table in DERIVED_KEYS and not DERIVED_KEYS[change.table](change):
+        # Keys anyone can compute. Without this a street could insert a sibling's grid or category
+        # first (and every later push of that sibling would reach "a row of another street"), or
+        # update one before it exists at the district (and keep its values when the insert comes).
+        # An honest update or delete carries its row's scope (hemei.core.writer), so it passes.
         return f"a {change.table} row's key is derived from its place; {change.pk!r} is not this row's"
-    if change.table not in CASE_TABLES:
+    if change.op != "insert" or change.table not in CASE_TABLES:
         return None
     values, declared = change.values, node.origin_scope(change.origin)
     if declared is None:
@@ -70,10 +71,10 @@ def validate_change(node, change):
 
 
 #: Tables whose keys are computed from the row (the same wherever the row is defined, so two
-#: definitions merge): how to compute each.
+#: definitions merge): whether a change's key is the one its row's place gives.
 DERIVED_KEYS = {
-    "grids": lambda change: grid_id(change.scope),
-    "case_categories": lambda change: f"{change.scope}|{change.values.get('code')}",
+    "grids": lambda change: change.pk == grid_id(change.scope),
+    "case_categories": lambda change: is_scoped_key(change, "code"),
 }
 
 

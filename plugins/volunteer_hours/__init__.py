@@ -12,6 +12,7 @@ See ``docs/volunteers.md``.
 from __future__ import annotations
 
 from hemei.core import ReportSection, hookimpl
+from hemei.core.fields import is_scoped_key
 from hemei.core.merge import UNREADABLE
 
 from . import keys, rollup
@@ -54,9 +55,9 @@ def validate_change(node, change):
     if change.op == UNREADABLE:
         return None
     table = change.table
-    if change.op == "insert" and table in DERIVED_KEYS and change.pk != DERIVED_KEYS[table](change):
-        # Keys anyone can compute: without this a street could take a sibling's key first, and every
-        # later push of that sibling would reach "a row of another street".
+    if table in DERIVED_KEYS and not is_scoped_key(change, DERIVED_KEYS[table]):
+        # Keys anyone can compute: a street could otherwise insert a sibling's key first (and wedge
+        # that sibling's pushes) or update it before it exists at the district.
         return f"a {table} row's key is derived from its scope; {change.pk!r} is not this row's"
     if table == "volunteer_confirmations" and change.op == "insert":
         if not _recorded_by(node, change.values.get("hour"), change.origin):
@@ -72,11 +73,8 @@ def validate_change(node, change):
     return None
 
 
-#: Tables whose keys are computed from the row's scope (a setting per node), and how.
-DERIVED_KEYS = {
-    "volunteer_categories": lambda change: f"{change.scope}|{change.values.get('code')}",
-    "volunteer_settings": lambda change: f"{change.scope}|{change.values.get('name')}",
-}
+#: Tables whose keys are ``<scope>|<value of this column>`` (one row per node and code or name).
+DERIVED_KEYS = {"volunteer_categories": "code", "volunteer_settings": "name"}
 
 
 def _recorded_by(node, hour_id, origin: str) -> bool:
