@@ -138,8 +138,9 @@ class Projector:
                 applied.extend(self._insert_run(spec, changes[i:j], local))
                 i = j
                 continue
-            self._guard_stored(spec, change)
-            if self._admissible(spec, change, local) and self._apply_one(spec, change, local):
+            if not self._admissible(spec, change, local):
+                self._guard_stored(spec, change)  # refused or not, it may not aim at a sibling's row
+            elif self._apply_one(spec, change, local):  # guards the row it reads
                 applied.append(change)
             i += 1
         return applied
