@@ -14,10 +14,11 @@ from .node import Batch, Node
 from .plugins import hookimpl
 from .reports import ReportSection
 from .schema import APPEND_ONLY, LWW, MigrationSet, TableSpec
+from .versions import ModuleSchema
 
 __all__ = [
     "APPEND_ONLY", "LWW", "ApiCall", "ApiRoute", "Batch", "ChainError", "Change", "ClockSkew", "Conflict",
-    "Forbidden", "HemeiError", "InvalidInput", "MigrationSet", "Node", "NodeStateError", "NotFound",
+    "Forbidden", "HemeiError", "InvalidInput", "MigrationSet", "ModuleSchema", "Node", "NodeStateError", "NotFound",
     "ReportSection", "TableSpec", "Unauthorized", "cli_actor", "cli_node", "create_app", "emit", "hookimpl",
     "json_option",
 ]

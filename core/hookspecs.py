@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # annotations only: hookspecs import nothing at run time
     from .node import Node
     from .reports import ReportSection
     from .schema import MigrationSet, TableSpec
+    from .versions import ModuleSchema
 
 hookspec = pluggy.HookspecMarker("hemei")
 
@@ -58,6 +59,20 @@ def register_migrations() -> list[MigrationSet]:
     Indexes, local-only tables, data moves. Each set is named (use the
     plugin's name); steps run once, in order, each in its own transaction,
     after the plugin's tables exist, and are recorded in ``_hemei_migrations``.
+    """
+
+
+@hookspec
+def module_schema() -> ModuleSchema:
+    """Return this module's :class:`hemei.core.ModuleSchema`: its schema version and upgrade steps.
+
+    Raise the version whenever a change written by a new release could not
+    be read by an old one (a new column, a renamed or re-encoded one). Nodes
+    of one tree may run different releases: a change written under an older
+    version is read through ``upgrades``; one written under a newer version
+    is kept as a ``quarantined`` conflict until this node is upgraded, and
+    opening a node whose module version rose replays that module's tables.
+    A module that does not implement this hook is at version 1.
     """
 
 
@@ -153,7 +168,8 @@ def node_status(node: Node) -> dict:
     Return a dict whose keys are merged into the status document; the sync
     transport adds ``peers`` and ``forks`` this way. Keys must not clash with
     the core's (``node_id``, ``name``, ``scope``, ``home``, ``modules``,
-    ``missing_modules``, ``log``, ``conflicts``) or another plugin's.
+    ``module_versions``, ``missing_modules``, ``log``, ``conflicts``) or
+    another plugin's.
     """
 
 

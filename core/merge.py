@@ -24,13 +24,16 @@ Convergence rests on each policy being a function of the *set* of changes:
 from __future__ import annotations
 
 import sqlite3
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import orjson
 
 from .errors import Conflict, InvalidInput, NotFound, ScopeViolation
 from .schema import APPEND_ONLY, LWW, TableSpec
 from .scope import covers
+
+if TYPE_CHECKING:
+    from .versions import TableVersion
 
 Version = tuple  # (hlc, origin node id)
 
@@ -40,6 +43,8 @@ class Change(NamedTuple):
 
     ``values`` holds data columns only; ``pk`` and ``scope`` name the row.
     ``local`` is True for a write made on this node in this transaction.
+    ``schema`` is the version of the table's module the change was written
+    under (see :mod:`hemei.core.versions`); plugins always see their own.
     """
 
     table: str
@@ -51,6 +56,7 @@ class Change(NamedTuple):
     origin: str
     actor: str
     local: bool
+    schema: int = 1
 
 
 Validator = Callable[[Change], "str | None"]
@@ -70,10 +76,14 @@ class Projector:
     """
 
     def __init__(self, conn: sqlite3.Connection, specs: dict[str, TableSpec],
-                 validator: Validator | None = None):
+                 validator: Validator | None = None, versions: dict[str, TableVersion] | None = None):
         self.conn = conn
         self.specs = specs
         self.validator = validator
+        self.versions = versions or {}
+        #: table -> the schema version this node writes and reads (1 unless its module says otherwise)
+        self.current = {table: tv.version for table, tv in self.versions.items()}
+        self._reads_older = any(v > 1 for v in self.current.values())
         self._insert_sql = {name: self._fast_insert_sql(spec) for name, spec in specs.items()}
         self._origin_scope: str | None = None
 
@@ -89,6 +99,8 @@ class Projector:
         """
         self._origin_scope = origin_scope
         try:
+            if self._reads_older and not local:
+                changes = self._upgraded(changes)
             return self._apply(changes, local)
         finally:
             self._origin_scope = None
@@ -113,6 +125,22 @@ class Projector:
             for (kept,) in self.conn.execute("SELECT row FROM _hemei_conflicts WHERE tbl = ? AND pk = ?"
                                              " AND kind = 'duplicate'", (spec.name, change.pk)):
                 self._guard(spec, change, orjson.loads(kept).get("scope"))
+
+    def _upgraded(self, changes: list[Change]) -> list[Change]:
+        """Changes written under an older schema of their module, read through its upgrade steps."""
+        out = []
+        for change in changes:
+            tv = self.versions.get(change.table)
+            if tv is None or change.op == UNREADABLE or change.schema >= tv.version:
+                out.append(change)
+                continue
+            upgraded = tv.upgrade(change)
+            if isinstance(upgraded, str):
+                self.record(change.table, change, "unreadable", upgraded)
+                self._guard_stored(self.specs[change.table], change)
+            else:
+                out.append(upgraded)
+        return out
 
     def _apply(self, changes: list[Change], local: bool) -> list[Change]:
         applied: list[Change] = []
@@ -148,6 +176,11 @@ class Projector:
     # -- checks shared by both paths -------------------------------------
     def _admissible(self, spec: TableSpec, change: Change, local: bool) -> bool:
         if not local:
+            if change.schema != self.current.get(spec.name, 1):  # older ones were upgraded: a newer release's
+                tv = self.versions.get(spec.name)
+                reason = tv.too_new(change) if tv else f"written at schema v{change.schema}; this node reads v1"
+                self.record(spec.name, change, "quarantined", reason)
+                return False
             problem = spec.value_problem(change.values)
             if problem:
                 self.record(spec.name, change, "unreadable", problem)

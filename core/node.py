@@ -36,6 +36,7 @@ from .plugins import (CORE_BUILTINS, Available, available_modules, get_plugin_ma
                       tables_by_plugin, validators_by_table)
 from .schema import MIGRATIONS_TABLE, TableSpec, core_migrations, create_or_extend_table
 from .scope import parse_scope
+from .versions import by_table, module_schemas
 from .writer import Writer, check_actor
 
 HOME_ENV = "HEMEI_HOME"
@@ -132,6 +133,7 @@ class Node:
         self._available = available
         self._builtins = builtins
         self._load_plugins()
+        self._upgrade_schemas()
 
     # -- creating and opening --------------------------------------------
     @classmethod
@@ -233,11 +235,51 @@ class Node:
         for migration_set in migrations:
             migration_set.apply(self.db)
         validator = None
-        if by_table := validators_by_table(pm, owned):
-            def validator(change: Change, _get=by_table.get):
+        if validating := validators_by_table(pm, owned):
+            def validator(change: Change, _get=validating.get):
                 hook = _get(change.table)
                 return None if hook is None else hook(node=self, change=change)
-        self.projector = Projector(self.conn, self.specs, validator)
+        self.schemas = module_schemas(pm, owned)
+        self.projector = Projector(self.conn, self.specs, validator, by_table(self.schemas))
+
+    @property
+    def module_versions(self) -> dict[str, int]:
+        """Schema version of each enabled, installed module that owns tables."""
+        return {name: tv.version for name, tv in sorted(self.schemas.items())}
+
+    def _stale_schemas(self) -> dict[str, tuple[int, int]]:
+        """Modules whose installed schema version is above the one this node's tables were built with."""
+        recorded = dict(self.conn.execute("SELECT name, coalesce(schema_version, 1) FROM _hemei_modules"
+                                          " WHERE enabled = 1"))
+        stale = {}
+        for name, version in self.module_versions.items():
+            built = recorded.get(name, 1)
+            if built > version:
+                raise NodeStateError(f"this node's {name} tables were built at schema v{built}, but the "
+                                     f"installed {name} reads up to v{version}: install the newer hemei release")
+            if built < version:
+                stale[name] = (built, version)
+        return stale
+
+    def _upgrade_schemas(self) -> None:
+        """Replay the tables of modules whose schema version rose, once, when the node opens.
+
+        Entries written under an older version are read through the module's
+        upgrades and ones that were quarantined as too new are applied, so the
+        tables are what a node that always ran this release would hold.
+        """
+        if not self._stale_schemas():
+            return
+        with self.writer(SYSTEM_ACTOR) as w:
+            stale = self._stale_schemas()  # again under the write lock: another opener may have done it
+            tables = sorted(t for name in stale for t in self.schemas[name].tables)
+            for name, (built, version) in stale.items():
+                w.event("module.upgrade", {"module": name, "from": built, "to": version})
+                self.conn.execute("UPDATE _hemei_modules SET schema_version = ? WHERE name = ?", (version, name))
+            with cyclic_gc_paused():
+                self._reproject(tables, None)
+        if tables:
+            self.pm.hook.tables_rebuilt(node=self, tables=tables)
 
     def set_module_enabled(self, name: str, enabled: bool, actor: str) -> list[str]:
         """Enable or disable a program module (recorded in the log); returns tables rebuilt.
@@ -252,13 +294,16 @@ class Node:
         if (name in self.enabled_modules()) == enabled:
             raise InvalidInput(f"module {name} is already {'enabled' if enabled else 'disabled'}")
         before = set(self.specs)
-        self._plugin_setup(sorted(set(self.enabled_modules()) ^ {name}))  # fails here if it cannot load
+        pm, owned, _, _ = self._plugin_setup(sorted(set(self.enabled_modules()) ^ {name}))  # fails if it cannot load
+        schemas = module_schemas(pm, owned)  # enabling builds the module's tables (below) at this version
+        version = schemas[name].version if enabled and name in schemas else None
         with self.writer(actor) as w:
             w.event("module.enable" if enabled else "module.disable", {"module": name})
             w.conn.execute(
-                "INSERT INTO _hemei_modules (name, enabled, changed_hlc) VALUES (?, ?, ?)"
-                " ON CONFLICT(name) DO UPDATE SET enabled = excluded.enabled, changed_hlc = excluded.changed_hlc",
-                (name, int(enabled), self.clock.last))
+                "INSERT INTO _hemei_modules (name, enabled, changed_hlc, schema_version) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET enabled = excluded.enabled, changed_hlc = excluded.changed_hlc,"
+                " schema_version = coalesce(excluded.schema_version, schema_version)",
+                (name, int(enabled), self.clock.last, version))
         self._load_plugins()
         new_tables = sorted(set(self.specs) - before)
         if new_tables:
@@ -478,10 +523,11 @@ class Node:
                 body = None
                 try:
                     body = loads(payload)
-                    table, pk, values = body["t"], body["pk"], body["v"]
-                    if not (type(table) is str and type(pk) is str and pk and type(values) is dict):
+                    table, pk, values, schema = body["t"], body["pk"], body["v"], body.get("s", 1)
+                    if not (type(table) is str and type(pk) is str and pk and type(values) is dict
+                            and type(schema) is int and schema >= 1):
                         raise TypeError
-                    append(Change(table, op, pk, scope, values, hlc, origin, actor, False))
+                    append(Change(table, op, pk, scope, values, hlc, origin, actor, False, schema))
                 except (ValueError, KeyError, TypeError):
                     # Signed by its origin, so it stays in the log; kept as a conflict, not applied.
                     table = body.get("t") if isinstance(body, dict) and isinstance(body.get("t"), str) else "?"
@@ -540,31 +586,36 @@ class Node:
         return replayed
 
     def _replay(self, names: list[str], progress: Callable[[int], None] | None) -> int:
-        """Empty ``names`` and project every row entry of the log into them again, in one transaction."""
-        chosen = set(names)
-        replayed = 0
+        """:meth:`_reproject` in a transaction of its own."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            for name in names:
-                self.conn.execute(f"DELETE FROM [{name}]")
-                self.conn.execute("DELETE FROM _hemei_conflicts WHERE tbl = ?", (name,))
-            origins = dict(self.conn.execute("SELECT ix, node_id FROM _hemei_origins"))
-            cursor = self.conn.execute(
-                "SELECT origin, seq, hlc, actor, kind, scope, payload, salt FROM _hemei_log"
-                " WHERE kind IN ('row.insert', 'row.update', 'row.delete') ORDER BY origin, seq")
-            while chunk := cursor.fetchmany(2000):
-                changes = []
-                for ix, *entry in chunk:
-                    changes.extend(c for c in self._changes_of(origins[ix], [entry]) if c.table in chosen)
-                self.projector.apply(changes, local=False)
-                replayed += len(chunk)
-                if progress:
-                    progress(len(chunk))
+            replayed = self._reproject(names, progress)
             self.conn.execute("COMMIT")
         except BaseException:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             raise
+        return replayed
+
+    def _reproject(self, names: list[str], progress: Callable[[int], None] | None) -> int:
+        """Empty ``names`` and project every row entry of the log into them again (in the caller's transaction)."""
+        chosen = set(names)
+        replayed = 0
+        for name in names:
+            self.conn.execute(f"DELETE FROM [{name}]")
+            self.conn.execute("DELETE FROM _hemei_conflicts WHERE tbl = ?", (name,))
+        origins = dict(self.conn.execute("SELECT ix, node_id FROM _hemei_origins"))
+        cursor = self.conn.execute(
+            "SELECT origin, seq, hlc, actor, kind, scope, payload, salt FROM _hemei_log"
+            " WHERE kind IN ('row.insert', 'row.update', 'row.delete') ORDER BY origin, seq")
+        while chunk := cursor.fetchmany(2000):
+            changes = []
+            for ix, *entry in chunk:
+                changes.extend(c for c in self._changes_of(origins[ix], [entry]) if c.table in chosen)
+            self.projector.apply(changes, local=False)
+            replayed += len(chunk)
+            if progress:
+                progress(len(chunk))
         return replayed
 
     # -- status ----------------------------------------------------------------
@@ -577,6 +628,7 @@ class Node:
             "scope": self.scope,
             "home": str(self.home),
             "modules": self.enabled_modules(),
+            "module_versions": self.module_versions,
             "missing_modules": list(self.pm.missing_modules),
             "log": {"size": size, "head": head.hex(), "entries_all_origins": total,
                     "origins": len(self.version_vector())},

@@ -234,3 +234,9 @@ def core_0001_initial(db: sqlite_utils.Database) -> None:
     for statement in CORE_SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)
+
+
+@core_migrations.step
+def core_0002_module_schema_version(db: sqlite_utils.Database) -> None:
+    # The schema version each enabled module's tables were last built at (NULL: 1, before versions existed).
+    db.execute("ALTER TABLE _hemei_modules ADD COLUMN schema_version INTEGER")

@@ -83,8 +83,7 @@ class Writer:
             raise InvalidInput(f"{table}.{spec.pk} must be non-empty text of at most 200 characters")
         scope = self._row_scope(values.pop(spec.scope, None))
         spec.check_values(values, insert=True)
-        self._append("row.insert", scope, {"t": table, "pk": pk, "v": values},
-                     table, "insert", pk, values)
+        self._append_row("insert", scope, table, pk, values)
         return pk
 
     def update(self, table: str, pk: str, values: dict) -> None:
@@ -96,14 +95,13 @@ class Writer:
             raise InvalidInput(f"{table}: nothing to update")
         spec.check_values(values, insert=False)
         scope = self._live_scope(spec, pk)
-        self._append("row.update", scope, {"t": table, "pk": pk, "v": values},
-                     table, "update", pk, dict(values))
+        self._append_row("update", scope, table, pk, dict(values))
 
     def delete(self, table: str, pk: str) -> None:
         """Delete a live row: it stays as a tombstone that syncs like any change."""
         spec = self._spec(table)
         scope = self._live_scope(spec, pk)
-        self._append("row.delete", scope, {"t": table, "pk": pk, "v": {}}, table, "delete", pk, {})
+        self._append_row("delete", scope, table, pk, {})
 
     def event(self, kind: str, payload: dict, scope: str | None = None) -> None:
         """Log an administrative event (no table changes): who did what."""
@@ -158,8 +156,14 @@ class Writer:
             raise InvalidInput(f"this transaction failed earlier and will be rolled back: {self.failed}",
                                code="transaction_failed")
 
-    def _append(self, kind: str, scope: str, payload: dict, table: str | None = None,
-                op: str | None = None, pk: str | None = None, values: dict | None = None) -> None:
+    def _append_row(self, op: str, scope: str, table: str, pk: str, values: dict) -> None:
+        payload = {"t": table, "pk": pk, "v": values}
+        schema = self.node.projector.current.get(table, 1)
+        if schema != 1:  # see hemei.core.versions: a reader needs it to upgrade or quarantine the change
+            payload["s"] = schema
+        self._append(f"row.{op}", scope, payload, Change(table, op, pk, scope, values, 0, "", self.actor, True, schema))
+
+    def _append(self, kind: str, scope: str, payload: dict, change: Change | None = None) -> None:
         self._usable()
         hlc = self.node.clock.tick()
         try:
@@ -179,8 +183,8 @@ class Writer:
         self.head = entry_hash(self.head, origin, seq, hlc, self.actor, kind, scope, raw, salt)
         self.size = seq
         self._rows.append([self._origin_ix, seq, hlc, self.actor, kind, scope, text, self.head, None, salt, None])
-        if table is not None:
-            self._changes.append(Change(table, op, pk, scope, values, hlc, origin, self.actor, True))
+        if change is not None:
+            self._changes.append(change._replace(hlc=hlc, origin=origin))
         if len(self._rows) >= SIGN_EVERY:
             self.flush()
 

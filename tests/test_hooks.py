@@ -10,7 +10,7 @@ import inspect
 
 import pytest
 
-from hemei.core import hookspecs
+from hemei.core import Change, hookspecs
 from hemei.core.errors import InvalidInput
 
 HOOK_NAMES = sorted(name for name, fn in vars(hookspecs).items()
@@ -41,6 +41,23 @@ def test_hook_register_migrations(node):
     assert steps == [("probe_0001_reactions",)]
     node._load_plugins()  # opening again does not run a step twice
     assert node.conn.execute("SELECT count(*) FROM _hemei_migrations WHERE set_name = 'hook_probe'").fetchone() == (1,)
+
+
+def test_hook_module_schema(make_node):
+    """hook_probe is at schema v2 (v1 called a note's text "text"): a v1 change is read through its upgrade."""
+    street, district = make_node("street"), make_node("district", scope="yuecheng")
+    assert district.module_versions["hook_probe"] == 2 and district.status()["module_versions"]["hook_probe"] == 2
+    v1 = Change("notes", "insert", "n-1", "yuecheng/fushan", {"title": "旧", "text": "楼道粉刷"}, 1, street.id, "w",
+                False, 1)
+    v2 = v1._replace(pk="n-2", values={"title": "新", "body": "已办"}, schema=2)
+    v3 = v1._replace(pk="n-3", values={"title": "未来", "body": "x", "colour": "red"}, schema=3)
+    with district.conn:
+        district.projector.apply([v1, v2, v3], local=False)
+    rows = district.conn.execute("SELECT id, body FROM notes ORDER BY id").fetchall()
+    assert rows == [("n-1", "楼道粉刷"), ("n-2", "已办")]
+    kept = district.conn.execute("SELECT pk, kind, reason FROM _hemei_conflicts").fetchall()
+    assert [(pk, kind) for pk, kind, _ in kept] == [("n-3", "quarantined")]
+    assert "hook_probe schema v3" in kept[0][2] and "upgrade hemei" in kept[0][2]
 
 
 def test_hook_register_routes(node):

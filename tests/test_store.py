@@ -38,7 +38,8 @@ def test_a_write_stamps_logs_and_applies_in_one_transaction(node):
     assert row[0] == "楼道粉刷" and row[2] == node.id and row[3] == 0
     entry = node.conn.execute("SELECT actor, kind, hlc, payload, sig FROM _hemei_log ORDER BY seq DESC LIMIT 1").fetchone()
     assert entry[:2] == ("王丽", "row.insert") and entry[2] == row[1]
-    assert orjson.loads(entry[3]) == {"t": "notes", "pk": pk, "v": {"title": "楼道粉刷", "n": 1}}
+    # "s": hook_probe is at schema version 2 (see hemei.core.versions)
+    assert orjson.loads(entry[3]) == {"t": "notes", "pk": pk, "v": {"title": "楼道粉刷", "n": 1}, "s": 2}
     assert entry[4] is not None  # the transaction ends with a signed checkpoint
     assert log_size(node) == before + 1
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import click
 
-from hemei.core import (APPEND_ONLY, LWW, ApiRoute, InvalidInput, MigrationSet, ReportSection, TableSpec,
-                        cli_actor, cli_node, emit, hookimpl, json_option)
+from hemei.core import (APPEND_ONLY, LWW, ApiRoute, InvalidInput, MigrationSet, ModuleSchema, ReportSection,
+                        TableSpec, cli_actor, cli_node, emit, hookimpl, json_option)
 
 NOTES = TableSpec("notes", {"id": "text", "scope": "text", "title": "text", "body": "text", "n": "integer"},
                   policy=LWW, required=("title",), indexes=(("title",),))
@@ -33,6 +33,22 @@ def register_tables():
 @hookimpl
 def register_migrations():
     return [migrations]
+
+
+def notes_from_v1(change):
+    """hook_probe v1 called a note's text ``text``; v2 calls it ``body``."""
+    if change.table != "notes" or "text" not in change.values:
+        return change
+    values = dict(change.values)
+    values["body"] = values.pop("text")
+    if not isinstance(values["body"], (str, type(None))):
+        raise InvalidInput("a v1 note's text must be text")
+    return change._replace(values=values)
+
+
+@hookimpl
+def module_schema():
+    return ModuleSchema(version=2, upgrades={1: notes_from_v1})
 
 
 def add_note(call):
