@@ -41,7 +41,9 @@ def _print_status(s: dict) -> None:
     click.echo(f"name:     {s['name']}")
     click.echo(f"scope:    {s['scope']}")
     click.echo(f"home:     {s['home']}")
-    click.echo(f"modules:  {', '.join(s['modules']) or '(none enabled)'}")
+    versions = s.get("module_versions", {})
+    shown = [f"{m} v{versions[m]}" if versions.get(m, 1) != 1 else m for m in s["modules"]]
+    click.echo(f"modules:  {', '.join(shown) or '(none enabled)'}")
     click.echo(f"log:      {s['log']['size']} entries, head {s['log']['head'][:16]}…")
     click.echo(f"received: {s['log']['entries_all_origins'] - s['log']['size']} entries from "
                f"{s['log']['origins'] - 1} other nodes")
@@ -52,6 +54,13 @@ def _print_status(s: dict) -> None:
         state = "REVOKED" if peer["revoked"] else f"last contact {peer['last_contact'] or 'never'}"
         click.echo(f"{peer['role']:<9} {peer['name']} ({peer['scope']}) {state}; "
                    f"to send {peer['pending_up']}, to receive {peer['pending_down']}")
+        for module, gap in peer.get("version_gaps", {}).items():
+            if gap["there"] > gap["here"]:
+                click.echo(f"          {module} is v{gap['there']} there, v{gap['here']} here: its changes wait "
+                           f"here as quarantined conflicts until this node is upgraded")
+            else:
+                click.echo(f"          {module} is v{gap['there']} there, v{gap['here']} here: this node's changes "
+                           f"wait there until that node is upgraded")
         for refusal in peer["refusals"][:3]:
             click.echo(f"          refused {refusal['time']}: {refusal['code']}: {refusal['reason']}")
     for fork in s.get("forks", []):

@@ -144,9 +144,10 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
         with ParentLink(node, parent["url"], transport) as link:
             link.learn_time()
             _tick(node, link, report)
-            hello = link.call("/api/sync/hello", {"vv": node.version_vector(),
+            hello = link.call("/api/sync/hello", {"vv": node.version_vector(), "modules": node.module_versions,
                                                   "checkpoint": engine.own_checkpoint(node)})
             their_vv = wire.vv_of(hello.get("vv"))
+            touch(node, parent["node_id"], modules=wire.modules_of(hello.get("modules")))
             if hello.get("checkpoint") is not None:
                 engine.check_history(node, parent, hello["checkpoint"])
             _push(node, link, their_vv, batch_size, report, progress)

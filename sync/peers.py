@@ -11,7 +11,7 @@ from hemei.core.errors import NotFound
 from hemei.core.node import Node
 
 COLUMNS = ("node_id", "role", "name", "scope", "public_key", "url", "enrolled_ms", "last_contact_ms", "revoked",
-           "their_vv", "pending_up", "pending_down", "last_error")
+           "their_vv", "pending_up", "pending_down", "last_error", "modules")
 SYNC_ACTOR = "sync"
 
 
@@ -22,6 +22,7 @@ def now_ms() -> int:
 def _row(values) -> dict:
     peer = dict(zip(COLUMNS, values))
     peer["their_vv"] = orjson.loads(peer["their_vv"])
+    peer["modules"] = orjson.loads(peer["modules"]) if peer["modules"] else None
     return peer
 
 
@@ -43,11 +44,12 @@ def all_peers(node: Node) -> list[dict]:
 
 
 def touch(node: Node, node_id: str, *, their_vv: dict | None = None, pending_up: int | None = None,
-          pending_down: int | None = None, error: str | None = None) -> None:
+          pending_down: int | None = None, error: str | None = None, modules: dict | None = None) -> None:
     """Record a contact with a peer (local bookkeeping, not logged). ``error`` None clears the last one."""
     sets, args = ["last_contact_ms = ?", "last_error = ?"], [now_ms(), error]
     for column, value in (("their_vv", None if their_vv is None else orjson.dumps(their_vv).decode()),
-                          ("pending_up", pending_up), ("pending_down", pending_down)):
+                          ("pending_up", pending_up), ("pending_down", pending_down),
+                          ("modules", None if modules is None else orjson.dumps(modules).decode())):
         if value is not None:
             sets.append(f"{column} = ?")
             args.append(value)
@@ -107,6 +109,18 @@ def refusals(node: Node, peer: str, limit: int = 5) -> list[dict]:
             for hlc, p in rows]
 
 
+def version_gaps(node: Node, theirs: dict | None) -> dict[str, dict]:
+    """Modules both sides run at different schema versions: {module: {"here": v, "there": v}}.
+
+    Where the peer is ahead, its changes to that module wait here as
+    ``quarantined`` conflicts until this node is upgraded; where it is
+    behind, this node's changes wait there.
+    """
+    ours = node.module_versions
+    return {name: {"here": ours[name], "there": version} for name, version in sorted((theirs or {}).items())
+            if name in ours and ours[name] != version}
+
+
 def peers_status(node: Node) -> list[dict]:
     """Per peer: contact, backlog both ways (up: computed now; down from a parent: as of last contact)."""
     from .engine import child_backlog, pending, subtree_origins
@@ -123,5 +137,6 @@ def peers_status(node: Node) -> list[dict]:
             "last_contact": hlc_to_iso(peer["last_contact_ms"] << 16) if peer["last_contact_ms"] else None,
             "pending_up": peer["pending_up"], "pending_down": peer["pending_down"],
             "last_error": peer["last_error"], "refusals": refusals(node, peer["node_id"]),
+            "modules": peer["modules"], "version_gaps": version_gaps(node, peer["modules"]),
         })
     return out

@@ -62,3 +62,9 @@ def sync_0001_tables(db):
     for statement in SYNC_SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)
+
+
+@sync_migrations.step
+def sync_0002_peer_modules(db):
+    # What each peer last announced: {module: schema version} (see hemei.core.versions).
+    db.execute("ALTER TABLE _hemei_peers ADD COLUMN modules TEXT")

@@ -120,13 +120,14 @@ def _vv_request(call: ApiCall) -> tuple[dict, dict, dict]:
 def hello(call: ApiCall) -> Response:
     """The child says what it holds and shows its latest checkpoint; the parent answers with its own sizes."""
     child, body, their_vv = _vv_request(call)
+    announced = wire.modules_of(body.get("modules"))
     node = call.node
     own = body.get("checkpoint")
     if own is not None:
         engine.check_history(node, child, own)
-    touch(node, child["node_id"], their_vv=their_vv)
+    touch(node, child["node_id"], their_vv=their_vv, modules=announced)
     return _reply({"node_id": node.id, "vv": engine.branch_vv(node, child["scope"]),
-                   "checkpoint": own_checkpoint(node)})
+                   "checkpoint": own_checkpoint(node), "modules": node.module_versions})
 
 
 @refusals_recorded

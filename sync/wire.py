@@ -125,3 +125,18 @@ def vv_of(value) -> dict[str, int]:
                                               for k, v in value.items()):
         raise MalformedBatch("version vector must map node ids to sizes")
     return value
+
+
+#: At most this many modules in a node's announcement of its schema versions.
+MAX_MODULES = 200
+
+
+def modules_of(value) -> dict[str, int] | None:
+    """A peer's announcement ``{module: schema version}``; None from a release that does not send one."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) > MAX_MODULES or not all(
+            isinstance(k, str) and 0 < len(k) <= 100 and type(v) is int and 1 <= v < 2 ** 31
+            for k, v in value.items()):
+        raise MalformedBatch("modules must map module names to schema versions (integers from 1)")
+    return value

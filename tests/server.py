@@ -25,14 +25,20 @@ def hemei_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "hemei.cli"]
 
 
-def probe_site(root: Path) -> Path:
-    """A site directory holding a tiny distribution that declares hook_probe as a hemei plugin."""
-    site = root / "site"
+def probe_site(root: Path, extra: dict[str, str] | None = None, name: str = "site") -> Path:
+    """A site directory holding a tiny distribution that declares hook_probe as a hemei plugin.
+
+    ``extra`` adds more test plugins: entry-point name -> file in tests/plugins
+    (``{"notices": "notices_v1"}`` installs release 1 of the notices module).
+    """
+    site = root / name
     dist = site / "hemei_probe-0.0.0.dist-info"
     dist.mkdir(parents=True, exist_ok=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: hemei-probe\nVersion: 0.0.0\n")
-    (dist / "entry_points.txt").write_text("[hemei]\nhook_probe = hook_probe\n")
-    shutil.copy(TESTS / "plugins" / "hook_probe.py", site / "hook_probe.py")
+    modules = {"hook_probe": "hook_probe", **(extra or {})}
+    (dist / "entry_points.txt").write_text("[hemei]\n" + "".join(f"{k} = {v}\n" for k, v in modules.items()))
+    for source in modules.values():
+        shutil.copy(TESTS / "plugins" / f"{source}.py", site / f"{source}.py")
     return site
 
 

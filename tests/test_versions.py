@@ -1,0 +1,263 @@
+"""Mixed releases in one tree (design §6): a module's changes are upgraded, or quarantined and applied later.
+
+The "notices" test module exists at two releases (tests/plugins/notices_v1.py
+and notices_v2.py): release 2 renamed ``phone`` to ``contact`` and added
+``urgent``. Nodes here are real homes; the last test runs real
+``hemei serve`` and ``hemei sync`` processes with different releases installed.
+"""
+
+from __future__ import annotations
+
+import json
+
+import notices_v1
+import notices_v2
+import orjson
+import pytest
+from conftest import PROBE
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from server import plugin_env, probe_site
+from tree import Tree
+
+from hemei.cli.main import BUILTIN_PLUGINS
+from hemei.core import Change
+from hemei.core.errors import NodeStateError
+from hemei.core.node import Node
+
+RELEASES = {1: notices_v1, 2: notices_v2}
+STREET, DISTRICT, CITY = "越城区/府山街道", "越城区", ""
+
+
+def available(release: int) -> dict:
+    return {**PROBE, "notices": RELEASES[release]}
+
+
+def make(root, name: str, scope: str, release: int) -> Node:
+    node = Node.init(root / name, name=name, scope=scope or "绍兴市", actor="tester", available=available(release),
+                     builtins=BUILTIN_PLUGINS)
+    for module in ("hook_probe", "notices"):
+        node.set_module_enabled(module, True, "tester")
+    return node
+
+
+def reopen(node: Node, release: int) -> Node:
+    node.close()
+    return Node.open(node.home, available=available(release), builtins=BUILTIN_PLUGINS)
+
+
+def send(src: Node, dst: Node, confine: bool = True) -> None:
+    """Everything ``src`` holds that ``dst`` lacks, as a child's push: one origin's batches at a time."""
+    have = dst.version_vector()
+    for origin in src.version_vector():
+        if origin == dst.id:
+            continue
+        after = have.get(origin, 0)
+        while (batch := src.read_batch(origin, after)) is not None:
+            dst.apply_batch(batch, confine=confine)
+            after = batch.entries[-1][0]
+
+
+def notices(node: Node) -> list[tuple]:
+    """Every column the current release declares, and the merge metadata."""
+    cols = ", ".join(f"[{c}]" for c in node.specs["notices"].columns)
+    return node.conn.execute(f"SELECT {cols}, _deleted, _hlc, _origin, _colv FROM notices ORDER BY id").fetchall()
+
+
+def conflicts(node: Node, kind: str | None = None) -> list[tuple]:
+    sql = "SELECT tbl, pk, kind, reason FROM _hemei_conflicts"
+    return node.conn.execute(sql + (" WHERE kind = ?" if kind else "") + " ORDER BY pk", (kind,) if kind else ()).fetchall()
+
+
+def test_a_newer_streets_changes_wait_at_an_older_district_and_apply_when_it_is_upgraded(tmp_path):
+    street, district = make(tmp_path, "street", STREET, 2), make(tmp_path, "district", DISTRICT, 1)
+    with street.writer("王丽") as w:
+        first = w.insert("notices", {"title": "停水通知", "contact": "13800000000", "urgent": 1})
+        second = w.insert("notices", {"title": "垃圾分类"})
+        w.update("notices", second, {"contact": "府山社区"})
+        w.insert("notes", {"title": "楼道粉刷"})  # another module, at the same release on both sides
+    send(street, district)  # neither refused nor dropped
+    assert district.version_vector()[street.id] == street.version_vector()[street.id]
+    assert district.conn.execute("SELECT title FROM notes").fetchall() == [("楼道粉刷",)]
+    assert notices(district) == []
+    waiting = conflicts(district, "quarantined")
+    assert [pk for _, pk, _, _ in waiting] == sorted([first, second, second])
+    assert "notices schema v2; this node reads up to v1" in waiting[0][3]
+
+    district = reopen(district, 2)
+    assert notices(district) == notices(street)
+    assert conflicts(district) == []
+    upgrade = district.conn.execute("SELECT payload FROM _hemei_log WHERE kind = 'module.upgrade'").fetchall()
+    assert [orjson.loads(p) for (p,) in upgrade] == [{"module": "notices", "from": 1, "to": 2}]
+    district = reopen(district, 2)  # once: the next open finds nothing to do
+    assert district.conn.execute("SELECT count(*) FROM _hemei_log WHERE kind = 'module.upgrade'").fetchone() == (1,)
+    district.close()
+    street.close()
+
+
+def test_an_older_streets_changes_are_read_through_the_upgrade_and_relayed_unchanged(tmp_path):
+    street, district, city = (make(tmp_path, "street", STREET, 1), make(tmp_path, "district", DISTRICT, 1),
+                              make(tmp_path, "city", CITY, 2))
+    with street.writer("王丽") as w:
+        pk = w.insert("notices", {"title": "停水通知", "phone": "13800000000"})
+        w.update("notices", pk, {"phone": "13900000000"})
+        gone = w.insert("notices", {"title": "过期", "phone": "1"})
+        w.delete("notices", gone)
+    send(street, district)
+    send(district, city)  # the v1 district relays the street's v1 entries; the v2 city upgrades them
+    assert city.conn.execute("SELECT id, title, contact, urgent, _deleted FROM notices ORDER BY title").fetchall() == \
+        sorted([(pk, "停水通知", "13900000000", None, 0), (gone, "过期", "1", None, 1)], key=lambda r: r[1])
+    assert conflicts(city) == []
+    # The city's copy of the street's chain is the street's own: relayed unchanged.
+    assert city.version_vector()[street.id] == street.version_vector()[street.id]
+    assert [r[0] for r in city.conn.execute("SELECT hash FROM _hemei_log WHERE origin = (SELECT ix FROM "
+                                            "_hemei_origins WHERE node_id = ?) ORDER BY seq", (street.id,))] == \
+        [r[0] for r in street.conn.execute("SELECT hash FROM _hemei_log WHERE origin = 1 ORDER BY seq")]
+    for node in (street, district, city):
+        node.close()
+
+
+def test_a_change_its_upgrade_cannot_read_is_kept_as_a_conflict_and_the_rest_applies(tmp_path):
+    street, district = make(tmp_path, "street", STREET, 1), make(tmp_path, "district", DISTRICT, 2)
+    with street.writer("王丽") as w:
+        w.insert("notices", {"title": "坏", "phone": notices_v2.UNREADABLE_PHONE})
+        good = w.insert("notices", {"title": "好", "phone": "110"})
+    send(street, district)
+    assert district.conn.execute("SELECT id, contact FROM notices").fetchall() == [(good, "110")]
+    [(table, _, kind, reason)] = conflicts(district)
+    assert (table, kind) == ("notices", "unreadable") and "cannot read a change written at schema v1" in reason
+    street.close()
+    district.close()
+
+
+def test_an_upgrade_must_return_the_same_change_in_the_modules_tables(make_node):
+    node = make_node("d", scope=DISTRICT)
+    change = Change("notes", "insert", "k1", STREET, {"title": "t", "text": "x"}, 5, "O" * 52, "w", False, 1)
+    tv = node.projector.versions["notes"]
+    bad = tv.__class__(tv.module, tv.schema.__class__(2, {1: lambda c: c._replace(table="volunteers")}), tv.tables)
+    assert "not the same change" in bad.upgrade(change)
+    moved = tv.__class__(tv.module, tv.schema.__class__(2, {1: lambda c: c._replace(pk="other")}), tv.tables)
+    assert "not the same change" in moved.upgrade(change)
+    assert tv.upgrade(change).values == {"title": "t", "body": "x"}
+
+
+@pytest.mark.parametrize("declared", [0, "2", 1.5])
+def test_a_module_schema_must_be_a_version_from_1_with_steps_below_it(declared):
+    from hemei.core import ModuleSchema
+
+    with pytest.raises(ValueError):
+        ModuleSchema(version=declared)
+    with pytest.raises(ValueError):
+        ModuleSchema(version=2, upgrades={2: lambda c: c})
+
+
+def test_tables_built_by_a_newer_release_are_not_opened_by_an_older_one(tmp_path, run_cli):
+    node = make(tmp_path, "street", STREET, 2)
+    node.close()
+    with pytest.raises(NodeStateError, match="built at schema v2.*reads up to v1.*newer hemei"):
+        Node.open(tmp_path / "street", available=available(1), builtins=BUILTIN_PLUGINS)
+    # and the node still opens with the release that built it
+    Node.open(tmp_path / "street", available=available(2), builtins=BUILTIN_PLUGINS).close()
+
+
+def test_enabling_a_module_records_its_version_and_needs_no_upgrade(tmp_path):
+    node = make(tmp_path, "street", STREET, 2)
+    assert node.conn.execute("SELECT schema_version FROM _hemei_modules WHERE name = 'notices'").fetchone() == (2,)
+    node = reopen(node, 2)
+    assert node.conn.execute("SELECT count(*) FROM _hemei_log WHERE kind = 'module.upgrade'").fetchone() == (0,)
+    node.close()
+
+
+# -- the property: whatever the releases and the order, the upgraded replicas agree -------------------------
+
+OPS = st.lists(st.tuples(st.sampled_from(["v1", "v2"]), st.sampled_from(["insert", "update", "delete"]),
+                         st.integers(0, 3), st.text("水电气", max_size=2)), min_size=1, max_size=14)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS, order=st.randoms(use_true_random=False))
+def test_replicas_of_mixed_releases_converge_once_upgraded(tmp_path_factory, ops, order):
+    """A community at release 1 and its street at release 2 edit notices (the street also edits rows it
+    received from the community).
+    A district that always ran v2 and one that ran v1 and was upgraded midway, each receiving the entries
+    in its own interleaving, end with identical notices and conflicts, equal to a rebuild."""
+    root = tmp_path_factory.mktemp("mixed")
+    old = make(root, "old", STREET + "/甲社区", 1)
+    new = make(root, "new", STREET, 2)
+    for who, op, index, text in ops:
+        node = old if who == "v1" else new
+        if who == "v2":
+            send(old, new, confine=False)  # what the v1 street wrote, read by the v2 one through the upgrade
+        live = [pk for (pk,) in node.conn.execute("SELECT id FROM notices WHERE _deleted = 0 ORDER BY id")]
+        field = "phone" if who == "v1" else "contact"
+        with node.writer("w") as w:
+            if op == "insert" or not live:
+                w.insert("notices", {"title": text or "题", field: text})
+            elif op == "update":
+                w.update("notices", live[index % len(live)], {field: text + "改"})
+            else:
+                w.delete("notices", live[index % len(live)])
+    always, upgraded = make(root, "always", STREET, 2), make(root, "upgraded", STREET, 1)
+    halfway = order.randint(0, 2)
+    for step in range(3):
+        if step == halfway:
+            upgraded = reopen(upgraded, 2)
+        sources = [old, new]
+        order.shuffle(sources)
+        for src in sources:
+            send(src, upgraded, confine=False)
+        send(new, always, confine=False)
+        send(old, always, confine=False)
+    assert notices(upgraded) == notices(always)
+    assert conflicts(upgraded) == conflicts(always)
+    always.rebuild()
+    assert notices(always) == notices(upgraded) and conflicts(always) == conflicts(upgraded)
+    for node in (old, new, always, upgraded):
+        node.close()
+
+
+# -- over the wire: real hemei serve and hemei sync, each with its own release installed ----------------------
+
+def test_sync_between_releases_announces_versions_quarantines_and_applies_after_upgrade(tmp_path):
+    tree = Tree(tmp_path)
+    envs = {release: plugin_env(probe_site(tmp_path, {"notices": f"notices_v{release}"}, name=f"site{release}"))
+            for release in (1, 2)}
+    try:
+        for name, scope, release in (("district", DISTRICT, 1), ("street", STREET, 2)):
+            tree.ok(name, "init", "--name", name, "--scope", scope, env=envs[release])
+            for module in ("hook_probe", "notices"):
+                tree.ok(name, "modules", "enable", module, env=envs[release])
+        tree.serve("district", env=envs[1])
+        token = tree.ok("district", "invite", "--scope", STREET, "--name", "府山", "--url",
+                        tree.servers["district"].url, env=envs[1]).strip()
+        tree.ok("street", "join", token, env=envs[2])
+        with Node.open(tree.home("street"), available=available(2), builtins=BUILTIN_PLUGINS) as street:
+            with street.writer("王丽") as w:
+                w.insert("notices", {"title": "停水通知", "contact": "府山社区", "urgent": 1})
+                w.insert("notes", {"title": "楼道粉刷"})
+        done = json.loads(tree.ok("street", "sync", "--json", env=envs[2]))
+        assert done["pending_up"] == 0, done
+
+        status = json.loads(tree.ok("district", "status", "--json", env=envs[1]))
+        [child] = [p for p in status["peers"] if p["role"] == "child"]
+        assert child["modules"]["notices"] == 2 and child["version_gaps"] == {"notices": {"here": 1, "there": 2}}
+        assert status["module_versions"]["notices"] == 1
+        assert "quarantined conflicts" in tree.ok("district", "status", env=envs[1])
+        listed = tree.ok("district", "conflicts", env=envs[1])
+        assert "quarantined" in listed and "upgrade hemei" in listed
+        street_status = json.loads(tree.ok("street", "status", "--json", env=envs[2]))
+        assert street_status["peers"][0]["version_gaps"] == {"notices": {"here": 2, "there": 1}}
+
+        port = tree.servers["district"].port
+        tree.servers["district"].stop()
+        tree.serve("district", env=envs[2], port=port)  # upgraded: opening it applies what waited
+        status = json.loads(tree.ok("district", "status", "--json", env=envs[2]))
+        assert status["conflicts"] == 0 and status["module_versions"]["notices"] == 2
+        with Node.open(tree.home("district"), available=available(2), builtins=BUILTIN_PLUGINS) as district:
+            assert district.conn.execute("SELECT title, contact, urgent FROM notices").fetchall() == \
+                [("停水通知", "府山社区", 1)]
+        tree.ok("street", "sync", env=envs[2])
+        street_status = json.loads(tree.ok("street", "status", "--json", env=envs[2]))
+        assert street_status["peers"][0]["version_gaps"] == {}
+    finally:
+        tree.stop()
