@@ -35,11 +35,13 @@ def modules_list(as_json: bool) -> None:
     node = cli_node()
     enabled = set(node.enabled_modules())
     available = node.available_modules()
-    items = [{"name": name, "enabled": name in enabled,
+    versions = node.module_versions  # of enabled modules that own tables: the others are not loaded
+    items = [{"name": name, "enabled": name in enabled, "schema_version": versions.get(name),
               "source": getattr(src, "value", getattr(src, "__name__", str(src)))}
              for name, src in sorted(available.items())]
-    items += [{"name": n, "enabled": True, "source": "(not installed)"} for n in sorted(enabled - set(available))]
-    emit(items, as_json, lambda rows: table(rows, ["name", "enabled", "source"]) if rows
+    items += [{"name": n, "enabled": True, "schema_version": None, "source": "(not installed)"}
+              for n in sorted(enabled - set(available))]
+    emit(items, as_json, lambda rows: table(rows, ["name", "enabled", "schema_version", "source"]) if rows
          else click.echo("no program modules installed"))
 
 

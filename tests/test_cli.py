@@ -137,12 +137,14 @@ def test_external_plugin_loads_from_entry_points_only_when_enabled(tmp_path):
     home = str(tmp_path / "h")
     assert run_real("--home", home, "init", "--name", "a", "--scope", "x", env=env).returncode == 0
     listed = json.loads(run_real("--home", home, "modules", "list", "--json", env=env).stdout)
-    assert {"name": "hook_probe", "enabled": False, "source": "hook_probe"} in listed
+    assert {"name": "hook_probe", "enabled": False, "schema_version": None, "source": "hook_probe"} in listed
     probe_code = ("import sys, hemei.core as c; n = c.Node.open(sys.argv[1]);"
                   "print('hook_probe' in sys.modules)")
     loaded = subprocess.run([os.sys.executable, "-c", probe_code, home], env=env, capture_output=True, text=True)
     assert loaded.stdout.strip() == "False"  # installed, not enabled: never imported
     assert run_real("--home", home, "modules", "enable", "hook_probe", env=env).returncode == 0
+    listed = json.loads(run_real("--home", home, "modules", "list", "--json", env=env).stdout)
+    assert {"name": "hook_probe", "enabled": True, "schema_version": 2, "source": "hook_probe"} in listed
     loaded = subprocess.run([os.sys.executable, "-c", probe_code, home], env=env, capture_output=True, text=True)
     assert loaded.stdout.strip() == "True"
     note = run_real("--home", home, "probe", "note", "插件", "--json", env=env)

@@ -33,7 +33,7 @@ def district_state(net) -> tuple:
     with net.open("district") as d:
         vv = {o: s for o, s in d.version_vector().items() if o != d.id}
         notes = d.conn.execute("SELECT * FROM notes ORDER BY id").fetchall()
-        peers = d.conn.execute("SELECT node_id, revoked FROM _hemei_peers ORDER BY 1").fetchall()
+        peers = d.conn.execute("SELECT node_id, revoked, modules FROM _hemei_peers ORDER BY 1").fetchall()
         logged = d.conn.execute("SELECT count(*) FROM _hemei_log WHERE kind = 'sync.refused'").fetchone()[0]
         local = d.conn.execute("SELECT count(*) FROM _hemei_anonymous_refusals").fetchone()[0]
     return (vv, notes, peers), (logged, local)
@@ -152,6 +152,9 @@ def test_malformed_batches_are_refused(net):
             link.learn_time()
             refused(net, lambda: link.call("/api/sync/push", {"batches": [{"origin": 5}]}), 400, "malformed_batch")
             refused(net, lambda: link.call("/api/sync/push", {"batches": "x"}), 400, "malformed_batch")
+            for modules in (["hook_probe"], {"hook_probe": 0}, {"hook_probe": "2"}, {"": 1}):
+                refused(net, lambda: link.call("/api/sync/hello", {"vv": {}, "modules": modules}), 400,
+                        "malformed_batch")
             refused(net, lambda: link.call("/api/sync/push", {"batches": [{
                 "origin": beihai.id, "public_key": base64.b64encode(beihai.public_key).decode(),
                 "signature": "AAAA", "entries": [[1, 2]]}]}), 400, "malformed_batch")

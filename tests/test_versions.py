@@ -151,7 +151,7 @@ def test_a_module_schema_must_be_a_version_from_1_with_steps_below_it(declared):
         ModuleSchema(version=2, upgrades={2: lambda c: c})
 
 
-def test_tables_built_by_a_newer_release_are_not_opened_by_an_older_one(tmp_path, run_cli):
+def test_tables_built_by_a_newer_release_are_not_opened_by_an_older_one(tmp_path):
     node = make(tmp_path, "street", STREET, 2)
     node.close()
     with pytest.raises(NodeStateError, match="built at schema v2.*reads up to v1.*newer hemei"):
@@ -257,6 +257,9 @@ def test_sync_between_releases_announces_versions_quarantines_and_applies_after_
             assert district.conn.execute("SELECT title, contact, urgent FROM notices").fetchall() == \
                 [("停水通知", "府山社区", 1)]
         tree.ok("street", "sync", env=envs[2])
+        downgraded = tree.hemei("district", "status", env=envs[1])  # release 1 again: refused, clearly
+        assert downgraded.returncode != 0 and "install the newer hemei" in downgraded.stderr
+        assert "Traceback" not in downgraded.stderr + downgraded.stdout
         street_status = json.loads(tree.ok("street", "status", "--json", env=envs[2]))
         assert street_status["peers"][0]["version_gaps"] == {}
     finally:
