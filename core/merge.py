@@ -63,6 +63,8 @@ Validator = Callable[[Change], "str | None"]
 
 #: ``Change.op`` of an entry whose payload is not a row change this node can read.
 UNREADABLE = "unreadable"
+#: Conflict kind of a relayed change that reaches a row outside its origin's scope (see Projector.apply).
+OUT_OF_SCOPE = "out_of_scope"
 
 
 def _dumps(obj) -> str:
@@ -86,18 +88,23 @@ class Projector:
         self._reads_older = any(v > 1 for v in self.current.values())
         self._insert_sql = {name: self._fast_insert_sql(spec) for name, spec in specs.items()}
         self._origin_scope: str | None = None
+        self._keep_violations = False
 
     # -- entry point -----------------------------------------------------
-    def apply(self, changes: list[Change], *, local: bool, origin_scope: str | None = None) -> list[Change]:
+    def apply(self, changes: list[Change], *, local: bool, origin_scope: str | None = None,
+              keep_violations: bool = False) -> list[Change]:
         """Apply ``changes`` in order; return those that took effect.
 
-        ``origin_scope`` (received changes, all of one origin): raise
-        :class:`ScopeViolation` when one of them reaches a stored row outside
-        that scope (a street editing, deleting or re-inserting a sibling's
-        row). Only a stored row can be reached, so the check runs where the
-        merge reads it anyway; a new key costs nothing.
+        ``origin_scope`` (received changes, all of one origin): a change that
+        reaches a stored row outside that scope (a street editing, deleting
+        or re-inserting a sibling's row) raises :class:`ScopeViolation`, or
+        with ``keep_violations`` is kept as a conflict of kind
+        ``out_of_scope`` and not applied. Only a stored row can be reached,
+        so the check runs where the merge reads it anyway; a new key costs
+        nothing.
         """
         self._origin_scope = origin_scope
+        self._keep_violations = keep_violations
         try:
             if self._reads_older and not local:
                 changes = self._upgraded(changes)
@@ -105,26 +112,40 @@ class Projector:
         finally:
             self._origin_scope = None
 
-    def _guard(self, spec: TableSpec, change: Change, row_scope: str | None) -> None:
-        """Refuse a received change to a stored row outside its origin's scope (None: not yet inserted)."""
-        if self._origin_scope is not None and row_scope is not None and not covers(self._origin_scope, row_scope):
-            raise ScopeViolation(f"an entry of {change.origin} changes {spec.name} {change.pk}, "
-                                 f"a row of {row_scope}, outside {self._origin_scope}")
+    def _guard(self, spec: TableSpec, change: Change, row_scope: str | None) -> bool:
+        """False (or :class:`ScopeViolation`) for a received change to a stored row outside its origin's scope.
 
-    def _guard_stored(self, spec: TableSpec, change: Change) -> None:
+        ``row_scope`` None: a row not inserted yet, which no scope owns.
+        """
+        if self._origin_scope is None or row_scope is None or covers(self._origin_scope, row_scope):
+            return True
+        reason = (f"an entry of {change.origin} changes {spec.name} {change.pk}, "
+                  f"a row of {row_scope}, outside {self._origin_scope}")
+        if not self._keep_violations:
+            raise ScopeViolation(reason)
+        # Stronger than any other judgment of the change (refused, unreadable): it is the one a rebuild keeps.
+        self.conn.execute("DELETE FROM _hemei_conflicts WHERE tbl = ? AND pk = ? AND hlc = ? AND origin = ?",
+                          (spec.name, change.pk, change.hlc, change.origin))
+        self.record(spec.name, change, OUT_OF_SCOPE, reason)
+        return False
+
+    def _guard_stored(self, spec: TableSpec, change: Change) -> bool:
         """:meth:`_guard` against whatever is stored under the change's key: the row, and for an
         append-only table the rows kept as duplicates (a key whose row lost a unique-key clash
         is still its writer's). Runs whether or not the change is admissible, so a refused change
         aimed at a sibling's row does not sit in the log for a later upgrade and rebuild to apply."""
         if self._origin_scope is None:
-            return
+            return True
         stored = self.conn.execute(f"SELECT [{spec.scope}] FROM [{spec.name}] WHERE [{spec.pk}] = ?",
                                    (change.pk,)).fetchone()
-        self._guard(spec, change, stored and stored[0])
+        if not self._guard(spec, change, stored and stored[0]):
+            return False
         if spec.policy == APPEND_ONLY:
             for (kept,) in self.conn.execute("SELECT row FROM _hemei_conflicts WHERE tbl = ? AND pk = ?"
                                              " AND kind = 'duplicate'", (spec.name, change.pk)):
-                self._guard(spec, change, orjson.loads(kept).get("scope"))
+                if not self._guard(spec, change, orjson.loads(kept).get("scope")):
+                    return False
+        return True
 
     def _upgraded(self, changes: list[Change]) -> list[Change]:
         """Changes written under an older schema of their module, read through its upgrade steps."""
@@ -257,8 +278,8 @@ class Projector:
         row = self.conn.execute(
             f"SELECT {', '.join(f'[{c}]' for c in cols)}, _deleted, _hlc, _origin, _colv"
             f" FROM [{spec.name}] WHERE [{spec.pk}] = ?", (change.pk,)).fetchone()
-        if row is not None:
-            self._guard(spec, change, row[cols.index(spec.scope)])
+        if row is not None and not self._guard(spec, change, row[cols.index(spec.scope)]):
+            return False
         if row is None:
             # Known only from an update or delete so far: the scope stays unset
             # until an insert writes it (else the first arrival would decide it).
@@ -317,7 +338,8 @@ class Projector:
 
     # -- append-only -------------------------------------------------------
     def _append_only(self, spec: TableSpec, change: Change, local: bool) -> bool:
-        self._guard_stored(spec, change)
+        if not self._guard_stored(spec, change):
+            return False
         if change.op != "insert":
             if local:
                 raise Conflict(f"{spec.name} is append-only: write a new row that corrects {change.pk}")

@@ -31,7 +31,7 @@ from .gc_pause import cyclic_gc_paused
 from .identity import (node_id_from_public_key, parse_node_id, public_key_raw, read_private_key,
                        verify_checkpoint, write_private_key)
 from .ids import new_id
-from .merge import UNREADABLE, Change, Projector
+from .merge import OUT_OF_SCOPE, UNREADABLE, Change, Projector
 from .plugins import (CORE_BUILTINS, Available, available_modules, get_plugin_manager, merge_named,
                       tables_by_plugin, validators_by_table)
 from .schema import MIGRATIONS_TABLE, TableSpec, core_migrations, create_or_extend_table
@@ -372,22 +372,23 @@ class Node:
             self.pm.hook.change_applied(node=self, changes=applied)
 
     def _ingest(self, rows: list, changes: list[Change], *, local: bool,
-                origin_scope: str | None = None) -> list[Change]:
+                origin_scope: str | None = None, keep_violations: bool = False) -> list[Change]:
         """Append log rows and project their row changes: shared by writes and receipt.
 
         ``origin_scope``: received changes may not reach stored rows outside it (see ``confine``).
         """
         self.conn.executemany("INSERT INTO _hemei_log (origin, seq, hlc, actor, kind, scope, payload, hash, sig,"
                               " salt, leaf) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        return self.projector.apply(changes, local=local, origin_scope=origin_scope)
+        return self.projector.apply(changes, local=local, origin_scope=origin_scope, keep_violations=keep_violations)
 
     # -- receiving entries -------------------------------------------------
-    def apply_batch(self, batch: Batch, *, check: Check | None = None, confine: bool = False) -> dict:
+    def apply_batch(self, batch: Batch, *, check: Check | None = None, confine: bool = False,
+                    sender: str | None = None) -> dict:
         """Verify and apply one batch from another node; see :meth:`apply_batches`."""
-        return self.apply_batches([batch], check=check, confine=confine)[0]
+        return self.apply_batches([batch], check=check, confine=confine, sender=sender)[0]
 
     def apply_batches(self, batches: Iterable[Batch], *, check: Check | None = None,
-                      confine: bool = False) -> list[dict]:
+                      confine: bool = False, sender: str | None = None) -> list[dict]:
         """Verify and apply batches from other nodes in one transaction: all or nothing.
 
         Entries already held are skipped when identical; a different entry
@@ -399,7 +400,12 @@ class Node:
         re-inserting a sibling's row) refuses everything with
         :class:`ScopeViolation`; the rule a parent holds its children to. It
         depends on what is already stored, so it is for a tree's edges, not
-        for replicas exchanging freely. Returns counts per batch: received,
+        for replicas exchanging freely. With ``sender`` (the child that sent
+        the message), only that child's own entries are refused so; the
+        entries it relays from below were judged at its own edge, and one it
+        judged differently (the rows had arrived in another order) is kept as
+        a conflict of kind ``out_of_scope`` instead: refusing it would block
+        everything the child sends from then on. Returns counts per batch: received,
         new, applied, refused (changes kept as conflicts).
         """
         listening = bool(self.pm.hook.change_applied.get_hookimpls())
@@ -410,7 +416,9 @@ class Node:
             try:
                 for batch in batches:  # any iterable: a bundle streams its batches through here
                     self._check_batch_shape(batch)
-                    result = self._apply_verified(parse_node_id(batch.origin), batch, check, confine)
+                    origin = parse_node_id(batch.origin)
+                    keep = sender is not None and origin != sender
+                    result = self._apply_verified(origin, batch, check, confine, keep)
                     changes = result.pop("_applied")
                     if listening:
                         applied.extend(changes)
@@ -437,7 +445,7 @@ class Node:
         if not isinstance(first, int) or first < 1:
             raise ChainError("entry seqs are integers starting at 1")
 
-    def _apply_verified(self, origin: str, batch: Batch, check, confine: bool) -> dict:
+    def _apply_verified(self, origin: str, batch: Batch, check, confine: bool, keep_violations: bool) -> dict:
         first = batch.entries[0][0]
         known = self._origin_row(origin)
         size = known[1] if known else 0
@@ -491,7 +499,8 @@ class Node:
         before = self._refusal_count()
         if confine and origin_scope is None:
             raise ScopeViolation(f"origin {origin} has not declared its scope: its changes cannot be confined")
-        applied = self._ingest(rows, changes, local=False, origin_scope=origin_scope if confine else None)
+        applied = self._ingest(rows, changes, local=False, origin_scope=origin_scope if confine else None,
+                               keep_violations=keep_violations)
         self.conn.execute("UPDATE _hemei_origins SET size = ?, head = ? WHERE ix = ?", (last_seq, hashes[-1], ix))
         if stamps:
             self.clock.observe(max(stamps))
@@ -601,9 +610,13 @@ class Node:
         """Empty ``names`` and project every row entry of the log into them again (in the caller's transaction)."""
         chosen = set(names)
         replayed = 0
+        # A change kept out of scope at receipt stays out: judged against the rows as they stood then.
+        kept_out = set()
         for name in names:
             self.conn.execute(f"DELETE FROM [{name}]")
-            self.conn.execute("DELETE FROM _hemei_conflicts WHERE tbl = ?", (name,))
+            kept_out.update(self.conn.execute("SELECT tbl, pk, hlc, origin FROM _hemei_conflicts"
+                                              " WHERE tbl = ? AND kind = ?", (name, OUT_OF_SCOPE)))
+            self.conn.execute("DELETE FROM _hemei_conflicts WHERE tbl = ? AND kind != ?", (name, OUT_OF_SCOPE))
         origins = dict(self.conn.execute("SELECT ix, node_id FROM _hemei_origins"))
         cursor = self.conn.execute(
             "SELECT origin, seq, hlc, actor, kind, scope, payload, salt FROM _hemei_log"
@@ -611,7 +624,8 @@ class Node:
         while chunk := cursor.fetchmany(2000):
             changes = []
             for ix, *entry in chunk:
-                changes.extend(c for c in self._changes_of(origins[ix], [entry]) if c.table in chosen)
+                changes.extend(c for c in self._changes_of(origins[ix], [entry]) if c.table in chosen
+                               and (not kept_out or (c.table, c.pk, c.hlc, c.origin) not in kept_out))
             self.projector.apply(changes, local=False)
             replayed += len(chunk)
             if progress:

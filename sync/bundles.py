@@ -161,7 +161,8 @@ def import_bundle(node: Node, path: Path, ack_out: Path | None = None) -> dict:
     if kind == "push":
         if peer["role"] != "child":
             raise Forbidden("push bundles come from children", code="bad_bundle")
-        results = node.apply_batches(batches, check=engine.push_check(node, peer), confine=True)
+        results = node.apply_batches(batches, check=engine.push_check(node, peer), confine=True,
+                                     sender=peer["node_id"])
         child_vv = wire.vv_of(header.get("vv", {}))
         touch(node, peer["node_id"], their_vv=child_vv)
         first_time = node.conn.execute("INSERT OR IGNORE INTO _hemei_bundle_acks (bundle_id, peer, imported_ms)"

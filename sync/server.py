@@ -136,7 +136,8 @@ def push(call: ApiCall) -> Response:
     node = call.node
     with cyclic_gc_paused():  # decoding allocates as much as applying (see hemei.core.gc_pause)
         batches = wire.batches_of(wire.decode(call.raw_body))
-        results = node.apply_batches(batches, check=engine.push_check(node, child), confine=True)
+        results = node.apply_batches(batches, check=engine.push_check(node, child), confine=True,
+                                     sender=child["node_id"])
     touch(node, child["node_id"])
     sizes = node.version_vector()
     return _reply({"results": results, "vv": {b.origin: sizes.get(b.origin, 0) for b in batches}})

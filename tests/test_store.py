@@ -553,3 +553,52 @@ def test_a_confined_receipt_refuses_an_origin_whose_scope_is_not_known(make_node
     with pytest.raises(HemeiError, match="has not declared its scope") as err:
         district.apply_batch(b.read_batch(b.id, b.version_vector()[b.id] - 1), confine=True)
     assert err.value.code == "scope_violation" and log_size(district) == size
+
+
+def _push(child: Node, parent: Node, origin: str) -> list[dict]:
+    """Everything ``child`` holds of ``origin`` that ``parent`` lacks, as the sync push route applies it."""
+    after = parent.version_vector().get(origin, 0)
+    batches = []
+    while (batch := child.read_batch(origin, after)) is not None:
+        batches.append(batch)
+        after = batch.entries[-1][0]
+    return parent.apply_batches(batches, confine=True, sender=child.id)
+
+
+def test_a_relayed_change_to_a_siblings_row_is_kept_as_a_conflict_and_the_relay_goes_on(make_node):
+    """Street b's update of a's key reached the district before a's insert (a leaked key: nothing is
+    stored there yet to judge it against), so the district took it. The city got a's insert first and
+    judges it out of scope: it keeps it as a conflict instead of refusing the district's push, which
+    would refuse every push of that district from then on."""
+    city, district = make_node("c", scope="sx"), make_node("d", scope="sx/yc")
+    a, b = make_node("a", scope="sx/yc/a"), make_node("b", scope="sx/yc/b")
+    with a.writer("w") as w:
+        pk = w.insert("notes", {"title": "甲街的记录"})
+    b.clock.observe(a.clock.last)
+    with b.writer("mallory") as w:
+        w._append("row.update", b.scope, {"t": "notes", "pk": pk, "v": {"title": "HIJACKED"}}, None)
+    _push(b, district, b.id)
+    _push(a, district, a.id)
+    for origin in (district.id, a.id, b.id):  # the city gets a's insert before b's update
+        _push(district, city, origin)
+    assert city.conn.execute("SELECT title FROM notes WHERE id = ?", (pk,)).fetchone() == ("甲街的记录",)
+    [(kind, reason)] = city.conn.execute("SELECT kind, reason FROM _hemei_conflicts").fetchall()
+    assert kind == "out_of_scope" and "a row of sx/yc/a, outside sx/yc/b" in reason
+    assert city.version_vector()[b.id] == b.version_vector()[b.id]  # in the log: the chain stays whole
+
+    with a.writer("w") as w:  # and the district's next push goes through
+        later = w.insert("notes", {"title": "后来的"})
+    _push(a, district, a.id)
+    _push(district, city, a.id)
+    assert city.conn.execute("SELECT title FROM notes WHERE id = ?", (later,)).fetchone() == ("后来的",)
+
+    city.rebuild()  # a rebuild keeps the judgment made at receipt instead of applying the change
+    assert city.conn.execute("SELECT title FROM notes WHERE id = ?", (pk,)).fetchone() == ("甲街的记录",)
+    assert city.conn.execute("SELECT kind FROM _hemei_conflicts").fetchall() == [("out_of_scope",)]
+
+    with b.writer("mallory") as w:  # a child's own entries are still refused outright
+        w._append("row.update", b.scope, {"t": "notes", "pk": pk, "v": {"title": "又来"}}, None)
+    size = log_size(district)
+    with pytest.raises(HemeiError) as err:
+        _push(b, district, b.id)
+    assert err.value.code == "scope_violation" and log_size(district) == size
