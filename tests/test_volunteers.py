@@ -309,3 +309,31 @@ def test_a_scoped_key_is_changed_only_under_its_own_scope(district_and_streets, 
     assert volunteer_hours.validate_change(district, own) is None
     foreign = own._replace(scope="越城区/北海街道")  # a sibling naming the key before it exists anywhere
     assert "derived from its scope" in volunteer_hours.validate_change(district, foreign)
+
+
+def test_a_grant_id_taken_first_by_a_sibling_does_not_keep_the_key_from_its_street(make_node):
+    """A grant's id is derived from public values (request, key id, the request's box key), so a street
+    that learnt a sibling's box key could write a row under the sibling's grant id first. The district
+    then grants under another id instead of taking the key as granted."""
+    import hashlib
+
+    from test_volunteers_property import _send
+
+    district = make_node("district", scope="越城区", modules=["volunteer_hours"])
+    a = make_node("a", scope="越城区/府山街道", modules=["volunteer_hours"])
+    b = make_node("b", scope="越城区/塔山街道", modules=["volunteer_hours"])
+    key, _ = keys.create_key(district, ACTOR)
+    public = keys.request_key(b, ACTOR)
+    squatted = f"{b.id}:{key.key_id}:{hashlib.sha256(public.encode()).hexdigest()[:12]}"
+    with a.writer("mallory") as w:
+        w.insert("volunteer_key_grants", {"id": squatted, "scope": a.scope, "request": b.id, "key_id": key.key_id,
+                                          "grantor_scope": a.scope, "sealed": "AAAA"})
+    _send(a, district)
+    _send(b, district)  # b's request arrives: the district grants it
+    _send(district, b)
+    keys.forget_cached(b)
+    assert keys.active_key(b) is not None and keys.active_key(b).key_id == key.key_id
+    assert keys.key_status(district)["pending_requests"] == 0
+    assert keys.grant_requests(district, ACTOR) == 0  # granted once: the next round finds it
+    assert district.conn.execute("SELECT count(*) FROM volunteer_key_grants WHERE request = ? AND _origin = ?",
+                                 (b.id, district.id)).fetchone() == (1,)

@@ -180,8 +180,13 @@ def grant_requests(node: Node, actor: str, request_ids: list[str] | None = None)
         if scope == node.scope or not covers(node.scope, scope) or not public:
             continue
         grant_id = f"{request}:{key.key_id}:{hashlib.sha256(public.encode()).hexdigest()[:12]}"
-        if node.conn.execute("SELECT 1 FROM volunteer_key_grants WHERE id = ?", (grant_id,)).fetchone():
+        # Granted already if this node wrote a row under that id, or (the id having been taken first by
+        # another node, which anyone who learnt the request's box key can do) under one derived from it.
+        if node.conn.execute("SELECT 1 FROM volunteer_key_grants WHERE (id = ? OR id LIKE ? ESCAPE '\\')"
+                             " AND _origin = ?", (grant_id, _like_prefix(grant_id + ":"), node.id)).fetchone():
             continue
+        if node.conn.execute("SELECT 1 FROM volunteer_key_grants WHERE id = ?", (grant_id,)).fetchone():
+            grant_id = f"{grant_id}:{node.new_id()}"
         try:
             sealed = pii.seal(key.secret, public, _context(request, key.key_id))
         except HemeiError:
@@ -193,6 +198,10 @@ def grant_requests(node: Node, actor: str, request_ids: list[str] | None = None)
             for grant in grants:
                 w.insert("volunteer_key_grants", grant)
     return len(grants)
+
+
+def _like_prefix(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def key_status(node: Node) -> dict:
@@ -209,6 +218,6 @@ def _pending_requests(node: Node, own: pii.VolunteerKey) -> int:
     """Requests from this node's subtree that hold no grant of its key."""
     rows = node.conn.execute(
         "SELECT r.scope FROM volunteer_key_requests r WHERE r._deleted = 0 AND r.id != ?"
-        " AND NOT EXISTS (SELECT 1 FROM volunteer_key_grants g WHERE g.request = r.id AND g.key_id = ?)",
-        (node.id, own.key_id))
+        " AND NOT EXISTS (SELECT 1 FROM volunteer_key_grants g WHERE g.request = r.id AND g.key_id = ?"
+        " AND g._origin = ?)", (node.id, own.key_id, node.id))
     return sum(1 for (scope,) in rows if scope and covers(node.scope, scope))
