@@ -228,6 +228,8 @@ class Node:
 
     def _load_plugins(self) -> None:
         pm, owned, specs, migrations = self._plugin_setup(self.enabled_modules())
+        self.schemas = module_schemas(pm, owned)
+        self._stale_schemas()  # refuses tables built by a newer release before changing any of them
         self.pm: pluggy.PluginManager = pm
         self.specs: dict[str, TableSpec] = {s.name: s for s in specs}
         for spec in specs:
@@ -239,7 +241,6 @@ class Node:
             def validator(change: Change, _get=validating.get):
                 hook = _get(change.table)
                 return None if hook is None else hook(node=self, change=change)
-        self.schemas = module_schemas(pm, owned)
         self.projector = Projector(self.conn, self.specs, validator, by_table(self.schemas))
 
     @property

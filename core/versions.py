@@ -27,12 +27,9 @@ from typing import Callable, Mapping
 
 import pluggy
 
-from .errors import HemeiError
 from .merge import Change
 from .plugins import PluginError
 
-#: What an upgrade step may raise to say "this change cannot be read": it is kept as a conflict.
-UPGRADE_ERRORS = (HemeiError, ValueError, KeyError, TypeError)
 
 
 @dataclass(frozen=True)
@@ -42,10 +39,10 @@ class ModuleSchema:
     Raise ``version`` whenever a change written by the new release could not
     be read by the old one: a new column, a renamed or re-encoded one, a new
     meaning. ``upgrades[k]`` takes a :class:`Change` written at version ``k``
-    and returns it as version ``k + 1`` would have written it (its ``table``
-    may become another table of the same module; its key, clock and origin
-    stay). Raise :class:`hemei.core.InvalidInput` for a change that cannot be
-    upgraded: it is kept as a conflict, not applied.
+    and returns it as version ``k + 1`` would have written it: its values and
+    op may change; its table, key, scope, clock and origin stay. Raise
+    :class:`hemei.core.InvalidInput` for a change that cannot be upgraded: it
+    is kept as a conflict, not applied (so is one whose step fails otherwise).
     """
 
     version: int = 1
@@ -82,12 +79,14 @@ class TableVersion:
                 continue
             try:
                 upgraded = fn(change)
-            except UPGRADE_ERRORS as exc:
-                return f"{self.module} cannot read a change written at schema v{step}: {exc}"
-            if not isinstance(upgraded, Change) or upgraded.table not in self.tables \
-                    or (upgraded.pk, upgraded.hlc, upgraded.origin) != (change.pk, change.hlc, change.origin):
+            except Exception as exc:  # plugin code on a received change: a bug must not refuse the whole push
+                return f"{self.module} cannot read a change written at schema v{step}: {type(exc).__name__}: {exc}"
+            # A table rename or split would need the old names mapped and rebuilds of both: not supported.
+            if not isinstance(upgraded, Change) or (upgraded.table, upgraded.pk, upgraded.scope, upgraded.hlc,
+                                                    upgraded.origin) != (change.table, change.pk, change.scope,
+                                                                         change.hlc, change.origin):
                 return (f"{self.module}'s upgrade from schema v{step} returned {type(upgraded).__name__}, not the "
-                        f"same change in one of its tables")
+                        f"same change (table, key, scope, clock and origin must stay)")
             change = upgraded._replace(schema=step + 1)
         return change
 

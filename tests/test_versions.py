@@ -130,7 +130,7 @@ def test_a_change_its_upgrade_cannot_read_is_kept_as_a_conflict_and_the_rest_app
     district.close()
 
 
-def test_an_upgrade_must_return_the_same_change_in_the_modules_tables(make_node):
+def test_an_upgrade_must_return_the_same_change_and_its_failures_are_conflicts(make_node):
     node = make_node("d", scope=DISTRICT)
     change = Change("notes", "insert", "k1", STREET, {"title": "t", "text": "x"}, 5, "O" * 52, "w", False, 1)
     tv = node.projector.versions["notes"]
@@ -138,6 +138,13 @@ def test_an_upgrade_must_return_the_same_change_in_the_modules_tables(make_node)
     assert "not the same change" in bad.upgrade(change)
     moved = tv.__class__(tv.module, tv.schema.__class__(2, {1: lambda c: c._replace(pk="other")}), tv.tables)
     assert "not the same change" in moved.upgrade(change)
+    other_table = tv.__class__(tv.module, tv.schema.__class__(2, {1: lambda c: c._replace(table="ballots")}),
+                               tv.tables)
+    assert "not the same change" in other_table.upgrade(change)
+    rescoped = tv.__class__(tv.module, tv.schema.__class__(2, {1: lambda c: c._replace(scope="sx/other")}), tv.tables)
+    assert "not the same change" in rescoped.upgrade(change)
+    buggy = tv.__class__(tv.module, tv.schema.__class__(2, {1: lambda c: c.values["title"].nope()}), tv.tables)
+    assert "AttributeError" in buggy.upgrade(change)  # a bug in plugin code: a conflict, not a 500
     assert tv.upgrade(change).values == {"title": "t", "body": "x"}
 
 
@@ -154,8 +161,13 @@ def test_a_module_schema_must_be_a_version_from_1_with_steps_below_it(declared):
 def test_tables_built_by_a_newer_release_are_not_opened_by_an_older_one(tmp_path):
     node = make(tmp_path, "street", STREET, 2)
     node.close()
+    import sqlite3
+    with sqlite3.connect(tmp_path / "street" / "node.db") as raw:
+        before = raw.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
     with pytest.raises(NodeStateError, match="built at schema v2.*reads up to v1.*newer hemei"):
         Node.open(tmp_path / "street", available=available(1), builtins=BUILTIN_PLUGINS)
+    with sqlite3.connect(tmp_path / "street" / "node.db") as raw:  # refused before touching the schema
+        assert raw.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall() == before
     # and the node still opens with the release that built it
     Node.open(tmp_path / "street", available=available(2), builtins=BUILTIN_PLUGINS).close()
 
