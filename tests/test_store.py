@@ -9,7 +9,8 @@ from hemei.core.errors import ChainError, ClockSkew, Conflict, HemeiError, Inval
 from hemei.core.node import Batch, Node
 
 
-def send_all(src: Node, dst: Node) -> list[dict]:
+def send_all(src: Node, dst: Node, confine: bool = False) -> list[dict]:
+    """Everything ``src`` holds that ``dst`` lacks, one origin's batches at a time (``confine``: as a push)."""
     results = []
     have = dst.version_vector()
     for origin in src.version_vector():
@@ -17,7 +18,7 @@ def send_all(src: Node, dst: Node) -> list[dict]:
             continue
         after = have.get(origin, 0)
         while (batch := src.read_batch(origin, after)) is not None:
-            results.append(dst.apply_batch(batch))
+            results.append(dst.apply_batch(batch, confine=confine))
             after = batch.entries[-1][0]
     return results
 

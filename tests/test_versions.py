@@ -18,6 +18,7 @@ from conftest import PROBE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from server import plugin_env, probe_site
+from test_store import send_all
 from tree import Tree
 
 from hemei.cli.main import BUILTIN_PLUGINS
@@ -47,15 +48,8 @@ def reopen(node: Node, release: int) -> Node:
 
 
 def send(src: Node, dst: Node, confine: bool = True) -> None:
-    """Everything ``src`` holds that ``dst`` lacks, as a child's push: one origin's batches at a time."""
-    have = dst.version_vector()
-    for origin in src.version_vector():
-        if origin == dst.id:
-            continue
-        after = have.get(origin, 0)
-        while (batch := src.read_batch(origin, after)) is not None:
-            dst.apply_batch(batch, confine=confine)
-            after = batch.entries[-1][0]
+    """Everything ``src`` holds that ``dst`` lacks, as a child's push unless ``confine`` is False."""
+    send_all(src, dst, confine=confine)
 
 
 def notices(node: Node) -> list[tuple]:
