@@ -14,7 +14,9 @@ Convergence rests on each policy being a function of the *set* of changes:
   The row's scope is written by inserts only. ``_hlc``/``_origin`` hold the
   row version (the greatest); ``_colv`` keeps only the columns whose version
   differs from it (NULL in the common case), so the stored form is canonical
-  too.
+  too. An update or delete that arrives before its row's insert waits in
+  ``_hemei_waiting`` (the row has no scope yet, so nothing can judge it);
+  the insert merges every waiting change in, as if they had come after it.
 * append_only: rows are immutable. Rows that share a key or a unique key
   form a group in which, taken in version order, a row wins unless an
   earlier winner holds its key; the losers are conflicts. Re-resolving the
@@ -89,10 +91,12 @@ class Projector:
         self._insert_sql = {name: self._fast_insert_sql(spec) for name, spec in specs.items()}
         self._origin_scope: str | None = None
         self._keep_violations = False
+        self._judge_inserts = True
+        self._released: list[Change] = []
 
     # -- entry point -----------------------------------------------------
     def apply(self, changes: list[Change], *, local: bool, origin_scope: str | None = None,
-              keep_violations: bool = False) -> list[Change]:
+              keep_violations: bool = False, judge_inserts: bool = True) -> list[Change]:
         """Apply ``changes`` in order; return those that took effect.
 
         ``origin_scope`` (received changes, all of one origin): a change that
@@ -102,26 +106,44 @@ class Projector:
         ``out_of_scope`` and not applied. Only a stored row can be reached,
         so the check runs where the merge reads it anyway; a new key costs
         nothing.
+
+        An update or delete of a row not inserted yet waits for the insert
+        (it is returned then, among the changes that insert let through);
+        received under ``origin_scope``, it is judged against the scope the
+        insert gives the row, and kept as ``out_of_scope`` if outside.
+        ``judge_inserts`` False (a rebuild): only updates and deletes are
+        confined; whether an insert reached a row outside its origin's scope
+        depends on which insert of that key came first, known only at receipt.
         """
         self._origin_scope = origin_scope
         self._keep_violations = keep_violations
+        self._judge_inserts = judge_inserts
+        self._released = []
         try:
             if self._reads_older and not local:
                 changes = self._upgraded(changes)
-            return self._apply(changes, local)
+            applied = self._apply(changes, local)
+            applied.extend(self._released)
+            return applied
         finally:
             self._origin_scope = None
+            self._released = []
 
     def _guard(self, spec: TableSpec, change: Change, row_scope: str | None) -> bool:
         """False (or :class:`ScopeViolation`) for a received change to a stored row outside its origin's scope.
 
         ``row_scope`` None: a row not inserted yet, which no scope owns.
         """
-        if self._origin_scope is None or row_scope is None or covers(self._origin_scope, row_scope):
+        return self._confined(spec, change, row_scope, self._origin_scope, self._keep_violations)
+
+    def _confined(self, spec: TableSpec, change: Change, row_scope: str | None, origin_scope: str | None,
+                  keep: bool) -> bool:
+        if origin_scope is None or row_scope is None or covers(origin_scope, row_scope) \
+                or (change.op == "insert" and not self._judge_inserts):
             return True
         reason = (f"an entry of {change.origin} changes {spec.name} {change.pk}, "
-                  f"a row of {row_scope}, outside {self._origin_scope}")
-        if not self._keep_violations:
+                  f"a row of {row_scope}, outside {origin_scope}")
+        if not keep:
             raise ScopeViolation(reason)
         # Stronger than any other judgment of the change (refused, unreadable): it is the one a rebuild keeps.
         self.conn.execute("DELETE FROM _hemei_conflicts WHERE tbl = ? AND pk = ? AND hlc = ? AND origin = ?",
@@ -246,6 +268,13 @@ class Projector:
             # A new row might share a key with a stored loser: only the exact
             # group resolution sees those, so skip the optimistic insert.
             return [c for c in run if self._apply_one(spec, c, local)]
+        if spec.policy == LWW and (waited := self._waited_keys(spec, run)):
+            # These inserts release changes that came before them: merge each exactly.
+            fast = self._fast_insert(spec, [c for c in run if c.pk not in waited], local)
+            return fast + [c for c in run if c.pk in waited and self._apply_one(spec, c, local)]
+        return self._fast_insert(spec, run, local)
+
+    def _fast_insert(self, spec: TableSpec, run: list[Change], local: bool) -> list[Change]:
         data = spec.data_columns
         if spec.policy == LWW:
             rows = [(c.pk, c.scope, *[c.values.get(k) for k in data], c.hlc, c.origin, 0) for c in run]
@@ -261,6 +290,37 @@ class Projector:
             return [c for c in run if self._apply_one(spec, c, local)]
         self.conn.execute("RELEASE hemei_fast_insert")
         return run
+
+    def _waited_keys(self, spec: TableSpec, run: list[Change]) -> set[str]:
+        """Keys of ``run`` that have changes waiting for their insert (one probe when none wait)."""
+        if self.conn.execute("SELECT 1 FROM _hemei_waiting WHERE tbl = ? LIMIT 1", (spec.name,)).fetchone() is None:
+            return set()
+        keys: set[str] = set()
+        for i in range(0, len(run), 500):
+            chunk = [c.pk for c in run[i:i + 500]]
+            keys.update(r[0] for r in self.conn.execute(
+                f"SELECT pk FROM _hemei_waiting WHERE tbl = ? AND pk IN ({', '.join('?' * len(chunk))})",
+                [spec.name, *chunk]))
+        return keys
+
+    def _wait(self, spec: TableSpec, change: Change) -> None:
+        """Keep a received update or delete of a row not inserted yet, with the scope it was confined to."""
+        self.conn.execute(
+            "INSERT OR IGNORE INTO _hemei_waiting (tbl, pk, hlc, origin, op, actor, scope, vals, schema,"
+            " confined_to) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (spec.name, change.pk, change.hlc, change.origin, change.op, change.actor, change.scope,
+             _dumps(change.values), change.schema, self._origin_scope))
+
+    def _release(self, spec: TableSpec, pk: str) -> list[tuple[Change, str | None]]:
+        """The changes that waited for the insert of ``pk``, each with the scope it was confined to; forgotten."""
+        rows = self.conn.execute(
+            "SELECT op, scope, vals, hlc, origin, actor, schema, confined_to FROM _hemei_waiting"
+            " WHERE tbl = ? AND pk = ?", (spec.name, pk)).fetchall()
+        if not rows:
+            return []
+        self.conn.execute("DELETE FROM _hemei_waiting WHERE tbl = ? AND pk = ?", (spec.name, pk))
+        return [(Change(spec.name, op, pk, scope, orjson.loads(vals), hlc, origin, actor, False, schema), confined)
+                for op, scope, vals, hlc, origin, actor, schema, confined in rows]
 
     def _has_duplicates(self, spec: TableSpec) -> bool:
         return self.conn.execute("SELECT 1 FROM _hemei_conflicts WHERE tbl = ? AND kind = 'duplicate' LIMIT 1",
@@ -281,8 +341,6 @@ class Projector:
         if row is not None and not self._guard(spec, change, row[cols.index(spec.scope)]):
             return False
         if row is None:
-            # Known only from an update or delete so far: the scope stays unset
-            # until an insert writes it (else the first arrival would decide it).
             current: dict = {spec.pk: change.pk, spec.scope: None, "_deleted": None}
             versions: dict = {}
         else:
@@ -304,7 +362,36 @@ class Projector:
         # Beyond the confinement above (a tree edge's rule, see Node.apply_batches),
         # no scope check here: a rule that depended on which insert arrived first
         # would break convergence between replicas that exchange freely.
+        if row is None and change.op != "insert":
+            # No insert yet, so no scope to judge it by (and the first arrival must
+            # not decide the row's scope): it waits, and the insert merges it.
+            self._wait(spec, change)
+            return False
+        won = self._merge_lww(spec, change, current, versions)
+        if row is None:
+            for early, confined_to in self._release(spec, change.pk):
+                # Received before the row had a scope: judged now against the one the insert gives it.
+                if self._confined(spec, early, change.scope, confined_to, keep=True) \
+                        and self._merge_lww(spec, early, current, versions):
+                    self._released.append(early)
+        if not won:
+            return False
+        row_version = max(versions.values())
+        # Only the exceptions to the row version are stored (None: never written).
+        exceptions = {c: (None if c not in versions else list(versions[c]))
+                      for c in versioned if versions.get(c) != row_version}
+        colv = _dumps(exceptions) if exceptions else None
+        names = cols + ["_deleted", "_hlc", "_origin", "_colv"]
+        self.conn.execute(
+            f"INSERT OR REPLACE INTO [{spec.name}] ({', '.join(f'[{c}]' for c in names)})"
+            f" VALUES ({', '.join('?' * len(names))})",
+            [current.get(c) for c in cols] + [current["_deleted"], row_version[0], row_version[1], colv],
+        )
+        return True
 
+    @staticmethod
+    def _merge_lww(spec: TableSpec, change: Change, current: dict, versions: dict) -> bool:
+        """Merge ``change`` into a row's columns and column versions; True if any column took its value."""
         if change.op == "insert":
             incoming = {c: change.values.get(c) for c in spec.data_columns}
             incoming[spec.scope] = change.scope
@@ -321,20 +408,7 @@ class Projector:
                 current[col] = value
                 versions[col] = version
                 won = True
-        if not won:
-            return False
-        row_version = max(versions.values())
-        # Only the exceptions to the row version are stored (None: never written).
-        exceptions = {c: (None if c not in versions else list(versions[c]))
-                      for c in versioned if versions.get(c) != row_version}
-        colv = _dumps(exceptions) if exceptions else None
-        names = cols + ["_deleted", "_hlc", "_origin", "_colv"]
-        self.conn.execute(
-            f"INSERT OR REPLACE INTO [{spec.name}] ({', '.join(f'[{c}]' for c in names)})"
-            f" VALUES ({', '.join('?' * len(names))})",
-            [current.get(c) for c in cols] + [current["_deleted"], row_version[0], row_version[1], colv],
-        )
-        return True
+        return won
 
     # -- append-only -------------------------------------------------------
     def _append_only(self, spec: TableSpec, change: Change, local: bool) -> bool:

@@ -17,6 +17,8 @@ import sqlite3
 import sys
 import unicodedata
 from contextlib import contextmanager, suppress
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
@@ -34,7 +36,7 @@ from .ids import new_id
 from .merge import OUT_OF_SCOPE, UNREADABLE, Change, Projector
 from .plugins import (CORE_BUILTINS, Available, available_modules, get_plugin_manager, merge_named,
                       tables_by_plugin, validators_by_table)
-from .schema import MIGRATIONS_TABLE, TableSpec, core_migrations, create_or_extend_table
+from .schema import LWW, MIGRATIONS_TABLE, TableSpec, core_migrations, create_or_extend_table
 from .scope import parse_scope
 from .versions import by_table, module_schemas
 from .writer import Writer, check_actor
@@ -134,6 +136,8 @@ class Node:
         self._builtins = builtins
         self._load_plugins()
         self._upgrade_schemas()
+        if meta.get("reproject_unscoped"):
+            self._reproject_unscoped()
 
     # -- creating and opening --------------------------------------------
     @classmethod
@@ -281,6 +285,17 @@ class Node:
                 self._reproject(tables, None)
         if tables:
             self.pm.hook.tables_rebuilt(node=self, tables=tables)
+
+    def _reproject_unscoped(self) -> None:
+        """Once, after core migration 0003: rows made by an update before their insert (no scope) become
+        waiting changes. A disabled module's tables are replayed when it is enabled anyway."""
+        tables = [name for name, spec in self.specs.items() if spec.policy == LWW and self.conn.execute(
+            f"SELECT 1 FROM [{name}] WHERE [{spec.scope}] IS NULL LIMIT 1").fetchone()]
+        if tables:
+            with cyclic_gc_paused():
+                self._replay(tables, None)
+            self.pm.hook.tables_rebuilt(node=self, tables=tables)
+        self.conn.execute("DELETE FROM _hemei_meta WHERE key = 'reproject_unscoped'")
 
     def set_module_enabled(self, name: str, enabled: bool, actor: str) -> list[str]:
         """Enable or disable a program module (recorded in the log); returns tables rebuilt.
@@ -487,21 +502,29 @@ class Node:
         if stamps:
             self.clock.check_plausible(max(stamps))
         if known is None:
-            origin_scope = declared_scope(origin, new)
+            origin_scope, confined = declared_scope(origin, new), False
             cur = self.conn.execute(
                 "INSERT INTO _hemei_origins (node_id, public_key, size, head, scope) VALUES (?, ?, 0, ?, ?)",
                 (origin, batch.public_key, GENESIS, origin_scope))
             ix = cur.lastrowid
         else:
-            ix, origin_scope = known[0], self.origin_scope(origin)
+            ix = known[0]
+            origin_scope, confined = self.conn.execute("SELECT scope, confined FROM _hemei_origins WHERE ix = ?",
+                                                       (ix,)).fetchone()
         rows = [[ix, e[0], 0, "", REDACTED, "", "", h, None, None, e[1]] if len(e) == REDACTED_LEN
                 else [ix, *e[:6], h, None, e[6], None] for e, h in zip(new, hashes[held:])]
         rows[-1][8] = batch.signature
         before = self._refusal_count()
-        if confine and origin_scope is None:
-            raise ScopeViolation(f"origin {origin} has not declared its scope: its changes cannot be confined")
-        applied = self._ingest(rows, changes, local=False, origin_scope=origin_scope if confine else None,
-                               keep_violations=keep_violations)
+        if confine:
+            if origin_scope is None:
+                raise ScopeViolation(f"origin {origin} has not declared its scope: its changes cannot be confined")
+            if not confined:  # from now on, by every route and in every rebuild
+                self.conn.execute("UPDATE _hemei_origins SET confined = 1 WHERE ix = ?", (ix,))
+        # An origin once confined stays so when its entries come another way (a pull, after a restore):
+        # the parent judged those, so a violation here is kept as a conflict, as for a relayed entry.
+        applied = self._ingest(rows, changes, local=False,
+                               origin_scope=origin_scope if confine or confined else None,
+                               keep_violations=keep_violations or not confine)
         self.conn.execute("UPDATE _hemei_origins SET size = ?, head = ? WHERE ix = ?", (last_seq, hashes[-1], ix))
         if stamps:
             self.clock.observe(max(stamps))
@@ -618,16 +641,22 @@ class Node:
             kept_out.update(self.conn.execute("SELECT tbl, pk, hlc, origin FROM _hemei_conflicts"
                                               " WHERE tbl = ? AND kind = ?", (name, OUT_OF_SCOPE)))
             self.conn.execute("DELETE FROM _hemei_conflicts WHERE tbl = ? AND kind != ?", (name, OUT_OF_SCOPE))
-        origins = dict(self.conn.execute("SELECT ix, node_id FROM _hemei_origins"))
+            self.conn.execute("DELETE FROM _hemei_waiting WHERE tbl = ?", (name,))
+        origins = {ix: (node_id, scope if confined else None) for ix, node_id, scope, confined
+                   in self.conn.execute("SELECT ix, node_id, scope, confined FROM _hemei_origins")}
         cursor = self.conn.execute(
             "SELECT origin, seq, hlc, actor, kind, scope, payload, salt FROM _hemei_log"
             " WHERE kind IN ('row.insert', 'row.update', 'row.delete') ORDER BY origin, seq")
         while chunk := cursor.fetchmany(2000):
-            changes = []
-            for ix, *entry in chunk:
-                changes.extend(c for c in self._changes_of(origins[ix], [entry]) if c.table in chosen
-                               and (not kept_out or (c.table, c.pk, c.hlc, c.origin) not in kept_out))
-            self.projector.apply(changes, local=False)
+            for ix, run in groupby(chunk, key=itemgetter(0)):
+                node_id, confined_to = origins[ix]
+                changes = [c for c in self._changes_of(node_id, [entry[1:] for entry in run]) if c.table in chosen
+                           and (not kept_out or (c.table, c.pk, c.hlc, c.origin) not in kept_out)]
+                # Updates and deletes of a confined origin are judged again (a module enabled or upgraded
+                # since may see them for the first time); the order they meet their insert in cannot
+                # change the outcome. Inserts keep the judgment made at receipt (kept_out).
+                self.projector.apply(changes, local=False, origin_scope=confined_to, keep_violations=True,
+                                     judge_inserts=False)
             replayed += len(chunk)
             if progress:
                 progress(len(chunk))
@@ -648,6 +677,8 @@ class Node:
             "log": {"size": size, "head": head.hex(), "entries_all_origins": total,
                     "origins": len(self.version_vector())},
             "conflicts": self._refusal_count(),
+            # Updates and deletes received before their row's insert; applied when it comes.
+            "waiting": self.conn.execute("SELECT count(*) FROM _hemei_waiting").fetchone()[0],
         }
         for extra in self.pm.hook.node_status(node=self):
             for key, value in (extra or {}).items():

@@ -240,3 +240,21 @@ def core_0001_initial(db: sqlite_utils.Database) -> None:
 def core_0002_module_schema_version(db: sqlite_utils.Database) -> None:
     # The schema version each enabled module's tables were last built at (NULL: 1, before versions existed).
     db.execute("ALTER TABLE _hemei_modules ADD COLUMN schema_version INTEGER")
+
+
+@core_migrations.step
+def core_0003_waiting_changes(db: sqlite_utils.Database) -> None:
+    # Updates and deletes received before their row's insert (see hemei.core.merge). Before this
+    # table they made a row with no scope; the node replays its lww tables once to move them here.
+    db.execute("""CREATE TABLE _hemei_waiting (
+        tbl TEXT NOT NULL, pk TEXT NOT NULL, hlc INTEGER NOT NULL, origin TEXT NOT NULL,
+        op TEXT NOT NULL, actor TEXT NOT NULL, scope TEXT NOT NULL, vals TEXT NOT NULL,
+        schema INTEGER NOT NULL, confined_to TEXT,
+        PRIMARY KEY (tbl, pk, hlc, origin)) WITHOUT ROWID""")
+    db.execute("INSERT OR REPLACE INTO _hemei_meta (key, value) VALUES ('reproject_unscoped', 1)")
+    # Origins whose changes this node confines to their declared scope (see Node.apply_batches), so a
+    # rebuild judges them as receipt did. Until now that was every origin below this node: its children
+    # and theirs, whose pushes were confined.
+    db.execute("ALTER TABLE _hemei_origins ADD COLUMN confined INTEGER NOT NULL DEFAULT 0")
+    db.execute("UPDATE _hemei_origins SET confined = 1 WHERE substr(scope, 1, length((SELECT value FROM"
+               " _hemei_meta WHERE key = 'scope')) + 1) = (SELECT value FROM _hemei_meta WHERE key = 'scope') || '/'")

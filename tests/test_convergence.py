@@ -120,7 +120,8 @@ def _state(node: Node) -> tuple:
     q = node.conn.execute
     return (q("SELECT * FROM notes ORDER BY id").fetchall(),
             q("SELECT * FROM ballots ORDER BY id").fetchall(),
-            q("SELECT tbl, pk, hlc, origin, kind, reason, row, ukey FROM _hemei_conflicts ORDER BY 1, 2, 3, 4").fetchall())
+            q("SELECT tbl, pk, hlc, origin, kind, reason, row, ukey FROM _hemei_conflicts ORDER BY 1, 2, 3, 4").fetchall(),
+            q("SELECT * FROM _hemei_waiting ORDER BY 1, 2, 3, 4").fetchall())
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -412,17 +412,23 @@ def test_malformed_signed_payloads_are_kept_as_conflicts_and_the_chain_moves_on(
     assert b.conn.execute("SELECT * FROM _hemei_conflicts ORDER BY 1, 2, 3, 4").fetchall() == before
 
 
-def test_a_row_known_only_from_an_update_has_no_scope_until_its_insert(make_node):
+def test_an_update_before_its_insert_waits_for_it(make_node):
     a, b, c = make_node("a", scope="yc"), make_node("b", scope="yc"), make_node("c", scope="yc")
     with a.writer("w") as w:
         pk = w.insert("notes", {"title": "t", "scope": "yc/x"})
     send_all(a, b)
     with b.writer("w") as w:
         w.update("notes", pk, {"n": 1})
-    c.apply_batch(b.read_batch(b.id, 0))
-    assert c.conn.execute("SELECT scope, _deleted FROM notes").fetchall() == [(None, None)]
+    result = c.apply_batch(b.read_batch(b.id, 0))
+    assert result["applied"] == 0 and result["refused"] == 0
+    assert c.conn.execute("SELECT count(*) FROM notes").fetchone() == (0,)  # no row without a scope
+    assert c.status()["waiting"] == 1
     send_all(a, c)
     assert c.conn.execute("SELECT scope, n, _deleted FROM notes").fetchall() == [("yc/x", 1, 0)]
+    assert c.status()["waiting"] == 0
+    stored = c.conn.execute("SELECT * FROM notes").fetchall()
+    c.rebuild()  # replayed in origin order, whichever came first
+    assert c.conn.execute("SELECT * FROM notes").fetchall() == stored and c.status()["waiting"] == 0
 
 
 def test_updates_of_one_key_from_two_branches_converge_without_the_inserts(make_node):
@@ -568,9 +574,10 @@ def _push(child: Node, parent: Node, origin: str) -> list[dict]:
 
 def test_a_relayed_change_to_a_siblings_row_is_kept_as_a_conflict_and_the_relay_goes_on(make_node):
     """Street b's update of a's key reached the district before a's insert (a leaked key: nothing is
-    stored there yet to judge it against), so the district took it. The city got a's insert first and
-    judges it out of scope: it keeps it as a conflict instead of refusing the district's push, which
-    would refuse every push of that district from then on."""
+    stored there yet to judge it against), so the district took it into its log, where it waited for
+    the insert. The city got a's insert first and judges it out of scope: it keeps it as a conflict
+    instead of refusing the district's push, which would refuse every push of that district from then
+    on. Both end with the same row."""
     city, district = make_node("c", scope="sx"), make_node("d", scope="sx/yc")
     a, b = make_node("a", scope="sx/yc/a"), make_node("b", scope="sx/yc/b")
     with a.writer("w") as w:
@@ -579,7 +586,10 @@ def test_a_relayed_change_to_a_siblings_row_is_kept_as_a_conflict_and_the_relay_
     with b.writer("mallory") as w:
         w._append("row.update", b.scope, {"t": "notes", "pk": pk, "v": {"title": "HIJACKED"}}, None)
     _push(b, district, b.id)
-    _push(a, district, a.id)
+    assert district.status()["waiting"] == 1  # no row yet to judge it against
+    _push(a, district, a.id)  # a's insert gives the row its scope: b's update is judged then
+    assert district.conn.execute("SELECT title FROM notes WHERE id = ?", (pk,)).fetchone() == ("甲街的记录",)
+    assert district.conn.execute("SELECT kind FROM _hemei_conflicts").fetchall() == [("out_of_scope",)]
     for origin in (district.id, a.id, b.id):  # the city gets a's insert before b's update
         _push(district, city, origin)
     assert city.conn.execute("SELECT title FROM notes WHERE id = ?", (pk,)).fetchone() == ("甲街的记录",)
