@@ -47,9 +47,9 @@ class TableSpec:
     row (by HLC, then origin id) wins and the others become conflicts.
     ``indexes`` are tuples of column names.
 
-    In lww tables a deleted row stays as a tombstone with ``_deleted = 1``
-    (and a row known only from an update that arrived before its insert has
-    ``_deleted`` NULL): query live rows with ``WHERE _deleted = 0``.
+    In lww tables a deleted row stays as a tombstone with ``_deleted = 1``:
+    query live rows with ``WHERE _deleted = 0``. (An update that arrives
+    before its row's insert waits in ``_hemei_waiting``, not in the table.)
     """
 
     name: str
