@@ -230,10 +230,18 @@ class Node:
         migrations = merge_named(pm.hook.register_migrations(), "migration set", lambda m: m.name)
         return pm, owned, specs, migrations
 
+    def _modules_stored(self) -> tuple:
+        """The home's module settings, as every process on it must see them (see :meth:`_begin`)."""
+        return tuple(self.conn.execute("SELECT name, enabled, coalesce(schema_version, 1) FROM _hemei_modules"
+                                       " ORDER BY name"))
+
     def _load_plugins(self) -> None:
+        stored = self._modules_stored()
         pm, owned, specs, migrations = self._plugin_setup(self.enabled_modules())
-        self.schemas = module_schemas(pm, owned)
-        self._stale_schemas()  # refuses tables built by a newer release before changing any of them
+        schemas = module_schemas(pm, owned)
+        # Refuses tables built by a newer release before changing any of them (or this node's state).
+        self._stale_schemas({name: tv.version for name, tv in schemas.items()})
+        self.schemas = schemas
         self.pm: pluggy.PluginManager = pm
         self.specs: dict[str, TableSpec] = {s.name: s for s in specs}
         for spec in specs:
@@ -246,18 +254,20 @@ class Node:
                 hook = _get(change.table)
                 return None if hook is None else hook(node=self, change=change)
         self.projector = Projector(self.conn, self.specs, validator, by_table(self.schemas))
+        self._modules_loaded = stored
 
     @property
     def module_versions(self) -> dict[str, int]:
         """Schema version of each enabled, installed module that owns tables."""
         return {name: tv.version for name, tv in sorted(self.schemas.items())}
 
-    def _stale_schemas(self) -> dict[str, tuple[int, int]]:
-        """Modules whose installed schema version is above the one this node's tables were built with."""
+    def _stale_schemas(self, versions: dict[str, int] | None = None) -> dict[str, tuple[int, int]]:
+        """Modules whose installed schema version (``versions``, or the loaded ones) is above the one this
+        node's tables were built with; raises if one is below."""
         recorded = dict(self.conn.execute("SELECT name, coalesce(schema_version, 1) FROM _hemei_modules"
                                           " WHERE enabled = 1"))
         stale = {}
-        for name, version in self.module_versions.items():
+        for name, version in sorted((self.module_versions if versions is None else versions).items()):
             built = recorded.get(name, 1)
             if built > version:
                 raise NodeStateError(f"this node's {name} tables were built at schema v{built}, but the "
@@ -283,8 +293,31 @@ class Node:
                 self.conn.execute("UPDATE _hemei_modules SET schema_version = ? WHERE name = ?", (version, name))
             with cyclic_gc_paused():
                 self._reproject(tables, None)
+        self._modules_loaded = self._modules_stored()
         if tables:
             self.pm.hook.tables_rebuilt(node=self, tables=tables)
+
+    def _begin(self) -> None:
+        """Start a write transaction with this process's modules the home's.
+
+        Another process on the same home (the CLI beside ``hemei serve``) may
+        have enabled, disabled or upgraded a module since this one loaded
+        them; writing with the old set would skip the tables of a module
+        enabled since, or project changes by an outdated schema. Checked under
+        the write lock, so nobody can change them between check and write.
+        """
+        for _ in range(3):
+            self.conn.execute("BEGIN IMMEDIATE")
+            if self._modules_stored() == self._modules_loaded:
+                return
+            self.conn.execute("ROLLBACK")
+            try:
+                self._load_plugins()
+                self._upgrade_schemas()
+            except NodeStateError as exc:  # a newer release upgraded the home: only a restart helps
+                raise NodeStateError(f"{exc.message} (this process loaded the node before it was upgraded;"
+                                     " restart it with the new release)", code="restart_needed", status=503) from None
+        raise NodeStateError("the node's modules keep changing under this process: try again", status=503)
 
     def _reproject_unscoped(self) -> None:
         """Once, after core migration 0003: rows made by an update before their insert (no scope) become
@@ -347,7 +380,7 @@ class Node:
     def writer(self, actor: str) -> Iterator[Writer]:
         """One transaction of local writes by ``actor``; see :mod:`hemei.core.writer`."""
         check_actor(actor)
-        self.conn.execute("BEGIN IMMEDIATE")
+        self._begin()
         try:
             self._sync_clock()
             ix, size, head, _ = self._origin_row(self.id)
@@ -428,7 +461,7 @@ class Node:
         applied: list[Change] = []
         results = []
         with cyclic_gc_paused():
-            self.conn.execute("BEGIN IMMEDIATE")
+            self._begin()
             try:
                 for batch in batches:  # any iterable: a bundle streams its batches through here
                     self._check_batch_shape(batch)
@@ -620,7 +653,7 @@ class Node:
 
     def _replay(self, names: list[str], progress: Callable[[int], None] | None) -> int:
         """:meth:`_reproject` in a transaction of its own."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        self._begin()
         try:
             replayed = self._reproject(names, progress)
             self.conn.execute("COMMIT")

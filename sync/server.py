@@ -78,6 +78,8 @@ def refusals_recorded(handler):
         try:
             return handler(call)
         except HemeiError as exc:
+            if exc.status >= 500:  # this node's own state (e.g. it needs a restart), not a refusal of the caller
+                raise
             evidence = getattr(exc, "evidence", None)
             if evidence is not None and call.peer_id:
                 record_fork(call.node, evidence, call.peer_id)

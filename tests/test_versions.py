@@ -254,9 +254,20 @@ def test_sync_between_releases_announces_versions_quarantines_and_applies_after_
         street_status = json.loads(tree.ok("street", "status", "--json", env=envs[2]))
         assert street_status["peers"][0]["version_gaps"] == {"notices": {"here": 2, "there": 1}}
 
+        # The new release's CLI upgrades the home while the old release's server still runs: the server
+        # stops writing (503, so the street retries later) instead of projecting by the outdated schema.
+        tree.ok("district", "status", env=envs[2])
+        with Node.open(tree.home("street"), available=available(2), builtins=BUILTIN_PLUGINS) as street:
+            with street.writer("王丽") as w:
+                w.insert("notes", {"title": "升级时写的"})
+        refused = tree.hemei("street", "sync", env=envs[2])
+        assert refused.returncode != 0 and "restart it with the new release" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr + refused.stdout
         port = tree.servers["district"].port
         tree.servers["district"].stop()
-        tree.serve("district", env=envs[2], port=port)  # upgraded: opening it applies what waited
+        assert "Traceback" not in tree.servers["district"].output()
+        tree.serve("district", env=envs[2], port=port)
+        tree.ok("street", "sync", env=envs[2])
         status = json.loads(tree.ok("district", "status", "--json", env=envs[2]))
         assert status["conflicts"] == 0 and status["module_versions"]["notices"] == 2
         with Node.open(tree.home("district"), available=available(2), builtins=BUILTIN_PLUGINS) as district:
@@ -270,3 +281,44 @@ def test_sync_between_releases_announces_versions_quarantines_and_applies_after_
         assert street_status["peers"][0]["version_gaps"] == {}
     finally:
         tree.stop()
+
+
+def test_a_process_that_loaded_the_node_earlier_follows_modules_enabled_since(make_node):
+    """``hemei modules enable`` beside a running ``hemei serve``: what the server receives next is projected."""
+    street = make_node("street", scope="yc/a")
+    with street.writer("w") as w:
+        w.insert("notes", {"title": "楼道粉刷"})
+    server = make_node("district", scope="yc", modules=())
+    cli = Node.open(server.home, available=PROBE, builtins=BUILTIN_PLUGINS)  # the operator's command
+    try:
+        cli.set_module_enabled("hook_probe", True, "op")
+    finally:
+        cli.close()
+    send(street, server)  # without the check, the server skipped notes: its module set was the old one
+    assert server.conn.execute("SELECT title FROM notes").fetchall() == [("楼道粉刷",)]
+    assert "hook_probe" in server.enabled_modules() and "notes" in server.specs
+
+
+def test_a_process_running_the_older_release_stops_writing_once_the_node_is_upgraded(tmp_path):
+    old = make(tmp_path, "district", DISTRICT, 1)  # say, a hemei serve started before the upgrade
+    street = make(tmp_path, "street", STREET, 2)
+    with street.writer("王丽") as w:
+        w.insert("notices", {"title": "停水通知", "contact": "13800000000"})
+    upgraded = Node.open(old.home, available=available(2), builtins=BUILTIN_PLUGINS)  # the new CLI
+    upgraded.close()
+    size = old.version_vector()[old.id]
+    with pytest.raises(NodeStateError) as err:
+        with old.writer("王丽") as w:
+            w.insert("notices", {"title": "旧版写入", "phone": "1"})
+    assert err.value.code == "restart_needed" and err.value.status == 503
+    assert "restart it with the new release" in err.value.message
+    with pytest.raises(NodeStateError, match="restart"):
+        send(street, old)
+    assert old.version_vector()[old.id] == size and street.id not in old.version_vector()  # nothing written
+    old.close()
+    reopened = Node.open(old.home, available=available(2), builtins=BUILTIN_PLUGINS)
+    try:
+        send(street, reopened)
+        assert reopened.conn.execute("SELECT title, contact FROM notices").fetchall() == [("停水通知", "13800000000")]
+    finally:
+        reopened.close()
