@@ -337,3 +337,21 @@ def test_a_grant_id_taken_first_by_a_sibling_does_not_keep_the_key_from_its_stre
     assert keys.grant_requests(district, ACTOR) == 0  # granted once: the next round finds it
     assert district.conn.execute("SELECT count(*) FROM volunteer_key_grants WHERE request = ? AND _origin = ?",
                                  (b.id, district.id)).fetchone() == (1,)
+
+
+def test_a_key_request_that_reaches_the_tables_by_a_rebuild_is_granted(make_node):
+    """Requests received while the district's module was off reach its tables by the replay that enabling
+    runs, which calls no change_applied: the module grants them on tables_rebuilt instead."""
+    from test_volunteers_property import _send
+
+    district = make_node("district", scope="越城区", modules=["volunteer_hours"])
+    street = make_node("a", scope="越城区/府山街道", modules=["volunteer_hours"])
+    key, _ = keys.create_key(district, ACTOR)
+    district.set_module_enabled("volunteer_hours", False, ACTOR)
+    keys.request_key(street, ACTOR)
+    _send(street, district)  # kept in the log, not projected
+    district.set_module_enabled("volunteer_hours", True, ACTOR)
+    assert keys.key_status(district)["pending_requests"] == 0
+    _send(district, street)
+    keys.forget_cached(street)
+    assert keys.active_key(street) is not None and keys.active_key(street).key_id == key.key_id

@@ -92,6 +92,16 @@ def change_applied(node, changes):
 
 
 @hookimpl
+def tables_rebuilt(node, tables):
+    # A replay (the module enabled late, an upgrade, `hemei rebuild`) calls no change_applied: requests
+    # it brought into the table are granted here, and a grant it brought in replaces any cached key.
+    if "volunteer_key_requests" in tables:
+        keys.grant_requests(node, MODULE_ACTOR)
+    if "volunteer_key_grants" in tables:
+        keys.forget_cached(node)
+
+
+@hookimpl
 def report_sections(node, scope):
     data = rollup.rollup(node, scope)
     return [
