@@ -48,6 +48,9 @@ def _print_status(s: dict) -> None:
     click.echo(f"received: {s['log']['entries_all_origins'] - s['log']['size']} entries from "
                f"{s['log']['origins'] - 1} other nodes")
     click.echo(f"conflicts: {s['conflicts']}")
+    if s.get("waiting"):
+        click.echo(f"waiting:  {s['waiting']} updates or deletes received before the insert of their row"
+                   " (applied when it arrives)")
     if s.get("missing_modules"):
         click.echo(f"MISSING modules (enabled but not installed): {', '.join(s['missing_modules'])}")
     for peer in s.get("peers", []):

@@ -47,7 +47,7 @@ def test_changes_to_a_disabled_modules_tables_are_judged_when_it_is_enabled(make
     assert "a row of yc/a, outside yc/b" in reason
 
 
-def test_changes_from_above_are_not_confined(make_node):
+def test_changes_from_above_are_not_confined(make_node, run_cli):
     """A district's update of a street's row passes, before or after the insert it follows."""
     city, district, street = make_node("c", scope="sx"), make_node("d", scope="sx/yc"), make_node("s", "sx/yc/a")
     with street.writer("w") as w:
@@ -57,6 +57,8 @@ def test_changes_from_above_are_not_confined(make_node):
         w.update("notes", pk, {"body": "区里批示"})
     _push(district, city, district.id)  # the district's update first: it waits
     assert city.status()["waiting"] == 1
+    shown = run_cli("--home", str(city.home), "status")
+    assert shown.exit_code == 0 and "waiting:  1 updates or deletes received before the insert" in shown.output
     _push(district, city, street.id)
     assert city.conn.execute("SELECT title, body FROM notes").fetchall() == [("甲街的记录", "区里批示")]
     assert city.status()["waiting"] == 0 and city.status()["conflicts"] == 0
