@@ -160,6 +160,9 @@ class Projector:
             return True
         stored = self.conn.execute(f"SELECT [{spec.scope}] FROM [{spec.name}] WHERE [{spec.pk}] = ?",
                                    (change.pk,)).fetchone()
+        if stored is None and change.op != "insert":
+            # Nothing to judge it by yet: the insert of its key will (it is not applied either way).
+            self._wait(spec, change, judge_only=True)
         if not self._guard(spec, change, stored and stored[0]):
             return False
         if spec.policy == APPEND_ONLY:
@@ -268,8 +271,8 @@ class Projector:
             # A new row might share a key with a stored loser: only the exact
             # group resolution sees those, so skip the optimistic insert.
             return [c for c in run if self._apply_one(spec, c, local)]
-        if spec.policy == LWW and (waited := self._waited_keys(spec, run)):
-            # These inserts release changes that came before them: merge each exactly.
+        if waited := self._waited_keys(spec, run):
+            # These inserts release changes that came before them: merge (or judge) each exactly.
             fast = self._fast_insert(spec, [c for c in run if c.pk not in waited], local)
             return fast + [c for c in run if c.pk in waited and self._apply_one(spec, c, local)]
         return self._fast_insert(spec, run, local)
@@ -303,24 +306,35 @@ class Projector:
                 [spec.name, *chunk]))
         return keys
 
-    def _wait(self, spec: TableSpec, change: Change) -> None:
-        """Keep a received update or delete of a row not inserted yet, with the scope it was confined to."""
+    def _wait(self, spec: TableSpec, change: Change, judge_only: bool = False) -> None:
+        """Keep a received update or delete of a row not inserted yet, with the scope it was confined to.
+
+        ``judge_only``: a change not applied anyway (refused, quarantined), kept only so that the insert
+        judges its scope; only a confined one needs that.
+        """
+        if judge_only and self._origin_scope is None:
+            return
         self.conn.execute(
             "INSERT OR IGNORE INTO _hemei_waiting (tbl, pk, hlc, origin, op, actor, scope, vals, schema,"
-            " confined_to) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " confined_to, judge_only) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (spec.name, change.pk, change.hlc, change.origin, change.op, change.actor, change.scope,
-             _dumps(change.values), change.schema, self._origin_scope))
+             _dumps(change.values), change.schema, self._origin_scope, int(judge_only)))
 
-    def _release(self, spec: TableSpec, pk: str) -> list[tuple[Change, str | None]]:
-        """The changes that waited for the insert of ``pk``, each with the scope it was confined to; forgotten."""
+    def _release(self, spec: TableSpec, insert: Change) -> list[Change]:
+        """The changes that waited for ``insert``, forgotten; each judged against the scope it gives the row
+        (kept as ``out_of_scope`` if outside). Returns those to merge."""
         rows = self.conn.execute(
-            "SELECT op, scope, vals, hlc, origin, actor, schema, confined_to FROM _hemei_waiting"
-            " WHERE tbl = ? AND pk = ?", (spec.name, pk)).fetchall()
+            "SELECT op, scope, vals, hlc, origin, actor, schema, confined_to, judge_only FROM _hemei_waiting"
+            " WHERE tbl = ? AND pk = ?", (spec.name, insert.pk)).fetchall()
         if not rows:
             return []
-        self.conn.execute("DELETE FROM _hemei_waiting WHERE tbl = ? AND pk = ?", (spec.name, pk))
-        return [(Change(spec.name, op, pk, scope, orjson.loads(vals), hlc, origin, actor, False, schema), confined)
-                for op, scope, vals, hlc, origin, actor, schema, confined in rows]
+        self.conn.execute("DELETE FROM _hemei_waiting WHERE tbl = ? AND pk = ?", (spec.name, insert.pk))
+        to_merge = []
+        for op, scope, vals, hlc, origin, actor, schema, confined_to, judge_only in rows:
+            early = Change(spec.name, op, insert.pk, scope, orjson.loads(vals), hlc, origin, actor, False, schema)
+            if self._confined(spec, early, insert.scope, confined_to, keep=True) and not judge_only:
+                to_merge.append(early)
+        return to_merge
 
     def _has_duplicates(self, spec: TableSpec) -> bool:
         return self.conn.execute("SELECT 1 FROM _hemei_conflicts WHERE tbl = ? AND kind = 'duplicate' LIMIT 1",
@@ -368,12 +382,9 @@ class Projector:
             self._wait(spec, change)
             return False
         won = self._merge_lww(spec, change, current, versions)
-        if row is None:
-            for early, confined_to in self._release(spec, change.pk):
-                # Received before the row had a scope: judged now against the one the insert gives it.
-                if self._confined(spec, early, change.scope, confined_to, keep=True) \
-                        and self._merge_lww(spec, early, current, versions):
-                    self._released.append(early)
+        if row is None:  # received before the row had a scope: judged now against the one it gets
+            self._released.extend(early for early in self._release(spec, change)
+                                  if self._merge_lww(spec, early, current, versions))
         if not won:
             return False
         row_version = max(versions.values())
@@ -425,6 +436,7 @@ class Projector:
         version = (change.hlc, change.origin)
         if local:
             self._refuse_local_duplicate(spec, row)
+        self._release(spec, change)  # updates and deletes sent before it: refused anyway, judged for scope here
         if self._loses_to_live_rows(spec, row, version):
             return False
         group = self._collision_group(spec, row, version)

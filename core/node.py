@@ -37,7 +37,7 @@ from .merge import OUT_OF_SCOPE, UNREADABLE, Change, Projector
 from .plugins import (CORE_BUILTINS, Available, available_modules, get_plugin_manager, merge_named,
                       tables_by_plugin, validators_by_table)
 from .schema import LWW, MIGRATIONS_TABLE, TableSpec, core_migrations, create_or_extend_table
-from .scope import parse_scope
+from .scope import covers, parse_scope
 from .versions import by_table, module_schemas
 from .writer import Writer, check_actor
 
@@ -134,10 +134,9 @@ class Node:
         self.clock = HybridClock(int(meta.get("hlc", 0)), max_ahead_ms=max_ahead_ms())
         self._available = available
         self._builtins = builtins
-        self._load_plugins()
-        self._upgrade_schemas()
+        self._load_modules()
         if meta.get("reproject_unscoped"):
-            self._reproject_unscoped()
+            self._reproject_after_waiting_table()
 
     # -- creating and opening --------------------------------------------
     @classmethod
@@ -235,7 +234,20 @@ class Node:
         return tuple(self.conn.execute("SELECT name, enabled, coalesce(schema_version, 1) FROM _hemei_modules"
                                        " ORDER BY name"))
 
-    def _load_plugins(self) -> None:
+    def _load_modules(self) -> None:
+        """Load the enabled modules and upgrade their tables; until both succeed every transaction reloads."""
+        self._modules_loaded = None
+        self._modules_loaded = self._load_plugins()  # what the upgrade's own transaction checks against
+        try:
+            upgraded = self._upgrade_schemas()
+        except BaseException:
+            self._modules_loaded = None  # loaded but not upgraded: never write so
+            raise
+        if upgraded is not None:
+            self._modules_loaded = upgraded
+
+    def _load_plugins(self) -> tuple:
+        """Load the enabled modules; returns the module settings it loaded (read before loading)."""
         stored = self._modules_stored()
         pm, owned, specs, migrations = self._plugin_setup(self.enabled_modules())
         schemas = module_schemas(pm, owned)
@@ -254,7 +266,7 @@ class Node:
                 hook = _get(change.table)
                 return None if hook is None else hook(node=self, change=change)
         self.projector = Projector(self.conn, self.specs, validator, by_table(self.schemas))
-        self._modules_loaded = stored
+        return stored
 
     @property
     def module_versions(self) -> dict[str, int]:
@@ -276,15 +288,17 @@ class Node:
                 stale[name] = (built, version)
         return stale
 
-    def _upgrade_schemas(self) -> None:
+    def _upgrade_schemas(self) -> tuple | None:
         """Replay the tables of modules whose schema version rose, once, when the node opens.
 
         Entries written under an older version are read through the module's
         upgrades and ones that were quarantined as too new are applied, so the
         tables are what a node that always ran this release would hold.
+        Returns the module settings as this transaction left them, or None if
+        there was nothing to upgrade.
         """
         if not self._stale_schemas():
-            return
+            return None
         with self.writer(SYSTEM_ACTOR) as w:
             stale = self._stale_schemas()  # again under the write lock: another opener may have done it
             tables = sorted(t for name in stale for t in self.schemas[name].tables)
@@ -293,9 +307,10 @@ class Node:
                 self.conn.execute("UPDATE _hemei_modules SET schema_version = ? WHERE name = ?", (version, name))
             with cyclic_gc_paused():
                 self._reproject(tables, None)
-        self._modules_loaded = self._modules_stored()
+            upgraded = self._modules_stored()  # under the lock: what another process does next is its own
         if tables:
             self.pm.hook.tables_rebuilt(node=self, tables=tables)
+        return upgraded
 
     def _begin(self) -> None:
         """Start a write transaction with this process's modules the home's.
@@ -312,18 +327,20 @@ class Node:
                 return
             self.conn.execute("ROLLBACK")
             try:
-                self._load_plugins()
-                self._upgrade_schemas()
+                self._load_modules()
             except NodeStateError as exc:  # a newer release upgraded the home: only a restart helps
                 raise NodeStateError(f"{exc.message} (this process loaded the node before it was upgraded;"
                                      " restart it with the new release)", code="restart_needed", status=503) from None
         raise NodeStateError("the node's modules keep changing under this process: try again", status=503)
 
-    def _reproject_unscoped(self) -> None:
+    def _reproject_after_waiting_table(self) -> None:
         """Once, after core migration 0003: rows made by an update before their insert (no scope) become
-        waiting changes. A disabled module's tables are replayed when it is enabled anyway."""
-        tables = [name for name, spec in self.specs.items() if spec.policy == LWW and self.conn.execute(
-            f"SELECT 1 FROM [{name}] WHERE [{spec.scope}] IS NULL LIMIT 1").fetchone()]
+        waiting changes, and where origins below are confined (a parent) every lww table is replayed, so a
+        sibling's edit an older release merged before the row's insert arrived is judged now, not at some
+        later rebuild. A disabled module's tables are replayed when it is enabled anyway."""
+        confining = self.conn.execute("SELECT 1 FROM _hemei_origins WHERE confined = 1 LIMIT 1").fetchone()
+        tables = [name for name, spec in self.specs.items() if spec.policy == LWW and (confining or self.conn.execute(
+            f"SELECT 1 FROM [{name}] WHERE [{spec.scope}] IS NULL LIMIT 1").fetchone())]
         if tables:
             with cyclic_gc_paused():
                 self._replay(tables, None)
@@ -353,7 +370,7 @@ class Node:
                 " ON CONFLICT(name) DO UPDATE SET enabled = excluded.enabled, changed_hlc = excluded.changed_hlc,"
                 " schema_version = coalesce(excluded.schema_version, schema_version)",
                 (name, int(enabled), self.clock.last, version))
-        self._load_plugins()
+        self._load_modules()
         new_tables = sorted(set(self.specs) - before)
         if new_tables:
             self.rebuild(new_tables)
@@ -432,12 +449,12 @@ class Node:
 
     # -- receiving entries -------------------------------------------------
     def apply_batch(self, batch: Batch, *, check: Check | None = None, confine: bool = False,
-                    sender: str | None = None) -> dict:
+                    sender: str | None = None, tree: bool = False) -> dict:
         """Verify and apply one batch from another node; see :meth:`apply_batches`."""
-        return self.apply_batches([batch], check=check, confine=confine, sender=sender)[0]
+        return self.apply_batches([batch], check=check, confine=confine, sender=sender, tree=tree)[0]
 
     def apply_batches(self, batches: Iterable[Batch], *, check: Check | None = None,
-                      confine: bool = False, sender: str | None = None) -> list[dict]:
+                      confine: bool = False, sender: str | None = None, tree: bool = False) -> list[dict]:
         """Verify and apply batches from other nodes in one transaction: all or nothing.
 
         Entries already held are skipped when identical; a different entry
@@ -454,20 +471,25 @@ class Node:
         entries it relays from below were judged at its own edge, and one it
         judged differently (the rows had arrived in another order) is kept as
         a conflict of kind ``out_of_scope`` instead: refusing it would block
-        everything the child sends from then on. Returns counts per batch: received,
-        new, applied, refused (changes kept as conflicts).
+        everything the child sends from then on. ``tree`` (a pull from the
+        parent): entries of origins below this node (after a restore from
+        backup, its own streets') are confined too, but a violation is kept as
+        a conflict: the parent judged them already. An origin confined once
+        stays so (``_hemei_origins.confined``), by every route and in every
+        rebuild. Returns counts per batch: received, new, applied, refused
+        (changes kept as conflicts).
         """
-        listening = bool(self.pm.hook.change_applied.get_hookimpls())
         applied: list[Change] = []
         results = []
         with cyclic_gc_paused():
-            self._begin()
+            self._begin()  # may load modules enabled since: ask who listens after it
+            listening = bool(self.pm.hook.change_applied.get_hookimpls())
             try:
                 for batch in batches:  # any iterable: a bundle streams its batches through here
                     self._check_batch_shape(batch)
                     origin = parse_node_id(batch.origin)
                     keep = sender is not None and origin != sender
-                    result = self._apply_verified(origin, batch, check, confine, keep)
+                    result = self._apply_verified(origin, batch, check, confine, keep, tree)
                     changes = result.pop("_applied")
                     if listening:
                         applied.extend(changes)
@@ -494,7 +516,8 @@ class Node:
         if not isinstance(first, int) or first < 1:
             raise ChainError("entry seqs are integers starting at 1")
 
-    def _apply_verified(self, origin: str, batch: Batch, check, confine: bool, keep_violations: bool) -> dict:
+    def _apply_verified(self, origin: str, batch: Batch, check, confine: bool, keep_violations: bool,
+                        tree: bool) -> dict:
         first = batch.entries[0][0]
         known = self._origin_row(origin)
         size = known[1] if known else 0
@@ -548,15 +571,16 @@ class Node:
                 else [ix, *e[:6], h, None, e[6], None] for e, h in zip(new, hashes[held:])]
         rows[-1][8] = batch.signature
         before = self._refusal_count()
-        if confine:
-            if origin_scope is None:
-                raise ScopeViolation(f"origin {origin} has not declared its scope: its changes cannot be confined")
-            if not confined:  # from now on, by every route and in every rebuild
-                self.conn.execute("UPDATE _hemei_origins SET confined = 1 WHERE ix = ?", (ix,))
+        if confine and origin_scope is None:
+            raise ScopeViolation(f"origin {origin} has not declared its scope: its changes cannot be confined")
+        below = origin_scope is not None and origin_scope != self.scope and covers(self.scope, origin_scope)
+        if not confined and (confine or (tree and below)):  # from now on, by every route and in every rebuild
+            self.conn.execute("UPDATE _hemei_origins SET confined = 1 WHERE ix = ?", (ix,))
+            confined = True
         # An origin once confined stays so when its entries come another way (a pull, after a restore):
         # the parent judged those, so a violation here is kept as a conflict, as for a relayed entry.
         applied = self._ingest(rows, changes, local=False,
-                               origin_scope=origin_scope if confine or confined else None,
+                               origin_scope=origin_scope if confined else None,
                                keep_violations=keep_violations or not confine)
         self.conn.execute("UPDATE _hemei_origins SET size = ?, head = ? WHERE ix = ?", (last_seq, hashes[-1], ix))
         if stamps:
@@ -655,6 +679,8 @@ class Node:
         """:meth:`_reproject` in a transaction of its own."""
         self._begin()
         try:
+            if gone := [t for t in names if t not in self.specs]:  # disabled by another process meanwhile
+                raise InvalidInput(f"no table {', '.join(gone)}: is its module enabled?")
             replayed = self._reproject(names, progress)
             self.conn.execute("COMMIT")
         except BaseException:

@@ -244,12 +244,13 @@ def core_0002_module_schema_version(db: sqlite_utils.Database) -> None:
 
 @core_migrations.step
 def core_0003_waiting_changes(db: sqlite_utils.Database) -> None:
-    # Updates and deletes received before their row's insert (see hemei.core.merge). Before this
-    # table they made a row with no scope; the node replays its lww tables once to move them here.
+    # Updates and deletes received before their row's insert (see hemei.core.merge); judge_only: one
+    # not applied anyway (refused, quarantined), kept only so the insert can judge its scope. Before
+    # this table they made a row with no scope; the node replays its lww tables once to move them here.
     db.execute("""CREATE TABLE _hemei_waiting (
         tbl TEXT NOT NULL, pk TEXT NOT NULL, hlc INTEGER NOT NULL, origin TEXT NOT NULL,
         op TEXT NOT NULL, actor TEXT NOT NULL, scope TEXT NOT NULL, vals TEXT NOT NULL,
-        schema INTEGER NOT NULL, confined_to TEXT,
+        schema INTEGER NOT NULL, confined_to TEXT, judge_only INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (tbl, pk, hlc, origin)) WITHOUT ROWID""")
     db.execute("INSERT OR REPLACE INTO _hemei_meta (key, value) VALUES ('reproject_unscoped', 1)")
     # Origins whose changes this node confines to their declared scope (see Node.apply_batches), so a

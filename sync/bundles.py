@@ -178,7 +178,7 @@ def import_bundle(node: Node, path: Path, ack_out: Path | None = None) -> dict:
     if kind == "ack":
         if peer["role"] != "parent":
             raise Forbidden("ack bundles come from the parent", code="bad_bundle")
-        results = node.apply_batches(batches, check=engine.pull_check(node, peer))
+        results = node.apply_batches(batches, check=engine.pull_check(node, peer), tree=True)
         touch(node, peer["node_id"], their_vv=wire.vv_of(header.get("vv", {})))
         return {"kind": "ack", "from": peer["name"], "new": sum(r["new"] for r in results),
                 "refused": sum(r["refused"] for r in results)}

@@ -261,7 +261,7 @@ def _pull(node: Node, link: ParentLink, parent: dict, batch_size: int, report: S
         with cyclic_gc_paused():
             batches = wire.batches_of(reply)
         if batches:
-            for result in node.apply_batches(batches, check=check):
+            for result in node.apply_batches(batches, check=check, tree=True):
                 report.pulled += result["new"]
                 report.refused_changes += result["refused"]
         report.pending_down = int(reply.get("remaining", 0))

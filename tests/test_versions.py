@@ -23,7 +23,7 @@ from tree import Tree
 
 from hemei.cli.main import BUILTIN_PLUGINS
 from hemei.core import Change
-from hemei.core.errors import NodeStateError
+from hemei.core.errors import InvalidInput, NodeStateError
 from hemei.core.node import Node
 
 RELEASES = {1: notices_v1, 2: notices_v2}
@@ -322,3 +322,56 @@ def test_a_process_running_the_older_release_stops_writing_once_the_node_is_upgr
         assert reopened.conn.execute("SELECT title, contact FROM notices").fetchall() == [("停水通知", "13800000000")]
     finally:
         reopened.close()
+
+
+def test_the_push_that_loads_a_module_enabled_since_runs_its_reactions(make_node):
+    street = make_node("street", scope="yc/a")
+    with street.writer("w") as w:
+        pk = w.insert("notes", {"title": "楼道粉刷"})
+    server = make_node("district", scope="yc", modules=())
+    cli = Node.open(server.home, available=PROBE, builtins=BUILTIN_PLUGINS)
+    try:
+        cli.set_module_enabled("hook_probe", True, "op")
+    finally:
+        cli.close()
+    send(street, server)
+    assert server.conn.execute("SELECT tbl, op, pk FROM probe_reactions WHERE tbl = 'notes'").fetchall() == \
+        [("notes", "insert", pk)]
+
+
+def test_a_module_enabled_while_this_process_upgrades_is_loaded_before_it_writes(tmp_path, monkeypatch):
+    """Another command enables a module right after this process's upgrade commits: the settings this
+    process records as loaded are the ones of its own transaction, so its next write reloads."""
+    district = make(tmp_path, "district", DISTRICT, 1)
+    district.set_module_enabled("hook_probe", False, "t")
+    district.close()
+    street = make(tmp_path, "street", STREET, 2)
+    with street.writer("w") as w:
+        w.insert("notes", {"title": "楼道粉刷"})
+    react = Node._react
+
+    def then_the_operator_enables(node, applied):  # the first thing after the upgrade's commit
+        react(node, applied)
+        monkeypatch.setattr(Node, "_react", react)
+        with Node.open(district.home, available=available(2), builtins=BUILTIN_PLUGINS) as other:
+            other.set_module_enabled("hook_probe", True, "op")
+
+    monkeypatch.setattr(Node, "_react", then_the_operator_enables)
+    server = Node.open(district.home, available=available(2), builtins=BUILTIN_PLUGINS)  # upgrades notices
+    try:
+        assert Node._react is react  # the operator did run
+        send(street, server)
+        assert server.conn.execute("SELECT title FROM notes").fetchall() == [("楼道粉刷",)]
+    finally:
+        server.close()
+
+
+def test_a_rebuild_refuses_tables_of_a_module_another_command_disabled(make_node):
+    node = make_node("district", scope="yc")
+    with node.writer("w") as w:
+        w.insert("notes", {"title": "楼道粉刷"})
+    with Node.open(node.home, available=PROBE, builtins=BUILTIN_PLUGINS) as other:
+        other.set_module_enabled("hook_probe", False, "op")
+    with pytest.raises(InvalidInput, match="is its module enabled"):
+        node.rebuild(["notes"])
+    assert node.conn.execute("SELECT title FROM notes").fetchall() == [("楼道粉刷",)]  # disabling deletes nothing

@@ -8,7 +8,7 @@ from __future__ import annotations
 from conftest import PROBE
 from hemei.cli.main import BUILTIN_PLUGINS
 from hemei.core.node import Node
-from test_store import _push
+from test_store import _push, send_all
 
 
 def _streets_and_district(make_node, district_modules=("hook_probe",)):
@@ -89,6 +89,76 @@ def test_an_old_home_moves_rows_without_a_scope_to_waiting_changes(make_node, tm
         assert reopened.conn.execute("SELECT value FROM _hemei_meta WHERE key = 'reproject_unscoped'").fetchone() \
             is None
         _push(a, reopened, a.id)
+        assert _title_and_judgments(reopened, pk) == (("甲街的记录",), [("out_of_scope",)])
+    finally:
+        reopened.close()
+
+
+def test_a_district_restored_from_backup_judges_what_it_pulls_of_its_streets(make_node):
+    """The city holds the district's streets' entries; a district restored from an old backup gets them
+    back by pull. Those origins lie below it: their changes are confined (kept, the city judged them
+    already) and stay confined for the next rebuild."""
+    district, a, b, pk = _streets_and_district(make_node)
+    for street in (b, a):  # as a pull from the city delivers them: b's update first
+        after = 0
+        while (batch := street.read_batch(street.id, after)) is not None:
+            district.apply_batch(batch, tree=True)
+            after = batch.entries[-1][0]
+    assert _title_and_judgments(district, pk) == (("甲街的记录",), [("out_of_scope",)])
+    flags = dict(district.conn.execute("SELECT node_id, confined FROM _hemei_origins"))
+    assert flags == {district.id: 0, a.id: 1, b.id: 1}
+    before = district.conn.execute("SELECT * FROM notes").fetchall()
+    district.rebuild()
+    assert district.conn.execute("SELECT * FROM notes").fetchall() == before
+    assert _title_and_judgments(district, pk)[1] == [("out_of_scope",)]
+
+
+def _relay_all(district: Node, city: Node, origins) -> None:
+    for origin in origins:
+        _push(district, city, origin)
+
+
+def test_a_change_refused_anyway_is_judged_for_scope_whichever_came_first(make_node):
+    """b's update of a's row is also one the module refuses. Insert first, it is judged out of scope;
+    update first, it waits (judge only, never applied) and the insert judges it the same."""
+    results = []
+    for order in ("insert first", "update first"):
+        city, district = make_node(f"c-{order}", scope="sx"), make_node(f"d-{order}", scope="sx/yc")
+        a, b = make_node(f"a-{order}", scope="sx/yc/a"), make_node(f"b-{order}", scope="sx/yc/b")
+        with a.writer("w") as w:
+            pk = w.insert("notes", {"title": "甲街的记录"})
+            ballot = w.insert("ballots", {"vote": "v1", "voter": "p1", "choice": "A"})
+        with b.writer("mallory") as w:
+            w._append("row.update", b.scope, {"t": "notes", "pk": pk, "v": {"title": "forbidden"}}, None)
+            w._append("row.delete", b.scope, {"t": "ballots", "pk": ballot, "v": {}}, None)
+        for street in (a, b):
+            send_all(street, district)
+        _relay_all(district, city, [a.id, b.id] if order == "insert first" else [b.id, a.id])
+        judged = city.conn.execute("SELECT tbl, kind FROM _hemei_conflicts ORDER BY tbl").fetchall()
+        results.append(judged)
+        assert judged == [("ballots", "out_of_scope"), ("notes", "out_of_scope")], order
+        assert city.status()["waiting"] == 0
+        city.rebuild()
+        assert city.conn.execute("SELECT tbl, kind FROM _hemei_conflicts ORDER BY tbl").fetchall() == judged
+    assert results[0] == results[1]
+
+
+def test_an_old_homes_merged_edit_of_a_siblings_row_is_judged_on_upgrade(make_node):
+    """An older release merged b's edit, which came first, into a's row once a's insert arrived. The
+    first open by this release replays the tables of a node that confines origins, judging it now."""
+    district, a, b, pk = _streets_and_district(make_node)
+    send_all(b, district)
+    send_all(a, district)
+    district.conn.execute("UPDATE notes SET title = 'HIJACKED' WHERE id = ?", (pk,))  # what the old merge kept
+    district.conn.executescript("""
+        DROP TABLE _hemei_waiting;
+        ALTER TABLE _hemei_origins DROP COLUMN confined;
+        DELETE FROM _hemei_migrations WHERE step = 'core_0003_waiting_changes';
+    """)
+    home = district.home
+    district.close()
+    reopened = Node.open(home, available=PROBE, builtins=BUILTIN_PLUGINS)
+    try:
         assert _title_and_judgments(reopened, pk) == (("甲街的记录",), [("out_of_scope",)])
     finally:
         reopened.close()
