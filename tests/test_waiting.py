@@ -71,9 +71,9 @@ def test_an_old_home_moves_rows_without_a_scope_to_waiting_changes(make_node, tm
     _push(b, district, b.id)
     home = district.home
     # Back to the shape an older release left: the row without a scope, no waiting table, no flags.
-    district.conn.executescript(f"""
+    district.conn.executescript("""
         INSERT INTO notes (id, scope, title, _hlc, _origin, _colv)
-            SELECT pk, NULL, 'HIJACKED', hlc, origin, '{{"_deleted":null,"body":null,"n":null,"scope":null}}'
+            SELECT pk, NULL, 'HIJACKED', hlc, origin, '{"_deleted":null,"body":null,"n":null,"scope":null}'
             FROM _hemei_waiting;
         DROP TABLE _hemei_waiting;
         ALTER TABLE _hemei_origins DROP COLUMN confined;
