@@ -137,6 +137,7 @@ class Node:
         self._load_modules()
         if meta.get("reproject_unscoped"):
             self._reproject_after_waiting_table()
+        self._replay_reinstalled(meta)
 
     # -- creating and opening --------------------------------------------
     @classmethod
@@ -332,6 +333,24 @@ class Node:
                 raise NodeStateError(f"{exc.message} (this process loaded the node before it was upgraded;"
                                      " restart it with the new release)", code="restart_needed", status=503) from None
         raise NodeStateError("the node's modules keep changing under this process: try again", status=503)
+
+    def _replay_reinstalled(self, meta: dict) -> None:
+        """Replay the tables of enabled modules that were not installed when the node was last opened.
+
+        Their changes received meanwhile wait in the log (nothing could project them); marked in
+        ``_hemei_meta`` as ``missing:NAME`` while missing.
+        """
+        missing = set(self.pm.missing_modules)
+        marked = {key.split(":", 1)[1] for key in meta if key.startswith("missing:")}
+        self.conn.executemany("INSERT OR IGNORE INTO _hemei_meta (key, value) VALUES (?, 1)",
+                              [(f"missing:{name}",) for name in sorted(missing - marked)])
+        back = sorted(marked - missing)
+        tables = sorted(t for name in back if name in self.schemas for t in self.schemas[name].tables)
+        if tables:
+            with cyclic_gc_paused():
+                self._replay(tables, None)
+            self.pm.hook.tables_rebuilt(node=self, tables=tables)
+        self.conn.executemany("DELETE FROM _hemei_meta WHERE key = ?", [(f"missing:{name}",) for name in back])
 
     def _reproject_after_waiting_table(self) -> None:
         """Once, after core migration 0003: rows made by an update before their insert (no scope) become

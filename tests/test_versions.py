@@ -375,3 +375,22 @@ def test_a_rebuild_refuses_tables_of_a_module_another_command_disabled(make_node
     with pytest.raises(InvalidInput, match="is its module enabled"):
         node.rebuild(["notes"])
     assert node.conn.execute("SELECT title FROM notes").fetchall() == [("楼道粉刷",)]  # disabling deletes nothing
+
+
+def test_a_module_installed_again_gets_what_arrived_while_it_was_missing(make_node):
+    """Enabled but not installed (a reinstall that forgot a plugin): its changes wait in the log, and the
+    first open with it installed again replays its tables."""
+    street, district = make_node("street", scope="yc/a"), make_node("district", scope="yc")
+    home = district.home
+    district.close()
+    missing = Node.open(home, available={}, builtins=BUILTIN_PLUGINS)
+    try:
+        assert missing.status()["missing_modules"] == ["hook_probe"]
+        with street.writer("w") as w:
+            w.insert("notes", {"title": "楼道粉刷"})
+        send(street, missing)
+    finally:
+        missing.close()
+    with Node.open(home, available=PROBE, builtins=BUILTIN_PLUGINS) as back:
+        assert back.conn.execute("SELECT title FROM notes").fetchall() == [("楼道粉刷",)]
+        assert not back.conn.execute("SELECT key FROM _hemei_meta WHERE key LIKE 'missing:%'").fetchall()
