@@ -160,16 +160,18 @@ class Projector:
             return True
         stored = self.conn.execute(f"SELECT [{spec.scope}] FROM [{spec.name}] WHERE [{spec.pk}] = ?",
                                    (change.pk,)).fetchone()
-        if stored is None and change.op != "insert":
-            # Nothing to judge it by yet: the insert of its key will (it is not applied either way).
-            self._wait(spec, change, judge_only=True)
         if not self._guard(spec, change, stored and stored[0]):
             return False
+        held = stored is not None
         if spec.policy == APPEND_ONLY:
             for (kept,) in self.conn.execute("SELECT row FROM _hemei_conflicts WHERE tbl = ? AND pk = ?"
                                              " AND kind = 'duplicate'", (spec.name, change.pk)):
+                held = True
                 if not self._guard(spec, change, orjson.loads(kept).get("scope")):
                     return False
+        if not held and change.op != "insert":
+            # Nothing to judge it by yet: the insert of its key will (it is not applied either way).
+            self._wait(spec, change, judge_only=True)
         return True
 
     def _upgraded(self, changes: list[Change]) -> list[Change]:

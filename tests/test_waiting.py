@@ -162,3 +162,29 @@ def test_an_old_homes_merged_edit_of_a_siblings_row_is_judged_on_upgrade(make_no
         assert _title_and_judgments(reopened, pk) == (("甲街的记录",), [("out_of_scope",)])
     finally:
         reopened.close()
+
+
+def test_a_change_to_a_key_held_only_by_a_losing_duplicate_does_not_wait(make_node):
+    """c's ballot loses a's unique (vote, voter) and is kept as a duplicate; b's update of c's key is
+    judged against it. Whichever came first, nothing is left waiting."""
+    states = []
+    for order in ("acb", "abc"):
+        d = make_node(f"d{order}", scope="yc")
+        a, b, c = (make_node(f"{n}{order}", scope=f"yc/{n}") for n in "abc")
+        with a.writer("w") as w:
+            w.insert("ballots", {"vote": "v1", "voter": "p1", "choice": "A"})
+        c.clock.observe(a.clock.last)
+        with c.writer("w") as w:
+            key = w.insert("ballots", {"vote": "v1", "voter": "p1", "choice": "B"})
+        with b.writer("mallory") as w:
+            w._append("row.update", b.scope, {"t": "ballots", "pk": key, "v": {"choice": "C"}}, None)
+        nodes = {"a": a, "b": b, "c": c}
+        for name in order:
+            street = nodes[name]
+            after = 0
+            while (batch := street.read_batch(street.id, after)) is not None:
+                d.apply_batch(batch, tree=True)
+                after = batch.entries[-1][0]
+        states.append((sorted((pk == key, kind) for pk, kind in d.conn.execute(
+            "SELECT pk, kind FROM _hemei_conflicts")), d.status()["waiting"]))
+    assert states[0] == states[1] == ([(True, "duplicate"), (True, "out_of_scope")], 0)
