@@ -311,11 +311,9 @@ class Projector:
     def _wait(self, spec: TableSpec, change: Change, judge_only: bool = False) -> None:
         """Keep a received update or delete of a row not inserted yet, with the scope it was confined to.
 
-        ``judge_only``: a change not applied anyway (refused, quarantined), kept only so that the insert
-        judges its scope; only a confined one needs that.
+        ``judge_only``: a confined change not applied anyway (refused, quarantined), kept only so that
+        the insert judges its scope (see :meth:`_guard_stored`).
         """
-        if judge_only and self._origin_scope is None:
-            return
         self.conn.execute(
             "INSERT OR IGNORE INTO _hemei_waiting (tbl, pk, hlc, origin, op, actor, scope, vals, schema,"
             " confined_to, judge_only) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

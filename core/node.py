@@ -347,9 +347,7 @@ class Node:
         back = sorted(marked - missing)
         tables = sorted(t for name in back if name in self.schemas for t in self.schemas[name].tables)
         if tables:
-            with cyclic_gc_paused():
-                self._replay(tables, None)
-            self.pm.hook.tables_rebuilt(node=self, tables=tables)
+            self.rebuild(tables)
         self.conn.executemany("DELETE FROM _hemei_meta WHERE key = ?", [(f"missing:{name}",) for name in back])
 
     def _reproject_after_waiting_table(self) -> None:
@@ -361,9 +359,7 @@ class Node:
         tables = [name for name, spec in self.specs.items() if spec.policy == LWW and (confining or self.conn.execute(
             f"SELECT 1 FROM [{name}] WHERE [{spec.scope}] IS NULL LIMIT 1").fetchone())]
         if tables:
-            with cyclic_gc_paused():
-                self._replay(tables, None)
-            self.pm.hook.tables_rebuilt(node=self, tables=tables)
+            self.rebuild(tables)
         self.conn.execute("DELETE FROM _hemei_meta WHERE key = 'reproject_unscoped'")
 
     def set_module_enabled(self, name: str, enabled: bool, actor: str) -> list[str]:

@@ -25,6 +25,17 @@ PROBE = {"hook_probe": hook_probe, "volunteer_hours": "hemei.plugins.volunteer_h
          "grid_inspections": "hemei.plugins.grid_inspections"}
 
 
+def init_templates(root: Path, homes: dict[str, str]) -> Path:
+    """Initialised homes (name -> scope) with the probe enabled, for property tests to copy per example
+    (key generation and schema once)."""
+    for name, scope in homes.items():
+        node = Node.init(root / name, name=name, scope=scope, actor="t", available=PROBE, builtins=BUILTIN_PLUGINS)
+        node.set_module_enabled("hook_probe", True, "t")
+        node.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        node.close()
+    return root
+
+
 @pytest.fixture
 def make_node(tmp_path):
     """Factory: ``make_node("street1", scope=..., modules=["hook_probe"])`` -> open Node."""

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import PROBE
+from conftest import PROBE, init_templates
 from hemei.cli.main import BUILTIN_PLUGINS
 from hemei.core.node import Node
 
@@ -31,14 +31,7 @@ HOMES = {"city": "sx", "district": "sx/yc", "a": "sx/yc/a", "b": "sx/yc/b", "ref
 
 @pytest.fixture(scope="module")
 def templates(tmp_path_factory):
-    root = tmp_path_factory.mktemp("confinement")
-    for name, scope in HOMES.items():
-        node = Node.init(root / name, name=name, scope=scope, actor="t", available=PROBE,
-                         builtins=BUILTIN_PLUGINS)
-        node.set_module_enabled("hook_probe", True, "t")
-        node.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        node.close()
-    return root
+    return init_templates(tmp_path_factory.mktemp("confinement"), HOMES)
 
 
 op = st.one_of(

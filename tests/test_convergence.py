@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import PROBE
+from conftest import PROBE, init_templates
 from hemei.cli.main import BUILTIN_PLUGINS
 from hemei.core.errors import InvalidInput
 from hemei.core.node import Node
@@ -38,15 +38,9 @@ VOTERS = ["p1", "p2", "p3"]
 
 @pytest.fixture(scope="module")
 def templates(tmp_path_factory):
-    """Three initialised homes, copied for each example (key generation and schema once)."""
-    root = tmp_path_factory.mktemp("templates")
-    for i, scope in enumerate(SCOPES + ["yc"]):  # the last one only observes (see _replay)
-        node = Node.init(root / f"n{i}", name=f"n{i}", scope=scope, actor="t", available=PROBE,
-                         builtins=BUILTIN_PLUGINS)
-        node.set_module_enabled("hook_probe", True, "t")
-        node.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        node.close()
-    return root
+    # The last one only observes (see _replay).
+    return init_templates(tmp_path_factory.mktemp("templates"),
+                          {f"n{i}": scope for i, scope in enumerate(SCOPES + ["yc"])})
 
 
 note_op = st.one_of(
