@@ -3,8 +3,8 @@
 :class:`Node` ties the parts together: it opens the database, builds the
 plugin manager for the modules this node enabled, creates their tables,
 and offers the write API (:meth:`Node.writer`), the receive path
-(:meth:`Node.apply_batch`) and the read path for sync
-(:meth:`Node.read_batch`). Local writes and received entries end in the
+(:meth:`Node.apply_batches`; the verification is in :mod:`hemei.core.receipt`)
+and the read path for sync (:meth:`Node.read_batch`). Local writes and received entries end in the
 same :meth:`Node._ingest`: append to the log, project through the same
 :class:`~hemei.core.merge.Projector`.
 """
@@ -20,24 +20,23 @@ from contextlib import contextmanager, suppress
 from itertools import groupby
 from operator import itemgetter
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator
 
-import orjson
 import pluggy
 import sqlite_utils
 
-from .chain import FULL, GENESIS, REDACTED, REDACTED_LEN, ROW_KINDS, entry_leaf, verify_segment
+from .chain import GENESIS, REDACTED, entry_leaf
 from .clock import DEFAULT_MAX_AHEAD_MS, HybridClock
-from .errors import ChainError, Conflict, HemeiError, InvalidInput, NodeStateError, ScopeViolation
+from .errors import InvalidInput, NodeStateError
 from .gc_pause import cyclic_gc_paused
-from .identity import (node_id_from_public_key, parse_node_id, public_key_raw, read_private_key,
-                       verify_checkpoint, write_private_key)
+from .identity import node_id_from_public_key, parse_node_id, public_key_raw, read_private_key, write_private_key
 from .ids import new_id
-from .merge import OUT_OF_SCOPE, UNREADABLE, Change, Projector
+from .merge import OUT_OF_SCOPE, Change, Projector
 from .plugins import (CORE_BUILTINS, Available, available_modules, get_plugin_manager, merge_named,
                       tables_by_plugin, validators_by_table)
 from .schema import LWW, MIGRATIONS_TABLE, TableSpec, core_migrations, create_or_extend_table
-from .scope import covers, parse_scope
+from .receipt import Batch, Check, apply_verified, changes_of, check_batch_shape
+from .scope import parse_scope
 from .versions import by_table, module_schemas
 from .writer import Writer, check_actor
 
@@ -51,27 +50,6 @@ SYSTEM_ACTOR = "system"
 CACHE_KIB = 8 * 1024
 
 
-class Batch(NamedTuple):
-    """A signed run of one origin's entries: the unit of sync and of bundles.
-
-    ``entries`` are ``(seq, hlc, actor, kind, scope, payload, salt)``, or
-    ``(seq, leaf)`` when redacted, with contiguous seqs; ``signature`` is the origin's checkpoint signature over
-    the last one (node id, size = last seq, head = its hash).
-    """
-
-    origin: str
-    public_key: bytes
-    entries: list
-    signature: bytes
-
-
-#: Row kinds of the log and the change operation each stands for.
-_ROW_OPS = {kind: kind[4:] for kind in ROW_KINDS}
-
-#: A receiver's own rules for a verified batch: ``check(batch_of_new_entries, their_row_changes)``.
-Check = Callable[[Batch, list[Change]], None]
-
-
 def max_ahead_ms() -> int:
     """How far ahead of this node's clock received entries may be stamped (``HEMEI_MAX_CLOCK_AHEAD``, s)."""
     value = os.environ.get(MAX_AHEAD_ENV)
@@ -80,18 +58,6 @@ def max_ahead_ms() -> int:
     if not (value.isascii() and value.isdigit()):
         raise NodeStateError(f"{MAX_AHEAD_ENV} must be a whole number of seconds, not {value!r}")
     return int(value) * 1000
-
-
-def declared_scope(origin: str, entries) -> str | None:
-    """The scope in an origin's ``node.init`` entry when ``entries`` start with it (seq 1)."""
-    first = entries[0]
-    if first[0] != 1 or len(first) != FULL or first[3] != "node.init":
-        return None
-    try:
-        body = orjson.loads(first[5])
-        return parse_scope(body["scope"]) if body.get("node_id") == origin else None
-    except (ValueError, KeyError, TypeError, HemeiError):
-        return None
 
 
 def resolve_home(home: str | os.PathLike | None) -> Path:
@@ -501,10 +467,10 @@ class Node:
             listening = bool(self.pm.hook.change_applied.get_hookimpls())
             try:
                 for batch in batches:  # any iterable: a bundle streams its batches through here
-                    self._check_batch_shape(batch)
+                    check_batch_shape(self, batch)
                     origin = parse_node_id(batch.origin)
                     keep = sender is not None and origin != sender
-                    result = self._apply_verified(origin, batch, check, confine, keep, tree)
+                    result = apply_verified(self, origin, batch, check, confine, keep, tree)
                     changes = result.pop("_applied")
                     if listening:
                         applied.extend(changes)
@@ -517,94 +483,6 @@ class Node:
         self._react(applied)
         return results
 
-    def _check_batch_shape(self, batch: Batch) -> None:
-        origin = parse_node_id(batch.origin)
-        if origin == self.id:
-            raise InvalidInput("a node does not receive its own entries")
-        if not batch.entries:
-            raise InvalidInput("empty batch")
-        if not isinstance(batch.public_key, bytes) or node_id_from_public_key(batch.public_key) != origin:
-            raise ChainError(f"public key does not belong to node {origin}")
-        if not isinstance(batch.signature, bytes):
-            raise ChainError("batch signature must be bytes")
-        first = batch.entries[0][0] if isinstance(batch.entries[0], (tuple, list)) and batch.entries[0] else None
-        if not isinstance(first, int) or first < 1:
-            raise ChainError("entry seqs are integers starting at 1")
-
-    def _apply_verified(self, origin: str, batch: Batch, check, confine: bool, keep_violations: bool,
-                        tree: bool) -> dict:
-        first = batch.entries[0][0]
-        known = self._origin_row(origin)
-        size = known[1] if known else 0
-        if first > size + 1:
-            raise ChainError(f"entries of {origin} start at #{first} but this node holds up to #{size}: gap")
-        held = max(0, min(size, first + len(batch.entries) - 1) - first + 1)
-        if first > 1:
-            prev = self.conn.execute("SELECT hash FROM _hemei_log WHERE origin = ? AND seq = ?",
-                                     (known[0], first - 1)).fetchone()[0]
-        else:
-            prev = GENESIS
-        try:
-            hashes = verify_segment(origin, prev, first, batch.entries)
-        except ChainError as exc:
-            raise ChainError(f"batch from {origin} refused: {exc.message}") from None
-        last_seq = first + len(batch.entries) - 1
-        verify_checkpoint(batch.public_key, origin, last_seq, hashes[-1], batch.signature)
-        if held:
-            stored = [r[0] for r in self.conn.execute(
-                "SELECT hash FROM _hemei_log WHERE origin = ? AND seq BETWEEN ? AND ? ORDER BY seq",
-                (known[0], first, first + held - 1))]
-            if stored != hashes[:held]:
-                fork = Conflict(f"fork: {origin} sent a history that differs from the one held up to #{size}",
-                                code="fork")
-                # Two signed checkpoints that contradict each other: the evidence.
-                fork.evidence = {"origin": origin, "held_size": size, "held_head": known[2],
-                                 "presented_size": last_seq, "presented_head": hashes[-1],
-                                 "presented_signature": batch.signature}
-                raise fork
-        new = batch.entries[held:]
-        if not new:
-            return {"origin": origin, "received": len(batch.entries), "new": 0, "applied": 0, "refused": 0,
-                    "_applied": []}
-        changes = self._changes_of(origin, new)  # parsed once, for the check and the projection
-        if check is not None:
-            check(batch._replace(entries=new), changes)
-        stamps = [e[1] for e in new if len(e) == FULL]
-        if stamps:
-            self.clock.check_plausible(max(stamps))
-        if known is None:
-            origin_scope, confined = declared_scope(origin, new), False
-            cur = self.conn.execute(
-                "INSERT INTO _hemei_origins (node_id, public_key, size, head, scope) VALUES (?, ?, 0, ?, ?)",
-                (origin, batch.public_key, GENESIS, origin_scope))
-            ix = cur.lastrowid
-        else:
-            ix = known[0]
-            origin_scope, confined = self.conn.execute("SELECT scope, confined FROM _hemei_origins WHERE ix = ?",
-                                                       (ix,)).fetchone()
-        rows = [[ix, e[0], 0, "", REDACTED, "", "", h, None, None, e[1]] if len(e) == REDACTED_LEN
-                else [ix, *e[:6], h, None, e[6], None] for e, h in zip(new, hashes[held:])]
-        rows[-1][8] = batch.signature
-        before = self._refusal_count()
-        if confine and origin_scope is None:
-            raise ScopeViolation(f"origin {origin} has not declared its scope: its changes cannot be confined")
-        below = origin_scope is not None and origin_scope != self.scope and covers(self.scope, origin_scope)
-        if not confined and (confine or (tree and below)):  # from now on, by every route and in every rebuild
-            self.conn.execute("UPDATE _hemei_origins SET confined = 1 WHERE ix = ?", (ix,))
-            confined = True
-        # An origin once confined stays so when its entries come another way (a pull, after a restore):
-        # the parent judged those, so a violation here is kept as a conflict, as for a relayed entry.
-        applied = self._ingest(rows, changes, local=False,
-                               origin_scope=origin_scope if confined else None,
-                               keep_violations=keep_violations or not confine)
-        self.conn.execute("UPDATE _hemei_origins SET size = ?, head = ? WHERE ix = ?", (last_seq, hashes[-1], ix))
-        if stamps:
-            self.clock.observe(max(stamps))
-            self._sync_clock()
-            self._persist_clock()
-        return {"origin": origin, "received": len(batch.entries), "new": len(new), "applied": len(applied),
-                "refused": self._refusal_count() - before, "_applied": applied}
-
     def origin_scope(self, node_id: str) -> str | None:
         """The scope an origin declared in its first entry (``node.init``), if held."""
         row = self.conn.execute("SELECT scope FROM _hemei_origins WHERE node_id = ?", (node_id,)).fetchone()
@@ -612,34 +490,6 @@ class Node:
 
     def _refusal_count(self) -> int:
         return self.conn.execute("SELECT count(*) FROM _hemei_conflicts").fetchone()[0]
-
-    @staticmethod
-    def _changes_of(origin: str, entries) -> list[Change]:
-        changes = []
-        append = changes.append
-        loads = orjson.loads
-        row_op = _ROW_OPS.get
-        for entry in entries:
-            if len(entry) != FULL:
-                continue  # redacted: nothing to project
-            seq, hlc, actor, kind, scope, payload, _ = entry
-            op = row_op(kind)
-            if op is not None:
-                body = None
-                try:
-                    body = loads(payload)
-                    table, pk, values, schema = body["t"], body["pk"], body["v"], body.get("s", 1)
-                    if not (type(table) is str and type(pk) is str and pk and type(values) is dict
-                            and type(schema) is int and schema >= 1):
-                        raise TypeError
-                    append(Change(table, op, pk, scope, values, hlc, origin, actor, False, schema))
-                except (ValueError, KeyError, TypeError):
-                    # Signed by its origin, so it stays in the log; kept as a conflict, not applied.
-                    table = body.get("t") if isinstance(body, dict) and isinstance(body.get("t"), str) else "?"
-                    changes.append(Change(table, UNREADABLE, f"{origin}#{seq}", scope,
-                                          {"reason": f"entry {origin}#{seq} is not a readable row change"},
-                                          hlc, origin, actor, False))
-        return changes
 
     # -- reading entries for sync --------------------------------------------
     def version_vector(self) -> dict[str, int]:
@@ -724,7 +574,7 @@ class Node:
         while chunk := cursor.fetchmany(2000):
             for ix, run in groupby(chunk, key=itemgetter(0)):
                 node_id, confined_to = origins[ix]
-                changes = [c for c in self._changes_of(node_id, [entry[1:] for entry in run]) if c.table in chosen
+                changes = [c for c in changes_of(node_id, [entry[1:] for entry in run]) if c.table in chosen
                            and (not kept_out or (c.table, c.pk, c.hlc, c.origin) not in kept_out)]
                 # Updates and deletes of a confined origin are judged again (a module enabled or upgraded
                 # since may see them for the first time); the order they meet their insert in cannot

@@ -22,7 +22,8 @@ from hemei.core.chain import FULL, ROW_KINDS
 from hemei.core.errors import Conflict, InvalidInput, ScopeViolation
 from hemei.core.identity import verify_checkpoint
 from hemei.core.merge import Change
-from hemei.core.node import Batch, Check, Node, declared_scope
+from hemei.core.node import Node
+from hemei.core.receipt import Batch, Check, declared_scope
 from hemei.core.scope import covers, related
 
 

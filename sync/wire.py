@@ -16,7 +16,7 @@ import orjson
 
 from hemei.core.chain import FULL, REDACTED_LEN
 from hemei.core.errors import InvalidInput
-from hemei.core.node import Batch
+from hemei.core.receipt import Batch
 
 CONTENT_TYPE = "application/vnd.hemei.batches+json"
 #: Limits against gzip bombs and runaway messages.
