@@ -6,7 +6,9 @@ the body size limit, parses JSON, authenticates the bearer token and checks
 the role, runs the handler in a worker thread with a
 :class:`~hemei.core.node.Node` lent from a small pool, and
 turns :class:`~hemei.core.errors.HemeiError` into a JSON error. Errors
-always have the shape ``{"error": {"code": str, "message": str}}``.
+always have the shape ``{"error": {"code": str, "message": str}}``. The
+route table follows modules enabled or disabled while the server runs
+(:class:`RouteTable`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, Router
 
 from .checkpoint import Checkpointer, checkpoint_at_commit, defer_checkpoints
 from .errors import HemeiError, InvalidInput
@@ -151,6 +153,7 @@ class NodePool:
                     self._all.append(node)
             self._checkpoint_mode(node)  # the node is this thread's until it goes back
             try:
+                node.follow_modules()  # `hemei modules enable` or an upgrade beside the server
                 yield node
             finally:
                 if node.conn.in_transaction:  # a handler that failed mid-transaction
@@ -185,9 +188,58 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _endpoint(route: ApiRoute, pool: NodePool):
+class RouteTable:
+    """The app's routes: the core's and the enabled modules', built again when the node's modules change.
+
+    A module enabled beside a running server (``hemei modules enable``) gets
+    its routes on the first request that finds no route; a disabled module's
+    routes answer 404 from the first request that reaches one. Requests that
+    find their route cost nothing more: every lent node follows the home's
+    modules anyway (:meth:`NodePool.lend`).
+    """
+
+    def __init__(self, pool: NodePool, router: Router):
+        self.pool, self.router = pool, router
+        self.api_routes: list[ApiRoute] = []
+        self.document: dict = {}
+        self._served: set[tuple[str, str]] = set()
+        self._settings: tuple | None = None
+        self._lock = threading.Lock()
+
+    def build(self, node: Node) -> None:
+        api_routes: list[ApiRoute] = merge_named(node.pm.hook.register_routes(), "route",
+                                                 lambda r: (r.method.upper(), r.path))
+        self.document = openapi_document(node, api_routes)
+        api_routes.append(ApiRoute("/api/openapi.json", "GET", lambda call: self.document, role=None,
+                                   summary="This document"))
+        self._served = {(r.method.upper(), r.path) for r in api_routes}
+        self.api_routes = api_routes
+        # Replaced whole, never changed in place: a request being routed keeps the list it started with.
+        self.router.routes = [Route(r.path, _endpoint(r, self), methods=[r.method.upper()]) for r in api_routes]
+        self._settings = node.module_settings
+
+    def follow(self, node: Node) -> bool:
+        """Build again if ``node`` (lent, so it follows the home) loaded other modules; True if built."""
+        if node.module_settings == self._settings:
+            return False
+        with self._lock:
+            node.follow_modules()  # the latest: two nodes lent at once must not swap the table back and forth
+            if node.module_settings == self._settings:
+                return False
+            self.build(node)
+            return True
+
+    def serves(self, route: ApiRoute) -> bool:
+        return (route.method.upper(), route.path) in self._served
+
+
+def _endpoint(route: ApiRoute, table: RouteTable):
     def run(request: Request, raw: bytes, body: Any):
-        with pool.lend() as node:
+        with table.pool.lend() as node:
+            table.follow(node)
+            if not table.serves(route):  # routed before its module was disabled
+                raise HemeiError(f"no route {route.method.upper()} {route.path}: its module is no longer enabled",
+                                 code="not_found", status=404)
             return call(node, request, raw, body)
 
     def call(node: Node, request: Request, raw: bytes, body: Any):
@@ -298,15 +350,20 @@ def create_app(home=None, *, available: Available | None = None,
     """The Starlette app of the node at ``home``: core routes plus enabled modules' routes."""
     pool = NodePool(home, available, builtins)
     node = pool.get()  # fail now, not on the first request, if the home is unusable
-    api_routes: list[ApiRoute] = merge_named(node.pm.hook.register_routes(), "route",
-                                             lambda r: (r.method.upper(), r.path))
-    document = openapi_document(node, api_routes)
 
-    def openapi(call: ApiCall) -> dict:
-        return document
+    def follow_lent() -> None:
+        with pool.lend() as lent:
+            table.follow(lent)
 
-    api_routes.append(ApiRoute("/api/openapi.json", "GET", openapi, role=None, summary="This document"))
-    routes = [Route(r.path, _endpoint(r, pool), methods=[r.method.upper()]) for r in api_routes]
+    async def no_route(scope, receive, send) -> None:
+        """No route matched: a module enabled since may have one, so the request is routed once more."""
+        if scope["type"] == "http" and "hemei.rerouted" not in scope:
+            await run_in_threadpool(follow_lent)
+            scope["hemei.rerouted"] = True
+            await app.router.app(scope, receive, send)
+            return
+        await app.router.not_found(scope, receive, send)
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         checkpointer = pool.start_checkpointer()
@@ -321,11 +378,13 @@ def create_app(home=None, *, available: Available | None = None,
             pool.close()
 
     app = Starlette(
-        routes=routes,
         exception_handlers={HemeiError: _hemei_error, HTTPException: _http_error, sqlite3.OperationalError: _busy,
                             Exception: _internal_error},
         lifespan=lifespan,
     )
+    table = RouteTable(pool, app.router)
+    table.build(node)
+    app.router.default = no_route
     app.state.pool = pool
-    app.state.api_routes = api_routes
+    app.state.routes = table
     return app

@@ -293,12 +293,33 @@ class Node:
             if self._modules_stored() == self._modules_loaded:
                 return
             self.conn.execute("ROLLBACK")
-            try:
-                self._load_modules()
-            except NodeStateError as exc:  # a newer release upgraded the home: only a restart helps
-                raise NodeStateError(f"{exc.message} (this process loaded the node before it was upgraded;"
-                                     " restart it with the new release)", code="restart_needed", status=503) from None
+            self._reload_modules()
         raise NodeStateError("the node's modules keep changing under this process: try again", status=503)
+
+    def follow_modules(self) -> bool:
+        """Load the modules again if another process changed them since this one did; True if so.
+
+        For readers (a request a server answers, its routes): a reader that
+        kept the old set would show an outdated module's rows, or none of a
+        module enabled since. Writers are checked under the write lock
+        (:meth:`_begin`).
+        """
+        if self._modules_stored() == self._modules_loaded:
+            return False
+        self._reload_modules()
+        return True
+
+    @property
+    def module_settings(self) -> tuple | None:
+        """The module settings (name, enabled, schema version) this process loaded; None while reloading."""
+        return self._modules_loaded
+
+    def _reload_modules(self) -> None:
+        try:
+            self._load_modules()
+        except NodeStateError as exc:  # a newer release upgraded the home: only a restart helps
+            raise NodeStateError(f"{exc.message} (this process loaded the node before it was upgraded;"
+                                 " restart it with the new release)", code="restart_needed", status=503) from None
 
     def _replay_reinstalled(self, meta: dict) -> None:
         """Replay the tables of enabled modules that were not installed when the node was last opened.

@@ -64,7 +64,7 @@ def test_hook_register_routes(node):
     from hemei.core.api import create_app
 
     app = create_app(node.home, available=node._available, builtins=node._builtins)
-    paths = {(r.method, r.path) for r in app.state.api_routes}
+    paths = {(r.method, r.path) for r in app.state.routes.api_routes}
     assert ("POST", "/api/probe/notes") in paths and ("GET", "/api/health") in paths
     app.state.pool.close()
     # tests/test_server.py calls these routes on a real server.

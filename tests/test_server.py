@@ -154,3 +154,41 @@ def test_a_served_node_ticks_on_its_own(tmp_path):
     finally:
         server.stop()
     assert "Traceback" not in server.output()
+
+
+def test_a_running_server_follows_modules_enabled_and_disabled_beside_it(tmp_path):
+    """``hemei modules enable`` and ``disable`` while ``hemei serve`` runs: its routes follow, no restart."""
+    env = plugin_env(probe_site(tmp_path))
+    home = str(tmp_path / "fushan")
+    for args, stdin in [(["init", "--name", "府山街道", "--scope", "yuecheng/fushan"], None),
+                        (["users", "add", "王丽", "--role", "operator"], "operator-password\n")]:
+        assert hemei(env, "--home", home, *args, input=stdin).returncode == 0
+    token = hemei(env, "--home", home, "users", "token", "王丽").stdout.strip()
+    server = Server(tmp_path / "fushan", env)
+    notes = server.url + "/api/probe/notes"
+
+    def paths() -> set[str]:
+        return set(httpx.get(server.url + "/api/openapi.json").json()["paths"])
+
+    try:
+        before = httpx.get(notes, headers=auth(token))
+        assert before.status_code == 404 and before.json()["error"]["code"] == "not_found"
+        assert "/api/probe/notes" not in paths()
+
+        assert hemei(env, "--home", home, "modules", "enable", "hook_probe").returncode == 0
+        made = httpx.post(notes, json={"title": "楼道粉刷"}, headers=auth(token))
+        assert made.status_code == 200, made.text
+        assert [made.json()["id"], "楼道粉刷"] in httpx.get(notes, headers=auth(token)).json()
+        assert "/api/probe/notes" in paths()
+
+        assert hemei(env, "--home", home, "modules", "disable", "hook_probe").returncode == 0
+        gone = httpx.post(notes, json={"title": "停用之后"}, headers=auth(token))
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found", gone.text
+        assert httpx.get(notes, headers=auth(token)).status_code == 404
+        assert "/api/probe/notes" not in paths()
+        assert httpx.get(server.url + "/api/status", headers=auth(token)).json()["modules"] == []
+    finally:
+        server.stop()
+    assert "Traceback" not in server.output()
+    with sqlite3.connect(tmp_path / "fushan" / "node.db") as db:
+        assert db.execute("SELECT title FROM notes").fetchall() == [("楼道粉刷",)]

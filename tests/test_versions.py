@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import notices_v1
 import notices_v2
 import orjson
@@ -262,6 +263,8 @@ def test_sync_between_releases_announces_versions_quarantines_and_applies_after_
                 w.insert("notes", {"title": "升级时写的"})
         refused = tree.hemei("street", "sync", env=envs[2])
         assert refused.returncode != 0 and "restart it with the new release" in refused.stderr, refused.stderr
+        outdated = httpx.get(tree.servers["district"].url + "/api/health")  # reads too: no old-shaped rows
+        assert outdated.status_code == 503 and outdated.json()["error"]["code"] == "restart_needed"
         assert "Traceback" not in refused.stderr + refused.stdout
         port = tree.servers["district"].port
         tree.servers["district"].stop()
@@ -297,9 +300,22 @@ def test_a_process_that_loaded_the_node_earlier_follows_modules_enabled_since(ma
     send(street, server)  # without the check, the server skipped notes: its module set was the old one
     assert server.conn.execute("SELECT title FROM notes").fetchall() == [("楼道粉刷",)]
     assert "hook_probe" in server.enabled_modules() and "notes" in server.specs
+    assert server.follow_modules() is False  # already following: nothing to load again
     # and the module's reactions ran for that push (asked after the reload, not before)
     assert server.conn.execute("SELECT tbl, op, pk FROM probe_reactions WHERE tbl = 'notes'").fetchall() == \
         [("notes", "insert", pk)]
+
+
+def test_a_reader_follows_modules_another_process_enabled_or_disabled(make_node):
+    """What a served request does first (``NodePool.lend``): no write needed to see the home's modules."""
+    server = make_node("district", scope="yc", modules=())
+    for enabled in (True, False):
+        with Node.open(server.home, available=PROBE, builtins=BUILTIN_PLUGINS) as cli:
+            cli.set_module_enabled("hook_probe", enabled, "op")
+        assert ("notes" in server.specs) is not enabled
+        assert server.follow_modules() is True
+        assert ("notes" in server.specs) is enabled and ("hook_probe" in server.enabled_modules()) is enabled
+        assert server.follow_modules() is False
 
 
 def test_a_process_running_the_older_release_stops_writing_once_the_node_is_upgraded(tmp_path):
@@ -317,6 +333,8 @@ def test_a_process_running_the_older_release_stops_writing_once_the_node_is_upgr
     assert "restart it with the new release" in err.value.message
     with pytest.raises(NodeStateError, match="restart"):
         send(street, old)
+    with pytest.raises(NodeStateError, match="restart"):  # what a served read does first
+        old.follow_modules()
     assert old.version_vector()[old.id] == size and street.id not in old.version_vector()  # nothing written
     old.close()
     reopened = Node.open(old.home, available=available(2), builtins=BUILTIN_PLUGINS)
