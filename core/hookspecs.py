@@ -149,11 +149,13 @@ def tick(node: Node) -> None:
 
 @hookspec
 def tables_rebuilt(node: Node, tables: list[str]) -> None:
-    """The named state tables were just recomputed from the log (``hemei rebuild``).
+    """The named state tables were just recomputed from the log.
 
+    After every replay: ``hemei rebuild``, enabling the module, an upgrade.
     A module that keeps local tables derived from its synced ones (a cache
     of each case's current state, say) recomputes them here, since
-    ``change_applied`` is not called during a rebuild.
+    ``change_applied`` is not called during a replay. If this raises, it is
+    called again at the next open or rebuild: recompute, do not append.
     """
 
 

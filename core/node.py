@@ -11,6 +11,7 @@ same :meth:`Node._ingest`: append to the log, project through the same
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sqlite3
@@ -48,6 +49,7 @@ KEY_NAME = "node.key"
 SYSTEM_ACTOR = "system"
 #: SQLite page cache per connection; the default 2 MB makes large batches re-read pages.
 CACHE_KIB = 8 * 1024
+logger = logging.getLogger("hemei.node")
 
 
 def max_ahead_ms() -> int:
@@ -104,6 +106,7 @@ class Node:
         if meta.get("reproject_unscoped"):
             self._reproject_after_waiting_table()
         self._replay_reinstalled(meta)
+        self._replay_marked(quiet=True)  # what an earlier process marked and could not finish
 
     # -- creating and opening --------------------------------------------
     @classmethod
@@ -275,8 +278,6 @@ class Node:
             with cyclic_gc_paused():
                 self._reproject(tables, None)
             upgraded = self._modules_stored()  # under the lock: what another process does next is its own
-        if tables:
-            self.pm.hook.tables_rebuilt(node=self, tables=tables)
         return upgraded
 
     def _begin(self) -> None:
@@ -320,6 +321,68 @@ class Node:
         except NodeStateError as exc:  # a newer release upgraded the home: only a restart helps
             raise NodeStateError(f"{exc.message} (this process loaded the node before it was upgraded;"
                                  " restart it with the new release)", code="restart_needed", status=503) from None
+        self._announce_rebuilt(quiet=True)  # a module enabled since at an older schema was upgraded
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """A write transaction with no log entry of its own (a replay, bookkeeping in ``_hemei_meta``)."""
+        self._begin()
+        try:
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+
+    def _mark(self, prefix: str, names) -> None:
+        self.conn.executemany("INSERT OR IGNORE INTO _hemei_meta (key, value) VALUES (?, 1)",
+                              [(f"{prefix}:{name}",) for name in names])
+
+    def _marked(self, prefix: str) -> list[str]:
+        return [key.split(":", 1)[1] for (key,) in self.conn.execute(
+            "SELECT key FROM _hemei_meta WHERE substr(key, 1, ?) = ? ORDER BY key", (len(prefix) + 1, prefix + ":"))]
+
+    def _replay_marked(self, quiet: bool = False) -> list[str]:
+        """Replay the tables marked ``replay:TABLE`` in ``_hemei_meta``, then tell their modules; returns them.
+
+        A step that makes tables stale (enabling their module, a module
+        installed again) marks them in its own transaction, and the replay
+        clears the marks in its: a process killed in between leaves them to
+        the next open, instead of leaving tables that miss what the log holds.
+        """
+        tables = [name for name in self._marked("replay") if name in self.specs]
+        if tables:  # marks of a module disabled since stay: enabling it marks them again anyway
+            with cyclic_gc_paused(), self._transaction():
+                self._reproject(tables, None)
+        self._announce_rebuilt(quiet)
+        return tables
+
+    def _announce_rebuilt(self, quiet: bool = False) -> None:
+        """Call ``tables_rebuilt`` for the tables replayed since their modules were last told.
+
+        Every replay marks its tables (``rebuilt:TABLE``) in its own
+        transaction; the marks go once the hooks have returned, so a module
+        whose hook failed, or a process killed before it ran, is told at the
+        next open or rebuild. ``quiet``: a failure is logged, not raised (a
+        node must still open, to let its operator fix or disable the module).
+        """
+        marked = self._marked("rebuilt")
+        if not marked:
+            return
+        tables = [name for name in marked if name in self.specs]
+        try:
+            if tables:
+                self.pm.hook.tables_rebuilt(node=self, tables=tables)
+        except Exception as exc:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            if not quiet:
+                raise
+            logger.warning("a module failed after its tables were rebuilt (%s); it is asked again next time: %s: %s",
+                           ", ".join(tables), type(exc).__name__, exc)
+            return
+        self.conn.executemany("DELETE FROM _hemei_meta WHERE key = ?", [(f"rebuilt:{name}",) for name in marked])
 
     def _replay_reinstalled(self, meta: dict) -> None:
         """Replay the tables of enabled modules that were not installed when the node was last opened.
@@ -332,10 +395,10 @@ class Node:
         self.conn.executemany("INSERT OR IGNORE INTO _hemei_meta (key, value) VALUES (?, 1)",
                               [(f"missing:{name}",) for name in sorted(missing - marked)])
         back = sorted(marked - missing)
-        tables = sorted(t for name in back if name in self.schemas for t in self.schemas[name].tables)
-        if tables:
-            self.rebuild(tables)
-        self.conn.executemany("DELETE FROM _hemei_meta WHERE key = ?", [(f"missing:{name}",) for name in back])
+        if back:
+            with self._transaction():
+                self._mark("replay", sorted(t for name in back if name in self.schemas for t in self.schemas[name].tables))
+                self.conn.executemany("DELETE FROM _hemei_meta WHERE key = ?", [(f"missing:{name}",) for name in back])
 
     def _reproject_after_waiting_table(self) -> None:
         """Once, after core migration 0003: rows made by an update before their insert (no scope) become
@@ -345,9 +408,9 @@ class Node:
         confining = self.conn.execute("SELECT 1 FROM _hemei_origins WHERE confined = 1 LIMIT 1").fetchone()
         tables = [name for name, spec in self.specs.items() if spec.policy == LWW and (confining or self.conn.execute(
             f"SELECT 1 FROM [{name}] WHERE [{spec.scope}] IS NULL LIMIT 1").fetchone())]
-        if tables:
-            self.rebuild(tables)
-        self.conn.execute("DELETE FROM _hemei_meta WHERE key = 'reproject_unscoped'")
+        with self._transaction():
+            self._mark("replay", tables)
+            self.conn.execute("DELETE FROM _hemei_meta WHERE key = 'reproject_unscoped'")
 
     def set_module_enabled(self, name: str, enabled: bool, actor: str) -> list[str]:
         """Enable or disable a program module (recorded in the log); returns tables rebuilt.
@@ -361,7 +424,6 @@ class Node:
             raise InvalidInput(f"unknown module {name!r} (available: {known})")
         if (name in self.enabled_modules()) == enabled:
             raise InvalidInput(f"module {name} is already {'enabled' if enabled else 'disabled'}")
-        before = set(self.specs)
         pm, owned, _, _ = self._plugin_setup(sorted(set(self.enabled_modules()) ^ {name}))  # fails if it cannot load
         schemas = module_schemas(pm, owned)  # enabling builds the module's tables (below) at this version
         version = schemas[name].version if enabled and name in schemas else None
@@ -372,11 +434,10 @@ class Node:
                 " ON CONFLICT(name) DO UPDATE SET enabled = excluded.enabled, changed_hlc = excluded.changed_hlc,"
                 " schema_version = coalesce(excluded.schema_version, schema_version)",
                 (name, int(enabled), self.clock.last, version))
+            if enabled and name in schemas:  # its tables miss what arrived while it was disabled
+                self._mark("replay", schemas[name].tables)
         self._load_modules()
-        new_tables = sorted(set(self.specs) - before)
-        if new_tables:
-            self.rebuild(new_tables)
-        return new_tables
+        return self._replay_marked()
 
     # -- identity and clock ------------------------------------------------
     def new_id(self) -> str:
@@ -556,23 +617,11 @@ class Node:
         unknown = [t for t in names if t not in self.specs]
         if unknown:
             raise InvalidInput(f"no table {', '.join(unknown)}")
-        with cyclic_gc_paused():
-            replayed = self._replay(names, progress)
-        self.pm.hook.tables_rebuilt(node=self, tables=names)
-        return replayed
-
-    def _replay(self, names: list[str], progress: Callable[[int], None] | None) -> int:
-        """:meth:`_reproject` in a transaction of its own."""
-        self._begin()
-        try:
+        with cyclic_gc_paused(), self._transaction():
             if gone := [t for t in names if t not in self.specs]:  # disabled by another process meanwhile
                 raise InvalidInput(f"no table {', '.join(gone)}: is its module enabled?")
             replayed = self._reproject(names, progress)
-            self.conn.execute("COMMIT")
-        except BaseException:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise
+        self._announce_rebuilt()
         return replayed
 
     def _reproject(self, names: list[str], progress: Callable[[int], None] | None) -> int:
@@ -581,6 +630,8 @@ class Node:
         replayed = 0
         # A change kept out of scope at receipt stays out: judged against the rows as they stood then.
         kept_out = set()
+        self.conn.executemany("DELETE FROM _hemei_meta WHERE key = ?", [(f"replay:{name}",) for name in names])
+        self._mark("rebuilt", names)  # cleared when the modules have been told: see _announce_rebuilt
         for name in names:
             self.conn.execute(f"DELETE FROM [{name}]")
             kept_out.update(self.conn.execute("SELECT tbl, pk, hlc, origin FROM _hemei_conflicts"

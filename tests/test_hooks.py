@@ -9,9 +9,12 @@ from __future__ import annotations
 import inspect
 
 import pytest
+from conftest import PROBE
 
+from hemei.cli.main import BUILTIN_PLUGINS
 from hemei.core import Change, hookspecs
 from hemei.core.errors import InvalidInput
+from hemei.core.node import Node
 
 HOOK_NAMES = sorted(name for name, fn in vars(hookspecs).items()
                     if inspect.isfunction(fn) and hasattr(fn, "hemei_spec"))
@@ -121,6 +124,25 @@ def test_hook_tables_rebuilt(node):
     node.rebuild(["notes"])
     assert hook_probe.REBUILDS == [(node.id, ["notes"])]
     # The grid module's use: tests/test_cases.py::test_the_status_table_is_the_fold_of_the_events_and_survives_a_rebuild
+
+
+def test_hook_tables_rebuilt_that_fails_is_called_again_on_the_next_open(node, caplog):
+    import hook_probe
+
+    hook_probe.REBUILDS.clear()
+    hook_probe.REBUILD_FAILS.append("cache unavailable")
+    try:
+        with pytest.raises(RuntimeError, match="cache unavailable"):
+            node.rebuild(["notes"])  # the operator's rebuild says so; the tables are rebuilt all the same
+        reopened = Node.open(node.home, available=PROBE, builtins=BUILTIN_PLUGINS)  # still opens: the failure is logged
+        reopened.close()
+        assert "cache unavailable" in caplog.text and hook_probe.REBUILDS == []
+    finally:
+        hook_probe.REBUILD_FAILS.clear()
+    with Node.open(node.home, available=PROBE, builtins=BUILTIN_PLUGINS):
+        assert hook_probe.REBUILDS == [(node.id, ["notes"])]
+    with Node.open(node.home, available=PROBE, builtins=BUILTIN_PLUGINS):
+        assert hook_probe.REBUILDS == [(node.id, ["notes"])]  # told once: not again
 
 
 def test_hook_report_sections(node, run_cli):

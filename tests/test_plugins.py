@@ -7,6 +7,7 @@ import types
 import pytest
 
 from conftest import PROBE
+from test_store import send_all
 from hemei.core import TableSpec, hookimpl
 from hemei.core.errors import InvalidInput
 from hemei.core.node import Node
@@ -116,3 +117,23 @@ def test_a_change_is_validated_by_the_module_that_declared_its_table(tmp_path):
         with node.writer("w") as w:
             w.insert("table_b", {"title": "x"})
     assert asked == [("owns_a", "table_a"), ("owns_b", "table_b")]
+
+
+def test_a_process_killed_between_enabling_and_replaying_leaves_the_replay_to_the_next_open(make_node, monkeypatch):
+    street = make_node("street", scope="yuecheng/fushan/xihu")
+    with street.writer("王丽") as w:
+        w.insert("notes", {"title": "楼道粉刷"})
+    district = make_node("district", scope="yuecheng/fushan", modules=())
+    send_all(street, district)  # received while the module is off: only in the log
+
+    def killed(self, names, progress):
+        raise KeyboardInterrupt  # the operator's Ctrl-C, or a power cut, right after the enable committed
+
+    monkeypatch.setattr(Node, "_reproject", killed)
+    with pytest.raises(KeyboardInterrupt):
+        district.set_module_enabled("hook_probe", True, "op")
+    monkeypatch.undo()
+    assert district.conn.execute("SELECT count(*) FROM notes").fetchone()[0] == 0  # enabled, not replayed yet
+    with Node.open(district.home, available=PROBE) as reopened:
+        assert reopened.conn.execute("SELECT title FROM notes").fetchall() == [("楼道粉刷",)]
+        assert reopened.conn.execute("SELECT count(*) FROM _hemei_meta WHERE key LIKE 'replay:%'").fetchone()[0] == 0

@@ -133,8 +133,14 @@ def tick(node):
     node.conn.execute("INSERT INTO probe_reactions (tbl, op, pk, local) VALUES ('', 'tick', '', 1)")
 
 
+#: Set by a test to make the next tables_rebuilt calls fail.
+REBUILD_FAILS: list[str] = []
+
+
 @hookimpl
 def tables_rebuilt(node, tables):
+    if REBUILD_FAILS:
+        raise RuntimeError(REBUILD_FAILS[0])
     REBUILDS.append((node.id, list(tables)))
 
 
