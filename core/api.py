@@ -20,6 +20,7 @@ import os
 import sqlite3
 import threading
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Callable
 
 import orjson
@@ -92,6 +93,11 @@ class ApiRoute:
     max_body: int = DEFAULT_MAX_BODY
     raw: bool = False
     tags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What two routes may not share: (METHOD, path)."""
+        return self.method.upper(), self.path
 
 
 class NodePool:
@@ -188,13 +194,21 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+#: Every route is matched for any of these; the method is looked up in the table when the request comes.
+HTTP_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
 class RouteTable:
     """The app's routes: the core's and the enabled modules', built again when the node's modules change.
 
-    A module enabled beside a running server (``hemei modules enable``) gets
-    its routes on the first request that finds no route; a disabled module's
-    routes answer 404 from the first request that reaches one. Requests that
-    find their route cost nothing more: every lent node follows the home's
+    The router holds one Starlette route per path, for every method; which
+    :class:`ApiRoute` answers is looked up here when the request comes, so a
+    request never runs the handler of a module disabled since it was routed.
+    A module enabled beside a running server (``hemei modules enable``) is
+    served from the first request that finds no route for its path or
+    method; a disabled module's routes answer 404 (405 if the path has other
+    methods) from the first request that reaches one. Requests that find
+    their route cost nothing more: every lent node follows the home's
     modules anyway (:meth:`NodePool.lend`).
     """
 
@@ -202,47 +216,69 @@ class RouteTable:
         self.pool, self.router = pool, router
         self.api_routes: list[ApiRoute] = []
         self.document: dict = {}
-        self._served: set[tuple[str, str]] = set()
+        self._by_key: dict[tuple[str, str], ApiRoute] = {}
         self._settings: tuple | None = None
+        self._unservable: tuple | None = None  # module settings whose routes clash: logged once, not retried
         self._lock = threading.Lock()
 
     def build(self, node: Node) -> None:
-        api_routes: list[ApiRoute] = merge_named(node.pm.hook.register_routes(), "route",
-                                                 lambda r: (r.method.upper(), r.path))
-        self.document = openapi_document(node, api_routes)
-        api_routes.append(ApiRoute("/api/openapi.json", "GET", lambda call: self.document, role=None,
-                                   summary="This document"))
-        self._served = {(r.method.upper(), r.path) for r in api_routes}
-        self.api_routes = api_routes
+        api_routes: list[ApiRoute] = merge_named(node.pm.hook.register_routes(), "route", attrgetter("key"))
+        document = openapi_document(node, api_routes)
+        api_routes.append(ApiRoute("/api/openapi.json", "GET", self._openapi, role=None, summary="This document"))
+        self.document, self.api_routes = document, api_routes
+        self._by_key = {r.key: r for r in api_routes}
+        paths = dict.fromkeys(r.path for r in api_routes)
         # Replaced whole, never changed in place: a request being routed keeps the list it started with.
-        self.router.routes = [Route(r.path, _endpoint(r, self), methods=[r.method.upper()]) for r in api_routes]
+        self.router.routes = [Route(path, _endpoint(path, self), methods=HTTP_METHODS) for path in paths]
         self._settings = node.module_settings
+
+    def _openapi(self, call: ApiCall) -> dict:
+        return self.document
+
+    def find(self, method: str, path: str) -> ApiRoute | None:
+        return self._by_key.get(("GET" if method == "HEAD" else method, path))
+
+    def no_route(self, method: str, path: str) -> HemeiError:
+        """The error for a method not served (now) at a path that was routed: 405 if others are, else 404."""
+        if any(served == path for _, served in self._by_key):
+            return HemeiError(f"{method} is not served at {path}", code="method_not_allowed", status=405)
+        return HemeiError(f"no route {path}: is its module enabled?", code="not_found", status=404)
 
     def follow(self, node: Node) -> bool:
         """Build again if ``node`` (lent, so it follows the home) loaded other modules; True if built."""
-        if node.module_settings == self._settings:
+        if node.module_settings in (self._settings, self._unservable):
             return False
         with self._lock:
             node.follow_modules()  # the latest: two nodes lent at once must not swap the table back and forth
-            if node.module_settings == self._settings:
+            if node.module_settings in (self._settings, self._unservable):
                 return False
-            self.build(node)
+            try:
+                self.build(node)
+            except HemeiError as exc:  # `hemei modules enable` refuses this; an older release may not have
+                self._unservable = node.module_settings
+                logger.error("the enabled modules' routes cannot be served together (%s): still serving the "
+                             "routes of before; disable one of those modules", exc.message)
+                return False
             return True
 
-    def serves(self, route: ApiRoute) -> bool:
-        return (route.method.upper(), route.path) in self._served
+    def follow_lent(self) -> None:
+        with self.pool.lend() as node:
+            self.follow(node)
 
 
-def _endpoint(route: ApiRoute, table: RouteTable):
-    def run(request: Request, raw: bytes, body: Any):
+def _endpoint(path: str, table: RouteTable):
+    def run(route: ApiRoute, request: Request, raw: bytes, body: Any):
         with table.pool.lend() as node:
             table.follow(node)
-            if not table.serves(route):  # routed before its module was disabled
-                raise HemeiError(f"no route {route.method.upper()} {route.path}: its module is no longer enabled",
-                                 code="not_found", status=404)
-            return call(node, request, raw, body)
+            current = table.find(request.method, path)
+            if current is None:  # its module was disabled since the request was routed
+                raise table.no_route(request.method, path)
+            if current != route:  # its module was disabled and another serves the route since the body was read
+                raise HemeiError("the node's modules changed while this request was read; send it again",
+                                 code="modules_changed", status=503)
+            return call(route, node, request, raw, body)
 
-    def call(node: Node, request: Request, raw: bytes, body: Any):
+    def call(route: ApiRoute, node: Node, request: Request, raw: bytes, body: Any):
         user = None
         if route.role is not None:
             header = request.headers.get("authorization", "")
@@ -254,6 +290,12 @@ def _endpoint(route: ApiRoute, table: RouteTable):
         return route.handler(call)
 
     async def endpoint(request: Request) -> Response:
+        route = table.find(request.method, path)
+        if route is None:  # a module enabled since may serve this method
+            await run_in_threadpool(table.follow_lent)
+            route = table.find(request.method, path)
+        if route is None:
+            raise table.no_route(request.method, path)
         raw = await _read_body(request, route.max_body)
         body = None
         if raw and not route.raw:
@@ -261,7 +303,7 @@ def _endpoint(route: ApiRoute, table: RouteTable):
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 raise InvalidInput("request body is not valid JSON", code="invalid_json") from None
-        result = await run_in_threadpool(run, request, raw, body)
+        result = await run_in_threadpool(run, route, request, raw, body)
         if isinstance(result, Response):
             return result
         return Response(orjson.dumps(result), media_type="application/json")
@@ -336,11 +378,17 @@ async def _tick_every(pool: NodePool, seconds: float) -> None:
         with pool.lend() as node:
             return node.tick()
 
+    refused = None
     while True:
         await asyncio.sleep(seconds)
         try:
             for failure in await run_in_threadpool(tick):
                 logger.warning("tick failed: %s", failure)
+            refused = None
+        except HemeiError as exc:  # the node's own state (it needs a restart, say): said once, not every tick
+            if exc.message != refused:
+                logger.warning("ticks stopped: %s", exc.message)
+            refused = exc.message
         except Exception:  # e.g. the pool could not open a node: try again next time
             logger.exception("tick could not run")
 
@@ -351,14 +399,10 @@ def create_app(home=None, *, available: Available | None = None,
     pool = NodePool(home, available, builtins)
     node = pool.get()  # fail now, not on the first request, if the home is unusable
 
-    def follow_lent() -> None:
-        with pool.lend() as lent:
-            table.follow(lent)
-
     async def no_route(scope, receive, send) -> None:
         """No route matched: a module enabled since may have one, so the request is routed once more."""
         if scope["type"] == "http" and "hemei.rerouted" not in scope:
-            await run_in_threadpool(follow_lent)
+            await run_in_threadpool(table.follow_lent)
             scope["hemei.rerouted"] = True
             await app.router.app(scope, receive, send)
             return

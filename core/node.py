@@ -19,7 +19,7 @@ import sys
 import unicodedata
 from contextlib import contextmanager, suppress
 from itertools import groupby
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -425,6 +425,7 @@ class Node:
         if (name in self.enabled_modules()) == enabled:
             raise InvalidInput(f"module {name} is already {'enabled' if enabled else 'disabled'}")
         pm, owned, _, _ = self._plugin_setup(sorted(set(self.enabled_modules()) ^ {name}))  # fails if it cannot load
+        merge_named(pm.hook.register_routes(), "route", attrgetter("key"))  # a running server must serve them all
         schemas = module_schemas(pm, owned)  # enabling builds the module's tables (below) at this version
         version = schemas[name].version if enabled and name in schemas else None
         with self.writer(actor) as w:
