@@ -438,7 +438,7 @@ class Node:
             if enabled and name in schemas:  # its tables miss what arrived while it was disabled
                 self._mark("replay", schemas[name].tables)
         self._load_modules()
-        return self._replay_marked()
+        return self._replay_marked(quiet=not enabled)  # disabling a module whose hook fails must not fail
 
     # -- identity and clock ------------------------------------------------
     def new_id(self) -> str:
