@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, Router
+from starlette.routing import Match, Route, Router
 
 from .checkpoint import Checkpointer, checkpoint_at_commit, defer_checkpoints
 from .errors import HemeiError, InvalidInput
@@ -194,17 +194,23 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-#: Every route is matched for any of these; the method is looked up in the table when the request comes.
-HTTP_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+class _MethodRoute(Route):
+    """A route that does not claim a request of another method (Starlette's answer is 405 at once), so the
+    router tries the routes after it, and then :func:`create_app`'s ``no_route``: a module enabled since
+    may serve that method."""
+
+    def matches(self, scope):
+        match, child_scope = super().matches(scope)
+        return (Match.NONE, {}) if match is Match.PARTIAL else (match, child_scope)
 
 
 class RouteTable:
     """The app's routes: the core's and the enabled modules', built again when the node's modules change.
 
-    The router holds one Starlette route per path, for every method; which
-    :class:`ApiRoute` answers is looked up here when the request comes, so a
-    request never runs the handler of a module disabled since it was routed.
-    A module enabled beside a running server (``hemei modules enable``) is
+    Which :class:`ApiRoute` answers a routed request is looked up here again
+    in the worker thread, after its node has followed the home, so a request
+    never runs the handler of a module disabled since it was routed. A
+    module enabled beside a running server (``hemei modules enable``) is
     served from the first request that finds no route for its path or
     method; a disabled module's routes answer 404 (405 if the path has other
     methods) from the first request that reaches one. Requests that find
@@ -227,22 +233,22 @@ class RouteTable:
         api_routes.append(ApiRoute("/api/openapi.json", "GET", self._openapi, role=None, summary="This document"))
         self.document, self.api_routes = document, api_routes
         self._by_key = {r.key: r for r in api_routes}
-        paths = dict.fromkeys(r.path for r in api_routes)
         # Replaced whole, never changed in place: a request being routed keeps the list it started with.
-        self.router.routes = [Route(path, _endpoint(path, self), methods=HTTP_METHODS) for path in paths]
+        self.router.routes = [_MethodRoute(r.path, _endpoint(r.key, self), methods=[r.key[0]]) for r in api_routes]
         self._settings = node.module_settings
 
     def _openapi(self, call: ApiCall) -> dict:
         return self.document
 
-    def find(self, method: str, path: str) -> ApiRoute | None:
-        return self._by_key.get(("GET" if method == "HEAD" else method, path))
+    def find(self, key: tuple[str, str]) -> ApiRoute | None:
+        return self._by_key.get(key)
 
-    def no_route(self, method: str, path: str) -> HemeiError:
-        """The error for a method not served (now) at a path that was routed: 405 if others are, else 404."""
-        if any(served == path for _, served in self._by_key):
-            return HemeiError(f"{method} is not served at {path}", code="method_not_allowed", status=405)
-        return HemeiError(f"no route {path}: is its module enabled?", code="not_found", status=404)
+    def no_route(self, scope) -> HemeiError:
+        """The error for a request no route serves (now): 405 if its path has routes of other methods."""
+        if any(Route.matches(route, scope)[0] is Match.PARTIAL for route in self.router.routes):
+            return HemeiError(f"{scope['method']} is not served at {scope['path']}", code="method_not_allowed",
+                              status=405)
+        return HemeiError(f"no route {scope['path']}: is its module enabled?", code="not_found", status=404)
 
     def follow(self, node: Node) -> bool:
         """Build again if ``node`` (lent, so it follows the home) loaded other modules; True if built."""
@@ -266,16 +272,27 @@ class RouteTable:
             self.follow(node)
 
 
-def _endpoint(path: str, table: RouteTable):
-    def run(route: ApiRoute, request: Request, raw: bytes, body: Any):
+def _parsed(route: ApiRoute, raw: bytes) -> Any:
+    if not raw or route.raw:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidInput("request body is not valid JSON", code="invalid_json") from None
+
+
+def _endpoint(key: tuple[str, str], table: RouteTable):
+    def run(routed: ApiRoute, request: Request, raw: bytes, body: Any):
         with table.pool.lend() as node:
             table.follow(node)
-            current = table.find(request.method, path)
-            if current is None:  # its module was disabled since the request was routed
-                raise table.no_route(request.method, path)
-            if current != route:  # its module was disabled and another serves the route since the body was read
-                raise HemeiError("the node's modules changed while this request was read; send it again",
-                                 code="modules_changed", status=503)
+            route = table.find(key)  # the one served now: its module may have been disabled, or replaced
+            if route is None:
+                raise table.no_route(request.scope)
+            if route is not routed:  # read by the rules of the route it was routed to: read again by these
+                if len(raw) > route.max_body:
+                    raise HemeiError(f"request body is larger than {route.max_body} bytes",
+                                     code="body_too_large", status=413)
+                body = _parsed(route, raw)
             return call(route, node, request, raw, body)
 
     def call(route: ApiRoute, node: Node, request: Request, raw: bytes, body: Any):
@@ -290,20 +307,11 @@ def _endpoint(path: str, table: RouteTable):
         return route.handler(call)
 
     async def endpoint(request: Request) -> Response:
-        route = table.find(request.method, path)
-        if route is None:  # a module enabled since may serve this method
-            await run_in_threadpool(table.follow_lent)
-            route = table.find(request.method, path)
+        route = table.find(key)
         if route is None:
-            raise table.no_route(request.method, path)
+            raise table.no_route(request.scope)
         raw = await _read_body(request, route.max_body)
-        body = None
-        if raw and not route.raw:
-            try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                raise InvalidInput("request body is not valid JSON", code="invalid_json") from None
-        result = await run_in_threadpool(run, route, request, raw, body)
+        result = await run_in_threadpool(run, route, request, raw, _parsed(route, raw))
         if isinstance(result, Response):
             return result
         return Response(orjson.dumps(result), media_type="application/json")
@@ -406,7 +414,10 @@ def create_app(home=None, *, available: Available | None = None,
             scope["hemei.rerouted"] = True
             await app.router.app(scope, receive, send)
             return
-        await app.router.not_found(scope, receive, send)
+        if scope["type"] != "http":
+            await app.router.not_found(scope, receive, send)
+            return
+        raise table.no_route(scope)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -28,7 +28,7 @@ import sqlite_utils
 
 from .chain import GENESIS, REDACTED, entry_leaf
 from .clock import DEFAULT_MAX_AHEAD_MS, HybridClock
-from .errors import InvalidInput, NodeStateError
+from .errors import HemeiError, InvalidInput, NodeStateError
 from .gc_pause import cyclic_gc_paused
 from .identity import node_id_from_public_key, parse_node_id, public_key_raw, read_private_key, write_private_key
 from .ids import new_id
@@ -49,6 +49,8 @@ KEY_NAME = "node.key"
 SYSTEM_ACTOR = "system"
 #: SQLite page cache per connection; the default 2 MB makes large batches re-read pages.
 CACHE_KIB = 8 * 1024
+#: How long a write waits for another process's (the CLI beside a server), in ms.
+BUSY_TIMEOUT_MS = 10_000
 logger = logging.getLogger("hemei.node")
 
 
@@ -60,6 +62,10 @@ def max_ahead_ms() -> int:
     if not (value.isascii() and value.isdigit()):
         raise NodeStateError(f"{MAX_AHEAD_ENV} must be a whole number of seconds, not {value!r}")
     return int(value) * 1000
+
+
+def _described(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, HemeiError) else f"{type(exc).__name__}: {exc}"
 
 
 def resolve_home(home: str | os.PathLike | None) -> Path:
@@ -78,7 +84,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
     return conn
 
@@ -321,7 +327,7 @@ class Node:
         except NodeStateError as exc:  # a newer release upgraded the home: only a restart helps
             raise NodeStateError(f"{exc.message} (this process loaded the node before it was upgraded;"
                                  " restart it with the new release)", code="restart_needed", status=503) from None
-        self._announce_rebuilt(quiet=True)  # a module enabled since at an older schema was upgraded
+        self._replay_marked(quiet=True)  # a module enabled since at an older schema was upgraded, say
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -350,39 +356,77 @@ class Node:
         installed again) marks them in its own transaction, and the replay
         clears the marks in its: a process killed in between leaves them to
         the next open, instead of leaving tables that miss what the log holds.
+        ``quiet`` (at open): a replay that fails, or would wait for another
+        process's write, is logged and left to the next open; the node opens,
+        so its operator can still disable a module whose replay fails.
         """
-        tables = [name for name in self._marked("replay") if name in self.specs]
-        if tables:  # marks of a module disabled since stay: enabling it marks them again anyway
-            with cyclic_gc_paused(), self._transaction():
-                self._reproject(tables, None)
-        self._announce_rebuilt(quiet)
-        return tables
-
-    def _announce_rebuilt(self, quiet: bool = False) -> None:
-        """Call ``tables_rebuilt`` for the tables replayed since their modules were last told.
-
-        Every replay marks its tables (``rebuilt:TABLE``) in its own
-        transaction; the marks go once the hooks have returned, so a module
-        whose hook failed, or a process killed before it ran, is told at the
-        next open or rebuild. ``quiet``: a failure is logged, not raised (a
-        node must still open, to let its operator fix or disable the module).
-        """
-        marked = self._marked("rebuilt")
-        if not marked:
-            return
-        tables = [name for name in marked if name in self.specs]
+        tables: list[str] = []
         try:
-            if tables:
-                self.pm.hook.tables_rebuilt(node=self, tables=tables)
+            if any(name in self.specs for name in self._marked("replay")):
+                with self._short_wait(quiet), cyclic_gc_paused(), self._transaction():
+                    # Read again under the lock: the process that marked them may have replayed them meanwhile.
+                    tables = [name for name in self._marked("replay") if name in self.specs]
+                    if tables:  # marks of a module disabled since stay: enabling it marks them again anyway
+                        self._reproject(tables, None)
+            self._announce_rebuilt(quiet)
         except Exception as exc:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
             if not quiet:
                 raise
-            logger.warning("a module failed after its tables were rebuilt (%s); it is asked again next time: %s: %s",
-                           ", ".join(tables), type(exc).__name__, exc)
+            logger.warning("tables marked for a replay were not replayed now (%s); the next start tries again",
+                           _described(exc))
+        return tables
+
+    @contextmanager
+    def _short_wait(self, short: bool) -> Iterator[None]:
+        """At open, do not wait seconds for another process's long write (its replay, say): skip instead."""
+        if not short:
+            yield
             return
-        self.conn.executemany("DELETE FROM _hemei_meta WHERE key = ?", [(f"rebuilt:{name}",) for name in marked])
+        self.conn.execute("PRAGMA busy_timeout=200")
+        try:
+            yield
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+    def _announce_rebuilt(self, quiet: bool = False) -> None:
+        """Call each module's ``tables_rebuilt`` for its tables replayed since it was last told.
+
+        Every replay marks its tables (``rebuilt:TABLE``) in its own
+        transaction. One process claims the marks (deletes them under the
+        write lock) and calls the hooks, each module on its own: a module
+        whose hook fails gets its tables marked again and is asked again at
+        the next open or rebuild; the others are told once. ``quiet``: a
+        failure is logged, not raised (a node must still open, to let its
+        operator fix or disable the module).
+        """
+        if not self._marked("rebuilt"):
+            return
+        with self._short_wait(quiet), self._transaction():
+            claimed = [key.split(":", 1)[1] for (key,) in self.conn.execute(
+                "DELETE FROM _hemei_meta WHERE substr(key, 1, 8) = 'rebuilt:' RETURNING key")]
+        tables = sorted(name for name in claimed if name in self.specs)
+        if not tables:
+            return
+        failed = []
+        for impl in reversed(self.pm.hook.tables_rebuilt.get_hookimpls()):
+            try:
+                impl.function(**{arg: {"node": self, "tables": tables}[arg] for arg in impl.argnames})
+            except Exception as exc:  # one module's failure must not keep the others from being told
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                failed.append((impl.plugin_name, exc))
+        if not failed:
+            return
+        owned = self.schemas.get
+        again = sorted({t for name, _ in failed for t in (owned(name).tables if owned(name) else tables)} & set(tables))
+        with self._transaction():
+            self._mark("rebuilt", again)
+        message = "; ".join(f"{name}: {_described(exc)}" for name, exc in failed)
+        if not quiet:
+            raise HemeiError(f"after rebuilding {', '.join(tables)}: {message} (asked again at the next start)",
+                             code="module_failed", status=500)
+        logger.warning("a module failed after its tables were rebuilt, and is asked again at the next start: %s",
+                       message)
 
     def _replay_reinstalled(self, meta: dict) -> None:
         """Replay the tables of enabled modules that were not installed when the node was last opened.

@@ -13,7 +13,7 @@ from conftest import PROBE
 
 from hemei.cli.main import BUILTIN_PLUGINS
 from hemei.core import Change, hookspecs
-from hemei.core.errors import InvalidInput
+from hemei.core.errors import HemeiError, InvalidInput
 from hemei.core.node import Node
 
 HOOK_NAMES = sorted(name for name, fn in vars(hookspecs).items()
@@ -132,7 +132,7 @@ def test_hook_tables_rebuilt_that_fails_is_called_again_on_the_next_open(node, c
     hook_probe.REBUILDS.clear()
     hook_probe.REBUILD_FAILS.append("cache unavailable")
     try:
-        with pytest.raises(RuntimeError, match="cache unavailable"):
+        with pytest.raises(HemeiError, match="hook_probe: RuntimeError: cache unavailable"):
             node.rebuild(["notes"])  # the operator's rebuild says so; the tables are rebuilt all the same
         reopened = Node.open(node.home, available=PROBE, builtins=BUILTIN_PLUGINS)  # still opens: the failure is logged
         reopened.close()

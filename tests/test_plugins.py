@@ -9,7 +9,7 @@ import pytest
 from conftest import PROBE
 from test_store import send_all
 from hemei.core import TableSpec, hookimpl
-from hemei.core.errors import InvalidInput
+from hemei.core.errors import HemeiError, InvalidInput
 from hemei.core.node import Node
 from hemei.core.plugins import CORE_BUILTINS, PluginError, get_plugin_manager
 
@@ -137,3 +137,56 @@ def test_a_process_killed_between_enabling_and_replaying_leaves_the_replay_to_th
     with Node.open(district.home, available=PROBE) as reopened:
         assert reopened.conn.execute("SELECT title FROM notes").fetchall() == [("楼道粉刷",)]
         assert reopened.conn.execute("SELECT count(*) FROM _hemei_meta WHERE key LIKE 'replay:%'").fetchone()[0] == 0
+
+
+def test_a_replay_that_fails_leaves_the_node_usable_so_the_module_can_be_disabled(make_node, monkeypatch, caplog):
+    node = make_node("district", modules=())
+
+    def broken(self, names, progress):
+        raise RuntimeError("a module's check crashed on an old row")
+
+    monkeypatch.setattr(Node, "_reproject", broken)
+    with pytest.raises(RuntimeError):
+        node.set_module_enabled("hook_probe", True, "op")
+    with Node.open(node.home, available=PROBE) as reopened:  # the replay fails again: logged, the node opens
+        assert "an old row" in caplog.text
+        reopened.set_module_enabled("hook_probe", False, "op")
+        assert reopened.enabled_modules() == []
+
+
+def test_an_open_beside_another_process_writing_does_not_wait_to_replay(make_node):
+    """Marks left by a killed process; another process holds the write lock (a long replay, say)."""
+    node = make_node("district")
+    node.conn.execute("INSERT INTO _hemei_meta (key, value) VALUES ('replay:notes', 1)")
+    node.conn.execute("BEGIN IMMEDIATE")
+    try:
+        with Node.open(node.home, available=PROBE) as beside:  # opens: the replay is left for later
+            assert beside.conn.execute("SELECT 1 FROM _hemei_meta WHERE key = 'replay:notes'").fetchone()
+    finally:
+        node.conn.execute("ROLLBACK")
+    with Node.open(node.home, available=PROBE) as later:
+        assert not later.conn.execute("SELECT 1 FROM _hemei_meta WHERE key = 'replay:notes'").fetchone()
+
+
+def test_one_modules_failing_tables_rebuilt_does_not_keep_another_from_being_told(make_node):
+    import hook_probe
+
+    failing = types.ModuleType("failing")
+    failing.register_tables = hookimpl(lambda: [TableSpec("failing_rows", {"id": "text", "scope": "text"})])
+    failing.register_tables.__name__ = "register_tables"
+
+    def tables_rebuilt(node, tables):
+        raise RuntimeError("cache service down")
+
+    failing.tables_rebuilt = hookimpl(tables_rebuilt)
+    available = {**PROBE, "failing": failing}
+    node = make_node("n")
+    with Node.open(node.home, available=available) as both:
+        with pytest.raises(HemeiError, match="cache service down"):  # enabled and replayed all the same
+            both.set_module_enabled("failing", True, "op")
+        hook_probe.REBUILDS.clear()
+        with pytest.raises(HemeiError, match="failing: RuntimeError: cache service down"):
+            both.rebuild(["notes", "failing_rows"])
+        assert hook_probe.REBUILDS == [(both.id, ["failing_rows", "notes"])]  # told, despite the other
+        marks = both.conn.execute("SELECT key FROM _hemei_meta WHERE key LIKE 'rebuilt:%'").fetchall()
+        assert marks == [("rebuilt:failing_rows",)]  # only the failing module is asked again
