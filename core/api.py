@@ -181,15 +181,19 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
+def _too_large(limit: int) -> HemeiError:
+    return HemeiError(f"request body is larger than {limit} bytes", code="body_too_large", status=413)
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HemeiError(f"request body is larger than {limit} bytes", code="body_too_large", status=413)
+        raise _too_large(limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise HemeiError(f"request body is larger than {limit} bytes", code="body_too_large", status=413)
+            raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -290,8 +294,7 @@ def _endpoint(key: tuple[str, str], table: RouteTable):
                 raise table.no_route(request.scope)
             if route is not routed:  # read by the rules of the route it was routed to: read again by these
                 if len(raw) > route.max_body:
-                    raise HemeiError(f"request body is larger than {route.max_body} bytes",
-                                     code="body_too_large", status=413)
+                    raise _too_large(route.max_body)
                 body = _parsed(route, raw)
             return call(route, node, request, raw, body)
 

@@ -407,14 +407,7 @@ class Node:
         tables = sorted(name for name in claimed if name in self.specs)
         if not tables:
             return
-        failed = []
-        for impl in reversed(self.pm.hook.tables_rebuilt.get_hookimpls()):
-            try:
-                impl.function(**{arg: {"node": self, "tables": tables}[arg] for arg in impl.argnames})
-            except Exception as exc:  # one module's failure must not keep the others from being told
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                failed.append((impl.plugin_name, exc))
+        failed = self._call_each(self.pm.hook.tables_rebuilt, node=self, tables=tables)
         if not failed:
             return
         owned = self.schemas.get
@@ -530,16 +523,21 @@ class Node:
 
         Each implementation runs on its own, so one module's failure does not stop the others.
         """
-        failures = []
-        for impl in self.pm.hook.tick.get_hookimpls():
+        return [f"{name}: {type(exc).__name__}: {exc}" for name, exc in self._call_each(self.pm.hook.tick, node=self)]
+
+    def _call_each(self, hook, **kwargs) -> list[tuple[str, BaseException]]:
+        """Call every implementation of ``hook`` on its own; returns (module, exception) of those that
+        failed, each failure's open transaction rolled back. One module's failure must not stop the others."""
+        failed = []
+        for impl in reversed(hook.get_hookimpls()):  # pluggy's own order
             try:
-                impl.function(**{name: self for name in impl.argnames})
-            except (Exception, SystemExit) as exc:  # must not stop the server or the sync
-                failures.append(f"{impl.plugin_name}: {type(exc).__name__}: {exc}")
+                impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+            except (Exception, SystemExit) as exc:  # must not stop the server, the sync or an open
+                failed.append((impl.plugin_name, exc))
                 with suppress(sqlite3.Error):
                     if self.conn.in_transaction:
                         self.conn.execute("ROLLBACK")
-        return failures
+        return failed
 
     def _react(self, applied: list[Change]) -> None:
         if applied and self.pm.hook.change_applied.get_hookimpls():
