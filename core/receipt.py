@@ -87,12 +87,14 @@ def apply_verified(node: Node, origin: str, batch: Batch, check: Check | None, c
         raise ChainError(f"entries of {origin} start at #{first} but this node holds up to #{size}: gap")
     held = max(0, min(size, first + len(batch.entries) - 1) - first + 1)
     if first > 1:
-        prev = node.conn.execute("SELECT hash FROM _hemei_log WHERE origin = ? AND seq = ?",
-                                 (known[0], first - 1)).fetchone()[0]
+        prev, prev_hlc, prev_kind = node.conn.execute(
+            "SELECT hash, hlc, kind FROM _hemei_log WHERE origin = ? AND seq = ?", (known[0], first - 1)).fetchone()
+        if prev_kind == REDACTED:
+            prev_hlc = -1  # held as its digest only, stamp unknown
     else:
-        prev = GENESIS
+        prev, prev_hlc = GENESIS, -1
     try:
-        hashes = verify_segment(origin, prev, first, batch.entries)
+        hashes = verify_segment(origin, prev, first, batch.entries, prev_hlc=prev_hlc)
     except ChainError as exc:
         raise ChainError(f"batch from {origin} refused: {exc.message}") from None
     last_seq = first + len(batch.entries) - 1

@@ -8,6 +8,7 @@ import zlib
 import httpx
 import pytest
 
+from hemei.core.clock import HybridClock, hlc_ms
 from hemei.core.identity import write_private_key
 from hemei.core.node import Node
 from hemei.sync import client, signing, wire
@@ -39,7 +40,7 @@ def district_state(net) -> tuple:
     return (vv, notes, peers), (logged, local)
 
 
-def refused(net, call, status: int, code: str, signed_by_peer: bool = True) -> None:
+def refused(net, call, status: int, code: str, signed_by_peer: bool = True, match: str = "") -> None:
     """Run ``call``; it must get ``status``/``code``, write nothing, and leave one refusal on record.
 
     A request a known peer signed is refused in the log; one nobody proved to send goes to the
@@ -49,6 +50,7 @@ def refused(net, call, status: int, code: str, signed_by_peer: bool = True) -> N
     with pytest.raises(SyncRefused) as err:
         call()
     assert (err.value.status, err.value.code) == (status, code), err.value.message
+    assert match in err.value.message
     after, counts = district_state(net)
     assert after == before
     assert counts == ((logged + 1, local) if signed_by_peer else (logged, local + 1))
@@ -281,10 +283,42 @@ def test_bad_signature_padding_and_absurd_clocks_get_4xx(net):
             with ParentLink(beihai, url) as link:
                 link.learn_time()
                 refused(net, lambda: link.call("/api/sync/push", {"batches": [forged]}), 422, "chain_invalid")
-            beihai.conn.execute("DELETE FROM notes WHERE title = '钟'")  # keep the fixture's street usable
-            beihai.conn.execute("DELETE FROM _hemei_log WHERE seq > ? AND origin = 1", (have,))
-            beihai.conn.execute("UPDATE _hemei_origins SET size = ?, head = (SELECT hash FROM _hemei_log WHERE"
-                                " origin = 1 AND seq = ?) WHERE ix = 1", (have, have))
+            forget_since(beihai, have, "钟")
+
+
+def forget_since(street: Node, have: int, title: str) -> None:
+    """Take back a street's entries after #``have`` and the note they wrote: keeps the fixture's street usable."""
+    street.conn.execute("DELETE FROM notes WHERE title = ?", (title,))
+    street.conn.execute("DELETE FROM _hemei_log WHERE seq > ? AND origin = 1", (have,))
+    street.conn.execute("UPDATE _hemei_origins SET size = ?, head = (SELECT hash FROM _hemei_log WHERE"
+                        " origin = 1 AND seq = ?) WHERE ix = 1", (have, have))
+
+
+def test_an_entry_back_dated_behind_what_the_street_sent_is_refused(net):
+    """A street cannot stamp a new entry earlier than one it already sent (its clock set back, or hostile).
+
+    "Earliest wins" for an append-only table's unique columns rests on the stamps, so a back-dated row
+    could take a value a sibling holds; a real node's stamps only ever rise along its chain.
+    """
+    with net.open("district") as district, net.open("beihai") as beihai:
+        held = district.version_vector()[beihai.id]
+        sent = district.conn.execute("SELECT l.hlc FROM _hemei_log l JOIN _hemei_origins o ON o.ix = l.origin"
+                                     " WHERE o.node_id = ? AND l.seq = ?", (beihai.id, held)).fetchone()[0]
+    with net.open("beihai") as beihai:
+        have, clock = beihai.version_vector()[beihai.id], beihai.clock.last
+        beihai.clock = HybridClock(now=lambda: hlc_ms(sent) - 3_600_000)  # an hour before what it sent
+        beihai.conn.execute("UPDATE _hemei_meta SET value = 0 WHERE key = 'hlc'")
+        write_notes(beihai, [("倒填", "sx/yc/bh")])
+        batch = beihai.read_batch(beihai.id, held, limit=10_000)
+        try:
+            with ParentLink(beihai, net.servers["district"].url) as link:
+                link.learn_time()
+                push = wire.batch_to_json(batch)
+                refused(net, lambda: link.call("/api/sync/push", {"batches": [push]}), 422, "chain_invalid",
+                        match="stamped no later than the entry before it")
+        finally:
+            forget_since(beihai, have, "倒填")
+            beihai.conn.execute("UPDATE _hemei_meta SET value = ? WHERE key = 'hlc'", (clock,))
 
 
 def test_hello_tells_a_street_nothing_about_its_siblings(net):
