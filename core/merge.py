@@ -26,7 +26,7 @@ Convergence rests on each policy being a function of the *set* of changes:
 from __future__ import annotations
 
 import sqlite3
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, Container, NamedTuple
 
 import orjson
 
@@ -91,12 +91,12 @@ class Projector:
         self._insert_sql = {name: self._fast_insert_sql(spec) for name, spec in specs.items()}
         self._origin_scope: str | None = None
         self._keep_violations = False
-        self._judge_inserts = True
+        self._judged_tables: Container[str] = specs  # tables whose received inserts are confined too
         self._released: list[Change] = []
 
     # -- entry point -----------------------------------------------------
     def apply(self, changes: list[Change], *, local: bool, origin_scope: str | None = None,
-              keep_violations: bool = False, judge_inserts: bool = True) -> list[Change]:
+              keep_violations: bool = False, judge_inserts: bool | Container[str] = True) -> list[Change]:
         """Apply ``changes`` in order; return those that took effect.
 
         ``origin_scope`` (received changes, all of one origin): a change that
@@ -114,10 +114,12 @@ class Projector:
         ``judge_inserts`` False (a rebuild): only updates and deletes are
         confined; whether an insert reached a row outside its origin's scope
         depends on which insert of that key came first, known only at receipt.
+        Or the tables whose inserts are judged all the same: those no receipt
+        judged, because their module was off (see ``Node._reproject``).
         """
         self._origin_scope = origin_scope
         self._keep_violations = keep_violations
-        self._judge_inserts = judge_inserts
+        self._judged_tables = self.specs if judge_inserts is True else judge_inserts or ()
         self._released = []
         try:
             if self._reads_older and not local:
@@ -139,7 +141,7 @@ class Projector:
     def _confined(self, spec: TableSpec, change: Change, row_scope: str | None, origin_scope: str | None,
                   keep: bool) -> bool:
         if origin_scope is None or row_scope is None or covers(origin_scope, row_scope) \
-                or (change.op == "insert" and not self._judge_inserts):
+                or (change.op == "insert" and change.table not in self._judged_tables):
             return True
         reason = (f"an entry of {change.origin} changes {spec.name} {change.pk}, "
                   f"a row of {row_scope}, outside {origin_scope}")

@@ -434,7 +434,9 @@ class Node:
         back = sorted(marked - missing)
         if back:
             with self._transaction():
-                self._mark("replay", sorted(t for name in back if name in self.schemas for t in self.schemas[name].tables))
+                tables = sorted(t for name in back if name in self.schemas for t in self.schemas[name].tables)
+                self._mark("replay", tables)
+                self._mark("judge", tables)
                 self.conn.executemany("DELETE FROM _hemei_meta WHERE key = ?", [(f"missing:{name}",) for name in back])
 
     def _reproject_after_waiting_table(self) -> None:
@@ -472,8 +474,9 @@ class Node:
                 " ON CONFLICT(name) DO UPDATE SET enabled = excluded.enabled, changed_hlc = excluded.changed_hlc,"
                 " schema_version = coalesce(excluded.schema_version, schema_version)",
                 (name, int(enabled), self.clock.last, version))
-            if enabled and name in schemas:  # its tables miss what arrived while it was disabled
+            if enabled and name in schemas:  # its tables miss (and never judged) what arrived while it was off
                 self._mark("replay", schemas[name].tables)
+                self._mark("judge", schemas[name].tables)
         self._load_modules()
         return self._replay_marked(quiet=not enabled)  # disabling a module whose hook fails must not fail
 
@@ -673,7 +676,10 @@ class Node:
         replayed = 0
         # A change kept out of scope at receipt stays out: judged against the rows as they stood then.
         kept_out = set()
-        self.conn.executemany("DELETE FROM _hemei_meta WHERE key = ?", [(f"replay:{name}",) for name in names])
+        # Tables whose module was off (or missing) while entries came: no receipt judged their inserts.
+        unjudged = set(self._marked("judge")) & chosen
+        self.conn.executemany("DELETE FROM _hemei_meta WHERE key = ?",
+                              [(f"{mark}:{name}",) for name in names for mark in ("replay", "judge")])
         self._mark("rebuilt", names)  # cleared when the modules have been told: see _announce_rebuilt
         for name in names:
             self.conn.execute(f"DELETE FROM [{name}]")
@@ -693,9 +699,10 @@ class Node:
                            and (not kept_out or (c.table, c.pk, c.hlc, c.origin) not in kept_out)]
                 # Updates and deletes of a confined origin are judged again (a module enabled or upgraded
                 # since may see them for the first time); the order they meet their insert in cannot
-                # change the outcome. Inserts keep the judgment made at receipt (kept_out).
+                # change the outcome. Inserts keep the judgment made at receipt (kept_out), except where
+                # none was made: those are judged now, the origin this node heard from first going first.
                 self.projector.apply(changes, local=False, origin_scope=confined_to, keep_violations=True,
-                                     judge_inserts=False)
+                                     judge_inserts=unjudged)
             replayed += len(chunk)
             if progress:
                 progress(len(chunk))

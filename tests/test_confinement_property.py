@@ -8,7 +8,8 @@ before the insert it follows and waits for it. Whatever the order, the city
 must hold the same rows, the same conflicts (each of b's changes to a's rows
 kept as ``out_of_scope``) and the same waiting changes as a city that got
 every insert first; none of b's values may reach a's rows; and a rebuild
-must change nothing.
+must change nothing. A city that had the module off while the entries came
+(so nothing was judged at receipt) must hold the same once it enables it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from hemei.cli.main import BUILTIN_PLUGINS
 from hemei.core.node import Node
 
 KEYS = [f"k{i}" for i in range(3)]
-HOMES = {"city": "sx", "district": "sx/yc", "a": "sx/yc/a", "b": "sx/yc/b", "reference": "sx"}
+HOMES = {"city": "sx", "district": "sx/yc", "a": "sx/yc/a", "b": "sx/yc/b", "reference": "sx", "late": "sx"}
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,9 @@ def test_a_parents_judgment_of_relayed_changes_does_not_depend_on_their_order(te
         for name in HOMES:
             shutil.copytree(templates / name, work / name)
             nodes[name] = Node.open(work / name, available=PROBE, builtins=BUILTIN_PLUGINS)
-        a, b, district, city, reference = (nodes[n] for n in ("a", "b", "district", "city", "reference"))
+        a, b, district, city, reference, late = (nodes[n] for n in ("a", "b", "district", "city", "reference",
+                                                                    "late"))
+        late.set_module_enabled("hook_probe", False, "t")
         for kind, key, value in ops:
             _write(nodes, kind, key, value)
         for street in (a, b):
@@ -116,6 +119,10 @@ def test_a_parents_judgment_of_relayed_changes_does_not_depend_on_their_order(te
 
         _relay(district, reference, [a.id, district.id, b.id], None)  # every insert before what follows it
         _relay(district, city, [a.id, district.id, b.id], rng)
+        _relay(district, late, [a.id, district.id, b.id], rng)
+        late.set_module_enabled("hook_probe", True, "t")  # judged now, by the replay
+
+        assert _state(late) == _state(reference)
 
         assert _state(city) == _state(reference)
         notes = city.conn.execute("SELECT id, title FROM notes").fetchall()

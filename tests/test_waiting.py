@@ -5,6 +5,8 @@ See ``tests/test_confinement_property.py`` for the same rules over every arrival
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import PROBE
 from hemei.cli.main import BUILTIN_PLUGINS
 from hemei.core.node import Node
@@ -45,6 +47,43 @@ def test_changes_to_a_disabled_modules_tables_are_judged_when_it_is_enabled(make
     assert _title_and_judgments(district, pk) == (("甲街的记录",), [("out_of_scope",)])
     [(reason,)] = district.conn.execute("SELECT reason FROM _hemei_conflicts").fetchall()
     assert "a row of yc/a, outside yc/b" in reason
+
+
+@pytest.mark.parametrize("off", ["disabled", "not installed"])
+def test_an_insert_under_a_siblings_key_is_judged_when_its_module_comes_back(make_node, off):
+    """Received while the district projected no notes table (module disabled, or enabled but missing
+    after a reinstall), so no receipt judged it: the replay that enabling or installing runs does, and
+    the row stays the street's that inserted it first. The merge alone would let the later stamp win,
+    moving the row into the other street and refusing its owner's next edit."""
+    district = make_node("d", scope="yc", modules=() if off == "disabled" else ("hook_probe",))
+    a, b = make_node("a", scope="yc/a"), make_node("b", scope="yc/b")
+    with a.writer("w") as w:
+        pk = w.insert("notes", {"title": "甲街的记录"})
+    b.clock.observe(a.clock.last)
+    with b.writer("mallory") as w:  # a leaked key, inserted again from inside b's own scope
+        w._append("row.insert", b.scope, {"t": "notes", "pk": pk, "v": {"title": "HIJACKED"}}, None)
+    if off == "disabled":
+        _push(a, district, a.id)
+        _push(b, district, b.id)
+        district.set_module_enabled("hook_probe", True, "op")
+    else:
+        district.close()
+        with Node.open(district.home, available={}, builtins=BUILTIN_PLUGINS) as missing:
+            _push(a, missing, a.id)
+            _push(b, missing, b.id)
+        district = Node.open(district.home, available=PROBE, builtins=BUILTIN_PLUGINS)
+    try:
+        assert _title_and_judgments(district, pk) == (("甲街的记录",), [("out_of_scope",)])
+        assert district.conn.execute("SELECT scope FROM notes WHERE id = ?", (pk,)).fetchone() == ("yc/a",)
+        district.rebuild()  # the judgment made by that replay is kept, like one made at receipt
+        assert _title_and_judgments(district, pk) == (("甲街的记录",), [("out_of_scope",)])
+        with a.writer("w") as w:  # its owner goes on editing it
+            w.update("notes", pk, {"body": "跟进"})
+        _push(a, district, a.id)
+        assert district.conn.execute("SELECT title, body FROM notes WHERE id = ?", (pk,)).fetchone() == (
+            "甲街的记录", "跟进")
+    finally:
+        district.close()
 
 
 def test_changes_from_above_are_not_confined(make_node, run_cli):
