@@ -233,16 +233,11 @@ class RouteTable:
 
     def build(self, node: Node) -> None:
         api_routes: list[ApiRoute] = merge_named(node.pm.hook.register_routes(), "route", attrgetter("key"))
-        document = openapi_document(node, api_routes)
-        api_routes.append(ApiRoute("/api/openapi.json", "GET", self._openapi, role=None, summary="This document"))
-        self.document, self.api_routes = document, api_routes
+        self.document, self.api_routes = openapi_document(node, api_routes), api_routes
         self._by_key = {r.key: r for r in api_routes}
         # Replaced whole, never changed in place: a request being routed keeps the list it started with.
         self.router.routes = [_MethodRoute(r.path, _endpoint(r.key, self), methods=[r.key[0]]) for r in api_routes]
         self._settings = node.module_settings
-
-    def _openapi(self, call: ApiCall) -> dict:
-        return self.document
 
     def find(self, key: tuple[str, str]) -> ApiRoute | None:
         return self._by_key.get(key)

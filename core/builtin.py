@@ -1,4 +1,4 @@
-"""The core's own built-in plugin: health, status, audit and conflict routes.
+"""The core's own built-in plugin: health, status, audit, conflict and OpenAPI routes.
 
 Registered like any program module (by :func:`get_plugin_manager`), so the
 core's features reach the app through the same hooks as everyone's.
@@ -39,6 +39,11 @@ def verify(call: ApiCall) -> dict:
     return verify_log(call.node)
 
 
+def openapi(call: ApiCall) -> dict:
+    # Registered here like every route, so a module that claims this path is refused as a clash.
+    return call.request.app.state.routes.document
+
+
 @hookimpl
 def register_routes() -> list[ApiRoute]:
     return [
@@ -49,4 +54,5 @@ def register_routes() -> list[ApiRoute]:
         ApiRoute("/api/audit/log", "GET", log, role="admin", summary="Who did what, newest first", tags=("audit",)),
         ApiRoute("/api/audit/verify", "GET", verify, role="admin", summary="Re-check every chain and checkpoint",
                  tags=("audit",)),
+        ApiRoute("/api/openapi.json", "GET", openapi, role=None, summary="This document", tags=("core",)),
     ]

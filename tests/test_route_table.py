@@ -13,6 +13,7 @@ import time
 import httpx
 import pytest
 import route_extra
+import route_openapi
 import route_successor
 from conftest import PROBE
 from server import Server, plugin_env, probe_site
@@ -24,7 +25,7 @@ from hemei.core.errors import InvalidInput
 from hemei.core.node import Node
 
 PLUGINS = {"route_successor": "route_successor", "route_extra": "route_extra"}
-AVAILABLE = {**PROBE, "route_successor": route_successor, "route_extra": route_extra}
+AVAILABLE = {**PROBE, "route_successor": route_successor, "route_extra": route_extra, "route_openapi": route_openapi}
 
 
 def served_home(tmp_path, modules, plugins=PLUGINS):
@@ -36,12 +37,14 @@ def served_home(tmp_path, modules, plugins=PLUGINS):
     return env, home
 
 
-def test_a_module_whose_routes_clash_with_an_enabled_one_is_not_enabled(make_node):
-    node = make_node("n")  # hook_probe enabled: GET /api/probe/notes is taken
+@pytest.mark.parametrize("module", ["route_successor", "route_openapi"])
+def test_a_module_whose_routes_clash_with_an_enabled_one_is_not_enabled(make_node, module):
+    """hook_probe holds GET /api/probe/notes; the core holds GET /api/openapi.json like its other routes."""
+    node = make_node("n")
     with Node.open(node.home, available=AVAILABLE, builtins=BUILTIN_PLUGINS) as cli:
         with pytest.raises(InvalidInput, match="two plugins register the route"):
-            cli.set_module_enabled("route_successor", True, "op")
-        assert "route_successor" not in cli.enabled_modules()
+            cli.set_module_enabled(module, True, "op")
+        assert module not in cli.enabled_modules()
 
 
 def test_a_server_whose_modules_clash_keeps_serving_the_routes_it_had(tmp_path):
