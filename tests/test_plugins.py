@@ -119,6 +119,10 @@ def test_a_change_is_validated_by_the_module_that_declared_its_table(tmp_path):
     assert asked == [("owns_a", "table_a"), ("owns_b", "table_b")]
 
 
+def killed_before_replaying(self, names, progress):
+    raise KeyboardInterrupt  # the operator's Ctrl-C, or a power cut, right after the enable committed
+
+
 def test_a_process_killed_between_enabling_and_replaying_leaves_the_replay_to_the_next_open(make_node, monkeypatch):
     street = make_node("street", scope="yuecheng/fushan/xihu")
     with street.writer("王丽") as w:
@@ -126,10 +130,7 @@ def test_a_process_killed_between_enabling_and_replaying_leaves_the_replay_to_th
     district = make_node("district", scope="yuecheng/fushan", modules=())
     send_all(street, district)  # received while the module is off: only in the log
 
-    def killed(self, names, progress):
-        raise KeyboardInterrupt  # the operator's Ctrl-C, or a power cut, right after the enable committed
-
-    monkeypatch.setattr(Node, "_reproject", killed)
+    monkeypatch.setattr(Node, "_reproject", killed_before_replaying)
     with pytest.raises(KeyboardInterrupt):
         district.set_module_enabled("hook_probe", True, "op")
     monkeypatch.undo()
@@ -137,6 +138,28 @@ def test_a_process_killed_between_enabling_and_replaying_leaves_the_replay_to_th
     with Node.open(district.home, available=PROBE) as reopened:
         assert reopened.conn.execute("SELECT title FROM notes").fetchall() == [("楼道粉刷",)]
         assert reopened.conn.execute("SELECT count(*) FROM _hemei_meta WHERE key LIKE 'replay:%'").fetchone()[0] == 0
+
+
+def test_a_running_reader_finishes_a_replay_the_enabling_process_left(make_node, monkeypatch):
+    """A server's node follows the home's modules on every request: when the CLI that enabled a module
+    was killed before replaying, the server's next request does the replay (Node._reload_modules)."""
+    street = make_node("street", scope="yuecheng/fushan/xihu")
+    with street.writer("王丽") as w:
+        w.insert("notes", {"title": "楼道粉刷"})
+    district = make_node("district", scope="yuecheng/fushan", modules=())
+    send_all(street, district)
+    reader = Node.open(district.home, available=PROBE)  # opened before the enable, like hemei serve
+    try:
+        monkeypatch.setattr(Node, "_reproject", killed_before_replaying)
+        with pytest.raises(KeyboardInterrupt):
+            district.set_module_enabled("hook_probe", True, "op")
+        monkeypatch.undo()
+        assert reader.follow_modules() is True
+        assert reader.conn.execute("SELECT title FROM notes").fetchall() == [("楼道粉刷",)]
+        assert reader.conn.execute("SELECT count(*) FROM _hemei_meta WHERE key LIKE 'replay:%'").fetchone()[0] == 0
+        assert reader.follow_modules() is False
+    finally:
+        reader.close()
 
 
 def test_a_replay_that_fails_leaves_the_node_usable_so_the_module_can_be_disabled(make_node, monkeypatch, caplog):
