@@ -9,6 +9,7 @@ and notices_v2.py): release 2 renamed ``phone`` to ``contact`` and added
 from __future__ import annotations
 
 import json
+import types
 
 import httpx
 import notices_v1
@@ -23,7 +24,7 @@ from test_store import send_all
 from tree import Tree
 
 from hemei.cli.main import BUILTIN_PLUGINS
-from hemei.core import Change
+from hemei.core import LWW, Change, ModuleSchema, TableSpec, hookimpl
 from hemei.core.errors import InvalidInput, NodeStateError
 from hemei.core.node import Node
 
@@ -400,3 +401,38 @@ def test_a_module_installed_again_gets_what_arrived_while_it_was_missing(make_no
     with Node.open(home, available=PROBE, builtins=BUILTIN_PLUGINS) as back:
         assert back.conn.execute("SELECT title FROM notes").fetchall() == [("楼道粉刷",)]
         assert not back.conn.execute("SELECT key FROM _hemei_meta WHERE key LIKE 'missing:%'").fetchall()
+
+
+def test_inserts_into_a_table_a_newer_release_adds_are_judged_by_the_upgrade(tmp_path):
+    """The district, at release 2, has no ``notice_reads`` table (release 3 adds it): its streets' entries for it wait in the
+    log, judged by nothing. The upgrade that adds the table replays it and judges them then: a sibling's
+    insert under a street's key is kept as ``out_of_scope`` instead of taking the row over."""
+    reads = TableSpec("notice_reads", {"id": "text", "scope": "text", "reader": "text"}, policy=LWW)
+    release_3 = types.ModuleType("notices_v3")
+    release_3.register_tables = hookimpl(lambda: [notices_v2.NOTICES, reads])
+    release_3.register_tables.__name__ = "register_tables"
+    release_3.module_schema = hookimpl(lambda: ModuleSchema(version=3, upgrades={1: notices_v2.from_v1,
+                                                                   2: lambda change: change}))
+    release_3.module_schema.__name__ = "module_schema"
+    newer = {**PROBE, "notices": release_3}
+    a = make(tmp_path, "a", STREET, 2)
+    b = make(tmp_path, "b", "越城区/北海街道", 2)
+    district = make(tmp_path, "district", DISTRICT, 2)
+    for street in (a, b):
+        street.close()
+    a, b = (Node.open(s.home, available=newer, builtins=BUILTIN_PLUGINS) for s in (a, b))
+    with a.writer("w") as w:
+        pk = w.insert("notice_reads", {"reader": "王丽"})
+    b.clock.observe(a.clock.last)
+    with b.writer("mallory") as w:  # a leaked key, inserted again from inside b's own scope
+        w._append("row.insert", b.scope, {"t": "notice_reads", "pk": pk, "v": {"reader": "HIJACKED"}, "s": 3}, None)
+    send(a, district)
+    send(b, district)
+    district.close()
+    district = Node.open(district.home, available=newer, builtins=BUILTIN_PLUGINS)
+    try:
+        assert district.conn.execute("SELECT reader, scope FROM notice_reads").fetchall() == [("王丽", STREET)]
+        assert [(t, kind) for t, _, kind, _ in conflicts(district)] == [("notice_reads", "out_of_scope")]
+    finally:
+        for node in (a, b, district):
+            node.close()
