@@ -81,26 +81,18 @@ def _refuse_header(origin: str, seq: int, hlc: int, actor: str, kind: str, scope
 
 
 def verify_segment(origin: str, prev_head: bytes, first_seq: int, entries: Sequence[tuple],
-                   signed_head: bytes | None = None, prev_hlc: int = -1) -> list[bytes]:
+                   signed_head: bytes | None = None) -> list[bytes]:
     """Check that ``entries`` continue a chain whose entry ``first_seq - 1`` hashes to ``prev_head``.
 
     Each entry is ``(seq, hlc, actor, kind, scope, payload, salt)``, or
     ``(seq, leaf)`` for a redacted one. Returns the recomputed hashes.
     Raises :class:`ChainError` naming the first entry that breaks the
     chain, or when the last hash differs from ``signed_head``.
-
-    Stamps rise along a chain: every entry is ticked from its origin's
-    clock, which never goes back. ``prev_hlc`` is the stamp of the entry
-    before ``first_seq`` (-1 when unknown: genesis, or held redacted); an
-    entry stamped no later than the full entry before it is refused. That
-    keeps a child from back-dating a new entry behind what it already sent
-    (an append-only row's "earliest wins" rests on the stamps).
     """
     hashes = []
     append = hashes.append
     prev = prev_head
     expected = first_seq
-    last_hlc = prev_hlc
     sha256 = _sha256
     for entry in entries:
         seq = entry[0]
@@ -117,10 +109,6 @@ def verify_segment(origin: str, prev_head: bytes, first_seq: int, entries: Seque
                     or not 0 < len(actor) <= 64 or not actor.isprintable()
                     or text.count("\n", 0, len(text) - len(payload)) != 6 or "\r" in actor or "\r" in scope):
                 _refuse_header(origin, seq, hlc, actor, kind, scope, salt)
-            if hlc <= last_hlc:
-                raise ChainError(f"entry {origin}#{seq} is stamped no later than the entry before it: its"
-                                 " origin's clock went back, or the entry was altered")
-            last_hlc = hlc
             leaf = sha256(salt + text.encode()).digest()
         elif len(entry) == 2:
             leaf = entry[1]
@@ -134,3 +122,22 @@ def verify_segment(origin: str, prev_head: bytes, first_seq: int, entries: Seque
     if signed_head is not None and prev != signed_head:
         raise ChainError(f"entries of {origin} up to #{expected - 1} do not hash to the signed head")
     return hashes
+
+
+def check_stamps_rise(origin: str, entries: Sequence[tuple], prev_hlc: int) -> None:
+    """Refuse a full entry stamped no later than the full entry before it (redacted ones have no stamp).
+
+    Every entry is ticked from its origin's clock, which never goes back,
+    so a real chain's stamps rise. ``prev_hlc`` is the stamp of the entry
+    before ``entries`` (-1: none, or held redacted). A parent holds a
+    child's new entries to this: a back-dated entry could otherwise win
+    "earliest wins" (an append-only table's unique columns) against a
+    sibling's.
+    """
+    last = prev_hlc
+    for entry in entries:
+        if len(entry) == FULL:
+            if entry[1] <= last:
+                raise ChainError(f"entry {origin}#{entry[0]} is stamped no later than the entry before it: its"
+                                 " origin's clock went back, or the entry was altered")
+            last = entry[1]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import orjson
 
-from .chain import FULL, GENESIS, REDACTED, REDACTED_LEN, ROW_KINDS, verify_segment
+from .chain import FULL, GENESIS, REDACTED, REDACTED_LEN, ROW_KINDS, check_stamps_rise, verify_segment
 from .errors import ChainError, Conflict, HemeiError, InvalidInput, ScopeViolation
 from .identity import node_id_from_public_key, parse_node_id, verify_checkpoint
 from .merge import UNREADABLE, Change
@@ -89,12 +89,10 @@ def apply_verified(node: Node, origin: str, batch: Batch, check: Check | None, c
     if first > 1:
         prev, prev_hlc, prev_kind = node.conn.execute(
             "SELECT hash, hlc, kind FROM _hemei_log WHERE origin = ? AND seq = ?", (known[0], first - 1)).fetchone()
-        if prev_kind == REDACTED:
-            prev_hlc = -1  # held as its digest only, stamp unknown
     else:
-        prev, prev_hlc = GENESIS, -1
+        prev, prev_hlc, prev_kind = GENESIS, -1, None
     try:
-        hashes = verify_segment(origin, prev, first, batch.entries, prev_hlc=prev_hlc)
+        hashes = verify_segment(origin, prev, first, batch.entries)
     except ChainError as exc:
         raise ChainError(f"batch from {origin} refused: {exc.message}") from None
     last_seq = first + len(batch.entries) - 1
@@ -115,6 +113,15 @@ def apply_verified(node: Node, origin: str, batch: Batch, check: Check | None, c
     if not new:
         return {"origin": origin, "received": len(batch.entries), "new": 0, "applied": 0, "refused": 0,
                 "_applied": []}
+    if confine and not keep_violations:
+        # The sender's own new entries, after the fork check (a restored street is a fork, not a bad
+        # stamp); relayed ones were held to it at their own edge, or taken in by an older release.
+        if held:
+            before = batch.entries[held - 1]
+            prev_hlc = before[1] if len(before) == FULL else -1
+        elif prev_kind == REDACTED:
+            prev_hlc = -1  # held as its digest only: no stamp
+        check_stamps_rise(origin, new, prev_hlc)
     changes = changes_of(origin, new)  # parsed once, for the check and the projection
     if check is not None:
         check(batch._replace(entries=new), changes)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from hemei.core import receipt
+from hemei.core.clock import HybridClock
 from hemei.core.errors import ChainError, ClockSkew, Conflict, HemeiError, InvalidInput, NotFound
 from hemei.core.node import Batch, Node
 
@@ -613,3 +615,45 @@ def test_a_relayed_change_to_a_siblings_row_is_kept_as_a_conflict_and_the_relay_
     with pytest.raises(HemeiError) as err:
         _push(b, district, b.id)
     assert err.value.code == "scope_violation" and log_size(district) == size
+
+
+def _back_dated(street: Node, title: str) -> None:
+    """``street`` writes one note stamped an hour before its last entry (its clock set back by hand)."""
+    last = street.clock.last
+    street.clock = HybridClock(now=lambda: (last >> 16) - 3_600_000)
+    street.conn.execute("UPDATE _hemei_meta SET value = 0 WHERE key = 'hlc'")
+    with street.writer("w") as w:
+        w.insert("notes", {"title": title})
+
+
+def test_a_childs_entry_stamped_before_what_it_sent_refuses_its_push(make_node):
+    district, street = make_node("d", scope="yc"), make_node("a", scope="yc/a")
+    with street.writer("w") as w:
+        w.insert("notes", {"title": "先"})
+    _push(street, district, street.id)
+    _back_dated(street, "倒填")
+    held = district.version_vector()[street.id]
+    with pytest.raises(ChainError, match="stamped no later than the entry before it"):
+        _push(street, district, street.id)
+    assert district.version_vector()[street.id] == held
+    assert district.conn.execute("SELECT title FROM notes").fetchall() == [("先",)]
+
+
+def test_a_chain_an_older_release_took_in_is_relayed_without_blocking_the_district(make_node, monkeypatch):
+    """The rule holds a child's own entries; relayed ones were judged at their own edge, perhaps by an
+    older release without it. Refusing them would refuse the district's own entries from then on."""
+    city, district, street = make_node("c", scope="sx"), make_node("d", scope="sx/yc"), make_node("b", "sx/yc/b")
+    with street.writer("w") as w:
+        w.insert("notes", {"title": "先"})
+    _back_dated(street, "倒填")
+    with monkeypatch.context() as older:  # the district runs the release before the rule
+        older.setattr(receipt, "check_stamps_rise", lambda origin, entries, prev_hlc: None)
+        _push(street, district, street.id)
+    with district.writer("w") as w:
+        w.insert("notes", {"title": "区里的"})
+    _push(district, city, street.id)
+    _push(district, city, district.id)
+    held = city.version_vector()
+    assert {o: held.get(o) for o in (street.id, district.id)} == {o: district.version_vector()[o]
+                                                                 for o in (street.id, district.id)}
+
