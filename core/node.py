@@ -689,9 +689,13 @@ class Node:
             self.conn.execute("DELETE FROM _hemei_waiting WHERE tbl = ?", (name,))
         origins = {ix: (node_id, scope if confined else None) for ix, node_id, scope, confined
                    in self.conn.execute("SELECT ix, node_id, scope, confined FROM _hemei_origins")}
+        # By origin, the log's own order, unless inserts are judged: then by stamp, so the earliest insert
+        # of a key claims it whichever origin the node heard from first (it does not know the order the
+        # entries arrived in). A real origin's stamps rise along its chain, so its own order is kept.
         cursor = self.conn.execute(
             "SELECT origin, seq, hlc, actor, kind, scope, payload, salt FROM _hemei_log"
-            " WHERE kind IN ('row.insert', 'row.update', 'row.delete') ORDER BY origin, seq")
+            " WHERE kind IN ('row.insert', 'row.update', 'row.delete')"
+            + (" ORDER BY hlc, origin, seq" if unjudged else " ORDER BY origin, seq"))
         while chunk := cursor.fetchmany(2000):
             for ix, run in groupby(chunk, key=itemgetter(0)):
                 node_id, confined_to = origins[ix]
@@ -700,7 +704,7 @@ class Node:
                 # Updates and deletes of a confined origin are judged again (a module enabled or upgraded
                 # since may see them for the first time); the order they meet their insert in cannot
                 # change the outcome. Inserts keep the judgment made at receipt (kept_out), except where
-                # none was made: those are judged now, the origin this node heard from first going first.
+                # none was made: those are judged now.
                 self.projector.apply(changes, local=False, origin_scope=confined_to, keep_violations=True,
                                      judge_inserts=unjudged)
             replayed += len(chunk)

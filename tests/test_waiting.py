@@ -49,29 +49,33 @@ def test_changes_to_a_disabled_modules_tables_are_judged_when_it_is_enabled(make
     assert "a row of yc/a, outside yc/b" in reason
 
 
-@pytest.mark.parametrize("off", ["disabled", "not installed"])
+@pytest.mark.parametrize("off", ["disabled", "not installed", "disabled again"])
 def test_an_insert_under_a_siblings_key_is_judged_when_its_module_comes_back(make_node, off):
-    """Received while the district projected no notes table (module disabled, or enabled but missing
-    after a reinstall), so no receipt judged it: the replay that enabling or installing runs does, and
-    the row stays the street's that inserted it first. The merge alone would let the later stamp win,
-    moving the row into the other street and refusing its owner's next edit."""
+    """Received while the district projected no notes table (module disabled, enabled but missing after
+    a reinstall, or disabled after a's insert was judged at receipt), so no receipt judged b's insert:
+    the replay that brings the module back does, in stamp order, and the row stays a's, which inserted
+    it first. The merge alone would let the later stamp win, moving the row into b's scope and refusing
+    a's next edit; replaying by origin would let b win for having been heard from first."""
     district = make_node("d", scope="yc", modules=() if off == "disabled" else ("hook_probe",))
     a, b = make_node("a", scope="yc/a"), make_node("b", scope="yc/b")
+    _push(b, district, b.id)  # b is heard from first: its entries come first in the log's order
     with a.writer("w") as w:
         pk = w.insert("notes", {"title": "甲街的记录"})
     b.clock.observe(a.clock.last)
     with b.writer("mallory") as w:  # a leaked key, inserted again from inside b's own scope
         w._append("row.insert", b.scope, {"t": "notes", "pk": pk, "v": {"title": "HIJACKED"}}, None)
-    if off == "disabled":
-        _push(a, district, a.id)
-        _push(b, district, b.id)
-        district.set_module_enabled("hook_probe", True, "op")
-    else:
+    if off == "not installed":
         district.close()
         with Node.open(district.home, available={}, builtins=BUILTIN_PLUGINS) as missing:
             _push(a, missing, a.id)
             _push(b, missing, b.id)
         district = Node.open(district.home, available=PROBE, builtins=BUILTIN_PLUGINS)
+    else:
+        _push(a, district, a.id)
+        if off == "disabled again":
+            district.set_module_enabled("hook_probe", False, "op")
+        _push(b, district, b.id)
+        district.set_module_enabled("hook_probe", True, "op")
     try:
         assert _title_and_judgments(district, pk) == (("甲街的记录",), [("out_of_scope",)])
         assert district.conn.execute("SELECT scope FROM notes WHERE id = ?", (pk,)).fetchone() == ("yc/a",)
