@@ -345,6 +345,12 @@ class Node:
         self.conn.executemany("INSERT OR IGNORE INTO _hemei_meta (key, value) VALUES (?, 1)",
                               [(f"{prefix}:{name}",) for name in names])
 
+    def _mark_unprojected(self, tables) -> None:
+        """Tables that missed entries while their module was off: replay them, judging their inserts
+        (no receipt did; see :meth:`_reproject`)."""
+        self._mark("replay", tables)
+        self._mark("judge", tables)
+
     def _marked(self, prefix: str) -> list[str]:
         return [key.split(":", 1)[1] for (key,) in self.conn.execute(
             "SELECT key FROM _hemei_meta WHERE substr(key, 1, ?) = ? ORDER BY key", (len(prefix) + 1, prefix + ":"))]
@@ -434,9 +440,8 @@ class Node:
         back = sorted(marked - missing)
         if back:
             with self._transaction():
-                tables = sorted(t for name in back if name in self.schemas for t in self.schemas[name].tables)
-                self._mark("replay", tables)
-                self._mark("judge", tables)
+                self._mark_unprojected(sorted(t for name in back if name in self.schemas
+                                              for t in self.schemas[name].tables))
                 self.conn.executemany("DELETE FROM _hemei_meta WHERE key = ?", [(f"missing:{name}",) for name in back])
 
     def _reproject_after_waiting_table(self) -> None:
@@ -475,8 +480,7 @@ class Node:
                 " schema_version = coalesce(excluded.schema_version, schema_version)",
                 (name, int(enabled), self.clock.last, version))
             if enabled and name in schemas:  # its tables miss (and never judged) what arrived while it was off
-                self._mark("replay", schemas[name].tables)
-                self._mark("judge", schemas[name].tables)
+                self._mark_unprojected(schemas[name].tables)
         self._load_modules()
         return self._replay_marked(quiet=not enabled)  # disabling a module whose hook fails must not fail
 

@@ -8,11 +8,11 @@ import zlib
 import httpx
 import pytest
 
-from hemei.core.clock import HybridClock, hlc_ms
 from hemei.core.identity import write_private_key
 from hemei.core.node import Node
 from hemei.sync import client, signing, wire
 from hemei.sync.client import ParentLink, SyncRefused
+from test_store import _back_dated
 from tree import Tree, write_notes
 
 
@@ -300,15 +300,11 @@ def test_an_entry_back_dated_behind_what_the_street_sent_is_refused(net):
     "Earliest wins" for an append-only table's unique columns rests on the stamps, so a back-dated row
     could take a value a sibling holds; a real node's stamps only ever rise along its chain.
     """
-    with net.open("district") as district, net.open("beihai") as beihai:
-        held = district.version_vector()[beihai.id]
-        sent = district.conn.execute("SELECT l.hlc FROM _hemei_log l JOIN _hemei_origins o ON o.ix = l.origin"
-                                     " WHERE o.node_id = ? AND l.seq = ?", (beihai.id, held)).fetchone()[0]
     with net.open("beihai") as beihai:
+        with net.open("district") as district:
+            held = district.version_vector()[beihai.id]
         have, clock = beihai.version_vector()[beihai.id], beihai.clock.last
-        beihai.clock = HybridClock(now=lambda: hlc_ms(sent) - 3_600_000)  # an hour before what it sent
-        beihai.conn.execute("UPDATE _hemei_meta SET value = 0 WHERE key = 'hlc'")
-        write_notes(beihai, [("倒填", "sx/yc/bh")])
+        _back_dated(beihai, "倒填")  # an hour before its last entry, which the district holds or will
         batch = beihai.read_batch(beihai.id, held, limit=10_000)
         try:
             with ParentLink(beihai, net.servers["district"].url) as link:
