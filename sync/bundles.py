@@ -27,13 +27,13 @@ from typing import Iterator
 
 from cryptography.exceptions import InvalidSignature
 
-from hemei.core.errors import Forbidden, InvalidInput
+from hemei.core.errors import Forbidden, HemeiError, InvalidInput
 from hemei.core.identity import load_public_key, parse_node_id
 from hemei.core.ids import new_id
 from hemei.core.node import Node
 
 from . import engine, wire
-from .peers import get_peer, now_ms, parent_of, touch
+from .peers import get_peer, now_ms, parent_of, record_fork, record_refusal, touch
 
 MAGIC = b"HEMEI-BUNDLE-1\n"
 END = bytes(8)
@@ -155,8 +155,28 @@ def export_push(node: Node, out: Path) -> dict:
 
 
 def import_bundle(node: Node, path: Path, ack_out: Path | None = None) -> dict:
-    """Import a push bundle (parent; writes an ack bundle) or an ack bundle (child)."""
+    """Import a push bundle (parent; writes an ack bundle) or an ack bundle (child).
+
+    A bundle refused after its signature verified is refused of a known
+    peer: recorded in the log like a refused request (and a fork's two
+    checkpoints kept). One that does not verify names nobody: the operator
+    holding it is told, and nothing is recorded.
+    """
     header, batches, peer = read_bundle(node, Path(path))
+    try:
+        return _import_verified(node, path, ack_out, header, batches, peer)
+    except HemeiError as exc:
+        if exc.status >= 500:  # this node's own state, not a refusal of the peer
+            raise
+        evidence = getattr(exc, "evidence", None)
+        if evidence is not None:
+            record_fork(node, evidence, peer["node_id"])
+        record_refusal(node, peer["node_id"], exc.code, exc.message, "bundle import")
+        raise
+
+
+def _import_verified(node: Node, path: Path, ack_out: Path | None, header: dict, batches: Iterator,
+                     peer: dict) -> dict:
     kind = header.get("kind")
     if kind == "push":
         if peer["role"] != "child":

@@ -150,6 +150,7 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
             touch(node, parent["node_id"], modules=wire.modules_of(hello.get("modules")))
             if hello.get("checkpoint") is not None:
                 engine.check_history(node, parent, hello["checkpoint"])
+            _show_shared_history(node, link, their_vv)
             _push(node, link, their_vv, batch_size, report, progress)
             _pull(node, link, parent, batch_size, report, progress)
             # Tell the parent what this node now holds, so its status is right until next time.
@@ -186,6 +187,20 @@ def _tick(node: Node, link: ParentLink, report: SyncReport) -> None:
                                "time-driven work (escalating overdue cases) skipped until it is fixed")
         return
     report.messages.extend(f"tick: {failure}" for failure in node.tick())
+
+
+def _show_shared_history(node: Node, link: ParentLink, their_vv: dict) -> None:
+    """Show the parent this node's checkpoint at the size the parent holds, when this node is ahead.
+
+    The first hello's checkpoint (the latest) can only be compared when the
+    parent holds that much. A node restored from a backup that then wrote
+    past the parent's size would otherwise push from where the histories
+    already differ: its first batch would fail its signature
+    (``chain_invalid``) instead of showing the parent a fork, with evidence.
+    """
+    held, size = their_vv.get(node.id, 0), node.version_vector().get(node.id, 0)
+    if 0 < held < size:
+        link.call("/api/sync/hello", {"vv": node.version_vector(), "checkpoint": engine.checkpoint_at(node, held)})
 
 
 def _messages(node: Node, their_vv: dict, batch_size: int) -> Iterator[tuple[bytes, int]]:

@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 from hemei.core.chain import FULL, ROW_KINDS
 from hemei.core.errors import Conflict, InvalidInput, ScopeViolation
-from hemei.core.identity import verify_checkpoint
+from hemei.core.identity import sign_checkpoint, verify_checkpoint
 from hemei.core.merge import Change
 from hemei.core.node import Node
 from hemei.core.receipt import Batch, Check, declared_scope
@@ -41,6 +41,14 @@ def own_checkpoint(node: Node) -> dict | None:
         "SELECT l.seq, l.hash, l.sig FROM _hemei_log l JOIN _hemei_origins o ON o.ix = l.origin"
         " WHERE o.node_id = ? AND l.sig IS NOT NULL ORDER BY l.seq DESC LIMIT 1", (node.id,)).fetchone()
     return None if row is None else {"size": row[0], "head": row[1].hex(), "signature": row[2].hex()}
+
+
+def checkpoint_at(node: Node, size: int) -> dict:
+    """A checkpoint of this node's own log at ``size``, signed now (any size it holds)."""
+    (head,) = node.conn.execute(
+        "SELECT l.hash FROM _hemei_log l JOIN _hemei_origins o ON o.ix = l.origin WHERE o.node_id = ? AND l.seq = ?",
+        (node.id, size)).fetchone()
+    return {"size": size, "head": head.hex(), "signature": sign_checkpoint(node.key, node.id, size, head).hex()}
 
 
 def check_history(node: Node, peer: dict, checkpoint) -> None:

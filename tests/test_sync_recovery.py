@@ -203,3 +203,36 @@ def test_a_token_enrolls_one_node_even_when_joins_race(tmp_path):
     assert sorted(outcomes) == ["joined"] + ["token_used"] * (len(keys) - 1)
     with t.open("district") as d:
         assert d.conn.execute("SELECT count(*) FROM _hemei_peers").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("transport", ["sync", "bundle"])
+def test_a_restored_street_that_wrote_past_the_district_is_a_fork(pair, tmp_path, transport):
+    pair.sync("street")
+    backup = pair.root / "backup"
+    shutil.copytree(pair.home("street"), backup)
+    with pair.open("street") as s:
+        write_notes(s, [(f"备份后 {i}", "sx/yc/fs") for i in range(3)])
+    pair.sync("street")
+    shutil.rmtree(pair.home("street"))
+    shutil.copytree(backup, pair.home("street"))
+    with pair.open("street") as s:  # after the restore, more than the district has of it
+        write_notes(s, [(f"恢复后 {i}", "sx/yc/fs") for i in range(5)])
+    with pair.open("district") as d, pair.open("street") as s:
+        held = d.version_vector()[s.id]
+        assert s.version_vector()[s.id] > held
+        street_id = s.id
+    if transport == "sync":
+        done = pair.hemei("street", "sync")
+    else:
+        out = tmp_path / "restored.hemei"
+        pair.ok("street", "bundle", "export", "--out", str(out))
+        done = pair.hemei("district", "bundle", "import", str(out))
+    assert done.returncode == 1 and "fork" in done.stderr and "Traceback" not in done.stderr
+    status = json.loads(pair.ok("district", "status", "--json"))
+    fork = status["forks"][-1]
+    assert fork["origin"] == street_id and fork["held_head"] != fork["presented_head"]
+    street = next(p for p in status["peers"] if p["node_id"] == street_id)
+    assert street["refusals"][0]["code"] == "fork"
+    with pair.open("district") as d:
+        assert d.version_vector()[street_id] == held and "恢复后 0" not in note_titles(d)
+        assert verify_log(d)["ok"]
