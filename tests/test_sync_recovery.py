@@ -236,3 +236,30 @@ def test_a_restored_street_that_wrote_past_the_district_is_a_fork(pair, tmp_path
     with pair.open("district") as d:
         assert d.version_vector()[street_id] == held and "恢复后 0" not in note_titles(d)
         assert verify_log(d)["ok"]
+
+
+def test_a_restored_district_that_wrote_past_the_street_is_a_fork_at_the_street(pair):
+    pair.sync("street")
+    server = pair.servers["district"]
+    server.stop()
+    shutil.copytree(pair.home("district"), pair.root / "district-backup")
+    with pair.open("district") as d:
+        write_notes(d, [(f"备份之后 {i}", "sx/yc") for i in range(3)])
+    pair.serve("district", port=server.port)
+    pair.sync("street")
+    pair.servers["district"].stop()
+    shutil.rmtree(pair.home("district"))
+    shutil.copytree(pair.root / "district-backup", pair.home("district"))
+    with pair.open("district") as d, pair.open("street") as s:  # more than the street has of it
+        write_notes(d, [(f"恢复之后 {i}", "sx/yc") for i in range(5)])
+        assert d.version_vector()[d.id] > s.version_vector()[d.id]
+        district_id, held = d.id, s.version_vector()[d.id]
+    pair.serve("district", port=server.port)
+    done = pair.hemei("street", "sync")
+    assert done.returncode == 1 and "fork" in done.stderr and "Traceback" not in done.stderr
+    status = json.loads(pair.ok("street", "status", "--json"))
+    fork = status["forks"][-1]
+    assert fork["origin"] == district_id and fork["held_head"] != fork["presented_head"]
+    with pair.open("street") as s:
+        assert s.version_vector()[district_id] == held and "恢复之后 0" not in note_titles(s)
+        assert "备份之后 0" in note_titles(s)
