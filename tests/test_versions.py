@@ -436,3 +436,32 @@ def test_inserts_into_a_table_a_newer_release_adds_are_judged_by_the_upgrade(tmp
     finally:
         for node in (a, b, district):
             node.close()
+
+
+def test_a_table_a_release_adds_without_a_new_schema_version_gets_what_the_log_holds(tmp_path):
+    """A plugin author's slip: release "2b" adds a table but keeps schema version 2. The district took
+    the street's entries for it while it ran release 2; opening it at release 2b creates the table and
+    projects them, instead of leaving the table empty until someone runs ``hemei rebuild``."""
+    reads = TableSpec("notice_reads", {"id": "text", "scope": "text", "reader": "text"}, policy=LWW)
+    release_2b = types.ModuleType("notices_v2b")
+    release_2b.register_tables = hookimpl(lambda: [notices_v2.NOTICES, reads])
+    release_2b.register_tables.__name__ = "register_tables"
+    release_2b.module_schema = notices_v2.module_schema
+    newer = {**PROBE, "notices": release_2b}
+    street = make(tmp_path, "street", STREET, 2)
+    district = make(tmp_path, "district", DISTRICT, 2)
+    street.close()
+    street = Node.open(street.home, available=newer, builtins=BUILTIN_PLUGINS)
+    try:
+        with street.writer("w") as w:
+            pk = w.insert("notice_reads", {"reader": "王丽"})
+        send(street, district)
+        assert "notice_reads" not in district.specs
+        district.close()
+        district = Node.open(district.home, available=newer, builtins=BUILTIN_PLUGINS)
+        assert district.conn.execute("SELECT id, reader, scope FROM notice_reads").fetchall() == [
+            (pk, "王丽", STREET)]
+        assert conflicts(district) == []
+    finally:
+        street.close()
+        district.close()
