@@ -33,7 +33,7 @@ from starlette.routing import Match, Route, Router
 
 from .checkpoint import Checkpointer, checkpoint_at_commit, defer_checkpoints
 from .errors import HemeiError, InvalidInput
-from .node import DB_NAME, Node
+from .node import DB_NAME, Node, stored_module_settings
 from .plugins import CORE_BUILTINS, Available, merge_named
 from .users import authenticate, require_role
 
@@ -219,7 +219,8 @@ class RouteTable:
     method; a disabled module's routes answer 404 (405 if the path has other
     methods) from the first request that reaches one. Requests that find
     their route cost nothing more: every lent node follows the home's
-    modules anyway (:meth:`NodePool.lend`).
+    modules anyway (:meth:`NodePool.lend`). One that finds none costs a read
+    of the home's module settings, and a lend only when they changed.
     """
 
     def __init__(self, pool: NodePool, router: Router):
@@ -230,6 +231,8 @@ class RouteTable:
         self._settings: tuple | None = None
         self._unservable: tuple | None = None  # module settings whose routes clash: logged once, not retried
         self._lock = threading.Lock()
+        self._watch: sqlite3.Connection | None = None  # reads the home's module settings: see current()
+        self._watch_lock = threading.Lock()
 
     def build(self, node: Node) -> None:
         api_routes: list[ApiRoute] = merge_named(node.pm.hook.register_routes(), "route", attrgetter("key"))
@@ -269,6 +272,25 @@ class RouteTable:
     def follow_lent(self) -> None:
         with self.pool.lend() as node:
             self.follow(node)
+
+    def current(self) -> bool:
+        """True while the home's module settings are the ones this table was built for (or could not be).
+
+        Read on a connection of its own, not a node from the pool: a request
+        that no route serves (a scanner's, say) neither waits for a node nor
+        holds one that a push needs; only a change of modules costs a lend.
+        """
+        with self._watch_lock:
+            if self._watch is None:
+                self._watch = sqlite3.connect(self.pool.get().home / DB_NAME, check_same_thread=False)
+            settings = stored_module_settings(self._watch)
+        return settings in (self._settings, self._unservable)
+
+    def close(self) -> None:
+        with self._watch_lock:
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None
 
 
 def _parsed(route: ApiRoute, raw: bytes) -> Any:
@@ -407,7 +429,7 @@ def create_app(home=None, *, available: Available | None = None,
 
     async def no_route(scope, receive, send) -> None:
         """No route matched: a module enabled since may have one, so the request is routed once more."""
-        if scope["type"] == "http" and "hemei.rerouted" not in scope:
+        if scope["type"] == "http" and "hemei.rerouted" not in scope and not await run_in_threadpool(table.current):
             await run_in_threadpool(table.follow_lent)
             scope["hemei.rerouted"] = True
             await app.router.app(scope, receive, send)
@@ -428,6 +450,7 @@ def create_app(home=None, *, available: Available | None = None,
             # Waits for a tick running in a worker thread to finish before its node is closed.
             await asyncio.gather(ticking, return_exceptions=True)
             checkpointer.stop()
+            table.close()
             pool.close()
 
     app = Starlette(

@@ -54,6 +54,11 @@ BUSY_TIMEOUT_MS = 10_000
 logger = logging.getLogger("hemei.node")
 
 
+def stored_module_settings(conn: sqlite3.Connection) -> tuple:
+    """A home's module settings, ``(name, enabled, schema version)`` by name, read on ``conn``."""
+    return tuple(conn.execute("SELECT name, enabled, coalesce(schema_version, 1) FROM _hemei_modules ORDER BY name"))
+
+
 def max_ahead_ms() -> int:
     """How far ahead of this node's clock received entries may be stamped (``HEMEI_MAX_CLOCK_AHEAD``, s)."""
     value = os.environ.get(MAX_AHEAD_ENV)
@@ -207,8 +212,7 @@ class Node:
 
     def _modules_stored(self) -> tuple:
         """The home's module settings, as every process on it must see them (see :meth:`_begin`)."""
-        return tuple(self.conn.execute("SELECT name, enabled, coalesce(schema_version, 1) FROM _hemei_modules"
-                                       " ORDER BY name"))
+        return stored_module_settings(self.conn)
 
     def _load_modules(self) -> None:
         """Load the enabled modules and upgrade their tables; until both succeed every transaction reloads."""

@@ -124,6 +124,52 @@ def test_a_request_routed_before_its_module_was_disabled_never_runs_its_handler(
     assert status == 401 and b"route_successor" not in body, (status, body)  # hook_probe's route: a token
 
 
+def asgi_get(app, path: str) -> tuple[int, bytes]:
+    """One GET through the app as ASGI, in this thread's own event loop (at most 5 s)."""
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"t")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 5))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def test_a_request_no_route_serves_takes_no_node_from_the_pool(tmp_path):
+    """Every node of the pool lent (long pushes, say): a scanner's 404 still answers at once, and a
+    module enabled beside the server is still served from its first request."""
+    with Node.init(tmp_path / "home", name="府山街道", scope="yc/fs", available=AVAILABLE,
+                   builtins=BUILTIN_PLUGINS):
+        pass
+    app = create_app(tmp_path / "home", available=AVAILABLE, builtins=BUILTIN_PLUGINS)
+    slots = app.state.pool._slots
+    held = 0
+    try:
+        while slots.acquire(blocking=False):
+            held += 1
+        assert held == 4
+        status, body = asgi_get(app, "/wp-login.php")
+        assert status == 404 and b"not_found" in body
+        for _ in range(held):
+            slots.release()
+        held = 0
+        with Node.open(tmp_path / "home", available=AVAILABLE, builtins=BUILTIN_PLUGINS) as cli:
+            cli.set_module_enabled("hook_probe", True, "op")
+        assert asgi_get(app, "/api/probe/notes")[0] == 401  # served now: it needs a token
+    finally:
+        for _ in range(held):
+            slots.release()
+        app.state.routes.close()
+        app.state.pool.close()
+
+
 def test_an_outdated_server_answers_503_and_says_so_once_without_tracebacks(tmp_path):
     releases = {r: plugin_env(probe_site(tmp_path, {"notices": f"notices_v{r}"}, name=f"site{r}")) for r in (1, 2)}
     env, home = served_home(tmp_path, ["notices"], {"notices": "notices_v1"})
