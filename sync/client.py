@@ -190,17 +190,19 @@ def _tick(node: Node, link: ParentLink, report: SyncReport) -> None:
 
 
 def _show_shared_history(node: Node, link: ParentLink, their_vv: dict) -> None:
-    """Show the parent this node's checkpoint at the size the parent holds, when this node is ahead.
+    """Show the parent this node's signed checkpoint at the size the parent holds, when this node is ahead.
 
     The first hello's checkpoint (the latest) can only be compared when the
     parent holds that much. A node restored from a backup that then wrote
     past the parent's size would otherwise push from where the histories
     already differ: its first batch would fail its signature
     (``chain_invalid``) instead of showing the parent a fork, with evidence.
+    (Restored, it may have no checkpoint at that size: the one below it is
+    shorter than what the parent holds, which is a fork too.)
     """
     held, size = their_vv.get(node.id, 0), node.version_vector().get(node.id, 0)
-    if 0 < held < size:
-        link.call("/api/sync/hello", {"vv": node.version_vector(), "checkpoint": engine.checkpoint_at(node, held)})
+    if 0 < held < size and (checkpoint := engine.own_checkpoint(node, held)) is not None:
+        link.call("/api/sync/hello", {"vv": node.version_vector(), "checkpoint": checkpoint})
 
 
 def _messages(node: Node, their_vv: dict, batch_size: int) -> Iterator[tuple[bytes, int]]:

@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 from hemei.core.chain import FULL, ROW_KINDS
 from hemei.core.errors import Conflict, InvalidInput, ScopeViolation
-from hemei.core.identity import sign_checkpoint, verify_checkpoint
+from hemei.core.identity import verify_checkpoint
 from hemei.core.merge import Change
 from hemei.core.node import Node
 from hemei.core.receipt import Batch, Check, declared_scope
@@ -36,19 +36,21 @@ def subtree_origins(node: Node, scope: str) -> dict[str, int]:
     return {o: size for o, (decl, size) in origin_scopes(node).items() if decl and covers(scope, decl)}
 
 
-def own_checkpoint(node: Node) -> dict | None:
+def own_checkpoint(node: Node, upto: int | None = None) -> dict | None:
+    """This node's latest signed checkpoint of its own log (at most ``upto`` entries long).
+
+    Only checkpoints its writer signed (each at the end of a transaction):
+    never one signed on a peer's request, which would let that peer cut a
+    transaction in two and have the half accepted. A healthy node holds a
+    signed checkpoint at every size a peer holds of its log, since batches
+    end only at those; one restored from a backup may not, and the earlier
+    checkpoint it shows instead is shorter than what the peer holds: a fork.
+    """
     row = node.conn.execute(
         "SELECT l.seq, l.hash, l.sig FROM _hemei_log l JOIN _hemei_origins o ON o.ix = l.origin"
-        " WHERE o.node_id = ? AND l.sig IS NOT NULL ORDER BY l.seq DESC LIMIT 1", (node.id,)).fetchone()
+        " WHERE o.node_id = ? AND l.sig IS NOT NULL AND l.seq <= ? ORDER BY l.seq DESC LIMIT 1",
+        (node.id, (1 << 63) - 1 if upto is None else upto)).fetchone()
     return None if row is None else {"size": row[0], "head": row[1].hex(), "signature": row[2].hex()}
-
-
-def checkpoint_at(node: Node, size: int) -> dict:
-    """A checkpoint of this node's own log at ``size``, signed now (any size it holds)."""
-    (head,) = node.conn.execute(
-        "SELECT l.hash FROM _hemei_log l JOIN _hemei_origins o ON o.ix = l.origin WHERE o.node_id = ? AND l.seq = ?",
-        (node.id, size)).fetchone()
-    return {"size": size, "head": head.hex(), "signature": sign_checkpoint(node.key, node.id, size, head).hex()}
 
 
 def check_history(node: Node, peer: dict, checkpoint) -> None:

@@ -128,11 +128,12 @@ def hello(call: ApiCall) -> Response:
     if own is not None:
         engine.check_history(node, child, own)
     touch(node, child["node_id"], their_vv=their_vv, modules=announced)
-    # At the size the child holds of this node's chain when that is shorter: the latest could not be
-    # compared there, and a parent restored from a backup that wrote past it would show as a bad batch
-    # signature on pull instead of a fork.
+    # At (or below) the size the child holds of this node's chain when that is shorter: the latest could
+    # not be compared there, and a parent restored from a backup that wrote past it would show as a bad
+    # batch signature on pull instead of a fork. Only a checkpoint this node's writer signed (see
+    # engine.own_checkpoint): never one made at the size a request names.
     held, size = their_vv.get(node.id, 0), node.version_vector().get(node.id, 0)
-    checkpoint = engine.checkpoint_at(node, held) if 0 < held < size else own_checkpoint(node)
+    checkpoint = own_checkpoint(node, held if 0 < held < size else None)
     return _reply({"node_id": node.id, "vv": engine.branch_vv(node, child["scope"]),
                    "checkpoint": checkpoint, "modules": node.module_versions})
 

@@ -338,3 +338,24 @@ def test_revoked_node_is_refused(net):
             link.learn_time()
             refused(net, lambda: link.call("/api/sync/hello", {"vv": {}}), 403, "revoked")
     assert "Traceback" not in net.servers["district"].output()
+
+
+def test_hello_answers_with_a_checkpoint_the_district_signed_never_one_at_the_size_asked(net):
+    """A signature inside one of the district's transactions would let whoever holds it cut that
+    transaction in two and have the first half accepted. A child whose vv names such a size gets the
+    district's checkpoint below it, one its writer signed (shorter than the child says it holds: a fork
+    for an honest child, which holds only sizes the district signed)."""
+    with net.open("district") as d:
+        with d.writer("t") as w:  # one transaction: both notes or neither
+            for title in ("调出", "调入"):
+                w.insert("notes", {"title": title, "scope": "sx/yc"})
+        size, district_id = d.version_vector()[d.id], d.id
+        signed = {seq for (seq,) in d.conn.execute(
+            "SELECT l.seq FROM _hemei_log l JOIN _hemei_origins o ON o.ix = l.origin"
+            " WHERE o.node_id = ? AND l.sig IS NOT NULL", (d.id,))}
+    assert size - 1 not in signed
+    with net.open("beihai") as beihai:
+        with ParentLink(beihai, net.servers["district"].url) as link:
+            link.learn_time()
+            reply = link.call("/api/sync/hello", {"vv": {**beihai.version_vector(), district_id: size - 1}})
+    assert reply["checkpoint"]["size"] in signed and reply["checkpoint"]["size"] < size - 1
