@@ -96,8 +96,9 @@ def _frames(fh) -> Iterator[bytes]:
         yield frame
 
 
-def read_bundle(node: Node, path: Path) -> tuple[dict, Iterator, dict]:
-    """Verify a bundle whole (streaming), then return (header, lazy batches, sender peer)."""
+def read_bundle(node: Node, path: Path) -> tuple[dict, Iterator, dict, bytes]:
+    """Verify a bundle whole (streaming), then return (header, lazy batches, sender peer, SHA-256 of the
+    whole file as verified)."""
     try:
         fh = open(path, "rb")
     except OSError as exc:
@@ -110,6 +111,8 @@ def read_bundle(node: Node, path: Path) -> tuple[dict, Iterator, dict]:
             header_frame = header_frame or frame
         digest.update(END)
         signature = fh.read(65)
+        whole = digest.copy()
+        whole.update(signature)
     if len(signature) != 64:
         raise BadBundle("bundle is truncated or damaged (no signature): copy it again")
     if header_frame is None:
@@ -141,7 +144,7 @@ def read_bundle(node: Node, path: Path) -> tuple[dict, Iterator, dict]:
             for frame in frames:
                 yield from wire.batches_of(wire.decode(frame))
 
-    return header, batches(), peer
+    return header, batches(), peer, whole.digest()
 
 
 def export_push(node: Node, out: Path) -> dict:
@@ -160,19 +163,32 @@ def import_bundle(node: Node, path: Path, ack_out: Path | None = None) -> dict:
     A bundle refused after its signature verified is refused of a known
     peer: recorded in the log like a refused request (and a fork's two
     checkpoints kept). One that does not verify names nobody: the operator
-    holding it is told, and nothing is recorded.
+    holding it is told, and nothing is recorded. Nor when the file changed
+    after it verified (read a second time to apply it: a stick pulled, the
+    next export written over it): the peer never signed what failed.
     """
-    header, batches, peer = read_bundle(node, Path(path))
+    header, batches, peer, verified = read_bundle(node, Path(path))
     try:
         return _import_verified(node, path, ack_out, header, batches, peer)
     except HemeiError as exc:
         if exc.status >= 500:  # this node's own state, not a refusal of the peer
             raise
+        if _file_digest(Path(path)) != verified:
+            raise BadBundle("the bundle changed while it was being imported: nothing was imported; copy it "
+                            "again") from None
         evidence = getattr(exc, "evidence", None)
         if evidence is not None:
             record_fork(node, evidence, peer["node_id"])
         record_refusal(node, peer["node_id"], exc.code, exc.message, "bundle import")
         raise
+
+
+def _file_digest(path: Path) -> bytes | None:
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").digest()
+    except OSError:
+        return None
 
 
 def _import_verified(node: Node, path: Path, ack_out: Path | None, header: dict, batches: Iterator,
