@@ -92,7 +92,7 @@ class Projector:
         self._origin_scope: str | None = None
         self._keep_violations = False
         self._judged_tables: Container[str] = specs  # tables whose received inserts are confined too
-        self._marked_unjudged: set[str] = set()  # tables marked judge: in this call (see _unjudged)
+        self._marked: set[str] = set()  # _hemei_meta marks written in this call (see _unprojected)
         self._released: list[Change] = []
 
     # -- entry point -----------------------------------------------------
@@ -121,7 +121,7 @@ class Projector:
         self._origin_scope = origin_scope
         self._keep_violations = keep_violations
         self._judged_tables = self.specs if judge_inserts is True else judge_inserts or ()
-        self._marked_unjudged = set()
+        self._marked = set()
         self._released = []
         try:
             if self._reads_older and not local:
@@ -209,8 +209,7 @@ class Projector:
                     raise InvalidInput(f"no table {change.table!r}: is its module enabled?")
                 # A disabled or unknown module: the entry stays in the log and
                 # is projected when the module is enabled (rebuild of its tables).
-                if change.op == "insert" and self._origin_scope is not None:
-                    self._unjudged(change.table)
+                self._unprojected(change.table, change.op == "insert" and self._origin_scope is not None)
                 i += 1
                 continue
             if change.op == "insert":
@@ -227,12 +226,16 @@ class Projector:
             i += 1
         return applied
 
-    def _unjudged(self, table: str) -> None:
-        """Mark ``table``: a confined origin's insert into it went unprojected, so the next replay of the
-        table (its module enabled, installed again, or upgraded to a release that declares it) judges it."""
-        if table not in self._marked_unjudged:
-            self._marked_unjudged.add(table)
-            self.conn.execute("INSERT OR IGNORE INTO _hemei_meta (key, value) VALUES (?, 1)", (f"judge:{table}",))
+    def _unprojected(self, table: str, judge: bool) -> None:
+        """Mark ``table`` in ``_hemei_meta``, in the transaction that logs the change it cannot project:
+        ``replay:`` (whichever process next loads a module declaring the table replays it: enabled,
+        installed again, or a release that adds the table, even without a new schema version), and with
+        ``judge`` (a confined origin's insert) ``judge:`` (that replay judges the table's inserts)."""
+        for mark in ("replay", "judge") if judge else ("replay",):
+            key = f"{mark}:{table}"
+            if key not in self._marked:
+                self._marked.add(key)
+                self.conn.execute("INSERT OR IGNORE INTO _hemei_meta (key, value) VALUES (?, 1)", (key,))
 
     # -- checks shared by both paths -------------------------------------
     def _admissible(self, spec: TableSpec, change: Change, local: bool) -> bool:

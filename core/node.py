@@ -236,11 +236,8 @@ class Node:
         self.schemas = schemas
         self.pm: pluggy.PluginManager = pm
         self.specs: dict[str, TableSpec] = {s.name: s for s in specs}
-        created = [spec.name for spec in specs if create_or_extend_table(self.conn, spec)]
-        if created:
-            # The log may already hold entries for a new table (a release that added it without raising
-            # its module's schema version, which would have replayed it): project them, judging inserts.
-            self._mark_unprojected(created)
+        for spec in specs:
+            create_or_extend_table(self.conn, spec)
         for migration_set in migrations:
             migration_set.apply(self.db)
         validator = None

@@ -119,8 +119,8 @@ class TableSpec:
         return None
 
 
-def create_or_extend_table(conn: sqlite3.Connection, spec: TableSpec) -> bool:
-    """Create the table of ``spec``, or add the columns a newer declaration adds; True if it created it."""
+def create_or_extend_table(conn: sqlite3.Connection, spec: TableSpec) -> None:
+    """Create the table of ``spec``, or add the columns a newer declaration adds."""
     existing = [row[1] for row in conn.execute(f"PRAGMA table_info([{spec.name}])")]
     hidden = {"_hlc": "INTEGER", "_origin": "TEXT"}
     if spec.policy == LWW:
@@ -141,7 +141,6 @@ def create_or_extend_table(conn: sqlite3.Connection, spec: TableSpec) -> bool:
     for index in spec.indexes:
         cols = ", ".join(f"[{c}]" for c in index)
         conn.execute(f"CREATE INDEX IF NOT EXISTS [ix_{spec.name}_{'_'.join(index)}] ON [{spec.name}] ({cols})")
-    return not existing
 
 
 @dataclass

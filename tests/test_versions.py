@@ -9,6 +9,7 @@ and notices_v2.py): release 2 renamed ``phone`` to ``contact`` and added
 from __future__ import annotations
 
 import json
+import sqlite3
 import types
 
 import httpx
@@ -23,6 +24,7 @@ from server import plugin_env, probe_site
 from test_store import send_all
 from tree import Tree
 
+import hemei.core.node as node_module
 from hemei.cli.main import BUILTIN_PLUGINS
 from hemei.core import LWW, Change, ModuleSchema, TableSpec, hookimpl
 from hemei.core.errors import InvalidInput, NodeStateError
@@ -438,21 +440,31 @@ def test_inserts_into_a_table_a_newer_release_adds_are_judged_by_the_upgrade(tmp
             node.close()
 
 
+def release_2b(*tables) -> dict:
+    """Release "2b" of notices: adds ``tables`` but keeps schema version 2 (a plugin author's slip)."""
+    module = types.ModuleType("notices_v2b")
+    module.register_tables = hookimpl(lambda: [notices_v2.NOTICES, *tables])
+    module.register_tables.__name__ = "register_tables"
+    module.module_schema = notices_v2.module_schema
+    return {**PROBE, "notices": module}
+
+
+READS = TableSpec("notice_reads", {"id": "text", "scope": "text", "reader": "text"}, policy=LWW)
+LIKES = TableSpec("notice_likes", {"id": "text", "scope": "text", "who": "text"}, policy=LWW)
+
+
 def test_a_table_a_release_adds_without_a_new_schema_version_gets_what_the_log_holds(tmp_path):
-    """A plugin author's slip: release "2b" adds a table but keeps schema version 2. The district took
-    the street's entries for it while it ran release 2; opening it at release 2b creates the table and
-    projects them, instead of leaving the table empty until someone runs ``hemei rebuild``."""
-    reads = TableSpec("notice_reads", {"id": "text", "scope": "text", "reader": "text"}, policy=LWW)
-    release_2b = types.ModuleType("notices_v2b")
-    release_2b.register_tables = hookimpl(lambda: [notices_v2.NOTICES, reads])
-    release_2b.register_tables.__name__ = "register_tables"
-    release_2b.module_schema = notices_v2.module_schema
-    newer = {**PROBE, "notices": release_2b}
+    """The district's server still runs release 2 when a command of release 2b (installed beside it)
+    has already created ``notice_reads``; the server takes the street's entries for it into the log
+    only. Restarted at 2b, the district projects them, instead of leaving the table empty until
+    someone runs ``hemei rebuild``: receipt marked the table for a replay."""
+    newer = release_2b(READS)
     street = make(tmp_path, "street", STREET, 2)
-    district = make(tmp_path, "district", DISTRICT, 2)
+    district = make(tmp_path, "district", DISTRICT, 2)  # the server process, release 2
     street.close()
     street = Node.open(street.home, available=newer, builtins=BUILTIN_PLUGINS)
     try:
+        Node.open(district.home, available=newer, builtins=BUILTIN_PLUGINS).close()  # `hemei status` at 2b
         with street.writer("w") as w:
             pk = w.insert("notice_reads", {"reader": "王丽"})
         send(street, district)
@@ -462,6 +474,39 @@ def test_a_table_a_release_adds_without_a_new_schema_version_gets_what_the_log_h
         assert district.conn.execute("SELECT id, reader, scope FROM notice_reads").fetchall() == [
             (pk, "王丽", STREET)]
         assert conflicts(district) == []
+    finally:
+        street.close()
+        district.close()
+
+
+def test_an_open_that_fails_between_creating_two_new_tables_loses_no_replay(tmp_path, monkeypatch):
+    """Each new table is created on its own; an open that fails after the first (another process
+    holding the lock, say) must not leave it created and never replayed."""
+    newer = release_2b(READS, LIKES)
+    street = make(tmp_path, "street", STREET, 2)
+    district = make(tmp_path, "district", DISTRICT, 2)
+    street.close()
+    street = Node.open(street.home, available=newer, builtins=BUILTIN_PLUGINS)
+    try:
+        with street.writer("w") as w:
+            read = w.insert("notice_reads", {"reader": "王丽"})
+            like = w.insert("notice_likes", {"who": "李雷"})
+        send(street, district)
+        district.close()
+        real = node_module.create_or_extend_table
+
+        def locked_at_likes(conn, spec):
+            if spec.name == "notice_likes":
+                raise sqlite3.OperationalError("database is locked")
+            return real(conn, spec)
+
+        monkeypatch.setattr(node_module, "create_or_extend_table", locked_at_likes)
+        with pytest.raises(sqlite3.OperationalError):
+            Node.open(district.home, available=newer, builtins=BUILTIN_PLUGINS)
+        monkeypatch.setattr(node_module, "create_or_extend_table", real)
+        district = Node.open(district.home, available=newer, builtins=BUILTIN_PLUGINS)
+        assert district.conn.execute("SELECT id FROM notice_reads").fetchall() == [(read,)]
+        assert district.conn.execute("SELECT id FROM notice_likes").fetchall() == [(like,)]
     finally:
         street.close()
         district.close()
