@@ -281,9 +281,16 @@ class RouteTable:
         holds one that a push needs; only a change of modules costs a lend.
         """
         with self._watch_lock:
-            if self._watch is None:
-                self._watch = sqlite3.connect(self.pool.get().home / DB_NAME, check_same_thread=False)
-            settings = stored_module_settings(self._watch)
+            try:
+                if self._watch is None:
+                    self._watch = sqlite3.connect(self.pool.get().home / DB_NAME, check_same_thread=False)
+                settings = stored_module_settings(self._watch)
+            except sqlite3.Error as exc:  # the caller still asked for a path nobody serves: its 404 stands
+                logger.warning("could not read the enabled modules to route a request (%s): answered 404", exc)
+                if self._watch is not None:
+                    self._watch.close()
+                    self._watch = None
+                return True
         return settings in (self._settings, self._unservable)
 
     def close(self) -> None:

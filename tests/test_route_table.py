@@ -19,6 +19,7 @@ from conftest import PROBE
 from server import Server, plugin_env, probe_site
 from test_server import hemei
 
+import hemei.core.api as api
 from hemei.cli.main import BUILTIN_PLUGINS
 from hemei.core.api import create_app
 from hemei.core.errors import InvalidInput
@@ -166,6 +167,27 @@ def test_a_request_no_route_serves_takes_no_node_from_the_pool(tmp_path):
     finally:
         for _ in range(held):
             slots.release()
+        app.state.routes.close()
+        app.state.pool.close()
+
+
+@pytest.mark.parametrize("error", ["disk I/O error", "database is locked"])
+def test_a_failed_read_of_the_module_settings_still_answers_the_callers_404(tmp_path, monkeypatch, error):
+    """The read only asks whether a module enabled since serves the path: when it fails, the caller
+    still asked for a path nobody serves, and gets 404 (not 500, nor 503 busy)."""
+    with Node.init(tmp_path / "home", name="府山街道", scope="yc/fs", available=AVAILABLE,
+                   builtins=BUILTIN_PLUGINS):
+        pass
+    app = create_app(tmp_path / "home", available=AVAILABLE, builtins=BUILTIN_PLUGINS)
+
+    def failing(conn):
+        raise sqlite3.OperationalError(error)
+
+    monkeypatch.setattr(api, "stored_module_settings", failing)
+    try:
+        status, body = asgi_get(app, "/wp-login.php")
+        assert status == 404 and b"not_found" in body, body
+    finally:
         app.state.routes.close()
         app.state.pool.close()
 
