@@ -138,11 +138,15 @@ def read_bundle(node: Node, path: Path) -> tuple[dict, Iterator, dict, bytes]:
 
     def batches() -> Iterator:
         # Read again only after the whole file verified; a file changed in between fails the chain checks.
-        with open(path, "rb") as again:
-            frames = _frames(again)
-            next(frames)
-            for frame in frames:
-                yield from wire.batches_of(wire.decode(frame))
+        try:
+            with open(path, "rb") as again:
+                frames = _frames(again)
+                next(frames)
+                for frame in frames:
+                    yield from wire.batches_of(wire.decode(frame))
+        except OSError as exc:  # the stick pulled, say
+            raise BadBundle(f"cannot read {path} any more ({exc.strerror or exc}): nothing was imported; "
+                            "copy it again") from None
 
     return header, batches(), peer, whole.digest()
 

@@ -266,10 +266,12 @@ def test_a_restored_district_that_wrote_past_the_street_is_a_fork_at_the_street(
         assert "备份之后 0" in note_titles(s)
 
 
-def test_a_bundle_that_changed_after_it_verified_is_not_held_against_its_sender(pair, tmp_path, monkeypatch):
+@pytest.mark.parametrize("change", ["truncated", "gone"])
+def test_a_bundle_that_changed_after_it_verified_is_not_held_against_its_sender(pair, tmp_path, monkeypatch,
+                                                                                change):
     """A bundle is read twice: verified, then applied. A stick pulled (or the next export written over
     the file) in between fails the second read; the street never signed what failed, so the district's
-    log must not record a refusal of it."""
+    log must not record a refusal of it, and the operator is told to copy it again."""
     with pair.open("street") as s:
         write_notes(s, [(f"拔出 {i}", "sx/yc/fs") for i in range(20)])
     out = tmp_path / "push.hemei"
@@ -278,15 +280,18 @@ def test_a_bundle_that_changed_after_it_verified_is_not_held_against_its_sender(
 
     def then_the_stick_is_pulled(node, path):
         verified = verify(node, path)
-        data = path.read_bytes()
-        path.write_bytes(data[: len(data) // 2])
+        if change == "gone":
+            path.unlink()
+        else:
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) // 2])
         return verified
 
     monkeypatch.setattr(bundles, "read_bundle", then_the_stick_is_pulled)
     with pair.open("district") as d:
         refusals = "SELECT count(*) FROM _hemei_log WHERE kind = 'sync.refused'"
         before = d.conn.execute(refusals).fetchone()[0]
-        with pytest.raises(HemeiError, match="changed while it was being imported"):
+        with pytest.raises(HemeiError, match="copy it again"):
             bundles.import_bundle(d, out)
         assert d.conn.execute(refusals).fetchone()[0] == before
         assert "拔出 0" not in note_titles(d)
