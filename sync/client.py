@@ -202,7 +202,7 @@ def _show_shared_history(node: Node, link: ParentLink, their_vv: dict) -> None:
     """
     held, size = their_vv.get(node.id, 0), node.version_vector().get(node.id, 0)
     if 0 < held < size and (checkpoint := engine.own_checkpoint(node, held)) is not None:
-        link.call("/api/sync/hello", {"vv": node.version_vector(), "checkpoint": checkpoint})
+        link.call("/api/sync/hello", {"vv": node.version_vector(), "checkpoint": {**checkpoint, "at": held}})
 
 
 def _messages(node: Node, their_vv: dict, batch_size: int) -> Iterator[tuple[bytes, int]]:

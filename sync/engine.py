@@ -58,20 +58,27 @@ def check_history(node: Node, peer: dict, checkpoint) -> None:
 
     Shorter than what is held, or a different head at that size: its log
     was restored from a backup or rewritten. That is a fork: refused, and
-    both checkpoints go with the error as evidence.
+    both checkpoints go with the error as evidence. A checkpoint shown at
+    the size the peer was told this node holds carries that size as ``at``:
+    it is shorter only if shorter than ``at`` (this node may hold more by
+    now: another sync of the same peer pushed or pulled meanwhile).
     """
     try:
         size, head = int(checkpoint["size"]), bytes.fromhex(checkpoint["head"])
         signature = bytes.fromhex(checkpoint["signature"])
-    except (KeyError, TypeError, ValueError):
-        raise InvalidInput("checkpoint needs size, head and signature (hex)", code="malformed_batch") from None
+        at = checkpoint.get("at")
+        if at is not None and (type(at) is not int or at < 0):
+            raise ValueError
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise InvalidInput("checkpoint needs size, head and signature (hex), and at most an integer at",
+                           code="malformed_batch") from None
     verify_checkpoint(peer["public_key"], peer["node_id"], size, head, signature)
     row = node.conn.execute("SELECT ix, size, head FROM _hemei_origins WHERE node_id = ?",
                             (peer["node_id"],)).fetchone()
     if row is None or size > row[1]:
         return  # nothing held to compare with, or ahead: the overlapping batch checks the rest
     held = node.conn.execute("SELECT hash FROM _hemei_log WHERE origin = ? AND seq = ?", (row[0], size)).fetchone()
-    if size < row[1] or held is None or held[0] != head:
+    if size < (row[1] if at is None else min(at, row[1])) or held is None or held[0] != head:
         fork = Conflict(f"fork: {peer['name']} presents {size} entries of its own log, but this node holds "
                         f"{row[1]} of them: it was restored or rewritten. Both checkpoints are kept as evidence",
                         code="fork")

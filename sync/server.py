@@ -132,8 +132,12 @@ def hello(call: ApiCall) -> Response:
     # not be compared there, and a parent restored from a backup that wrote past it would show as a bad
     # batch signature on pull instead of a fork. Only a checkpoint this node's writer signed (see
     # engine.own_checkpoint): never one made at the size a request names.
+    # With "at", the size answered: the child may hold more by then (another sync of it pulled meanwhile).
     held, size = their_vv.get(node.id, 0), node.version_vector().get(node.id, 0)
-    checkpoint = own_checkpoint(node, held if 0 < held < size else None)
+    at = held if 0 < held < size else None
+    checkpoint = own_checkpoint(node, at)
+    if checkpoint is not None and at is not None:
+        checkpoint["at"] = at
     return _reply({"node_id": node.id, "vv": engine.branch_vv(node, child["scope"]),
                    "checkpoint": checkpoint, "modules": node.module_versions})
 

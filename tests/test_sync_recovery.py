@@ -9,7 +9,8 @@ import pytest
 
 from hemei.core.audit import verify_log
 from hemei.core.errors import HemeiError
-from hemei.sync import bundles, client
+from hemei.sync import bundles, client, engine
+from hemei.sync.peers import get_peer, parent_of
 from tree import note_titles, write_notes
 
 
@@ -295,3 +296,40 @@ def test_a_bundle_that_changed_after_it_verified_is_not_held_against_its_sender(
             bundles.import_bundle(d, out)
         assert d.conn.execute(refusals).fetchone()[0] == before
         assert "拔出 0" not in note_titles(d)
+
+
+def test_a_push_by_another_sync_of_the_street_meanwhile_is_no_fork(pair, monkeypatch):
+    """`hemei sync --watch` in one window, an operator's `hemei sync` in another: the district may hold
+    more of the street by the time the second hello shows the checkpoint at what it held before."""
+    with pair.open("street") as s:
+        write_notes(s, [("第一条", "sx/yc/fs")])
+    pair.sync("street")
+    with pair.open("street") as s:
+        write_notes(s, [(f"之后 {i}", "sx/yc/fs") for i in range(3)])
+    show = client._show_shared_history
+
+    def meanwhile_the_other_window_syncs(node, link, their_vv):
+        pair.sync("street")
+        return show(node, link, their_vv)
+
+    monkeypatch.setattr(client, "_show_shared_history", meanwhile_the_other_window_syncs)
+    with pair.open("street") as s:
+        client.sync_once(s)
+    assert json.loads(pair.ok("district", "status", "--json"))["forks"] == []
+
+
+def test_a_checkpoint_shown_at_the_size_asked_is_compared_there_not_with_what_is_held_by_now(pair):
+    """The district's hello answer at the size the street said it held: the street may have pulled
+    more meanwhile (another sync of it); that checkpoint, marked with the size it answers, is no fork."""
+    with pair.open("district") as d:
+        write_notes(d, [("第一批", "sx/yc")])
+    pair.sync("street")
+    with pair.open("district") as d:
+        answered = engine.own_checkpoint(d, d.version_vector()[d.id])
+        write_notes(d, [("第二批", "sx/yc")])
+    pair.sync("street")
+    with pair.open("street") as s:
+        district = get_peer(s, parent_of(s)["node_id"])
+        engine.check_history(s, district, {**answered, "at": answered["size"]})
+        with pytest.raises(HemeiError, match="fork"):  # a peer showing its latest: shorter is a fork
+            engine.check_history(s, district, answered)
