@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Callable, Container, NamedTuple
 import orjson
 
 from .errors import Conflict, InvalidInput, NotFound, ScopeViolation
-from .schema import APPEND_ONLY, LWW, TableSpec
+from .schema import APPEND_ONLY, LWW, TableSpec, valid_table_name
 from .scope import covers
 
 if TYPE_CHECKING:
@@ -231,6 +231,8 @@ class Projector:
         ``replay:`` (whichever process next loads a module declaring the table replays it: enabled,
         installed again, or a release that adds the table, even without a new schema version), and with
         ``judge`` (a confined origin's insert) ``judge:`` (that replay judges the table's inserts)."""
+        if not valid_table_name(table):
+            return  # no module can ever declare it: nothing to replay
         for mark in ("replay", "judge") if judge else ("replay",):
             key = f"{mark}:{table}"
             if key not in self._marked:

@@ -105,7 +105,10 @@ class Node:
         self.key = key
         self.public_key = public_key_raw(key)
         self.id = node_id_from_public_key(self.public_key)
-        meta = dict(conn.execute("SELECT key, value FROM _hemei_meta"))
+        # Not every key: marks of tables no module declares are as many as a peer sent made-up names.
+        meta = dict(conn.execute(
+            "SELECT key, value FROM _hemei_meta WHERE key IN ('node_id', 'name', 'scope', 'hlc', 'reproject_unscoped')"
+            " OR (key >= 'missing:' AND key < 'missing;')"))
         if meta.get("node_id") != self.id:
             raise NodeStateError(f"{home / KEY_NAME} is not the key of the node in {home / DB_NAME}")
         self.name: str = meta["name"]
@@ -236,8 +239,7 @@ class Node:
         self.schemas = schemas
         self.pm: pluggy.PluginManager = pm
         self.specs: dict[str, TableSpec] = {s.name: s for s in specs}
-        for spec in specs:
-            create_or_extend_table(self.conn, spec)
+        self._create_tables(specs)
         for migration_set in migrations:
             migration_set.apply(self.db)
         validator = None
@@ -247,6 +249,34 @@ class Node:
                 return None if hook is None else hook(node=self, change=change)
         self.projector = Projector(self.conn, self.specs, validator, by_table(self.schemas))
         return stored
+
+    def _create_tables(self, specs: list[TableSpec]) -> None:
+        """Create or extend the loaded modules' tables.
+
+        The log may already hold entries for a table created here (taken in
+        before receipt marked tables it could not project, or by a release
+        that added the table without raising its schema version): it is
+        marked for a replay that judges its inserts, in the transaction that
+        creates it, so no failure in between leaves it created, empty and
+        never replayed. The write lock is taken only when a table is missing.
+        """
+        existing = {name for (name,) in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if any(spec.name not in existing for spec in specs):
+            own = not self.conn.in_transaction
+            if own:
+                self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                created = [spec.name for spec in specs if create_or_extend_table(self.conn, spec)]
+                self._mark_unprojected(created)
+                if own:
+                    self.conn.execute("COMMIT")
+            except BaseException:
+                if own and self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+            return
+        for spec in specs:
+            create_or_extend_table(self.conn, spec)
 
     @property
     def module_versions(self) -> dict[str, int]:
@@ -355,9 +385,16 @@ class Node:
         self._mark("replay", tables)
         self._mark("judge", tables)
 
-    def _marked(self, prefix: str) -> list[str]:
+    def _marked(self, prefix: str, among=None) -> list[str]:
+        """Names marked ``prefix:NAME``; with ``among``, only those (looked up by key: receipt marks
+        tables no module declares, as many as a peer sends names)."""
+        if among is not None:
+            keys = [f"{prefix}:{name}" for name in among]
+            return [key.split(":", 1)[1] for i in range(0, len(keys), 500) for (key,) in self.conn.execute(
+                f"SELECT key FROM _hemei_meta WHERE key IN ({', '.join('?' * len(keys[i:i + 500]))}) ORDER BY key",
+                keys[i:i + 500])]
         return [key.split(":", 1)[1] for (key,) in self.conn.execute(
-            "SELECT key FROM _hemei_meta WHERE substr(key, 1, ?) = ? ORDER BY key", (len(prefix) + 1, prefix + ":"))]
+            "SELECT key FROM _hemei_meta WHERE key >= ? AND key < ? ORDER BY key", (prefix + ":", prefix + ";"))]
 
     def _replay_marked(self, quiet: bool = False) -> list[str]:
         """Replay the tables marked ``replay:TABLE`` in ``_hemei_meta``, then tell their modules; returns them.
@@ -372,10 +409,10 @@ class Node:
         """
         tables: list[str] = []
         try:
-            if any(name in self.specs for name in self._marked("replay")):
+            if self._marked("replay", self.specs):
                 with self._short_wait(quiet), cyclic_gc_paused(), self._transaction():
                     # Read again under the lock: the process that marked them may have replayed them meanwhile.
-                    tables = [name for name in self._marked("replay") if name in self.specs]
+                    tables = self._marked("replay", self.specs)
                     if tables:  # marks of a module disabled since stay: enabling it marks them again anyway
                         self._reproject(tables, None)
             self._announce_rebuilt(quiet)
@@ -413,7 +450,7 @@ class Node:
             return
         with self._short_wait(quiet), self._transaction():
             claimed = [key.split(":", 1)[1] for (key,) in self.conn.execute(
-                "DELETE FROM _hemei_meta WHERE substr(key, 1, 8) = 'rebuilt:' RETURNING key")]
+                "DELETE FROM _hemei_meta WHERE key >= 'rebuilt:' AND key < 'rebuilt;' RETURNING key")]
         tables = sorted(name for name in claimed if name in self.specs)
         if not tables:
             return
@@ -685,7 +722,7 @@ class Node:
         # A change kept out of scope at receipt stays out: judged against the rows as they stood then.
         kept_out = set()
         # Tables whose module was off (or missing) while entries came: no receipt judged their inserts.
-        unjudged = set(self._marked("judge")) & chosen
+        unjudged = set(self._marked("judge", chosen))
         self.conn.executemany("DELETE FROM _hemei_meta WHERE key = ?",
                               [(f"{mark}:{name}",) for name in names for mark in ("replay", "judge")])
         self._mark("rebuilt", names)  # cleared when the modules have been told: see _announce_rebuilt

@@ -36,6 +36,11 @@ VERSION_COLUMNS = ("_hlc", "_origin")
 LWW_COLUMNS = ("_deleted", "_colv")
 
 
+def valid_table_name(name: str) -> bool:
+    """Whether a :class:`TableSpec` may have this name."""
+    return bool(_NAME.match(name)) and not name.startswith("_hemei")
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """A synced table owned by a plugin.
@@ -63,7 +68,7 @@ class TableSpec:
     _accepted: dict = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        if not _NAME.match(self.name) or self.name.startswith("_hemei"):
+        if not valid_table_name(self.name):
             raise ValueError(f"table name {self.name!r}: use lower_snake_case, not starting with _")
         if self.policy not in POLICIES:
             raise ValueError(f"table {self.name}: unknown merge policy {self.policy!r}")
@@ -119,8 +124,8 @@ class TableSpec:
         return None
 
 
-def create_or_extend_table(conn: sqlite3.Connection, spec: TableSpec) -> None:
-    """Create the table of ``spec``, or add the columns a newer declaration adds."""
+def create_or_extend_table(conn: sqlite3.Connection, spec: TableSpec) -> bool:
+    """Create the table of ``spec``, or add the columns a newer declaration adds; True if it created it."""
     existing = [row[1] for row in conn.execute(f"PRAGMA table_info([{spec.name}])")]
     hidden = {"_hlc": "INTEGER", "_origin": "TEXT"}
     if spec.policy == LWW:
@@ -141,6 +146,7 @@ def create_or_extend_table(conn: sqlite3.Connection, spec: TableSpec) -> None:
     for index in spec.indexes:
         cols = ", ".join(f"[{c}]" for c in index)
         conn.execute(f"CREATE INDEX IF NOT EXISTS [ix_{spec.name}_{'_'.join(index)}] ON [{spec.name}] ({cols})")
+    return not existing
 
 
 @dataclass
