@@ -138,19 +138,28 @@ def test_watch_backs_off_while_the_link_is_down_and_recovers(pair):
         assert "断网时写的" in note_titles(d)
 
 
-def test_a_parent_restored_from_backup_is_a_fork_at_the_child(pair):
+def restore_district(pair, after_backup: list[str], after_restore: list[str]) -> None:
+    """The district backed up, then writes ``after_backup`` (the street syncs them), is restored from
+    the backup and writes ``after_restore``; it is served again, the street not synced since."""
     pair.sync("street")
-    server = pair.servers["district"]
-    server.stop()
+    port = pair.servers["district"].port
+    pair.servers["district"].stop()
     shutil.copytree(pair.home("district"), pair.root / "district-backup")
     with pair.open("district") as d:
-        write_notes(d, [("备份之后的通知", "sx/yc")])
-    pair.serve("district", port=server.port)
+        write_notes(d, [(title, "sx/yc") for title in after_backup])
+    pair.serve("district", port=port)
     pair.sync("street")
     pair.servers["district"].stop()
     shutil.rmtree(pair.home("district"))
     shutil.copytree(pair.root / "district-backup", pair.home("district"))
-    pair.serve("district", port=server.port)
+    if after_restore:
+        with pair.open("district") as d:
+            write_notes(d, [(title, "sx/yc") for title in after_restore])
+    pair.serve("district", port=port)
+
+
+def test_a_parent_restored_from_backup_is_a_fork_at_the_child(pair):
+    restore_district(pair, ["备份之后的通知"], [])
     done = pair.hemei("street", "sync")
     assert done.returncode == 1 and "fork" in done.stderr and "restored or rewritten" in done.stderr
     status = json.loads(pair.ok("street", "status", "--json"))
@@ -241,22 +250,10 @@ def test_a_restored_street_that_wrote_past_the_district_is_a_fork(pair, tmp_path
 
 
 def test_a_restored_district_that_wrote_past_the_street_is_a_fork_at_the_street(pair):
-    pair.sync("street")
-    server = pair.servers["district"]
-    server.stop()
-    shutil.copytree(pair.home("district"), pair.root / "district-backup")
-    with pair.open("district") as d:
-        write_notes(d, [(f"备份之后 {i}", "sx/yc") for i in range(3)])
-    pair.serve("district", port=server.port)
-    pair.sync("street")
-    pair.servers["district"].stop()
-    shutil.rmtree(pair.home("district"))
-    shutil.copytree(pair.root / "district-backup", pair.home("district"))
+    restore_district(pair, [f"备份之后 {i}" for i in range(3)], [f"恢复之后 {i}" for i in range(5)])
     with pair.open("district") as d, pair.open("street") as s:  # more than the street has of it
-        write_notes(d, [(f"恢复之后 {i}", "sx/yc") for i in range(5)])
         assert d.version_vector()[d.id] > s.version_vector()[d.id]
         district_id, held = d.id, s.version_vector()[d.id]
-    pair.serve("district", port=server.port)
     done = pair.hemei("street", "sync")
     assert done.returncode == 1 and "fork" in done.stderr and "Traceback" not in done.stderr
     status = json.loads(pair.ok("street", "status", "--json"))

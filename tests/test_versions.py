@@ -450,6 +450,14 @@ def release_2b(*tables) -> dict:
     return {**PROBE, "notices": module}
 
 
+def street_ahead(tmp_path, newer: dict) -> tuple[Node, Node]:
+    """A street opened at release ``newer`` and its district at release 2 (both built at 2)."""
+    street = make(tmp_path, "street", STREET, 2)
+    district = make(tmp_path, "district", DISTRICT, 2)
+    street.close()
+    return Node.open(street.home, available=newer, builtins=BUILTIN_PLUGINS), district
+
+
 READS = TableSpec("notice_reads", {"id": "text", "scope": "text", "reader": "text"}, policy=LWW)
 LIKES = TableSpec("notice_likes", {"id": "text", "scope": "text", "who": "text"}, policy=LWW)
 
@@ -460,10 +468,7 @@ def test_a_table_a_release_adds_without_a_new_schema_version_gets_what_the_log_h
     only. Restarted at 2b, the district projects them, instead of leaving the table empty until
     someone runs ``hemei rebuild``: receipt marked the table for a replay."""
     newer = release_2b(READS)
-    street = make(tmp_path, "street", STREET, 2)
-    district = make(tmp_path, "district", DISTRICT, 2)  # the server process, release 2
-    street.close()
-    street = Node.open(street.home, available=newer, builtins=BUILTIN_PLUGINS)
+    street, district = street_ahead(tmp_path, newer)  # the district: a server process at release 2
     try:
         Node.open(district.home, available=newer, builtins=BUILTIN_PLUGINS).close()  # `hemei status` at 2b
         with street.writer("w") as w:
@@ -484,10 +489,7 @@ def test_an_open_that_fails_between_creating_two_new_tables_loses_no_replay(tmp_
     """Each new table is created on its own; an open that fails after the first (another process
     holding the lock, say) must not leave it created and never replayed."""
     newer = release_2b(READS, LIKES)
-    street = make(tmp_path, "street", STREET, 2)
-    district = make(tmp_path, "district", DISTRICT, 2)
-    street.close()
-    street = Node.open(street.home, available=newer, builtins=BUILTIN_PLUGINS)
+    street, district = street_ahead(tmp_path, newer)
     try:
         with street.writer("w") as w:
             read = w.insert("notice_reads", {"reader": "王丽"})
@@ -518,10 +520,7 @@ def test_entries_taken_in_before_receipt_marked_tables_are_projected_when_their_
     """A district that took the street's entries for ``notice_reads`` under a core that did not yet
     mark such tables at receipt (0.1.0, say): the open that creates the table marks and replays it."""
     newer = release_2b(READS)
-    street = make(tmp_path, "street", STREET, 2)
-    district = make(tmp_path, "district", DISTRICT, 2)
-    street.close()
-    street = Node.open(street.home, available=newer, builtins=BUILTIN_PLUGINS)
+    street, district = street_ahead(tmp_path, newer)
     try:
         with street.writer("w") as w:
             pk = w.insert("notice_reads", {"reader": "王丽"})
