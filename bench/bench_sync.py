@@ -10,7 +10,9 @@ A real district (`hemei serve`, uvicorn on 127.0.0.1) and a real
 Printed beside it, measured in the same run: a plain ``sqlite3``
 ``executemany`` of the same rows into a table of the same columns; a bare
 Starlette + SQLite push of the same rows (``bare_push.py``: HTTP and
-SQLite alone); and the SQL floor, the log and state rows the district
+SQLite alone), once into a plain table and once into the leanest layout a
+verified push could keep (``--lean``: one log blob per message, state rows
+with hemei's hidden columns; the ceiling no verified push can pass); and the SQL floor, the log and state rows the district
 ended up with inserted again by bare ``executemany`` (what the storage
 layout costs with no hemei code and no HTTP). Peak
 RSS is each process's own high-water mark (``VmHWM``, Linux), so memory
@@ -107,8 +109,11 @@ def wait_up(url: str) -> None:
     raise SystemExit(f"no answer from {url}")
 
 
-def bare_push(work: Path, rows: list[dict], batch: int) -> tuple[float, float]:
-    """Rows/s and server peak RSS of bench/bare_push.py: the same rows over HTTP into SQLite, no hemei."""
+def bare_push(work: Path, rows: list[dict], batch: int, lean: bool = False) -> tuple[float, float]:
+    """Rows/s and server peak RSS of bench/bare_push.py: the same rows over HTTP into SQLite, no hemei.
+
+    ``lean``: into the leanest layout a verified push could keep (see bare_push.py), still unverified.
+    """
     if not (work / "bare-source.db").exists():
         source = bare.connect(str(work / "bare-source.db"))
         source.executemany("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?)", [tuple(r.values()) for r in rows])
@@ -119,7 +124,7 @@ def bare_push(work: Path, rows: list[dict], batch: int) -> tuple[float, float]:
         leftover.unlink(missing_ok=True)
     port = free_port()
     script = str(HERE / "bare_push.py")
-    server = subprocess.Popen([sys.executable, script, "serve", str(target), str(port)])
+    server = subprocess.Popen([sys.executable, script, "serve", str(target), str(port)] + ["--lean"] * lean)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_up(url + "/health")
@@ -194,13 +199,14 @@ def main() -> int:
                     w.insert("bench_rows", dict(row, scope="yuecheng/fushan/xihu"))
         written = time.perf_counter() - start
         street.close()
-        bases, bares, pushes = [], [], []
+        bases, bares, leans, pushes = [], [], [], []
         client_rss = server_rss = bare_server_rss = 0.0
         for k in range(args.repeat):
             bases.append(args.rows / baseline(work / f"plain{k}.db", rows, args.batch))
             rate, rss = bare_push(work, rows, args.batch)
             bares.append(rate)
             bare_server_rss = max(bare_server_rss, rss)
+            leans.append(bare_push(work, rows, args.batch, lean=True)[0])
             entries, elapsed, c_rss, s_rss, district_home = push_round(work, k, env, args.batch, nodes)
             pushes.append(entries / elapsed)
             client_rss, server_rss = max(client_rss, c_rss), max(server_rss, s_rss)
@@ -213,13 +219,15 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    base, bare, rate = max(bases), max(bares), max(pushes)
+    base, bare, lean, rate = max(bases), max(bares), max(leans), max(pushes)
     print(f"hemei sync benchmark: {args.rows:,} rows ({entries:,} entries), batches of {args.batch},"
           f" best of {args.repeat}, Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}")
     print(f"  street backlog written in {written:.1f} s (not part of the push)")
     print(f"  {'':<34}{'per second':>12}   vs plain   vs bare push")
     print(f"  {'plain sqlite3 executemany':<34}{base:>12,.0f}   {1:>8.2f}")
     print(f"  {'bare HTTP push, no hemei':<34}{bare:>12,.0f}   {bare / base:>8.2f}   {1:>12.2f}")
+    print(f"  {'bare push into the leanest layout':<34}{lean:>12,.0f}   {lean / base:>8.2f}   {lean / bare:>12.2f}"
+          "   (the ceiling of a verified push)")
     print(f"  {'SQL floor: its log + state rows':<34}{floor:>12,.0f}   {floor / base:>8.2f}   {floor / bare:>12.2f}")
     print(f"  {'hemei sync: street -> district':<34}{rate:>12,.0f}   {rate / base:>8.2f}   {rate / bare:>12.2f}"
           f"   ({entries / rate:.1f} s)")
