@@ -44,6 +44,9 @@ class BadBundle(InvalidInput):
     code = "bad_bundle"
 
 
+CHANGED = "the bundle changed while it was being imported: nothing was imported; copy it again"
+
+
 def _write(node: Node, path: Path, header: dict, batch_iter) -> int:
     """Write frames and the signature; returns the number of entries. Atomic: temp file, then rename."""
     digest = hashlib.sha256()
@@ -137,16 +140,25 @@ def read_bundle(node: Node, path: Path) -> tuple[dict, Iterator, dict, bytes]:
                         f"{peer['name']}") from None
 
     def batches() -> Iterator:
-        # Read again only after the whole file verified; a file changed in between fails the chain checks.
+        # Read again only after the whole file verified, and hashed again on the way: the transaction
+        # that applies the batches ends only after the last one, so a file changed in between (even
+        # for another bundle the peer signed: its next export, written over this one) is caught before
+        # anything of it commits.
+        again_digest = hashlib.sha256(MAGIC)
         try:
             with open(path, "rb") as again:
                 frames = _frames(again)
-                next(frames)
+                head = next(frames, b"")  # the header, read at the first pass
+                again_digest.update(len(head).to_bytes(8, "big") + head)
                 for frame in frames:
+                    again_digest.update(len(frame).to_bytes(8, "big") + frame)
                     yield from wire.batches_of(wire.decode(frame))
+                again_digest.update(END + again.read(65))
         except OSError as exc:  # the stick pulled, say
             raise BadBundle(f"cannot read {path} any more ({exc.strerror or exc}): nothing was imported; "
                             "copy it again") from None
+        if again_digest.digest() != whole.digest():
+            raise BadBundle(CHANGED)
 
     return header, batches(), peer, whole.digest()
 
@@ -178,8 +190,7 @@ def import_bundle(node: Node, path: Path, ack_out: Path | None = None) -> dict:
         if exc.status >= 500:  # this node's own state, not a refusal of the peer
             raise
         if _file_digest(Path(path)) != verified:
-            raise BadBundle("the bundle changed while it was being imported: nothing was imported; copy it "
-                            "again") from None
+            raise BadBundle(CHANGED) from None
         evidence = getattr(exc, "evidence", None)
         if evidence is not None:
             record_fork(node, evidence, peer["node_id"])

@@ -264,12 +264,13 @@ def test_a_restored_district_that_wrote_past_the_street_is_a_fork_at_the_street(
         assert "备份之后 0" in note_titles(s)
 
 
-@pytest.mark.parametrize("change", ["truncated", "gone"])
+@pytest.mark.parametrize("change", ["truncated", "gone", "swapped"])
 def test_a_bundle_that_changed_after_it_verified_is_not_held_against_its_sender(pair, tmp_path, monkeypatch,
                                                                                 change):
-    """A bundle is read twice: verified, then applied. A stick pulled (or the next export written over
-    the file) in between fails the second read; the street never signed what failed, so the district's
-    log must not record a refusal of it, and the operator is told to copy it again."""
+    """A bundle is read twice: verified, then applied. A stick pulled in between fails the second read;
+    the street's next export, written over the file, is signed but not what verified. The street never
+    signed what failed, so the district's log must not record a refusal of it, nothing of either file is
+    taken in, and the operator is told to copy it again."""
     with pair.open("street") as s:
         write_notes(s, [(f"拔出 {i}", "sx/yc/fs") for i in range(20)])
     out = tmp_path / "push.hemei"
@@ -280,9 +281,13 @@ def test_a_bundle_that_changed_after_it_verified_is_not_held_against_its_sender(
         verified = verify(node, path)
         if change == "gone":
             path.unlink()
-        else:
+        elif change == "truncated":
             data = path.read_bytes()
             path.write_bytes(data[: len(data) // 2])
+        else:
+            with pair.open("street") as s:
+                write_notes(s, [("下一次导出", "sx/yc/fs")])
+            pair.ok("street", "bundle", "export", "--out", str(path))
         return verified
 
     monkeypatch.setattr(bundles, "read_bundle", then_the_stick_is_pulled)
@@ -292,7 +297,13 @@ def test_a_bundle_that_changed_after_it_verified_is_not_held_against_its_sender(
         with pytest.raises(HemeiError, match="copy it again"):
             bundles.import_bundle(d, out)
         assert d.conn.execute(refusals).fetchone()[0] == before
-        assert "拔出 0" not in note_titles(d)
+        assert not {"拔出 0", "下一次导出"} & note_titles(d)
+        assert d.conn.execute("SELECT count(*) FROM _hemei_bundle_acks").fetchone()[0] == 0
+    if change == "swapped":  # the file as it now is imports whole, under its own id
+        monkeypatch.setattr(bundles, "read_bundle", verify)
+        with pair.open("district") as d:
+            bundles.import_bundle(d, out)
+            assert {"拔出 0", "下一次导出"} <= note_titles(d)
 
 
 def test_a_push_by_another_sync_of_the_street_meanwhile_is_no_fork(pair, monkeypatch):
