@@ -42,7 +42,7 @@ def volunteers():
 
     Example:
 
-        hemei volunteers add --name 王丽 --id-number 330602199001011234 --phone 13805751234
+        hemei volunteers add --name 王丽 --id-number 330602199001011231 --phone 13805751234
     """
 
 
@@ -60,7 +60,7 @@ def add(name, id_number, phone, party_member, skills, team, scope, as_json):
 
     Example:
 
-        hemei volunteers add --name 王丽 --id-number 330602199001011234 --phone 13805751234 --team 老吴热线
+        hemei volunteers add --name 王丽 --id-number 330602199001011231 --phone 13805751234 --team 老吴热线
     """
     row = registry.add_volunteer(cli_node(), cli_actor(), name=name, id_number=_id_number(id_number), phone=phone,
                                  party_member=party_member, skills=skills, team=team, scope=scope)
@@ -346,7 +346,7 @@ def balance(volunteer, id_number, as_json):
 
     Example:
 
-        hemei volunteers balance --id-number 330602199001011234 --json
+        hemei volunteers balance --id-number 330602199001011231 --json
     """
     person, _ = _person(volunteer, id_number)
     info = ledger.balance(cli_node(), person)
