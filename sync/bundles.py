@@ -10,7 +10,8 @@ File layout (binary)::
 The first frame is the header ``{"id", "kind": "push"|"ack", "from", "to",
 "vv"}``; the others carry ``{"batches": [...]}``. A file that is truncated,
 altered, or not signed by the pinned peer is refused before anything is
-applied, and all its batches are applied in one transaction.
+applied, and all its batches are applied in one transaction, which commits
+only if the file read to apply them is still the one that verified.
 
 A child exports what its parent lacks since the last acknowledged sync or
 export; the parent imports it through the same checks as a push, and writes
@@ -42,6 +43,10 @@ MAX_FRAME = wire.MAX_COMPRESSED
 
 class BadBundle(InvalidInput):
     code = "bad_bundle"
+
+
+class NotAsVerified(BadBundle):
+    """The read that applies a bundle did not give the file that verified: nobody's refusal."""
 
 
 CHANGED = "the bundle changed while it was being imported: nothing was imported; copy it again"
@@ -80,14 +85,16 @@ def _write(node: Node, path: Path, header: dict, batch_iter) -> int:
     return count
 
 
-def _frames(fh) -> Iterator[bytes]:
-    """The frames of an open bundle, one at a time; the file position ends after the end marker."""
+def _frames(fh, digest) -> Iterator[bytes]:
+    """The frames of an open bundle, one at a time, each added to ``digest`` (with its length) as it is
+    read; the end marker too. The file position ends after the end marker."""
     if fh.read(len(MAGIC)) != MAGIC:
         raise BadBundle("this is not a hemei bundle")
     while True:
         length = fh.read(8)
         if len(length) != 8:
             raise BadBundle("bundle is truncated: copy it again")
+        digest.update(length)
         size = int.from_bytes(length, "big")
         if size == 0:
             return
@@ -96,12 +103,12 @@ def _frames(fh) -> Iterator[bytes]:
         frame = fh.read(size)
         if len(frame) != size:
             raise BadBundle("bundle is truncated: copy it again")
+        digest.update(frame)
         yield frame
 
 
-def read_bundle(node: Node, path: Path) -> tuple[dict, Iterator, dict, bytes]:
-    """Verify a bundle whole (streaming), then return (header, lazy batches, sender peer, SHA-256 of the
-    whole file as verified)."""
+def read_bundle(node: Node, path: Path) -> tuple[dict, "SecondRead", dict]:
+    """Verify a bundle whole (streaming), then return (header, the read that applies it, sender peer)."""
     try:
         fh = open(path, "rb")
     except OSError as exc:
@@ -109,13 +116,12 @@ def read_bundle(node: Node, path: Path) -> tuple[dict, Iterator, dict, bytes]:
     with fh:
         digest = hashlib.sha256(MAGIC)
         header_frame = None
-        for frame in _frames(fh):
-            digest.update(len(frame).to_bytes(8, "big") + frame)
+        for frame in _frames(fh, digest):
             header_frame = header_frame or frame
-        digest.update(END)
         signature = fh.read(65)
         whole = digest.copy()
         whole.update(signature)
+        size = fh.tell()
     if len(signature) != 64:
         raise BadBundle("bundle is truncated or damaged (no signature): copy it again")
     if header_frame is None:
@@ -138,29 +144,69 @@ def read_bundle(node: Node, path: Path) -> tuple[dict, Iterator, dict, bytes]:
     except InvalidSignature:
         raise BadBundle("bundle signature does not verify: it was altered or not made by "
                         f"{peer['name']}") from None
+    return header, SecondRead(Path(path), whole.digest(), size), peer
 
-    def batches() -> Iterator:
-        # Read again only after the whole file verified, and hashed again on the way: the transaction
-        # that applies the batches ends only after the last one, so a file changed in between (even
-        # for another bundle the peer signed: its next export, written over this one) is caught before
-        # anything of it commits.
-        again_digest = hashlib.sha256(MAGIC)
+
+class SecondRead:
+    """The read that applies a verified bundle, and whether what it read is the file that verified.
+
+    A bundle may not fit in memory, so it is read again to be applied, and
+    hashed again on the way. The transaction that applies the batches ends
+    only after the last one, where :meth:`batches` checks the hash, so a
+    file changed in between (a truncated copy, the sender's next export
+    written over it: signed too, but not what verified) never commits. And
+    a refusal found part-way is held against the sender only if the rest of
+    the file, read to its end, still hashes to what verified: a read error
+    or a changed file is this side's trouble, not the sender's.
+    """
+
+    def __init__(self, path: Path, verified: bytes, size: int):
+        self.path, self._verified, self._size = path, verified, size
+        self._fh = self._frames = None
+        self._digest = hashlib.sha256(MAGIC)
+        self._ended = False
+
+    def batches(self) -> Iterator:
         try:
-            with open(path, "rb") as again:
-                frames = _frames(again)
-                head = next(frames, b"")  # the header, read at the first pass
-                again_digest.update(len(head).to_bytes(8, "big") + head)
-                for frame in frames:
-                    again_digest.update(len(frame).to_bytes(8, "big") + frame)
-                    yield from wire.batches_of(wire.decode(frame))
-                again_digest.update(END + again.read(65))
-        except OSError as exc:  # the stick pulled, say
-            raise BadBundle(f"cannot read {path} any more ({exc.strerror or exc}): nothing was imported; "
-                            "copy it again") from None
-        if again_digest.digest() != whole.digest():
-            raise BadBundle(CHANGED)
+            frames = self._open()
+            next(frames, None)  # the header, checked at the first pass (None: a file with no frames now)
+            for frame in frames:
+                if self._fh.tell() > self._size:
+                    break  # longer than what verified: read no further (intact() says no)
+                yield from wire.batches_of(wire.decode(frame))
+        except OSError as exc:  # the stick pulled, a worn stick's read error
+            raise NotAsVerified(f"cannot read {self.path} any more ({exc.strerror or exc}): nothing was "
+                                "imported; copy it again") from None
+        except BadBundle:  # truncated or damaged since it verified
+            raise NotAsVerified(CHANGED) from None
+        if not self.intact():
+            raise NotAsVerified(CHANGED)
 
-    return header, batches(), peer, whole.digest()
+    def intact(self) -> bool:
+        """Whether the file, read to its end now if it was not yet, hashes to what verified."""
+        try:
+            if self._frames is None:
+                self._open()
+            if self._fh.tell() > self._size:
+                return False
+            for _ in self._frames:
+                if self._fh.tell() > self._size:
+                    return False
+            if not self._ended:
+                self._digest.update(self._fh.read(65))
+                self._ended = True
+        except (OSError, BadBundle):
+            return False
+        return self._fh.tell() == self._size and self._digest.digest() == self._verified
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+    def _open(self) -> Iterator[bytes]:
+        self._fh = open(self.path, "rb")
+        self._frames = _frames(self._fh, self._digest)
+        return self._frames
 
 
 def export_push(node: Node, out: Path) -> dict:
@@ -179,31 +225,26 @@ def import_bundle(node: Node, path: Path, ack_out: Path | None = None) -> dict:
     A bundle refused after its signature verified is refused of a known
     peer: recorded in the log like a refused request (and a fork's two
     checkpoints kept). One that does not verify names nobody: the operator
-    holding it is told, and nothing is recorded. Nor when the file changed
-    after it verified (read a second time to apply it: a stick pulled, the
-    next export written over it): the peer never signed what failed.
+    holding it is told, and nothing is recorded. Nor when the read that
+    applies it does not give the file that verified (see :class:`SecondRead`).
     """
-    header, batches, peer, verified = read_bundle(node, Path(path))
+    header, reading, peer = read_bundle(node, Path(path))
     try:
-        return _import_verified(node, path, ack_out, header, batches, peer)
+        return _import_verified(node, path, ack_out, header, reading.batches(), peer)
+    except NotAsVerified:
+        raise
     except HemeiError as exc:
         if exc.status >= 500:  # this node's own state, not a refusal of the peer
             raise
-        if _file_digest(Path(path)) != verified:
-            raise BadBundle(CHANGED) from None
+        if not reading.intact():
+            raise NotAsVerified(CHANGED) from None
         evidence = getattr(exc, "evidence", None)
         if evidence is not None:
             record_fork(node, evidence, peer["node_id"])
         record_refusal(node, peer["node_id"], exc.code, exc.message, "bundle import")
         raise
-
-
-def _file_digest(path: Path) -> bytes | None:
-    try:
-        with open(path, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").digest()
-    except OSError:
-        return None
+    finally:
+        reading.close()
 
 
 def _import_verified(node: Node, path: Path, ack_out: Path | None, header: dict, batches: Iterator,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 
@@ -268,9 +269,9 @@ def test_a_restored_district_that_wrote_past_the_street_is_a_fork_at_the_street(
 def test_a_bundle_that_changed_after_it_verified_is_not_held_against_its_sender(pair, tmp_path, monkeypatch,
                                                                                 change):
     """A bundle is read twice: verified, then applied. A stick pulled in between fails the second read;
-    the street's next export, written over the file, is signed but not what verified. The street never
-    signed what failed, so the district's log must not record a refusal of it, nothing of either file is
-    taken in, and the operator is told to copy it again."""
+    the street's next export, written over the file, is signed but not what verified. What failed is
+    not what verified, so the district's log must not record a refusal of the street, nothing of either
+    file is taken in, and the operator is told to copy it again."""
     with pair.open("street") as s:
         write_notes(s, [(f"拔出 {i}", "sx/yc/fs") for i in range(20)])
     out = tmp_path / "push.hemei"
@@ -304,6 +305,63 @@ def test_a_bundle_that_changed_after_it_verified_is_not_held_against_its_sender(
         with pair.open("district") as d:
             bundles.import_bundle(d, out)
             assert {"拔出 0", "下一次导出"} <= note_titles(d)
+
+
+class _WornStick:
+    """A file whose reads fail with EIO after some bytes, as a worn USB stick's do now and then."""
+
+    def __init__(self, fh, fail_after: int):
+        self.fh, self.left = fh, fail_after
+
+    def read(self, n=-1):
+        if self.left <= 0:
+            raise OSError(errno.EIO, "Input/output error")
+        data = self.fh.read(n if n >= 0 else self.left)
+        self.left -= len(data)
+        return data
+
+    def tell(self):
+        return self.fh.tell()
+
+    def close(self):
+        self.fh.close()
+
+
+@pytest.mark.parametrize("fails", ["applying", "after a refusal", "never"])
+def test_a_read_error_on_this_side_is_not_held_against_the_sender(pair, tmp_path, monkeypatch, fails):
+    """The file never changed, but a read of it failed: while applying it, or while reading it to its end
+    to see whether a refusal found part-way is the sender's. Nothing is recorded against the sender
+    (found in review: the file was hashed a third time, matched, and the street was blamed). With no
+    read error, the refusal is the sender's, and recorded."""
+    with pair.open("street") as s:
+        write_notes(s, [(f"读错 {i}", "sx/yc/fs") for i in range(20)])
+    out = tmp_path / "push.hemei"
+    pair.ok("street", "bundle", "export", "--out", str(out))
+    # Applying: the read fails inside the first batch frame. After a refusal: only the signature, which
+    # the district reads after refusing the batch, to see whether the file is still the one it verified.
+    fail_after = {"applying": 200, "after a refusal": out.stat().st_size - 64, "never": 1 << 30}[fails]
+    opened = []
+
+    def worn_open(file, mode="r", *args, **kwargs):
+        fh = open(file, mode, *args, **kwargs)
+        opened.append(file)
+        return _WornStick(fh, fail_after) if len(opened) == 2 else fh
+
+    monkeypatch.setattr(bundles, "open", worn_open, raising=False)
+    if fails != "applying":
+        def refusing(node, child):
+            def check(batch, changes):
+                raise HemeiError("refused for the test", code="refused", status=403)
+            return check
+
+        monkeypatch.setattr(engine, "push_check", refusing)
+    with pair.open("district") as d:
+        refusals = "SELECT count(*) FROM _hemei_log WHERE kind = 'sync.refused'"
+        before = d.conn.execute(refusals).fetchone()[0]
+        with pytest.raises(HemeiError, match="refused for the test" if fails == "never" else "copy it again"):
+            bundles.import_bundle(d, out)
+        assert "读错 0" not in note_titles(d)
+        assert d.conn.execute(refusals).fetchone()[0] == before + (fails == "never")
 
 
 def test_a_push_by_another_sync_of_the_street_meanwhile_is_no_fork(pair, monkeypatch):
