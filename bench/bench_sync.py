@@ -12,9 +12,10 @@ Printed beside it, measured in the same run: a plain ``sqlite3``
 Starlette + SQLite push of the same rows (``bare_push.py``: HTTP and
 SQLite alone), once into a plain table and once into the leanest layout a
 verified push could keep (``--lean``: one log blob per message, state rows
-with hemei's hidden columns; the ceiling no verified push can pass); and the SQL floor, the log and state rows the district
-ended up with inserted again by bare ``executemany`` (what the storage
-layout costs with no hemei code and no HTTP). Peak
+with the hidden columns a merge needs; the fastest a verified push taking
+one message at a time could be); and the SQL floor, the log and state rows
+the district ended up with inserted again by bare ``executemany`` (what
+today's storage layout costs with no hemei code and no HTTP). Peak
 RSS is each process's own high-water mark (``VmHWM``, Linux), so memory
 that grows with the backlog instead of the batch shows here.
 """
@@ -227,7 +228,7 @@ def main() -> int:
     print(f"  {'plain sqlite3 executemany':<34}{base:>12,.0f}   {1:>8.2f}")
     print(f"  {'bare HTTP push, no hemei':<34}{bare:>12,.0f}   {bare / base:>8.2f}   {1:>12.2f}")
     print(f"  {'bare push into the leanest layout':<34}{lean:>12,.0f}   {lean / base:>8.2f}   {lean / bare:>12.2f}"
-          "   (the ceiling of a verified push)")
+          "   (fastest a verified push could be)")
     print(f"  {'SQL floor: its log + state rows':<34}{floor:>12,.0f}   {floor / base:>8.2f}   {floor / bare:>12.2f}")
     print(f"  {'hemei sync: street -> district':<34}{rate:>12,.0f}   {rate / base:>8.2f}   {rate / bare:>12.2f}"
           f"   ({entries / rate:.1f} s)")
