@@ -165,6 +165,7 @@ class SecondRead:
         self._fh = self._frames = None
         self._digest = hashlib.sha256(MAGIC)
         self._ended = False
+        self.applied_whole = False
 
     def batches(self) -> Iterator:
         try:
@@ -181,9 +182,13 @@ class SecondRead:
             raise NotAsVerified(CHANGED) from None
         if not self.intact():
             raise NotAsVerified(CHANGED)
+        self.applied_whole = True  # all of it handed over, as verified: what fails from here is not the sender's
+        self.close()  # before the ack is written, which may be beside it (Windows locks open files)
 
     def intact(self) -> bool:
         """Whether the file, read to its end now if it was not yet, hashes to what verified."""
+        if self.applied_whole:
+            return True  # checked at the end of batches(), and closed since
         try:
             if self._frames is None:
                 self._open()
@@ -234,7 +239,7 @@ def import_bundle(node: Node, path: Path, ack_out: Path | None = None) -> dict:
     except NotAsVerified:
         raise
     except HemeiError as exc:
-        if exc.status >= 500:  # this node's own state, not a refusal of the peer
+        if exc.status >= 500 or reading.applied_whole:  # this node's own trouble, not a refusal of the peer
             raise
         if not reading.intact():
             raise NotAsVerified(CHANGED) from None
@@ -250,20 +255,20 @@ def import_bundle(node: Node, path: Path, ack_out: Path | None = None) -> dict:
 def _import_verified(node: Node, path: Path, ack_out: Path | None, header: dict, batches: Iterator,
                      peer: dict) -> dict:
     kind = header.get("kind")
+    their_vv = wire.vv_of(header.get("vv", {}))  # before anything is applied: a bad header refuses it all
     if kind == "push":
         if peer["role"] != "child":
             raise Forbidden("push bundles come from children", code="bad_bundle")
         results = node.apply_batches(batches, check=engine.push_check(node, peer), confine=True,
                                      sender=peer["node_id"])
-        child_vv = wire.vv_of(header.get("vv", {}))
-        touch(node, peer["node_id"], their_vv=child_vv)
+        touch(node, peer["node_id"], their_vv=their_vv)
         first_time = node.conn.execute("INSERT OR IGNORE INTO _hemei_bundle_acks (bundle_id, peer, imported_ms)"
                                        " VALUES (?, ?, ?)", (str(header.get("id")), peer["node_id"], now_ms())
                                        ).rowcount == 1
         ack_path = Path(ack_out) if ack_out else Path(path).with_name(Path(path).stem + ".ack.hemei")
         ack = {"id": new_id(), "kind": "ack", "from": node.id, "to": peer["node_id"],
                "vv": engine.branch_vv(node, peer["scope"]), "acknowledges": header.get("id")}
-        sent = _write(node, ack_path, ack, engine.downstream_iter(node, peer["node_id"], peer["scope"], child_vv, 2000))
+        sent = _write(node, ack_path, ack, engine.downstream_iter(node, peer["node_id"], peer["scope"], their_vv, 2000))
         return {"kind": "push", "from": peer["name"], "new": sum(r["new"] for r in results),
                 "refused": sum(r["refused"] for r in results), "already_imported": not first_time,
                 "ack": str(ack_path), "ack_entries": sent}
@@ -271,7 +276,7 @@ def _import_verified(node: Node, path: Path, ack_out: Path | None, header: dict,
         if peer["role"] != "parent":
             raise Forbidden("ack bundles come from the parent", code="bad_bundle")
         results = node.apply_batches(batches, check=engine.pull_check(node, peer), tree=True)
-        touch(node, peer["node_id"], their_vv=wire.vv_of(header.get("vv", {})))
+        touch(node, peer["node_id"], their_vv=their_vv)
         return {"kind": "ack", "from": peer["name"], "new": sum(r["new"] for r in results),
                 "refused": sum(r["refused"] for r in results)}
     raise BadBundle(f"unknown bundle kind {kind!r}")

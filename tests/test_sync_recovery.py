@@ -364,6 +364,68 @@ def test_a_read_error_on_this_side_is_not_held_against_the_sender(pair, tmp_path
         assert d.conn.execute(refusals).fetchone()[0] == before + (fails == "never")
 
 
+def test_a_bundle_with_a_bad_header_is_refused_before_anything_is_applied(pair, tmp_path):
+    """The street signed a header whose version vector is malformed: its refusal, and nothing of the
+    bundle committed (found in review: the header was read after the batches had committed)."""
+    with pair.open("street") as s:
+        write_notes(s, [(f"坏头 {i}", "sx/yc/fs") for i in range(3)])
+        parent = parent_of(s)
+        out = tmp_path / "bad-header.hemei"
+        bundles._write(s, out, {"id": "bad-header", "kind": "push", "from": s.id, "to": parent["node_id"],
+                                "vv": {"x": -1}}, engine.outgoing(s, s.scope, dict(parent["their_vv"]), 2000))
+    with pair.open("district") as d:
+        refusals = "SELECT count(*) FROM _hemei_log WHERE kind = 'sync.refused'"
+        before = d.conn.execute(refusals).fetchone()[0]
+        with pytest.raises(HemeiError, match="version vector"):
+            bundles.import_bundle(d, out)
+        assert "坏头 0" not in note_titles(d)
+        assert d.conn.execute(refusals).fetchone()[0] == before + 1
+
+
+def test_the_bundle_is_closed_before_its_ack_is_written(pair, tmp_path, monkeypatch):
+    """On Windows an open file cannot be replaced or deleted: the ack may be written beside (or over)
+    the bundle, and the operator may copy the next one over it (found in review)."""
+    with pair.open("street") as s:
+        write_notes(s, [("关闭", "sx/yc/fs")])
+    out = tmp_path / "push.hemei"
+    pair.ok("street", "bundle", "export", "--out", str(out))
+    handles, write = [], bundles._write
+
+    def tracking_open(file, mode="r", *args, **kwargs):
+        handles.append(open(file, mode, *args, **kwargs))
+        return handles[-1]
+
+    def checking_write(*args):
+        assert handles and all(fh.closed for fh in handles), "the bundle is still open"
+        return write(*args)
+
+    monkeypatch.setattr(bundles, "open", tracking_open, raising=False)
+    monkeypatch.setattr(bundles, "_write", checking_write)
+    with pair.open("district") as d:
+        assert bundles.import_bundle(d, out)["new"] >= 1
+
+
+def test_what_fails_after_a_bundle_was_applied_is_not_the_senders_refusal(pair, tmp_path, monkeypatch):
+    """The batches committed; then writing the ack failed (a full stick, say): the import says so, keeps
+    what it applied, and records nothing against the street."""
+    with pair.open("street") as s:
+        write_notes(s, [("已导入", "sx/yc/fs")])
+    out = tmp_path / "push.hemei"
+    pair.ok("street", "bundle", "export", "--out", str(out))
+
+    def full_stick(*args):
+        raise HemeiError("no space left on the stick for the acknowledgement", code="ack_not_written")
+
+    monkeypatch.setattr(bundles, "_write", full_stick)
+    with pair.open("district") as d:
+        refusals = "SELECT count(*) FROM _hemei_log WHERE kind = 'sync.refused'"
+        before = d.conn.execute(refusals).fetchone()[0]
+        with pytest.raises(HemeiError, match="no space left"):
+            bundles.import_bundle(d, out)
+        assert "已导入" in note_titles(d)
+        assert d.conn.execute(refusals).fetchone()[0] == before
+
+
 def test_a_push_by_another_sync_of_the_street_meanwhile_is_no_fork(pair, monkeypatch):
     """`hemei sync --watch` in one window, an operator's `hemei sync` in another: the district may hold
     more of the street by the time the second hello shows the checkpoint at what it held before."""
