@@ -265,6 +265,15 @@ def test_a_restored_district_that_wrote_past_the_street_is_a_fork_at_the_street(
         assert "备份之后 0" in note_titles(s)
 
 
+def refusals_of_importing(node, bundle, match: str) -> int:
+    """Import ``bundle`` expecting a HemeiError matching ``match``; how many refusals it recorded."""
+    refusals = "SELECT count(*) FROM _hemei_log WHERE kind = 'sync.refused'"
+    before = node.conn.execute(refusals).fetchone()[0]
+    with pytest.raises(HemeiError, match=match):
+        bundles.import_bundle(node, bundle)
+    return node.conn.execute(refusals).fetchone()[0] - before
+
+
 @pytest.mark.parametrize("change", ["truncated", "gone", "swapped"])
 def test_a_bundle_that_changed_after_it_verified_is_not_held_against_its_sender(pair, tmp_path, monkeypatch,
                                                                                 change):
@@ -293,11 +302,7 @@ def test_a_bundle_that_changed_after_it_verified_is_not_held_against_its_sender(
 
     monkeypatch.setattr(bundles, "read_bundle", then_the_stick_is_pulled)
     with pair.open("district") as d:
-        refusals = "SELECT count(*) FROM _hemei_log WHERE kind = 'sync.refused'"
-        before = d.conn.execute(refusals).fetchone()[0]
-        with pytest.raises(HemeiError, match="copy it again"):
-            bundles.import_bundle(d, out)
-        assert d.conn.execute(refusals).fetchone()[0] == before
+        assert refusals_of_importing(d, out, match="copy it again") == 0
         assert not {"拔出 0", "下一次导出"} & note_titles(d)
         assert d.conn.execute("SELECT count(*) FROM _hemei_bundle_acks").fetchone()[0] == 0
     if change == "swapped":  # the file as it now is imports whole, under its own id
@@ -356,12 +361,9 @@ def test_a_read_error_on_this_side_is_not_held_against_the_sender(pair, tmp_path
 
         monkeypatch.setattr(engine, "push_check", refusing)
     with pair.open("district") as d:
-        refusals = "SELECT count(*) FROM _hemei_log WHERE kind = 'sync.refused'"
-        before = d.conn.execute(refusals).fetchone()[0]
-        with pytest.raises(HemeiError, match="refused for the test" if fails == "never" else "copy it again"):
-            bundles.import_bundle(d, out)
+        expected = "refused for the test" if fails == "never" else "copy it again"
+        assert refusals_of_importing(d, out, match=expected) == (1 if fails == "never" else 0)
         assert "读错 0" not in note_titles(d)
-        assert d.conn.execute(refusals).fetchone()[0] == before + (fails == "never")
 
 
 def test_a_bundle_with_a_bad_header_is_refused_before_anything_is_applied(pair, tmp_path):
@@ -374,12 +376,8 @@ def test_a_bundle_with_a_bad_header_is_refused_before_anything_is_applied(pair, 
         bundles._write(s, out, {"id": "bad-header", "kind": "push", "from": s.id, "to": parent["node_id"],
                                 "vv": {"x": -1}}, engine.outgoing(s, s.scope, dict(parent["their_vv"]), 2000))
     with pair.open("district") as d:
-        refusals = "SELECT count(*) FROM _hemei_log WHERE kind = 'sync.refused'"
-        before = d.conn.execute(refusals).fetchone()[0]
-        with pytest.raises(HemeiError, match="version vector"):
-            bundles.import_bundle(d, out)
+        assert refusals_of_importing(d, out, match="version vector") == 1
         assert "坏头 0" not in note_titles(d)
-        assert d.conn.execute(refusals).fetchone()[0] == before + 1
 
 
 def test_the_bundle_is_closed_before_its_ack_is_written(pair, tmp_path, monkeypatch):
@@ -418,12 +416,8 @@ def test_what_fails_after_a_bundle_was_applied_is_not_the_senders_refusal(pair, 
 
     monkeypatch.setattr(bundles, "_write", full_stick)
     with pair.open("district") as d:
-        refusals = "SELECT count(*) FROM _hemei_log WHERE kind = 'sync.refused'"
-        before = d.conn.execute(refusals).fetchone()[0]
-        with pytest.raises(HemeiError, match="no space left"):
-            bundles.import_bundle(d, out)
+        assert refusals_of_importing(d, out, match="no space left") == 0
         assert "已导入" in note_titles(d)
-        assert d.conn.execute(refusals).fetchone()[0] == before
 
 
 def test_a_push_by_another_sync_of_the_street_meanwhile_is_no_fork(pair, monkeypatch):
