@@ -7,8 +7,8 @@ Plugins import what they need from here::
 
 from .api import ApiCall, ApiRoute, create_app
 from .cli_support import cli_actor, cli_node, emit, json_option
-from .errors import (ChainError, ClockSkew, Conflict, Forbidden, HemeiError, InvalidInput, NodeStateError,
-                     NotFound, Unauthorized)
+from .errors import (ChainError, ClockNotSet, ClockSkew, Conflict, Forbidden, HemeiError, InvalidInput,
+                     NodeStateError, NotFound, Unauthorized)
 from .merge import Change
 from .node import Batch, Node
 from .plugins import hookimpl
@@ -17,8 +17,8 @@ from .schema import APPEND_ONLY, LWW, MigrationSet, TableSpec
 from .versions import ModuleSchema
 
 __all__ = [
-    "APPEND_ONLY", "LWW", "ApiCall", "ApiRoute", "Batch", "ChainError", "Change", "ClockSkew", "Conflict",
-    "Forbidden", "HemeiError", "InvalidInput", "MigrationSet", "ModuleSchema", "Node", "NodeStateError", "NotFound",
+    "APPEND_ONLY", "LWW", "ApiCall", "ApiRoute", "Batch", "ChainError", "Change", "ClockNotSet", "ClockSkew",
+    "Conflict", "Forbidden", "HemeiError", "InvalidInput", "MigrationSet", "ModuleSchema", "Node", "NodeStateError", "NotFound",
     "ReportSection", "TableSpec", "Unauthorized", "cli_actor", "cli_node", "create_app", "emit", "hookimpl",
     "json_option",
 ]

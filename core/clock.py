@@ -15,9 +15,14 @@ import datetime as _dt
 import time
 from typing import Callable
 
-from .errors import ClockSkew
+from .errors import ClockNotSet, ClockSkew
 
 COUNTER_BITS = 16
+
+#: No release of hemei ran before this instant (2026-01-01 UTC). A wall clock that reads earlier was
+#: reset, as a flat CMOS battery does (to 2000, or the BIOS's date): stamps made with it would be
+#: wrong in the audit trail and win every "earliest wins" clash. Raise it with a release, never lower it.
+EARLIEST_WALL_MS = 1_767_225_600_000
 
 #: How far ahead of this node's wall clock a remote entry may be stamped.
 DEFAULT_MAX_AHEAD_MS = 15 * 60 * 1000
@@ -61,15 +66,26 @@ class HybridClock:
     """Monotonic HLC. ``last`` is persisted by the node with every write."""
 
     def __init__(self, last: int = 0, now: Callable[[], int] = wall_ms,
-                 max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS):
+                 max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS, earliest_ms: int = EARLIEST_WALL_MS):
         self.last = last
         self._now = now
         self.max_ahead_ms = max_ahead_ms
+        self.earliest_ms = earliest_ms
 
     def tick(self) -> int:
-        value = max(self._now() << COUNTER_BITS, self.last + 1)
+        value = max(self.set_now() << COUNTER_BITS, self.last + 1)
         self.last = value
         return value
+
+    def set_now(self) -> int:
+        """The wall clock in ms; ClockNotSet when it reads before any release ran (see EARLIEST_WALL_MS)."""
+        now = self._now()
+        if now < self.earliest_ms:
+            reading = hlc_to_iso(max(0, now) << COUNTER_BITS)[:16].replace("T", " ")
+            raise ClockNotSet(f"this PC's clock reads {reading} UTC, before "
+                              f"{hlc_to_iso(self.earliest_ms << COUNTER_BITS)[:10]}: it has been reset. Set its "
+                              "date and time correctly, then try again (nothing was written)")
+        return now
 
     def check_plausible(self, remote: int) -> None:
         """Refuse a remote stamp too far in the future: a street PC with a wrong clock."""

@@ -74,6 +74,13 @@ class ClockSkew(HemeiError):
     status = 422
 
 
+class ClockNotSet(HemeiError):
+    """This node's own clock reads a date before any release ran: the PC's clock was reset."""
+
+    code = "clock_not_set"
+    status = 503  # this node's state, not the caller's mistake
+
+
 class NodeStateError(HemeiError):
     """The node home is missing, already exists, or is unusable."""
 

@@ -128,6 +128,7 @@ class Node:
              available: Available | None = None, builtins: tuple[str, ...] = CORE_BUILTINS) -> Node:
         """Create a node home with a new key; refuse if one is there already."""
         name, scope, actor = check_name(name), parse_scope(scope), check_actor(actor)
+        HybridClock().set_now()  # a reset PC clock would stamp the whole first session wrong: before any file
         home = resolve_home(home)
         if (home / DB_NAME).exists() or (home / KEY_NAME).exists():
             raise NodeStateError(f"{home} is already a node home: nothing was changed")

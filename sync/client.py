@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 import httpx
 
-from hemei.core.errors import HemeiError
+from hemei.core.errors import ClockNotSet, ClockSkew, HemeiError
 from hemei.core.gc_pause import cyclic_gc_paused
 from hemei.core.node import Node
 
@@ -102,7 +102,10 @@ class ParentLink:
         if reply.status_code >= 400:
             try:
                 error = reply.json()["error"]
-                raise SyncRefused(error["message"], code=error["code"], status=reply.status_code)
+                message = error["message"]
+                if error["code"] == ClockNotSet.code:  # its message speaks of "this PC": the parent's
+                    message = f"the parent cannot write anything: {message}"
+                raise SyncRefused(message, code=error["code"], status=reply.status_code)
             except (ValueError, KeyError, TypeError):
                 raise SyncRefused(f"parent answered {reply.status_code}", code="http_error",
                                   status=reply.status_code) from None
@@ -183,10 +186,17 @@ def _tick(node: Node, link: ParentLink, report: SyncReport) -> None:
     """Time-driven work (escalating overdue cases, say) before the push, so what it writes goes up now;
     skipped when the parent says this PC's clock is wrong, since what it writes cannot be undone."""
     if abs(link.offset_ms) > TICK_CLOCK_TOLERANCE_MS:
-        report.messages.append(f"this PC's clock is {link.offset_ms / 60000:+.0f} min off the parent's: "
-                               "time-driven work (escalating overdue cases) skipped until it is fixed")
+        report.messages.append(f"this PC's clock is {_clock_gap(link.offset_ms)} the parent's: set its date, time "
+                               "and time zone. Time-driven work (escalating overdue cases) is skipped until then")
         return
     report.messages.extend(f"tick: {failure}" for failure in node.tick())
+
+
+def _clock_gap(offset_ms: int) -> str:
+    """'3 h 5 min behind' for a parent whose clock is ahead of this PC's by ``offset_ms``."""
+    minutes = round(abs(offset_ms) / 60000)
+    size = f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
+    return f"{size} {'behind' if offset_ms > 0 else 'ahead of'}"
 
 
 def _show_shared_history(node: Node, link: ParentLink, their_vv: dict) -> None:
@@ -278,7 +288,16 @@ def _pull(node: Node, link: ParentLink, parent: dict, batch_size: int, report: S
         with cyclic_gc_paused():
             batches = wire.batches_of(reply)
         if batches:
-            for result in node.apply_batches(batches, check=check, tree=True):
+            try:
+                results = node.apply_batches(batches, check=check, tree=True)
+            except ClockSkew:
+                if link.offset_ms <= TICK_CLOCK_TOLERANCE_MS:
+                    raise
+                # The parent took these in by its own clock: the slow clock is most likely this one.
+                raise ClockSkew(f"the parent's entries look stamped in the future because this PC's clock is "
+                                f"{_clock_gap(link.offset_ms)} the parent's: set this PC's date, time and time "
+                                "zone, then sync again (nothing is lost)") from None
+            for result in results:
                 report.pulled += result["new"]
                 report.refused_changes += result["refused"]
         report.pending_down = int(reply.get("remaining", 0))

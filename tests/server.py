@@ -49,6 +49,24 @@ def plugin_env(site: Path) -> dict:
     return env
 
 
+def wrong_clock_env(env: dict, root: Path, shift_s: float) -> dict:
+    """``env`` for a process on a PC whose clock reads ``shift_s`` seconds off the true time (< 0: behind).
+
+    A ``sitecustomize`` on ``PYTHONPATH`` shifts ``time.time`` and
+    ``time.time_ns`` for the whole process, as a wrongly set PC clock would;
+    hemei has no hook of its own for this.
+    """
+    site = root / f"clock{shift_s:+.0f}"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        "import time\n"
+        f"_shift_ns = {int(shift_s * 1e9)}\n"
+        "_time, _time_ns = time.time, time.time_ns\n"
+        "time.time = lambda: _time() + _shift_ns / 1e9\n"
+        "time.time_ns = lambda: _time_ns() + _shift_ns\n")
+    return dict(env, PYTHONPATH=os.pathsep.join([str(site), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

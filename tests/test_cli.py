@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import click
 import pytest
@@ -67,6 +68,28 @@ def test_init_on_an_existing_home_refuses_and_changes_nothing(tmp_path, run_cli)
     again = run_cli("--home", str(home), "init", "--name", "b", "--scope", "y")
     assert again.exit_code == 1 and "already a node home" in again.output
     assert {p.name: p.read_bytes() for p in home.iterdir()} == before
+
+
+def test_a_pc_clock_reset_to_2000_is_told_to_set_it_and_nothing_is_written(tmp_path, run_cli, monkeypatch):
+    import time
+
+    home = str(tmp_path / "府山")
+    real_time_ns = time.time_ns
+    assert run_cli("--home", home, "init", "--name", "府山街道", "--scope", "yuecheng/fushan").exit_code == 0
+    assert run_cli("--home", home, "modules", "enable", "hook_probe").exit_code == 0
+    files = {p.name: p.read_bytes() for p in Path(home).iterdir() if p.suffix != ".db-shm"}
+    reset = 946_684_800 * 10**9  # 2000-01-01: what a flat CMOS battery sets
+    monkeypatch.setattr(time, "time_ns", lambda: reset + real_time_ns() % 10**9)
+    for args in (("--home", str(tmp_path / "新"), "init", "--name", "西湖社区", "--scope", "yuecheng/fushan/xihu"),
+                 ("--home", home, "probe", "note", "楼道粉刷"),
+                 ("--home", home, "modules", "disable", "hook_probe")):
+        done = run_cli(*args)
+        assert done.exit_code == 1 and "clock reads 2000-01-01" in done.output, done.output
+        assert "Set its date and time" in done.output and "Traceback" not in done.output
+    assert not (tmp_path / "新").exists()
+    assert {p.name: p.read_bytes() for p in Path(home).iterdir() if p.suffix != ".db-shm"} == files
+    monkeypatch.setattr(time, "time_ns", real_time_ns)  # the clock set right
+    assert run_cli("--home", home, "probe", "note", "楼道粉刷").exit_code == 0
 
 
 def test_users_passwords_from_option_and_stdin_and_secrets_stay_out_of_the_log(tmp_path, run_cli):

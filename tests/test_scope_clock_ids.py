@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hemei.core.clock import COUNTER_BITS, HybridClock, hlc_to_iso, iso_to_hlc
-from hemei.core.errors import ClockSkew, InvalidInput
+from hemei.core.clock import COUNTER_BITS, EARLIEST_WALL_MS, HybridClock, hlc_to_iso, iso_to_hlc
+from hemei.core.errors import ClockNotSet, ClockSkew, InvalidInput
 from hemei.core.ids import new_id
 from hemei.core.scope import covers, parse_scope
 
@@ -30,8 +30,11 @@ def test_covers_is_by_whole_segments():
     assert not covers("yc/fs", "yc/fsx") and not covers("yc/fs/xihu", "yc/fs")
 
 
+NOW = 1_795_000_000_000  # a wall clock in ms (2026-11), after any release's floor
+
+
 def test_clock_stays_monotonic_when_the_wall_clock_jumps_back():
-    wall = [1_000_000]
+    wall = [NOW]
     clock = HybridClock(now=lambda: wall[0])
     first = clock.tick()
     wall[0] -= 60_000  # NTP correction, or an operator fixing the date
@@ -43,7 +46,7 @@ def test_clock_stays_monotonic_when_the_wall_clock_jumps_back():
 
 @given(st.lists(st.integers(-5000, 5000), min_size=1, max_size=50))
 def test_clock_is_monotonic_for_any_wall_clock_path(jumps):
-    wall = [10_000_000]
+    wall = [NOW]
     clock = HybridClock(now=lambda: wall[0])
     last = 0
     for jump in jumps:
@@ -54,17 +57,28 @@ def test_clock_is_monotonic_for_any_wall_clock_path(jumps):
 
 
 def test_observing_a_remote_stamp_moves_the_clock_past_it():
-    clock = HybridClock(now=lambda: 1000)
-    remote = (5000 << COUNTER_BITS) + 3
+    clock = HybridClock(now=lambda: NOW)
+    remote = ((NOW + 4000) << COUNTER_BITS) + 3
     clock.observe(remote)
     assert clock.tick() > remote
 
 
 def test_stamps_far_in_the_future_are_refused_with_advice():
-    clock = HybridClock(now=lambda: 1_000_000, max_ahead_ms=60_000)
-    clock.check_plausible((1_000_000 + 59_000) << COUNTER_BITS)
+    clock = HybridClock(now=lambda: NOW, max_ahead_ms=60_000)
+    clock.check_plausible((NOW + 59_000) << COUNTER_BITS)
     with pytest.raises(ClockSkew, match="clock is wrong"):
-        clock.check_plausible((1_000_000 + 3_600_000) << COUNTER_BITS)
+        clock.check_plausible((NOW + 3_600_000) << COUNTER_BITS)
+
+
+@pytest.mark.parametrize("last", [0, NOW << COUNTER_BITS])  # a new node, and one used before the reset
+def test_a_wall_clock_reset_to_before_any_release_stamps_nothing(last):
+    reset = iso_to_hlc("2000-01-01T00:03:00") >> COUNTER_BITS  # a flat CMOS battery's date
+    clock = HybridClock(last, now=lambda: reset)
+    with pytest.raises(ClockNotSet, match="clock reads 2000-01-01 00:03 UTC.*Set its date and time"):
+        clock.tick()
+    assert clock.last == last
+    clock._now = lambda: EARLIEST_WALL_MS  # set right: stamps again
+    assert clock.tick() > last
 
 
 def test_hlc_iso_round_trip():

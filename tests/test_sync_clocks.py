@@ -1,0 +1,75 @@
+"""Wrongly set PC clocks between real processes: an hours-slow street, and a district whose clock was reset.
+
+Each process's clock is shifted as a whole (``server.wrong_clock_env``), so
+what is tested is what an operator meets, with no hook in hemei for it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from server import wrong_clock_env
+from tree import note_titles, write_notes
+
+#: What a flat CMOS battery sets: 2000-01-01 00:00 UTC, as a shift from now.
+RESET_TO_2000_S = 946_684_800 - time.time()
+
+
+def refusals(node) -> list[dict]:
+    return [json.loads(p) for (p,) in node.conn.execute(
+        "SELECT payload FROM _hemei_log WHERE kind = 'sync.refused' ORDER BY seq")]
+
+
+def test_a_street_pc_hours_slow_still_pushes_and_is_told_to_set_its_own_clock(pair):
+    with pair.open("district") as d:
+        write_notes(d, [("区里的通知", "sx/yc")])
+    slow = wrong_clock_env(pair.env, pair.root, -8 * 3600)  # the time zone set to UTC instead of UTC+8
+    pair.ok("street", "probe", "note", "慢钟写的", env=slow)
+    done = pair.hemei("street", "sync", env=slow)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    # Before, the street refused the district's entries and blamed the district's clock.
+    assert "this PC's clock is 8 h 0 min behind the parent's" in done.stderr and "time zone" in done.stderr
+    with pair.open("district") as d:
+        assert "慢钟写的" in note_titles(d)  # what the street wrote went up all the same
+    with pair.open("street") as s:
+        assert "区里的通知" not in note_titles(s)
+        assert refusals(s)[-1]["code"] == "clock_skew" and "8 h 0 min behind" in refusals(s)[-1]["reason"]
+    pair.sync("street")  # its clock set right
+    with pair.open("street") as s:
+        assert "区里的通知" in note_titles(s)
+
+
+def test_a_street_pc_reset_to_2000_pushes_what_it_had_and_is_told_its_clock_was_reset(pair):
+    with pair.open("street") as s:
+        write_notes(s, [("重置前写的", "sx/yc/fs")])
+    reset = wrong_clock_env(pair.env, pair.root, RESET_TO_2000_S)
+    done = pair.hemei("street", "sync", env=reset)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "this PC's clock reads 2000-01-01" in done.stderr and "Set its date and time" in done.stderr
+    with pair.open("district") as d:
+        assert "重置前写的" in note_titles(d)
+    written = pair.hemei("street", "probe", "note", "重置后写的", env=reset)
+    assert written.returncode == 1 and "clock reads 2000-01-01" in written.stderr
+    pair.sync("street")
+    with pair.open("street") as s:
+        assert "重置后写的" not in note_titles(s) and not refusals(s)  # nothing could be stamped in 2000
+
+
+def test_a_district_whose_clock_was_reset_takes_nothing_and_the_street_is_told_why(pair):
+    server = pair.servers["district"]
+    server.stop()
+    pair.serve("district", env=wrong_clock_env(pair.env, pair.root, RESET_TO_2000_S), port=server.port)
+    with pair.open("street") as s:
+        write_notes(s, [("区时钟坏了", "sx/yc/fs")])
+    done = pair.hemei("street", "sync")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "the parent cannot write anything: this PC's clock reads 2000-01-01" in done.stderr
+    with pair.open("district") as d:
+        assert "区时钟坏了" not in note_titles(d)
+    pair.servers["district"].stop()
+    assert "Traceback" not in pair.servers["district"].output()
+    pair.serve("district", port=server.port)  # its clock set right
+    pair.sync("street")
+    with pair.open("district") as d:
+        assert "区时钟坏了" in note_titles(d)
