@@ -114,9 +114,11 @@ def _read_password(password: str | None) -> str:
 def users_add(name: str, role: str, password: str | None) -> None:
     """Add a local user. The log records who added whom, never the password.
 
+    The password is asked twice on a terminal; piped in, one line is read.
+
     Example:
 
-        echo 's3cret-pass' | hemei users add wangli --role operator
+        hemei users add wangli --role operator
     """
     node = cli_node()
     user_store.check_user_name(name)
@@ -147,7 +149,7 @@ def users_token(name: str, ttl: int | None) -> None:
 
     Example:
 
-        TOKEN=$(hemei users token wangli --ttl 30d)
+        hemei users token wangli --ttl 30d
     """
     click.echo(user_store.issue_token(cli_node(), name, cli_actor(), ttl))
 

@@ -21,7 +21,8 @@ ACTOR = "wangli"
 
 #: In an order an operator could follow on a street node (a team before a volunteer joins it).
 RUNNABLE = [
-    "hemei status", "hemei modules list", "hemei users add", "hemei users list", "hemei audit verify",
+    "hemei status", "hemei modules list", "hemei users add", "hemei users list", "hemei users token",
+    "hemei users revoke", "hemei audit verify",
     "hemei volunteers team add", "hemei volunteers add", "hemei volunteers find", "hemei volunteers team list",
     "hemei volunteers category add", "hemei volunteers category list", "hemei volunteers activity add",
     "hemei volunteers activity list", "hemei volunteers hours pending", "hemei volunteers balance",
@@ -51,7 +52,6 @@ ELSEWHERE = {
     "hemei bundle import": "a bundle", "hemei modules": "enables a module already enabled here",
     "hemei modules enable": "enables a module already enabled here",
     "hemei modules disable": "would hide the commands run after it",
-    "hemei users token": "shell syntax (TOKEN=$(...))", "hemei users revoke": "after users token",
     "hemei conflicts": "a district's ballots table", "hemei report": "a district",
     "hemei volunteers redeem": "reads id.txt", "hemei volunteers key": "a key exists already here",
     "hemei volunteers key create": "a key exists already here", "hemei volunteers key request": "a parent",
@@ -78,14 +78,13 @@ def commands(make_node) -> dict[str, click.Command]:
     return found
 
 
-def _example(command: click.Command) -> tuple[list[str], str | None]:
-    """The help's last line as arguments, without `hemei` and a --home the example names; and what an
-    `echo ... |` before it feeds the command."""
+#: What the operator types at the prompt an example leads to.
+TYPED = {"hemei users add": "s3cret-pass\ns3cret-pass\n"}
+
+
+def _example(command: click.Command) -> list[str]:
+    """The help's last line as arguments, without `hemei` and a --home the example names."""
     line = command.help.strip().splitlines()[-1].strip()
-    stdin = None
-    if line.startswith("echo "):  # echo 'secret' | hemei ...
-        echoed, line = line.split("|", 1)
-        stdin = shlex.split(echoed)[1] + "\n"
     words = shlex.split(line, posix="\\" not in line)  # E:\fushan.hemei stays itself
     if "<" in words:  # the shell's redirection, not the command's
         words = words[:words.index("<")]
@@ -93,7 +92,7 @@ def _example(command: click.Command) -> tuple[list[str], str | None]:
     words = words[1:]
     if words[0] == "--home":
         words = words[2:]
-    return words, stdin
+    return words
 
 
 @pytest.fixture
@@ -111,10 +110,8 @@ def test_every_example_that_names_nothing_runs_as_written(street, run_cli, comma
     in_place = {leaf: group for group, leaf in GROUPS.items()} if groups else {}
     for path in RUNNABLE:
         path = in_place.get(path, path)
-        args, stdin = _example(commands[path])
-        if path in GROUPS and stdin is None:  # a password the group's example leaves to a prompt
-            stdin = _example(commands[GROUPS[path]])[1]
-        done = run_cli("--home", street, "--actor", ACTOR, *args, input=stdin)
+        args = _example(commands[path])
+        done = run_cli("--home", street, "--actor", ACTOR, *args, input=TYPED.get(GROUPS.get(path, path)))
         assert done.exit_code == 0, f"{path}: `{shlex.join(args)}` failed: {done.output}"
 
 
@@ -126,13 +123,21 @@ def test_every_example_is_run_here_or_said_why_not_and_parses(commands):
             continue
         if path not in ELSEWHERE and not PLACEHOLDER.search(line):
             unaccounted.append(path)
-        elif not line.strip().startswith("TOKEN="):
-            args, _ = _example(command)
+        else:
+            args = _example(command)
             *names, leaf = [commands[" ".join(["hemei", *args[:i]])] for i in range(len(args) + 1)
                             if " ".join(["hemei", *args[:i]]) in commands]
             depth = len(names)
             leaf.make_context(leaf.name, args[depth:], obj=NodeContext())  # raises on an unknown option
     assert not unaccounted, f"run these examples in RUNNABLE, or say in ELSEWHERE why not: {unaccounted}"
+
+
+def test_every_example_reads_the_same_in_cmd_exe_and_a_posix_shell(commands):
+    """A street PC may run Windows: cmd.exe passes single quotes on as text and knows no $(...)."""
+    shell_only = re.compile(r"'|\$\(|`|\||\$[A-Z_]")
+    found = {path: line for path, command in commands.items()
+             if shell_only.search(line := command.help.strip().splitlines()[-1])}
+    assert not found, f"write these examples so that cmd.exe reads them as a POSIX shell does: {found}"
 
 
 def test_a_placeholder_is_an_object_not_any_number_or_ellipsis():
