@@ -168,6 +168,8 @@ class SecondRead:
         self.applied_whole = False
 
     def batches(self) -> Iterator:
+        if self._fh is not None:  # one read, one running hash: a second pass would hash the file twice
+            raise RuntimeError("a bundle's second read is read once: batches() before intact()")
         try:
             frames = self._open()
             next(frames, None)  # the header, checked at the first pass (None: a file with no frames now)
@@ -176,8 +178,7 @@ class SecondRead:
                     break  # longer than what verified: read no further (intact() says no)
                 yield from wire.batches_of(wire.decode(frame))
         except OSError as exc:  # the stick pulled, a worn stick's read error
-            raise NotAsVerified(f"cannot read {self.path} any more ({exc.strerror or exc}): nothing was "
-                                "imported; copy it again") from None
+            raise self._unreadable(exc) from None
         except BadBundle:  # truncated or damaged since it verified
             raise NotAsVerified(CHANGED) from None
         if not self.intact():
@@ -186,7 +187,11 @@ class SecondRead:
         self.close()  # before the ack is written, which may be beside it (Windows locks open files)
 
     def intact(self) -> bool:
-        """Whether the file, read to its end now if it was not yet, hashes to what verified."""
+        """Whether the file, read to its end now if it was not yet, hashes to what verified.
+
+        A read error is neither yes nor no: it raises :class:`NotAsVerified` saying the file cannot
+        be read (this side's trouble, held against nobody).
+        """
         if self.applied_whole:
             return True  # checked at the end of batches(), and closed since
         try:
@@ -200,9 +205,15 @@ class SecondRead:
             if not self._ended:
                 self._digest.update(self._fh.read(65))
                 self._ended = True
-        except (OSError, BadBundle):
+        except OSError as exc:
+            raise self._unreadable(exc) from None
+        except BadBundle:
             return False
         return self._fh.tell() == self._size and self._digest.digest() == self._verified
+
+    def _unreadable(self, exc: OSError) -> NotAsVerified:  # the stick pulled, a worn stick's read error
+        return NotAsVerified(f"cannot read {self.path} any more ({exc.strerror or exc}): nothing was "
+                             "imported; copy it again")
 
     def close(self) -> None:
         if self._fh is not None:
