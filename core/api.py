@@ -32,8 +32,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route, Router
 
 from .checkpoint import Checkpointer, checkpoint_at_commit, defer_checkpoints
-from .errors import HemeiError, InvalidInput
-from .node import DB_NAME, Node, stored_module_settings
+from .errors import HemeiError, InvalidInput, NodeStateError
+from .node import DB_NAME, Node, restart_needed, stored_module_settings
 from .plugins import CORE_BUILTINS, Available, merge_named
 from .users import authenticate, require_role
 
@@ -118,7 +118,12 @@ class NodePool:
         self._deferred: set[Node] = set()  # nodes whose commits leave the WAL to it
 
     def _open(self) -> Node:
-        return Node.open(self.home, available=self.available, builtins=self.builtins)
+        try:
+            return Node.open(self.home, available=self.available, builtins=self.builtins)
+        except NodeStateError as exc:
+            if self._all:  # the home changed since this server opened its first node: its state, not the caller's
+                raise restart_needed(exc) from None
+            raise
 
     def start_checkpointer(self) -> Checkpointer:
         """From now on the nodes this pool lends commit without checkpointing; the returned thread does it."""

@@ -69,6 +69,12 @@ def max_ahead_ms() -> int:
     return int(value) * 1000
 
 
+def restart_needed(exc: NodeStateError) -> NodeStateError:
+    """What a running process says when the home changed under it (a newer release upgraded it)."""
+    return NodeStateError(f"{exc.message} (this process loaded the node before it was upgraded; restart it "
+                          "with the new release)", code="restart_needed", status=503)
+
+
 def _described(exc: BaseException) -> str:
     return exc.message if isinstance(exc, HemeiError) else f"{type(exc).__name__}: {exc}"
 
@@ -360,8 +366,7 @@ class Node:
         try:
             self._load_modules()
         except NodeStateError as exc:  # a newer release upgraded the home: only a restart helps
-            raise NodeStateError(f"{exc.message} (this process loaded the node before it was upgraded;"
-                                 " restart it with the new release)", code="restart_needed", status=503) from None
+            raise restart_needed(exc) from None
         self._replay_marked(quiet=True)  # a module enabled since at an older schema was upgraded, say
 
     @contextmanager

@@ -22,7 +22,7 @@ from test_server import hemei
 import hemei.core.api as api
 from hemei.cli.main import BUILTIN_PLUGINS
 from hemei.core.api import create_app
-from hemei.core.errors import InvalidInput
+from hemei.core.errors import InvalidInput, NodeStateError
 from hemei.core.node import Node
 
 PLUGINS = {"route_successor": "route_successor", "route_extra": "route_extra"}
@@ -205,3 +205,26 @@ def test_an_outdated_server_answers_503_and_says_so_once_without_tracebacks(tmp_
     finally:
         server.stop()
     assert "Traceback" not in server.output() and server.output().count("ticks stopped") == 1, server.output()
+
+
+def test_a_connection_a_server_opens_after_an_upgrade_answers_restart_needed(tmp_path):
+    """A busy server opens another connection to its home: if a newer release upgraded the home since, that
+    is the server's state (503 restart_needed), not the caller's mistake (it was 409 node_state; found when
+    the suite ran two tests at a time and the tick held the server's only connection)."""
+    import notices_v1
+
+    from hemei.core.api import NodePool
+
+    newer = plugin_env(probe_site(tmp_path, {"notices": "notices_v2"}, name="site2"))
+    _, home = served_home(tmp_path, ["notices"], {"notices": "notices_v1"})
+    pool = NodePool(home, {**PROBE, "notices": notices_v1}, BUILTIN_PLUGINS)
+    pool.get()
+    try:
+        with pool.lend():  # its one connection busy (a long push, say)
+            assert hemei(newer, "--home", home, "status").returncode == 0  # the newer release upgrades the home
+            with pytest.raises(NodeStateError) as err:
+                with pool.lend():
+                    pass
+        assert err.value.code == "restart_needed" and err.value.status == 503 and "restart" in err.value.message
+    finally:
+        pool.close()
