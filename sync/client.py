@@ -95,7 +95,15 @@ class ParentLink:
         return self.call_raw(path, wire.encode(message))
 
     def call_raw(self, path: str, body: bytes) -> dict:
-        return self._check(self._send("POST", path, body), raw=True)
+        try:
+            return self._check(self._send("POST", path, body), raw=True)
+        except SyncRefused as exc:
+            # The parent blames this PC's clock by its own; when the two disagree, say so: either may be wrong.
+            if exc.code != ClockSkew.code or self.offset_ms >= -CLOCK_TOLERANCE_MS:
+                raise
+            raise SyncRefused(f"{exc.message}. But this PC's clock is {_clock_gap(self.offset_ms)} the parent's: "
+                              "if this PC's is right, the parent's clock needs setting", code=exc.code,
+                              status=exc.status) from None
 
     @staticmethod
     def _check(reply: httpx.Response, raw: bool) -> dict:
@@ -178,14 +186,14 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
     return report
 
 
-#: A clock further than this from the parent's is not trusted for time-driven work.
-TICK_CLOCK_TOLERANCE_MS = 5 * 60 * 1000
+#: A clock further than this from the parent's is not trusted for time-driven work, and named in errors.
+CLOCK_TOLERANCE_MS = 5 * 60 * 1000
 
 
 def _tick(node: Node, link: ParentLink, report: SyncReport) -> None:
     """Time-driven work (escalating overdue cases, say) before the push, so what it writes goes up now;
     skipped when the parent says this PC's clock is wrong, since what it writes cannot be undone."""
-    if abs(link.offset_ms) > TICK_CLOCK_TOLERANCE_MS:
+    if abs(link.offset_ms) > CLOCK_TOLERANCE_MS:
         report.messages.append(f"this PC's clock is {_clock_gap(link.offset_ms)} the parent's: set its date, time "
                                "and time zone. Time-driven work (escalating overdue cases) is skipped until then")
         return
@@ -291,7 +299,7 @@ def _pull(node: Node, link: ParentLink, parent: dict, batch_size: int, report: S
             try:
                 results = node.apply_batches(batches, check=check, tree=True)
             except ClockSkew:
-                if link.offset_ms <= TICK_CLOCK_TOLERANCE_MS:
+                if link.offset_ms <= CLOCK_TOLERANCE_MS:
                     raise
                 # The parent took these in by its own clock: the slow clock is most likely this one.
                 raise ClockSkew(f"the parent's entries look stamped in the future because this PC's clock is "

@@ -73,3 +73,23 @@ def test_a_district_whose_clock_was_reset_takes_nothing_and_the_street_is_told_w
     pair.sync("street")
     with pair.open("district") as d:
         assert "区时钟坏了" in note_titles(d)
+
+
+def test_a_district_clock_hours_slow_refuses_the_street_and_the_street_hears_both_sides(pair):
+    server = pair.servers["district"]
+    server.stop()
+    pair.serve("district", env=wrong_clock_env(pair.env, pair.root, -8 * 3600), port=server.port)
+    with pair.open("street") as s:
+        write_notes(s, [("区时钟慢了", "sx/yc/fs")])
+    done = pair.hemei("street", "sync")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "the sending PC's clock is wrong" in done.stderr  # the district's view, by its own clock
+    assert "this PC's clock is 8 h 0 min ahead of the parent's: if this PC's is right, the parent's clock" \
+        in done.stderr
+    with pair.open("district") as d:
+        assert "区时钟慢了" not in note_titles(d)
+    pair.servers["district"].stop()
+    pair.serve("district", port=server.port)  # its clock set right
+    pair.sync("street")
+    with pair.open("district") as d:
+        assert "区时钟慢了" in note_titles(d)
