@@ -33,7 +33,8 @@ from starlette.routing import Match, Route, Router
 
 from .checkpoint import Checkpointer, checkpoint_at_commit, defer_checkpoints
 from .errors import HemeiError, InvalidInput, NodeStateError
-from .node import DB_NAME, Node, restart_needed, stored_module_settings
+from .modules import restart_needed, stored_module_settings
+from .node import DB_NAME, Node
 from .plugins import CORE_BUILTINS, Available, merge_named
 from .users import authenticate, require_role
 

@@ -24,6 +24,7 @@ from server import plugin_env, probe_site
 from test_store import send_all
 from tree import Tree
 
+import hemei.core.modules as modules_module
 import hemei.core.node as node_module
 from hemei.cli.main import BUILTIN_PLUGINS
 from hemei.core import LWW, Change, ModuleSchema, TableSpec, hookimpl
@@ -496,17 +497,17 @@ def test_an_open_that_fails_between_creating_two_new_tables_loses_no_replay(tmp_
             like = w.insert("notice_likes", {"who": "李雷"})
         send(street, district)
         district.close()
-        real = node_module.create_or_extend_table
+        real = modules_module.create_or_extend_table
 
         def locked_at_likes(conn, spec):
             if spec.name == "notice_likes":
                 raise sqlite3.OperationalError("database is locked")
             return real(conn, spec)
 
-        monkeypatch.setattr(node_module, "create_or_extend_table", locked_at_likes)
+        monkeypatch.setattr(modules_module, "create_or_extend_table", locked_at_likes)
         with pytest.raises(sqlite3.OperationalError):
             Node.open(district.home, available=newer, builtins=BUILTIN_PLUGINS)
-        monkeypatch.setattr(node_module, "create_or_extend_table", real)
+        monkeypatch.setattr(modules_module, "create_or_extend_table", real)
         district = Node.open(district.home, available=newer, builtins=BUILTIN_PLUGINS)
         assert district.conn.execute("SELECT id FROM notice_reads").fetchall() == [(read,)]
         assert district.conn.execute("SELECT id FROM notice_likes").fetchall() == [(like,)]
