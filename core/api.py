@@ -32,8 +32,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route, Router
 
 from .checkpoint import Checkpointer, checkpoint_at_commit, defer_checkpoints
-from .errors import HemeiError, InvalidInput, NodeStateError
-from .modules import restart_needed, stored_module_settings
+from .errors import ClockNotSet, HemeiError, InvalidInput, NodeStateError
+from .modules import NEWER_RELEASE, restart_needed, stored_module_settings
 from .node import DB_NAME, Node
 from .plugins import CORE_BUILTINS, Available, merge_named
 from .users import authenticate, require_role
@@ -122,7 +122,7 @@ class NodePool:
         try:
             return Node.open(self.home, available=self.available, builtins=self.builtins)
         except NodeStateError as exc:
-            if self._all:  # the home changed since this server opened its first node: its state, not the caller's
+            if self._all and exc.code == NEWER_RELEASE:  # upgraded since this server opened its first node
                 raise restart_needed(exc) from None
             raise
 
@@ -439,6 +439,10 @@ def create_app(home=None, *, available: Available | None = None,
     """The Starlette app of the node at ``home``: core routes plus enabled modules' routes."""
     pool = NodePool(home, available, builtins)
     node = pool.get()  # fail now, not on the first request, if the home is unusable
+    try:
+        node.clock.set_now()
+    except ClockNotSet as exc:  # it still serves reads; every write answers 503 clock_not_set until it is set
+        logger.error("this server can write nothing: %s", exc.message)
 
     async def no_route(scope, receive, send) -> None:
         """No route matched: a module enabled since may have one, so the request is routed once more."""

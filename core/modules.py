@@ -28,6 +28,8 @@ from .schema import LWW, TableSpec, create_or_extend_table
 from .versions import by_table, module_schemas
 
 SYSTEM_ACTOR = "system"
+#: The code of the refusal to open a home a newer release upgraded (a running process: restart_needed).
+NEWER_RELEASE = "newer_release"
 #: How long a write waits for another process's (the CLI beside a server), in ms.
 BUSY_TIMEOUT_MS = 10_000
 logger = logging.getLogger("hemei.node")
@@ -145,7 +147,8 @@ class ModuleHost:
             built = recorded.get(name, 1)
             if built > version:
                 raise NodeStateError(f"this node's {name} tables were built at schema v{built}, but the "
-                                     f"installed {name} reads up to v{version}: install the newer hemei release")
+                                     f"installed {name} reads up to v{version}: install the newer hemei release",
+                                     code=NEWER_RELEASE)
             if built < version:
                 stale[name] = (built, version)
         return stale
@@ -210,8 +213,10 @@ class ModuleHost:
     def _reload_modules(self) -> None:
         try:
             self._load_modules()
-        except NodeStateError as exc:  # a newer release upgraded the home: only a restart helps
-            raise restart_needed(exc) from None
+        except NodeStateError as exc:
+            if exc.code != NEWER_RELEASE:
+                raise
+            raise restart_needed(exc) from None  # a newer release upgraded the home: only a restart helps
         self._replay_marked(quiet=True)  # a module enabled since at an older schema was upgraded, say
 
     @contextmanager

@@ -101,9 +101,8 @@ class ParentLink:
             # The parent blames this PC's clock by its own; when the two disagree, say so: either may be wrong.
             if exc.code != ClockSkew.code or self.offset_ms >= -CLOCK_TOLERANCE_MS:
                 raise
-            raise SyncRefused(f"{exc.message}. But this PC's clock is {_clock_gap(self.offset_ms)} the parent's: "
-                              "if this PC's is right, the parent's clock needs setting", code=exc.code,
-                              status=exc.status) from None
+            raise SyncRefused(f"{exc.message} (but this PC's clock is {_clock_gap(self.offset_ms)} the parent's: "
+                              "check which is right)", code=exc.code, status=exc.status) from None
 
     @staticmethod
     def _check(reply: httpx.Response, raw: bool) -> dict:
@@ -126,6 +125,7 @@ class ParentLink:
 def join(node: Node, token: str, actor: str, url: str | None = None,
          transport: httpx.BaseTransport | None = None) -> dict:
     """Enroll this node as the child of the parent that issued ``token``."""
+    node.clock.set_now()  # before the parent pins this node: this side's pin is a log entry too
     fields = enroll.parse_token(token)
     if fields["expires_ms"] <= time.time_ns() // 1_000_000:
         raise enroll.InvalidToken("the invitation token has expired; ask the parent for a new one")
@@ -194,8 +194,9 @@ def _tick(node: Node, link: ParentLink, report: SyncReport) -> None:
     """Time-driven work (escalating overdue cases, say) before the push, so what it writes goes up now;
     skipped when the parent says this PC's clock is wrong, since what it writes cannot be undone."""
     if abs(link.offset_ms) > CLOCK_TOLERANCE_MS:
-        report.messages.append(f"this PC's clock is {_clock_gap(link.offset_ms)} the parent's: set its date, time "
-                               "and time zone. Time-driven work (escalating overdue cases) is skipped until then")
+        report.messages.append(f"this PC's clock is {_clock_gap(link.offset_ms)} the parent's: set the date, time "
+                               "and time zone of the one that is wrong. Time-driven work (escalating overdue "
+                               "cases) is skipped until they agree")
         return
     report.messages.extend(f"tick: {failure}" for failure in node.tick())
 
@@ -303,8 +304,8 @@ def _pull(node: Node, link: ParentLink, parent: dict, batch_size: int, report: S
                     raise
                 # The parent took these in by its own clock: the slow clock is most likely this one.
                 raise ClockSkew(f"the parent's entries look stamped in the future because this PC's clock is "
-                                f"{_clock_gap(link.offset_ms)} the parent's: set this PC's date, time and time "
-                                "zone, then sync again (nothing is lost)") from None
+                                f"{_clock_gap(link.offset_ms)} the parent's: if the parent's is right, set this "
+                                "PC's date, time and time zone, then sync again (nothing is lost)") from None
             for result in results:
                 report.pulled += result["new"]
                 report.refused_changes += result["refused"]
@@ -317,14 +318,19 @@ def _pull(node: Node, link: ParentLink, parent: dict, batch_size: int, report: S
 
 def sync_watch(node: Node, *, interval_s: float, batch_size: int, on_result: Callable[[object], None],
                max_backoff_s: float = 300.0, sleep=time.sleep, stop=lambda: False) -> None:
-    """Sync again and again; after a failure wait 2, 4, 8 … seconds (at most ``max_backoff_s``)."""
+    """Sync again and again; after a failure wait 2, 4, 8 … seconds (at most ``max_backoff_s``).
+
+    A wrong clock, here or at the parent, is waited out like a link that is
+    down: it is set by hand or by the time service some time later, and a
+    watch left running unattended should go on by itself then.
+    """
     failures = 0
     while not stop():
         try:
             on_result(sync_once(node, batch_size))
             failures = 0
             sleep(interval_s)
-        except (Unreachable, SyncRefused) as exc:
+        except (Unreachable, SyncRefused, ClockSkew, ClockNotSet) as exc:
             failures += 1
             on_result(exc)
             sleep(min(max_backoff_s, 2 ** failures))

@@ -97,15 +97,25 @@ def _enroll(node: Node, w, token: str, child_id: str, public_key: bytes, scope: 
         raise Forbidden(f"the token is for scope {invite_scope}, but the joining node has scope {scope}",
                         code="scope_mismatch")
     existing = get_peer(node, child_id)
-    if existing is not None:
-        raise Conflict(f"node {child_id} is already enrolled here as {existing['name']}", code="already_enrolled")
-    w.event("peer.enroll", {"node_id": child_id, "name": invite_name, "scope": scope}, scope=node.scope)
+    # The same child again, with a new token: its side of an earlier join failed after this side's
+    # committed (its clock, its disk, Ctrl-C), and the two sides cannot commit as one. The same key
+    # proves it is the same node, so it is answered as before instead of being locked out for good.
+    again = existing is not None and existing["role"] == "child" and not existing["revoked"] \
+        and existing["scope"] == scope and existing["public_key"] == public_key
+    if existing is not None and not again:
+        state = "revoked" if existing["revoked"] else "enrolled"
+        raise Conflict(f"node {child_id} is already {state} here as {existing['name']}", code="already_enrolled")
+    enrolled = {"node_id": child_id, "name": invite_name, "scope": scope}
+    w.event("peer.enroll", {**enrolled, "again": True} if again else enrolled, scope=node.scope)
     taken = w.conn.execute("UPDATE _hemei_invites SET used_by = ?, used_ms = ? WHERE token_hash = ?"
                            " AND used_by IS NULL", (child_id, now_ms(), _hash(token))).rowcount
     if taken != 1:
         raise Forbidden("that token was already used; ask for a new one", code="token_used")
-    w.conn.execute("INSERT INTO _hemei_peers (node_id, role, name, scope, public_key, enrolled_ms)"
-                   " VALUES (?, 'child', ?, ?, ?, ?)", (child_id, invite_name, scope, public_key, now_ms()))
+    if again:
+        w.conn.execute("UPDATE _hemei_peers SET name = ? WHERE node_id = ?", (invite_name, child_id))
+    else:
+        w.conn.execute("INSERT INTO _hemei_peers (node_id, role, name, scope, public_key, enrolled_ms)"
+                       " VALUES (?, 'child', ?, ?, ?, ?)", (child_id, invite_name, scope, public_key, now_ms()))
     return {"node_id": node.id, "public_key": base64.b64encode(node.public_key).decode(), "name": node.name,
             "scope": node.scope}
 

@@ -54,7 +54,9 @@ def wrong_clock_env(env: dict, root: Path, shift_s: float) -> dict:
 
     A ``sitecustomize`` on ``PYTHONPATH`` shifts ``time.time`` and
     ``time.time_ns`` for the whole process, as a wrongly set PC clock would;
-    hemei has no hook of its own for this.
+    hemei has no hook of its own for this. ``datetime.now()`` and
+    ``date.today()`` read the C clock and are not shifted: a test of a
+    module's time-driven work under a wrong clock needs more than this.
     """
     site = root / f"clock{shift_s:+.0f}"
     site.mkdir(exist_ok=True)

@@ -228,3 +228,24 @@ def test_a_connection_a_server_opens_after_an_upgrade_answers_restart_needed(tmp
         assert err.value.code == "restart_needed" and err.value.status == 503 and "restart" in err.value.message
     finally:
         pool.close()
+
+
+def test_a_connection_the_server_cannot_open_for_another_reason_is_not_called_an_upgrade(make_node):
+    """Found in review: every refusal to open became 'restart it with the new release'."""
+    import os
+
+    from hemei.core.api import NodePool
+
+    home = make_node("n").home
+    pool = NodePool(home, PROBE, BUILTIN_PLUGINS)
+    pool.get()
+    try:
+        with pool.lend():
+            os.chmod(home / "node.db", 0o644)  # readable by others: refused at open, and not an upgrade
+            with pytest.raises(NodeStateError) as err:
+                with pool.lend():
+                    pass
+        assert err.value.code == "node_state" and "new release" not in err.value.message
+    finally:
+        os.chmod(home / "node.db", 0o600)
+        pool.close()

@@ -109,6 +109,6 @@ def test_sync_skips_time_driven_work_when_the_parent_says_this_clock_is_wrong(no
     report = client.SyncReport()
     client._tick(node, SimpleNamespace(offset_ms=-11 * 60 * 1000), report)
     assert node.conn.execute(ticks).fetchone() == (0,)
-    assert "clock is 11 min ahead of the parent's: set its date, time and time zone" in report.messages[0]
+    assert "clock is 11 min ahead of the parent's: set the date, time and time zone of the one" in report.messages[0]
     client._tick(node, SimpleNamespace(offset_ms=2000), report)  # two seconds: fine
     assert node.conn.execute(ticks).fetchone() == (1,) and len(report.messages) == 1

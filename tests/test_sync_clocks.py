@@ -68,7 +68,8 @@ def test_a_district_whose_clock_was_reset_takes_nothing_and_the_street_is_told_w
     with pair.open("district") as d:
         assert "区时钟坏了" not in note_titles(d)
     pair.servers["district"].stop()
-    assert "Traceback" not in pair.servers["district"].output()
+    said = pair.servers["district"].output()
+    assert "Traceback" not in said and "this server can write nothing: this PC's clock reads 2000-01-01" in said
     pair.serve("district", port=server.port)  # its clock set right
     pair.sync("street")
     with pair.open("district") as d:
@@ -84,12 +85,31 @@ def test_a_district_clock_hours_slow_refuses_the_street_and_the_street_hears_bot
     done = pair.hemei("street", "sync")
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "the sending PC's clock is wrong" in done.stderr  # the district's view, by its own clock
-    assert "this PC's clock is 8 h 0 min ahead of the parent's: if this PC's is right, the parent's clock" \
-        in done.stderr
+    assert "(but this PC's clock is 8 h 0 min ahead of the parent's: check which is right)" in done.stderr
     with pair.open("district") as d:
         assert "区时钟慢了" not in note_titles(d)
+    with pair.open("street") as s:
+        assert refusals(s)[-1]["reason"].endswith("check which is right)")  # recorded whole
     pair.servers["district"].stop()
     pair.serve("district", port=server.port)  # its clock set right
     pair.sync("street")
     with pair.open("district") as d:
         assert "区时钟慢了" in note_titles(d)
+
+
+def test_a_street_pc_reset_to_2000_cannot_join_and_joins_once_its_clock_is_set(tmp_path):
+    """Found in review: the district pinned the street, then the street could not write its own pin; its
+    clock set, every new token was refused as 'already enrolled'. Now it is refused before asking."""
+    from tree import Tree
+
+    t = Tree(tmp_path).build({"district": "sx/yc", "street": "sx/yc/fs"}, serve=["district"])
+    try:
+        token = t.ok("district", "invite", "--scope", "sx/yc/fs", "--name", "府山街道", "--url",
+                     t.servers["district"].url, "--ttl", "1h").strip()
+        refused = t.hemei("street", "join", token, env=wrong_clock_env(t.env, t.root, RESET_TO_2000_S))
+        assert refused.returncode == 1 and "clock reads 2000-01-01" in refused.stderr
+        assert json.loads(t.ok("district", "nodes", "list", "--json")) == []
+        t.ok("street", "join", token)  # the same token: the district never took it
+        t.sync("street")
+    finally:
+        t.stop()

@@ -139,6 +139,27 @@ def test_watch_backs_off_while_the_link_is_down_and_recovers(pair):
         assert "断网时写的" in note_titles(d)
 
 
+def test_watch_waits_out_a_clock_reset_on_this_pc(pair):
+    """Found in review: a refusal this PC could not record (no stamp in 2000) ended the watch for good."""
+    results, sleeps = [], []
+    with pair.open("street") as s:
+        write_notes(s, [("钟坏时写的", "sx/yc/fs")])
+        set_right = s.clock._now
+        s.clock._now = lambda: 946_684_800_000  # 2000-01-01: the CMOS battery went flat
+
+        def sleep(seconds):
+            sleeps.append(seconds)
+            if len(sleeps) == 2:
+                s.clock._now = set_right  # the time service set it
+
+        client.sync_watch(s, interval_s=30, batch_size=100, on_result=results.append, sleep=sleep,
+                          stop=lambda: any(isinstance(r, client.SyncReport) for r in results))
+    assert [type(r).__name__ for r in results] == ["ClockNotSet", "ClockNotSet", "SyncReport"]
+    assert sleeps[:2] == [2, 4]
+    with pair.open("district") as d:
+        assert "钟坏时写的" in note_titles(d)
+
+
 def restore_district(pair, after_backup: list[str], after_restore: list[str]) -> None:
     """The district backed up, then writes ``after_backup`` (the street syncs them), is restored from
     the backup and writes ``after_restore``; it is served again, the street not synced since."""
@@ -182,6 +203,42 @@ def test_a_street_records_in_its_log_what_it_refuses_from_its_parent(pair):
             "SELECT payload FROM _hemei_log WHERE kind = 'sync.refused'")]
         assert refusals and refusals[-1]["code"] == "clock_skew"
         assert "快钟的区通知" not in note_titles(s)
+
+
+def test_a_join_that_failed_on_the_childs_side_can_be_done_again_with_a_new_token(tmp_path, monkeypatch):
+    """The parent pinned the child, then the child could not pin the parent (its disk, Ctrl-C): the two
+    cannot commit as one. A new token lets the same node (same key) finish; a revoked one stays out."""
+    from tree import Tree
+
+    t = Tree(tmp_path).build({"district": "sx/yc", "street": "sx/yc/fs"}, serve=["district"])
+    invite = lambda: t.ok("district", "invite", "--scope", "sx/yc/fs", "--name", "府山街道", "--url",
+                          t.servers["district"].url, "--ttl", "1h").strip()
+    try:
+        def disk_full(*args):
+            raise OSError(28, "No space left on device")
+
+        with t.open("street") as s, monkeypatch.context() as m:
+            m.setattr(client.enroll, "pin_parent", disk_full)
+            with pytest.raises(OSError):
+                client.join(s, invite(), "op")
+        assert [c["name"] for c in json.loads(t.ok("district", "nodes", "list", "--json"))] == ["府山街道"]
+        used = invite()
+        t.ok("street", "join", used)
+        assert len(json.loads(t.ok("district", "nodes", "list", "--json"))) == 1
+        t.sync("street")
+        with t.open("district") as d:
+            kinds = [k for (k,) in d.conn.execute("SELECT kind FROM _hemei_log WHERE kind = 'peer.enroll'")]
+            assert kinds == ["peer.enroll", "peer.enroll"]  # both joins are in the district's log
+        with t.open("street") as s:
+            s.conn.execute("DELETE FROM _hemei_peers")  # forget the parent, to try joining again
+            street_id = s.id
+        refused = t.hemei("street", "join", used)
+        assert refused.returncode == 1 and "already used" in refused.stderr
+        t.ok("district", "nodes", "revoke", street_id)
+        refused = t.hemei("street", "join", invite())
+        assert refused.returncode == 1 and "already revoked here" in refused.stderr
+    finally:
+        t.stop()
 
 
 def test_a_token_enrolls_one_node_even_when_joins_race(tmp_path):
