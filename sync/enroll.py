@@ -97,11 +97,14 @@ def _enroll(node: Node, w, token: str, child_id: str, public_key: bytes, scope: 
         raise Forbidden(f"the token is for scope {invite_scope}, but the joining node has scope {scope}",
                         code="scope_mismatch")
     existing = get_peer(node, child_id)
-    # The same child again, with a new token: its side of an earlier join failed after this side's
-    # committed (its clock, its disk, Ctrl-C), and the two sides cannot commit as one. The same key
-    # proves it is the same node, so it is answered as before instead of being locked out for good.
+    # The same child again, with a new token made for it: its side of an earlier join may have failed
+    # after this side's committed (its disk, Ctrl-C), and the two sides cannot commit as one. The same
+    # key proves it is the same node; never having synced, it holds nothing this side holds, so it is
+    # answered as before instead of being locked out for good. One that synced is not let in again: a
+    # restored backup of it would fork its own history (409, as before).
     again = existing is not None and existing["role"] == "child" and not existing["revoked"] \
-        and existing["scope"] == scope and existing["public_key"] == public_key
+        and existing["scope"] == scope and existing["public_key"] == public_key \
+        and existing["name"] == invite_name and existing["last_contact_ms"] is None
     if existing is not None and not again:
         state = "revoked" if existing["revoked"] else "enrolled"
         raise Conflict(f"node {child_id} is already {state} here as {existing['name']}", code="already_enrolled")
@@ -111,9 +114,7 @@ def _enroll(node: Node, w, token: str, child_id: str, public_key: bytes, scope: 
                            " AND used_by IS NULL", (child_id, now_ms(), _hash(token))).rowcount
     if taken != 1:
         raise Forbidden("that token was already used; ask for a new one", code="token_used")
-    if again:
-        w.conn.execute("UPDATE _hemei_peers SET name = ? WHERE node_id = ?", (invite_name, child_id))
-    else:
+    if not again:
         w.conn.execute("INSERT INTO _hemei_peers (node_id, role, name, scope, public_key, enrolled_ms)"
                        " VALUES (?, 'child', ?, ?, ?, ?)", (child_id, invite_name, scope, public_key, now_ms()))
     return {"node_id": node.id, "public_key": base64.b64encode(node.public_key).decode(), "name": node.name,

@@ -207,12 +207,15 @@ def test_a_street_records_in_its_log_what_it_refuses_from_its_parent(pair):
 
 def test_a_join_that_failed_on_the_childs_side_can_be_done_again_with_a_new_token(tmp_path, monkeypatch):
     """The parent pinned the child, then the child could not pin the parent (its disk, Ctrl-C): the two
-    cannot commit as one. A new token lets the same node (same key) finish; a revoked one stays out."""
+    cannot commit as one. A new token made for it lets the same node (same key) finish, as long as it
+    never synced; a token made for another PC, a node that synced (a restored backup would fork its own
+    history) and a revoked one stay out (found in review)."""
     from tree import Tree
 
     t = Tree(tmp_path).build({"district": "sx/yc", "street": "sx/yc/fs"}, serve=["district"])
-    invite = lambda: t.ok("district", "invite", "--scope", "sx/yc/fs", "--name", "府山街道", "--url",
-                          t.servers["district"].url, "--ttl", "1h").strip()
+    invite = lambda name="府山街道": t.ok("district", "invite", "--scope", "sx/yc/fs", "--name", name, "--url",
+                                         t.servers["district"].url, "--ttl", "1h").strip()
+    children = lambda: [c["name"] for c in json.loads(t.ok("district", "nodes", "list", "--json"))]
     try:
         def disk_full(*args):
             raise OSError(28, "No space left on device")
@@ -221,19 +224,22 @@ def test_a_join_that_failed_on_the_childs_side_can_be_done_again_with_a_new_toke
             m.setattr(client.enroll, "pin_parent", disk_full)
             with pytest.raises(OSError):
                 client.join(s, invite(), "op")
-        assert [c["name"] for c in json.loads(t.ok("district", "nodes", "list", "--json"))] == ["府山街道"]
+            street_id = s.id
+        assert children() == ["府山街道"]
+        spare = t.hemei("street", "join", invite("府山街道-备用机"))  # a token made for another PC
+        assert spare.returncode == 1 and "already enrolled here" in spare.stderr and children() == ["府山街道"]
         used = invite()
         t.ok("street", "join", used)
-        assert len(json.loads(t.ok("district", "nodes", "list", "--json"))) == 1
+        assert children() == ["府山街道"]
         t.sync("street")
         with t.open("district") as d:
             kinds = [k for (k,) in d.conn.execute("SELECT kind FROM _hemei_log WHERE kind = 'peer.enroll'")]
             assert kinds == ["peer.enroll", "peer.enroll"]  # both joins are in the district's log
         with t.open("street") as s:
-            s.conn.execute("DELETE FROM _hemei_peers")  # forget the parent, to try joining again
-            street_id = s.id
-        refused = t.hemei("street", "join", used)
-        assert refused.returncode == 1 and "already used" in refused.stderr
+            s.conn.execute("DELETE FROM _hemei_peers")  # as a backup from before the join, restored, would
+        for token, said in ((used, "already used"), (invite(), "already enrolled here")):
+            refused = t.hemei("street", "join", token)
+            assert refused.returncode == 1 and said in refused.stderr, refused.stderr
         t.ok("district", "nodes", "revoke", street_id)
         refused = t.hemei("street", "join", invite())
         assert refused.returncode == 1 and "already revoked here" in refused.stderr
