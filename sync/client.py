@@ -202,9 +202,10 @@ def _tick(node: Node, link: ParentLink, report: SyncReport) -> None:
 
 
 def _clock_gap(offset_ms: int) -> str:
-    """'3 h 5 min behind' for a parent whose clock is ahead of this PC's by ``offset_ms``."""
+    """'3 h 5 min behind' for a parent whose clock is ahead of this PC's by ``offset_ms`` (days from two)."""
     minutes = round(abs(offset_ms) / 60000)
-    size = f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
+    size = (f"{minutes // 1440} days" if minutes >= 2 * 1440 else
+            f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min")
     return f"{size} {'behind' if offset_ms > 0 else 'ahead of'}"
 
 

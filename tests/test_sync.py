@@ -110,5 +110,8 @@ def test_sync_skips_time_driven_work_when_the_parent_says_this_clock_is_wrong(no
     client._tick(node, SimpleNamespace(offset_ms=-11 * 60 * 1000), report)
     assert node.conn.execute(ticks).fetchone() == (0,)
     assert "clock is 11 min ahead of the parent's: set the date, time and time zone of the one" in report.messages[0]
+    client._tick(node, SimpleNamespace(offset_ms=-26 * 365 * 86_400_000), report)  # the parent reset to 2000
+    assert "clock is 9490 days ahead of the parent's" in report.messages[1]
+    report.messages.pop()
     client._tick(node, SimpleNamespace(offset_ms=2000), report)  # two seconds: fine
     assert node.conn.execute(ticks).fetchone() == (1,) and len(report.messages) == 1
