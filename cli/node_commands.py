@@ -57,6 +57,8 @@ def _print_status(s: dict) -> None:
         state = "REVOKED" if peer["revoked"] else f"last contact {peer['last_contact'] or 'never'}"
         click.echo(f"{peer['role']:<9} {peer['name']} ({peer['scope']}) {state}; "
                    f"to send {peer['pending_up']}, to receive {peer['pending_down']}")
+        if peer.get("clock_warning"):
+            click.echo(f"          {peer['clock_warning']}")
         for module, gap in peer.get("version_gaps", {}).items():
             if gap["there"] > gap["here"]:
                 click.echo(f"          {module} is v{gap['there']} there, v{gap['here']} here: its changes wait "

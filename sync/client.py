@@ -24,7 +24,7 @@ from hemei.core.gc_pause import cyclic_gc_paused
 from hemei.core.node import Node
 
 from . import engine, enroll, signing, wire
-from .peers import parent_of, record_fork, record_refusal, touch
+from .peers import CLOCK_TOLERANCE_MS, clock_gap, parent_of, record_clock, record_fork, record_refusal, touch
 
 DEFAULT_BATCH = 2000
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
@@ -101,7 +101,7 @@ class ParentLink:
             # The parent blames this PC's clock by its own; when the two disagree, say so: either may be wrong.
             if exc.code != ClockSkew.code or self.offset_ms >= -CLOCK_TOLERANCE_MS:
                 raise
-            raise SyncRefused(f"{exc.message} (but this PC's clock is {_clock_gap(self.offset_ms)} the parent's: "
+            raise SyncRefused(f"{exc.message} (but this PC's clock is {clock_gap(-self.offset_ms)} the parent's: "
                               "check which is right)", code=exc.code, status=exc.status) from None
 
     @staticmethod
@@ -154,9 +154,11 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
     try:
         with ParentLink(node, parent["url"], transport) as link:
             link.learn_time()
+            record_clock(node, parent["node_id"], link.offset_ms)
             _tick(node, link, report)
             hello = link.call("/api/sync/hello", {"vv": node.version_vector(), "modules": node.module_versions,
-                                                  "checkpoint": engine.own_checkpoint(node)})
+                                                  "checkpoint": engine.own_checkpoint(node),
+                                                  "parent_clock_ahead_ms": link.offset_ms})
             their_vv = wire.vv_of(hello.get("vv"))
             touch(node, parent["node_id"], modules=wire.modules_of(hello.get("modules")))
             if hello.get("checkpoint") is not None:
@@ -186,27 +188,15 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
     return report
 
 
-#: A clock further than this from the parent's is not trusted for time-driven work, and named in errors.
-CLOCK_TOLERANCE_MS = 5 * 60 * 1000
-
-
 def _tick(node: Node, link: ParentLink, report: SyncReport) -> None:
     """Time-driven work (escalating overdue cases, say) before the push, so what it writes goes up now;
     skipped when the parent says this PC's clock is wrong, since what it writes cannot be undone."""
     if abs(link.offset_ms) > CLOCK_TOLERANCE_MS:
-        report.messages.append(f"this PC's clock is {_clock_gap(link.offset_ms)} the parent's: set the date, time "
+        report.messages.append(f"this PC's clock is {clock_gap(-link.offset_ms)} the parent's: set the date, time "
                                "and time zone of the one that is wrong. Time-driven work (escalating overdue "
                                "cases) is skipped until they agree")
         return
     report.messages.extend(f"tick: {failure}" for failure in node.tick())
-
-
-def _clock_gap(offset_ms: int) -> str:
-    """'3 h 5 min behind' for a parent whose clock is ahead of this PC's by ``offset_ms`` (days from two)."""
-    minutes = round(abs(offset_ms) / 60000)
-    size = (f"{minutes // 1440} days" if minutes >= 2 * 1440 else
-            f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min")
-    return f"{size} {'behind' if offset_ms > 0 else 'ahead of'}"
 
 
 def _show_shared_history(node: Node, link: ParentLink, their_vv: dict) -> None:
@@ -305,7 +295,7 @@ def _pull(node: Node, link: ParentLink, parent: dict, batch_size: int, report: S
                     raise
                 # The parent took these in by its own clock: the slow clock is most likely this one.
                 raise ClockSkew(f"the parent's entries look stamped in the future because this PC's clock is "
-                                f"{_clock_gap(link.offset_ms)} the parent's: if the parent's is right, set this "
+                                f"{clock_gap(-link.offset_ms)} the parent's: if the parent's is right, set this "
                                 "PC's date, time and time zone, then sync again (nothing is lost)") from None
             for result in results:
                 report.pulled += result["new"]

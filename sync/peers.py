@@ -11,7 +11,7 @@ from hemei.core.errors import NotFound
 from hemei.core.node import Node
 
 COLUMNS = ("node_id", "role", "name", "scope", "public_key", "url", "enrolled_ms", "last_contact_ms", "revoked",
-           "their_vv", "pending_up", "pending_down", "last_error", "modules")
+           "their_vv", "pending_up", "pending_down", "last_error", "modules", "clock_ahead_ms")
 SYNC_ACTOR = "sync"
 
 
@@ -54,6 +54,31 @@ def touch(node: Node, node_id: str, *, their_vv: dict | None = None, pending_up:
             sets.append(f"{column} = ?")
             args.append(value)
     node.conn.execute(f"UPDATE _hemei_peers SET {', '.join(sets)} WHERE node_id = ?", (*args, node_id))
+
+
+#: A clock further than this from a peer's is not trusted for time-driven work, and named in errors.
+CLOCK_TOLERANCE_MS = 5 * 60 * 1000
+
+
+def clock_gap(ahead_ms: int) -> str:
+    """'3 h 5 min ahead of' for a clock ``ahead_ms`` ahead of another ('behind' when negative; days from two)."""
+    minutes = round(abs(ahead_ms) / 60000)
+    size = (f"{minutes // 1440} days" if minutes >= 2 * 1440 else
+            f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min")
+    return f"{size} {'ahead of' if ahead_ms > 0 else 'behind'}"
+
+
+def record_clock(node: Node, node_id: str, ahead_ms: int) -> None:
+    """How far a peer's clock read ahead of this node's (local bookkeeping, shown by status)."""
+    node.conn.execute("UPDATE _hemei_peers SET clock_ahead_ms = ? WHERE node_id = ?", (ahead_ms, node_id))
+
+
+def clock_warning(ahead_ms: int | None) -> str | None:
+    """What status says of a peer whose clock was out by more than the tolerance (None otherwise)."""
+    if ahead_ms is None or abs(ahead_ms) <= CLOCK_TOLERANCE_MS:
+        return None
+    return (f"clock {clock_gap(ahead_ms)} this PC's at the last contact: set the date, time and time zone of the "
+            "one that is wrong")
 
 
 MAX_REASON = 300
@@ -138,5 +163,6 @@ def peers_status(node: Node) -> list[dict]:
             "pending_up": peer["pending_up"], "pending_down": peer["pending_down"],
             "last_error": peer["last_error"], "refusals": refusals(node, peer["node_id"]),
             "modules": peer["modules"], "version_gaps": version_gaps(node, peer["modules"]),
+            "clock_ahead_ms": peer["clock_ahead_ms"], "clock_warning": clock_warning(peer["clock_ahead_ms"]),
         })
     return out

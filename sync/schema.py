@@ -68,3 +68,9 @@ def sync_0001_tables(db):
 def sync_0002_peer_modules(db):
     # What each peer last announced: {module: schema version} (see hemei.core.versions).
     db.execute("ALTER TABLE _hemei_peers ADD COLUMN modules TEXT")
+
+
+@sync_migrations.step
+def sync_0003_peer_clock(db):
+    # How far the peer's clock read ahead of this node's at the last contact (ms, negative: behind).
+    db.execute("ALTER TABLE _hemei_peers ADD COLUMN clock_ahead_ms INTEGER")

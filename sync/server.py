@@ -22,7 +22,7 @@ from hemei.core.identity import parse_node_id
 
 from . import engine, enroll, signing, wire
 from .engine import own_checkpoint
-from .peers import get_peer, record_anonymous_refusal, record_fork, record_refusal, touch
+from .peers import get_peer, record_anonymous_refusal, record_clock, record_fork, record_refusal, touch
 
 NONCE_TTL_MS = (signing.WINDOW_S + 60) * 1000
 MAX_PULL_ENTRIES = 20_000
@@ -123,7 +123,10 @@ def hello(call: ApiCall) -> Response:
     """The child says what it holds and shows its latest checkpoint; the parent answers with its own sizes."""
     child, body, their_vv = _vv_request(call)
     announced = wire.modules_of(body.get("modules"))
+    parent_ahead = wire.clock_offset_of(body.get("parent_clock_ahead_ms"))
     node = call.node
+    if parent_ahead is not None:  # the child measured this node's clock against its own: kept even if refused
+        record_clock(node, child["node_id"], -parent_ahead)
     own = body.get("checkpoint")
     if own is not None:
         engine.check_history(node, child, own)

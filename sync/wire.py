@@ -127,6 +127,19 @@ def vv_of(value) -> dict[str, int]:
     return value
 
 
+def clock_offset_of(value) -> int | None:
+    """A child's measure of how far the parent's clock reads ahead of its own (ms); None if not sent."""
+    if value is None:
+        return None
+    if type(value) is not int or abs(value) > MAX_CLOCK_OFFSET_MS:
+        raise MalformedBatch("parent_clock_ahead_ms must be an integer number of milliseconds")
+    return value
+
+
+#: Larger than any gap between two PC clocks (a clock reset to 1970 is 57 years out).
+MAX_CLOCK_OFFSET_MS = 1000 * 365 * 86_400_000
+
+
 #: At most this many modules in a node's announcement of its schema versions.
 MAX_MODULES = 200
 

@@ -35,9 +35,18 @@ def test_a_street_pc_hours_slow_still_pushes_and_is_told_to_set_its_own_clock(pa
     with pair.open("street") as s:
         assert "区里的通知" not in note_titles(s)
         assert refusals(s)[-1]["code"] == "clock_skew" and "8 h 0 min behind" in refusals(s)[-1]["reason"]
+    # Both operators see the gap in status, as measured at the last contact, before anyone reads a refusal.
+    [parent] = json.loads(pair.ok("street", "status", "--json"))["peers"]
+    assert abs(parent["clock_ahead_ms"] - 8 * 3600 * 1000) < 60_000
+    [street] = json.loads(pair.ok("district", "status", "--json"))["peers"]
+    assert abs(street["clock_ahead_ms"] + 8 * 3600 * 1000) < 60_000
+    assert "clock 8 h 0 min behind this PC's" in pair.ok("district", "status")
+    assert "clock 8 h 0 min ahead of this PC's" in pair.ok("street", "status")
     pair.sync("street")  # its clock set right
     with pair.open("street") as s:
         assert "区里的通知" in note_titles(s)
+    [street] = json.loads(pair.ok("district", "status", "--json"))["peers"]
+    assert abs(street["clock_ahead_ms"]) < 60_000 and "clock" not in pair.ok("district", "status")
 
 
 def test_a_street_pc_reset_to_2000_pushes_what_it_had_and_is_told_its_clock_was_reset(pair):

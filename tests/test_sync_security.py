@@ -157,6 +157,9 @@ def test_malformed_batches_are_refused(net):
             for modules in (["hook_probe"], {"hook_probe": 0}, {"hook_probe": "2"}, {"": 1}):
                 refused(net, lambda: link.call("/api/sync/hello", {"vv": {}, "modules": modules}), 400,
                         "malformed_batch")
+            for offset in ("5", 1.5, True, 2 ** 62):
+                refused(net, lambda: link.call("/api/sync/hello", {"vv": {}, "parent_clock_ahead_ms": offset}), 400,
+                        "malformed_batch")
             refused(net, lambda: link.call("/api/sync/push", {"batches": [{
                 "origin": beihai.id, "public_key": base64.b64encode(beihai.public_key).decode(),
                 "signature": "AAAA", "entries": [[1, 2]]}]}), 400, "malformed_batch")
