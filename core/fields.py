@@ -8,6 +8,7 @@ so a refused request writes nothing.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import TYPE_CHECKING
 
 from .errors import InvalidInput
@@ -37,20 +38,32 @@ def flag(value, field: str) -> bool:
     return value
 
 
+#: A whole number as typed: ASCII digits only (``str.isdigit`` also takes '²' and '١٢'), short enough
+#: that ``int()`` never meets its 4,300-digit limit.
+_TYPED_NUMBER = re.compile(r"-?[0-9]{1,18}")
+
+
 def whole_number(value, field: str, *, low: int = 0, high: int = 10**9) -> int:
     """An integer in [low, high]; digits in a string are accepted (CLI and form input), fractions are not."""
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and _TYPED_NUMBER.fullmatch(value.strip()):
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidInput(f"{field} must be a whole number from {low} to {high}")
     return value
 
 
+#: Dates and times recorded by people lie in these years; other nodes refuse any other (module validators).
+FIRST_YEAR, LAST_YEAR = 2000, 2999
+
+
 def iso_date(value, field: str = "date") -> str:
     try:
-        return dt.date.fromisoformat(str(value)).isoformat()
+        day = dt.date.fromisoformat(str(value))
     except ValueError:
         raise InvalidInput(f"{field} {value!r} is not a date: use YYYY-MM-DD") from None
+    if not FIRST_YEAR <= day.year <= LAST_YEAR:
+        raise InvalidInput(f"{field} {value!r} is not between the years {FIRST_YEAR} and {LAST_YEAR}")
+    return day.isoformat()
 
 
 def local_time(value, field: str = "time") -> str:
@@ -67,8 +80,13 @@ def local_time(value, field: str = "time") -> str:
             moment = dt.datetime.fromisoformat(str(value).strip().replace(" ", "T", 1))
         except ValueError:
             raise InvalidInput(f"{field} {value!r} is not a time: use YYYY-MM-DD HH:MM") from None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone().replace(tzinfo=None)
+    try:
+        if moment.tzinfo is not None:
+            moment = moment.astimezone().replace(tzinfo=None)
+    except OverflowError:  # year 1 or 9999 moved past the calendar's end by its offset
+        moment = dt.datetime.min
+    if not FIRST_YEAR <= moment.year <= LAST_YEAR:
+        raise InvalidInput(f"{field} {value!r} is not between the years {FIRST_YEAR} and {LAST_YEAR}")
     return moment.replace(microsecond=0).isoformat()
 
 

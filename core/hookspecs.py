@@ -132,6 +132,9 @@ def change_applied(node: Node, changes: list[Change]) -> None:
     Called after the transaction that applied them committed (a local
     ``with node.writer()`` block, or one received batch), never during
     ``hemei rebuild``. Writes made here are new local entries of their own.
+    An error raised here is logged and fails nothing (the changes are
+    committed): the module is told of its tables through ``tables_rebuilt``
+    at the next start or rebuild, to catch up there.
     """
 
 

@@ -247,7 +247,7 @@ class Projector:
                 reason = tv.too_new(change) if tv else f"written at schema v{change.schema}; this node reads v1"
                 self.record(spec.name, change, "quarantined", reason)
                 return False
-            problem = spec.value_problem(change.values)
+            problem = spec.value_problem(change.values, insert=change.op == "insert")
             if problem:
                 self.record(spec.name, change, "unreadable", problem)
                 return False

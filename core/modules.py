@@ -313,8 +313,7 @@ class ModuleHost:
         failed = self._call_each(self.pm.hook.tables_rebuilt, node=self, tables=tables)
         if not failed:
             return
-        owned = self.schemas.get
-        again = sorted({t for name, _ in failed for t in (owned(name).tables if owned(name) else tables)} & set(tables))
+        again = self._tables_of(failed, tables)
         with self._transaction():
             self._mark("rebuilt", again)
         message = "; ".join(f"{name}: {_described(exc)}" for name, exc in failed)
@@ -323,6 +322,24 @@ class ModuleHost:
                              code="module_failed", status=500)
         logger.warning("a module failed after its tables were rebuilt, and is asked again at the next start: %s",
                        message)
+
+    def _tables_of(self, failed: list[tuple[str, BaseException]], tables: list[str]) -> list[str]:
+        """Which of ``tables`` belong to the modules that failed (all of them, for a module with none)."""
+        owned = self.schemas.get
+        return sorted({t for name, _ in failed for t in (owned(name).tables if owned(name) else tables)}
+                      & set(tables))
+
+    def _ask_again_after(self, failed: list[tuple[str, BaseException]], tables: list[str]) -> None:
+        """Mark for ``tables_rebuilt`` the tables whose modules' reaction to changes of them failed."""
+        again = self._tables_of(failed, tables)
+        message = "; ".join(f"{name}: {_described(exc)}" for name, exc in failed)
+        logger.warning("a module failed to react to changes of %s, and is asked again at the next start: %s",
+                       ", ".join(tables), message)
+        try:
+            with self._transaction():
+                self._mark("rebuilt", again)
+        except sqlite3.Error as exc:  # the changes stand; only the second chance is lost
+            logger.warning("could not mark %s to ask again: %s", ", ".join(again), exc)
 
     def _replay_reinstalled(self, meta: dict) -> None:
         """Replay the tables of enabled modules that were not installed when the node was last opened.

@@ -247,8 +247,14 @@ class Node(ModuleHost):
         return failed
 
     def _react(self, applied: list[Change]) -> None:
-        if applied and self.pm.hook.change_applied.get_hookimpls():
-            self.pm.hook.change_applied(node=self, changes=applied)
+        """Tell modules what took effect. It is committed: a module that fails here (a bug, or a row no
+        check foresaw) must not turn the write or push that succeeded into an error, nor stop the others;
+        it is told of its tables through ``tables_rebuilt`` at the next start or rebuild instead."""
+        if not applied or not self.pm.hook.change_applied.get_hookimpls():
+            return
+        failed = self._call_each(self.pm.hook.change_applied, node=self, changes=applied)
+        if failed:
+            self._ask_again_after(failed, sorted({c.table for c in applied}))
 
     def _ingest(self, rows: list, changes: list[Change], *, local: bool,
                 origin_scope: str | None = None, keep_violations: bool = False) -> list[Change]:

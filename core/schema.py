@@ -66,6 +66,7 @@ class TableSpec:
     unique: tuple[str, ...] = ()
     indexes: tuple[tuple[str, ...], ...] = ()
     _accepted: dict = field(default=None, init=False, repr=False, compare=False)
+    _required_data: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if not valid_table_name(self.name):
@@ -86,6 +87,7 @@ class TableSpec:
             raise ValueError(f"table {self.name}: unique keys are for append_only tables")
         object.__setattr__(self, "_accepted", {c: _PY_TYPES[t] for c, t in self.columns.items()
                                                if c not in (self.pk, self.scope)})
+        object.__setattr__(self, "_required_data", tuple(c for c in self.required if c not in (self.pk, self.scope)))
 
     @property
     def data_columns(self) -> tuple[str, ...]:
@@ -94,23 +96,27 @@ class TableSpec:
 
     def check_values(self, values: dict, *, insert: bool) -> None:
         """Raise :class:`InvalidInput` unless ``values`` fit the declared columns (a local write)."""
-        problem = self.value_problem(values)
+        problem = self.value_problem(values, insert=insert)
         if problem:
             raise InvalidInput(problem)
-        if insert:
-            missing = [c for c in self.required if c not in (self.pk, self.scope) and values.get(c) is None]
-            if missing:
-                raise InvalidInput(f"{self.name}: {', '.join(missing)} required")
 
-    def value_problem(self, values) -> str | None:
-        """Why ``values`` cannot be data columns of this table, or None (shared by writes and receipt)."""
+    def value_problem(self, values, *, insert: bool) -> str | None:
+        """Why ``values`` cannot be data columns of this table, or None (shared by writes and receipt).
+
+        Required columns must be given by an insert and cannot be emptied by
+        an update, so code reading the table can trust them whoever wrote the row.
+        """
         if not isinstance(values, dict):
             return f"{self.name}: values must be an object"
+        if insert and (missing := [c for c in self._required_data if values.get(c) is None]):
+            return f"{self.name}: {', '.join(missing)} required"
         accepted = self._accepted  # data columns only
         for col, value in values.items():
             if value is None:
                 if col not in accepted:
                     return f"{self.name} has no data column {col!r}"
+                if col in self._required_data:
+                    return f"{self.name}: {col} cannot be emptied"
                 continue
             kind = type(value)
             if kind not in accepted.get(col, ()):

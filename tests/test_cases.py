@@ -370,6 +370,31 @@ def test_rows_the_fold_could_not_trust_are_refused_even_when_written_directly(st
     assert metrics.stats(street)["totals"]["cases"] == 1
 
 
+def test_grid_and_category_values_the_figures_compute_with_are_refused_when_bad_even_written_directly(street):
+    # One such row from a modified street used to make every coverage and stats request at its district fail.
+    grid = grids.find_grid(street, "FS-01")
+    before = _log_size(street)
+    for bad in ({"established": "2026-11-17x"}, {"established": "1066-10-14"}, {"patrols_per_day": None},
+                {"patrols_per_day": 25}, {"patrols_per_day": -1}, {"households": -5}, {"households": 10**7}):
+        with pytest.raises(InvalidInput):
+            with street.writer("forger") as w:
+                w.update("grids", grid["id"], bad)
+    row = {"scope": f"{STREET}/西小河社区/FS-09", "code": "FS-09", "name": "x", "street": STREET,
+           "community": "西小河社区", "parent": None, "households": None, "patrols_per_day": 1,
+           "established": "2026-01-01"}
+    for bad in ({"established": "soon"}, {"patrols_per_day": 100}):
+        with pytest.raises(InvalidInput):
+            with street.writer("forger") as w:
+                w.insert("grids", {**row, "id": grids.grid_id(row["scope"]), **bad})
+    category = {"scope": STREET, "code": "noise", "name": "噪音", "deadline_hours": 24, "active": 1}
+    for bad in ({"deadline_hours": 0}, {"deadline_hours": 10**9}, {"active": 2}):
+        with pytest.raises(InvalidInput):
+            with street.writer("forger") as w:
+                w.insert("case_categories", {**category, "id": f"{STREET}|noise", **bad})
+    assert _log_size(street) == before
+    assert grids.coverage(street, DAY0.isoformat(), DAY0.isoformat())["planned"] > 0
+
+
 def test_a_street_cannot_take_the_key_of_a_siblings_grid_or_category_first(make_node):
     """Grid and category keys are computed from their place; one written under another place's key is
     kept as a conflict, so the sibling that owns the place still delivers its own row later."""
@@ -380,7 +405,7 @@ def test_a_street_cannot_take_the_key_of_a_siblings_grid_or_category_first(make_
         _send(street_node, district, rewind=0)
     squats = {"grids": (grids.grid_id(f"{STREET}/西小河社区/FS-09"),
                         {"code": "FS-09", "name": "抢注", "street": beihai.scope, "community": "西小河社区",
-                         "patrols_per_day": 2}),
+                         "patrols_per_day": 2, "established": "2026-01-01"}),
               "case_categories": (f"{STREET}|noise", {"code": "noise", "name": "抢注", "deadline_hours": 1,
                                                        "active": 1})}
     with beihai.writer("mallory") as w:

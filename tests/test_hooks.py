@@ -99,6 +99,22 @@ def test_hook_change_applied(node):
         ("notes", "insert", pk, 1), ("notes", "update", pk, 1)]
 
 
+def test_hook_change_applied_that_fails_does_not_fail_the_write_and_is_told_at_the_next_open(node, caplog):
+    import hook_probe
+
+    hook_probe.REBUILDS.clear()
+    hook_probe.REACTION_FAILS.append("a row no check foresaw")
+    try:
+        with node.writer("w") as w:  # committed: neither an error for the writer nor a reason to stop others
+            w.insert("notes", {"title": "kept"})
+    finally:
+        hook_probe.REACTION_FAILS.clear()
+    assert node.conn.execute("SELECT title FROM notes").fetchall() == [("kept",)]
+    assert "a row no check foresaw" in caplog.text and hook_probe.REBUILDS == []
+    with Node.open(node.home, available=PROBE, builtins=BUILTIN_PLUGINS):
+        assert hook_probe.REBUILDS == [(node.id, ["notes"])]  # its second chance to catch up
+
+
 def test_hook_tick(node):
     import hook_probe
 

@@ -190,6 +190,24 @@ def test_unreadable_columns_are_kept_as_conflicts(make_node):
     assert b.conn.execute("SELECT kind FROM _hemei_conflicts").fetchall() == [("unreadable",)]
 
 
+def test_a_required_column_missing_from_an_insert_or_emptied_by_an_update_is_kept_as_a_conflict(make_node):
+    # Code reading a table trusts its required columns; a modified peer must not leave one empty.
+    a, b = make_node("a"), make_node("b")
+    with a.writer("w") as w:
+        pk = w.insert("notes", {"title": "有标题"})
+    send_all(a, b)
+    batch = _forge(a, b, [("row.insert", {"t": "notes", "pk": "n2", "v": {"n": 1}}),
+                          ("row.insert", {"t": "notes", "pk": "n3", "v": {"title": None}}),
+                          ("row.update", {"t": "notes", "pk": pk, "v": {"title": None}})])
+    assert b.apply_batch(batch)["refused"] == 3
+    assert b.conn.execute("SELECT id, title FROM notes").fetchall() == [(pk, "有标题")]
+    assert [(k, r) for k, r in b.conn.execute("SELECT kind, reason FROM _hemei_conflicts ORDER BY hlc")] == [
+        ("unreadable", "notes: title required")] * 2 + [("unreadable", "notes: title cannot be emptied")]
+    with pytest.raises(InvalidInput, match="title cannot be emptied"):
+        with a.writer("w") as w:
+            w.update("notes", pk, {"title": None})
+
+
 def test_update_before_insert_converges_to_the_same_row(make_node):
     a, b, c = make_node("a"), make_node("b"), make_node("c")
     with a.writer("w") as w:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -71,6 +72,11 @@ def test_ciphertext_is_bound_to_its_row_and_column_and_grants_only_open_for_thei
     assert pii.unseal(sealed, box, "req\nvk") == key.secret
     assert pii.unseal(sealed, other, "req\nvk") is None
     assert pii.unseal(sealed, box, "someone-else\nvk") is None
+    # Not a key, and a low-order point (no secret can be shared with it): a refusal, not a crash of the
+    # district's reaction to the push that carried it.
+    for bad in ("AAAA", base64.b64encode(bytes(32)).decode()):
+        with pytest.raises(InvalidInput, match="no valid X25519 public key"):
+            pii.seal(key.secret, bad, "req\nvk")
 
 
 def test_the_key_file_is_owner_only_and_a_second_key_is_refused(street):
@@ -240,7 +246,7 @@ def district_and_streets(make_node):
     keys.create_key(district, ACTOR)
     keys.request_key(b, ACTOR)
     with a.writer(ACTOR) as w:  # a broken request (not valid X25519) must not keep the key from b
-        w.insert("volunteer_key_requests", {"id": a.id, "public_key": "AAAA"})
+        w.insert("volunteer_key_requests", {"id": a.id, "public_key": base64.b64encode(bytes(32)).decode()})
     for street in (a, b):
         _send(street, district)
         _send(district, street)

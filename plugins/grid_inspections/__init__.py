@@ -15,7 +15,7 @@ from hemei.core.scope import covers
 
 from . import cases, commands, metrics, status
 from .cases import MAX_DEADLINE_HOURS, SOURCES
-from .grids import grid_id
+from .grids import MAX_HOUSEHOLDS, MAX_PATROLS_PER_DAY, grid_id
 from .machine import EVENT_KINDS, LEVELS, RATINGS, is_local_time
 from .routes import ROUTES
 from .tables import CASE_TABLES, TABLES, migrations
@@ -60,6 +60,10 @@ def validate_change(node, change):
         # update one before it exists at the district (and keep its values when the insert comes).
         # An honest update or delete carries its row's scope (hemei.core.writer), so it passes.
         return f"a {change.table} row's key is derived from its place; {change.pk!r} is not this row's"
+    if change.table in VALUE_RULES and change.op != "delete":
+        for column, ok in VALUE_RULES[change.table].items():
+            if column in change.values and not ok(change.values[column]):
+                return f"a {change.table} row's {column} {change.values[column]!r} is not one the figures can use"
     if change.op != "insert" or change.table not in CASE_TABLES:
         return None
     values, declared = change.values, node.origin_scope(change.origin)
@@ -75,6 +79,24 @@ def validate_change(node, change):
 DERIVED_KEYS = {
     "grids": lambda change: change.pk == grid_id(change.scope),
     "case_categories": lambda change: is_scoped_key(change, "code"),
+}
+
+
+def _whole(low: int, high: int):
+    return lambda value: type(value) is int and low <= value <= high
+
+
+def _is_date(value) -> bool:
+    """``YYYY-MM-DD`` in the years of :func:`is_local_time`."""
+    return isinstance(value, str) and is_local_time(f"{value}T00:00:00")
+
+
+#: What coverage and the case figures compute with, checked on insert and update (a street's own values
+#: reach its district's figures): the ranges of the module's own commands. An absent optional value is None.
+VALUE_RULES = {
+    "grids": {"established": _is_date, "patrols_per_day": _whole(0, MAX_PATROLS_PER_DAY),
+              "households": lambda value: value is None or _whole(0, MAX_HOUSEHOLDS)(value)},
+    "case_categories": {"deadline_hours": _whole(1, MAX_DEADLINE_HOURS), "active": _whole(0, 1)},
 }
 
 

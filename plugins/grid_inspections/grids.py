@@ -18,6 +18,8 @@ from hemei.core.fields import iso_date, one, past_time, text, whole_number
 from hemei.core.scope import covers, parse_scope
 
 ROLES = ("leader", "instructor", "member")
+MAX_PATROLS_PER_DAY = 24
+MAX_HOUSEHOLDS = 1_000_000
 #: Roles of which a grid has one (the "1+1" of 1+1+N); members are the N.
 SINGLE_ROLES = ("leader", "instructor")
 DEFAULT_PATROLS_PER_DAY = 2  # "每天早、晚各巡1次": morning and evening
@@ -76,9 +78,9 @@ def add_grid(node: Node, actor: str, *, code, name, community=None, parent=None,
     name = text(name, "name", limit=64)
     given = {"name": name}
     if households is not None:
-        given["households"] = whole_number(households, "households", high=1_000_000)
+        given["households"] = whole_number(households, "households", high=MAX_HOUSEHOLDS)
     if patrols_per_day is not None:
-        given["patrols_per_day"] = whole_number(patrols_per_day, "patrols_per_day", high=24)
+        given["patrols_per_day"] = whole_number(patrols_per_day, "patrols_per_day", high=MAX_PATROLS_PER_DAY)
     if established is not None:
         given["established"] = iso_date(established, "established")
     if parent is not None:
@@ -108,7 +110,7 @@ def add_grid(node: Node, actor: str, *, code, name, community=None, parent=None,
 def set_plan(node: Node, actor: str, grid, patrols_per_day) -> dict:
     """Change how many patrols a day a grid's plan asks for."""
     row = find_grid(node, grid)
-    plan = whole_number(patrols_per_day, "patrols_per_day", high=24)
+    plan = whole_number(patrols_per_day, "patrols_per_day", high=MAX_PATROLS_PER_DAY)
     with node.writer(actor) as w:
         w.update("grids", row["id"], {"patrols_per_day": plan})
     return get_grid(node, row["id"])

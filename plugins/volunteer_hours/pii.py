@@ -35,8 +35,9 @@ _NONCE = 12
 # GB 11643-1999: 17 digits, then a check character (ISO 7064 MOD 11-2).
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"
-_ID_SHAPE = re.compile(r"^[1-9]\d{16}[\dX]$")
-_PHONE_SHAPE = re.compile(r"^\+?\d{5,20}$")
+# ASCII digits only: "\d" also takes other scripts' digits, which would give one number two pseudonyms.
+_ID_SHAPE = re.compile(r"^[1-9][0-9]{16}[0-9X]$")
+_PHONE_SHAPE = re.compile(r"^\+?[0-9]{5,20}$")
 
 
 def id_check_char(first17: str) -> str:
@@ -142,13 +143,14 @@ def _box_key(shared: bytes, context: str) -> AESGCM:
 
 def seal(secret: bytes, recipient_public_b64: str, context: str) -> str:
     """Encrypt ``secret`` so that only the holder of the X25519 key can open it."""
+    ephemeral = X25519PrivateKey.generate()
     try:
         recipient = X25519PublicKey.from_public_bytes(base64.b64decode(recipient_public_b64, validate=True))
+        shared = ephemeral.exchange(recipient)  # refuses a low-order point (all zeros, say): no secret shared
     except ValueError:
         raise InvalidInput("the key request carries no valid X25519 public key") from None
-    ephemeral = X25519PrivateKey.generate()
     nonce = os.urandom(_NONCE)
-    body = _box_key(ephemeral.exchange(recipient), context).encrypt(nonce, secret, context.encode())
+    body = _box_key(shared, context).encrypt(nonce, secret, context.encode())
     eph = ephemeral.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b64encode(eph + nonce + body).decode()
 

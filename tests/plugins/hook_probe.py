@@ -111,8 +111,14 @@ def validate_change(change):
     return None
 
 
+#: Set by a test to make the next reactions fail.
+REACTION_FAILS: list[str] = []
+
+
 @hookimpl
 def change_applied(node, changes):
+    if REACTION_FAILS:
+        raise RuntimeError(REACTION_FAILS[0])
     node.conn.executemany("INSERT INTO probe_reactions (tbl, op, pk, local) VALUES (?, ?, ?, ?)",
                           [(c.table, c.op, c.pk, int(c.local)) for c in changes])
 

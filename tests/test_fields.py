@@ -1,0 +1,55 @@
+"""The checks modules run on what users type: any text gives a value or InvalidInput, never another error."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, strategies as st
+
+from hemei.core.errors import InvalidInput
+from hemei.core.fields import iso_date, local_time, past_time, whole_number
+
+#: Text that looks like what the checks parse, with the odd characters users and scripts produce.
+TYPED = st.one_of(
+    st.text(),
+    st.text(alphabet="0123456789-+:. T²١٢٣", max_size=40),
+    st.from_regex(r"-?[0-9]{1,6}-[0-9]{2}-[0-9]{2}([ T][0-9]{2}:[0-9]{2}(:[0-9]{2})?([+-][0-9]{2}:[0-9]{2}|Z)?)?",
+                  fullmatch=True),
+)
+
+
+@given(TYPED)
+def test_any_text_is_a_whole_number_or_refused_plainly(value):
+    try:
+        number = whole_number(value, "n", low=-10**18, high=10**18)
+    except InvalidInput:
+        return
+    assert value.strip().isascii() and number == int(value.strip())
+
+
+@given(TYPED)
+def test_any_text_is_a_time_and_date_or_refused_plainly(value):
+    for check in (local_time, past_time, iso_date):
+        try:
+            shown = check(value, "at")
+        except InvalidInput:
+            continue
+        assert "2000" <= shown[:4] <= "2999"
+
+
+@pytest.mark.parametrize("value", ["²", "١٢", "9" * 5000, "1.5", "", "--1"])
+def test_digits_other_than_ascii_and_huge_numbers_are_refused(value):
+    with pytest.raises(InvalidInput, match="whole number"):
+        whole_number(value, "limit")
+
+
+@pytest.mark.parametrize("value", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "1999-12-31 23:00",
+                                   "3000-01-01"])
+def test_times_outside_the_years_people_record_are_refused(value):
+    with pytest.raises(InvalidInput, match="between the years 2000 and 2999"):
+        local_time(value, "at")
+
+
+def test_ordinary_input_is_read_as_typed():
+    assert whole_number(" 12 ", "n") == 12 and whole_number("-3", "n", low=-5) == -3
+    assert local_time("2026-11-01 10:00", "at") == "2026-11-01T10:00:00"
+    assert iso_date("2026-11-01") == "2026-11-01"
