@@ -64,10 +64,11 @@ def check_history(node: Node, peer: dict, checkpoint) -> None:
     now: another sync of the same peer pushed or pulled meanwhile).
     """
     try:
-        size, head = int(checkpoint["size"]), bytes.fromhex(checkpoint["head"])
+        size, head = checkpoint["size"], bytes.fromhex(checkpoint["head"])
         signature = bytes.fromhex(checkpoint["signature"])
         at = checkpoint.get("at")
-        if at is not None and (type(at) is not int or at < 0):
+        if type(size) is not int or not 1 <= size < 2 ** 63 or (
+                at is not None and (type(at) is not int or not 0 <= at < 2 ** 63)):
             raise ValueError
     except (KeyError, TypeError, ValueError, AttributeError):
         raise InvalidInput("checkpoint needs size, head and signature (hex), and at most an integer at",

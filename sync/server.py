@@ -36,8 +36,9 @@ def _now_s() -> int:
     return int(time.time())
 
 
-def authenticate(call: ApiCall, public_key: bytes | None = None) -> dict | None:
-    """The enrolled child that signed this request (None for a join, checked against ``public_key``)."""
+def authenticate(call: ApiCall, public_key: bytes | None = None, node_id: str | None = None) -> dict | None:
+    """The enrolled child that signed this request (None for a join by ``node_id``, checked against
+    ``public_key``)."""
     request = call.request
     signed, base, signature, created = signing.read_signature(
         request.headers, request.method, request.url.path, request.url.query, call.raw_body)
@@ -52,6 +53,8 @@ def authenticate(call: ApiCall, public_key: bytes | None = None) -> dict | None:
         if peer["revoked"]:
             raise Forbidden(f"node {peer['name']} has been revoked", code="revoked")
     else:
+        if signed.node_id != node_id:  # the nonce is kept under the signer's id: it must be the joining node's
+            raise Unauthorized(f"the join of {node_id} is signed as {signed.node_id}", code="bad_signature")
         signing.check_signature(public_key, base, signature)
     conn = call.node.conn
     now = time.time_ns() // 1_000_000
@@ -107,7 +110,7 @@ def join(call: ApiCall) -> Response:
             raise TypeError
     except (KeyError, TypeError, ValueError, AttributeError, binascii.Error, InvalidInput):
         raise InvalidInput("join needs token, node_id, public_key, name and scope") from None
-    authenticate(call, public_key=public_key)
+    authenticate(call, public_key=public_key, node_id=child_id)
     return _reply(enroll.accept_join(call.node, token, child_id, public_key, name, scope))
 
 
@@ -166,7 +169,7 @@ def pull(call: ApiCall) -> Response:
                          (("max_entries", MAX_PULL_ENTRIES), ("batch_size", 2000)))
     with cyclic_gc_paused():
         batches, more, remaining = engine.downstream(node, child["node_id"], child["scope"], child_vv,
-                                                     min(limit, MAX_PULL_ENTRIES), batch_size)
+                                                     limit, batch_size)
     # Entries new to the child (each batch repeats one it holds, to catch a rewritten history).
     new = sum(b.entries[-1][0] - max(child_vv.get(b.origin, 0), b.entries[0][0] - 1) for b in batches)
     touch(node, child["node_id"], their_vv=child_vv)  # what it holds; its closing hello says what it applied
@@ -176,10 +179,11 @@ def pull(call: ApiCall) -> Response:
 
 
 def _positive(body: dict, name: str, default: int) -> int:
+    """A count the child asks for, at most MAX_PULL_ENTRIES (a larger one is served as that)."""
     value = body.get(name, default)
     if type(value) is not int or value < 1:
         raise wire.MalformedBatch(f"{name} must be a positive integer")
-    return value
+    return min(value, MAX_PULL_ENTRIES)
 
 
 def routes() -> list[ApiRoute]:

@@ -100,6 +100,8 @@ def decode(body: bytes, max_inflated: int = None) -> dict:
             raise MalformedBatch(f"message inflates past {limit} bytes")
         if not inflater.eof:
             raise MalformedBatch("message is truncated")
+        if inflater.unused_data:  # signed with the body, so harmless, but not a message a sender writes
+            raise MalformedBatch("message has bytes after its end")
         message = orjson.loads(raw)
     except zlib.error:
         raise MalformedBatch("message is not zlib-compressed JSON") from None

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import time
 import zlib
 
 import httpx
 import pytest
 
-from hemei.core.identity import write_private_key
+from hemei.core.identity import node_id_from_public_key, public_key_raw, write_private_key
 from hemei.core.node import Node
 from hemei.sync import client, signing, wire
 from hemei.sync.client import ParentLink, SyncRefused
@@ -65,7 +66,7 @@ def check(reply: httpx.Response) -> None:
 
 
 def signed_headers(node: Node, key, path: str, body: bytes) -> dict:
-    return signing.sign_request(key, node.id, "POST", path, "", body, int(__import__("time").time()))
+    return signing.sign_request(key, node.id, "POST", path, "", body, int(time.time()))
 
 
 def test_unsigned_request_is_refused(net):
@@ -107,7 +108,7 @@ def test_stale_signature_is_refused(net):
     with net.open("fushan") as fushan:
         body = wire.encode({"vv": {}})
         headers = signing.sign_request(fushan.key, fushan.id, "POST", "/api/sync/hello", "", body,
-                                       int(__import__("time").time()) - 3600)
+                                       int(time.time()) - 3600)
     refused(net, lambda: check(raw_post(url, "/api/sync/hello", body, headers)), 401, "expired_signature",
             signed_by_peer=False)
 
@@ -157,12 +158,22 @@ def test_malformed_batches_are_refused(net):
             for modules in (["hook_probe"], {"hook_probe": 0}, {"hook_probe": "2"}, {"": 1}):
                 refused(net, lambda: link.call("/api/sync/hello", {"vv": {}, "modules": modules}), 400,
                         "malformed_batch")
+            signed = {"head": "00" * 32, "signature": "00" * 64}
+            for size in ("3", " 3 ", 3.0, -2 ** 63, 0, 2 ** 64 - 1):
+                refused(net, lambda: link.call("/api/sync/hello", {"vv": {}, "checkpoint": {**signed, "size": size}}),
+                        400, "malformed_batch")
+            # Counts past any limit are served as the limit (they used to overflow SQLite: a 500).
+            reply = link.call("/api/sync/pull", {"vv": {}, "batch_size": 2 ** 64 - 1, "max_entries": 2 ** 63})
+            assert reply["batches"] and reply["more"] is False
             for offset in ("5", 1.5, True, 2 ** 62):
                 refused(net, lambda: link.call("/api/sync/hello", {"vv": {}, "parent_clock_ahead_ms": offset}), 400,
                         "malformed_batch")
             refused(net, lambda: link.call("/api/sync/push", {"batches": [{
                 "origin": beihai.id, "public_key": base64.b64encode(beihai.public_key).decode(),
                 "signature": "AAAA", "entries": [[1, 2]]}]}), 400, "malformed_batch")
+            body = wire.encode({"vv": {}}) + b"junk"
+            headers = signed_headers(beihai, beihai.key, "/api/sync/hello", body)
+            refused(net, lambda: check(raw_post(link.url, "/api/sync/hello", body, headers)), 400, "malformed_batch")
             body = b"not compressed"
             headers = signed_headers(beihai, beihai.key, "/api/sync/push", body)
             refused(net, lambda: check(raw_post(link.url, "/api/sync/push", body, headers)), 400, "malformed_batch")
@@ -208,7 +219,7 @@ def test_tokens_reused_altered_expired_or_foreign_are_refused(net):
                          net.servers["city"].url).strip()
         refused(net, lambda: join_raw(foreign), 403, "invalid_token", signed_by_peer=False)
         short = net.ok("district", "invite", "--scope", "sx/yc/zz", "--name", "stranger", "--ttl", "1s").strip()
-        __import__("time").sleep(1.2)
+        time.sleep(1.2)
         refused(net, lambda: join_raw(short), 403, "token_expired", signed_by_peer=False)
         with pytest.raises(client.enroll.InvalidToken, match="expired"):
             client.join(stranger, short, "op")  # the child checks before it even asks
@@ -255,7 +266,7 @@ def test_a_child_whose_log_declares_another_scope_is_refused(net, tmp_path):
                     403, "scope_violation")
 
 
-def test_join_bodies_stay_small_before_anyone_is_authenticated(net):
+def test_join_bodies_stay_small_before_anyone_is_authenticated(net, tmp_path):
     url = net.servers["district"].url
     bomb = zlib.compress(b" " * (1024 * 1024), 9)  # 1 KB that inflates to 1 MB
     assert len(bomb) < 16 * 1024
@@ -266,6 +277,15 @@ def test_join_bodies_stay_small_before_anyone_is_authenticated(net):
     weird = wire.encode({"token": "t", "node_id": 5, "name": "n", "scope": "s", "public_key": "AAAA"})
     refused(net, lambda: check(raw_post(url, "/api/sync/join", weird, {})), 400, "invalid_input",
             signed_by_peer=False)
+    # A join must be signed under the joining node's own id (its nonce is kept under that id).
+    key = write_private_key(tmp_path / "newcomer.key")
+    public = public_key_raw(key)
+    body = wire.encode({"token": "t", "node_id": node_id_from_public_key(public), "name": "新来的", "scope": "sx/yc/x",
+                        "public_key": base64.b64encode(public).decode()})
+    with net.open("beihai") as beihai:
+        headers = signing.sign_request(key, beihai.id, "POST", "/api/sync/join", "", body, int(time.time()))
+    refused(net, lambda: check(raw_post(url, "/api/sync/join", body, headers)), 401, "bad_signature",
+            signed_by_peer=False, match="signed as")
 
 
 def test_bad_signature_padding_and_absurd_clocks_get_4xx(net):
