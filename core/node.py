@@ -273,7 +273,8 @@ class Node(ModuleHost):
         return self.apply_batches([batch], check=check, confine=confine, sender=sender, tree=tree)[0]
 
     def apply_batches(self, batches: Iterable[Batch], *, check: Check | None = None,
-                      confine: bool = False, sender: str | None = None, tree: bool = False) -> list[dict]:
+                      confine: bool = False, sender: str | None = None, tree: bool = False,
+                      admit: Callable[[Batch], None] | None = None) -> list[dict]:
         """Verify and apply batches from other nodes in one transaction: all or nothing.
 
         Entries already held are skipped when identical; a different entry
@@ -295,7 +296,10 @@ class Node(ModuleHost):
         backup, its own streets') are confined too, but a violation is kept as
         a conflict: the parent judged them already. An origin confined once
         stays so (``_hemei_origins.confined``), by every route and in every
-        rebuild. Returns counts per batch: received, new, applied, refused
+        rebuild. ``admit(batch)`` runs on each batch before anything of its
+        chain is read or compared (the sync layer refuses origins outside the
+        sender's scope there, before an answer could tell it what is held of
+        them). Returns counts per batch: received, new, applied, refused
         (changes kept as conflicts).
         """
         applied: list[Change] = []
@@ -306,6 +310,8 @@ class Node(ModuleHost):
             try:
                 for batch in batches:  # any iterable: a bundle streams its batches through here
                     check_batch_shape(self, batch)
+                    if admit is not None:
+                        admit(batch)
                     origin = parse_node_id(batch.origin)
                     keep = sender is not None and origin != sender
                     result = apply_verified(self, origin, batch, check, confine, keep, tree)

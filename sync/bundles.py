@@ -52,6 +52,10 @@ class NotAsVerified(BadBundle):
 CHANGED = "the bundle changed while it was being imported: nothing was imported; copy it again"
 
 
+#: Entries read into a batch (more when the origin signed further apart: batches end at its signatures).
+BATCH_ENTRIES = 2000
+
+
 def _write(node: Node, path: Path, header: dict, batch_iter) -> int:
     """Write frames and the signature; returns the number of entries. Atomic: temp file, then rename."""
     digest = hashlib.sha256()
@@ -68,13 +72,18 @@ def _write(node: Node, path: Path, header: dict, batch_iter) -> int:
 
         put(MAGIC)
         put_frame(header)
+        # Frames are cut by entries, well inside what a reader takes in one (wire.batches_of): batches end
+        # where their signer signed, so a chain relayed from a sync with large batches has large ones.
+        frame_entries = wire.MAX_ENTRIES_PER_MESSAGE // 5
         chunk: list = []
+        in_chunk = 0
         for batch in batch_iter:
-            chunk.append(wire.batch_to_json(batch))
-            count += len(batch.entries)
-            if len(chunk) >= 5:
+            if chunk and in_chunk + len(batch.entries) > frame_entries:
                 put_frame({"batches": chunk})
-                chunk = []
+                chunk, in_chunk = [], 0
+            chunk.append(wire.batch_to_json(batch))
+            in_chunk += len(batch.entries)
+            count += len(batch.entries)
         if chunk:
             put_frame({"batches": chunk})
         put(END)
@@ -231,7 +240,7 @@ def export_push(node: Node, out: Path) -> dict:
     their_vv = parent["their_vv"]
     header = {"id": new_id(), "kind": "push", "from": node.id, "to": parent["node_id"],
               "vv": node.version_vector()}
-    count = _write(node, Path(out), header, engine.outgoing(node, node.scope, dict(their_vv), 2000))
+    count = _write(node, Path(out), header, engine.outgoing(node, node.scope, dict(their_vv), BATCH_ENTRIES))
     return {"bundle": header["id"], "entries": count, "to": parent["name"], "file": str(out)}
 
 
@@ -271,7 +280,7 @@ def _import_verified(node: Node, path: Path, ack_out: Path | None, header: dict,
         if peer["role"] != "child":
             raise Forbidden("push bundles come from children", code="bad_bundle")
         results = node.apply_batches(batches, check=engine.push_check(node, peer), confine=True,
-                                     sender=peer["node_id"])
+                                     sender=peer["node_id"], admit=engine.push_admit(node, peer))
         touch(node, peer["node_id"], their_vv=their_vv)
         first_time = node.conn.execute("INSERT OR IGNORE INTO _hemei_bundle_acks (bundle_id, peer, imported_ms)"
                                        " VALUES (?, ?, ?)", (str(header.get("id")), peer["node_id"], now_ms())
@@ -279,7 +288,8 @@ def _import_verified(node: Node, path: Path, ack_out: Path | None, header: dict,
         ack_path = Path(ack_out) if ack_out else Path(path).with_name(Path(path).stem + ".ack.hemei")
         ack = {"id": new_id(), "kind": "ack", "from": node.id, "to": peer["node_id"],
                "vv": engine.branch_vv(node, peer["scope"]), "acknowledges": header.get("id")}
-        sent = _write(node, ack_path, ack, engine.downstream_iter(node, peer["node_id"], peer["scope"], their_vv, 2000))
+        sent = _write(node, ack_path, ack, engine.downstream_iter(node, peer["node_id"], peer["scope"], their_vv,
+                                                                  BATCH_ENTRIES))
         return {"kind": "push", "from": peer["name"], "new": sum(r["new"] for r in results),
                 "refused": sum(r["refused"] for r in results), "already_imported": not first_time,
                 "ack": str(ack_path), "ack_entries": sent}

@@ -171,6 +171,25 @@ def _declared(node: Node, batch: Batch) -> str | None:
     return node.origin_scope(batch.origin) or declared_scope(batch.origin, batch.entries)
 
 
+def push_admit(node: Node, child: dict) -> Callable[[Batch], None]:
+    """Refuse a batch whose origin lies outside ``child``'s scope before its chain is looked at.
+
+    Otherwise a batch of a sibling's (copied from its bundle, or made up
+    with its id) got an answer that told its size here: a gap error naming
+    it, or, with nothing new in it, counts. The scope is what this node
+    holds, or what the batch's own first entry claims (unverified here, so
+    used only to refuse).
+    """
+    def admit(batch: Batch) -> None:
+        if batch.origin == child["node_id"]:
+            return
+        origin_scope = _declared(node, batch)
+        if origin_scope is None or not covers(child["scope"], origin_scope):
+            raise ScopeViolation(f"{child['name']} may only send entries of {child['scope']}; origin "
+                                 f"{batch.origin} is not known here as one inside it")
+    return admit
+
+
 def push_check(node: Node, child: dict) -> Check:
     """The parent's rules for a batch pushed by ``child`` (runs before anything is written)."""
     def check(batch: Batch, changes: list[Change]) -> None:

@@ -155,7 +155,7 @@ def push(call: ApiCall) -> Response:
     with cyclic_gc_paused():  # decoding allocates as much as applying (see hemei.core.gc_pause)
         batches = wire.batches_of(wire.decode(call.raw_body))
         results = node.apply_batches(batches, check=engine.push_check(node, child), confine=True,
-                                     sender=child["node_id"])
+                                     sender=child["node_id"], admit=engine.push_admit(node, child))
     touch(node, child["node_id"])
     sizes = node.version_vector()
     return _reply({"results": results, "vv": {b.origin: sizes.get(b.origin, 0) for b in batches}})

@@ -5,12 +5,13 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
 from hemei.core.audit import verify_log
 from hemei.core.errors import HemeiError
-from hemei.sync import bundles, client, engine
+from hemei.sync import bundles, client, engine, wire
 from hemei.sync.peers import get_peer, parent_of
 from tree import note_titles, write_notes
 
@@ -88,6 +89,28 @@ def test_usb_bundles_round_trip_and_import_twice_changes_nothing(pair, tmp_path)
         assert {"区里发的", "给府山"} <= note_titles(s)
     second = json.loads(pair.ok("street", "bundle", "export", "--out", str(stick / "next.hemei"), "--json"))
     assert second["entries"] <= 1  # only what came after the acknowledged export (the overlap entry)
+
+
+def test_bundles_of_large_batches_are_framed_so_that_they_can_be_imported(pair, tmp_path, monkeypatch):
+    """Batches end where their signer signed; a chain relayed from a sync with large batches has large ones.
+    Frames used to hold five batches whatever their size, more than a reader takes in one (found in review)."""
+    monkeypatch.setattr(bundles, "BATCH_ENTRIES", 9)  # batches of one transaction each (9 notes, signed)
+    monkeypatch.setattr(wire, "MAX_ENTRIES_PER_MESSAGE", 25)  # five of them in a frame: over it
+    with pair.open("street") as s:
+        for round_ in range(6):
+            write_notes(s, [(f"大批 {round_}-{i}", "sx/yc/fs") for i in range(9)])  # one batch each
+    with pair.open("district") as d:
+        for round_ in range(6):
+            write_notes(d, [(f"区大批 {round_}-{i}", "sx/yc/fs") for i in range(9)])
+    out = tmp_path / "big.hemei"
+    with pair.open("street") as s:
+        bundles.export_push(s, out)
+    with pair.open("district") as d:
+        done = bundles.import_bundle(d, out)
+        assert {f"大批 5-{i}" for i in range(9)} <= note_titles(d)
+    with pair.open("street") as s:
+        bundles.import_bundle(s, Path(done["ack"]))
+        assert {f"区大批 5-{i}" for i in range(9)} <= note_titles(s)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "foreign"])

@@ -141,6 +141,24 @@ def test_out_of_scope_row_is_refused(net):
         refused(net, push, 403, "scope_violation")
 
 
+def test_a_siblings_batch_is_refused_before_anything_of_its_chain_is_told(net):
+    """Replayed from the sibling's bundle or made up with its id: either used to answer with the size the
+    district holds of the sibling (counts and vv, or a gap error naming it). Found in review."""
+    with net.open("beihai") as beihai:
+        genuine = beihai.read_batch(beihai.id, 0)  # held by the district already: nothing new in it
+        made_up = genuine._replace(entries=[(10 ** 9, bytes(32))], signature=bytes(64))
+    with net.open("district") as d:
+        held = str(d.version_vector()[beihai.id])
+    with net.open("fushan") as fushan, ParentLink(fushan, net.servers["district"].url) as link:
+        link.learn_time()
+        for batch in (genuine, made_up):
+            with pytest.raises(SyncRefused) as err:
+                link.call("/api/sync/push", {"batches": [wire.batch_to_json(batch)]})
+            assert (err.value.status, err.value.code) == (403, "scope_violation")
+            assert "not known here as one inside it" in err.value.message
+            assert f"#{held}" not in err.value.message and "holds" not in err.value.message
+
+
 def test_changing_a_siblings_row_is_refused(net):
     with net.open("district") as d:
         pk = d.conn.execute("SELECT id FROM notes WHERE title = '北海的记录'").fetchone()[0]
