@@ -146,13 +146,15 @@ def read_bundle(node: Node, path: Path) -> tuple[dict, "SecondRead", dict]:
     peer = get_peer(node, sender)
     if peer is None:
         raise Forbidden(f"bundle comes from {sender}, which is not a peer of this node", code="unknown_node")
-    if peer["revoked"]:
-        raise Forbidden(f"node {peer['name']} has been revoked", code="revoked")
     try:
         load_public_key(peer["public_key"]).verify(signature, digest.digest())
     except InvalidSignature:
         raise BadBundle("bundle signature does not verify: it was altered or not made by "
                         f"{peer['name']}") from None
+    if peer["revoked"]:  # after the signature, as for a request: then it is that peer's refusal, on record
+        message = f"node {peer['name']} has been revoked"
+        record_refusal(node, peer["node_id"], "revoked", message, "bundle import")
+        raise Forbidden(message, code="revoked")
     return header, SecondRead(Path(path), whole.digest(), size), peer
 
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 import zlib
 
 import httpx
 import pytest
 
+from hemei.core.errors import HemeiError
 from hemei.core.identity import node_id_from_public_key, public_key_raw, write_private_key
 from hemei.core.node import Node
-from hemei.sync import client, signing, wire
+from hemei.sync import bundles, client, signing, wire
 from hemei.sync.client import ParentLink, SyncRefused
 from test_store import _back_dated
 from tree import Tree, write_notes
@@ -63,6 +65,14 @@ def raw_post(url: str, path: str, body: bytes, headers: dict) -> httpx.Response:
 
 def check(reply: httpx.Response) -> None:
     ParentLink._check(reply, raw=True)
+
+
+def _as_refusal(call) -> None:
+    """Run a local call (a bundle import); its refusal raised as a request's would be, for ``refused``."""
+    try:
+        call()
+    except HemeiError as exc:
+        raise SyncRefused(exc.message, code=exc.code, status=exc.status) from None
 
 
 def signed_headers(node: Node, key, path: str, body: bytes) -> dict:
@@ -372,13 +382,20 @@ def test_revoked_node_is_refused(net):
     net.ok("district", "nodes", "revoke", fushan_id)
     done = net.hemei("fushan", "sync")
     assert done.returncode == 1 and "revoked" in done.stderr
-    listed = {c["node_id"]: c["revoked"] for c in __import__("json").loads(net.ok("district", "nodes", "list", "--json"))}
+    listed = {c["node_id"]: c["revoked"] for c in json.loads(net.ok("district", "nodes", "list", "--json"))}
     assert listed[fushan_id] is True
     with net.open("fushan") as fushan:
         with ParentLink(fushan, net.servers["district"].url) as link:
             link.learn_time()
             refused(net, lambda: link.call("/api/sync/hello", {"vv": {}}), 403, "revoked")
     assert "Traceback" not in net.servers["district"].output()
+    # By USB stick too: refused, and on record like the request (it used to be refused unrecorded).
+    stick = net.root / "revoked.hemei"
+    with net.open("fushan") as fushan:
+        write_notes(fushan, [("撤销后", "sx/yc/fs")])
+        bundles.export_push(fushan, stick)
+    with net.open("district") as d:
+        refused(net, lambda: _as_refusal(lambda: bundles.import_bundle(d, stick)), 403, "revoked")
 
 
 def test_hello_answers_with_a_checkpoint_the_district_signed_never_one_at_the_size_asked(net):
