@@ -8,7 +8,9 @@ never as a traceback (set ``HEMEI_DEBUG=1`` to see one for a real bug).
 
 from __future__ import annotations
 
+import errno
 import os
+import sqlite3
 import sys
 
 import click
@@ -28,6 +30,36 @@ def _peek_home(args: list[str]) -> str | None:
             return args[i + 1]
         if arg.startswith("--home="):
             return arg.split("=", 1)[1]
+    return None
+
+
+#: What SQLite says, and what the operator can do about it.
+_SQLITE_PROBLEMS = (
+    ("locked", "the node is busy: another hemei (a server, a sync) is writing to it. Try again in a moment"),
+    ("busy", "the node is busy: another hemei (a server, a sync) is writing to it. Try again in a moment"),
+    ("malformed", "the node's database (node.db) is damaged: restore the node home from a backup"),
+    ("not a database", "node.db is not a hemei database (damaged, or another file): restore it from a backup"),
+    ("readonly", "cannot write to the node's database: check that this user may write to the node home"),
+    ("disk i/o", "the disk could not be written (full, or failing): free some space and try again"),
+    ("unable to open", "cannot open the node's database: check the node home and its permissions"),
+    ("full", "the disk is full: free some space and try again"),
+)
+
+
+def environment_problem(exc: BaseException) -> str | None:
+    """What to tell the operator of an error from this PC's disk, files or database, or None for a bug."""
+    if isinstance(exc, sqlite3.DatabaseError):
+        text = str(exc).lower()
+        return next((said for clue, said in _SQLITE_PROBLEMS if clue in text), None)
+    if isinstance(exc, OSError) and exc.errno is not None:
+        where = f" {exc.filename}" if exc.filename else ""
+        if exc.errno == errno.ENOSPC:
+            return f"the disk is full{' at' + where if where else ''}: free some space and try again"
+        if isinstance(exc, PermissionError):
+            return f"permission denied:{where} (check that this user may read and write it)"
+        if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+            return f"no such file or folder:{where} (is the USB stick or drive there?)"
+        return f"cannot read or write{where}: {exc.strerror or exc}"
     return None
 
 
@@ -56,8 +88,8 @@ class HemeiGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         try:
             plugin_names = set(self._plugin_commands(ctx))
-        except HemeiError:  # no node here: help shows the core and built-in commands
-            plugin_names = set()
+        except (HemeiError, sqlite3.Error, OSError):  # no node here (or a damaged one): help shows the
+            plugin_names = set()                      # core and built-in commands, and the command says why
         return sorted(set(self.commands) | set(self._builtin_commands(ctx)) | plugin_names)
 
     def get_command(self, ctx: click.Context, name: str):
@@ -99,6 +131,9 @@ class HemeiGroup(click.Group):
         except Exception as exc:  # a bug: one line for the user, the traceback on request
             if os.environ.get("HEMEI_DEBUG"):
                 raise
+            if (problem := environment_problem(exc)) is not None:  # the PC's trouble, not a bug
+                click.echo(f"error: {problem}", err=True)
+                sys.exit(1)
             click.echo(f"error: internal error ({type(exc).__name__}: {exc}); "
                        "run again with HEMEI_DEBUG=1 to see the traceback and report it", err=True)
             sys.exit(70)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -59,6 +60,27 @@ def test_errors_are_one_clear_line_without_traceback(tmp_path, args, message):
     assert message in done.stderr.lower() or message in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert not (tmp_path / "missing").exists()  # nothing half-written
+
+
+def test_trouble_with_this_pcs_database_or_disk_is_said_plainly_not_as_an_internal_error(tmp_path, run_cli,
+                                                                                         monkeypatch):
+    home = tmp_path / "府山 街道"
+    assert run_cli("--home", str(home), "init", "--name", "府山街道", "--scope", "yuecheng/fushan").exit_code == 0
+    monkeypatch.setattr("hemei.core.node.BUSY_TIMEOUT_MS", 100)
+    other = sqlite3.connect(home / "node.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another hemei in the middle of a write
+    try:
+        busy = run_cli("--home", str(home), "users", "add", "wangli", "--role", "viewer", "--password", "pw-123456")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert busy.exit_code == 1 and "the node is busy" in busy.output and "internal error" not in busy.output
+    (home / "node.db").write_bytes(b"not sqlite at all" * 100)
+    damaged = run_cli("--home", str(home), "status")
+    assert damaged.exit_code == 1 and "restore it from a backup" in damaged.output
+    assert "internal error" not in damaged.output
+    listed = run_cli("--home", str(home), "--help")  # help still helps
+    assert listed.exit_code == 0 and "init" in listed.output
 
 
 def test_init_on_an_existing_home_refuses_and_changes_nothing(tmp_path, run_cli):
