@@ -286,6 +286,55 @@ def test_only_the_node_that_recorded_an_entry_confirms_or_corrects_it(district_a
     assert ledger.balance(district, v["person"])["hours"] == 10
 
 
+def test_what_a_modified_street_sends_cannot_skew_or_break_the_districts_figures(district_and_streets):
+    """Found in review: a confirmation of 2**62 hundredths (two overflowed every sum of the report, for
+    good), negative or inflated confirmations, redemptions beyond the street's own account, and rows that
+    filled a district activity's places or blocked its hours. Each is kept as a conflict now."""
+    district, _, b, send = district_and_streets
+    district_activity = registry.add_activity(district, ACTOR, title="区级活动", category="daily_care",
+                                              date="2026-11-20", capacity=1)
+    district_volunteer = registry.add_volunteer(district, ACTOR, name="区志愿者", id_number=id_number(41))
+    send(district, b)
+    v = registry.add_volunteer(b, ACTOR, name="王丽", id_number=id_number(40))
+    honest = _served(b, v["id"], 2)
+    send(b, district)
+    before = _log_size(district)
+    person, copies = v["person"], {"volunteer": v["id"], "team": None, "category": "daily_care",
+                                   "served_on": "2026-11-20"}
+    hostile = [
+        ("volunteer_hours", "h-huge", {"person": person, "activity": "x1", "hours": 1e300, **copies}),
+        ("volunteer_hours", "h-2", {"person": person, "activity": "x2", "hours": 2.0, **copies}),
+        ("volunteer_confirmations", "c-over", {"hour": "h-2", "person": person, "delta_cents": 2 ** 62, **copies}),
+        ("volunteer_confirmations", "c-neg", {"hour": "h-2", "person": person, "delta_cents": -800, **copies}),
+        ("volunteer_confirmations", "c-other", {"hour": "h-2", "person": district_volunteer["person"],
+                                                "delta_cents": 200, **copies}),
+        ("volunteer_redemptions", "r-huge", {"person": person, "hours": 1e300, "item": "x"}),
+        ("volunteer_redemptions", "r-more", {"person": person, "hours": 3.0, "item": "x"}),
+        ("volunteer_redemptions", "r-neg", {"person": person, "hours": -1000.0, "item": "x"}),
+        ("volunteer_settings", f"{b.scope}|stars", {"name": "stars", "value": "nan,1e999,-1"}),
+        ("volunteer_signups", "s-ghost", {"activity": district_activity["id"], "volunteer": "ghost"}),
+        ("volunteer_hours", "h-block", {"person": district_volunteer["person"], "activity": district_activity["id"],
+                                        "hours": 1.0, "volunteer": district_volunteer["id"]}),
+    ]
+    with b.writer("mallory") as w:
+        for table, pk, values in hostile:
+            w._append("row.insert", b.scope, {"t": table, "pk": pk, "v": values}, None)
+    send(b, district)
+    conflicts = {pk for (pk,) in district.conn.execute("SELECT pk FROM _hemei_conflicts")}
+    assert conflicts >= {"h-huge", "c-over", "c-neg", "c-other", "r-huge", "r-more", "r-neg", f"{b.scope}|stars"}
+    assert _log_size(district) == before + len(hostile)  # every one in the log all the same: the audit trail
+    assert ledger.balance(district, person)["hours"] == 2 and ledger.balance(district, person)["balance"] == 2
+    assert rollup.rollup(district)["totals"]["hours"] == 2  # the report sums again
+    assert ledger.hour_entry(district, honest)["confirmed"]
+    # The district's own activity is untouched by the street's rows naming it.
+    assert registry.get_activity(district, district_activity["id"])["signed_up"] == 0
+    registry.signup(district, ACTOR, activity=district_activity["id"], volunteer=district_volunteer["id"])
+    ledger.log_hours(district, ACTOR, activity=district_activity["id"], volunteer=district_volunteer["id"], hours=1,
+                     confirm=True)
+    with pytest.raises(InvalidInput, match="five increasing"):
+        ledger.set_star_thresholds(district, ACTOR, "nan,1e999,-1,2,3")
+
+
 @pytest.mark.parametrize("table, pk, values, origin, reason", [
     ("volunteer_key_requests", "STREET", {"public_key": "x"}, "CITY", "for itself only"),
     ("volunteer_key_grants", "g", {"grantor_scope": "越城区/府山街道/假", "request": "STREET"}, "CITY",

@@ -15,7 +15,7 @@ from hemei.core import ReportSection, hookimpl
 from hemei.core.fields import is_scoped_key
 from hemei.core.merge import UNREADABLE
 
-from . import keys, rollup
+from . import keys, ledger, rollup
 from .commands import volunteers
 from .routes import ROUTES
 from .tables import TABLES, migrations
@@ -59,12 +59,19 @@ def validate_change(node, change):
         # Keys anyone can compute: a street could otherwise insert a sibling's key first (and wedge
         # that sibling's pushes) or update it before it exists at the district.
         return f"a {table} row's key is derived from its scope; {change.pk!r} is not this row's"
+    # What the accounts, balances and rankings add up is checked here, or one bad row from a modified
+    # street would skew other streets' figures (or overflow a sum and break the report for good).
     if table == "volunteer_confirmations" and change.op == "insert":
-        if not _recorded_by(node, change.values.get("hour"), change.origin):
-            return "an hour entry is confirmed only by the node that recorded it (its account)"
-    elif table == "volunteer_hours" and change.op == "insert" and change.values.get("corrects"):
-        if not _recorded_by(node, change.values["corrects"], change.origin):
+        return ledger.received_confirmation_problem(node.conn, change.scope, change.values, change.origin)
+    elif table == "volunteer_hours" and change.op == "insert":
+        if change.values.get("corrects") and not _recorded_by(node, change.values["corrects"], change.origin):
             return "an hour entry is corrected only by the node that recorded it"
+        return ledger.received_hours_problem(change.values)
+    elif table == "volunteer_redemptions" and change.op == "insert":
+        return ledger.received_redemption_problem(node.conn, change.values, change.origin)
+    elif table == "volunteer_settings" and change.op != "delete" and change.values.get("value") is not None:
+        if change.pk.endswith("|stars") and ledger.parse_star_thresholds(change.values["value"]) is None:
+            return "star thresholds are five increasing positive numbers of hours"
     elif table == "volunteer_key_requests" and change.pk != change.origin:
         return "a node requests the volunteer key for itself only"
     elif table == "volunteer_key_grants" and change.op == "insert":

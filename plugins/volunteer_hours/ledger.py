@@ -80,8 +80,8 @@ def log_hours(node: Node, actor: str, *, activity, volunteer, hours=None, sign_i
     vol = get_volunteer(node, volunteer)
     if attendance_of(node, act["id"], vol["id"]) == "no_show":
         raise InvalidInput(f"{vol['name']} is marked no-show at {act['title']}: no hours can be recorded")
-    if one(node, "SELECT id FROM volunteer_hours WHERE activity = ? AND volunteer = ? AND corrects IS NULL",
-           (act["id"], vol["id"])):
+    if one(node, "SELECT id FROM volunteer_hours WHERE activity = ? AND volunteer = ? AND corrects IS NULL"
+                 " AND scope = ?", (act["id"], vol["id"], act["scope"])):  # see registry.get_activity
         raise Conflict(f"hours of {vol['name']} at {act['title']} are already recorded: correct them instead")
     if sign_in or sign_out:
         if not (sign_in and sign_out) or hours is not None:
@@ -124,7 +124,10 @@ def hour_entry(node: Node, hour_id: str) -> dict:
 
 def account(node: Node, person: str, origin: str, w=None) -> float:
     """Hours ``origin`` has confirmed for ``person`` minus what it redeemed: its own account."""
-    conn = w.conn if w is not None else node.conn
+    return _account(w.conn if w is not None else node.conn, person, origin)
+
+
+def _account(conn, person: str, origin: str) -> float:
     earned = conn.execute("SELECT coalesce(sum(delta_cents), 0) FROM volunteer_confirmations"
                           " WHERE person = ? AND _origin = ?", (person, origin)).fetchone()[0]
     spent = conn.execute(f"SELECT {CENTS.format('hours')} FROM volunteer_redemptions"
@@ -138,24 +141,75 @@ def _owned(node: Node, entry: dict, what: str) -> None:
                        "there, where the account it counts in is kept")
 
 
+#: What a confirmation copies from its hour entry (the roll-up groups by them).
+CONFIRMATION_COPIES = ("scope", "volunteer", "person", "team", "category", "served_on")
+
+
+def _confirmed_hours(conn, hour_id: str) -> float | None:
+    row = conn.execute("SELECT h.hours FROM volunteer_hours h JOIN volunteer_confirmations c ON c.hour = h.id"
+                       " WHERE h.id = ?", (hour_id,)).fetchone()
+    return None if row is None else row[0]
+
+
+def _delta_cents(hours: float, corrected: float | None) -> int:
+    """What a confirmation counts: the entry's hours, or for a correction the change from the entry it corrects."""
+    return round((hours if corrected is None else round(hours - corrected, 2)) * 100)
+
+
 def _confirm(node: Node, w, entry: dict) -> str:
     _owned(node, entry, "confirmed")
     if w.query("SELECT 1 AS x FROM volunteer_confirmations WHERE hour = ?", (entry["id"],)):
         raise Conflict(f"hour entry {entry['id']} is already confirmed")
-    delta = entry["hours"]
+    corrected = None
     if entry["corrects"]:
-        original = w.query("SELECT hours FROM volunteer_hours h JOIN volunteer_confirmations c"
-                           " ON c.hour = h.id WHERE h.id = ?", (entry["corrects"],))
-        if not original:
+        corrected = _confirmed_hours(w.conn, entry["corrects"])
+        if corrected is None:
             raise Conflict(f"the entry {entry['corrects']} this corrects is not confirmed")
-        delta = round(entry["hours"] - original[0]["hours"], 2)
-        if delta < 0 and account(node, entry["person"], node.id, w) + delta < -_EPS:
-            raise InvalidInput(f"this correction takes {-delta:g} hours back, but part of them were already "
-                               "redeemed: the balance cannot go below zero")
+    delta_cents = _delta_cents(entry["hours"], corrected)
+    if delta_cents < 0 and account(node, entry["person"], node.id, w) * 100 + delta_cents < -_EPS:
+        raise InvalidInput(f"this correction takes {-delta_cents / 100:g} hours back, but part of them were "
+                           "already redeemed: the balance cannot go below zero")
     return w.insert("volunteer_confirmations", {
-        "scope": entry["scope"], "hour": entry["id"], "volunteer": entry["volunteer"], "person": entry["person"],
-        "team": entry["team"], "category": entry["category"], "served_on": entry["served_on"],
-        "delta_cents": round(delta * 100)})
+        "hour": entry["id"], **{k: entry[k] for k in CONFIRMATION_COPIES}, "delta_cents": delta_cents})
+
+
+def received_hours_problem(values: dict) -> str | None:
+    """Why a received hour entry cannot count (its hours out of range), or None."""
+    hours = values.get("hours")
+    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not 0 <= hours <= MAX_HOURS_PER_ENTRY:
+        return f"an hour entry holds 0 to {MAX_HOURS_PER_ENTRY:g} hours, not {hours!r}"
+    return None
+
+
+def received_confirmation_problem(conn, scope: str, values: dict, origin: str) -> str | None:
+    """Why a received confirmation cannot count, or None: it must be written by the node that recorded the
+    entry, copy the entry's person, place and team, and count exactly its hours (or its correction's change).
+    Reads only earlier entries of the same origin, so every replica judges it alike."""
+    entry = conn.execute(f"SELECT _origin, hours, corrects, {', '.join(CONFIRMATION_COPIES)} FROM volunteer_hours"
+                         " WHERE id = ?", (values.get("hour"),)).fetchone()
+    if entry is None or entry[0] != origin:
+        return "an hour entry is confirmed only by the node that recorded it (its account)"
+    copied = dict(zip(CONFIRMATION_COPIES, entry[3:]))
+    if any((scope if k == "scope" else values.get(k)) != v for k, v in copied.items()):
+        return "a confirmation copies its hour entry's person, place, team, category and day"
+    corrected = None
+    if entry[2] is not None and (corrected := _confirmed_hours(conn, entry[2])) is None:
+        return f"the entry {entry[2]} this corrects is not confirmed"
+    expected = _delta_cents(entry[1], corrected)
+    if values.get("delta_cents") != expected:
+        return f"a confirmation counts its entry's hours: {expected} hundredths, not {values.get('delta_cents')!r}"
+    return None
+
+
+def received_redemption_problem(conn, values: dict, origin: str) -> str | None:
+    """Why a received redemption cannot stand, or None: it spends more than zero, and no more than its
+    node's own account for that person held (earlier entries of the same origin only)."""
+    hours, person = values.get("hours"), values.get("person")
+    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not 0 < hours <= 1_000_000:
+        return f"a redemption spends more than zero hours, not {hours!r}"
+    if round(hours * 100) > round(_account(conn, person, origin) * 100):
+        return "a redemption spends only its own node's account, which holds less for this person"
+    return None
 
 
 def confirm_hours(node: Node, actor: str, *, hour) -> dict:
@@ -224,19 +278,25 @@ def star_thresholds(node: Node, scope: str | None = None) -> tuple[float, ...]:
             "SELECT scope, value FROM volunteer_settings WHERE name = 'stars' AND _deleted = 0"):
         if covers(where, scope) and (best is None or len(where) > len(best[0])):
             best = (where, value)
-    try:
-        return tuple(float(v) for v in best[1].split(",")) if best else DEFAULT_STARS
-    except ValueError:  # a malformed setting from elsewhere: fall back rather than fail every balance
-        return DEFAULT_STARS
+    # A malformed setting (an older release took any in): fall back rather than fail every balance.
+    return (parse_star_thresholds(best[1]) if best else None) or DEFAULT_STARS
 
 
-def set_star_thresholds(node: Node, actor: str, values) -> tuple[float, ...]:
+def parse_star_thresholds(values) -> tuple[float, ...] | None:
+    """Five increasing, positive, finite numbers of hours (text "100,300,…" or a sequence), else None."""
     try:
         parsed = tuple(float(v) for v in (values.split(",") if isinstance(values, str) else values))
     except (TypeError, ValueError):
-        raise InvalidInput("star thresholds are numbers of hours, e.g. 100,300,600,1000,1500") from None
-    if len(parsed) != 5 or any(v <= 0 for v in parsed) or list(parsed) != sorted(set(parsed)):
-        raise InvalidInput("give five increasing positive thresholds, e.g. 100,300,600,1000,1500")
+        return None
+    if len(parsed) != 5 or not all(0 < v < 1e9 for v in parsed) or list(parsed) != sorted(set(parsed)):
+        return None
+    return parsed
+
+
+def set_star_thresholds(node: Node, actor: str, values) -> tuple[float, ...]:
+    parsed = parse_star_thresholds(values)
+    if parsed is None:
+        raise InvalidInput("give five increasing positive thresholds in hours, e.g. 100,300,600,1000,1500")
     pk, value = f"{node.scope}|stars", ",".join(f"{v:g}" for v in parsed)
     with node.writer(actor) as w:
         if one(node, "SELECT 1 AS x FROM volunteer_settings WHERE id = ? AND _deleted = 0", (pk,)):

@@ -223,14 +223,16 @@ def get_activity(node: Node, activity_id) -> dict:
                     " FROM volunteer_activities WHERE id = ? AND _deleted = 0", (activity_id,))
     if row is None:
         raise NotFound(f"no activity {activity_id}")
-    row["signed_up"] = node.conn.execute("SELECT count(*) FROM volunteer_signups WHERE activity = ?",
-                                         (activity_id,)).fetchone()[0]
+    # Only rows in the activity's own scope are about it (what honest nodes write): a street that learnt a
+    # district activity's id could otherwise fill its places, or block its hours, with rows of its own.
+    row["signed_up"] = node.conn.execute("SELECT count(*) FROM volunteer_signups WHERE activity = ? AND scope = ?",
+                                         (activity_id, row["scope"])).fetchone()[0]
     return row
 
 
 def list_activities(node: Node, since: str | None = None) -> list[dict]:
     sql = ("SELECT a.id, a.scope, a.title, a.category, a.date, a.place, a.capacity,"
-           " (SELECT count(*) FROM volunteer_signups s WHERE s.activity = a.id) AS signed_up"
+           " (SELECT count(*) FROM volunteer_signups s WHERE s.activity = a.id AND s.scope = a.scope) AS signed_up"
            " FROM volunteer_activities a WHERE a._deleted = 0")
     params: tuple = ()
     if since:
@@ -241,7 +243,8 @@ def list_activities(node: Node, since: str | None = None) -> list[dict]:
 def signup(node: Node, actor: str, *, activity, volunteer) -> dict:
     act = get_activity(node, activity)
     vol = get_volunteer(node, volunteer)
-    if one(node, "SELECT id FROM volunteer_signups WHERE activity = ? AND volunteer = ?", (act["id"], vol["id"])):
+    if one(node, "SELECT id FROM volunteer_signups WHERE activity = ? AND volunteer = ? AND scope = ?",
+           (act["id"], vol["id"], act["scope"])):
         raise Conflict(f"{vol['name']} is already signed up for {act['title']}")
     if act["capacity"] is not None and act["signed_up"] >= act["capacity"]:
         raise Conflict(f"{act['title']} is full ({act['capacity']} places)")
@@ -262,8 +265,8 @@ def mark_attendance(node: Node, actor: str, *, activity, volunteer, status, writ
         raise InvalidInput(f"attendance is one of {', '.join(ATTENDANCE_STATES)}, not {status!r}")
     act = get_activity(node, activity)
     vol = get_volunteer(node, volunteer)
-    if status == "no_show" and one(node, "SELECT 1 AS x FROM volunteer_hours WHERE activity = ? AND volunteer = ?",
-                                   (act["id"], vol["id"])):
+    if status == "no_show" and one(node, "SELECT 1 AS x FROM volunteer_hours WHERE activity = ? AND volunteer = ?"
+                                         " AND scope = ?", (act["id"], vol["id"], act["scope"])):
         raise Conflict(f"{vol['name']} has hours recorded for {act['title']}: a no-show cannot have hours")
     pk = f"{act['id']}:{vol['id']}"
     current = attendance_of(node, act["id"], vol["id"])
