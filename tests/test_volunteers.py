@@ -253,6 +253,16 @@ def district_and_streets(make_node):
     return district, a, b, _send
 
 
+def test_a_street_using_the_districts_key_cannot_create_its_own_and_hide_its_volunteers(district_and_streets):
+    _, _, b, _ = district_and_streets
+    v = registry.add_volunteer(b, ACTOR, name="王丽", id_number=id_number(50), phone="13805751234")
+    before = _log_size(b)
+    with pytest.raises(Conflict, match="would hide them"):
+        keys.create_key(b, ACTOR)  # found in review: it succeeded, and the street's volunteers were unfindable
+    assert _log_size(b) == before and keys._own_key(b) is None
+    assert [r["id"] for r in registry.find_volunteers(b, ACTOR, "13805751234")] == [v["id"]]
+
+
 def test_a_broken_key_request_does_not_keep_the_key_from_the_others(district_and_streets):
     district, a, b, _ = district_and_streets
     assert keys.active_key(b).key_id == keys.active_key(district).key_id

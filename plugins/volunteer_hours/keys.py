@@ -147,6 +147,11 @@ def create_key(node: Node, actor: str) -> tuple[pii.VolunteerKey, int]:
     if data.get("secrets"):
         held = pii.VolunteerKey(base64.b64decode(data["secrets"][0]["secret"]), node.scope)
         raise Conflict(f"this node already holds volunteer key {held.key_id}")
+    granted = active_key(node)
+    if granted is not None:  # an ancestor's: a key of its own would take over and hide who is registered here
+        raise Conflict(f"this node uses volunteer key {granted.key_id} of {granted.scope}, which its volunteers "
+                       "are registered under: a key of its own would hide them. Only the district (or a node "
+                       "without a parent) creates the key")
     key = pii.VolunteerKey(os.urandom(pii.SECRET_BYTES), node.scope)
     data["secrets"] = [{"secret": base64.b64encode(key.secret).decode(), "scope": node.scope}]
     _save(node, data)
