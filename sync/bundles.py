@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import suppress
 from pathlib import Path
 from typing import Iterator
 
@@ -56,11 +57,55 @@ CHANGED = "the bundle changed while it was being imported: nothing was imported;
 BATCH_ENTRIES = 2000
 
 
+class NoPlaceToWrite(HemeiError):
+    """A bundle cannot be written where asked: this side's trouble (5xx), never a refusal of the sender."""
+    code = "no_place_to_write"
+    status = 507
+
+
+class AckNotWritten(NoPlaceToWrite):
+    """The bundle was imported; only its acknowledgement could not be written."""
+    code = "ack_not_written"
+
+
+def check_target(path: Path) -> Path:
+    """A file a bundle may be written to: in a folder that is there, and not a file other than a bundle
+    (the node's own key or database, a document on the stick) that the bundle would replace."""
+    path = Path(path)
+    if not path.name or path.is_dir():
+        raise NoPlaceToWrite(f"{path} is a folder: give a file name, e.g. E:\\fushan.hemei")
+    if not path.parent.is_dir():
+        raise NoPlaceToWrite(f"there is no folder {path.parent}: is the USB stick plugged in?")
+    if path.exists():
+        try:
+            with open(path, "rb") as fh:
+                is_bundle = fh.read(len(MAGIC)) == MAGIC
+        except OSError:
+            is_bundle = False
+        if not is_bundle:
+            raise NoPlaceToWrite(f"{path} is there already and is not a hemei bundle: give another file name "
+                                 "(it was left as it is)")
+    return path
+
+
 def _write(node: Node, path: Path, header: dict, batch_iter) -> int:
-    """Write frames and the signature; returns the number of entries. Atomic: temp file, then rename."""
+    """Write frames and the signature; returns the number of entries. Atomic: temp file, then rename;
+    on any failure (a full stick, Ctrl-C) the temp file is removed and the target left as it was."""
+    path = check_target(path)
+    tmp = path.with_name(path.name + ".part")
+    try:
+        count = _write_to(node, tmp, header, batch_iter)
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink()
+        raise
+    return count
+
+
+def _write_to(node: Node, tmp: Path, header: dict, batch_iter) -> int:
     digest = hashlib.sha256()
     count = 0
-    tmp = path.with_name(path.name + ".part")
     with open(tmp, "wb") as out:
         def put(data: bytes) -> None:
             digest.update(data)
@@ -90,7 +135,6 @@ def _write(node: Node, path: Path, header: dict, batch_iter) -> int:
         out.write(node.key.sign(digest.digest()))
         out.flush()
         os.fsync(out.fileno())
-    os.replace(tmp, path)
     return count
 
 
@@ -281,18 +325,25 @@ def _import_verified(node: Node, path: Path, ack_out: Path | None, header: dict,
     if kind == "push":
         if peer["role"] != "child":
             raise Forbidden("push bundles come from children", code="bad_bundle")
+        ack_path = check_target(Path(ack_out) if ack_out else Path(path).with_name(Path(path).stem + ".ack.hemei"))
         results = node.apply_batches(batches, check=engine.push_check(node, peer), confine=True,
                                      sender=peer["node_id"], admit=engine.push_admit(node, peer))
         touch(node, peer["node_id"], their_vv=their_vv)
         first_time = node.conn.execute("INSERT OR IGNORE INTO _hemei_bundle_acks (bundle_id, peer, imported_ms)"
                                        " VALUES (?, ?, ?)", (str(header.get("id")), peer["node_id"], now_ms())
                                        ).rowcount == 1
-        ack_path = Path(ack_out) if ack_out else Path(path).with_name(Path(path).stem + ".ack.hemei")
         ack = {"id": new_id(), "kind": "ack", "from": node.id, "to": peer["node_id"],
                "vv": engine.branch_vv(node, peer["scope"]), "acknowledges": header.get("id")}
-        sent = _write(node, ack_path, ack, engine.downstream_iter(node, peer["node_id"], peer["scope"], their_vv,
-                                                                  BATCH_ENTRIES))
-        return {"kind": "push", "from": peer["name"], "new": sum(r["new"] for r in results),
+        new = sum(r["new"] for r in results)
+        try:
+            sent = _write(node, ack_path, ack, engine.downstream_iter(node, peer["node_id"], peer["scope"],
+                                                                      their_vv, BATCH_ENTRIES))
+        except (OSError, HemeiError) as exc:  # the import stands: say so, and how to get the ack
+            reason = exc.message if isinstance(exc, HemeiError) else (exc.strerror or str(exc))
+            raise AckNotWritten(f"imported {new} new entries from {peer['name']}, but its acknowledgement could "
+                                f"not be written to {ack_path} ({reason}). Import the bundle again to write it: "
+                                "nothing is imported twice") from None
+        return {"kind": "push", "from": peer["name"], "new": new,
                 "refused": sum(r["refused"] for r in results), "already_imported": not first_time,
                 "ack": str(ack_path), "ack_entries": sent}
     if kind == "ack":

@@ -113,6 +113,48 @@ def test_bundles_of_large_batches_are_framed_so_that_they_can_be_imported(pair, 
         assert {f"区大批 5-{i}" for i in range(9)} <= note_titles(s)
 
 
+def test_a_bundle_is_written_whole_or_not_at_all_and_never_over_another_file(pair, tmp_path, monkeypatch):
+    """Found in review: a missing stick gave an internal error, an interrupted export left a .part file
+    filling the stick, and --out node.key replaced the node's own key with a bundle."""
+    with pair.open("street") as s:
+        write_notes(s, [("写U盘", "sx/yc/fs")])
+    missing = pair.hemei("street", "bundle", "export", "--out", str(tmp_path / "没插 U盘" / "f.hemei"))
+    assert missing.returncode == 1 and "is the USB stick plugged in?" in missing.stderr
+    key = pair.root / "street" / "node.key"
+    before = key.read_bytes()
+    over = pair.hemei("street", "bundle", "export", "--out", str(key))
+    assert over.returncode == 1 and "not a hemei bundle" in over.stderr and key.read_bytes() == before
+    stick = tmp_path / "U盘"
+    stick.mkdir()
+    out = stick / "府山 1.hemei"
+    pair.ok("street", "bundle", "export", "--out", str(out))
+    first = out.read_bytes()
+    real_write_to = bundles._write_to
+
+    def pulled_out(node, tmp, header, batch_iter):
+        real_write_to(node, tmp, header, batch_iter)
+        raise OSError(errno.EIO, "Input/output error", str(tmp))  # the stick pulled before the rename
+
+    monkeypatch.setattr(bundles, "_write_to", pulled_out)
+    with pair.open("street") as s, pytest.raises(OSError):
+        bundles.export_push(s, out)
+    assert out.read_bytes() == first and [p.name for p in stick.iterdir()] == [out.name]
+    # On the district: an ack that cannot go where asked is refused before anything is imported ...
+    with pair.open("district") as d:
+        held = d.version_vector()
+        with pytest.raises(HemeiError, match="is the USB stick plugged in"):
+            bundles.import_bundle(d, out, tmp_path / "没插" / "ack.hemei")
+        assert d.version_vector() == held
+        # ... and one that fails part-way says the import itself went through, and how to get the ack.
+        said = r"imported \d+ new entries from street, .*Import the bundle again"
+        with pytest.raises(HemeiError, match=said) as err:
+            bundles.import_bundle(d, out)
+        assert err.value.code == "ack_not_written" and d.version_vector() != held
+        monkeypatch.setattr(bundles, "_write_to", real_write_to)
+        again = bundles.import_bundle(d, out)
+        assert again["already_imported"] and Path(again["ack"]).exists()
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "foreign"])
 def test_a_damaged_bundle_is_refused_whole(pair, tmp_path, damage):
     with pair.open("street") as s:
