@@ -119,11 +119,13 @@ class Duration(click.ParamType):
 
     name = "duration"
     _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    LONGEST = 10 * 366 * 86400  # ten years: longer is a typo, and would overflow a stored expiry
 
     def convert(self, value, param, ctx) -> int:
         if isinstance(value, int):
             return value
-        match = re.fullmatch(r"\s*(\d+)\s*([smhd])\s*", str(value))
-        if not match or int(match.group(1)) == 0:
-            self.fail(f"{value!r} is not a duration such as 30m, 1h or 7d", param, ctx)
+        match = re.fullmatch(r"\s*([0-9]{1,9})\s*([smhd])\s*", str(value))
+        if not match or int(match.group(1)) == 0 or int(match.group(1)) * self._UNITS[match.group(2)] > self.LONGEST:
+            self.fail(f"{value!r} is not a duration such as 30m, 1h or 7d (at most {self.LONGEST // 86400} days)",
+                      param, ctx)
         return int(match.group(1)) * self._UNITS[match.group(2)]

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 import httpx
 
-from hemei.core.errors import ClockNotSet, ClockSkew, HemeiError
+from hemei.core.errors import ClockNotSet, ClockSkew, HemeiError, InvalidInput
 from hemei.core.gc_pause import cyclic_gc_paused
 from hemei.core.node import Node
 
@@ -59,7 +59,10 @@ class ParentLink:
     def __init__(self, node: Node, url: str, transport: httpx.BaseTransport | None = None):
         self.node = node
         self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url, timeout=TIMEOUT, transport=transport)
+        try:
+            self.http = httpx.Client(base_url=self.url, timeout=TIMEOUT, transport=transport)
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise InvalidInput(f"{url!r} is not an address such as http://district.example:8340 ({exc})") from None
         self.offset_ms = 0
 
     def close(self) -> None:
@@ -81,6 +84,9 @@ class ParentLink:
             return self.http.request(method, path, content=content, headers=headers)
         except httpx.TransportError as exc:
             raise Unreachable(f"cannot reach the parent at {self.url}: {exc or type(exc).__name__}") from None
+        except httpx.InvalidURL as exc:
+            raise InvalidInput(f"{self.url!r} is not an address such as http://district.example:8340 ({exc})") \
+                from None
 
     def learn_time(self) -> dict:
         """The parent's clock, so a street PC with a wrong clock still signs valid requests."""

@@ -23,7 +23,7 @@ import orjson
 
 from hemei.core.errors import Conflict, Forbidden, InvalidInput
 from hemei.core.identity import node_id_from_public_key, parse_node_id
-from hemei.core.node import Node
+from hemei.core.node import Node, check_name
 from hemei.core.scope import covers, parse_scope
 
 from .peers import get_peer, now_ms
@@ -41,6 +41,7 @@ def _hash(token: str) -> bytes:
 
 
 def create_invite(node: Node, *, name: str, scope: str, url: str, ttl_s: int, actor: str) -> str:
+    name = check_name(name)  # the child's name, as its own init would take it
     scope = parse_scope(scope)
     if scope == node.scope or not covers(node.scope, scope):
         raise InvalidInput(f"a child's scope must lie inside this node's scope {node.scope} (got {scope})")

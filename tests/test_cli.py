@@ -83,6 +83,20 @@ def test_trouble_with_this_pcs_database_or_disk_is_said_plainly_not_as_an_intern
     assert listed.exit_code == 0 and "init" in listed.output
 
 
+def test_invite_and_join_refuse_odd_input_plainly(tmp_path, run_cli):
+    district, street = str(tmp_path / "区"), str(tmp_path / "府山")
+    run_cli("--home", district, "init", "--name", "越城区", "--scope", "sx/yc")
+    run_cli("--home", street, "init", "--name", "府山街道", "--scope", "sx/yc/fs")
+    invite = ("--home", district, "invite", "--scope", "sx/yc/fs", "--url", "http://127.0.0.1:9")
+    nameless = run_cli(*invite, "--name", " ")
+    assert nameless.exit_code == 1 and "node name must be 1 to 100 characters" in nameless.output
+    forever = run_cli(*invite, "--name", "府山街道", "--ttl", "999999999999999999d")
+    assert forever.exit_code == 2 and "at most 3660 days" in forever.output  # it overflowed: internal error
+    token = run_cli(*invite, "--name", "府山街道").output.strip()
+    joined = run_cli("--home", street, "join", token, "--url", "http://[::1")
+    assert joined.exit_code == 1 and "is not an address such as" in joined.output
+
+
 def test_init_on_an_existing_home_refuses_and_changes_nothing(tmp_path, run_cli):
     home = tmp_path / "h"
     assert run_cli("--home", str(home), "init", "--name", "a", "--scope", "x").exit_code == 0
