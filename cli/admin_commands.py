@@ -100,7 +100,12 @@ def _read_password(password: str | None) -> str:
         return password
     if _stdin_is_terminal():
         return click.prompt("password", hide_input=True, confirmation_prompt=True)
-    line = sys.stdin.readline().rstrip("\r\n")
+    try:
+        line = sys.stdin.readline().rstrip("\r\n")
+        line.encode("utf-8")  # bytes that were not UTF-8 come through as lone surrogates
+    except UnicodeError:
+        raise InvalidInput("the password on stdin is not UTF-8 text: save it as UTF-8, or type it at the prompt") \
+            from None
     if not line:
         raise InvalidInput("no password given: use --password, type it at the prompt, or pipe it on stdin")
     return line

@@ -83,6 +83,14 @@ def test_trouble_with_this_pcs_database_or_disk_is_said_plainly_not_as_an_intern
     assert listed.exit_code == 0 and "init" in listed.output
 
 
+def test_a_password_piped_in_another_encoding_is_refused_plainly(tmp_path):
+    home = str(tmp_path / "府山")
+    assert run_real("--home", home, "init", "--name", "府山街道", "--scope", "sx/yc/fs").returncode == 0
+    done = subprocess.run(hemei_command() + ["--home", home, "users", "add", "bin", "--role", "viewer"],
+                          input=b"\xff\xfepassword\n", capture_output=True, timeout=60)
+    assert done.returncode == 1 and b"not UTF-8 text" in done.stderr and b"internal error" not in done.stderr
+
+
 def test_invite_and_join_refuse_odd_input_plainly(tmp_path, run_cli):
     district, street = str(tmp_path / "区"), str(tmp_path / "府山")
     run_cli("--home", district, "init", "--name", "越城区", "--scope", "sx/yc")

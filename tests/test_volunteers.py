@@ -79,6 +79,13 @@ def test_ciphertext_is_bound_to_its_row_and_column_and_grants_only_open_for_thei
             pii.seal(key.secret, bad, "req\nvk")
 
 
+def test_a_damaged_key_file_is_said_plainly(street):
+    keys.keyring_path(street).write_text('{"box": nu', encoding="utf-8")  # cut short
+    keys.forget_cached(street)
+    with pytest.raises(HemeiError, match="is damaged: restore it from the node home's backup"):
+        keys.active_key(street)
+
+
 def test_the_key_file_is_owner_only_and_a_second_key_is_refused(street):
     import os
     import stat

@@ -48,9 +48,15 @@ def keyring_path(node: Node) -> Path:
 
 def _load(node: Node) -> dict:
     try:
-        return json.loads(keyring_path(node).read_text(encoding="utf-8"))
+        data = json.loads(keyring_path(node).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {"box": None, "secrets": []}
+    except ValueError:  # cut short or overwritten: without it no name or phone here can be read
+        data = None
+    if not isinstance(data, dict):
+        raise KeyMissing(f"{keyring_path(node)} is damaged: restore it from the node home's backup (it holds the "
+                         "key the volunteers here are registered under)", code="keyring_damaged")
+    return data
 
 
 def _save(node: Node, data: dict) -> None:
