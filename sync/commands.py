@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -155,10 +156,14 @@ def sync_command(watch: bool, interval: int, batch_size: int, as_json: bool) -> 
 
     def on_result(result) -> None:
         stamp = time.strftime("%H:%M:%S")
-        if isinstance(result, HemeiError):
+        if as_json:  # one JSON object a line, for a script that follows the watch
+            line = ({"time": stamp, "ok": False, "error": result.to_json()["error"]}
+                    if isinstance(result, HemeiError) else {"time": stamp, "ok": True, **result.to_json()})
+            click.echo(json.dumps(line, ensure_ascii=False))
+        elif isinstance(result, HemeiError):
             click.echo(f"{stamp} not synced: {result.message}", err=True)
         else:
-            click.echo(f"{stamp} {_describe(result)}", err=not as_json)
+            click.echo(f"{stamp} {_describe(result)}", err=True)
 
     try:
         client.sync_watch(node, interval_s=interval, batch_size=batch_size, on_result=on_result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from hemei.core.audit import verify_log
 from hemei.core.errors import HemeiError
 from hemei.sync import bundles, client, engine, wire
 from hemei.sync.peers import get_peer, parent_of
+from server import hemei_command
 from tree import note_titles, write_notes
 
 
@@ -202,6 +204,21 @@ def test_watch_backs_off_while_the_link_is_down_and_recovers(pair):
     assert sleeps[:3] == [2, 4, 8]
     with pair.open("district") as d:
         assert "断网时写的" in note_titles(d)
+
+
+def test_watch_json_prints_one_json_object_a_round(pair):
+    """Found in review: --watch --json printed the text lines, on stdout."""
+    with pair.open("street") as s:
+        write_notes(s, [("盯着", "sx/yc/fs")])
+    watch = subprocess.Popen(hemei_command() + ["--home", str(pair.home("street")), "sync", "--watch", "--json",
+                                                "--interval", "30s"], env=pair.env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, encoding="utf-8")
+    try:
+        first = json.loads(watch.stdout.readline())
+    finally:
+        watch.kill()
+        watch.communicate(timeout=30)
+    assert first["ok"] is True and first["pushed"] >= 1 and first["time"]
 
 
 def test_watch_waits_out_a_clock_reset_on_this_pc(pair):
