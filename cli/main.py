@@ -33,24 +33,27 @@ def _peek_home(args: list[str]) -> str | None:
     return None
 
 
-#: What SQLite says, and what the operator can do about it.
-_SQLITE_PROBLEMS = (
-    ("locked", "the node is busy: another hemei (a server, a sync) is writing to it. Try again in a moment"),
-    ("busy", "the node is busy: another hemei (a server, a sync) is writing to it. Try again in a moment"),
-    ("malformed", "the node's database (node.db) is damaged: restore the node home from a backup"),
-    ("not a database", "node.db is not a hemei database (damaged, or another file): restore it from a backup"),
-    ("readonly", "cannot write to the node's database: check that this user may write to the node home"),
-    ("disk i/o", "the disk could not be written (full, or failing): free some space and try again"),
-    ("unable to open", "cannot open the node's database: check the node home and its permissions"),
-    ("full", "the disk is full: free some space and try again"),
-)
+_BUSY = "the node is busy: another hemei (a server, a sync) is writing to it. Try again in a moment"
+#: SQLite's result codes that come from this PC (its disk, its files, another process), and what to do.
+#: Matched on the code, not the message: messages name tables and columns, and "database table is
+#: locked" (SQLITE_LOCKED) is a bug within one connection, not another process.
+_SQLITE_PROBLEMS = {
+    "SQLITE_BUSY": _BUSY,
+    "SQLITE_CORRUPT": "the node's database (node.db) is damaged: restore the node home from a backup",
+    "SQLITE_NOTADB": "node.db is not a hemei database (damaged, or another file): restore it from a backup",
+    "SQLITE_READONLY": "cannot write to the node's database: check that this user may write to the node home",
+    "SQLITE_IOERR": "the disk could not be read or written (full, or failing): free some space and try again",
+    "SQLITE_FULL": "the disk is full: free some space and try again",
+    "SQLITE_CANTOPEN": "cannot open the node's database: check the node home and its permissions",
+}
 
 
 def environment_problem(exc: BaseException) -> str | None:
     """What to tell the operator of an error from this PC's disk, files or database, or None for a bug."""
     if isinstance(exc, sqlite3.DatabaseError):
-        text = str(exc).lower()
-        return next((said for clue, said in _SQLITE_PROBLEMS if clue in text), None)
+        name = getattr(exc, "sqlite_errorname", None) or ""  # extended codes too: SQLITE_IOERR_WRITE, …
+        return next((said for code, said in _SQLITE_PROBLEMS.items() if name == code or name.startswith(code + "_")),
+                    None)
     if isinstance(exc, OSError) and exc.errno is not None:
         where = f" {exc.filename}" if exc.filename else ""
         if exc.errno == errno.ENOSPC:

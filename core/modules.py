@@ -324,10 +324,13 @@ class ModuleHost:
                        message)
 
     def _tables_of(self, failed: list[tuple[str, BaseException]], tables: list[str]) -> list[str]:
-        """Which of ``tables`` belong to the modules that failed (all of them, for a module with none)."""
-        owned = self.schemas.get
-        return sorted({t for name, _ in failed for t in (owned(name).tables if owned(name) else tables)}
-                      & set(tables))
+        """Which of ``tables`` belong to the modules that failed; all of them for a module that owns none of
+        them (one reacting to another module's tables is told of those, or it would never be asked again)."""
+        again: set[str] = set()
+        for name, _ in failed:
+            schema = self.schemas.get(name)
+            again |= (set(schema.tables) & set(tables) if schema else set()) or set(tables)
+        return sorted(again)
 
     def _ask_again_after(self, failed: list[tuple[str, BaseException]], tables: list[str]) -> None:
         """Mark for ``tables_rebuilt`` the tables whose modules' reaction to changes of them failed."""

@@ -100,22 +100,25 @@ class TableSpec:
         if problem:
             raise InvalidInput(problem)
 
-    def value_problem(self, values, *, insert: bool) -> str | None:
+    def value_problem(self, values, *, insert: bool, required: bool = True) -> str | None:
         """Why ``values`` cannot be data columns of this table, or None (shared by writes and receipt).
 
         Required columns must be given by an insert and cannot be emptied by
-        an update, so code reading the table can trust them whoever wrote the row.
+        an update, so code reading the table can trust them whoever wrote the
+        row. Not ``required`` for a change written under an older schema of
+        the module: a column required since then is its upgrade step's to fill.
         """
         if not isinstance(values, dict):
             return f"{self.name}: values must be an object"
-        if insert and (missing := [c for c in self._required_data if values.get(c) is None]):
+        needed = self._required_data if required else ()
+        if insert and (missing := [c for c in needed if values.get(c) is None]):
             return f"{self.name}: {', '.join(missing)} required"
         accepted = self._accepted  # data columns only
         for col, value in values.items():
             if value is None:
                 if col not in accepted:
                     return f"{self.name} has no data column {col!r}"
-                if col in self._required_data:
+                if col in needed:
                     return f"{self.name}: {col} cannot be emptied"
                 continue
             kind = type(value)

@@ -91,6 +91,24 @@ def test_a_password_piped_in_another_encoding_is_refused_plainly(tmp_path):
     assert done.returncode == 1 and b"not UTF-8 text" in done.stderr and b"internal error" not in done.stderr
 
 
+def test_a_bug_in_sql_is_not_taken_for_trouble_with_the_pc(tmp_path):
+    """Found in review: matching SQLite's text took 'no such column: locked' for a busy node."""
+    from hemei.cli.main import environment_problem
+
+    conn = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    conn.execute("CREATE TABLE t (x)")
+    conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(10)])
+    for bad in ("SELECT locked FROM t", "INSERT INTO t (full_text) VALUES (1)", "SELECT * FROM corrupt"):
+        with pytest.raises(sqlite3.OperationalError) as err:
+            conn.execute(bad)
+        assert environment_problem(err.value) is None, err.value
+    reading = conn.execute("SELECT x FROM t")
+    reading.fetchone()
+    with pytest.raises(sqlite3.OperationalError) as err:
+        conn.execute("DROP TABLE t")  # "database table is locked": a bug in one connection, not another hemei
+    assert environment_problem(err.value) is None
+
+
 def test_invite_and_join_refuse_odd_input_plainly(tmp_path, run_cli):
     district, street = str(tmp_path / "区"), str(tmp_path / "府山")
     run_cli("--home", district, "init", "--name", "越城区", "--scope", "sx/yc")

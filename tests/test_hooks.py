@@ -115,6 +115,21 @@ def test_hook_change_applied_that_fails_does_not_fail_the_write_and_is_told_at_t
         assert hook_probe.REBUILDS == [(node.id, ["notes"])]  # its second chance to catch up
 
 
+def test_hook_change_applied_that_fails_on_another_modules_table_is_told_of_that_table(make_node):
+    import hook_probe
+    from hemei.plugins.volunteer_hours import registry
+
+    node = make_node("n", scope="越城区", modules=["hook_probe", "volunteer_hours"])
+    hook_probe.REBUILDS.clear()
+    hook_probe.REACTION_FAILS.append("boom")
+    try:
+        registry.set_category(node, "w", code="x1", name="新类别")  # a volunteer_hours table
+    finally:
+        hook_probe.REACTION_FAILS.clear()
+    with Node.open(node.home, available=PROBE, builtins=BUILTIN_PLUGINS):  # found in review: never asked again
+        assert (node.id, ["volunteer_categories"]) in hook_probe.REBUILDS
+
+
 def test_hook_tick(node):
     import hook_probe
 

@@ -570,3 +570,21 @@ def test_made_up_table_names_from_a_child_do_not_make_every_open_slower(tmp_path
         assert open_steps() < 2 * before
     finally:
         street.close()
+
+
+def test_a_column_required_since_is_not_asked_of_changes_an_older_release_wrote(tmp_path, monkeypatch):
+    import notices_required
+
+    node = make(tmp_path, "s", STREET, 1)
+    with node.writer("w") as w:
+        w.insert("notices", {"title": "停水通知", "phone": "123"})
+    monkeypatch.setitem(RELEASES, 2, notices_required)
+    node = reopen(node, 2)  # the module's version rose: its tables are replayed through the upgrade steps
+    try:
+        assert node.conn.execute("SELECT title, lang FROM notices").fetchall() == [("停水通知", None)]
+        assert node.conn.execute("SELECT count(*) FROM _hemei_conflicts").fetchone() == (0,)
+        with pytest.raises(InvalidInput, match="lang required"):  # what this release writes must have it
+            with node.writer("w") as w:
+                w.insert("notices", {"title": "新通知"})
+    finally:
+        node.close()
