@@ -352,6 +352,33 @@ def test_what_a_modified_street_sends_cannot_skew_or_break_the_districts_figures
         ledger.set_star_thresholds(district, ACTOR, "nan,1e999,-1,2,3")
 
 
+def test_a_received_correction_is_of_its_entry_and_cannot_overdraw_the_account(district_and_streets):
+    """Found in review: a correction naming another person debited someone who never served, and one that
+    took back hours already redeemed drove the street's account below zero at the district."""
+    district, _, b, send = district_and_streets
+    v1 = registry.add_volunteer(b, ACTOR, name="王丽", id_number=id_number(60))
+    v2 = registry.add_volunteer(b, ACTOR, name="李四", id_number=id_number(61))
+    entry = ledger.hour_entry(b, _served(b, v1["id"], 10))
+    ledger.redeem(b, ACTOR, person=v1["person"], volunteer=v1, hours=10, item="理发券")
+    with pytest.raises(InvalidInput, match="below zero"):  # refused here by the honest code
+        ledger.correct_hours(b, ACTOR, hour=entry["id"], hours=0, reason="记错了", confirm=True)
+    honest_copy = {k: entry[k] for k in ("volunteer", "person", "activity", "team", "category", "served_on")}
+    other = {**honest_copy, "volunteer": v2["id"], "person": v2["person"]}
+    with b.writer("mallory") as w:  # what a modified street writes instead
+        for pk, copied in (("h-over", honest_copy), ("h-other", other)):
+            w._append("row.insert", entry["scope"], {"t": "volunteer_hours", "pk": pk, "v": {
+                **copied, "hours": 0.0, "corrects": entry["id"], "reason": "r"}}, None)
+            w._append("row.insert", entry["scope"], {"t": "volunteer_confirmations", "pk": f"c-{pk}", "v": {
+                "hour": pk, **{k: copied[k] for k in ledger.CONFIRMATION_COPIES if k != "scope"},
+                "delta_cents": -1000}}, None)
+    send(b, district)
+    kept = {pk for (pk,) in district.conn.execute("SELECT pk FROM _hemei_conflicts")}
+    assert {"c-h-over", "h-other", "c-h-other"} <= kept
+    shown = ledger.balance(district, v1["person"])
+    assert shown["balance"] == 0 and shown["hours"] == 10
+    assert ledger.balance(district, v2["person"])["hours"] == 0
+
+
 @pytest.mark.parametrize("table, pk, values, origin, reason", [
     ("volunteer_key_requests", "STREET", {"public_key": "x"}, "CITY", "for itself only"),
     ("volunteer_key_grants", "g", {"grantor_scope": "越城区/府山街道/假", "request": "STREET"}, "CITY",

@@ -64,8 +64,10 @@ def validate_change(node, change):
     if table == "volunteer_confirmations" and change.op == "insert":
         return ledger.received_confirmation_problem(node.conn, change.scope, change.values, change.origin)
     elif table == "volunteer_hours" and change.op == "insert":
-        if change.values.get("corrects") and not _recorded_by(node, change.values["corrects"], change.origin):
-            return "an hour entry is corrected only by the node that recorded it"
+        if change.values.get("corrects"):
+            problem = ledger.received_correction_problem(node.conn, change.scope, change.values, change.origin)
+            if problem:
+                return problem
         return ledger.received_hours_problem(change.values)
     elif table == "volunteer_redemptions" and change.op == "insert":
         return ledger.received_redemption_problem(node.conn, change.values, change.origin)
@@ -82,11 +84,6 @@ def validate_change(node, change):
 
 #: Tables whose keys are ``<scope>|<value of this column>`` (one row per node and code or name).
 DERIVED_KEYS = {"volunteer_categories": "code", "volunteer_settings": "name"}
-
-
-def _recorded_by(node, hour_id, origin: str) -> bool:
-    row = node.conn.execute("SELECT _origin FROM volunteer_hours WHERE id = ?", (hour_id,)).fetchone()
-    return row is not None and row[0] == origin
 
 
 @hookimpl

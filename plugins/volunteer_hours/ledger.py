@@ -198,6 +198,24 @@ def received_confirmation_problem(conn, scope: str, values: dict, origin: str) -
     expected = _delta_cents(entry[1], corrected)
     if values.get("delta_cents") != expected:
         return f"a confirmation counts its entry's hours: {expected} hundredths, not {values.get('delta_cents')!r}"
+    if expected < 0 and round(_account(conn, copied["person"], origin) * 100) + expected < 0:
+        return "a correction cannot take back hours already redeemed: its node's account would go below zero"
+    return None
+
+
+#: What a correction copies from the entry it corrects (``correct_hours``).
+CORRECTION_COPIES = ("volunteer", "person", "activity", "team", "category", "served_on")
+
+
+def received_correction_problem(conn, scope: str, values: dict, origin: str) -> str | None:
+    """Why a received correction cannot stand, or None: written by the node that recorded the entry it
+    corrects, and about the same person, activity and day (only its hours and reason differ)."""
+    corrected = conn.execute(f"SELECT _origin, scope, {', '.join(CORRECTION_COPIES)} FROM volunteer_hours"
+                             " WHERE id = ?", (values["corrects"],)).fetchone()
+    if corrected is None or corrected[0] != origin:
+        return "an hour entry is corrected only by the node that recorded it"
+    if corrected[1] != scope or any(values.get(k) != v for k, v in zip(CORRECTION_COPIES, corrected[2:])):
+        return "a correction is of the same person, activity, place and day as the entry it corrects"
     return None
 
 
