@@ -167,6 +167,14 @@ def test_a_siblings_batch_is_refused_before_anything_of_its_chain_is_told(net):
             assert (err.value.status, err.value.code) == (403, "scope_violation")
             assert "not known here as one inside it" in err.value.message
             assert f"#{held}" not in err.value.message and "holds" not in err.value.message
+        # One held nowhere here and not from its start (a bundle older than the district's restore): a gap.
+        stranger = write_private_key(net.root / "stranger.key")
+        public = public_key_raw(stranger)
+        unknown = genuine._replace(origin=node_id_from_public_key(public), public_key=public,
+                                   entries=[(5, bytes(32))], signature=bytes(64))
+        with pytest.raises(SyncRefused) as err:
+            link.call("/api/sync/push", {"batches": [wire.batch_to_json(unknown)]})
+        assert err.value.code == "chain_invalid" and "holds none of them: gap" in err.value.message
 
 
 def test_changing_a_siblings_row_is_refused(net):
