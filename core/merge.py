@@ -94,7 +94,6 @@ class Projector:
         self._judged_tables: Container[str] = specs  # tables whose received inserts are confined too
         self._marked: set[str] = set()  # _hemei_meta marks written in this call (see _unprojected)
         self._released: list[Change] = []
-        self._from_older: set[int] = set()  # ids of the changes read through upgrade steps (see apply)
 
     # -- entry point -----------------------------------------------------
     def apply(self, changes: list[Change], *, local: bool, origin_scope: str | None = None,
@@ -124,7 +123,6 @@ class Projector:
         self._judged_tables = self.specs if judge_inserts is True else judge_inserts or ()
         self._marked = set()
         self._released = []
-        self._from_older = set()
         try:
             if self._reads_older and not local:
                 changes = self._upgraded(changes)
@@ -134,7 +132,6 @@ class Projector:
         finally:
             self._origin_scope = None
             self._released = []
-            self._from_older = set()
 
     def _guard(self, spec: TableSpec, change: Change, row_scope: str | None) -> bool:
         """False (or :class:`ScopeViolation`) for a received change to a stored row outside its origin's scope.
@@ -194,7 +191,6 @@ class Projector:
                 self.record(change.table, change, "unreadable", upgraded)
                 self._guard_stored(self.specs[change.table], change)
             else:
-                self._from_older.add(id(upgraded))
                 out.append(upgraded)
         return out
 
@@ -251,8 +247,7 @@ class Projector:
                 reason = tv.too_new(change) if tv else f"written at schema v{change.schema}; this node reads v1"
                 self.record(spec.name, change, "quarantined", reason)
                 return False
-            problem = spec.value_problem(change.values, insert=change.op == "insert",
-                                         required=id(change) not in self._from_older)
+            problem = spec.value_problem(change.values, insert=change.op == "insert")
             if problem:
                 self.record(spec.name, change, "unreadable", problem)
                 return False

@@ -100,17 +100,18 @@ class TableSpec:
         if problem:
             raise InvalidInput(problem)
 
-    def value_problem(self, values, *, insert: bool, required: bool = True) -> str | None:
+    def value_problem(self, values, *, insert: bool) -> str | None:
         """Why ``values`` cannot be data columns of this table, or None (shared by writes and receipt).
 
         Required columns must be given by an insert and cannot be emptied by
         an update, so code reading the table can trust them whoever wrote the
-        row. Not ``required`` for a change written under an older schema of
-        the module: a column required since then is its upgrade step's to fill.
+        row. Also for a change written under an older schema of the module,
+        after its upgrade steps: a sender can claim any version, so a column
+        required since then is the upgrade step's to fill (docs/plugins.md).
         """
         if not isinstance(values, dict):
             return f"{self.name}: values must be an object"
-        needed = self._required_data if required else ()
+        needed = self._required_data
         if insert and (missing := [c for c in needed if values.get(c) is None]):
             return f"{self.name}: {', '.join(missing)} required"
         accepted = self._accepted  # data columns only

@@ -572,16 +572,31 @@ def test_made_up_table_names_from_a_child_do_not_make_every_open_slower(tmp_path
         street.close()
 
 
-def test_a_column_required_since_is_not_asked_of_changes_an_older_release_wrote(tmp_path, monkeypatch):
+def test_a_column_made_required_is_filled_by_the_upgrade_step_or_older_rows_wait_as_conflicts(tmp_path,
+                                                                                             monkeypatch):
+    """Found in review: a release that made a column required with no step kept the node's older rows as
+    unreadable conflicts. The check stays (a sender can claim any older version to skip it); the step fills
+    the column, and without one nothing is lost: the rows wait in the log for a release that has it."""
     import notices_required
 
     node = make(tmp_path, "s", STREET, 1)
     with node.writer("w") as w:
         w.insert("notices", {"title": "停水通知", "phone": "123"})
     monkeypatch.setitem(RELEASES, 2, notices_required)
+    monkeypatch.setattr(notices_required, "STEPS", {})
     node = reopen(node, 2)  # the module's version rose: its tables are replayed through the upgrade steps
     try:
-        assert node.conn.execute("SELECT title, lang FROM notices").fetchall() == [("停水通知", None)]
+        assert node.conn.execute("SELECT count(*) FROM notices").fetchone() == (0,)
+        assert node.conn.execute("SELECT kind, reason FROM _hemei_conflicts").fetchall() == [
+            ("unreadable", "notices: lang required")]
+    finally:
+        node.close()
+    monkeypatch.undo()
+    monkeypatch.setitem(RELEASES, 2, notices_required)
+    node = Node.open(node.home, available=available(2), builtins=BUILTIN_PLUGINS)
+    try:
+        node.rebuild(["notices"])  # the release with the step
+        assert node.conn.execute("SELECT title, lang FROM notices").fetchall() == [("停水通知", "zh")]
         assert node.conn.execute("SELECT count(*) FROM _hemei_conflicts").fetchone() == (0,)
         with pytest.raises(InvalidInput, match="lang required"):  # what this release writes must have it
             with node.writer("w") as w:
