@@ -53,6 +53,10 @@ class SyncReport:
                 "pending_up": self.pending_up, "pending_down": self.pending_down, "messages": self.messages}
 
 
+def _bad_address(url: str, exc: Exception) -> InvalidInput:
+    return InvalidInput(f"{url!r} is not an address such as http://district.example:8340 ({exc})")
+
+
 class ParentLink:
     """Signed requests to one parent over one HTTP connection."""
 
@@ -62,7 +66,7 @@ class ParentLink:
         try:
             self.http = httpx.Client(base_url=self.url, timeout=TIMEOUT, transport=transport)
         except (httpx.InvalidURL, ValueError) as exc:
-            raise InvalidInput(f"{url!r} is not an address such as http://district.example:8340 ({exc})") from None
+            raise _bad_address(url, exc) from None
         self.offset_ms = 0
 
     def close(self) -> None:
@@ -85,8 +89,7 @@ class ParentLink:
         except httpx.TransportError as exc:
             raise Unreachable(f"cannot reach the parent at {self.url}: {exc or type(exc).__name__}") from None
         except httpx.InvalidURL as exc:
-            raise InvalidInput(f"{self.url!r} is not an address such as http://district.example:8340 ({exc})") \
-                from None
+            raise _bad_address(self.url, exc) from None
 
     def learn_time(self) -> dict:
         """The parent's clock, so a street PC with a wrong clock still signs valid requests."""

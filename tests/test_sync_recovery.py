@@ -129,6 +129,8 @@ def test_a_bundle_is_written_whole_or_not_at_all_and_never_over_another_file(pai
     stick = tmp_path / "U盘"
     stick.mkdir()
     out = stick / "府山 1.hemei"
+    with pair.open("street") as s, pytest.raises(HemeiError, match="is a folder: give a file name"):
+        bundles.export_push(s, stick)  # (the CLI's own option check says so first)
     pair.ok("street", "bundle", "export", "--out", str(out))
     first = out.read_bytes()
     real_write_to = bundles._write_to
