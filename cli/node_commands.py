@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import socket
 
 import click
 
@@ -205,10 +207,37 @@ def serve(host: str, port: int, log_level: str) -> None:
     ctx: NodeContext = cli_context()
     app = create_app(ctx.home, available=ctx.available, builtins=ctx.builtins)
     node = app.state.pool.get()
-    click.echo(f"hemei node {node.name} ({node.id}) on http://{host}:{port}", err=True)
+    # Bound here, before anything is announced: the address printed is the one
+    # listened on (``--port 0`` takes a free port and says which), and a port
+    # another program holds is said plainly instead of after a false announcement.
+    listener = listen(host, port)
+    port = listener.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"hemei node {node.name} ({node.id}) on http://{shown}:{port}", err=True)
     # A street whose link died mid-upload leaves a request waiting for its body:
     # do not let it hold a shutdown forever.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port``; the reason in plain words when it cannot be had."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise InvalidInput(f"--host {host!r} is not an address or a name this PC can resolve") from None
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as e:
+        if e.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1)):
+            raise InvalidInput(f"port {port} on {host} is already in use by another program:"
+                               " stop it, or choose another --port") from None
+        if e.errno in (errno.EACCES, getattr(errno, "WSAEACCES", -1)):
+            raise InvalidInput(f"this user may not listen on port {port}: choose a port above 1023") from None
+        if e.errno in (errno.EADDRNOTAVAIL, getattr(errno, "WSAEADDRNOTAVAIL", -1)):
+            raise InvalidInput(f"--host {host} is not an address of this PC") from None
+        raise InvalidInput(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 COMMANDS = [init, status, conflicts, rebuild, report, serve]

@@ -192,3 +192,29 @@ def test_a_running_server_follows_modules_enabled_and_disabled_beside_it(tmp_pat
     assert "Traceback" not in server.output()
     with sqlite3.connect(tmp_path / "fushan" / "node.db") as db:
         assert db.execute("SELECT title FROM notes").fetchall() == [("楼道粉刷",)]
+
+
+def test_serve_on_port_0_announces_the_port_it_took(served):
+    server, _, env, home = served
+    proc = subprocess.Popen(hemei_command() + ["--home", home, "serve", "--port", "0", "--log-level", "warning"],
+                            env=env, stderr=subprocess.PIPE, text=True, encoding="utf-8")
+    try:
+        announced = proc.stderr.readline()
+        assert announced.startswith("hemei node 府山街道 ("), announced
+        port = int(announced.rsplit(":", 1)[1])
+        assert port not in (0, server.port)
+        reply = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=10)
+        assert reply.status_code == 200 and reply.json()["name"] == "府山街道"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stderr.close()
+
+
+def test_serve_on_a_port_in_use_says_so_and_announces_nothing(served):
+    server, _, env, home = served
+    done = hemei(env, "--home", home, "serve", "--port", str(server.port))
+    assert done.returncode == 1
+    assert f"port {server.port} on 127.0.0.1 is already in use" in done.stderr
+    assert "hemei node" not in done.stderr and "Traceback" not in done.stderr
+    assert httpx.get(server.url + "/api/health").status_code == 200
