@@ -115,7 +115,11 @@ class HemeiGroup(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.exceptions.Abort:
+        except click.exceptions.Abort as exc:
+            # Click turns Ctrl-C into Abort too; a shell and a script tell the two apart by 130.
+            if isinstance(exc.__context__, KeyboardInterrupt):
+                click.echo("interrupted", err=True)
+                sys.exit(130)
             click.echo("aborted", err=True)
             sys.exit(1)
         except click.ClickException as exc:

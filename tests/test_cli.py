@@ -91,6 +91,29 @@ def test_a_password_piped_in_another_encoding_is_refused_plainly(tmp_path):
     assert done.returncode == 1 and b"not UTF-8 text" in done.stderr and b"internal error" not in done.stderr
 
 
+@pytest.mark.skipif(not Path("/proc/self/wchan").exists(), reason="needs Linux /proc to see the read block")
+def test_ctrl_c_exits_130_interrupted_and_writes_nothing(tmp_path):
+    import signal
+    import time
+
+    home = str(tmp_path / "府山")
+    assert run_real("--home", home, "init", "--name", "府山街道", "--scope", "sx/yc/fs").returncode == 0
+    proc = subprocess.Popen(hemei_command() + ["--home", home, "users", "add", "王丽", "--role", "viewer"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30  # until it waits for the password on stdin, as at a prompt
+        while "pipe_read" not in Path(f"/proc/{proc.pid}/wchan").read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and b"interrupted" in err and b"Traceback" not in err, err
+    listed = run_real("--home", home, "users", "list", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+
+
 def test_a_bug_in_sql_is_not_taken_for_trouble_with_the_pc(tmp_path):
     """Found in review: matching SQLite's text took 'no such column: locked' for a busy node."""
     from hemei.cli.main import environment_problem
