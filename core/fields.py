@@ -66,6 +66,20 @@ def iso_date(value, field: str = "date") -> str:
     return day.isoformat()
 
 
+def since_date(value, field: str = "since") -> str | None:
+    """The first day a query looks at, or None for no bound.
+
+    Any valid date: unlike a recorded date it is compared, never stored,
+    so ``--since 1999-12-31`` simply means "everything".
+    """
+    if value is None or value == "":
+        return None
+    try:
+        return dt.date.fromisoformat(str(value)).isoformat()
+    except ValueError:
+        raise InvalidInput(f"{field} {value!r} is not a date: use YYYY-MM-DD") from None
+
+
 def local_time(value, field: str = "time") -> str:
     """A local wall-clock time as ``YYYY-MM-DDTHH:MM:SS`` (the form every node stores and compares).
 

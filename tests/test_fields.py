@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from hypothesis import given, strategies as st
 
 from hemei.core.errors import InvalidInput
-from hemei.core.fields import iso_date, local_time, past_time, whole_number
+from hemei.core.fields import iso_date, local_time, past_time, since_date, whole_number
 
 #: Text that looks like what the checks parse, with the odd characters users and scripts produce.
 TYPED = st.one_of(
@@ -34,6 +36,15 @@ def test_any_text_is_a_time_and_date_or_refused_plainly(value):
         except InvalidInput:
             continue
         assert "2000" <= shown[:4] <= "2999"
+
+
+@given(TYPED)
+def test_any_text_is_a_since_date_or_refused_plainly(value):
+    try:
+        shown = since_date(value)
+    except InvalidInput:
+        return
+    assert shown is None if value == "" else shown == dt.date.fromisoformat(value).isoformat()
 
 
 @pytest.mark.parametrize("value", ["²", "١٢", "9" * 5000, "1.5", "", "--1"])

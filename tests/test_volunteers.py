@@ -206,6 +206,18 @@ def test_capacity_attendance_and_no_show_rate(street):
     assert data["categories"] == [{"category": "health", "hours": 3.0}]
 
 
+def test_since_filters_take_any_date_and_count_only_from_it(street):
+    act = registry.add_activity(street, ACTOR, title="义诊", category="health", date="2026-11-20")
+    person = registry.add_volunteer(street, ACTOR, name="志愿者", id_number=id_number(40))
+    ledger.log_hours(street, ACTOR, activity=act["id"], volunteer=person["id"], hours=3, confirm=True)
+    assert rollup.rollup(street, since="1999-12-31")["totals"]["hours"] == 3  # a query bound, never stored
+    assert rollup.rollup(street, since="2026-11-21")["totals"]["hours"] == 0
+    assert [a["title"] for a in registry.list_activities(street, since="1999-12-31")] == ["义诊"]
+    assert registry.list_activities(street, since="2026-11-21") == []
+    with pytest.raises(InvalidInput, match="not a date"):
+        rollup.rollup(street, since="yesterday")
+
+
 def test_a_district_catalogue_flows_into_what_its_streets_may_use(street):
     registry.set_category(street, ACTOR, code="elder_meals", name="助餐服务")
     assert registry.categories(street)["elder_meals"] == "助餐服务"

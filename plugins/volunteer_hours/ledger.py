@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime as dt
 
 from hemei.core import Conflict, InvalidInput, Node, NotFound
-from hemei.core.fields import flag, in_subtree_sql, iso_date, one, subtree_params, text
+from hemei.core.fields import flag, in_subtree_sql, one, subtree_params, text
 from hemei.core.scope import covers
 
 from .registry import attendance_of, get_activity, get_volunteer, mark_attendance
@@ -384,6 +384,3 @@ def certificate(node: Node, person: str) -> dict:
     return {"names": names, "hours": info["hours"], "star": info["star"], "issued_by": node.name,
             "issued_scope": node.scope, "issued_on": dt.date.today().isoformat(), "records": records}
 
-
-def parse_since(value) -> str | None:
-    return iso_date(value, "since") if value else None

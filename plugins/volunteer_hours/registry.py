@@ -12,7 +12,7 @@ import datetime as dt
 import re
 
 from hemei.core import Conflict, InvalidInput, Node, NotFound
-from hemei.core.fields import flag, iso_date, one, row_scope, text
+from hemei.core.fields import flag, iso_date, one, row_scope, since_date, text
 from hemei.core.scope import covers
 
 from . import keys, pii
@@ -235,8 +235,8 @@ def list_activities(node: Node, since: str | None = None) -> list[dict]:
            " (SELECT count(*) FROM volunteer_signups s WHERE s.activity = a.id AND s.scope = a.scope) AS signed_up"
            " FROM volunteer_activities a WHERE a._deleted = 0")
     params: tuple = ()
-    if since:
-        sql, params = sql + " AND a.date >= ?", (iso_date(since, "since"),)
+    if since := since_date(since):
+        sql, params = sql + " AND a.date >= ?", (since,)
     return list(node.db.query(sql + " ORDER BY a.date, a.title", params))
 
 

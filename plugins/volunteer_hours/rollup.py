@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from hemei.core import Node
-from hemei.core.fields import in_subtree_sql, iso_date, subtree_params
+from hemei.core.fields import in_subtree_sql, since_date, subtree_params
 
 from .ledger import CENTS, star_level, star_thresholds
 
@@ -34,7 +34,7 @@ def _hours(cents: int) -> float:
 
 def rollup(node: Node, scope: str | None = None, since: str | None = None) -> dict:
     scope = scope or node.scope
-    since = iso_date(since, "since") if since else None
+    since = since_date(since)
     where = in_subtree_sql()
     params = subtree_params(scope)
     conn = node.conn
