@@ -206,6 +206,20 @@ def test_capacity_attendance_and_no_show_rate(street):
     assert data["categories"] == [{"category": "health", "hours": 3.0}]
 
 
+def test_confirming_several_entries_confirms_all_or_none(street, run_cli):
+    act = registry.add_activity(street, ACTOR, title="理发", category="daily_care", date="2026-11-20")
+    people = [registry.add_volunteer(street, ACTOR, name=f"志愿者{i}", id_number=id_number(50 + i)) for i in range(2)]
+    first, second = (ledger.log_hours(street, ACTOR, activity=act["id"], volunteer=p["id"], hours=2) for p in people)
+    ledger.confirm_hours(street, ACTOR, hour=second["id"])
+    done = run_cli("--home", str(street.home), "volunteers", "hours", "confirm", first["id"], second["id"])
+    assert done.exit_code == 1
+    assert f"hour entry {second['id']} is already confirmed; none of the 2 entries was confirmed" in done.output
+    assert ledger.hour_entry(street, first["id"])["confirmed"] is False
+    done = run_cli("--home", str(street.home), "volunteers", "hours", "confirm", first["id"], "--json")
+    assert done.exit_code == 0 and [r["id"] for r in json.loads(done.output)] == [first["id"]]
+    assert ledger.balance(street, people[0]["person"])["hours"] == 2
+
+
 def test_since_filters_take_any_date_and_count_only_from_it(street):
     act = registry.add_activity(street, ACTOR, title="义诊", category="health", date="2026-11-20")
     person = registry.add_volunteer(street, ACTOR, name="志愿者", id_number=id_number(40))

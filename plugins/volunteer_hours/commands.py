@@ -277,13 +277,13 @@ def hours_log(activity_id, volunteer_id, amount, sign_in, sign_out, confirm, as_
 @click.argument("hour_ids", nargs=-1, required=True)
 @json_option
 def hours_confirm(hour_ids, as_json):
-    """Confirm hour entries (each in its own transaction).
+    """Confirm hour entries: all of those given, or, when one cannot be confirmed, none.
 
     Example:
 
         hemei volunteers hours confirm HOUR_ID
     """
-    rows = [ledger.confirm_hours(cli_node(), cli_actor(), hour=h) for h in hour_ids]
+    rows = ledger.confirm_all(cli_node(), cli_actor(), list(hour_ids))
     emit(rows, as_json, lambda rs: [click.echo(f"{r['id']} confirmed ({r['hours']:g} h)") for r in rs])
 
 

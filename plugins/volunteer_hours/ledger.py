@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from hemei.core import Conflict, InvalidInput, Node, NotFound
+from hemei.core import Conflict, HemeiError, InvalidInput, Node, NotFound
 from hemei.core.fields import flag, in_subtree_sql, one, subtree_params, text
 from hemei.core.scope import covers
 
@@ -232,9 +232,26 @@ def received_redemption_problem(conn, values: dict, origin: str) -> str | None:
 
 def confirm_hours(node: Node, actor: str, *, hour) -> dict:
     """The organiser confirms an hour entry: from now on it counts (and may be redeemed here)."""
+    return confirm_all(node, actor, [hour])[0]
+
+
+def confirm_all(node: Node, actor: str, hours: list) -> list[dict]:
+    """Confirm several hour entries in one transaction: all of them, or none.
+
+    None, when one cannot be: an organiser who confirms a day's sheet and
+    is told that one line failed should not have to find out which others
+    went through.
+    """
     with node.writer(actor) as w:
-        _confirm(node, w, _entry(node, hour, w))
-    return hour_entry(node, hour)
+        for hour in hours:
+            try:
+                _confirm(node, w, _entry(node, hour, w))
+            except HemeiError as exc:
+                if len(hours) > 1:
+                    exc.message = f"{exc.message}; none of the {len(hours)} entries was confirmed"
+                    exc.args = (exc.message,)
+                raise
+    return [hour_entry(node, hour) for hour in hours]
 
 
 def correct_hours(node: Node, actor: str, *, hour, hours, reason, confirm: bool = False) -> dict:
