@@ -22,14 +22,13 @@ that the child lacks. The child imports the ack like a pull.
 from __future__ import annotations
 
 import hashlib
-import os
-from contextlib import suppress
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from cryptography.exceptions import InvalidSignature
 
 from hemei.core.errors import Forbidden, HemeiError, InvalidInput
+from hemei.core.files import atomic_file
 from hemei.core.identity import load_public_key, parse_node_id
 from hemei.core.ids import new_id
 from hemei.core.node import Node
@@ -89,52 +88,42 @@ def check_target(path: Path) -> Path:
 
 
 def _write(node: Node, path: Path, header: dict, batch_iter) -> int:
-    """Write frames and the signature; returns the number of entries. Atomic: temp file, then rename;
-    on any failure (a full stick, Ctrl-C) the temp file is removed and the target left as it was."""
-    path = check_target(path)
-    tmp = path.with_name(path.name + ".part")
-    try:
-        count = _write_to(node, tmp, header, batch_iter)
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            tmp.unlink()
-        raise
-    return count
+    """Write frames and the signature; returns the number of entries. Whole or not at all: on any
+    failure (a full stick, Ctrl-C) the target is left as it was (``atomic_file``)."""
+    with atomic_file(check_target(path)) as out:
+        return _write_to(node, out, header, batch_iter)
 
 
-def _write_to(node: Node, tmp: Path, header: dict, batch_iter) -> int:
+def _write_to(node: Node, out: BinaryIO, header: dict, batch_iter) -> int:
     digest = hashlib.sha256()
     count = 0
-    with open(tmp, "wb") as out:
-        def put(data: bytes) -> None:
-            digest.update(data)
-            out.write(data)
 
-        def put_frame(message: dict) -> None:
-            frame = wire.encode(message)
-            put(len(frame).to_bytes(8, "big") + frame)
+    def put(data: bytes) -> None:
+        digest.update(data)
+        out.write(data)
 
-        put(MAGIC)
-        put_frame(header)
-        # Frames are cut by entries, well inside what a reader takes in one (wire.batches_of): batches end
-        # where their signer signed, so a chain relayed from a sync with large batches has large ones.
-        frame_entries = wire.MAX_ENTRIES_PER_MESSAGE // 5
-        chunk: list = []
-        in_chunk = 0
-        for batch in batch_iter:
-            if chunk and in_chunk + len(batch.entries) > frame_entries:
-                put_frame({"batches": chunk})
-                chunk, in_chunk = [], 0
-            chunk.append(wire.batch_to_json(batch))
-            in_chunk += len(batch.entries)
-            count += len(batch.entries)
-        if chunk:
+    def put_frame(message: dict) -> None:
+        frame = wire.encode(message)
+        put(len(frame).to_bytes(8, "big") + frame)
+
+    put(MAGIC)
+    put_frame(header)
+    # Frames are cut by entries, well inside what a reader takes in one (wire.batches_of): batches end
+    # where their signer signed, so a chain relayed from a sync with large batches has large ones.
+    frame_entries = wire.MAX_ENTRIES_PER_MESSAGE // 5
+    chunk: list = []
+    in_chunk = 0
+    for batch in batch_iter:
+        if chunk and in_chunk + len(batch.entries) > frame_entries:
             put_frame({"batches": chunk})
-        put(END)
-        out.write(node.key.sign(digest.digest()))
-        out.flush()
-        os.fsync(out.fileno())
+            chunk, in_chunk = [], 0
+        chunk.append(wire.batch_to_json(batch))
+        in_chunk += len(batch.entries)
+        count += len(batch.entries)
+    if chunk:
+        put_frame({"batches": chunk})
+    put(END)
+    out.write(node.key.sign(digest.digest()))
     return count
 
 

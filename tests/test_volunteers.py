@@ -267,6 +267,44 @@ def test_certificate_and_csv_export_carry_unicode_and_no_personal_data(street, r
     assert bad.exit_code == 1 and "more than zero" in bad.output and "Traceback" not in bad.output
 
 
+def test_an_export_is_written_whole_or_not_at_all_and_never_over_the_nodes_files(street, run_cli, tmp_path,
+                                                                                  monkeypatch):
+    import errno
+    import os
+    import subprocess
+
+    from hemei.plugins.volunteer_hours import commands
+    from server import hemei_command
+
+    for i in range(3):
+        v = registry.add_volunteer(street, ACTOR, name=f"𠮷{i}丽", id_number=id_number(60 + i))
+        _served(street, v["id"], 1 + i, title=f"楼道粉刷{i}")
+    home = street.home
+    street.close()
+    out = tmp_path / "记录.csv"
+    assert run_cli("--home", str(home), "volunteers", "export", "--out", str(out)).exit_code == 0
+    first = out.read_bytes()
+    # Piped, the same bytes as the file, whatever the console's encoding ('𠮷' is not in GBK either).
+    piped = subprocess.run(hemei_command() + ["--home", str(home), "volunteers", "export", "--out", "-"],
+                           capture_output=True, env=dict(os.environ, PYTHONIOENCODING="ascii"), timeout=60)
+    assert piped.returncode == 0 and piped.stdout == first, piped.stderr
+    real_write_csv = commands.write_csv
+
+    def disk_full(fh, rows):
+        real_write_csv(fh, rows[:1])
+        fh.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(commands, "write_csv", disk_full)
+    done = run_cli("--home", str(home), "volunteers", "export", "--out", str(out))
+    assert done.exit_code == 1 and "disk is full" in done.output
+    assert out.read_bytes() == first and sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["记录.csv"]
+    monkeypatch.setattr(commands, "write_csv", real_write_csv)
+    over = run_cli("--home", str(home), "volunteers", "export", "--out", str(home / "node.db"))
+    assert over.exit_code == 1 and "one of the node's own files" in over.output
+    assert (home / "node.db").read_bytes().startswith(b"SQLite format 3\0")
+
+
 # -- rules that hold across nodes ------------------------------------------------------------
 
 @pytest.fixture

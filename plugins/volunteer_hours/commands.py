@@ -9,6 +9,7 @@ import click
 
 from hemei.core import cli_actor, cli_node, emit, json_option
 from hemei.core.cli_support import table
+from hemei.core.files import atomic_file, export_target, text_writer
 
 from . import keys, ledger, registry, rollup
 
@@ -372,8 +373,8 @@ def certificate(volunteer, id_number, out, as_json):
         return
     text = render_certificate(cert)
     if out:
-        with open(out, "w", encoding="utf-8-sig", newline="\n") as fh:
-            fh.write(text)
+        with atomic_file(export_target(out, cli_node().home)) as fh:
+            fh.write(text.encode("utf-8-sig"))
         click.echo(out)
     else:
         click.echo(text, nl=False)
@@ -408,10 +409,12 @@ def export(out, scope):
         hemei volunteers export --out 志愿时长.csv
     """
     rows = ledger.service_records(cli_node(), scope=scope)
-    if out == "-":
-        write_csv(sys.stdout, rows)
+    if out == "-":  # the same bytes as a file, whatever the console's code page
+        with text_writer(click.get_binary_stream("stdout"), encoding="utf-8-sig", newline="") as fh:
+            write_csv(fh, rows)
         return
-    with open(out, "w", encoding="utf-8-sig", newline="") as fh:
+    with atomic_file(export_target(out, cli_node().home)) as raw, \
+            text_writer(raw, encoding="utf-8-sig", newline="") as fh:
         write_csv(fh, rows)
     click.echo(f"{len(rows)} records written to {out}", err=True)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from hemei.core import Conflict, HemeiError, Node
+from hemei.core.files import atomic_file
 from hemei.core.scope import covers
 
 from . import pii
@@ -61,14 +62,8 @@ def _load(node: Node) -> dict:
 
 def _save(node: Node, data: dict) -> None:
     """Replace the key file atomically; the new file is owner-only from its first byte."""
-    path = keyring_path(node)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_file(keyring_path(node), private=True) as out:
+        out.write(json.dumps(data).encode("utf-8"))
 
 
 def _box_key(node: Node, create: bool) -> X25519PrivateKey | None:
