@@ -80,9 +80,11 @@ def check_history(node: Node, peer: dict, checkpoint) -> None:
         return  # nothing held to compare with, or ahead: the overlapping batch checks the rest
     held = node.conn.execute("SELECT hash FROM _hemei_log WHERE origin = ? AND seq = ?", (row[0], size)).fetchone()
     if size < (row[1] if at is None else min(at, row[1])) or held is None or held[0] != head:
-        fork = Conflict(f"fork: {peer['name']} presents {size} entries of its own log, but this node holds "
-                        f"{row[1]} of them: it was restored or rewritten. Both checkpoints are kept as evidence",
-                        code="fork")
+        held_then = size < (row[1] if at is None else min(at, row[1]))
+        differs = (f"presents {size} entries of its own log, but this node holds {row[1]} of them" if held_then
+                   else f"presents entries 1-{size} of its own log that differ from the {size} this node holds")
+        fork = Conflict(f"fork: {peer['name']} {differs}: it was restored or rewritten. Both checkpoints are "
+                        "kept as evidence", code="fork")
         fork.evidence = {"origin": peer["node_id"], "held_size": row[1], "held_head": row[2],
                          "presented_size": size, "presented_head": head, "presented_signature": signature}
         raise fork
@@ -202,7 +204,8 @@ def push_check(node: Node, child: dict) -> Check:
             origin_scope = child["scope"]
             first = batch.entries[0]
             if first[0] == 1 and declared_scope(batch.origin, batch.entries) != origin_scope:
-                raise ScopeViolation(f"{child['name']}'s first entry must declare its enrolled scope "
+                raise ScopeViolation(f"{child['name']}'s first entry must be a node.init whose payload names "
+                                     f"this node (node_id {batch.origin}, as written) and its enrolled scope "
                                      f"{origin_scope}")
         else:
             origin_scope = _declared(node, batch)

@@ -47,6 +47,29 @@ def test_a_restored_or_rewritten_history_is_a_fork_with_evidence(pair):
     assert child["refusals"] and child["refusals"][0]["code"] == "fork"
 
 
+def test_a_restored_street_that_wrote_as_much_as_it_lost_is_told_the_histories_differ(pair):
+    """Found by a second implementation of the protocol: at equal sizes the fork message read
+    "presents 3 entries of its own log, but this node holds 3 of them"."""
+    pair.sync("street")
+    backup = pair.root / "backup-equal"
+    shutil.copytree(pair.home("street"), backup)
+    with pair.open("street") as s:
+        write_notes(s, [("丢失的一条", "sx/yc/fs"), ("丢失的二条", "sx/yc/fs")])
+        size = s.version_vector()[s.id]
+    pair.sync("street")
+    shutil.rmtree(pair.home("street"))
+    shutil.copytree(backup, pair.home("street"))
+    with pair.open("street") as s:
+        write_notes(s, [("恢复后一", "sx/yc/fs"), ("恢复后二", "sx/yc/fs")])
+        assert s.version_vector()[s.id] == size
+    refused = pair.hemei("street", "sync")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"presents entries 1-{size} of its own log that differ from the {size} this node holds" \
+        in refused.stderr, refused.stderr
+    fork = json.loads(pair.ok("district", "status", "--json"))["forks"][0]
+    assert fork["held_size"] == fork["presented_size"] == size and fork["held_head"] != fork["presented_head"]
+
+
 def test_entries_from_a_fast_clock_wait_until_their_time(pair, monkeypatch):
     server = pair.servers["district"]
     server.stop()
