@@ -45,6 +45,46 @@ def modules_list(as_json: bool) -> None:
          else click.echo("no program modules installed"))
 
 
+@modules.command("tables")
+@home_option
+@click.argument("name", required=False)
+@json_option
+def modules_tables(name: str | None, as_json: bool) -> None:
+    """The synced tables of the enabled modules: what a row change names and carries.
+
+    Per table: its module and schema version, merge policy, key and scope
+    columns, every column with its type, the columns an insert must give,
+    and for append-only tables the unique ones. Written from the modules'
+    own declarations, so it is what this node accepts (docs/protocol.md,
+    "Row payloads").
+
+    Example:
+
+        hemei modules tables volunteer_hours --json
+    """
+    node = cli_node()
+    if name is not None and name not in node.schemas:
+        raise InvalidInput(f"module {name!r} is not enabled here or declares no tables (see: hemei modules list)")
+    rows = [{"module": module, "schema_version": tv.version, "table": spec.name, "policy": spec.policy,
+             "key": spec.pk, "scope": spec.scope, "columns": dict(spec.columns), "required": list(spec.required),
+             "unique": list(spec.unique)}
+            for module, tv in sorted(node.schemas.items()) if name in (None, module)
+            for spec in sorted((node.specs[t] for t in tv.tables if t in node.specs), key=lambda s: s.name)]
+
+    def human(rows: list[dict]) -> None:
+        if not rows:
+            click.echo("no enabled module declares tables")
+        for r in rows:
+            unique = f", unique ({', '.join(r['unique'])})" if r["unique"] else ""
+            click.echo(f"{r['table']}  ({r['module']} v{r['schema_version']}, {r['policy']}, key {r['key']}{unique})")
+            for column, kind in r["columns"].items():
+                role = ("key" if column == r["key"] else "scope" if column == r["scope"]
+                        else "required" if column in r["required"] else "")
+                click.echo(f"    {column:<24}{kind:<9}{role}".rstrip())
+
+    emit(rows, as_json, human)
+
+
 def _toggle(name: str, enabled: bool) -> None:
     node = cli_node()
     tables = node.set_module_enabled(name, enabled, cli_actor())

@@ -240,6 +240,26 @@ def test_modules_enable_disable_are_logged_and_hide_commands(tmp_path, run_cli):
     assert node.conn.execute("SELECT title FROM notes").fetchall() == [("第一条",)]  # data kept
 
 
+def test_modules_tables_shows_what_each_enabled_table_accepts(tmp_path, run_cli):
+    import hook_probe
+
+    home = str(tmp_path / "h")
+    run_cli("--home", home, "init", "--name", "a", "--scope", "x")
+    assert "no enabled module declares tables" in run_cli("--home", home, "modules", "tables").output
+    refused = run_cli("--home", home, "modules", "tables", "hook_probe")
+    assert refused.exit_code == 1 and "not enabled here" in refused.output
+    run_cli("--home", home, "modules", "enable", "hook_probe")
+    shown = {t["table"]: t for t in json.loads(run_cli("--home", home, "modules", "tables", "--json").output)}
+    declared = {spec.name: spec for spec in hook_probe.register_tables()}
+    assert set(shown) == set(declared)
+    for name, spec in declared.items():
+        assert shown[name] == {"module": "hook_probe", "schema_version": hook_probe.module_schema().version,
+                               "table": name, "policy": spec.policy, "key": spec.pk, "scope": spec.scope,
+                               "columns": spec.columns, "required": list(spec.required), "unique": list(spec.unique)}
+    human = run_cli("--home", home, "modules", "tables", "hook_probe").output
+    assert "ballots  (hook_probe v" in human and "append_only, key id, unique (vote, voter))" in human
+
+
 def test_external_plugin_loads_from_entry_points_only_when_enabled(tmp_path):
     env = plugin_env(probe_site(tmp_path))
     home = str(tmp_path / "h")

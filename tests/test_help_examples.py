@@ -21,7 +21,7 @@ ACTOR = "wangli"
 
 #: In an order an operator could follow on a street node (a team before a volunteer joins it).
 RUNNABLE = [
-    "hemei status", "hemei modules list", "hemei users add", "hemei users list", "hemei users token",
+    "hemei status", "hemei modules list", "hemei modules tables", "hemei users add", "hemei users list", "hemei users token",
     "hemei users revoke", "hemei audit verify",
     "hemei volunteers team add", "hemei volunteers add", "hemei volunteers find", "hemei volunteers team list",
     "hemei volunteers category add", "hemei volunteers category list", "hemei volunteers activity add",
