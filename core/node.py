@@ -79,6 +79,11 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+#: A key without its database: the node's records are gone from this folder, not a new node to create.
+_DATABASE_LOST = ("{home} holds this node's key ({key}) but not its database ({db}): it was deleted or moved. "
+                  "Restore the node home from a backup")
+
+
 class Node(ModuleHost):
     """An open node. Use :meth:`init` once, then :meth:`open`; one instance per thread."""
 
@@ -115,6 +120,9 @@ class Node(ModuleHost):
         name, scope, actor = check_name(name), parse_scope(scope), check_actor(actor)
         HybridClock().set_now()  # a reset PC clock would stamp the whole first session wrong: before any file
         home = resolve_home(home)
+        if (home / KEY_NAME).exists() and not (home / DB_NAME).exists():
+            raise NodeStateError(_DATABASE_LOST.format(home=home, db=DB_NAME, key=KEY_NAME)
+                                 + "; for a new node, give another folder. Nothing was changed")
         if (home / DB_NAME).exists() or (home / KEY_NAME).exists():
             raise NodeStateError(f"{home} is already a node home: nothing was changed")
         if home.exists() and not home.is_dir():
@@ -160,6 +168,8 @@ class Node(ModuleHost):
              builtins: tuple[str, ...] = CORE_BUILTINS) -> Node:
         home = resolve_home(home)
         if not (home / DB_NAME).exists():
+            if (home / KEY_NAME).exists():
+                raise NodeStateError(_DATABASE_LOST.format(home=home, db=DB_NAME, key=KEY_NAME))
             raise NodeStateError(f"{home} is not a node home (no {DB_NAME}); create one with 'hemei init'")
         key = read_private_key(home / KEY_NAME)
         if sys.platform != "win32" and (home / DB_NAME).stat().st_mode & 0o077:
@@ -167,6 +177,11 @@ class Node(ModuleHost):
                                  f"fix it with: chmod 600 {home / DB_NAME}*")
         conn = _connect(home / DB_NAME)
         try:
+            # Before anything is created in it: an emptied node.db (a failed copy, a tool that truncated
+            # it) would otherwise get fresh tables and then blame the key for not matching them.
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_hemei_meta'").fetchone() is None:
+                raise NodeStateError(f"{home / DB_NAME} is empty or not a hemei database: restore the node home "
+                                     "from a backup")
             db = sqlite_utils.Database(conn)
             db.execute(MIGRATIONS_TABLE)
             core_migrations.apply(db)

@@ -146,6 +146,26 @@ def test_invite_and_join_refuse_odd_input_plainly(tmp_path, run_cli):
     assert joined.exit_code == 1 and "is not an address such as" in joined.output
 
 
+def test_a_home_whose_database_was_emptied_or_lost_is_told_to_restore_it(tmp_path, run_cli):
+    """Found in review: an emptied node.db blamed the key, and a lost one had status say 'create one with
+    hemei init' while init said 'already a node home'."""
+    home = tmp_path / "府山"
+    assert run_cli("--home", str(home), "init", "--name", "府山街道", "--scope", "sx/yc/fs").exit_code == 0
+    key = (home / "node.key").read_bytes()
+    for leftover in ("node.db-wal", "node.db-shm"):
+        (home / leftover).unlink(missing_ok=True)
+    (home / "node.db").write_bytes(b"")
+    emptied = run_cli("--home", str(home), "status")
+    assert emptied.exit_code == 1 and "node.db is empty or not a hemei database: restore" in emptied.output
+    assert "not the key" not in emptied.output
+    (home / "node.db").unlink()
+    for args in (["status"], ["init", "--name", "府山街道", "--scope", "sx/yc/fs"]):
+        lost = run_cli("--home", str(home), *args)
+        assert lost.exit_code == 1 and "holds this node's key (node.key) but not its database" in lost.output
+        assert "create one with" not in lost.output and "already a node home" not in lost.output
+    assert (home / "node.key").read_bytes() == key and not (home / "node.db").exists()
+
+
 def test_init_on_an_existing_home_refuses_and_changes_nothing(tmp_path, run_cli):
     home = tmp_path / "h"
     assert run_cli("--home", str(home), "init", "--name", "a", "--scope", "x").exit_code == 0
