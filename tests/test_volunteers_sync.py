@@ -53,6 +53,13 @@ def test_one_person_on_two_streets_is_one_balance_at_the_district(district_tree)
     # No key yet: the street is told what to do, and its request is recorded.
     refused = t.hemei("fushan", "volunteers", "add", "--name", "王丽", "--id-number", ID_NUMBER)
     assert refused.returncode == 1 and "hemei sync" in refused.stderr and "Traceback" not in refused.stderr
+    # Found in review: a street's own key made everyone registered there another person at the district.
+    own = t.hemei("fushan", "volunteers", "key", "create")
+    assert own.returncode == 1 and "uses the volunteer key of its district" in own.stderr and "--holder" in own.stderr
+    keyring = t.home("fushan") / "volunteer_hours.keys"  # (holds the box key of the request made above)
+    assert not keyring.exists() or not json.loads(keyring.read_text()).get("secrets")
+    asked = t.hemei("district", "volunteers", "key", "request")
+    assert asked.returncode == 1 and "no parent to ask" in asked.stderr
     t.ok("district", "volunteers", "key", "create")
     for street in ("fushan", "tashan"):
         t.ok(street, "volunteers", "key", "request")
@@ -143,3 +150,19 @@ def test_routes_enforce_roles_and_answer_bad_input_with_json_errors(district_tre
     assert over.status_code == 400 and "only 2 hours" in over.json()["error"]["message"]
     assert call("GET", "/report", "viewer1").json()["scope"] == "越城区"
     assert "Traceback" not in t.servers["district"].output()
+
+
+def test_a_district_under_a_city_creates_its_key_when_it_says_it_holds_it(tmp_path):
+    tree = Tree(tmp_path)
+    try:
+        tree.init("city", "绍兴市", modules=MODULES)
+        tree.init("district", "绍兴市/越城区", modules=MODULES)
+        tree.serve("city")
+        tree.enroll("city", "district", "绍兴市/越城区")
+        assert tree.hemei("district", "volunteers", "key", "create").returncode == 1
+        made = _json(tree, "district", "volunteers", "key", "create", "--holder")
+        assert made["key_id"].startswith("vk-")
+        assert _json(tree, "district", "volunteers", "key", "status")["key_id"] == made["key_id"]
+    finally:
+        tree.stop()
+

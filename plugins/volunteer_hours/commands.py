@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from hemei.core import cli_actor, cli_node, emit, json_option
+from hemei.core import InvalidInput, cli_actor, cli_node, emit, json_option
 from hemei.core.cli_support import table
 from hemei.core.files import atomic_file, export_target, text_writer
 
@@ -474,15 +474,21 @@ def key():
 
 
 @key.command("create")
+@click.option("--holder", is_flag=True,
+              help="This node has a parent but holds the key for its subtree (a district under a city).")
 @json_option
-def key_create(as_json):
+def key_create(holder, as_json):
     """Create the key at the district (or a node without a parent); its streets receive it through sync.
+
+    A street never creates one: it asks its district (`key request`, then
+    `hemei sync`). On a node that already syncs with a parent, say
+    `--holder` to confirm that it is its subtree's key holder.
 
     Example:
 
         hemei --home ./district volunteers key create
     """
-    created, granted = keys.create_key(cli_node(), cli_actor())
+    created, granted = keys.create_key(cli_node(), cli_actor(), holder=holder)
     emit({"key_id": created.key_id, "granted": granted}, as_json,
          lambda d: click.echo(f"{d['key_id']} (granted to {d['granted']} waiting node(s))"))
 
@@ -497,6 +503,10 @@ def key_request(as_json):
         hemei volunteers key request
     """
     node = cli_node()
+    if keys.parent_of(node) is None:
+        raise InvalidInput("this node has no parent to ask: a district, or a node without a parent, creates "
+                           "its own key with `hemei volunteers key create` (a street joins its district "
+                           "first: `hemei join TOKEN`)")
     keys.request_key(node, cli_actor())
     emit(keys.key_status(node), as_json, lambda d: click.echo("key requested: run `hemei sync`"))
 

@@ -142,8 +142,18 @@ def request_key(node: Node, actor: str) -> str:
     return public
 
 
-def create_key(node: Node, actor: str) -> tuple[pii.VolunteerKey, int]:
-    """Make this node the key holder of its subtree; grants waiting requests. Returns (key, grants written)."""
+def parent_of(node: Node) -> dict | None:
+    """The parent this node syncs with (from ``hemei status``'s ``peers``: the sync transport is not
+    this module's to import), or None."""
+    return next((p for p in node.status().get("peers", []) if p.get("role") == "parent"), None)
+
+
+def create_key(node: Node, actor: str, *, holder: bool = False) -> tuple[pii.VolunteerKey, int]:
+    """Make this node the key holder of its subtree; grants waiting requests. Returns (key, grants written).
+
+    A node with a parent is a street unless its operator says otherwise (``holder``: a district under a
+    city): a street's own key would make everyone registered there another person at its district.
+    """
     data = _load(node)
     if data.get("secrets"):
         held = pii.VolunteerKey(base64.b64decode(data["secrets"][0]["secret"]), node.scope)
@@ -153,6 +163,12 @@ def create_key(node: Node, actor: str) -> tuple[pii.VolunteerKey, int]:
         raise Conflict(f"this node uses volunteer key {granted.key_id} of {granted.scope}, which its volunteers "
                        "are registered under: a key of its own would hide them. Only the district (or a node "
                        "without a parent) creates the key")
+    if not holder and (parent := parent_of(node)) is not None:
+        raise Conflict(f"this node syncs with {parent['name']} ({parent['scope']}) and uses the volunteer key of "
+                       "its district, which reaches it through sync (`hemei volunteers key request`, then `hemei "
+                       "sync`): a key of its own would count everyone registered here as other people there. If "
+                       "this node holds the key for its subtree (a district under a city), run `hemei volunteers "
+                       "key create --holder`")
     key = pii.VolunteerKey(os.urandom(pii.SECRET_BYTES), node.scope)
     data["secrets"] = [{"secret": base64.b64encode(key.secret).decode(), "scope": node.scope}]
     _save(node, data)
