@@ -104,12 +104,12 @@ def join(call: ApiCall) -> Response:
     body = wire.decode(call.raw_body, max_inflated=JOIN_MAX_INFLATED)  # unauthenticated yet: keep it tiny
     try:
         public_key = base64.b64decode(body["public_key"], validate=True)
-        child_id = parse_node_id(body["node_id"])
-        token, name, scope = body["token"], body["name"], body["scope"]
-        if not all(isinstance(x, str) and 0 < len(x) <= 1024 for x in (token, name, scope)):
+        child_id, token, name, scope = body["node_id"], body["token"], body["name"], body["scope"]
+        if not all(isinstance(x, str) and 0 < len(x) <= 1024 for x in (child_id, token, name, scope)):
             raise TypeError
-    except (KeyError, TypeError, ValueError, AttributeError, binascii.Error, InvalidInput):
-        raise InvalidInput("join needs token, node_id, public_key, name and scope") from None
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise InvalidInput("join needs token, node_id, public_key (base64), name and scope, as text") from None
+    child_id = parse_node_id(child_id)  # says which check character is wrong
     authenticate(call, public_key=public_key, node_id=child_id)
     return _reply(enroll.accept_join(call.node, token, child_id, public_key, name, scope))
 

@@ -216,6 +216,27 @@ def test_unknown_node(district, street, pushed):
         stranger.http.close()
 
 
+def test_join_with_a_mistyped_node_id_is_refused_and_leaves_the_token_good(district):
+    """Found by this test's client: the message said a field was missing when a check character was wrong."""
+    newcomer = ProtocolClient()
+    token = district.quick("invite", "--scope", "越城区/偏门街道", "--name", "偏门街道", "--url",
+                           district.server.url, "--ttl", "1h", as_json=False)
+    fields = newcomer.read_token(token)
+    newcomer.url = fields["u"]
+    newcomer.learn_time()
+    last = newcomer.id[-1]  # the fourth group's check character
+    mistyped = newcomer.id[:-1] + ("A" if last != "A" else "B")
+    try:
+        with pytest.raises(Refused) as refusal:
+            newcomer.call("/api/sync/join", {"token": token, "node_id": mistyped, "public_key": b64(newcomer.public_key),
+                                             "name": fields["n"], "scope": fields["s"]})
+        assert (refusal.value.status, refusal.value.code) == (400, "invalid_input")
+        assert "wrong check character in group 8" in refusal.value.message
+        assert newcomer.join(token)["node_id"] == fields["p"]
+    finally:
+        newcomer.http.close()
+
+
 def push_draft(street, draft, first: int, mangle=lambda batch: batch):
     """Push entries of ``draft`` (a copy of the street's chain with writes the district must refuse)."""
     return lambda: street.call("/api/sync/push", {"batches": [mangle(street.batch(draft, first))]})
