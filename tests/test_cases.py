@@ -441,6 +441,27 @@ def test_a_district_with_a_one_segment_scope_counts_its_streets_grids(make_node)
         _report(district)
 
 
+def test_street_filters_take_this_nodes_own_name_and_refuse_an_unknown_place(street, make_node):
+    """Found by an operator walkthrough: on the street, the help's own example `grids list --street 府山街道`
+    showed nothing, and a mistyped street showed "no grids yet"."""
+    everything = grids.list_grids(street)
+    assert len(everything) == 2
+    for named in ("府山街道", STREET, "西小河社区"):
+        assert grids.list_grids(street, named) == [g for g in everything if g["scope"].startswith(
+            STREET if named != "西小河社区" else f"{STREET}/西小河社区")], named
+    assert metrics.stats(street, start=DAY0.isoformat(), scope="府山街道") == metrics.stats(street, start=DAY0.isoformat())
+    for unknown in ("府山街", "塔山街道"):
+        with pytest.raises(InvalidInput, match=f"no street '{unknown}' is known below {STREET}"):
+            grids.list_grids(street, unknown)
+        with pytest.raises(InvalidInput, match="is known below"):
+            cases.list_cases(street, street=unknown)
+    district = make_node("district", scope="越城区", modules=["grid_inspections"])
+    grids.add_grid(district, ACTOR, code="TS-01", name="塔山一网格", community="塔山社区", street="塔山街道")
+    assert [g["code"] for g in grids.list_grids(district, "塔山街道")] == ["TS-01"]
+    with pytest.raises(InvalidInput, match=r"known here: 越城区/塔山街道\)"):
+        grids.list_grids(district, "府山街道")
+
+
 def test_a_community_name_cannot_clash_with_a_micro_grid_path_and_redefining_keeps_what_is_not_given(street):
     with pytest.raises(InvalidInput, match="cannot contain"):
         grids.add_grid(street, ACTOR, code="M1", name="x", community="西小河社区/FS-01")

@@ -283,7 +283,7 @@ def list_cases(node: Node, *, state=None, level=None, grid=None, street=None, op
         params.append(grids.find_grid(node, grid)["id"])
     if street is not None:
         where.append("s.street = ?")
-        params.append(grids.place_scope(node, street))
+        params.append(grids.known_place(node, street))
     if open_only or overdue:
         where.append("s.state IN ({})".format(", ".join("?" * len(OPEN_STATES))))
         params.extend(OPEN_STATES)

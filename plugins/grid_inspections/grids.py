@@ -33,11 +33,31 @@ def grid_id(scope: str) -> str:
 
 
 def place_scope(node: Node, value, field: str = "street") -> str:
-    """A scope at or below this node's: its own scope, a full path inside it, or a path relative to it."""
+    """A scope at or below this node's: its own scope, a full path inside it, a path relative to it, or this
+    node's own name (``府山街道`` on the street 越城区/府山街道, as at its district)."""
     value = text(value, field, limit=512)
     scope = parse_scope(value)
-    if not covers(node.scope, scope):
-        scope = parse_scope(f"{node.scope}/{value}")
+    if covers(node.scope, scope):
+        return scope
+    if node.scope.endswith("/" + scope):
+        return node.scope
+    return parse_scope(f"{node.scope}/{value}")
+
+
+def known_place(node: Node, value, field: str = "street") -> str:
+    """``place_scope`` for a filter: a place this node has heard of (a node that synced here, or a grid's
+    street or community), so a mistyped name is refused instead of showing nothing."""
+    scope = place_scope(node, value, field)
+    if scope == node.scope:
+        return scope
+    known = {s for s in map(node.origin_scope, node.version_vector()) if s}
+    known |= {r[0] for r in node.conn.execute("SELECT DISTINCT scope FROM grids WHERE _deleted = 0")}
+    if not any(covers(scope, place) for place in known):  # (this node's own scope covers any path below it)
+        depth = node.scope.count("/") + 2  # segments of a place directly below this node
+        below = sorted({"/".join(p.split("/")[:depth]) for p in known if p != node.scope and covers(node.scope, p)})
+        raise InvalidInput(f"no {field} {value!r} is known below {node.scope}"
+                           + (f" (known here: {', '.join(below[:5])}{', ...' if len(below) > 5 else ''})"
+                              if below else ""))
     return scope
 
 
@@ -141,7 +161,7 @@ def find_grid(node: Node, ref) -> dict:
 def list_grids(node: Node, street: str | None = None) -> list[dict]:
     rows = list(node.db.query(f"SELECT {GRID_COLUMNS} FROM grids WHERE _deleted = 0 ORDER BY scope"))
     if street is not None:
-        where = place_scope(node, street)
+        where = known_place(node, street)
         rows = [r for r in rows if covers(where, r["scope"])]
     counts: dict[str, dict[str, int]] = {}
     for grid, role, n in node.conn.execute(

@@ -82,7 +82,7 @@ def _add(into: dict, row: dict) -> None:
 def stats(node: Node, *, start=None, end=None, scope: str | None = None) -> dict:
     """All case and patrol figures for cases reported in [start, end] within ``scope``."""
     start, end = _window(start, end)
-    scope = grids.place_scope(node, scope, "scope") if scope else node.scope
+    scope = grids.known_place(node, scope, "scope") if scope else node.scope
     status.ensure_fresh(node)
     subtree = subtree_params(scope)
     names = {r[0]: (r[1], r[2]) for r in node.conn.execute("SELECT id, code, name FROM grids")}
