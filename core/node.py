@@ -82,6 +82,9 @@ def _connect(path: Path) -> sqlite3.Connection:
 #: A key without its database: the node's records are gone from this folder, not a new node to create.
 _DATABASE_LOST = ("{home} holds this node's key ({key}) but not its database ({db}): it was deleted or moved. "
                   "Restore the node home from a backup")
+#: A database without its key: the node can sign nothing; the same key, not a new one, continues it.
+_KEY_LOST = ("{home} holds this node's database ({db}) but not its key ({key}): it was deleted or moved. "
+             "Restore {key} from the node home's backup (a new key would be another node)")
 
 
 class Node(ModuleHost):
@@ -122,6 +125,9 @@ class Node(ModuleHost):
         home = resolve_home(home)
         if (home / KEY_NAME).exists() and not (home / DB_NAME).exists():
             raise NodeStateError(_DATABASE_LOST.format(home=home, db=DB_NAME, key=KEY_NAME)
+                                 + "; for a new node, give another folder. Nothing was changed")
+        if (home / DB_NAME).exists() and not (home / KEY_NAME).exists():
+            raise NodeStateError(_KEY_LOST.format(home=home, db=DB_NAME, key=KEY_NAME)
                                  + "; for a new node, give another folder. Nothing was changed")
         if (home / DB_NAME).exists() or (home / KEY_NAME).exists():
             raise NodeStateError(f"{home} is already a node home: nothing was changed")
@@ -171,6 +177,8 @@ class Node(ModuleHost):
             if (home / KEY_NAME).exists():
                 raise NodeStateError(_DATABASE_LOST.format(home=home, db=DB_NAME, key=KEY_NAME))
             raise NodeStateError(f"{home} is not a node home (no {DB_NAME}); create one with 'hemei init'")
+        if not (home / KEY_NAME).exists():
+            raise NodeStateError(_KEY_LOST.format(home=home, db=DB_NAME, key=KEY_NAME))
         key = read_private_key(home / KEY_NAME)
         if sys.platform != "win32" and (home / DB_NAME).stat().st_mode & 0o077:
             raise NodeStateError(f"{home / DB_NAME} (password hashes, tokens) can be read by other users; "

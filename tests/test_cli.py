@@ -146,7 +146,7 @@ def test_invite_and_join_refuse_odd_input_plainly(tmp_path, run_cli):
     assert joined.exit_code == 1 and "is not an address such as" in joined.output
 
 
-def test_a_home_whose_database_was_emptied_or_lost_is_told_to_restore_it(tmp_path, run_cli):
+def test_a_home_whose_database_or_key_was_emptied_or_lost_is_told_to_restore_it(tmp_path, run_cli):
     """Found in review: an emptied node.db blamed the key, and a lost one had status say 'create one with
     hemei init' while init said 'already a node home'."""
     home = tmp_path / "府山"
@@ -164,6 +164,15 @@ def test_a_home_whose_database_was_emptied_or_lost_is_told_to_restore_it(tmp_pat
         assert lost.exit_code == 1 and "holds this node's key (node.key) but not its database" in lost.output
         assert "create one with" not in lost.output and "already a node home" not in lost.output
     assert (home / "node.key").read_bytes() == key and not (home / "node.db").exists()
+    # Found by an operator walkthrough: a lost key sent status to init and init back to status.
+    other = tmp_path / "塔山"
+    assert run_cli("--home", str(other), "init", "--name", "塔山街道", "--scope", "sx/yc/ts").exit_code == 0
+    (other / "node.key").unlink()
+    for args in (["status"], ["init", "--name", "塔山街道", "--scope", "sx/yc/ts"]):
+        lost = run_cli("--home", str(other), *args)
+        assert lost.exit_code == 1 and "holds this node's database (node.db) but not its key (node.key)" in lost.output
+        assert "run 'hemei init'" not in lost.output and "already a node home" not in lost.output
+    assert not (other / "node.key").exists()
 
 
 def test_init_on_an_existing_home_refuses_and_changes_nothing(tmp_path, run_cli):
