@@ -81,10 +81,11 @@ def check_history(node: Node, peer: dict, checkpoint) -> None:
     held = node.conn.execute("SELECT hash FROM _hemei_log WHERE origin = ? AND seq = ?", (row[0], size)).fetchone()
     if size < (row[1] if at is None else min(at, row[1])) or held is None or held[0] != head:
         held_then = size < (row[1] if at is None else min(at, row[1]))
-        differs = (f"presents {size} entries of its own log, but this node holds {row[1]} of them" if held_then
-                   else f"presents entries 1-{size} of its own log that differ from the {size} this node holds")
-        fork = Conflict(f"fork: {peer['name']} {differs}: it was restored or rewritten. Both checkpoints are "
-                        "kept as evidence", code="fork")
+        # Named, not "this node": the message is read on the other side too (the child prints the parent's).
+        differs = (f"presents {size} entries of its own log, but {node.name} holds {row[1]} of them" if held_then
+                   else f"presents entries 1-{size} of its own log that differ from the {size} {node.name} holds")
+        fork = Conflict(f"{peer['name']} {differs}: a fork (it was restored from a backup, or rewritten). Both "
+                        f"checkpoints are kept as evidence at {node.name}", code="fork")
         fork.evidence = {"origin": peer["node_id"], "held_size": row[1], "held_head": row[2],
                          "presented_size": size, "presented_head": head, "presented_signature": signature}
         raise fork

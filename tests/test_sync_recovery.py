@@ -64,8 +64,10 @@ def test_a_restored_street_that_wrote_as_much_as_it_lost_is_told_the_histories_d
         assert s.version_vector()[s.id] == size
     refused = pair.hemei("street", "sync")
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
-    assert f"presents entries 1-{size} of its own log that differ from the {size} this node holds" \
+    assert f"presents entries 1-{size} of its own log that differ from the {size} district holds: a fork" \
         in refused.stderr, refused.stderr
+    last_error = json.loads(pair.ok("street", "status", "--json"))["peers"][0]["last_error"]
+    assert last_error.startswith("fork: street presents") and "fork: fork" not in last_error
     fork = json.loads(pair.ok("district", "status", "--json"))["forks"][0]
     assert fork["held_size"] == fork["presented_size"] == size and fork["held_head"] != fork["presented_head"]
 
@@ -290,7 +292,7 @@ def restore_district(pair, after_backup: list[str], after_restore: list[str]) ->
 def test_a_parent_restored_from_backup_is_a_fork_at_the_child(pair):
     restore_district(pair, ["备份之后的通知"], [])
     done = pair.hemei("street", "sync")
-    assert done.returncode == 1 and "fork" in done.stderr and "restored or rewritten" in done.stderr
+    assert done.returncode == 1 and "fork" in done.stderr and "district presents" in done.stderr and "restored from a backup" in done.stderr
     status = json.loads(pair.ok("street", "status", "--json"))
     assert status["forks"] and status["forks"][0]["held_size"] > status["forks"][0]["presented_size"]
     with pair.open("street") as s:
