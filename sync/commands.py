@@ -10,9 +10,10 @@ import click
 
 from hemei.core.cli_support import Duration, cli_actor, cli_node, emit, home_option, json_option, table
 from hemei.core.errors import HemeiError, InvalidInput
+from hemei.core.scope import parse_scope
 
 from . import bundles, client, enroll
-from .peers import peers_status
+from .peers import all_peers, peers_status
 
 
 @click.command()
@@ -40,6 +41,12 @@ def invite(scope: str, name: str, url: str | None, ttl: int) -> None:
     token = enroll.create_invite(node, name=name, scope=scope, url=url, ttl_s=ttl, actor=cli_actor())
     node.conn.execute("INSERT OR REPLACE INTO _hemei_meta (key, value) VALUES ('public_url', ?)", (url,))
     click.echo(token)
+    # Two nodes may share a scope (two PCs of one office), so this is a note, not a refusal; but the usual
+    # reason is a PC replaced after a fork or a lost disk, whose old identity should be revoked.
+    for held in all_peers(node):
+        if held["role"] == "child" and not held["revoked"] and held["scope"] == parse_scope(scope):
+            click.echo(f"note: {held['name']} ({held['node_id']}) is enrolled for {held['scope']} already. If the "
+                       f"new node replaces it, revoke it: hemei nodes revoke {held['node_id']}", err=True)
 
 
 @click.command()

@@ -72,6 +72,55 @@ def test_a_restored_street_that_wrote_as_much_as_it_lost_is_told_the_histories_d
     assert fork["held_size"] == fork["presented_size"] == size and fork["held_head"] != fork["presented_head"]
 
 
+def test_a_forked_street_continues_as_a_new_node_as_operations_md_says(pair):
+    """The recovery docs/operations.md gives under "Forks", step by step: an operator walkthrough found
+    none was documented."""
+    with pair.open("street") as s:
+        write_notes(s, [("第一条", "sx/yc/fs")])
+    pair.sync("street")
+    backup = pair.root / "backup-forked"
+    shutil.copytree(pair.home("street"), backup)
+    with pair.open("street") as s:
+        write_notes(s, [("第二条", "sx/yc/fs")])
+        old_id = s.id
+    pair.sync("street")
+    shutil.rmtree(pair.home("street"))
+    shutil.copytree(backup, pair.home("street"))
+    assert "fork" in pair.hemei("street", "sync").stderr
+    assert json.loads(pair.ok("district", "status", "--json"))["forks"][0]["origin"] == old_id
+    pair.ok("district", "nodes", "revoke", old_id)
+    invited = pair.hemei("district", "invite", "--scope", "sx/yc/fs", "--name", "street",
+                         "--url", pair.servers["district"].url)
+    assert invited.returncode == 0 and invited.stdout.count("\n") == 1 and "note:" not in invited.stdout
+    again = pair.hemei("district", "invite", "--scope", "sx/yc/fs", "--name", "street2",
+                       "--url", pair.servers["district"].url)
+    assert f"note: street ({old_id}) is enrolled for sx/yc/fs" not in again.stderr  # revoked: no note
+    pair.init("street-new", "sx/yc/fs")
+    pair.ok("street-new", "join", invited.stdout.strip())
+    pair.sync("street-new")
+    with pair.open("street-new") as new:
+        assert {"第一条", "第二条"} <= note_titles(new)  # everything the district held comes back
+        first = new.conn.execute("SELECT id FROM notes WHERE title = '第一条'").fetchone()[0]
+        with new.writer("tester") as w:
+            w.update("notes", first, {"body": "新节点接着改"})
+    pair.sync("street-new")
+    with pair.open("district") as d:
+        assert d.conn.execute("SELECT body FROM notes WHERE id = ?", (first,)).fetchone()[0] == "新节点接着改"
+    for name in ("district", "street-new"):
+        assert "verified" in pair.ok(name, "audit", "verify").lower()
+    assert pair.hemei("street", "sync").returncode == 1  # the restored PC is refused from now on
+
+
+def test_invite_notes_a_scope_that_an_enrolled_node_holds_already(pair):
+    with pair.open("street") as s:
+        street_id = s.id
+    invited = pair.hemei("district", "invite", "--scope", "sx/yc/fs", "--name", "府山二号机",
+                         "--url", pair.servers["district"].url)
+    assert invited.returncode == 0 and invited.stdout.strip().startswith("hemei1.")
+    assert f"note: street ({street_id}) is enrolled for sx/yc/fs already" in invited.stderr
+    assert f"hemei nodes revoke {street_id}" in invited.stderr
+
+
 def test_entries_from_a_fast_clock_wait_until_their_time(pair, monkeypatch):
     server = pair.servers["district"]
     server.stop()
