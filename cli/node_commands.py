@@ -57,8 +57,11 @@ def _print_status(s: dict) -> None:
         click.echo(f"MISSING modules (enabled but not installed): {', '.join(s['missing_modules'])}")
     for peer in s.get("peers", []):
         state = "REVOKED" if peer["revoked"] else f"last contact {peer['last_contact'] or 'never'}"
+        # pending_up / pending_down go up and down the tree: from a child's line, up is what comes here.
+        here_to_there, there_to_here = ((peer["pending_up"], peer["pending_down"]) if peer["role"] == "parent"
+                                        else (peer["pending_down"], peer["pending_up"]))
         click.echo(f"{peer['role']:<9} {peer['name']} ({peer['scope']}) {state}; "
-                   f"to send {peer['pending_up']}, to receive {peer['pending_down']}")
+                   f"to send {here_to_there}, to receive {there_to_here}")
         if peer.get("clock_warning"):
             click.echo(f"          {peer['clock_warning']}")
         for module, gap in peer.get("version_gaps", {}).items():

@@ -81,6 +81,13 @@ def test_status_shows_peers_with_backlog_both_ways(tree):
         write_notes(n, [("还没发下去", "sx/yc/fs")])
     district = json.loads(tree.ok("district", "status", "--json"))
     assert next(p for p in district["peers"] if p["name"] == "fushan")["pending_down"] == 1
+    # Found by an operator walkthrough: the text said "to receive 1" on the district, which has it to send.
+    line = next(line for line in tree.ok("district", "status").splitlines() if line.startswith("child     fushan"))
+    assert line.endswith("to send 1, to receive 0"), line
+    with tree.open("fushan") as n:
+        write_notes(n, [("街道新写的", "sx/yc/fs")])
+    line = next(line for line in tree.ok("fushan", "status").splitlines() if line.startswith("parent"))
+    assert line.endswith("to send 1, to receive 0"), line  # (down: as of the last contact, before the note)
     listed = json.loads(tree.ok("district", "nodes", "list", "--json"))
     assert {c["name"] for c in listed} == {"fushan", "beihai"}
     assert all(set(c) >= {"node_id", "name", "scope", "last_contact", "revoked"} for c in listed)
