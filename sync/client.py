@@ -34,6 +34,17 @@ class SyncRefused(HemeiError):
     """The parent answered with an error; code and message are the parent's."""
 
 
+#: Refusals no retry can end: an operator must act. ``sync --watch`` stops on them (each retry would be
+#: another refusal in both logs) and the message says what to do.
+NEEDS_AN_OPERATOR = {
+    "revoked": "this node can no longer sync with its parent; if it replaces a node, ask the parent's operator "
+               "for a new invite and join with it from a new node home",
+    "unknown_node": "the parent does not know this node (was the parent restored from a backup, or this node "
+                    "enrolled elsewhere?): ask the parent's operator for a new invite",
+    "fork": "stop writing on this PC and call the parent's operator (docs/operations.md, Forks)",
+}
+
+
 class Unreachable(HemeiError):
     code = "unreachable"
     status = 503
@@ -121,6 +132,8 @@ class ParentLink:
                 message = error["message"]
                 if error["code"] == ClockNotSet.code:  # its message speaks of "this PC": the parent's
                     message = f"the parent cannot write anything: {message}"
+                if error["code"] in NEEDS_AN_OPERATOR:
+                    message = f"{message}. {NEEDS_AN_OPERATOR[error['code']]}"
                 raise SyncRefused(message, code=error["code"], status=reply.status_code)
             except (ValueError, KeyError, TypeError):
                 raise SyncRefused(f"parent answered {reply.status_code}", code="http_error",
@@ -331,7 +344,9 @@ def sync_watch(node: Node, *, interval_s: float, batch_size: int, on_result: Cal
             failures = 0
             sleep(interval_s)
         except (Unreachable, SyncRefused, ClockSkew, ClockNotSet) as exc:
-            failures += 1
             on_result(exc)
+            if exc.code in NEEDS_AN_OPERATOR:
+                raise
+            failures += 1
             sleep(min(max_backoff_s, 2 ** failures))
 

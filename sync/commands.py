@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-import time
+from datetime import datetime
 
 import click
 
@@ -155,19 +155,26 @@ def sync_command(watch: bool, interval: int, batch_size: int, as_json: bool) -> 
         bars = _ProgressBars() if sys.stderr.isatty() else None
         try:
             report = client.sync_once(node, batch_size, progress=bars)
+        except HemeiError as exc:
+            if as_json:  # a script reads the outcome on stdout either way; the message still goes to stderr
+                click.echo(json.dumps({"ok": False, "error": exc.to_json()["error"]}, ensure_ascii=False))
+            raise
         finally:
             if bars:
                 bars.finish()
-        emit(report.to_json(), as_json, lambda r: click.echo(_describe(report)))
+        emit({"ok": True, **report.to_json()}, as_json, lambda r: click.echo(_describe(report)))
         return
 
     def on_result(result) -> None:
-        stamp = time.strftime("%H:%M:%S")
-        if as_json:  # one JSON object a line, for a script that follows the watch
+        now = datetime.now().astimezone()
+        if as_json:  # one JSON object a line, for a script or a service log that follows the watch
+            stamp = now.isoformat(timespec="seconds")
             line = ({"time": stamp, "ok": False, "error": result.to_json()["error"]}
                     if isinstance(result, HemeiError) else {"time": stamp, "ok": True, **result.to_json()})
             click.echo(json.dumps(line, ensure_ascii=False))
-        elif isinstance(result, HemeiError):
+            return
+        stamp = now.strftime("%Y-%m-%d %H:%M:%S")
+        if isinstance(result, HemeiError):
             click.echo(f"{stamp} not synced: {result.message}", err=True)
         else:
             click.echo(f"{stamp} {_describe(result)}", err=True)

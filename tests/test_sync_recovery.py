@@ -6,6 +6,7 @@ import errno
 import json
 import shutil
 import subprocess
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -294,7 +295,19 @@ def test_watch_json_prints_one_json_object_a_round(pair):
     finally:
         watch.kill()
         watch.communicate(timeout=30)
-    assert first["ok"] is True and first["pushed"] >= 1 and first["time"]
+    assert first["ok"] is True and first["pushed"] >= 1
+    stamped = datetime.fromisoformat(first["time"])  # a date and an offset: a service log keeps days of these
+    assert stamped.tzinfo is not None and abs((datetime.now().astimezone() - stamped).total_seconds()) < 120
+    # A single sync answers on stdout in the same shape, failure included (it printed nothing on stdout).
+    once = pair.hemei("street", "sync", "--json")
+    assert once.returncode == 0 and json.loads(once.stdout)["ok"] is True
+    pair.servers["district"].stop()
+    try:
+        down = pair.hemei("street", "sync", "--json")
+        assert down.returncode == 1 and json.loads(down.stdout) == {
+            "ok": False, "error": {"code": "unreachable", "message": down.stderr.strip().removeprefix("error: ")}}
+    finally:
+        pair.serve("district", port=pair.servers["district"].port)
 
 
 def test_watch_waits_out_a_clock_reset_on_this_pc(pair):

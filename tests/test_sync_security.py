@@ -389,7 +389,16 @@ def test_revoked_node_is_refused(net):
         fushan_id = fushan.id
     net.ok("district", "nodes", "revoke", fushan_id)
     done = net.hemei("fushan", "sync")
-    assert done.returncode == 1 and "revoked" in done.stderr
+    assert done.returncode == 1 and "revoked" in done.stderr and "ask the parent's operator" in done.stderr
+    # Found by an operator walkthrough: a watch retried for ever, each round a refusal in both logs.
+    with net.open("district") as d:
+        size = d.version_vector()[d.id]
+    watched = net.hemei("fushan", "sync", "--watch", "--interval", "1s", "--json", timeout=60)
+    assert watched.returncode == 1 and "revoked" in watched.stderr and "Traceback" not in watched.stderr
+    rounds = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert len(rounds) == 1 and rounds[0]["ok"] is False and rounds[0]["error"]["code"] == "revoked"
+    with net.open("district") as d:
+        assert d.version_vector()[d.id] == size + 1  # that one refusal, on record
     listed = {c["node_id"]: c["revoked"] for c in json.loads(net.ok("district", "nodes", "list", "--json"))}
     assert listed[fushan_id] is True
     with net.open("fushan") as fushan:
