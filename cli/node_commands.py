@@ -8,9 +8,9 @@ import socket
 
 import click
 
-from hemei.core.audit import list_conflicts
+from hemei.core.audit import list_conflicts, verify_log
 from hemei.core.cli_support import home_option, NodeContext, cli_actor, cli_context, cli_node, emit, json_option, progress, table
-from hemei.core.errors import InvalidInput
+from hemei.core.errors import InvalidInput, NodeStateError
 from hemei.core.node import Node
 from hemei.core.scope import parse_scope
 
@@ -134,8 +134,10 @@ def rebuild(tables: tuple[str, ...], as_json: bool) -> None:
     """Recompute state tables from the log, and say which ones changed.
 
     Safe to run at any time: the log is the truth and state tables are its
-    projection. A table reported as "repaired" had been changed outside
-    hemei (or damaged) and now matches the log again.
+    projection. The log is verified first (as `hemei audit verify` does);
+    one changed outside hemei is not projected. A table reported as
+    "repaired" had been changed outside hemei (or damaged) and now matches
+    the log again.
 
     Example:
 
@@ -146,6 +148,13 @@ def rebuild(tables: tuple[str, ...], as_json: bool) -> None:
     for name in names:
         if name not in node.specs:
             raise InvalidInput(f"no table {name!r} (enabled tables: {', '.join(sorted(node.specs)) or 'none'})")
+    with progress(node.conn.execute("SELECT count(*) FROM _hemei_log").fetchone()[0], "verifying") as bar:
+        verified = verify_log(node, progress=bar.update)
+    if not verified["ok"]:  # a tampered log projected would put the tampering in every figure, unremarked
+        raise NodeStateError(f"the log does not verify ({verified['errors'][0]}"
+                             + (f"; {len(verified['errors']) - 1} more" if len(verified["errors"]) > 1 else "")
+                             + "), so nothing was rebuilt: restore the node home from a backup"
+                             " (`hemei audit verify` lists every problem)")
     before = {n: _digest(node, n) for n in names}
     total = node.conn.execute("SELECT count(*) FROM _hemei_log WHERE kind LIKE 'row.%'").fetchone()[0]
     with progress(total, "rebuilding") as bar:

@@ -143,6 +143,18 @@ def test_cli_verify_exits_non_zero_and_prints_json(written, run_cli, tmp_path):
     assert text.exit_code == 1 and f"#{first + 1}" in text.output and "FAILED" in text.output
 
 
+def test_rebuild_refuses_a_log_that_does_not_verify(written, run_cli):
+    """Found by an operator walkthrough: rebuild put a tampered entry's text into the table, "repaired"."""
+    node, first = written
+    home = str(node.home)
+    assert "notes: unchanged" in run_cli("--home", home, "rebuild").output
+    node.conn.execute("UPDATE _hemei_log SET payload = replace(payload, 't1', '篡改') WHERE seq = ?", (first + 1,))
+    refused = run_cli("--home", home, "rebuild")
+    assert refused.exit_code == 1 and f"the log does not verify ({node.id}#{first + 1}:" in refused.output
+    assert "nothing was rebuilt" in refused.output
+    assert [t for (t,) in node.conn.execute("SELECT title FROM notes ORDER BY title")] == [f"t{i}" for i in range(6)]
+
+
 def test_audit_log_filters_newest_first(written):
     node, _ = written
     everything = audit_log(node, limit=100)
