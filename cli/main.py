@@ -101,10 +101,18 @@ class HemeiGroup(click.Group):
         if name in self._builtin_commands(ctx):
             return self._builtin_commands(ctx)[name]
         try:
-            return self._plugin_commands(ctx).get(name)
+            command = self._plugin_commands(ctx).get(name)
         except HemeiError as exc:
             raise click.UsageError(f"no such command {name!r} (module commands come from the node: "
                                    f"{exc.message})", ctx) from None
+        if command is None and not ctx.resilient_parsing:
+            # Which module a name belongs to is known only by importing it, which a disabled one never is.
+            node = ctx.ensure_object(NodeContext).node()
+            idle = sorted(set(node.available_modules()) - set(node.enabled_modules()))
+            if idle:
+                raise click.UsageError(f"no such command {name!r}. Program modules installed but not enabled on "
+                                       f"this node: {', '.join(idle)} (hemei modules enable NAME)", ctx)
+        return command
 
     def resolve_command(self, ctx: click.Context, args: list[str]):
         obj = ctx.ensure_object(NodeContext)

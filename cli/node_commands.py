@@ -12,7 +12,7 @@ from hemei.core.audit import list_conflicts, verify_log
 from hemei.core.cli_support import home_option, NodeContext, cli_actor, cli_context, cli_node, emit, json_option, progress, table
 from hemei.core.errors import InvalidInput, NodeStateError
 from hemei.core.node import Node
-from hemei.core.scope import parse_scope
+from hemei.core.scope import covers, parse_scope
 
 
 
@@ -106,7 +106,10 @@ def conflicts(table_name: str | None, as_json: bool) -> None:
 
         hemei --home ./district conflicts --table ballots --json
     """
-    items = list_conflicts(cli_node(), table_name)
+    node = cli_node()
+    items = list_conflicts(node, table_name)
+    if table_name is not None and not items and table_name not in node.specs:  # a typo, not "no conflicts"
+        raise InvalidInput(f"no table {table_name!r} here (enabled tables: {', '.join(sorted(node.specs)) or 'none'})")
 
     def human(rows):
         if not rows:
@@ -183,6 +186,8 @@ def report(scope: str | None, as_json: bool) -> None:
     """
     node = cli_node()
     scope = parse_scope(scope) if scope else node.scope
+    if not covers(node.scope, scope):  # figures of a place this node holds no part of would read as zeros
+        raise InvalidInput(f"{scope} is not inside this node's scope {node.scope}: give a path that starts with it")
     sections = [s for group in node.pm.hook.report_sections(node=node, scope=scope) for s in group or ()]
     data = {"scope": scope, "sections": [s.to_json() for s in sections]}
 

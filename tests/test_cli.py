@@ -261,7 +261,9 @@ def test_modules_enable_disable_are_logged_and_hide_commands(tmp_path, run_cli):
     assert "already enabled" in run_cli("--home", home, "modules", "enable", "hook_probe").output
     assert "unknown module 'nope'" in run_cli("--home", home, "modules", "enable", "nope").output
     assert run_cli("--home", home, "modules", "disable", "hook_probe").exit_code == 0
-    assert "no such command" in run_cli("--home", home, "probe", "note", "x").output.lower()
+    hidden = run_cli("--home", home, "probe", "note", "x").output
+    assert "no such command 'probe'" in hidden and "installed but not enabled on this node: " in hidden
+    assert "hook_probe" in hidden.split("not enabled on this node: ")[1]
     kinds = [e["kind"] for e in json.loads(run_cli("--home", home, "audit", "log", "--kind", "module",
                                                    "--json").output)]
     assert kinds == ["module.disable", "module.enable"]
@@ -326,6 +328,13 @@ def test_conflicts_and_rebuild_commands(make_node, run_cli):
     assert repaired["tables"]["ballots"] == "repaired"
     assert json.loads(run_cli("--home", str(b.home), "conflicts", "--json").output) == listed
     assert "no table 'nope'" in run_cli("--home", str(b.home), "rebuild", "--table", "nope").output
+    # Found by an operator walkthrough: a mistyped table or an outside scope answered as if all were well.
+    assert json.loads(run_cli("--home", str(b.home), "conflicts", "--table", "notes", "--json").output) == []
+    typo = run_cli("--home", str(b.home), "conflicts", "--table", "ballot")
+    assert typo.exit_code == 1 and "no table 'ballot' here (enabled tables: ballots, notes)" in typo.output
+    outside = run_cli("--home", str(b.home), "report", "--scope", "yuecheng/tashan")
+    assert outside.exit_code == 1 and "not inside this node's scope yuecheng/fushan" in outside.output
+    assert run_cli("--home", str(b.home), "report", "--scope", "yuecheng/fushan/xihu").exit_code == 0
 
 
 def _walk(command: click.Command, path: str = "hemei"):
