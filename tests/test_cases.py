@@ -296,6 +296,11 @@ def cli_street(tmp_path, run_cli):
 
 def test_the_cli_runs_a_case_round_the_loop_and_shows_every_event_as_json(cli_street):
     assert cli_street("grids", "add", "FS-03", "府山第三网格", "--community", "西小河社区").exit_code == 0
+    # Found by an operator walkthrough: "prints its id" printed the id and the state, so C=$(...) got both.
+    plain = cli_street("cases", "report", "--grid", "FS-03", "--category", "environment", "--description", "垃圾",
+                       "--reporter", "李娟")
+    assert plain.exit_code == 0 and len(plain.stdout.split()) == 1 and "reported" in plain.stderr
+    assert cli_street("cases", "show", plain.stdout.strip(), "--json").exit_code == 0
     assert cli_street("grids", "staff", "add", "FS-03", "李娟", "--role", "leader").exit_code == 0
     assert "李娟" in cli_street("grids", "staff", "list", "FS-03").output
     reported = cli_street("cases", "report", "--grid", "FS-03", "--category", "environment", "--description",

@@ -219,7 +219,7 @@ def _print_case(case: dict) -> None:
               help="Fixed at once: records every step up to closed, with this as the handling.")
 @json_option
 def cases_report(grid, category, description, reporter, source, place, patrol, at, on_the_spot, as_json):
-    """Report a case; prints its id.
+    """Report a case; prints its id alone on stdout (its state on stderr), for a script to keep.
 
     Example:
 
@@ -228,7 +228,11 @@ def cases_report(grid, category, description, reporter, source, place, patrol, a
     case = case_ops.report(cli_node(), cli_actor(), grid=grid, category=category, description=description,
                            reporter=reporter, source=source, place=place, patrol=patrol, at=at,
                            on_the_spot=on_the_spot)
-    emit(case, as_json, lambda c: click.echo(f"{c['id']}  {c['state']}"))
+    def human(c):
+        click.echo(c["id"])
+        click.echo(f"case {c['id'][:8]} {c['state']}", err=True)
+
+    emit(case, as_json, human)
 
 
 @cases.command("list")
