@@ -62,6 +62,10 @@ def audit_log_cmd(actor: str | None, kind: str | None, table_name: str | None, s
                   origin: str | None, limit: int, as_json: bool) -> None:
     """Who did what, newest first.
 
+    Entries another node withheld from this one (another branch's, kind
+    redacted: only their digest is held) are left out unless asked for
+    with --kind redacted.
+
     Example:
 
         hemei audit log --actor wangli --since 2026-11-01 --limit 20
@@ -73,7 +77,7 @@ def audit_log_cmd(actor: str | None, kind: str | None, table_name: str | None, s
         if not rows:
             click.echo("no entries")
             return
-        shown = [{"time": r["time"], "origin": r["origin"][:7], "seq": r["seq"], "actor": r["actor"],
+        shown = [{"time": r["time"] or "(withheld)", "origin": r["origin"][:7], "seq": r["seq"], "actor": r["actor"],
                   "kind": r["kind"], "what": f"{r.get('table')} {r.get('pk')}" if "table" in r
                   else ", ".join(f"{k}={v}" for k, v in r["details"].items())} for r in rows]
         table(shown, ["time", "origin", "seq", "actor", "kind", "what"])

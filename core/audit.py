@@ -105,6 +105,9 @@ def audit_log(node: Node, *, actor: str | None = None, kind: str | None = None, 
     if kind:
         where.append("(l.kind = ? OR l.kind LIKE ?)")
         params += [kind, kind + ".%"]
+    else:  # entries withheld from this node (another branch's) say nothing but that they exist
+        where.append("l.kind != ?")
+        params.append(REDACTED)
     if table:
         where.append("l.kind LIKE 'row.%' AND json_extract(l.payload, '$.t') = ?")
         params.append(table)
@@ -126,8 +129,8 @@ def audit_log(node: Node, *, actor: str | None = None, kind: str | None = None, 
     out = []
     for node_id, seq, hlc, who, what, scope, payload in node.conn.execute(sql, params + [limit]):
         body = orjson.loads(payload) if payload else {}  # a redacted entry has no payload here
-        item = {"origin": node_id, "seq": seq, "time": hlc_to_iso(hlc), "hlc": hlc, "actor": who,
-                "kind": what, "scope": scope}
+        item = {"origin": node_id, "seq": seq, "time": None if what == REDACTED else hlc_to_iso(hlc),
+                "hlc": hlc, "actor": who, "kind": what, "scope": scope}
         if what.startswith("row."):
             item.update(table=body.get("t"), pk=body.get("pk"), values=body.get("v"))
         else:

@@ -93,6 +93,18 @@ def test_status_shows_peers_with_backlog_both_ways(tree):
     assert all(set(c) >= {"node_id", "name", "scope", "last_contact", "revoked"} for c in listed)
 
 
+def test_the_audit_log_leaves_out_entries_withheld_from_this_node_unless_asked(tree):
+    """Found by an operator walkthrough: a street's audit log listed the district's withheld entries as
+    written in 1970, at the bottom."""
+    tree.sync("fushan")
+    shown = json.loads(tree.ok("fushan", "audit", "log", "--limit", "1000", "--json"))
+    assert shown and all(e["kind"] != "redacted" and e["time"] for e in shown)
+    withheld = json.loads(tree.ok("fushan", "audit", "log", "--kind", "redacted", "--limit", "1000", "--json"))
+    assert withheld and all(e["kind"] == "redacted" and e["time"] is None for e in withheld)
+    text = tree.ok("fushan", "audit", "log", "--kind", "redacted")
+    assert "(withheld)" in text and "1970" not in text
+
+
 def test_sync_is_quiet_when_piped_and_a_second_run_moves_nothing(tree):
     tree.sync("fushan")
     again = tree.hemei("fushan", "sync")
