@@ -220,6 +220,21 @@ def test_confirming_several_entries_confirms_all_or_none(street, run_cli):
     assert ledger.balance(street, people[0]["person"])["hours"] == 2
 
 
+def test_hours_are_not_recorded_before_the_activity_has_happened(street):
+    """Found by an operator walkthrough: hours of next month's activity went onto a certificate."""
+    import datetime as dt
+
+    tomorrow = (dt.date.today() + dt.timedelta(days=1)).isoformat()
+    later = registry.add_activity(street, ACTOR, title="明天义诊", category="health", date=tomorrow)
+    person = registry.add_volunteer(street, ACTOR, name="志愿者", id_number=id_number(70))
+    before = _log_size(street)
+    with pytest.raises(InvalidInput, match=f"is on {tomorrow}: hours are recorded from that day on"):
+        ledger.log_hours(street, ACTOR, activity=later["id"], volunteer=person["id"], hours=2, confirm=True)
+    assert _log_size(street) == before
+    today = registry.add_activity(street, ACTOR, title="今天义诊", category="health", date=dt.date.today().isoformat())
+    assert ledger.log_hours(street, ACTOR, activity=today["id"], volunteer=person["id"], hours=2)["hours"] == 2
+
+
 def test_since_filters_take_any_date_and_count_only_from_it(street):
     act = registry.add_activity(street, ACTOR, title="义诊", category="health", date="2026-11-20")
     person = registry.add_volunteer(street, ACTOR, name="志愿者", id_number=id_number(40))

@@ -78,6 +78,8 @@ def log_hours(node: Node, actor: str, *, activity, volunteer, hours=None, sign_i
     confirm = flag(confirm, "confirm")
     act = get_activity(node, activity)
     vol = get_volunteer(node, volunteer)
+    if act["date"] > dt.date.today().isoformat():  # hours served later would be on a certificate already
+        raise InvalidInput(f"{act['title']} is on {act['date']}: hours are recorded from that day on")
     if attendance_of(node, act["id"], vol["id"]) == "no_show":
         raise InvalidInput(f"{vol['name']} is marked no-show at {act['title']}: no hours can be recorded")
     if one(node, "SELECT id FROM volunteer_hours WHERE activity = ? AND volunteer = ? AND corrects IS NULL"
