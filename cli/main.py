@@ -8,6 +8,7 @@ never as a traceback (set ``HEMEI_DEBUG=1`` to see one for a real bug).
 
 from __future__ import annotations
 
+import difflib
 import errno
 import os
 import sqlite3
@@ -105,7 +106,8 @@ class HemeiGroup(click.Group):
         except HemeiError as exc:
             raise click.UsageError(f"no such command {name!r} (module commands come from the node: "
                                    f"{exc.message})", ctx) from None
-        if command is None and not ctx.resilient_parsing:
+        if command is None and not ctx.resilient_parsing \
+                and not difflib.get_close_matches(name, self.list_commands(ctx)):  # a typo: click suggests
             # Which module a name belongs to is known only by importing it, which a disabled one never is.
             node = ctx.ensure_object(NodeContext).node()
             idle = sorted(set(node.available_modules()) - set(node.enabled_modules()))

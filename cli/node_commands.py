@@ -234,7 +234,14 @@ def serve(host: str, port: int, log_level: str) -> None:
     # A street whose link died mid-upload leaves a request waiting for its body:
     # do not let it hold a shutdown forever.
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[listener])
+    try:
+        uvicorn.Server(config).run(sockets=[listener])
+    except KeyboardInterrupt:  # uvicorn raises Ctrl-C again after its clean shutdown; uvicorn.run hid it
+        pass
+
+
+#: What Windows sockets report instead of the POSIX codes (the errno module names them only on Windows).
+_WSAEACCES, _WSAEADDRINUSE, _WSAEADDRNOTAVAIL = 10013, 10048, 10049
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -247,12 +254,15 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port), family=family, backlog=2048)
     except OSError as e:
-        if e.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1)):
+        if e.errno in (errno.EADDRINUSE, _WSAEADDRINUSE):
             raise InvalidInput(f"port {port} on {host} is already in use by another program:"
                                " stop it, or choose another --port") from None
-        if e.errno in (errno.EACCES, getattr(errno, "WSAEACCES", -1)):
-            raise InvalidInput(f"this user may not listen on port {port}: choose a port above 1023") from None
-        if e.errno in (errno.EADDRNOTAVAIL, getattr(errno, "WSAEADDRNOTAVAIL", -1)):
+        if e.errno in (errno.EACCES, _WSAEACCES):
+            if port < 1024:
+                raise InvalidInput(f"this user may not listen on port {port}: choose a port above 1023") from None
+            raise InvalidInput(f"port {port} is reserved on this PC or held by another program: choose another "
+                               "--port") from None
+        if e.errno in (errno.EADDRNOTAVAIL, _WSAEADDRNOTAVAIL):
             raise InvalidInput(f"--host {host} is not an address of this PC") from None
         raise InvalidInput(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 

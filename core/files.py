@@ -10,36 +10,51 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO, Iterator, TextIO
 
-from .errors import InvalidInput
+from .errors import HemeiError, InvalidInput
+
+
+class FileInUse(HemeiError):
+    code = "file_in_use"
+    status = 409
 
 
 @contextmanager
-def atomic_file(path: Path, *, private: bool = False) -> Iterator[BinaryIO]:
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
     """A binary file that takes the place of ``path`` when the block ends without an error.
 
     Written beside the target (a rename within one folder is atomic, on
     Windows too) and flushed to the disk before the rename, so a stick
     pulled right after the command returns holds the whole file. On any
     failure the temporary file is removed and ``path`` left as it was.
-    ``private``: readable by the owner only from the first byte (keys).
+    The file is readable by its owner only, from the first byte: keys, and
+    exports that name people.
     """
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    fd = os.open(tmp, flags, 0o600 if private else 0o666)
+    # A unique name (not the process id: Windows reuses ids, and a killed run's leftover would block).
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".part")
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
             yield out
             out.flush()
             os.fsync(out.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except PermissionError:  # on Windows: the old file is open (a CSV in Excel)
+            raise FileInUse(f"{path} cannot be replaced: close it if another program (Excel) has it open, and "
+                            "check that this user may write there. Nothing was changed") from None
     except BaseException:
         with suppress(OSError):
             tmp.unlink()
         raise
+
+
+#: Files of a node home that an export must never replace: the node itself, and module keyrings.
+_NODE_FILES = ("node.db", "node.db-wal", "node.db-shm", "node.key")
 
 
 @contextmanager
@@ -60,7 +75,7 @@ def text_writer(binary: BinaryIO, *, encoding: str = "utf-8", newline: str | Non
 
 
 def export_target(out: str | Path, home: Path) -> Path:
-    """Where an export may be written: a new file, or an older export, but never a file of the node home.
+    """Where an export may be written: a new file, or an older export, but never one of the node's own files.
 
     ``--out node.db`` or ``--out node.key`` typed in the home would otherwise
     replace the node itself with a CSV.
@@ -68,6 +83,7 @@ def export_target(out: str | Path, home: Path) -> Path:
     path = Path(out)
     if path.is_dir():
         raise InvalidInput(f"{out} is a folder: give a file name")
-    if path.exists() and path.resolve().parent == Path(home).resolve():
+    if (path.exists() and path.resolve().parent == Path(home).resolve()
+            and (path.name in _NODE_FILES or path.name.endswith(".keys"))):
         raise InvalidInput(f"{out} is one of the node's own files: give another file name (it was left as it is)")
     return path

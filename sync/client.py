@@ -37,11 +37,11 @@ class SyncRefused(HemeiError):
 #: Refusals no retry can end: an operator must act. ``sync --watch`` stops on them (each retry would be
 #: another refusal in both logs) and the message says what to do.
 NEEDS_AN_OPERATOR = {
-    "revoked": "this node can no longer sync with its parent; if it replaces a node, ask the parent's operator "
+    "revoked": "This node can no longer sync with its parent; if it replaces a node, ask the parent's operator "
                "for a new invite and join with it from a new node home",
-    "unknown_node": "the parent does not know this node (was the parent restored from a backup, or this node "
+    "unknown_node": "The parent does not know this node (was the parent restored from a backup, or this node "
                     "enrolled elsewhere?): ask the parent's operator for a new invite",
-    "fork": "stop writing on this PC and call the parent's operator (docs/operations.md, Forks)",
+    "fork": "Stop writing on this PC and call the parent's operator (docs/operations.md, Forks)",
 }
 
 

@@ -175,7 +175,8 @@ def sync_command(watch: bool, interval: int, batch_size: int, as_json: bool) -> 
             return
         stamp = now.strftime("%Y-%m-%d %H:%M:%S")
         if isinstance(result, HemeiError):
-            click.echo(f"{stamp} not synced: {result.message}", err=True)
+            if result.code not in client.NEEDS_AN_OPERATOR:  # those end the watch, with the message as its error
+                click.echo(f"{stamp} not synced: {result.message}", err=True)
         else:
             click.echo(f"{stamp} {_describe(result)}", err=True)
 

@@ -261,6 +261,8 @@ def test_modules_enable_disable_are_logged_and_hide_commands(tmp_path, run_cli):
     assert "already enabled" in run_cli("--home", home, "modules", "enable", "hook_probe").output
     assert "unknown module 'nope'" in run_cli("--home", home, "modules", "enable", "nope").output
     assert run_cli("--home", home, "modules", "disable", "hook_probe").exit_code == 0
+    typo = run_cli("--home", home, "stauts").output  # a typo keeps click's suggestion (found in review)
+    assert "Did you mean 'status'?" in typo and "not enabled" not in typo
     hidden = run_cli("--home", home, "probe", "note", "x").output
     assert "no such command 'probe'" in hidden and "installed but not enabled on this node: " in hidden
     assert "hook_probe" in hidden.split("not enabled on this node: ")[1]

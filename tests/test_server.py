@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import subprocess
 import time
@@ -205,9 +207,13 @@ def test_serve_on_port_0_announces_the_port_it_took(served):
         assert port not in (0, server.port)
         reply = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=10)
         assert reply.status_code == 200 and reply.json()["name"] == "府山街道"
+        if os.name != "nt":  # Ctrl-C stops a server cleanly: exit 0, as a service wrapper expects
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(15) == 0
     finally:
-        proc.terminate()
-        proc.wait(10)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
         proc.stderr.close()
 
 
@@ -218,3 +224,19 @@ def test_serve_on_a_port_in_use_says_so_and_announces_nothing(served):
     assert f"port {server.port} on 127.0.0.1 is already in use" in done.stderr
     assert "hemei node" not in done.stderr and "Traceback" not in done.stderr
     assert httpx.get(server.url + "/api/health").status_code == 200
+
+
+@pytest.mark.parametrize("port, said", [(8340, "port 8340 is reserved on this PC or held by another program"),
+                                         (80, "this user may not listen on port 80: choose a port above 1023")])
+def test_a_port_windows_refuses_is_said_plainly(monkeypatch, port, said):
+    """Windows answers WSAEACCES (10013) for a port in an excluded range or held exclusively, any number."""
+    from hemei.cli import node_commands
+    from hemei.core.errors import InvalidInput
+
+    def refused(*args, **kwargs):
+        raise OSError(10013, "An attempt was made to access a socket in a way forbidden by its access permissions")
+
+    monkeypatch.setattr(node_commands.socket, "create_server", refused)
+    with pytest.raises(InvalidInput, match=said):
+        node_commands.listen("127.0.0.1", port)
+

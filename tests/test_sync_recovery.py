@@ -92,7 +92,7 @@ def test_a_forked_street_continues_as_a_new_node_as_operations_md_says(pair):
     pair.ok("district", "nodes", "revoke", old_id)
     invited = pair.hemei("district", "invite", "--scope", "sx/yc/fs", "--name", "street",
                          "--url", pair.servers["district"].url)
-    assert invited.returncode == 0 and invited.stdout.count("\n") == 1 and "note:" not in invited.stdout
+    assert invited.returncode == 0 and invited.stdout.count("\n") == 1 and "note:" not in invited.stderr
     again = pair.hemei("district", "invite", "--scope", "sx/yc/fs", "--name", "street2",
                        "--url", pair.servers["district"].url)
     assert f"note: street ({old_id}) is enrolled for sx/yc/fs" not in again.stderr  # revoked: no note

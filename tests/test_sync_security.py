@@ -399,6 +399,8 @@ def test_revoked_node_is_refused(net):
     assert len(rounds) == 1 and rounds[0]["ok"] is False and rounds[0]["error"]["code"] == "revoked"
     with net.open("district") as d:
         assert d.version_vector()[d.id] == size + 1  # that one refusal, on record
+    text = net.hemei("fushan", "sync", "--watch", "--interval", "1s", timeout=60)
+    assert text.returncode == 1 and text.stderr.count("has been revoked. This node can no longer") == 1, text.stderr
     listed = {c["node_id"]: c["revoked"] for c in json.loads(net.ok("district", "nodes", "list", "--json"))}
     assert listed[fushan_id] is True
     with net.open("fushan") as fushan:

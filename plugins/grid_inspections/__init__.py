@@ -155,7 +155,7 @@ def tables_rebuilt(node, tables):
 
 @hookimpl
 def report_sections(node, scope):
-    data = metrics.stats(node, scope=scope)
+    data = metrics.stats(node, scope=scope, known_only=False)
     keep = ("rank", "street", "cases", "response_rate", "resolution_rate", "on_time_rate", "rework_rate",
             "satisfaction_rate", "patrol_coverage", "open", "overdue")
     return [

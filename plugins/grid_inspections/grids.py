@@ -33,14 +33,18 @@ def grid_id(scope: str) -> str:
 
 
 def place_scope(node: Node, value, field: str = "street") -> str:
-    """A scope at or below this node's: its own scope, a full path inside it, a path relative to it, or this
-    node's own name (``府山街道`` on the street 越城区/府山街道, as at its district)."""
+    """A scope at or below this node's: its own scope, a full path inside it, a path relative to it, or
+    one relative to its parent, as its district writes it (``府山街道`` or ``府山街道/西小河社区`` on the
+    street 越城区/府山街道); this node's name stands for its scope."""
     value = text(value, field, limit=512)
+    if value == node.name:
+        return node.scope
     scope = parse_scope(value)
     if covers(node.scope, scope):
         return scope
-    if node.scope.endswith("/" + scope):
-        return node.scope
+    above, _, last = node.scope.rpartition("/")
+    if above and (scope == last or scope.startswith(last + "/")):
+        return parse_scope(f"{above}/{scope}")
     return parse_scope(f"{node.scope}/{value}")
 
 
@@ -57,7 +61,7 @@ def known_place(node: Node, value, field: str = "street") -> str:
         below = sorted({"/".join(p.split("/")[:depth]) for p in known if p != node.scope and covers(node.scope, p)})
         raise InvalidInput(f"no {field} {value!r} is known below {node.scope}"
                            + (f" (known here: {', '.join(below[:5])}{', ...' if len(below) > 5 else ''})"
-                              if below else ""))
+                              if below else "") + "; a street is known here once it has synced")
     return scope
 
 
@@ -158,10 +162,12 @@ def find_grid(node: Node, ref) -> dict:
     return rows[0]
 
 
-def list_grids(node: Node, street: str | None = None) -> list[dict]:
+def list_grids(node: Node, street: str | None = None, *, known_only: bool = True) -> list[dict]:
+    """The grids (of ``street``, a place as ``known_place`` takes it; any place inside with ``known_only``
+    false)."""
     rows = list(node.db.query(f"SELECT {GRID_COLUMNS} FROM grids WHERE _deleted = 0 ORDER BY scope"))
     if street is not None:
-        where = known_place(node, street)
+        where = known_place(node, street) if known_only else place_scope(node, street)
         rows = [r for r in rows if covers(where, r["scope"])]
     counts: dict[str, dict[str, int]] = {}
     for grid, role, n in node.conn.execute(
@@ -232,7 +238,8 @@ def check_window(start, end) -> tuple[str, str]:
     return start, end
 
 
-def coverage(node: Node, start=None, end=None, street: str | None = None, *, list_missed: bool = True) -> dict:
+def coverage(node: Node, start=None, end=None, street: str | None = None, *, list_missed: bool = True,
+             known_only: bool = True) -> dict:
     """Planned vs done patrols per grid per day in [start, end] (default: the last 7 days).
 
     A grid plans ``patrols_per_day`` from the day it was established; a day's
@@ -246,7 +253,7 @@ def coverage(node: Node, start=None, end=None, street: str | None = None, *, lis
     start, end = check_window(start, end)
     if (dt.date.fromisoformat(end) - dt.date.fromisoformat(start)).days >= 3660:
         raise InvalidInput("coverage covers at most ten years at once")
-    grids = [g for g in list_grids(node, street) if g["patrols_per_day"] > 0]
+    grids = [g for g in list_grids(node, street, known_only=known_only) if g["patrols_per_day"] > 0]
     done: dict[str, dict[str, int]] = {}
     for grid, day, n in node.conn.execute("SELECT grid, day, count(*) FROM grid_patrols"
                                           " WHERE day >= ? AND day <= ? GROUP BY grid, day", (start, end)):

