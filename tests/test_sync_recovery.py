@@ -19,18 +19,25 @@ from server import hemei_command
 from tree import note_titles, write_notes
 
 
-def test_a_restored_or_rewritten_history_is_a_fork_with_evidence(pair):
-    with pair.open("street") as s:
-        write_notes(s, [("第一条", "sx/yc/fs")])
+def restored_from_backup(pair, before: list, after: list, backup: str) -> str:
+    """The street writes ``before`` and syncs, is backed up, writes ``after`` and syncs; then its disk dies
+    and the office restores the backup. Returns the street's node id."""
+    if before:
+        with pair.open("street") as s:
+            write_notes(s, before)
     pair.sync("street")
-    backup = pair.root / "backup"
-    shutil.copytree(pair.home("street"), backup)
+    shutil.copytree(pair.home("street"), pair.root / backup)
     with pair.open("street") as s:
-        write_notes(s, [("第二条", "sx/yc/fs")])
+        write_notes(s, after)
+        street_id = s.id
     pair.sync("street")
-    # The PC's disk dies; the office restores last week's backup and keeps working.
     shutil.rmtree(pair.home("street"))
-    shutil.copytree(backup, pair.home("street"))
+    shutil.copytree(pair.root / backup, pair.home("street"))
+    return street_id
+
+
+def test_a_restored_or_rewritten_history_is_a_fork_with_evidence(pair):
+    restored_from_backup(pair, [("第一条", "sx/yc/fs")], [("第二条", "sx/yc/fs")], "backup")
     shorter = pair.hemei("street", "sync")
     assert shorter.returncode == 1 and "fork" in shorter.stderr
     with pair.open("street") as s:
@@ -51,15 +58,10 @@ def test_a_restored_or_rewritten_history_is_a_fork_with_evidence(pair):
 def test_a_restored_street_that_wrote_as_much_as_it_lost_is_told_the_histories_differ(pair):
     """Found by a second implementation of the protocol: at equal sizes the fork message read
     "presents 3 entries of its own log, but this node holds 3 of them"."""
-    pair.sync("street")
-    backup = pair.root / "backup-equal"
-    shutil.copytree(pair.home("street"), backup)
-    with pair.open("street") as s:
-        write_notes(s, [("丢失的一条", "sx/yc/fs"), ("丢失的二条", "sx/yc/fs")])
-        size = s.version_vector()[s.id]
-    pair.sync("street")
-    shutil.rmtree(pair.home("street"))
-    shutil.copytree(backup, pair.home("street"))
+    street_id = restored_from_backup(pair, [], [("丢失的一条", "sx/yc/fs"), ("丢失的二条", "sx/yc/fs")],
+                                     "backup-equal")
+    with pair.open("district") as d:
+        size = d.version_vector()[street_id]
     with pair.open("street") as s:
         write_notes(s, [("恢复后一", "sx/yc/fs"), ("恢复后二", "sx/yc/fs")])
         assert s.version_vector()[s.id] == size
@@ -76,17 +78,7 @@ def test_a_restored_street_that_wrote_as_much_as_it_lost_is_told_the_histories_d
 def test_a_forked_street_continues_as_a_new_node_as_operations_md_says(pair):
     """The recovery docs/operations.md gives under "Forks", step by step: an operator walkthrough found
     none was documented."""
-    with pair.open("street") as s:
-        write_notes(s, [("第一条", "sx/yc/fs")])
-    pair.sync("street")
-    backup = pair.root / "backup-forked"
-    shutil.copytree(pair.home("street"), backup)
-    with pair.open("street") as s:
-        write_notes(s, [("第二条", "sx/yc/fs")])
-        old_id = s.id
-    pair.sync("street")
-    shutil.rmtree(pair.home("street"))
-    shutil.copytree(backup, pair.home("street"))
+    old_id = restored_from_backup(pair, [("第一条", "sx/yc/fs")], [("第二条", "sx/yc/fs")], "backup-forked")
     assert "fork" in pair.hemei("street", "sync").stderr
     assert json.loads(pair.ok("district", "status", "--json"))["forks"][0]["origin"] == old_id
     pair.ok("district", "nodes", "revoke", old_id)
