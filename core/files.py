@@ -53,10 +53,6 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
-#: Files of a node home that an export must never replace: the node itself, and module keyrings.
-_NODE_FILES = ("node.db", "node.db-wal", "node.db-shm", "node.key")
-
-
 @contextmanager
 def text_writer(binary: BinaryIO, *, encoding: str = "utf-8", newline: str | None = None) -> Iterator[TextIO]:
     """Text written to ``binary`` in ``encoding`` whatever the console's code page; ``binary`` stays open.
@@ -74,6 +70,10 @@ def text_writer(binary: BinaryIO, *, encoding: str = "utf-8", newline: str | Non
         text.detach()
 
 
+#: Files of a node home that an export must never replace: the node itself, and module keyrings.
+_NODE_FILES = ("node.db", "node.db-wal", "node.db-shm", "node.key")
+
+
 def export_target(out: str | Path, home: Path) -> Path:
     """Where an export may be written: a new file, or an older export, but never one of the node's own files.
 
@@ -83,6 +83,8 @@ def export_target(out: str | Path, home: Path) -> Path:
     path = Path(out)
     if path.is_dir():
         raise InvalidInput(f"{out} is a folder: give a file name")
+    if not path.absolute().parent.is_dir():
+        raise InvalidInput(f"there is no folder {path.absolute().parent} (is the USB stick plugged in?)")
     if (path.exists() and path.resolve().parent == Path(home).resolve()
             and (path.name in _NODE_FILES or path.name.endswith(".keys"))):
         raise InvalidInput(f"{out} is one of the node's own files: give another file name (it was left as it is)")

@@ -315,6 +315,8 @@ def test_an_export_is_written_whole_or_not_at_all_and_never_over_the_nodes_files
     assert done.exit_code == 1 and "disk is full" in done.output
     assert out.read_bytes() == first and sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["记录.csv"]
     monkeypatch.setattr(commands, "write_csv", real_write_csv)
+    nowhere = run_cli("--home", str(home), "volunteers", "export", "--out", str(tmp_path / "没插U盘" / "a.csv"))
+    assert nowhere.exit_code == 1 and "is the USB stick plugged in?" in nowhere.output
     over = run_cli("--home", str(home), "volunteers", "export", "--out", str(home / "node.db"))
     assert over.exit_code == 1 and "one of the node's own files" in over.output
     assert (home / "node.db").read_bytes().startswith(b"SQLite format 3\0")
