@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import socket
 
 import click
@@ -248,11 +249,11 @@ def listen(host: str, port: int) -> socket.socket:
     """A socket listening on ``host:port``; the reason in plain words when it cannot be had."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        found = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError):
         raise InvalidInput(f"--host {host!r} is not an address or a name this PC can resolve") from None
     try:
-        return socket.create_server((host, port), family=family, backlog=2048)
+        return _bound(*found[0])
     except OSError as e:
         if e.errno in (errno.EADDRINUSE, _WSAEADDRINUSE):
             raise InvalidInput(f"port {port} on {host} is already in use by another program:"
@@ -265,6 +266,24 @@ def listen(host: str, port: int) -> socket.socket:
         if e.errno in (errno.EADDRNOTAVAIL, _WSAEADDRNOTAVAIL):
             raise InvalidInput(f"--host {host} is not an address of this PC") from None
         raise InvalidInput(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+def _bound(family: int, kind: int, proto: int, _name: str, address: tuple) -> socket.socket:
+    """A listening socket made as asyncio makes its own. ``proto`` must say TCP: asyncio turns Nagle's
+    algorithm off only on such sockets, and connections inherit it from the listener
+    (``socket.create_server`` leaves it 0, and every answer then waited 40 ms for a delayed ACK)."""
+    sock = socket.socket(family, kind, proto)
+    try:
+        if os.name == "posix":  # on Windows the option lets another program take the port
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 COMMANDS = [init, status, conflicts, rebuild, report, serve]
