@@ -7,6 +7,7 @@ import sys
 import click
 
 from hemei.core.audit import audit_log, verify_log
+from hemei.core.clock import iso_to_local_text
 from hemei.core.cli_support import home_option, cli_node, emit, json_option, progress, table
 
 
@@ -54,7 +55,8 @@ def audit_verify(as_json: bool) -> None:
 @click.option("--actor", help="Only entries by this actor.")
 @click.option("--kind", help="Only this kind, or kind family (row, user, module, token, node).")
 @click.option("--table", "table_name", help="Only changes to this table.")
-@click.option("--since", help="Only entries at or after this date/time (UTC), e.g. 2026-11-01.")
+@click.option("--since", help="Only entries at or after this date or time (this PC's local time unless it "
+              "carries an offset), e.g. 2026-11-01 or 2026-11-01T08:00.")
 @click.option("--origin", help="Only entries from the node whose id starts with this.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100000))
 @json_option
@@ -77,7 +79,8 @@ def audit_log_cmd(actor: str | None, kind: str | None, table_name: str | None, s
         if not rows:
             click.echo("no entries")
             return
-        shown = [{"time": r["time"] or "(withheld)", "origin": r["origin"][:7], "seq": r["seq"], "actor": r["actor"],
+        shown = [{"time": iso_to_local_text(r["time"]) if r["time"] else "(withheld)", "origin": r["origin"][:7],
+                  "seq": r["seq"], "actor": r["actor"],
                   "kind": r["kind"], "what": f"{r.get('table')} {r.get('pk')}" if "table" in r
                   else ", ".join(f"{k}={v}" for k, v in r["details"].items())} for r in rows]
         table(shown, ["time", "origin", "seq", "actor", "kind", "what"])

@@ -11,6 +11,7 @@ import click
 
 from hemei.core.audit import list_conflicts, verify_log
 from hemei.core.cli_support import home_option, NodeContext, cli_actor, cli_context, cli_node, emit, json_option, progress, table
+from hemei.core.clock import iso_to_local_text
 from hemei.core.errors import InvalidInput, NodeStateError
 from hemei.core.node import Node
 from hemei.core.scope import covers, parse_scope
@@ -57,7 +58,8 @@ def _print_status(s: dict) -> None:
     if s.get("missing_modules"):
         click.echo(f"MISSING modules (enabled but not installed): {', '.join(s['missing_modules'])}")
     for peer in s.get("peers", []):
-        state = "REVOKED" if peer["revoked"] else f"last contact {peer['last_contact'] or 'never'}"
+        contact = iso_to_local_text(peer["last_contact"]) if peer["last_contact"] else "never"
+        state = "REVOKED" if peer["revoked"] else f"last contact {contact}"
         # pending_up / pending_down go up and down the tree: from a child's line, up is what comes here.
         here_to_there, there_to_here = ((peer["pending_up"], peer["pending_down"]) if peer["role"] == "parent"
                                         else (peer["pending_down"], peer["pending_up"]))
@@ -73,10 +75,10 @@ def _print_status(s: dict) -> None:
                 click.echo(f"          {module} is v{gap['there']} there, v{gap['here']} here: this node's changes "
                            f"wait there until that node is upgraded")
         for refusal in peer["refusals"][:3]:
-            click.echo(f"          refused {refusal['time']}: {refusal['code']}: {refusal['reason']}")
+            click.echo(f"          refused {iso_to_local_text(refusal['time'])}: {refusal['code']}: {refusal['reason']}")
     for fork in s.get("forks", []):
         click.echo(f"FORK      {fork['origin']}: held {fork['held_size']} entries, presented "
-                   f"{fork['presented_size']} with another history ({fork['seen']})")
+                   f"{fork['presented_size']} with another history ({iso_to_local_text(fork['seen'])})")
 
 
 @click.command()
@@ -116,7 +118,8 @@ def conflicts(table_name: str | None, as_json: bool) -> None:
         if not rows:
             click.echo("no conflicts")
             return
-        table([{**r, "origin": r["origin"][:7]} for r in rows], ["table", "pk", "kind", "time", "origin", "reason"])
+        table([{**r, "origin": r["origin"][:7], "time": iso_to_local_text(r["time"])} for r in rows],
+              ["table", "pk", "kind", "time", "origin", "reason"])
 
     emit(items, as_json, human)
 

@@ -97,7 +97,7 @@ def _verify_origin(node: Node, ix: int, node_id: str, public_key: bytes, progres
 
 def audit_log(node: Node, *, actor: str | None = None, kind: str | None = None, table: str | None = None,
               since: str | None = None, origin: str | None = None, limit: int = 50) -> list[dict]:
-    """Who did what, newest first. ``since`` is an ISO date or datetime (UTC when naive)."""
+    """Who did what, newest first. ``since`` is an ISO date or datetime (this PC's local time when naive)."""
     where, params = [], []
     if actor:
         where.append("l.actor = ?")
@@ -114,7 +114,7 @@ def audit_log(node: Node, *, actor: str | None = None, kind: str | None = None, 
     if since:
         try:
             where.append("l.hlc >= ?")
-            params.append(iso_to_hlc(since))
+            params.append(iso_to_hlc(since, local=True))
         except ValueError:
             raise InvalidInput(f"--since {since!r} is not a date such as 2026-11-01 or 2026-11-01T08:00") from None
     if origin:

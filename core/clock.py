@@ -45,21 +45,45 @@ def hlc_to_iso(hlc: int) -> str:
     return f"{text}+{counter}" if counter else text
 
 
-def iso_to_hlc(text: str) -> int:
-    """Parse a date or datetime (naive means UTC) into the lowest HLC at that instant.
+def iso_to_hlc(text: str, *, local: bool = False) -> int:
+    """Parse a date or datetime into the lowest HLC at that instant.
 
-    Raises ValueError for text that is not such a date, or one outside 1970-9999.
+    Naive text is UTC, or this PC's local time with ``local`` (what an operator
+    types: the time the PC shows). Raises ValueError for text that is not such
+    a date, or one outside 1970-9999.
     """
     stamp = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=_dt.timezone.utc)
     try:
+        if stamp.tzinfo is None:
+            stamp = stamp.astimezone() if local else stamp.replace(tzinfo=_dt.timezone.utc)
         ms = int(stamp.timestamp() * 1000)
     except (OverflowError, OSError):
         raise ValueError(f"{text} is out of range") from None
     if not 0 <= ms < 1 << (63 - COUNTER_BITS):
         raise ValueError(f"{text} is out of range")
     return ms << COUNTER_BITS
+
+
+def local_text(ms: int) -> str:
+    """An instant as an operator reads it: this PC's local time, to the second (2026-11-22 10:36:05).
+
+    Human output only; JSON and messages sent to other nodes say UTC (:func:`hlc_to_iso`).
+    """
+    try:
+        return _dt.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):  # outside what this platform's localtime takes
+        return hlc_to_iso(ms << COUNTER_BITS)
+
+
+def iso_to_local_text(text: str) -> str:
+    """:func:`local_text` of an instant written by :func:`hlc_to_iso` (the counter dropped); other text as is."""
+    try:
+        stamp = _dt.datetime.fromisoformat(text.split("Z", 1)[0] + "+00:00" if "Z" in text else text)
+    except (TypeError, ValueError):
+        return text
+    if stamp.tzinfo is None:
+        return text
+    return local_text(int(stamp.timestamp() * 1000))
 
 
 class HybridClock:
@@ -81,8 +105,8 @@ class HybridClock:
         """The wall clock in ms; ClockNotSet when it reads before any release ran (see EARLIEST_WALL_MS)."""
         now = self._now()
         if now < self.earliest_ms:
-            reading = hlc_to_iso(max(0, now) << COUNTER_BITS)[:16].replace("T", " ")
-            raise ClockNotSet(f"this PC's clock reads {reading} UTC, before "
+            reading = local_text(max(0, now))[:16]  # as the PC shows it
+            raise ClockNotSet(f"this PC's clock reads {reading}, before "
                               f"{hlc_to_iso(self.earliest_ms << COUNTER_BITS)[:10]}: it has been reset. Set its "
                               "date and time correctly, then try again (nothing was written)")
         return now

@@ -9,6 +9,7 @@ from datetime import datetime
 import click
 
 from hemei.core.cli_support import Duration, cli_actor, cli_node, emit, home_option, json_option, table
+from hemei.core.clock import iso_to_local_text
 from hemei.core.errors import HemeiError, InvalidInput
 from hemei.core.scope import parse_scope
 
@@ -89,8 +90,9 @@ def nodes_list(as_json: bool) -> None:
     children = [{k: p[k] for k in ("node_id", "name", "scope", "last_contact", "revoked", "pending_up",
                                    "pending_down", "last_error")}
                 for p in peers_status(cli_node()) if p["role"] == "child"]
-    emit(children, as_json, lambda rows: table(rows, ["node_id", "name", "scope", "last_contact", "revoked"])
-         if rows else click.echo("no children enrolled"))
+    emit(children, as_json, lambda rows: table(
+        [{**r, "last_contact": iso_to_local_text(r["last_contact"]) if r["last_contact"] else "never"} for r in rows],
+        ["node_id", "name", "scope", "last_contact", "revoked"]) if rows else click.echo("no children enrolled"))
 
 
 @nodes.command("revoke")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,25 @@ import hook_probe  # noqa: E402
 #: Modules nodes in tests can enable: the probe, and the shipped program modules (imported when enabled).
 PROBE = {"hook_probe": hook_probe, "volunteer_hours": "hemei.plugins.volunteer_hours",
          "grid_inspections": "hemei.plugins.grid_inspections"}
+
+
+@pytest.fixture
+def china_time():
+    """This process's local time is China Standard Time (UTC+8, no summer time), as on a street office's PC.
+
+    POSIX only (``time.tzset``); a subprocess gets it from ``TZ`` in its environment.
+    """
+    if not hasattr(time, "tzset"):
+        pytest.skip("setting the local time zone needs time.tzset (POSIX)")
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "CST-8"
+    time.tzset()
+    yield "CST-8"
+    if before is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = before
+    time.tzset()
 
 
 def init_templates(root: Path, homes: dict[str, str]) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
@@ -172,3 +173,22 @@ def test_audit_log_cli_rejects_a_bad_date(written, run_cli):
     node, _ = written
     result = run_cli("--home", str(node.home), "audit", "log", "--since", "yesterday")
     assert result.exit_code == 1 and "not a date" in result.output
+
+
+def test_audit_log_cli_reads_and_takes_local_time(written, run_cli, china_time):
+    """A street office's PC runs on UTC+8: the table shows the time the PC showed, and --since takes
+    such a time (the log and --json keep UTC)."""
+    node, _ = written
+    newest = audit_log(node, limit=1)[0]
+    utc = dt.datetime.fromisoformat(newest["time"].split("Z")[0])
+    local = utc + dt.timedelta(hours=8)
+    shown = run_cli("--home", str(node.home), "audit", "log", "--limit", "1")
+    assert shown.exit_code == 0 and local.strftime("%Y-%m-%d %H:%M:%S") in shown.output, shown.output
+    assert newest["time"].endswith("Z") or "Z+" in newest["time"]
+    minute = dt.timedelta(minutes=1)
+    since = run_cli("--home", str(node.home), "audit", "log", "--json", "--since",
+                    (local - minute).strftime("%Y-%m-%dT%H:%M"))
+    assert newest["seq"] in [e["seq"] for e in json.loads(since.output)]
+    later = run_cli("--home", str(node.home), "audit", "log", "--json", "--since",
+                    (local + minute).strftime("%Y-%m-%dT%H:%M"))
+    assert json.loads(later.output) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sqlite3
@@ -312,7 +313,7 @@ def test_external_plugin_loads_from_entry_points_only_when_enabled(tmp_path):
     assert note.returncode == 0 and json.loads(note.stdout)["title"] == "插件"
 
 
-def test_conflicts_and_rebuild_commands(make_node, run_cli):
+def test_conflicts_and_rebuild_commands(make_node, run_cli, china_time):
     a, b = make_node("a"), make_node("b")
     with a.writer("w") as w:
         w.insert("ballots", {"vote": "v", "voter": "p", "choice": "A"})
@@ -323,6 +324,8 @@ def test_conflicts_and_rebuild_commands(make_node, run_cli):
     assert len(listed) == 1 and listed[0]["kind"] == "duplicate" and listed[0]["table"] == "ballots"
     text = run_cli("--home", str(b.home), "conflicts").output
     assert "duplicate" in text and "already held by" in text
+    kept = dt.datetime.fromisoformat(listed[0]["time"].split("Z")[0]) + dt.timedelta(hours=8)
+    assert kept.strftime("%Y-%m-%d %H:%M:%S") in text  # the time this PC (UTC+8) showed; --json keeps UTC
     same = json.loads(run_cli("--home", str(b.home), "rebuild", "--json").output)
     assert same["tables"] == {"ballots": "unchanged", "notes": "unchanged"}
     b.conn.execute("DELETE FROM ballots")

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hemei.core.clock import COUNTER_BITS, EARLIEST_WALL_MS, HybridClock, hlc_to_iso, iso_to_hlc
+from hemei.core.clock import (COUNTER_BITS, EARLIEST_WALL_MS, HybridClock, hlc_to_iso, iso_to_hlc,
+                              iso_to_local_text, local_text)
 from hemei.core.errors import ClockNotSet, ClockSkew, InvalidInput
 from hemei.core.ids import new_id
 from hemei.core.scope import covers, parse_scope
@@ -71,10 +72,11 @@ def test_stamps_far_in_the_future_are_refused_with_advice():
 
 
 @pytest.mark.parametrize("last", [0, NOW << COUNTER_BITS])  # a new node, and one used before the reset
-def test_a_wall_clock_reset_to_before_any_release_stamps_nothing(last):
+def test_a_wall_clock_reset_to_before_any_release_stamps_nothing(last, china_time):
     reset = iso_to_hlc("2000-01-01T00:03:00") >> COUNTER_BITS  # a flat CMOS battery's date
     clock = HybridClock(last, now=lambda: reset)
-    with pytest.raises(ClockNotSet, match="clock reads 2000-01-01 00:03 UTC.*Set its date and time"):
+    # Said as the PC shows it (local time), so the operator can compare it with the taskbar's clock.
+    with pytest.raises(ClockNotSet, match="clock reads 2000-01-01 08:03, before 2026-01-01.*Set its date and time"):
         clock.tick()
     assert clock.last == last
     clock._now = lambda: EARLIEST_WALL_MS  # set right: stamps again
@@ -85,6 +87,18 @@ def test_hlc_iso_round_trip():
     hlc = iso_to_hlc("2026-11-01T08:00:00")
     assert hlc_to_iso(hlc) == "2026-11-01T08:00:00.000Z"
     assert hlc_to_iso(hlc + 2) == "2026-11-01T08:00:00.000Z+2"
+
+
+def test_operators_read_and_type_local_time(china_time):
+    """Human output and typed dates are the PC's local time; JSON and the log say UTC."""
+    utc_8am = iso_to_hlc("2026-11-01T08:00:00")
+    assert iso_to_hlc("2026-11-01T16:00:00", local=True) == utc_8am
+    assert iso_to_hlc("2026-11-01T16:00:00+08:00", local=True) == utc_8am  # an offset is taken as written
+    assert iso_to_hlc("2026-11-01", local=True) == iso_to_hlc("2026-10-31T16:00:00")  # the local day's start
+    assert local_text(utc_8am >> COUNTER_BITS) == "2026-11-01 16:00:00"
+    assert iso_to_local_text(hlc_to_iso(utc_8am + 5)) == "2026-11-01 16:00:00"
+    assert iso_to_local_text("never") == "never"
+    assert iso_to_local_text("2026-11-01T08:00:00") == "2026-11-01T08:00:00"  # no zone: not guessed at
 
 
 def test_new_ids_are_uuid7_and_time_ordered():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
@@ -91,6 +92,15 @@ def test_status_shows_peers_with_backlog_both_ways(tree):
     listed = json.loads(tree.ok("district", "nodes", "list", "--json"))
     assert {c["name"] for c in listed} == {"fushan", "beihai"}
     assert all(set(c) >= {"node_id", "name", "scope", "last_contact", "revoked"} for c in listed)
+    # A street office's PC runs on UTC+8: its operator reads the time the PC shows (--json keeps UTC).
+    contact = next(c for c in listed if c["name"] == "fushan")["last_contact"]
+    local = (dt.datetime.fromisoformat(contact.split("Z")[0]) + dt.timedelta(hours=8)).strftime("%Y-%m-%d %H:%M:%S")
+    china = dict(tree.env, TZ="CST-8")
+    line = next(line for line in tree.ok("district", "status", env=china).splitlines()
+                if line.startswith("child     fushan"))
+    assert f"last contact {local};" in line, line
+    assert local in next(line for line in tree.ok("district", "nodes", "list", env=china).splitlines()
+                         if "fushan" in line)
 
 
 def test_the_audit_log_leaves_out_entries_withheld_from_this_node_unless_asked(tree):
