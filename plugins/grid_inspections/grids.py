@@ -185,15 +185,15 @@ def add_staff(node: Node, actor: str, grid, *, name, role) -> dict:
     name = text(name, "name", limit=64)
     if role not in ROLES:
         raise InvalidInput(f"role must be one of {', '.join(ROLES)} (网格长, 网格指导员, 兼职网格员)")
-    held = staff_of(node, row["id"])
-    if any(s["name"] == name and s["role"] == role for s in held):
-        raise Conflict(f"{name} is already {role} of grid {row['code']}")
-    if role in SINGLE_ROLES:
-        current = [s for s in held if s["role"] == role]
-        if current:
-            raise Conflict(f"grid {row['code']} already has a {role}, {current[0]['name']}: remove them first "
-                           f"(`hemei grids staff remove {current[0]['id']}`)")
     with node.writer(actor) as w:
+        held = staff_of(node, row["id"])  # under the write lock: a grid got four leaders from four requests at once
+        if any(s["name"] == name and s["role"] == role for s in held):
+            raise Conflict(f"{name} is already {role} of grid {row['code']}")
+        if role in SINGLE_ROLES:
+            current = [s for s in held if s["role"] == role]
+            if current:
+                raise Conflict(f"grid {row['code']} already has a {role}, {current[0]['name']}: remove them first "
+                               f"(`hemei grids staff remove {current[0]['id']}`)")
         pk = w.insert("grid_staff", {"scope": row["scope"], "grid": row["id"], "name": name, "role": role})
     return {"id": pk, "grid": row["id"], "code": row["code"], "name": name, "role": role}
 

@@ -82,11 +82,6 @@ def log_hours(node: Node, actor: str, *, activity, volunteer, hours=None, sign_i
     # still on yesterday's date for the first eight hours of a day in China.
     if act["date"] > (dt.date.today() + dt.timedelta(days=1)).isoformat():
         raise InvalidInput(f"{act['title']} is on {act['date']}: hours are recorded from that day on")
-    if attendance_of(node, act["id"], vol["id"]) == "no_show":
-        raise InvalidInput(f"{vol['name']} is marked no-show at {act['title']}: no hours can be recorded")
-    if one(node, "SELECT id FROM volunteer_hours WHERE activity = ? AND volunteer = ? AND corrects IS NULL"
-                 " AND scope = ?", (act["id"], vol["id"], act["scope"])):  # see registry.get_activity
-        raise Conflict(f"hours of {vol['name']} at {act['title']} are already recorded: correct them instead")
     if sign_in or sign_out:
         if not (sign_in and sign_out) or hours is not None:
             raise InvalidInput("give both sign-in and sign-out times, or hours")
@@ -99,7 +94,15 @@ def log_hours(node: Node, actor: str, *, activity, volunteer, hours=None, sign_i
              "team": act["team"] or vol["team"], "category": act["category"], "served_on": act["date"],
              "sign_in": sign_in, "sign_out": sign_out, "hours": value}
     with node.writer(actor) as w:
-        if attendance_of(node, act["id"], vol["id"]) is None:
+        # Checked under the write lock: two requests at once (a double click) both passed these checks
+        # when they were read before it, and the same hours were recorded, confirmed and spent twice.
+        attended = attendance_of(node, act["id"], vol["id"])
+        if attended == "no_show":
+            raise InvalidInput(f"{vol['name']} is marked no-show at {act['title']}: no hours can be recorded")
+        if one(node, "SELECT id FROM volunteer_hours WHERE activity = ? AND volunteer = ? AND corrects IS NULL"
+                     " AND scope = ?", (act["id"], vol["id"], act["scope"])):  # see registry.get_activity
+            raise Conflict(f"hours of {vol['name']} at {act['title']} are already recorded: correct them instead")
+        if attended is None:
             mark_attendance(node, actor, activity=act["id"], volunteer=vol["id"], status="attended", writer=w)
         pk = w.insert("volunteer_hours", entry)
         if confirm:

@@ -49,9 +49,6 @@ def add_volunteer(node: Node, actor: str, *, name, id_number, phone=None, party_
     team_id = find_team(node, team)["id"] if team else None
     key = keys.require_key(node, actor)
     person = key.pseudonym("id", id_number)
-    held = one(node, "SELECT id FROM volunteers WHERE person = ? AND scope = ? AND _deleted = 0", (person, scope))
-    if held:
-        raise Conflict(f"this person is already registered in {scope} as volunteer {held['id']}")
     pk = node.new_id()
     row = {"id": pk, "scope": scope, "name": name, "person": person, "party_member": int(party_member),
            "skills": skills, "team": team_id, "key_id": key.key_id, "registered_on": dt.date.today().isoformat(),
@@ -59,6 +56,10 @@ def add_volunteer(node: Node, actor: str, *, name, id_number, phone=None, party_
            "phone_enc": key.encrypt(phone, "volunteers", pk, "phone") if phone else None,
            "phone_key": key.pseudonym("phone", phone) if phone else None}
     with node.writer(actor) as w:
+        # Under the write lock, as every check of what is stored: a double click registered the person twice.
+        held = one(node, "SELECT id FROM volunteers WHERE person = ? AND scope = ? AND _deleted = 0", (person, scope))
+        if held:
+            raise Conflict(f"this person is already registered in {scope} as volunteer {held['id']}")
         w.insert("volunteers", row)
     return get_volunteer(node, pk)
 
@@ -136,9 +137,9 @@ def _person_known(node: Node, person: str) -> bool:
 def add_team(node: Node, actor: str, *, name, leader=None, note=None, scope=None) -> dict:
     name = text(name, "name", limit=64)
     scope = row_scope(node, scope)
-    if one(node, "SELECT id FROM volunteer_teams WHERE name = ? AND scope = ? AND _deleted = 0", (name, scope)):
-        raise Conflict(f"{scope} already has a team named {name}")
     with node.writer(actor) as w:
+        if one(node, "SELECT id FROM volunteer_teams WHERE name = ? AND scope = ? AND _deleted = 0", (name, scope)):
+            raise Conflict(f"{scope} already has a team named {name}")
         pk = w.insert("volunteer_teams", {"name": name, "scope": scope,
                                           "leader": text(leader, "leader", required=False, limit=64),
                                           "note": text(note, "note", required=False, limit=500)})
@@ -241,14 +242,14 @@ def list_activities(node: Node, since: str | None = None) -> list[dict]:
 
 
 def signup(node: Node, actor: str, *, activity, volunteer) -> dict:
-    act = get_activity(node, activity)
     vol = get_volunteer(node, volunteer)
-    if one(node, "SELECT id FROM volunteer_signups WHERE activity = ? AND volunteer = ? AND scope = ?",
-           (act["id"], vol["id"], act["scope"])):
-        raise Conflict(f"{vol['name']} is already signed up for {act['title']}")
-    if act["capacity"] is not None and act["signed_up"] >= act["capacity"]:
-        raise Conflict(f"{act['title']} is full ({act['capacity']} places)")
     with node.writer(actor) as w:
+        act = get_activity(node, activity)  # its places counted under the write lock: two at once overfilled it
+        if one(node, "SELECT id FROM volunteer_signups WHERE activity = ? AND volunteer = ? AND scope = ?",
+               (act["id"], vol["id"], act["scope"])):
+            raise Conflict(f"{vol['name']} is already signed up for {act['title']}")
+        if act["capacity"] is not None and act["signed_up"] >= act["capacity"]:
+            raise Conflict(f"{act['title']} is full ({act['capacity']} places)")
         pk = w.insert("volunteer_signups", {"scope": act["scope"], "activity": act["id"], "volunteer": vol["id"]})
     return {"id": pk, "activity": act["id"], "volunteer": vol["id"]}
 
@@ -265,13 +266,14 @@ def mark_attendance(node: Node, actor: str, *, activity, volunteer, status, writ
         raise InvalidInput(f"attendance is one of {', '.join(ATTENDANCE_STATES)}, not {status!r}")
     act = get_activity(node, activity)
     vol = get_volunteer(node, volunteer)
-    if status == "no_show" and one(node, "SELECT 1 AS x FROM volunteer_hours WHERE activity = ? AND volunteer = ?"
-                                         " AND scope = ?", (act["id"], vol["id"], act["scope"])):
-        raise Conflict(f"{vol['name']} has hours recorded for {act['title']}: a no-show cannot have hours")
     pk = f"{act['id']}:{vol['id']}"
-    current = attendance_of(node, act["id"], vol["id"])
 
     def write(w):
+        # Read under the write lock: hours logged at the same moment must not leave a no-show with hours.
+        if status == "no_show" and one(node, "SELECT 1 AS x FROM volunteer_hours WHERE activity = ?"
+                                             " AND volunteer = ? AND scope = ?", (act["id"], vol["id"], act["scope"])):
+            raise Conflict(f"{vol['name']} has hours recorded for {act['title']}: a no-show cannot have hours")
+        current = attendance_of(node, act["id"], vol["id"])
         if current is None:
             w.insert("volunteer_attendance", {"id": pk, "scope": act["scope"], "activity": act["id"],
                                               "volunteer": vol["id"], "person": vol["person"], "status": status})
