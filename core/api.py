@@ -83,6 +83,9 @@ class ApiRoute:
     is a JSON schema fragment for the OpenAPI document; ``raw`` hands the
     handler the undecoded body (``call.raw_body``) for non-JSON transports.
     A handler returns a dict or list (sent as JSON) or a starlette Response.
+    ``refused(call, error)`` is told of a refusal its handler never saw (a
+    body over ``max_body``; ``call.raw_body`` is then empty), for routes
+    that record every refusal.
     """
 
     path: str
@@ -94,6 +97,7 @@ class ApiRoute:
     max_body: int = DEFAULT_MAX_BODY
     raw: bool = False
     tags: tuple[str, ...] = field(default_factory=tuple)
+    refused: Callable[[ApiCall, HemeiError], None] | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -324,9 +328,19 @@ def _endpoint(key: tuple[str, str], table: RouteTable):
                 raise table.no_route(request.scope)
             if route is not routed:  # read by the rules of the route it was routed to: read again by these
                 if len(raw) > route.max_body:
-                    raise _too_large(route.max_body)
+                    refuse(route, node, request, _too_large(route.max_body))
                 body = _parsed(route, raw)
             return call(route, node, request, raw, body)
+
+    def refuse(route: ApiRoute, node: Node, request: Request, error: HemeiError):
+        if route.refused is not None:
+            route.refused(ApiCall(node=node, user=None, body=None, path_params=dict(request.path_params),
+                                  query=dict(request.query_params), request=request), error)
+        raise error
+
+    def refused_unread(route: ApiRoute, request: Request, error: HemeiError):
+        with table.pool.lend() as node:
+            refuse(route, node, request, error)
 
     def call(route: ApiRoute, node: Node, request: Request, raw: bytes, body: Any):
         user = None
@@ -343,7 +357,12 @@ def _endpoint(key: tuple[str, str], table: RouteTable):
         route = table.find(key)
         if route is None:
             raise table.no_route(request.scope)
-        raw = await _read_body(request, route.max_body)
+        try:
+            raw = await _read_body(request, route.max_body)
+        except HemeiError as exc:
+            if route.refused is None:
+                raise
+            await run_in_threadpool(refused_unread, route, request, exc)
         result = await run_in_threadpool(run, route, request, raw, _parsed(route, raw))
         if isinstance(result, Response):
             return result

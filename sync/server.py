@@ -81,18 +81,25 @@ def refusals_recorded(handler):
         try:
             return handler(call)
         except HemeiError as exc:
-            if exc.status >= 500:  # this node's own state (e.g. it needs a restart), not a refusal of the caller
-                raise
-            evidence = getattr(exc, "evidence", None)
-            if evidence is not None and call.peer_id:
-                record_fork(call.node, evidence, call.peer_id)
-            if call.peer_id:
-                record_refusal(call.node, call.peer_id, exc.code, exc.message, call.request.url.path)
-            else:
-                record_anonymous_refusal(call.node, exc.code, exc.message, call.request.url.path,
-                                         call.request.client.host if call.request.client else None)
+            record_refused(call, exc)
             raise
     return wrapped
+
+
+def record_refused(call: ApiCall, exc: HemeiError) -> None:
+    """Record one refusal of a request to a sync route (see :func:`refusals_recorded`); the core tells it
+    of refusals made before the handler ran too (a body too large)."""
+    if exc.status >= 500:  # this node's own state (e.g. it needs a restart), not a refusal of the caller
+        return
+    peer = getattr(call, "peer_id", None)
+    evidence = getattr(exc, "evidence", None)
+    if evidence is not None and peer:
+        record_fork(call.node, evidence, peer)
+    if peer:
+        record_refusal(call.node, peer, exc.code, exc.message, call.request.url.path)
+    else:
+        record_anonymous_refusal(call.node, exc.code, exc.message, call.request.url.path,
+                                 call.request.client.host if call.request.client else None)
 
 
 def _reply(message: dict) -> Response:
@@ -188,7 +195,7 @@ def _positive(body: dict, name: str, default: int) -> int:
 
 def routes() -> list[ApiRoute]:
     body_limit = wire.MAX_COMPRESSED
-    common = {"role": None, "raw": True, "max_body": body_limit, "tags": ("sync",)}
+    common = {"role": None, "raw": True, "max_body": body_limit, "tags": ("sync",), "refused": record_refused}
     return [
         ApiRoute("/api/sync/join", "POST", join, summary="Enroll a child with an invitation token",
                  **{**common, "max_body": JOIN_MAX_BODY}),

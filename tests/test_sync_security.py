@@ -232,10 +232,21 @@ def test_oversized_body_is_refused(net):
     with net.open("beihai") as beihai:
         body = b"x" * (wire.MAX_COMPRESSED + 1)
         headers = signed_headers(beihai, beihai.key, "/api/sync/push", body)
-    before, _ = district_state(net)
+    before, (logged, local) = district_state(net)
     reply = raw_post(net.servers["district"].url, "/api/sync/push", body, headers)
     assert reply.status_code == 413 and reply.json()["error"]["code"] == "body_too_large"
-    assert district_state(net)[0] == before
+    after, counts = district_state(net)
+    assert after == before
+    # Refused before its signature could be read (the body never was): recorded as a request nobody proved
+    # to send (found by a hostile review: refusals made before the handler ran were not recorded at all).
+    assert counts == (logged, local + 1)
+    with net.open("district") as d:
+        code, where = d.conn.execute("SELECT code, request FROM _hemei_anonymous_refusals"
+                                     " ORDER BY id DESC LIMIT 1").fetchone()
+    assert (code, where) == ("body_too_large", "/api/sync/push")
+    joined = raw_post(net.servers["district"].url, "/api/sync/join", b"x" * 100_000, {})
+    assert joined.status_code == 413
+    assert district_state(net)[1] == (logged, local + 2)
 
 
 def test_tokens_reused_altered_expired_or_foreign_are_refused(net):
