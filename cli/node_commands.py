@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import socket
 
@@ -223,7 +224,7 @@ def serve(host: str, port: int, log_level: str) -> None:
     """
     import uvicorn
 
-    from hemei.core.api import create_app
+    from hemei.core.api import RouteNotPath, create_app
 
     ctx: NodeContext = cli_context()
     app = create_app(ctx.home, available=ctx.available, builtins=ctx.builtins)
@@ -238,6 +239,7 @@ def serve(host: str, port: int, log_level: str) -> None:
     # A street whose link died mid-upload leaves a request waiting for its body:
     # do not let it hold a shutdown forever.
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    logging.getLogger("uvicorn.access").addFilter(RouteNotPath(app.state.routes))  # after uvicorn's logging setup
     try:
         uvicorn.Server(config).run(sockets=[listener])
     except KeyboardInterrupt:  # uvicorn raises Ctrl-C again after its clean shutdown; uvicorn.run hid it

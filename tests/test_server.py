@@ -272,3 +272,30 @@ def test_served_connections_turn_nagle_off():
             server.close()
 
     assert asyncio.run(accepted_nodelay()) != 0
+
+
+def test_the_access_log_names_routes_not_the_personal_data_in_paths(tmp_path):
+    """Found by a hostile review: an ID number put in a URL (a caller's mistake) was kept in clear in the
+    server's access log, as was any query string."""
+    env = plugin_env(probe_site(tmp_path))
+    home = str(tmp_path / "fushan")
+    assert hemei(env, "--home", home, "init", "--name", "府山街道", "--scope", "yuecheng/fushan").returncode == 0
+    assert hemei(env, "--home", home, "modules", "enable", "volunteer_hours").returncode == 0
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(hemei_command() + ["--home", home, "serve", "--port", "0"],  # info: access lines
+                                env=env, stdout=out, stderr=subprocess.PIPE, text=True, encoding="utf-8")
+        try:
+            port = int(proc.stderr.readline().rsplit(":", 1)[1])
+            url = f"http://127.0.0.1:{port}"
+            assert httpx.get(f"{url}/api/volunteers/people/330602199001011231?phone=13905756789").status_code == 401
+            assert httpx.get(f"{url}/api/nothing/13905756789/x").status_code == 404
+            assert httpx.get(f"{url}/api/health?name=%E7%8E%8B%E4%B8%BD").status_code == 200
+        finally:
+            proc.terminate()
+            proc.wait(15)
+            proc.stderr.close()
+    said = log.read_text(encoding="utf-8", errors="replace")
+    assert '"GET /api/volunteers/people/{id} HTTP/1.1" 401' in said, said
+    assert '"GET /api/nothing/…/x HTTP/1.1" 404' in said and '"GET /api/health HTTP/1.1" 200' in said, said
+    assert "330602199001011231" not in said and "13905756789" not in said and "%E7%8E%8B" not in said
