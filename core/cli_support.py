@@ -83,6 +83,16 @@ def emit(data: Any, as_json: bool, human: Callable[[Any], None] | None = None) -
         human(data)
 
 
+#: What a cell must not print as is: a line break or carriage return would forge a row of the table,
+#: and a bidirectional override make it read other than it is (rows received from other nodes, or
+#: written by an older release, were never checked for them).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _one_line(cell: str) -> str:
+    return _UNPRINTABLE.sub(lambda m: " " if m.group() in "\n\t" else "\ufffd", cell)
+
+
 def table(rows: list[dict], columns: list[str]) -> None:
     """Print rows as aligned text columns (East Asian characters count double)."""
     import unicodedata
@@ -90,7 +100,7 @@ def table(rows: list[dict], columns: list[str]) -> None:
     def width(text: str) -> int:
         return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
-    cells = [[str(r.get(c, "") if r.get(c) is not None else "") for c in columns] for r in rows]
+    cells = [[_one_line(str(r.get(c, "") if r.get(c) is not None else "")) for c in columns] for r in rows]
     widths = [max([width(c)] + [width(row[i]) for row in cells]) for i, c in enumerate(columns)]
     for line in [columns] + cells:
         click.echo("  ".join(cell + " " * (w - width(cell)) for cell, w in zip(line, widths)).rstrip())

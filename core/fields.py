@@ -18,15 +18,33 @@ if TYPE_CHECKING:
     from .node import Node
 
 
-def text(value, field: str, *, required: bool = True, limit: int = 200) -> str | None:
-    """Trimmed text of at most ``limit`` characters; ``None`` when optional and empty."""
-    if value is None or (isinstance(value, str) and not value.strip()):
+#: Characters no field takes: C0 and C1 controls (a NUL, a carriage return that forges a line in a
+#: printed table) and the bidirectional overrides and isolates that make text read other than it is
+#: stored. ``lines`` fields (notes, descriptions) take line breaks and tabs.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_LINE_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+#: Invisible on their own: a name of nothing but these is empty.
+_INVISIBLE = re.compile("[\\s\u200b-\u200d\u2060\ufeff]+")
+
+
+def text(value, field: str, *, required: bool = True, limit: int = 200, lines: bool = False) -> str | None:
+    """Trimmed text of at most ``limit`` characters; ``None`` when optional and empty.
+
+    One line, unless ``lines``: then line breaks (``\r\n`` stored as ``\n``) and tabs are kept.
+    """
+    if value is None or (isinstance(value, str) and not _INVISIBLE.sub("", value)):
         if required:
             raise InvalidInput(f"{field} is required")
         return None
     if not isinstance(value, str):
         raise InvalidInput(f"{field} must be text")
     value = value.strip()
+    if lines:
+        value = value.replace("\r\n", "\n")
+    bad = (_LINE_CONTROLS if lines else _CONTROLS).search(value)
+    if bad:
+        what = "a line break" if bad.group() in "\r\n" else f"the control character U+{ord(bad.group()):04X}"
+        raise InvalidInput(f"{field} may not contain {what}")
     if len(value) > limit:
         raise InvalidInput(f"{field} is longer than {limit} characters")
     return value

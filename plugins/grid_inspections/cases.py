@@ -107,10 +107,10 @@ def report(node: Node, actor: str, *, grid, category, description, reporter, sou
             "district": row["street"].rsplit("/", 1)[0], "community": row["community"], "category": category,
             "deadline_hours": catalogue[category]["deadline_hours"],
             "place": text(place, "place", required=False, limit=200),
-            "description": text(description, "description", limit=2000),
+            "description": text(description, "description", limit=2000, lines=True),
             "reporter": text(reporter, "reporter", limit=64), "source": source, "patrol": patrol,
             "reported_at": at}
-    fix = text(on_the_spot, "on_the_spot", required=False, limit=2000)
+    fix = text(on_the_spot, "on_the_spot", required=False, limit=2000, lines=True)
     with node.writer(actor) as w:
         case_id = w.insert("cases", case)
         if fix is not None:
@@ -139,7 +139,8 @@ def transition(node: Node, actor: str, case_ref, kind, *, at=None, note=None, as
     if stray:
         raise InvalidInput(f"{kind} does not take {', '.join(stray)}")
     case = find_case(node, case_ref)
-    event = {"kind": kind, "at": past_time(at, "at"), "note": text(note, "note", required=False, limit=2000),
+    event = {"kind": kind, "at": past_time(at, "at"),
+             "note": text(note, "note", required=False, limit=2000, lines=True),
              "assignee": text(assignee, "assignee", required=False, limit=64)}
     if kind == "evaluate" and rating is not None and rating not in RATINGS:
         raise InvalidInput(f"rating must be one of {', '.join(RATINGS)}")

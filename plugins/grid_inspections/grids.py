@@ -221,7 +221,7 @@ def check_in(node: Node, actor: str, grid, *, worker, at=None, note=None) -> dic
     row = find_grid(node, grid)
     worker = text(worker, "worker", limit=64)
     at = past_time(at, "patrol time")
-    note = text(note, "note", required=False, limit=2000)
+    note = text(note, "note", required=False, limit=2000, lines=True)
     with node.writer(actor) as w:
         pk = w.insert("grid_patrols", {"scope": row["scope"], "grid": row["id"], "street": row["street"],
                                        "worker": worker, "at": at, "day": at[:10], "note": note})

@@ -419,10 +419,19 @@ def export(out, scope):
     click.echo(f"{len(rows)} records written to {out}", err=True)
 
 
+#: A text cell Excel or WPS would read as a formula (``=HYPERLINK(…)`` in a name sends the sheet's data
+#: away when clicked): written with a leading apostrophe, which the spreadsheet shows as text.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _as_text(value):
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+
 def write_csv(fh, rows: list[dict]) -> None:
     writer = csv.DictWriter(fh, EXPORT_COLUMNS, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: _as_text(v) for k, v in row.items()} for row in rows)
 
 
 @volunteers.command("report")

@@ -264,7 +264,7 @@ def confirm_all(node: Node, actor: str, hours: list) -> list[dict]:
 
 def correct_hours(node: Node, actor: str, *, hour, hours, reason, confirm: bool = False) -> dict:
     """A new entry that replaces a confirmed entry's hours, with the reason; the old one stays."""
-    reason = text(reason, "reason", limit=500)
+    reason = text(reason, "reason", limit=500, lines=True)
     confirm = flag(confirm, "confirm")
     value = _hours(hours, allow_zero=True)
     if value > MAX_HOURS_PER_ENTRY:
@@ -309,7 +309,7 @@ def redeem(node: Node, actor: str, *, person: str, volunteer: dict | None, hours
         pk = w.insert("volunteer_redemptions", {
             "scope": volunteer["scope"] if volunteer and covers(node.scope, volunteer["scope"]) else node.scope,
             "volunteer": volunteer["id"] if volunteer else None, "person": person, "hours": value, "item": item,
-            "note": text(note, "note", required=False, limit=500)})
+            "note": text(note, "note", required=False, limit=500, lines=True)})
     return {"id": pk, "hours": value, "item": item, "spendable_here": round(here - value, 2)}
 
 

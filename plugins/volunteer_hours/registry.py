@@ -42,7 +42,7 @@ def add_volunteer(node: Node, actor: str, *, name, id_number, phone=None, party_
     name = text(name, "name", limit=64)
     id_number = pii.normalize_id_number(id_number)
     phone = pii.normalize_phone(phone) if phone not in (None, "") else None
-    skills = text(skills, "skills", required=False, limit=500)
+    skills = text(skills, "skills", required=False, limit=500, lines=True)
     if not isinstance(party_member, bool):
         raise InvalidInput("party_member must be true or false")
     scope = row_scope(node, scope)
@@ -142,7 +142,7 @@ def add_team(node: Node, actor: str, *, name, leader=None, note=None, scope=None
             raise Conflict(f"{scope} already has a team named {name}")
         pk = w.insert("volunteer_teams", {"name": name, "scope": scope,
                                           "leader": text(leader, "leader", required=False, limit=64),
-                                          "note": text(note, "note", required=False, limit=500)})
+                                          "note": text(note, "note", required=False, limit=500, lines=True)})
     return find_team(node, pk)
 
 
