@@ -56,6 +56,18 @@ def flag(value, field: str) -> bool:
     return value
 
 
+def query_flag(value: str | None, field: str) -> bool:
+    """A yes/no query parameter: ``1`` or ``true``, ``0`` or ``false``, absent for no. Anything else is
+    refused rather than read as no (``?open=yes`` listed every case)."""
+    if value is None:
+        return False
+    if value.lower() in ("1", "true"):
+        return True
+    if value.lower() in ("0", "false", ""):
+        return False
+    raise InvalidInput(f"{field} must be 1 or 0, not {value!r}")
+
+
 #: A whole number as typed: ASCII digits only (``str.isdigit`` also takes '²' and '١٢'), short enough
 #: that ``int()`` never meets its 4,300-digit limit.
 _TYPED_NUMBER = re.compile(r"-?[0-9]{1,18}")
@@ -75,8 +87,12 @@ FIRST_YEAR, LAST_YEAR = 2000, 2999
 
 
 def iso_date(value, field: str = "date") -> str:
+    if type(value) is dt.date:
+        value = value.isoformat()
+    if not isinstance(value, str):  # a JSON number 20261121 is not a date someone wrote
+        raise InvalidInput(f"{field} {value!r} is not a date: use YYYY-MM-DD")
     try:
-        day = dt.date.fromisoformat(str(value))
+        day = dt.date.fromisoformat(value.strip())
     except ValueError:
         raise InvalidInput(f"{field} {value!r} is not a date: use YYYY-MM-DD") from None
     if not FIRST_YEAR <= day.year <= LAST_YEAR:
@@ -107,6 +123,8 @@ def local_time(value, field: str = "time") -> str:
     """
     if isinstance(value, dt.datetime):
         moment = value
+    elif not isinstance(value, str):
+        raise InvalidInput(f"{field} {value!r} is not a time: use YYYY-MM-DD HH:MM")
     else:
         try:
             moment = dt.datetime.fromisoformat(str(value).strip().replace(" ", "T", 1))

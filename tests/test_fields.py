@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from hemei.core.errors import InvalidInput
-from hemei.core.fields import iso_date, local_time, past_time, since_date, text, whole_number
+from hemei.core.fields import iso_date, local_time, past_time, query_flag, since_date, text, whole_number
 
 #: Text that looks like what the checks parse, with the odd characters users and scripts produce.
 TYPED = st.one_of(
@@ -95,3 +95,18 @@ def test_any_text_is_taken_without_controls_or_refused_plainly(value):
         except InvalidInput:
             continue
         assert got is None or not any(ord(c) < 32 and c not in ("\n\t" if lines else "") for c in got)
+
+
+def test_json_values_of_the_wrong_type_are_refused_not_read_as_something_else():
+    """Found by a hostile review: a JSON number 20261121 was taken as a date, ?open=yes as no."""
+    for value in (20261121, 2026.1, True, ["2026-11-21"]):
+        with pytest.raises(InvalidInput, match="not a date"):
+            iso_date(value)
+        with pytest.raises(InvalidInput, match="not a time"):
+            local_time(value)
+    assert iso_date(" 2026-11-21 ") == "2026-11-21"
+    assert [query_flag(v, "open") for v in (None, "", "0", "false", "1", "true", "TRUE")] == \
+        [False, False, False, False, True, True, True]
+    for odd in ("yes", "2", "on"):
+        with pytest.raises(InvalidInput, match="open must be 1 or 0"):
+            query_flag(odd, "open")

@@ -571,3 +571,42 @@ def test_a_name_with_control_characters_is_refused_and_nothing_written(street, n
     with pytest.raises(InvalidInput):
         registry.add_volunteer(street, ACTOR, name=name, id_number=id_number(40))
     assert _log_size(street) == before
+
+
+def test_sign_in_and_out_are_times_of_the_activity_stored_in_one_form(street, china_time):
+    """Found by a hostile review: times in year 1 or 9999, or days before the activity, were taken and
+    stored as typed, and their span counted as hours of the activity."""
+    act = registry.add_activity(street, ACTOR, title="夜间巡逻", category="safety", date="2026-11-20")
+    people = [registry.add_volunteer(street, ACTOR, name=f"巡逻{i}", id_number=id_number(60 + i))["id"]
+              for i in range(3)]
+    before = _log_size(street)
+    for sign_in, sign_out, said in [("0001-01-01T00:00", "0001-01-01T10:00", "sign-in"),
+                                    ("2019-01-01T08:00", "2019-01-01T10:00", "not on the activity's day"),
+                                    ("2026-11-20T08:00", "9999-12-31T10:00", "sign-out"),
+                                    ("10:00", "09:00", "after sign-in")]:
+        with pytest.raises(InvalidInput, match=said):
+            ledger.log_hours(street, ACTOR, activity=act["id"], volunteer=people[0], sign_in=sign_in,
+                             sign_out=sign_out)
+    assert _log_size(street) == before
+    night = ledger.log_hours(street, ACTOR, activity=act["id"], volunteer=people[1], sign_in="22:00",
+                             sign_out="2026-11-21 02:30")
+    assert night["hours"] == 4.5
+    stored = street.conn.execute("SELECT sign_in, sign_out FROM volunteer_hours WHERE id = ?",
+                                 (night["id"],)).fetchone()
+    assert stored == ("2026-11-20T22:00:00", "2026-11-21T02:30:00")
+    with_offset = ledger.log_hours(street, ACTOR, activity=act["id"], volunteer=people[2],
+                                   sign_in="2026-11-20T09:00", sign_out="2026-11-20T03:00:00+00:00")
+    assert with_offset["hours"] == 2  # converted to this PC's local time: 11:00 on a PC in UTC+8
+
+
+def test_hours_of_true_and_a_report_of_a_place_outside_are_refused(street):
+    """Found by a hostile review: JSON true counted as one hour, and a report of a scope outside the
+    node (or of '..') answered zeros as if all were well."""
+    v = registry.add_volunteer(street, ACTOR, name="王丽", id_number=id_number(70))
+    act = registry.add_activity(street, ACTOR, title="普法", category="legal", date="2026-11-20")
+    with pytest.raises(InvalidInput, match="hours must be a number"):
+        ledger.log_hours(street, ACTOR, activity=act["id"], volunteer=v["id"], hours=True)
+    for outside in ("越城区/塔山街道", "越城区", "..", "\x00"):
+        with pytest.raises(InvalidInput):
+            rollup.rollup(street, outside)
+    assert rollup.rollup(street, "越城区/府山街道")["scope"] == "越城区/府山街道"

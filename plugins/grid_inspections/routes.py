@@ -7,6 +7,7 @@ admins define grids, staff and the category catalogue.
 from __future__ import annotations
 
 from hemei.core import ApiCall, ApiRoute
+from hemei.core.fields import query_flag
 
 from . import cases, grids, metrics
 from .machine import EVENT_KINDS
@@ -62,8 +63,8 @@ def report_case(call: ApiCall):
 def list_cases(call: ApiCall):
     q = call.query
     return cases.list_cases(call.node, state=q.get("state"), level=q.get("level"), grid=q.get("grid"),
-                            street=q.get("street"), open_only=q.get("open") == "1",
-                            overdue=q.get("overdue") == "1", limit=q.get("limit", 200))
+                            street=q.get("street"), open_only=query_flag(q.get("open"), "open"),
+                            overdue=query_flag(q.get("overdue"), "overdue"), limit=q.get("limit", 200))
 
 
 def show_case(call: ApiCall):

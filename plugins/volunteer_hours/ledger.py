@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime as dt
 
 from hemei.core import Conflict, HemeiError, InvalidInput, Node, NotFound
-from hemei.core.fields import flag, in_subtree_sql, one, subtree_params, text
+from hemei.core.fields import flag, in_subtree_sql, local_time, one, subtree_params, text
 from hemei.core.scope import covers
 
 from .registry import attendance_of, get_activity, get_volunteer, mark_attendance
@@ -42,7 +42,9 @@ _EPS = 1e-9
 
 
 def _hours(value, field: str = "hours", *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool):  # JSON true is not one hour
+        raise InvalidInput(f"{field} must be a number")
+    if not isinstance(value, (int, float)):
         try:
             value = float(value)
         except (TypeError, ValueError):
@@ -53,21 +55,26 @@ def _hours(value, field: str = "hours", *, allow_zero: bool = False) -> float:
     return value
 
 
-def _span(served_on: str, sign_in, sign_out) -> float:
-    def at(value) -> dt.datetime:
-        value = text(value, "sign-in/out time", limit=40)
+def _span(served_on: str, sign_in, sign_out) -> tuple[str, str, float]:
+    """Sign-in and sign-out as stored (local time, ``YYYY-MM-DDTHH:MM:SS``) and the hours between them.
+
+    The sign-in is on the activity's day; the sign-out may be on the next (a night's service).
+    """
+    def at(value, field: str) -> str:
+        value = text(value, field, limit=40)
+        if len(value) <= 5:  # HH:MM on the activity's date
+            value = f"{served_on}T{value}"
         try:
-            if len(value) <= 5:  # HH:MM on the activity's date
-                return dt.datetime.fromisoformat(f"{served_on}T{value}")
-            return dt.datetime.fromisoformat(value)
-        except ValueError:
-            raise InvalidInput(f"time {value!r}: use HH:MM or YYYY-MM-DDTHH:MM") from None
-    start, end = at(sign_in), at(sign_out)
-    if (start.tzinfo is None) != (end.tzinfo is None):
-        raise InvalidInput("give both times with a UTC offset, or neither")
+            return local_time(value, field)
+        except InvalidInput:
+            raise InvalidInput(f"{field} {value!r}: use HH:MM or YYYY-MM-DDTHH:MM") from None
+    start, end = at(sign_in, "sign-in"), at(sign_out, "sign-out")
+    if start[:10] != served_on:
+        raise InvalidInput(f"sign-in {start.replace('T', ' ')} is not on the activity's day, {served_on}")
     if end <= start:
         raise InvalidInput("sign-out must be after sign-in")
-    return round((end - start).total_seconds() / 3600, 2)
+    hours = (dt.datetime.fromisoformat(end) - dt.datetime.fromisoformat(start)).total_seconds() / 3600
+    return start, end, round(hours, 2)
 
 
 # -- hour entries -----------------------------------------------------------------
@@ -85,7 +92,7 @@ def log_hours(node: Node, actor: str, *, activity, volunteer, hours=None, sign_i
     if sign_in or sign_out:
         if not (sign_in and sign_out) or hours is not None:
             raise InvalidInput("give both sign-in and sign-out times, or hours")
-        value = _span(act["date"], sign_in, sign_out)
+        sign_in, sign_out, value = _span(act["date"], sign_in, sign_out)
     else:
         value = _hours(hours)
     if value > MAX_HOURS_PER_ENTRY:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from hemei.core import Node
-from hemei.core.fields import in_subtree_sql, since_date, subtree_params
+from hemei.core.fields import in_subtree_sql, row_scope, since_date, subtree_params
 
 from .ledger import CENTS, star_level, star_thresholds
 
@@ -33,7 +33,7 @@ def _hours(cents: int) -> float:
 
 
 def rollup(node: Node, scope: str | None = None, since: str | None = None) -> dict:
-    scope = scope or node.scope
+    scope = row_scope(node, scope)  # a place outside this node would read as zeros, as if all were well
     since = since_date(since)
     where = in_subtree_sql()
     params = subtree_params(scope)
