@@ -67,6 +67,11 @@ class ChainError(HemeiError):
     status = 422
 
 
+class ChainGap(ChainError):
+    """Entries that start past what this node holds of their origin: the sender thinks it holds more
+    (restored from a backup since). Same code on the wire; a bundle import answers it with its state."""
+
+
 class ClockSkew(HemeiError):
     """An entry is stamped implausibly far in the future."""
 

@@ -71,7 +71,7 @@ def text_writer(binary: BinaryIO, *, encoding: str = "utf-8", newline: str | Non
 
 
 #: Files of a node home that an export must never replace: the node itself, and module keyrings.
-_NODE_FILES = ("node.db", "node.db-wal", "node.db-shm", "node.key")
+_NODE_FILES = ("node.db", "node.db-wal", "node.db-shm", "node.db-journal", "node.key")
 
 
 def export_target(out: str | Path, home: Path) -> Path:
@@ -85,7 +85,9 @@ def export_target(out: str | Path, home: Path) -> Path:
         raise InvalidInput(f"{out} is a folder: give a file name")
     if not path.absolute().parent.is_dir():
         raise InvalidInput(f"there is no folder {path.absolute().parent} (is the USB stick plugged in?)")
-    if (path.exists() and path.resolve().parent == Path(home).resolve()
+    # Whether or not it is there yet: SQLite deletes a journal it finds, and a module reads a *.keys file
+    # written here as its damaged key file.
+    if (path.absolute().resolve().parent == Path(home).resolve()
             and (path.name in _NODE_FILES or path.name.endswith(".keys"))):
         raise InvalidInput(f"{out} is one of the node's own files: give another file name (it was left as it is)")
     return path

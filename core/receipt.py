@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 import orjson
 
 from .chain import FULL, GENESIS, REDACTED, REDACTED_LEN, ROW_KINDS, check_stamps_rise, verify_segment
-from .errors import ChainError, Conflict, HemeiError, InvalidInput, ScopeViolation
+from .errors import ChainError, ChainGap, Conflict, HemeiError, InvalidInput, ScopeViolation
 from .identity import node_id_from_public_key, parse_node_id, verify_checkpoint
 from .merge import UNREADABLE, Change
 from .scope import covers, parse_scope
@@ -84,7 +84,7 @@ def apply_verified(node: Node, origin: str, batch: Batch, check: Check | None, c
     known = node._origin_row(origin)
     size = known[1] if known else 0
     if first > size + 1:
-        raise ChainError(f"entries of {origin} start at #{first} but this node holds up to #{size}: gap")
+        raise ChainGap(f"entries of {origin} start at #{first} but this node holds up to #{size}: gap")
     held = max(0, min(size, first + len(batch.entries) - 1) - first + 1)
     if first > 1:
         prev, prev_hlc, prev_kind = node.conn.execute(
@@ -102,7 +102,7 @@ def apply_verified(node: Node, origin: str, batch: Batch, check: Check | None, c
             "SELECT hash FROM _hemei_log WHERE origin = ? AND seq BETWEEN ? AND ? ORDER BY seq",
             (known[0], first, first + held - 1))]
         if stored != hashes[:held]:
-            fork = Conflict(f"fork: {origin} sent a history that differs from the one held up to #{size}",
+            fork = Conflict(f"{origin} sent a history that differs from the one held up to #{size}: a fork",
                             code="fork")
             # Two signed checkpoints that contradict each other: the evidence.
             fork.evidence = {"origin": origin, "held_size": size, "held_head": known[2],

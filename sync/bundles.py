@@ -13,8 +13,9 @@ altered, or not signed by the pinned peer is refused before anything is
 applied, and all its batches are applied in one transaction, which commits
 only if the file read to apply them is still the one that verified.
 
-A child exports what its parent lacks since the last acknowledged sync or
-export; the parent imports it through the same checks as a push, and writes
+A child exports what its parent lacks, as far as the last sync or
+acknowledgement told it (an export alone does not move that point); the
+parent imports it through the same checks as a push, and writes
 an *ack* bundle: its version vector and the entries of the child's branch
 that the child lacks. The child imports the ack like a pull.
 """
@@ -27,8 +28,8 @@ from typing import BinaryIO, Iterator
 
 from cryptography.exceptions import InvalidSignature
 
-from hemei.core.errors import Forbidden, HemeiError, InvalidInput
-from hemei.core.files import atomic_file
+from hemei.core.errors import ChainGap, Forbidden, HemeiError, InvalidInput
+from hemei.core.files import atomic_file, export_target
 from hemei.core.identity import load_public_key, parse_node_id
 from hemei.core.ids import new_id
 from hemei.core.node import Node
@@ -67,36 +68,62 @@ class AckNotWritten(NoPlaceToWrite):
     code = "ack_not_written"
 
 
-def check_target(path: Path) -> Path:
-    """A file a bundle may be written to: in a folder that is there, and not a file other than a bundle
-    (the node's own key or database, a document on the stick) that the bundle would replace."""
+def check_target(node: Node, path: Path, reading: Path | None = None) -> Path:
+    """A file a bundle may be written to: in a folder that is there, never one of the node's own files,
+    and replacing nothing but a bundle this node wrote (not a document, nor another node's bundle or an
+    acknowledgement not imported yet, on a stick several offices share). ``reading``: the bundle being
+    imported, which its acknowledgement must not replace."""
     path = Path(path)
     if not path.name or path.is_dir():
         raise NoPlaceToWrite(f"{path} is a folder: give a file name, e.g. E:\\fushan.hemei")
     if not path.parent.is_dir():
         raise NoPlaceToWrite(f"there is no folder {path.parent}: is the USB stick plugged in?")
+    try:
+        export_target(path, node.home)
+    except InvalidInput as exc:
+        raise NoPlaceToWrite(exc.message) from None
+    if reading is not None and path.exists() and path.resolve() == Path(reading).resolve():
+        raise NoPlaceToWrite(f"{path} is the bundle being imported: write its acknowledgement to another file")
     if path.exists():
-        try:
-            with open(path, "rb") as fh:
-                is_bundle = fh.read(len(MAGIC)) == MAGIC
-        except OSError:
-            is_bundle = False
-        if not is_bundle:
+        writer = _writer_of(path)
+        if writer is None:
             raise NoPlaceToWrite(f"{path} is there already and is not a hemei bundle: give another file name "
                                  "(it was left as it is)")
+        if writer != node.id:
+            raise NoPlaceToWrite(f"{path} is a bundle another node wrote, not imported here perhaps: give another "
+                                 "file name (it was left as it is)")
     return path
 
 
-def _write(node: Node, path: Path, header: dict, batch_iter) -> int:
-    """Write frames and the signature; returns the number of entries. Whole or not at all: on any
-    failure (a full stick, Ctrl-C) the target is left as it was (``atomic_file``)."""
-    with atomic_file(check_target(path)) as out:
-        return _write_to(node, out, header, batch_iter)
+def ack_path_for(bundle: Path) -> Path:
+    """Where an import writes the acknowledgement when not told: beside the bundle, ``NAME.ack.hemei``."""
+    return bundle.with_name(bundle.stem + ".ack.hemei")
 
 
-def _write_to(node: Node, out: BinaryIO, header: dict, batch_iter) -> int:
+def _writer_of(path: Path) -> str | None:
+    """The node that wrote the bundle at ``path`` (its header's ``from``), or None if it is not a bundle."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(len(MAGIC)) != MAGIC:
+                return None
+            size = int.from_bytes(fh.read(8), "big")
+            header = wire.decode(fh.read(size)) if 0 < size <= MAX_FRAME else {}
+    except (OSError, HemeiError):
+        return None
+    return str(header.get("from", "")) if isinstance(header, dict) else ""
+
+
+def _write(node: Node, path: Path, header: dict, batch_iter, held: dict[str, int] | None = None) -> int:
+    """Write frames and the signature; returns the number of entries the recipient lacks (``held``: its
+    sizes). Whole or not at all: on any failure (a full stick, Ctrl-C) the target is left as it was."""
+    with atomic_file(check_target(node, path)) as out:
+        return _write_to(node, out, header, batch_iter, held)
+
+
+def _write_to(node: Node, out: BinaryIO, header: dict, batch_iter, held: dict[str, int] | None = None) -> int:
     digest = hashlib.sha256()
     count = 0
+    held = held or {}
 
     def put(data: bytes) -> None:
         digest.update(data)
@@ -119,7 +146,8 @@ def _write_to(node: Node, out: BinaryIO, header: dict, batch_iter) -> int:
             chunk, in_chunk = [], 0
         chunk.append(wire.batch_to_json(batch))
         in_chunk += len(batch.entries)
-        count += len(batch.entries)
+        known = held.get(batch.origin, 0)  # each origin's first batch repeats the last entry held
+        count += sum(1 for entry in batch.entries if entry[0] > known)
     if chunk:
         put_frame({"batches": chunk})
     put(END)
@@ -168,14 +196,14 @@ def read_bundle(node: Node, path: Path) -> tuple[dict, "SecondRead", dict]:
         raise BadBundle("bundle is truncated or damaged (no signature): copy it again")
     if header_frame is None:
         raise BadBundle("bundle has no header")
-    header = wire.decode(header_frame)
-    try:
+    try:  # read before its signature can be checked (it names the signer): damage here is damage
+        header = wire.decode(header_frame)
         sender = parse_node_id(str(header["from"]))
         recipient = parse_node_id(str(header["to"]))
-    except (KeyError, InvalidInput):
-        raise BadBundle("bundle header is damaged") from None
+    except (KeyError, TypeError, InvalidInput):
+        raise BadBundle("bundle is damaged (its header cannot be read): copy it again") from None
     if recipient != node.id:
-        raise BadBundle(f"this bundle is for node {recipient}, not this node")
+        raise BadBundle(misaddressed(node, sender, recipient, header.get("kind")))
     peer = get_peer(node, sender)
     if peer is None:
         raise Forbidden(f"bundle comes from {sender}, which is not a peer of this node", code="unknown_node")
@@ -189,6 +217,21 @@ def read_bundle(node: Node, path: Path) -> tuple[dict, "SecondRead", dict]:
         record_refusal(node, peer["node_id"], "revoked", message, "bundle import")
         raise Forbidden(message, code="revoked")
     return header, SecondRead(Path(path), whole.digest(), size), peer
+
+
+def misaddressed(node: Node, sender: str, recipient: str, kind) -> str:
+    """Why a bundle for another node is refused here, with the names this node knows."""
+    def name(node_id: str) -> str:
+        if node_id == node.id:
+            return f"this node ({node.name})"
+        peer = get_peer(node, node_id)
+        return f"{peer['name']} ({node_id[:7]})" if peer else f"node {node_id}"
+
+    if sender == node.id:
+        hint = (": import it there; the acknowledgement that comes back ends in .ack.hemei" if kind == "push"
+                else ": import it there")
+        return f"this is a bundle this node wrote for {name(recipient)}{hint}"
+    return f"this bundle is from {name(sender)} for {name(recipient)}, not for this node ({node.name})"
 
 
 class SecondRead:
@@ -270,12 +313,12 @@ class SecondRead:
 
 
 def export_push(node: Node, out: Path) -> dict:
-    """Child: write what the parent lacks since the last acknowledged sync or export."""
+    """Child: write what the parent lacks, as far as the last sync or acknowledgement told."""
     parent = parent_of(node)
     their_vv = parent["their_vv"]
     header = {"id": new_id(), "kind": "push", "from": node.id, "to": parent["node_id"],
               "vv": node.version_vector()}
-    count = _write(node, Path(out), header, engine.outgoing(node, node.scope, dict(their_vv), BATCH_ENTRIES))
+    count = _write(node, Path(out), header, engine.outgoing(node, node.scope, dict(their_vv), BATCH_ENTRIES), their_vv)
     return {"bundle": header["id"], "entries": count, "to": parent["name"], "file": str(out)}
 
 
@@ -301,10 +344,51 @@ def import_bundle(node: Node, path: Path, ack_out: Path | None = None) -> dict:
         evidence = getattr(exc, "evidence", None)
         if evidence is not None:
             record_fork(node, evidence, peer["node_id"])
+            if evidence["origin"] == peer["node_id"]:  # the sender's own history, as sync says it
+                exc.message = (
+                    f"{peer['name']} sent a history that differs from the {evidence['held_size']} entries of its "
+                    f"log {node.name} holds: a fork (it was restored from a backup, or rewritten). Both "
+                    f"checkpoints are kept as evidence at {node.name}")
+                exc.args = (exc.message,)
         record_refusal(node, peer["node_id"], exc.code, exc.message, "bundle import")
+        if isinstance(exc, ChainGap) and header.get("kind") == "push" and peer["role"] == "child":
+            reading.close()
+            raise _answered_with_state(node, Path(path), ack_out, header, peer, exc) from None
         raise
     finally:
         reading.close()
+
+
+def _answered_with_state(node: Node, path: Path, ack_out: Path | None, header: dict, peer: dict,
+                         gap: ChainGap) -> HemeiError:
+    """A child's bundle that starts past what this node holds of it: the child was told more was held
+    than is (this node was restored from a backup since). No sync answers it with the truth, so an
+    acknowledgement of what this node holds is written anyway: imported at the child, its next export
+    starts there."""
+    ack_path = Path(ack_out) if ack_out else ack_path_for(path)
+    try:
+        check_target(node, ack_path, reading=path)
+        _write_ack(node, ack_path, header, peer, wire.vv_of(header.get("vv", {})))
+    except (OSError, HemeiError, InvalidInput) as exc:
+        reason = exc.message if isinstance(exc, HemeiError) else (exc.strerror or str(exc))
+        gap.message = f"{gap.message} (and no acknowledgement could be written: {reason})"
+        gap.args = (gap.message,)
+        return gap
+    gap.message = (
+        f"{gap.message}. {node.name} holds less of {peer['name']} than {peer['name']} was told (restored from "
+        f"a backup?): nothing was imported. Wrote {ack_path} with what {node.name} holds: import it at "
+        f"{peer['name']}, then export again")
+    gap.args = (gap.message,)
+    return gap
+
+
+def _write_ack(node: Node, ack_path: Path, header: dict, peer: dict, their_vv: dict) -> int:
+    """Write the acknowledgement of a child's bundle: this node's version vector of the child's branch, and
+    the entries of that branch the child lacks. Returns the number of entries."""
+    ack = {"id": new_id(), "kind": "ack", "from": node.id, "to": peer["node_id"],
+           "vv": engine.branch_vv(node, peer["scope"]), "acknowledges": header.get("id")}
+    return _write(node, ack_path, ack, engine.downstream_iter(node, peer["node_id"], peer["scope"], their_vv,
+                                                              BATCH_ENTRIES), their_vv)
 
 
 def _import_verified(node: Node, path: Path, ack_out: Path | None, header: dict, batches: Iterator,
@@ -314,19 +398,16 @@ def _import_verified(node: Node, path: Path, ack_out: Path | None, header: dict,
     if kind == "push":
         if peer["role"] != "child":
             raise Forbidden("push bundles come from children", code="bad_bundle")
-        ack_path = check_target(Path(ack_out) if ack_out else Path(path).with_name(Path(path).stem + ".ack.hemei"))
+        ack_path = check_target(node, Path(ack_out) if ack_out else ack_path_for(Path(path)), reading=Path(path))
         results = node.apply_batches(batches, check=engine.push_check(node, peer), confine=True,
                                      sender=peer["node_id"], admit=engine.push_admit(node, peer))
         touch(node, peer["node_id"], their_vv=their_vv)
         first_time = node.conn.execute("INSERT OR IGNORE INTO _hemei_bundle_acks (bundle_id, peer, imported_ms)"
                                        " VALUES (?, ?, ?)", (str(header.get("id")), peer["node_id"], now_ms())
                                        ).rowcount == 1
-        ack = {"id": new_id(), "kind": "ack", "from": node.id, "to": peer["node_id"],
-               "vv": engine.branch_vv(node, peer["scope"]), "acknowledges": header.get("id")}
         new = sum(r["new"] for r in results)
         try:
-            sent = _write(node, ack_path, ack, engine.downstream_iter(node, peer["node_id"], peer["scope"],
-                                                                      their_vv, BATCH_ENTRIES))
+            sent = _write_ack(node, ack_path, header, peer, their_vv)
         except (OSError, HemeiError) as exc:  # the import stands: say so, and how to get the ack
             reason = exc.message if isinstance(exc, HemeiError) else (exc.strerror or str(exc))
             raise AckNotWritten(f"imported {new} new entries from {peer['name']}, but its acknowledgement could "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from datetime import datetime
@@ -130,6 +131,18 @@ class _ProgressBars:
             self.bar = None
 
 
+@contextlib.contextmanager
+def failure_on_stdout(as_json: bool):
+    """With --json, a failure is printed on stdout as ``{"ok": false, "error": …}``: a script reads the
+    outcome there either way. The message still goes to stderr, as for every error."""
+    try:
+        yield
+    except HemeiError as exc:
+        if as_json:
+            click.echo(json.dumps({"ok": False, "error": exc.to_json()["error"]}, ensure_ascii=False))
+        raise
+
+
 def _describe(report: client.SyncReport) -> str:
     text = f"pushed {report.pushed}, pulled {report.pulled}"
     if report.refused_changes:
@@ -156,11 +169,8 @@ def sync_command(watch: bool, interval: int, batch_size: int, as_json: bool) -> 
     if not watch:
         bars = _ProgressBars() if sys.stderr.isatty() else None
         try:
-            report = client.sync_once(node, batch_size, progress=bars)
-        except HemeiError as exc:
-            if as_json:  # a script reads the outcome on stdout either way; the message still goes to stderr
-                click.echo(json.dumps({"ok": False, "error": exc.to_json()["error"]}, ensure_ascii=False))
-            raise
+            with failure_on_stdout(as_json):
+                report = client.sync_once(node, batch_size, progress=bars)
         finally:
             if bars:
                 bars.finish()
@@ -203,14 +213,20 @@ def bundle() -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="File to write.")
 @json_option
 def bundle_export(out: str, as_json: bool) -> None:
-    """Write what the parent lacks (since the last acknowledged sync or export), signed.
+    """Write what the parent lacks, as far as the last sync or acknowledgement told, signed.
+
+    An export does not move that point: a second one before the
+    acknowledgement came back holds the first one's entries again
+    (importing both is harmless, nothing is imported twice).
 
     Example:
 
         hemei --home ./fushan bundle export --out E:\\fushan.hemei
     """
-    result = bundles.export_push(cli_node(), out)
-    emit(result, as_json, lambda r: click.echo(f"wrote {r['entries']} entries for {r['to']} to {r['file']}"))
+    with failure_on_stdout(as_json):
+        result = bundles.export_push(cli_node(), out)
+    emit({"ok": True, **result}, as_json,
+         lambda r: click.echo(f"wrote {r['entries']} entries for {r['to']} to {r['file']}"))
 
 
 @bundle.command("import")
@@ -225,7 +241,8 @@ def bundle_import(file: str, ack_out: str | None, as_json: bool) -> None:
 
         hemei --home ./district bundle import E:\\fushan.hemei --ack-out E:\\fushan.ack.hemei
     """
-    result = bundles.import_bundle(cli_node(), file, ack_out)
+    with failure_on_stdout(as_json):
+        result = bundles.import_bundle(cli_node(), file, ack_out)
 
     def human(r):
         click.echo(f"imported {r['new']} new entries from {r['from']}"
@@ -233,7 +250,7 @@ def bundle_import(file: str, ack_out: str | None, as_json: bool) -> None:
         if r["kind"] == "push":
             click.echo(f"acknowledgement for {r['from']}: {r['ack']} ({r['ack_entries']} entries for it)")
 
-    emit(result, as_json, human)
+    emit({"ok": True, **result}, as_json, human)
 
 
 COMMANDS = [invite, join, nodes, sync_command, bundle]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 from hemei.core.chain import FULL, ROW_KINDS
-from hemei.core.errors import ChainError, Conflict, InvalidInput, ScopeViolation
+from hemei.core.errors import ChainGap, Conflict, InvalidInput, ScopeViolation
 from hemei.core.identity import verify_checkpoint
 from hemei.core.merge import Change
 from hemei.core.node import Node
@@ -190,7 +190,7 @@ def push_admit(node: Node, child: dict) -> Callable[[Batch], None]:
         if origin_scope is None and node.origin_scope(batch.origin) is None and batch.entries[0][0] > 1:
             # Held nowhere here and not from its start (a bundle older than this node's restore, say):
             # a gap, and saying so tells nothing of what is held.
-            raise ChainError(f"entries of {batch.origin} start at #{batch.entries[0][0]} but this node holds "
+            raise ChainGap(f"entries of {batch.origin} start at #{batch.entries[0][0]} but this node holds "
                              "none of them: gap")
         if origin_scope is None or not covers(child["scope"], origin_scope):
             raise ScopeViolation(f"{child['name']} may only send entries of {child['scope']}; origin "

@@ -192,7 +192,7 @@ def test_a_bundle_is_written_whole_or_not_at_all_and_never_over_another_file(pai
     key = pair.root / "street" / "node.key"
     before = key.read_bytes()
     over = pair.hemei("street", "bundle", "export", "--out", str(key))
-    assert over.returncode == 1 and "not a hemei bundle" in over.stderr and key.read_bytes() == before
+    assert over.returncode == 1 and "one of the node's own files" in over.stderr and key.read_bytes() == before
     stick = tmp_path / "U盘"
     stick.mkdir()
     out = stick / "府山 1.hemei"
@@ -202,8 +202,8 @@ def test_a_bundle_is_written_whole_or_not_at_all_and_never_over_another_file(pai
     first = out.read_bytes()
     real_write_to = bundles._write_to
 
-    def pulled_out(node, tmp, header, batch_iter):
-        real_write_to(node, tmp, header, batch_iter)
+    def pulled_out(node, tmp, header, batch_iter, held=None):
+        real_write_to(node, tmp, header, batch_iter, held)
         raise OSError(errno.EIO, "Input/output error", str(tmp))  # the stick pulled before the rename
 
     monkeypatch.setattr(bundles, "_write_to", pulled_out)
@@ -240,6 +240,7 @@ def test_a_damaged_bundle_is_refused_whole(pair, tmp_path, damage):
         out.write_bytes(data[:middle] + bytes([data[middle] ^ 1]) + data[middle + 1:])
     else:
         pair.init("other", "sx/yc/qt")
+        out = tmp_path / "other.hemei"  # (a bundle is never written over another node's)
         with pair.open("other") as other:
             bundles._write(other, out, {"id": "x", "kind": "push", "from": other.id,
                                         "to": json.loads(pair.ok("district", "status", "--json"))["node_id"],
@@ -471,6 +472,10 @@ def test_a_restored_street_that_wrote_past_the_district_is_a_fork(pair, tmp_path
     assert fork["origin"] == street_id and fork["held_head"] != fork["presented_head"]
     street = next(p for p in status["peers"] if p["node_id"] == street_id)
     assert street["refusals"][0]["code"] == "fork"
+    # Said alike by both routes (a bundle's said the node id only, and "fork: fork:" in status).
+    assert "street sent a history" in done.stderr or "street presents" in done.stderr, done.stderr
+    assert "restored from a backup, or rewritten" in done.stderr
+    assert "fork: fork:" not in pair.ok("district", "status")
     with pair.open("district") as d:
         assert d.version_vector()[street_id] == held and "恢复后 0" not in note_titles(d)
         assert verify_log(d)["ok"]
