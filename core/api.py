@@ -527,6 +527,9 @@ def create_app(home=None, *, available: Available | None = None,
                             Exception: _internal_error},
         lifespan=lifespan,
     )
+    # A path with a trailing slash is not found, as any other unserved path, rather than redirected to a
+    # Location built from the caller's Host header, with an empty body.
+    app.router.redirect_slashes = False
     table = RouteTable(pool, app.router)
     table.build(node)
     app.router.default = no_route

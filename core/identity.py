@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def read_private_key(path: Path) -> Ed25519PrivateKey:
         raise NodeStateError(f"no node key at {path}: is this a node home? (run 'hemei init')") from None
     if sys.platform != "win32" and path.stat().st_mode & 0o077:
         raise NodeStateError(
-            f"{path} can be read by other users; fix it with: chmod 600 {path}"
+            f"{path} can be read by other users; fix it with: chmod 600 {shlex.quote(str(path))}"
         )
     try:
         key = serialization.load_pem_private_key(data, password=None)

@@ -13,6 +13,7 @@ node's modules, and replaying their tables, is :mod:`hemei.core.modules`.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sqlite3
 import sys
@@ -182,7 +183,7 @@ class Node(ModuleHost):
         key = read_private_key(home / KEY_NAME)
         if sys.platform != "win32" and (home / DB_NAME).stat().st_mode & 0o077:
             raise NodeStateError(f"{home / DB_NAME} (password hashes, tokens) can be read by other users; "
-                                 f"fix it with: chmod 600 {home / DB_NAME}*")
+                                 f"fix it with: chmod 600 {shlex.quote(str(home))}/{DB_NAME}*")
         conn = _connect(home / DB_NAME)
         try:
             # Before anything is created in it: an emptied node.db (a failed copy, a tool that truncated

@@ -300,6 +300,8 @@ def test_the_cli_runs_a_case_round_the_loop_and_shows_every_event_as_json(cli_st
     plain = cli_street("cases", "report", "--grid", "FS-03", "--category", "environment", "--description", "垃圾",
                        "--reporter", "李娟")
     assert plain.exit_code == 0 and len(plain.stdout.split()) == 1 and "reported" in plain.stderr
+    # Named by the end of its id, as every other command takes it (the start is shared by a minute's cases).
+    assert f"case {plain.stdout.strip()[-8:]} reported" in plain.stderr
     assert cli_street("cases", "show", plain.stdout.strip(), "--json").exit_code == 0
     assert cli_street("grids", "staff", "add", "FS-03", "李娟", "--role", "leader").exit_code == 0
     assert "李娟" in cli_street("grids", "staff", "list", "FS-03").output

@@ -44,6 +44,13 @@ def test_a_key_readable_by_others_is_refused(tmp_path):
     os.chmod(tmp_path / "k", 0o644)
     with pytest.raises(NodeStateError, match="chmod 600"):
         read_private_key(tmp_path / "k")
+    spaced = tmp_path / "府山 备份" / "node.key"  # the command it gives works when pasted, spaces and all
+    spaced.parent.mkdir()
+    write_private_key(spaced)
+    os.chmod(spaced, 0o644)
+    with pytest.raises(NodeStateError) as said:
+        read_private_key(spaced)
+    assert said.value.message.endswith(f"chmod 600 '{spaced}'")
 
 
 def test_an_existing_key_is_never_overwritten(tmp_path):

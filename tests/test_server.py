@@ -299,3 +299,12 @@ def test_the_access_log_names_routes_not_the_personal_data_in_paths(tmp_path):
     assert '"GET /api/volunteers/people/{id} HTTP/1.1" 401' in said, said
     assert '"GET /api/nothing/…/x HTTP/1.1" 404' in said and '"GET /api/health HTTP/1.1" 200' in said, said
     assert "330602199001011231" not in said and "13905756789" not in said and "%E7%8E%8B" not in said
+
+
+def test_a_path_with_a_trailing_slash_is_not_found_rather_than_redirected(served):
+    """Found by a hostile review: Starlette answered 307 with an empty body and a Location built from the
+    caller's Host header (Host: evil.example sent the client there)."""
+    server = served[0]
+    reply = httpx.get(server.url + "/api/health/", headers={"Host": "evil.example"})
+    assert reply.status_code == 404 and reply.json()["error"]["code"] == "not_found"
+    assert "location" not in reply.headers

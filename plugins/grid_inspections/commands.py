@@ -230,7 +230,7 @@ def cases_report(grid, category, description, reporter, source, place, patrol, a
                            on_the_spot=on_the_spot)
     def human(c):
         click.echo(c["id"])
-        click.echo(f"case {c['id'][:8]} {c['state']}", err=True)
+        click.echo(f"case {c['id'][-8:]} {c['state']}", err=True)  # the end: ids made the same minute share the start
 
     emit(case, as_json, human)
 
