@@ -116,7 +116,7 @@ def audit_log(node: Node, *, actor: str | None = None, kind: str | None = None, 
             where.append("l.hlc >= ?")
             params.append(iso_to_hlc(since, local=True))
         except ValueError:
-            raise InvalidInput(f"--since {since!r} is not a date such as 2026-11-01 or 2026-11-01T08:00") from None
+            raise InvalidInput(f"since {since!r} is not a date such as 2026-11-01 or 2026-11-01T08:00") from None
     if origin:
         where.append("o.node_id LIKE ?")
         params.append(origin.upper() + "%")
