@@ -283,6 +283,9 @@ def _bound(family: int, kind: int, proto: int, _name: str, address: tuple) -> so
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        # Also on the listener: connections inherit it on Linux, and asyncio's Windows loop (which uvicorn
+        # uses there) makes accepted sockets with proto 0, so asyncio never sets it on them itself.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(address)
         sock.listen(2048)
     except BaseException:

@@ -30,7 +30,7 @@ _INVISIBLE = re.compile("[\\s\u200b-\u200d\u2060\ufeff]+")
 def text(value, field: str, *, required: bool = True, limit: int = 200, lines: bool = False) -> str | None:
     """Trimmed text of at most ``limit`` characters; ``None`` when optional and empty.
 
-    One line, unless ``lines``: then line breaks (``\r\n`` stored as ``\n``) and tabs are kept.
+    One line, unless ``lines``: then line breaks (``\r\n`` and ``\r`` stored as ``\n``) and tabs are kept.
     """
     if value is None or (isinstance(value, str) and not _INVISIBLE.sub("", value)):
         if required:
@@ -40,7 +40,7 @@ def text(value, field: str, *, required: bool = True, limit: int = 200, lines: b
         raise InvalidInput(f"{field} must be text")
     value = value.strip()
     if lines:
-        value = value.replace("\r\n", "\n")
+        value = value.replace("\r\n", "\n").replace("\r", "\n")
     bad = (_LINE_CONTROLS if lines else _CONTROLS).search(value)
     if bad:
         what = "a line break" if bad.group() in "\r\n" else f"the control character U+{ord(bad.group()):04X}"

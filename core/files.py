@@ -87,7 +87,8 @@ def export_target(out: str | Path, home: Path) -> Path:
         raise InvalidInput(f"there is no folder {path.absolute().parent} (is the USB stick plugged in?)")
     # Whether or not it is there yet: SQLite deletes a journal it finds, and a module reads a *.keys file
     # written here as its damaged key file.
+    name = path.name.rstrip(". ").casefold()  # Windows: NODE.DB-JOURNAL and node.db-journal. are that file
     if (path.absolute().resolve().parent == Path(home).resolve()
-            and (path.name in _NODE_FILES or path.name.endswith(".keys"))):
+            and (name in _NODE_FILES or name.endswith(".keys"))):
         raise InvalidInput(f"{out} is one of the node's own files: give another file name (it was left as it is)")
     return path

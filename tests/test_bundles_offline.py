@@ -59,7 +59,7 @@ def test_a_bundle_goes_nowhere_it_would_replace_what_someone_needs(pair, tmp_pat
     an acknowledgement could replace the bundle being imported, or another node's bundle."""
     with pair.open("street") as s:
         write_notes(s, [("U盘", "sx/yc/fs")])
-    for name in ("volunteer_hours.keys", "node.db-journal"):
+    for name in ("volunteer_hours.keys", "node.db-journal", "NODE.DB-JOURNAL", "Volunteer_Hours.KEYS."):
         target = pair.home("street") / name
         done = pair.hemei("street", "bundle", "export", "--out", str(target))
         assert done.returncode == 1 and "one of the node's own files" in done.stderr and not target.exists()

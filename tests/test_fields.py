@@ -83,6 +83,7 @@ def test_text_refuses_control_characters_a_table_or_a_reader_would_be_fooled_by(
 
 def test_text_of_several_lines_keeps_line_breaks_and_tabs():
     assert text(" 楼道堆物\r\n已清理\t完毕 ", "note", lines=True) == "楼道堆物\n已清理\t完毕"
+    assert text("旧式\r换行", "note", lines=True) == "旧式\n换行"
     assert text("👨\u200d👩\u200d👧 一家", "name") == "👨\u200d👩\u200d👧 一家"  # joiners inside text are fine
     assert text("\u200b", "note", required=False) is None
 

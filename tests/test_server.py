@@ -242,6 +242,8 @@ def test_a_port_windows_refuses_is_said_plainly(monkeypatch, port, said):
 
 
 
+@pytest.mark.skipif(os.name == "nt", reason="asyncio's Windows loop makes accepted sockets itself; the listener's "
+                    "option is set there too, but its inheritance is not checked here")
 def test_served_connections_turn_nagle_off():
     """uvicorn serves the listener through asyncio, which turns Nagle's algorithm off only on sockets
     made for TCP (``proto`` IPPROTO_TCP). A listener made with ``proto`` 0 passed that on to every
@@ -290,6 +292,9 @@ def test_the_access_log_names_routes_not_the_personal_data_in_paths(tmp_path):
             url = f"http://127.0.0.1:{port}"
             assert httpx.get(f"{url}/api/volunteers/people/330602199001011231?phone=13905756789").status_code == 401
             assert httpx.get(f"{url}/api/nothing/13905756789/x").status_code == 404
+            assert httpx.get(f"{url}/api/nothing/139-0575-6789").status_code == 404
+            forged = "/x%0aINFO:%20%20%20%20%20127.0.0.1:1%20-%20%22POST%20/api/sync/push%20HTTP/1.1%22%20200%20OK"
+            assert httpx.get(url + forged).status_code == 404
             assert httpx.get(f"{url}/api/health?name=%E7%8E%8B%E4%B8%BD").status_code == 200
         finally:
             proc.terminate()
@@ -297,8 +302,12 @@ def test_the_access_log_names_routes_not_the_personal_data_in_paths(tmp_path):
             proc.stderr.close()
     said = log.read_text(encoding="utf-8", errors="replace")
     assert '"GET /api/volunteers/people/{id} HTTP/1.1" 401' in said, said
-    assert '"GET /api/nothing/…/x HTTP/1.1" 404' in said and '"GET /api/health HTTP/1.1" 200' in said, said
+    assert '"GET /api/nothing/***/x HTTP/1.1" 404' in said and '"GET /api/health HTTP/1.1" 200' in said, said
     assert "330602199001011231" not in said and "13905756789" not in said and "%E7%8E%8B" not in said
+    assert "0575" not in said and '"GET /api/nothing/*** HTTP/1.1" 404' in said
+    # Shown encoded again, as uvicorn shows it: a %0a decoded would forge a line of the log.
+    assert '"GET /x%0AINFO%3A' in said and not any(line.startswith("INFO:     127.0.0.1:1 ") for line in
+                                                    said.splitlines())
 
 
 def test_a_path_with_a_trailing_slash_is_not_found_rather_than_redirected(served):

@@ -582,7 +582,8 @@ def test_sign_in_and_out_are_times_of_the_activity_stored_in_one_form(street, ch
     before = _log_size(street)
     for sign_in, sign_out, said in [("0001-01-01T00:00", "0001-01-01T10:00", "sign-in"),
                                     ("2019-01-01T08:00", "2019-01-01T10:00", "not on the activity's day"),
-                                    ("2026-11-20T08:00", "9999-12-31T10:00", "sign-out"),
+                                    ("2026-11-20T08:00", "9999-12-31T10:00", "sign-out .* years 2000 and 2999"),
+                                    ("9:00", "10:00", "sign-in '9:00'"),
                                     ("10:00", "09:00", "after sign-in")]:
         with pytest.raises(InvalidInput, match=said):
             ledger.log_hours(street, ACTOR, activity=act["id"], volunteer=people[0], sign_in=sign_in,
@@ -610,3 +611,4 @@ def test_hours_of_true_and_a_report_of_a_place_outside_are_refused(street):
         with pytest.raises(InvalidInput):
             rollup.rollup(street, outside)
     assert rollup.rollup(street, "越城区/府山街道")["scope"] == "越城区/府山街道"
+    assert rollup.rollup(street, "")["scope"] == "越城区/府山街道"  # an empty form field: the node's own

@@ -61,13 +61,13 @@ def _span(served_on: str, sign_in, sign_out) -> tuple[str, str, float]:
     The sign-in is on the activity's day; the sign-out may be on the next (a night's service).
     """
     def at(value, field: str) -> str:
-        value = text(value, field, limit=40)
-        if len(value) <= 5:  # HH:MM on the activity's date
-            value = f"{served_on}T{value}"
+        typed = text(value, field, limit=40)
         try:
-            return local_time(value, field)
-        except InvalidInput:
-            raise InvalidInput(f"{field} {value!r}: use HH:MM or YYYY-MM-DDTHH:MM") from None
+            return local_time(f"{served_on}T{typed}" if len(typed) <= 5 else typed, field)  # HH:MM: that day
+        except InvalidInput as exc:
+            if "years" in exc.message:
+                raise
+            raise InvalidInput(f"{field} {typed!r}: use HH:MM or YYYY-MM-DDTHH:MM") from None
     start, end = at(sign_in, "sign-in"), at(sign_out, "sign-out")
     if start[:10] != served_on:
         raise InvalidInput(f"sign-in {start.replace('T', ' ')} is not on the activity's day, {served_on}")

@@ -33,7 +33,7 @@ def _hours(cents: int) -> float:
 
 
 def rollup(node: Node, scope: str | None = None, since: str | None = None) -> dict:
-    scope = row_scope(node, scope)  # a place outside this node would read as zeros, as if all were well
+    scope = row_scope(node, scope or None)  # (an empty form field: the node's own) a place outside this node would read as zeros, as if all were well
     since = since_date(since)
     where = in_subtree_sql()
     params = subtree_params(scope)
