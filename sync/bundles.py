@@ -345,10 +345,9 @@ def import_bundle(node: Node, path: Path, ack_out: Path | None = None) -> dict:
         if evidence is not None:
             record_fork(node, evidence, peer["node_id"])
             if evidence["origin"] == peer["node_id"]:  # the sender's own history, as sync says it
-                exc.message = (
-                    f"{peer['name']} sent a history that differs from the {evidence['held_size']} entries of its "
-                    f"log {node.name} holds: a fork (it was restored from a backup, or rewritten). Both "
-                    f"checkpoints are kept as evidence at {node.name}")
+                exc.message = engine.fork_said(peer["name"], f"sent a history that differs from the "
+                                               f"{evidence['held_size']} entries of its log {node.name} holds",
+                                               node.name)
                 exc.args = (exc.message,)
         record_refusal(node, peer["node_id"], exc.code, exc.message, "bundle import")
         if isinstance(exc, ChainGap) and header.get("kind") == "push" and peer["role"] == "child":

@@ -84,11 +84,16 @@ def check_history(node: Node, peer: dict, checkpoint) -> None:
         # Named, not "this node": the message is read on the other side too (the child prints the parent's).
         differs = (f"presents {size} entries of its own log, but {node.name} holds {row[1]} of them" if held_then
                    else f"presents entries 1-{size} of its own log that differ from the {size} {node.name} holds")
-        fork = Conflict(f"{peer['name']} {differs}: a fork (it was restored from a backup, or rewritten). Both "
-                        f"checkpoints are kept as evidence at {node.name}", code="fork")
+        fork = Conflict(fork_said(peer["name"], differs, node.name), code="fork")
         fork.evidence = {"origin": peer["node_id"], "held_size": row[1], "held_head": row[2],
                          "presented_size": size, "presented_head": head, "presented_signature": signature}
         raise fork
+
+
+def fork_said(sender: str, differs: str, holder: str) -> str:
+    """How a fork is told, by a hello or a bundle: who, what differs, why it happens, where the evidence is."""
+    return (f"{sender} {differs}: a fork (it was restored from a backup, or rewritten). Both checkpoints are "
+            f"kept as evidence at {holder}")
 
 
 def branch_vv(node: Node, scope: str) -> dict[str, int]:
