@@ -213,11 +213,21 @@ async def _read_body(request: Request, limit: int) -> bytes:
 class _MethodRoute(Route):
     """A route that does not claim a request of another method (Starlette's answer is 405 at once), so the
     router tries the routes after it, and then :func:`create_app`'s ``no_route``: a module enabled since
-    may serve that method."""
+    may serve that method.
+
+    Nor does a route with parameters claim a path that another route spells out (``GET /people/search``
+    is not the person ``search``; it is a method ``/people/search`` does not serve: 405).
+    """
+
+    def __init__(self, *args, spelled_out: frozenset[str] = frozenset(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.spelled_out = spelled_out if self.param_convertors else frozenset()
 
     def matches(self, scope):
         match, child_scope = super().matches(scope)
-        return (Match.NONE, {}) if match is Match.PARTIAL else (match, child_scope)
+        if match is Match.PARTIAL or (match is Match.FULL and scope["path"] in self.spelled_out):
+            return Match.NONE, {}
+        return match, child_scope
 
 
 class RouteTable:
@@ -251,7 +261,9 @@ class RouteTable:
         self.document, self.api_routes = openapi_document(node, api_routes), api_routes
         self._by_key = {r.key: r for r in api_routes}
         # Replaced whole, never changed in place: a request being routed keeps the list it started with.
-        self.router.routes = [_MethodRoute(r.path, _endpoint(r.key, self), methods=[r.key[0]]) for r in api_routes]
+        spelled_out = frozenset(r.path for r in api_routes if "{" not in r.path)
+        self.router.routes = [_MethodRoute(r.path, _endpoint(r.key, self), methods=[r.key[0]], spelled_out=spelled_out)
+                              for r in api_routes]
         self._settings = node.module_settings
 
     def find(self, key: tuple[str, str]) -> ApiRoute | None:
@@ -312,13 +324,40 @@ class RouteTable:
                 self._watch = None
 
 
-def _parsed(route: ApiRoute, raw: bytes) -> Any:
+_BOM = b"\xef\xbb\xbf"
+
+
+def _parsed(route: ApiRoute, raw: bytes, content_type: str | None) -> Any:
+    """A JSON route's body, read as JSON in UTF-8 whatever the caller said it was, or refused saying why."""
     if not raw or route.raw:
         return None
+    media, _, params = (content_type or "application/json").partition(";")
+    media = media.strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        # A form or text body read as JSON would be a guess; the caller's tool is set up wrong, say how.
+        raise HemeiError(f"the request body must be JSON, sent with Content-Type: application/json "
+                         f"(it came as {media or 'nothing'})", code="unsupported_media_type", status=415)
+    charset = params.partition("charset=")[2].split(";")[0].strip().strip('"').lower()
+    if charset not in ("", "utf-8", "utf8"):
+        raise HemeiError(f"the request body must be JSON in UTF-8, Content-Type: application/json; charset=utf-8 "
+                         f"(it came as {charset})", code="unsupported_media_type",
+                         status=415)
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidInput("request body is not valid JSON", code="invalid_json") from None
+        # A BOM is what Windows tools (Notepad, PowerShell) put before UTF-8: it says nothing here.
+        return orjson.loads(raw[len(_BOM):] if raw.startswith(_BOM) else raw)
+    except orjson.JSONDecodeError as exc:
+        if b"\x00" in raw[:4] or _utf8_broken(raw):
+            raise InvalidInput("request body is not UTF-8: send JSON encoded as UTF-8 (GBK and UTF-16 are not read)",
+                               code="invalid_json") from None
+        raise InvalidInput(f"request body is not valid JSON ({exc})", code="invalid_json") from None
+
+
+def _utf8_broken(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
 
 
 def _endpoint(key: tuple[str, str], table: RouteTable):
@@ -331,7 +370,7 @@ def _endpoint(key: tuple[str, str], table: RouteTable):
             if route is not routed:  # read by the rules of the route it was routed to: read again by these
                 if len(raw) > route.max_body:
                     refuse(route, node, request, _too_large(route.max_body))
-                body = _parsed(route, raw)
+                body = _parsed(route, raw, request.headers.get("content-type"))
             return call(route, node, request, raw, body)
 
     def refuse(route: ApiRoute, node: Node, request: Request, error: HemeiError):
@@ -365,7 +404,8 @@ def _endpoint(key: tuple[str, str], table: RouteTable):
             if route.refused is None:
                 raise
             await run_in_threadpool(refused_unread, route, request, exc)
-        result = await run_in_threadpool(run, route, request, raw, _parsed(route, raw))
+        result = await run_in_threadpool(run, route, request, raw,
+                                         _parsed(route, raw, request.headers.get("content-type")))
         if isinstance(result, Response):
             return result
         return Response(orjson.dumps(result), media_type="application/json")

@@ -12,6 +12,7 @@ from .api import ApiCall, ApiRoute
 from .audit import audit_log, list_conflicts, verify_log
 from .errors import InvalidInput
 from .plugins import hookimpl
+from .users import ROLE_RANK
 
 
 def health(call: ApiCall) -> dict:
@@ -20,7 +21,7 @@ def health(call: ApiCall) -> dict:
 
 
 def status(call: ApiCall) -> dict:
-    return call.node.status()
+    return call.node.status(admin=ROLE_RANK[call.user["role"]] >= ROLE_RANK["admin"])
 
 
 def conflicts(call: ApiCall) -> list:

@@ -167,14 +167,17 @@ def tables_rebuilt(node: Node, tables: list[str]) -> None:
 # ---------------------------------------------------------------------------
 
 @hookspec
-def node_status(node: Node) -> dict:
+def node_status(node: Node, admin: bool) -> dict:
     """Add keys to ``hemei status --json`` (and ``GET /api/status``).
 
     Return a dict whose keys are merged into the status document; the sync
     transport adds ``peers`` and ``forks`` this way. Keys must not clash with
     the core's (``node_id``, ``name``, ``scope``, ``home``, ``modules``,
-    ``module_versions``, ``missing_modules``, ``log``, ``conflicts``) or
-    another plugin's.
+    ``module_versions``, ``missing_modules``, ``log``, ``conflicts``,
+    ``waiting``) or another plugin's. ``admin`` is false when an API caller
+    below the admin role reads it: leave out what only the node's operator
+    should see (paths on the PC, addresses of callers). Take the argument
+    only if you need it.
     """
 
 

@@ -453,14 +453,15 @@ class Node(ModuleHost):
         return replayed
 
     # -- status ----------------------------------------------------------------
-    def status(self) -> dict:
+    def status(self, *, admin: bool = True) -> dict:
+        """The node at a glance; without ``admin``, no path on the PC and no addresses of callers."""
         _, size, head, _ = self._origin_row(self.id)
         total = self.conn.execute("SELECT coalesce(sum(size), 0) FROM _hemei_origins").fetchone()[0]
         status = {
             "node_id": self.id,
             "name": self.name,
             "scope": self.scope,
-            "home": str(self.home),
+            **({"home": str(self.home)} if admin else {}),
             "modules": self.enabled_modules(),
             "module_versions": self.module_versions,
             "missing_modules": list(self.pm.missing_modules),
@@ -470,7 +471,7 @@ class Node(ModuleHost):
             # Updates and deletes received before their row's insert; applied when it comes.
             "waiting": self.conn.execute("SELECT count(*) FROM _hemei_waiting").fetchone()[0],
         }
-        for extra in self.pm.hook.node_status(node=self):
+        for extra in self.pm.hook.node_status(node=self, admin=admin):
             for key, value in (extra or {}).items():
                 if key in status:
                     raise InvalidInput(f"two parts of hemei report the status key {key!r}")

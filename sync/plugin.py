@@ -25,6 +25,8 @@ def register_commands():
 
 
 @hookimpl
-def node_status(node):
-    return {"peers": peers_status(node), "forks": forks(node),
-            "refused_unauthenticated": anonymous_refusals(node)}
+def node_status(node, admin):
+    status = {"peers": peers_status(node), "forks": forks(node)}
+    if admin:  # callers' addresses: for the node's operator, not every API viewer
+        status["refused_unauthenticated"] = anonymous_refusals(node)
+    return status

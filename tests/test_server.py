@@ -66,6 +66,18 @@ def test_status_needs_a_valid_token(served):
     assert ok.status_code == 200 and ok.json()["modules"] == ["hook_probe"]
 
 
+def test_status_shows_paths_and_callers_addresses_to_admins_only(served):
+    server, tokens, *_ = served
+    unsigned = httpx.post(server.url + "/api/sync/push", content=b"x")
+    assert unsigned.status_code == 401  # recorded with the caller's address
+    viewer = httpx.get(server.url + "/api/status", headers=auth(tokens["viewer1"]))
+    admin = httpx.get(server.url + "/api/status", headers=auth(tokens["admin1"])).json()
+    assert admin["home"].endswith("fushan") and admin["refused_unauthenticated"][0]["address"] == "127.0.0.1"
+    assert "home" not in viewer.json() and "refused_unauthenticated" not in viewer.json()
+    assert "fushan" not in viewer.text.replace("yuecheng/fushan", "") and "127.0.0.1" not in viewer.text
+    assert viewer.json()["log"] == admin["log"] and "peers" in viewer.json()
+
+
 def test_module_routes_enforce_roles_and_keep_unicode(served):
     server, tokens, *_ = served
     before = log_size(served)

@@ -24,6 +24,8 @@ MAX_HOUSEHOLDS = 1_000_000
 SINGLE_ROLES = ("leader", "instructor")
 DEFAULT_PATROLS_PER_DAY = 2  # "每天早、晚各巡1次": morning and evening
 _CODE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]{0,31}$")
+#: Words that follow /api/grids/ in the module's own routes: a grid of that code could not be named there.
+ROUTE_WORDS = frozenset({"coverage", "staff"})
 GRID_COLUMNS = "id, scope, code, name, street, community, parent, households, patrols_per_day, established"
 
 
@@ -99,6 +101,8 @@ def add_grid(node: Node, actor: str, *, code, name, community=None, parent=None,
     code = text(code, "code", limit=32)
     if not _CODE.match(code):
         raise InvalidInput(f"grid code {code!r}: use letters, digits, '-', '_' or '.' (at most 32)")
+    if code in ROUTE_WORDS:
+        raise InvalidInput(f"grid code {code!r} is a word of the API's paths (/api/grids/{code}): choose another")
     name = text(name, "name", limit=64)
     given = {"name": name}
     if households is not None:
@@ -157,8 +161,9 @@ def find_grid(node: Node, ref) -> dict:
     if not rows:
         raise NotFound(f"no grid {ref!r}: `hemei grids list` shows the grids this node holds", code="unknown_grid")
     if len(rows) > 1:
-        raise InvalidInput(f"grid code {ref!r} is used in {len(rows)} places ("
-                           + ", ".join(r["scope"] for r in rows) + "): give its path or id", code="ambiguous_grid")
+        # An id, not a path: a path's '/' cannot stand for one segment of an API URL.
+        raise InvalidInput(f"grid code {ref!r} is used in {len(rows)} places: give its id ("
+                           + ", ".join(f"{r['id']} at {r['scope']}" for r in rows) + ")", code="ambiguous_grid")
     return rows[0]
 
 

@@ -1,0 +1,115 @@
+"""Where the HTTP API meets what callers' tools send: paths, content types and encodings, against a real
+`hemei serve`.
+
+Found by a hostile review: `GET /people/search` was read as the person
+"search", a grid coded `coverage` could not be named in a URL, a form or GBK
+body was answered "not valid JSON" without saying why, and a JSON file saved
+by Notepad (a BOM first) was refused.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tree import Tree
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    tree = Tree(tmp_path_factory.mktemp("edges"))
+    tree.init("fushan", "越城区/府山街道", modules=("volunteer_hours", "grid_inspections"))
+    tree.ok("fushan", "volunteers", "key", "create")
+    tree.ok("fushan", "users", "add", "admin1", "--role", "admin", "--password", "a-long-password")
+    token = tree.ok("fushan", "users", "token", "admin1").strip()
+    server = tree.serve("fushan")
+
+    def call(method: str, path: str, **kwargs) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
+        return httpx.request(method, server.url + path, headers=headers, timeout=60, **kwargs)
+
+    yield call, tree
+    assert "Traceback" not in server.output()
+    tree.stop()
+
+
+def log_size(call) -> int:
+    return call("GET", "/api/status").json()["log"]["size"]
+
+
+def test_a_path_another_route_spells_out_is_not_a_parameter(api):
+    call, _ = api
+    wrong_method = call("GET", "/api/volunteers/people/search")
+    assert wrong_method.status_code == 405, wrong_method.text
+    assert wrong_method.json()["error"]["code"] == "method_not_allowed"
+    searched = call("POST", "/api/volunteers/people/search", json={"q": "无此人"})
+    assert searched.status_code == 200 and searched.json() == []
+    assert call("GET", "/api/volunteers/people/someone-else").json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("code", ["coverage", "staff"])
+def test_a_grid_code_the_routes_use_is_refused(api, code):
+    call, tree = api
+    before = log_size(call)
+    refused = call("POST", "/api/grids", json={"code": code, "name": "一网格", "community": "塔山社区"})
+    assert refused.status_code == 400 and f"/api/grids/{code}" in refused.json()["error"]["message"]
+    said = tree.hemei("fushan", "grids", "add", code, "一网格", "--community", "塔山社区")
+    assert said.returncode == 1 and "choose another" in said.stderr and "Traceback" not in said.stderr
+    assert log_size(call) == before
+
+
+def test_an_ambiguous_grid_code_is_answered_with_ids_a_url_can_carry(api):
+    call, _ = api
+    made = [call("POST", "/api/grids", json={"code": "A7", "name": f"{c}七网格", "community": c}).json()
+            for c in ("塔山社区", "府山社区")]
+    ambiguous = call("GET", "/api/grids/A7")
+    assert ambiguous.status_code == 400 and ambiguous.json()["error"]["code"] == "ambiguous_grid"
+    message = ambiguous.json()["error"]["message"]
+    assert all(f"{grid['id']} at {grid['scope']}" in message for grid in made)
+    for grid in made:  # what the message offers works where the caller was
+        assert call("GET", f"/api/grids/{grid['id']}").json()["scope"] == grid["scope"]
+
+
+@pytest.mark.parametrize("content_type, said", [
+    ("application/x-www-form-urlencoded", "it came as application/x-www-form-urlencoded"),
+    ("text/plain", "it came as text/plain"),
+    ("application/json; charset=GBK", "in UTF-8, Content-Type: application/json; charset=utf-8 (it came as gbk)"),
+])
+def test_a_body_that_is_not_json_in_utf8_is_refused_415_saying_what_came(api, content_type, said):
+    call, _ = api
+    before = log_size(call)
+    reply = call("POST", "/api/volunteers/teams", content='{"name": "红马甲服务队"}'.encode(),
+                 headers={"Content-Type": content_type})
+    assert reply.status_code == 415 and reply.json()["error"]["code"] == "unsupported_media_type"
+    assert said in reply.json()["error"]["message"] and "application/json" in reply.json()["error"]["message"]
+    assert log_size(call) == before
+
+
+def test_a_gbk_body_is_refused_as_not_utf8_and_bad_json_says_where(api):
+    call, _ = api
+    before = log_size(call)
+    gbk = call("POST", "/api/volunteers/teams", content='{"name": "红马甲服务队"}'.encode("gbk"),
+               headers={"Content-Type": "application/json"})
+    assert gbk.status_code == 400 and "not UTF-8" in gbk.json()["error"]["message"]
+    broken = call("POST", "/api/volunteers/teams", content=b'{"name": }', headers={"Content-Type": "application/json"})
+    assert broken.status_code == 400 and "column 10" in broken.json()["error"]["message"]
+    assert log_size(call) == before
+
+
+def test_json_saved_with_a_bom_or_sent_without_a_type_is_read(api):
+    call, _ = api
+    with_bom = call("POST", "/api/volunteers/teams", content=b"\xef\xbb\xbf" + '{"name": "红马甲服务队"}'.encode(),
+                    headers={"Content-Type": "application/json; charset=utf-8"})
+    assert with_bom.status_code == 200, with_bom.text
+    untyped = call("POST", "/api/volunteers/teams", content='{"name": "夕阳红服务队"}'.encode())
+    assert untyped.status_code == 200, untyped.text
+    names = {team["name"] for team in call("GET", "/api/volunteers/teams").json()}
+    assert {"红马甲服务队", "夕阳红服务队"} <= names
+
+
+def test_every_word_after_api_grids_in_the_modules_routes_is_refused_as_a_code():
+    from hemei.plugins.grid_inspections.grids import ROUTE_WORDS
+    from hemei.plugins.grid_inspections.routes import GRIDS, ROUTES
+
+    words = {route.path[len(GRIDS) + 1:].split("/")[0] for route in ROUTES if route.path.startswith(GRIDS + "/")}
+    assert words - {"{grid}"} == ROUTE_WORDS
