@@ -115,14 +115,19 @@ class HybridClock:
         """Refuse a remote stamp too far in the future: a street PC with a wrong clock."""
         ahead = hlc_ms(remote) - self._now()
         if ahead > 10 * 365 * 86400 * 1000:
-            raise ClockSkew("entry stamped more than ten years ahead of this node's clock: the sending PC's "
-                            "clock is wrong; set its date and time, then sync again")
-        if ahead > self.max_ahead_ms:
-            raise ClockSkew(
+            skew = ClockSkew("entry stamped more than ten years ahead of this node's clock: the sending PC's "
+                             "clock is wrong; set its date and time, then send again (sync, or a new bundle)")
+        elif ahead > self.max_ahead_ms:
+            skew = ClockSkew(
                 f"entry stamped {hlc_to_iso(remote)} is {ahead // 1000} s ahead of this node's clock; "
-                "the sending PC's clock is wrong: set its date and time correctly, then sync again "
-                "(nothing is lost on the sender)"
+                "the sending PC's clock is wrong: set its date and time correctly, then send again (sync, or "
+                "a new bundle; nothing is lost on the sender)"
             )
+        else:
+            return
+        # How long until this clock takes it: a relay can only wait (receipt.py says so), not set a clock.
+        skew.stamp, skew.wait_ms = remote, ahead - self.max_ahead_ms
+        raise skew
 
     def observe(self, remote: int) -> None:
         if remote > self.last:

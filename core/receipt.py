@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 import orjson
 
 from .chain import FULL, GENESIS, REDACTED, REDACTED_LEN, ROW_KINDS, check_stamps_rise, verify_segment
-from .errors import ChainError, ChainGap, Conflict, HemeiError, InvalidInput, ScopeViolation
+from .clock import hlc_to_iso
+from .errors import ChainError, ChainGap, ClockSkew, Conflict, HemeiError, InvalidInput, ScopeViolation
 from .identity import node_id_from_public_key, parse_node_id, verify_checkpoint
 from .merge import UNREADABLE, Change
 from .scope import covers, parse_scope
@@ -42,6 +43,26 @@ ROW_OPS = {kind: kind[4:] for kind in ROW_KINDS}
 
 #: A receiver's own rules for a verified batch: ``check(batch_of_new_entries, their_row_changes)``.
 Check = Callable[[Batch, list[Change]], None]
+
+
+def relayed_skew(node: Node, origin: str, known, entries, skew: ClockSkew) -> ClockSkew:
+    """A relayed entry stamped ahead: said of the PC that wrote it, with how long until it is taken.
+
+    The child took it in by its own clock (and its clock then moved up to the stamp, as a hybrid clock
+    does), so blaming the sender's PC would send its operator to a clock that may be right.
+    """
+    scope = declared_scope(origin, entries) if known is None else node.origin_scope(origin)
+    writer = f"the node of {scope} ({origin})" if scope else f"node {origin}"
+    said = (f"an entry written by {writer}, which the sender relays, is stamped {hlc_to_iso(skew.stamp)}, "
+            f"{(skew.wait_ms + node.clock.max_ahead_ms) // 1000} s ahead of this node's clock: the clock of "
+            "the PC that wrote it is (or was) fast, and the sender took the entry in by its own. Nothing is lost")
+    if skew.wait_ms < 86_400_000:
+        minutes = -(-skew.wait_ms // 60_000)
+        said += (f"; it is taken once this node's clock is within {node.clock.max_ahead_ms // 60_000} min of it: "
+                 f"send again in about {minutes} min, and have that PC's date and time set")
+    else:
+        said += "; check this node's date and time, and have that PC's set"
+    return ClockSkew(said)
 
 
 def declared_scope(origin: str, entries) -> str | None:
@@ -127,7 +148,12 @@ def apply_verified(node: Node, origin: str, batch: Batch, check: Check | None, c
         check(batch._replace(entries=new), changes)
     stamps = [e[1] for e in new if len(e) == FULL]
     if stamps:
-        node.clock.check_plausible(max(stamps))
+        try:
+            node.clock.check_plausible(max(stamps))
+        except ClockSkew as skew:
+            if not keep_violations:
+                raise
+            raise relayed_skew(node, origin, known, new, skew) from None
     if known is None:
         origin_scope, confined = declared_scope(origin, new), False
         cur = node.conn.execute(

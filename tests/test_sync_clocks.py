@@ -7,6 +7,7 @@ what is tested is what an operator meets, with no hook in hemei for it.
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from server import wrong_clock_env
@@ -122,3 +123,32 @@ def test_a_street_pc_reset_to_2000_cannot_join_and_joins_once_its_clock_is_set(t
         t.sync("street")
     finally:
         t.stop()
+
+
+def test_a_relayed_entry_stamped_ahead_is_said_of_the_pc_that_wrote_it_and_when_it_will_pass(tmp_path):
+    """Found in review: a street PC 10 min fast (the district takes that, and its clock moves up to it), a
+    district 8 min fast: the city, 18 min behind the street's stamps, blamed the district's PC."""
+    from tree import Tree
+
+    tree = Tree(tmp_path).build({"city": "sx", "district": "sx/yc", "street": "sx/yc/fs"}, serve=["city"])
+    district_clock = wrong_clock_env(tree.env, tmp_path, 8 * 60)
+    street_clock = wrong_clock_env(tree.env, tmp_path, 18 * 60)
+    try:
+        tree.enroll("city", "district", "sx/yc")
+        tree.serve("district", env=district_clock)
+        tree.enroll("district", "street", "sx/yc/fs")
+        tree.ok("street", "probe", "note", "快钟写的", env=street_clock)
+        tree.ok("street", "sync", env=street_clock)  # 10 min ahead of the district: within its 15
+        done = tree.hemei("district", "sync", env=district_clock)
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        said = " ".join(done.stderr.split())
+        with tree.open("street") as street:
+            street_id = street.id
+        assert f"written by the node of sx/yc/fs ({street_id}), which the sender relays" in said, said
+        assert re.search(r"send again in about [123] min", said) and "the sending PC's clock is wrong" not in said
+        with tree.open("city") as city:
+            assert "快钟写的" not in note_titles(city)
+            [refusal] = refusals(city)
+            assert refusal["code"] == "clock_skew" and "sx/yc/fs" in refusal["reason"]
+    finally:
+        tree.stop()

@@ -166,3 +166,25 @@ def test_a_district_under_a_city_creates_its_key_when_it_says_it_holds_it(tmp_pa
     finally:
         tree.stop()
 
+
+
+def test_a_street_without_a_link_gets_the_key_through_bundles_as_it_is_told(tmp_path):
+    tree = Tree(tmp_path)
+    tree.init("district", "越城区", modules=MODULES)
+    tree.init("fushan", "越城区/府山街道", modules=MODULES)
+    tree.serve("district")
+    try:
+        tree.enroll("district", "fushan", "越城区/府山街道")
+        tree.servers["district"].stop()  # bundles only from here on
+        tree.ok("district", "volunteers", "key", "create")
+        refused = tree.hemei("fushan", "volunteers", "add", "--name", "王丽", "--id-number", ID_NUMBER)
+        said = " ".join(refused.stderr.split())
+        assert refused.returncode == 1 and "with no link: `hemei bundle export`" in said, said
+        out = tmp_path / "府山 上报.hemei"
+        tree.ok("fushan", "bundle", "export", "--out", str(out))
+        ack = json.loads(tree.ok("district", "bundle", "import", str(out), "--json"))["ack"]
+        tree.ok("fushan", "bundle", "import", ack)
+        assert _json(tree, "fushan", "volunteers", "key", "status")["from_scope"] == "越城区"
+        assert _json(tree, "fushan", "volunteers", "add", "--name", "王丽", "--id-number", ID_NUMBER)["id"]
+    finally:
+        tree.stop()

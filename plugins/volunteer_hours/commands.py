@@ -505,7 +505,7 @@ def key_create(holder, as_json):
 @key.command("request")
 @json_option
 def key_request(as_json):
-    """Ask the district for its key (done automatically on first need); then run `hemei sync`.
+    """Ask the district for its key (done automatically on first need); then sync, or carry bundles.
 
     Example:
 
@@ -517,7 +517,7 @@ def key_request(as_json):
                            "its own key with `hemei volunteers key create` (a street joins its district "
                            "first: `hemei join TOKEN`)")
     keys.request_key(node, cli_actor())
-    emit(keys.key_status(node), as_json, lambda d: click.echo("key requested: run `hemei sync`"))
+    emit(keys.key_status(node), as_json, lambda d: click.echo(f"key requested: {keys.REACH_PARENT}"))
 
 
 @key.command("status")

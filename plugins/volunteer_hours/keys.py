@@ -114,15 +114,20 @@ def forget_cached(node: Node) -> None:
     _active.pop(node, None)
 
 
+#: How a request reaches the district and its key comes back, for streets with a link and without one.
+REACH_PARENT = ("run `hemei sync` (with no link: `hemei bundle export`, `hemei bundle import` of it at the "
+                "district, and `hemei bundle import` of its acknowledgement here)")
+
+
 def require_key(node: Node, actor: str) -> pii.VolunteerKey:
     """The active key, or a clear error after recording a request for one."""
     key = active_key(node)
     if key is not None:
         return key
     request_key(node, actor)
-    raise KeyMissing("this node has no volunteer key yet. A key request is recorded: run `hemei sync` "
-                     "once the district has run `hemei volunteers key create`, then try again "
-                     "(a district or a node without a parent creates its own key)")
+    raise KeyMissing("this node has no volunteer key yet. A key request is recorded: once the district has "
+                     f"run `hemei volunteers key create`, {REACH_PARENT}, then try again (a district or a node "
+                     "without a parent creates its own key)")
 
 
 # -- requests and grants ------------------------------------------------------
@@ -165,8 +170,8 @@ def create_key(node: Node, actor: str, *, holder: bool = False) -> tuple[pii.Vol
                        "without a parent) creates the key")
     if not holder and (parent := parent_of(node)) is not None:
         raise Conflict(f"this node syncs with {parent['name']} ({parent['scope']}) and uses the volunteer key of "
-                       "its district, which reaches it through sync (`hemei volunteers key request`, then `hemei "
-                       "sync`): a key of its own would count everyone registered here as other people there. If "
+                       "its district, which reaches it through sync (`hemei volunteers key request`, then "
+                       f"{REACH_PARENT}): a key of its own would count everyone registered here as other people there. If "
                        "this node holds the key for its subtree (a district under a city), run `hemei volunteers "
                        "key create --holder`")
     key = pii.VolunteerKey(os.urandom(pii.SECRET_BYTES), node.scope)
