@@ -238,12 +238,38 @@ def serve(host: str, port: int, log_level: str) -> None:
     click.echo(f"hemei node {node.name} ({node.id}) on http://{shown}:{port}", err=True)
     # A street whose link died mid-upload leaves a request waiting for its body:
     # do not let it hold a shutdown forever.
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
+                            http=http_protocol())
     logging.getLogger("uvicorn.access").addFilter(RouteNotPath(app.state.routes))  # after uvicorn's logging setup
     try:
         uvicorn.Server(config).run(sockets=[listener])
     except KeyboardInterrupt:  # uvicorn raises Ctrl-C again after its clean shutdown; uvicorn.run hid it
         pass
+
+
+def http_protocol() -> type:
+    """uvicorn's HTTP protocol, turning Nagle's algorithm off on every connection it is given.
+
+    asyncio does that itself only for sockets whose ``proto`` says TCP, and its Windows loop makes
+    accepted sockets with ``proto`` 0: without this, each answer there could wait for the client's
+    delayed ACK (the listener's option, set in :func:`_bound`, may or may not pass on to them).
+    """
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class NoDelayHTTP(AutoHTTPProtocol):
+        def connection_made(self, transport) -> None:
+            no_delay(transport.get_extra_info("socket"))
+            super().connection_made(transport)
+
+    return NoDelayHTTP
+
+
+def no_delay(sock) -> None:
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # the peer already gone: its connection fails on its own
+            pass
 
 
 #: What Windows sockets report instead of the POSIX codes (the errno module names them only on Windows).

@@ -288,6 +288,50 @@ def test_served_connections_turn_nagle_off():
     assert asyncio.run(accepted_nodelay()) != 0
 
 
+def test_served_connections_turn_nagle_off_where_asyncio_does_not():
+    """asyncio's Windows loop makes accepted sockets with ``proto`` 0, so asyncio never turns Nagle's
+    algorithm off on them, and the listener's option may not pass on. Made here as it is there: a
+    listener with ``proto`` 0 and no TCP_NODELAY. uvicorn's own protocol leaves the option off on such a
+    connection; the one `hemei serve` runs turns it on."""
+    import asyncio
+    import socket
+
+    import uvicorn
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+    from uvicorn.server import ServerState
+
+    from hemei.cli import node_commands
+
+    async def nodelay_of_served_connection(protocol: type) -> int:
+        listener = socket.create_server(("127.0.0.1", 0))
+        assert listener.proto == 0 and not listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+        async def app(scope, receive, send):  # never reached: no request is sent
+            raise AssertionError(scope)
+
+        config = uvicorn.Config(app, http=protocol, log_level="critical", lifespan="off")
+        config.load()
+        state = ServerState()
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: protocol(config=config, server_state=state, app_state={}),
+                                          sock=listener)
+        _, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+        try:
+            for _ in range(500):
+                if state.connections:
+                    break
+                await asyncio.sleep(0.01)
+            [connection] = state.connections
+            return connection.transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP,
+                                                                             socket.TCP_NODELAY)
+        finally:
+            writer.close()
+            server.close()
+
+    assert asyncio.run(nodelay_of_served_connection(AutoHTTPProtocol)) == 0  # the case is made as on Windows
+    assert asyncio.run(nodelay_of_served_connection(node_commands.http_protocol())) != 0
+
+
 def test_the_access_log_names_routes_not_the_personal_data_in_paths(tmp_path):
     """Found by a hostile review: an ID number put in a URL (a caller's mistake) was kept in clear in the
     server's access log, as was any query string."""
