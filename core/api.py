@@ -325,28 +325,33 @@ class RouteTable:
 
 
 _BOM = b"\xef\xbb\xbf"
+#: Charsets a JSON body may declare: UTF-8, and ASCII, which is UTF-8.
+_UTF8 = ("utf-8", "utf8", "us-ascii", "ascii")
 
 
 def _parsed(route: ApiRoute, raw: bytes, content_type: str | None) -> Any:
     """A JSON route's body, read as JSON in UTF-8 whatever the caller said it was, or refused saying why."""
-    if not raw or route.raw:
+    if route.raw:
         return None
-    media, _, params = (content_type or "application/json").partition(";")
-    media = media.strip().lower()
+    # A BOM is what Windows tools (Notepad, PowerShell) put before UTF-8: it says nothing here.
+    text = raw[len(_BOM):] if raw.startswith(_BOM) else raw
+    if not text.strip():
+        return None
+    media, *params = (content_type or "").split(";")
+    media = media.strip().lower() or "application/json"
     if media != "application/json" and not media.endswith("+json"):
         # A form or text body read as JSON would be a guess; the caller's tool is set up wrong, say how.
         raise HemeiError(f"the request body must be JSON, sent with Content-Type: application/json "
-                         f"(it came as {media or 'nothing'})", code="unsupported_media_type", status=415)
-    charset = params.partition("charset=")[2].split(";")[0].strip().strip('"').lower()
-    if charset not in ("", "utf-8", "utf8"):
+                         f"(it came as {media})", code="unsupported_media_type", status=415)
+    charsets = [value.strip().strip('"').lower() for name, _, value in (p.partition("=") for p in params)
+                if name.strip().lower() == "charset"]
+    if (other := next((charset for charset in charsets if charset not in _UTF8), None)) is not None:
         raise HemeiError(f"the request body must be JSON in UTF-8, Content-Type: application/json; charset=utf-8 "
-                         f"(it came as {charset})", code="unsupported_media_type",
-                         status=415)
+                         f"(it came as {other})", code="unsupported_media_type", status=415)
     try:
-        # A BOM is what Windows tools (Notepad, PowerShell) put before UTF-8: it says nothing here.
-        return orjson.loads(raw[len(_BOM):] if raw.startswith(_BOM) else raw)
+        return orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        if b"\x00" in raw[:4] or _utf8_broken(raw):
+        if b"\x00" in text[:4] or _utf8_broken(text):
             raise InvalidInput("request body is not UTF-8: send JSON encoded as UTF-8 (GBK and UTF-16 are not read)",
                                code="invalid_json") from None
         raise InvalidInput(f"request body is not valid JSON ({exc})", code="invalid_json") from None

@@ -86,6 +86,11 @@ def iso_to_local_text(text: str) -> str:
     return local_text(int(stamp.timestamp() * 1000))
 
 
+def wait_text(ms: int) -> str:
+    """How long until a stamp ``ms`` too far ahead is taken, as a person says it ("about 3 min")."""
+    return f"about {max(1, -(-ms // 60_000))} min" if ms < 3 * 3_600_000 else f"about {-(-ms // 3_600_000)} h"
+
+
 class HybridClock:
     """Monotonic HLC. ``last`` is persisted by the node with every write."""
 
@@ -114,19 +119,19 @@ class HybridClock:
     def check_plausible(self, remote: int) -> None:
         """Refuse a remote stamp too far in the future: a street PC with a wrong clock."""
         ahead = hlc_ms(remote) - self._now()
-        if ahead > 10 * 365 * 86400 * 1000:
-            skew = ClockSkew("entry stamped more than ten years ahead of this node's clock: the sending PC's "
-                             "clock is wrong; set its date and time, then send again (sync, or a new bundle)")
-        elif ahead > self.max_ahead_ms:
-            skew = ClockSkew(
-                f"entry stamped {hlc_to_iso(remote)} is {ahead // 1000} s ahead of this node's clock; "
-                "the sending PC's clock is wrong: set its date and time correctly, then send again (sync, or "
-                "a new bundle; nothing is lost on the sender)"
-            )
-        else:
+        if ahead <= self.max_ahead_ms:
             return
-        # How long until this clock takes it: a relay can only wait (receipt.py says so), not set a clock.
-        skew.stamp, skew.wait_ms = remote, ahead - self.max_ahead_ms
+        wait_ms = ahead - self.max_ahead_ms
+        if wait_ms > 86_400_000:
+            skew = ClockSkew(f"entry stamped {hlc_to_iso(remote)} is more than a day ahead of the receiving "
+                             "node's clock: the sending PC's clock is wrong; set its date and time (entries "
+                             "stamped so far ahead are taken only when that day comes)")
+        else:
+            # What is already stamped passes only when this clock gets there, whatever is set: say when.
+            skew = ClockSkew(f"entry stamped {hlc_to_iso(remote)} is {ahead // 1000} s ahead of the receiving "
+                             f"node's clock, taken in {wait_text(wait_ms)} (sync or import again then): the sending "
+                             "PC's clock, or one it took a stamp from, is fast; set it right, nothing is lost")
+        skew.stamp, skew.wait_ms = remote, wait_ms
         raise skew
 
     def observe(self, remote: int) -> None:

@@ -473,7 +473,7 @@ class Node(ModuleHost):
         }
         for extra in self.pm.hook.node_status(node=self, admin=admin):
             for key, value in (extra or {}).items():
-                if key in status:
+                if key in status or key == "home":  # the core's even where a reader is not shown it
                     raise InvalidInput(f"two parts of hemei report the status key {key!r}")
                 status[key] = value
         return status

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 import orjson
 
 from .chain import FULL, GENESIS, REDACTED, REDACTED_LEN, ROW_KINDS, check_stamps_rise, verify_segment
-from .clock import hlc_to_iso
+from .clock import hlc_to_iso, wait_text
 from .errors import ChainError, ChainGap, ClockSkew, Conflict, HemeiError, InvalidInput, ScopeViolation
 from .identity import node_id_from_public_key, parse_node_id, verify_checkpoint
 from .merge import UNREADABLE, Change
@@ -46,23 +46,21 @@ Check = Callable[[Batch, list[Change]], None]
 
 
 def relayed_skew(node: Node, origin: str, known, entries, skew: ClockSkew) -> ClockSkew:
-    """A relayed entry stamped ahead: said of the PC that wrote it, with how long until it is taken.
+    """A relayed entry stamped ahead: said of the node that wrote it, with when it will pass.
 
     The child took it in by its own clock (and its clock then moved up to the stamp, as a hybrid clock
     does), so blaming the sender's PC would send its operator to a clock that may be right.
     """
     scope = declared_scope(origin, entries) if known is None else node.origin_scope(origin)
-    writer = f"the node of {scope} ({origin})" if scope else f"node {origin}"
-    said = (f"an entry written by {writer}, which the sender relays, is stamped {hlc_to_iso(skew.stamp)}, "
-            f"{(skew.wait_ms + node.clock.max_ahead_ms) // 1000} s ahead of this node's clock: the clock of "
-            "the PC that wrote it is (or was) fast, and the sender took the entry in by its own. Nothing is lost")
-    if skew.wait_ms < 86_400_000:
-        minutes = -(-skew.wait_ms // 60_000)
-        said += (f"; it is taken once this node's clock is within {node.clock.max_ahead_ms // 60_000} min of it: "
-                 f"send again in about {minutes} min, and have that PC's date and time set")
-    else:
-        said += "; check this node's date and time, and have that PC's set"
-    return ClockSkew(said)
+    writer = f"the node of {scope}" if scope else f"node {origin}"
+    if skew.wait_ms > 86_400_000:
+        return ClockSkew(f"relayed entry of {writer} stamped {hlc_to_iso(skew.stamp)} is more than a day ahead "
+                         "of the receiving node's clock: that node's PC clock is wrong; have it set, and check "
+                         "the receiving node's date and time")
+    return ClockSkew(f"relayed entry of {writer} stamped {hlc_to_iso(skew.stamp)} is "
+                     f"{(skew.wait_ms + node.clock.max_ahead_ms) // 1000} s ahead of the receiving node's clock, "
+                     f"taken in {wait_text(skew.wait_ms)} (sync or import again then): that "
+                     "node's PC clock is fast; have it set, nothing is lost")
 
 
 def declared_scope(origin: str, entries) -> str | None:

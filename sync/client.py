@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 
 import httpx
 
+from hemei.core.clock import hlc_ms, hlc_to_iso
 from hemei.core.errors import ClockNotSet, ClockSkew, HemeiError, InvalidInput
 from hemei.core.gc_pause import cyclic_gc_paused
 from hemei.core.node import Node
@@ -62,6 +63,23 @@ class SyncReport:
     def to_json(self) -> dict:
         return {"pushed": self.pushed, "pulled": self.pulled, "refused_changes": self.refused_changes,
                 "pending_up": self.pending_up, "pending_down": self.pending_down, "messages": self.messages}
+
+
+def clock_moved_by(node: Node) -> str | None:
+    """Which received entry moved this node's clock ahead of its PC's, if one did (said when the parent
+    refuses this node's own entries as stamped ahead: this PC's clock may be right)."""
+    ahead = hlc_ms(node.clock.last) - time.time_ns() // 1_000_000
+    if ahead < CLOCK_TOLERANCE_MS:
+        return None
+    own = node.conn.execute("SELECT ix FROM _hemei_origins WHERE node_id = ?", (node.id,)).fetchone()[0]
+    row = node.conn.execute("SELECT o.node_id, l.hlc FROM _hemei_log l JOIN _hemei_origins o ON o.ix = l.origin"
+                            " WHERE l.origin != ? ORDER BY l.hlc DESC LIMIT 1", (own,)).fetchone()
+    if row is None or hlc_ms(row[1]) < hlc_ms(node.clock.last) - CLOCK_TOLERANCE_MS:
+        return None
+    scope = node.origin_scope(row[0])
+    return (f"this node's clock is {clock_gap(ahead)} this PC's: it was moved there by a received entry of "
+            f"{f'the node of {scope}' if scope else row[0]} stamped {hlc_to_iso(row[1])}, and this node's "
+            "entries since are stamped that far ahead too. That node's PC clock is fast: have it set")
 
 
 def _bad_address(url: str, exc: Exception) -> InvalidInput:
@@ -118,11 +136,17 @@ class ParentLink:
         try:
             return self._check(self._send("POST", path, body), raw=True)
         except SyncRefused as exc:
-            # The parent blames this PC's clock by its own; when the two disagree, say so: either may be wrong.
-            if exc.code != ClockSkew.code or self.offset_ms >= -CLOCK_TOLERANCE_MS:
+            if exc.code != ClockSkew.code:
                 raise
-            raise SyncRefused(f"{exc.message} (but this PC's clock is {clock_gap(-self.offset_ms)} the parent's: "
-                              "check which is right)", code=exc.code, status=exc.status) from None
+            said = exc.message
+            # The parent blames this PC's clock by its own; when the two disagree, say so: either may be wrong.
+            if self.offset_ms < -CLOCK_TOLERANCE_MS:
+                said += f" (but this PC's clock is {clock_gap(-self.offset_ms)} the parent's: check which is right)"
+            if "relayed entry of" not in said and (moved := clock_moved_by(self.node)) is not None:
+                said += f" ({moved})"
+            if said == exc.message:
+                raise
+            raise SyncRefused(said, code=exc.code, status=exc.status) from None
 
     @staticmethod
     def _check(reply: httpx.Response, raw: bool) -> dict:

@@ -81,7 +81,7 @@ def clock_warning(ahead_ms: int | None) -> str | None:
             "one that is wrong")
 
 
-MAX_REASON = 300
+MAX_REASON = 500  # whole for hemei's own messages (a clock refusal with both sides' view runs to 300)
 ANONYMOUS_KEPT = 1000
 
 

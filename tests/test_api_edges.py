@@ -47,7 +47,7 @@ def test_a_path_another_route_spells_out_is_not_a_parameter(api):
     assert call("GET", "/api/volunteers/people/someone-else").json()["error"]["code"] == "not_found"
 
 
-@pytest.mark.parametrize("code", ["coverage", "staff"])
+@pytest.mark.parametrize("code", ["coverage"])
 def test_a_grid_code_the_routes_use_is_refused(api, code):
     call, tree = api
     before = log_size(call)
@@ -74,6 +74,8 @@ def test_an_ambiguous_grid_code_is_answered_with_ids_a_url_can_carry(api):
     ("application/x-www-form-urlencoded", "it came as application/x-www-form-urlencoded"),
     ("text/plain", "it came as text/plain"),
     ("application/json; charset=GBK", "in UTF-8, Content-Type: application/json; charset=utf-8 (it came as gbk)"),
+    ("application/json; CHARSET = gbk", "(it came as gbk)"),
+    ('Application/JSON; charset=utf-8; charset="big5"', "(it came as big5)"),
 ])
 def test_a_body_that_is_not_json_in_utf8_is_refused_415_saying_what_came(api, content_type, said):
     call, _ = api
@@ -96,6 +98,28 @@ def test_a_gbk_body_is_refused_as_not_utf8_and_bad_json_says_where(api):
     assert log_size(call) == before
 
 
+@pytest.mark.parametrize("body", [b"", b"  \r\n", b"\xef\xbb\xbf", b"\xef\xbb\xbf \n"])
+def test_a_body_of_nothing_but_blanks_or_a_bom_is_no_body(api, body):
+    call, _ = api
+    reply = call("POST", "/api/volunteers/teams", content=body, headers={"Content-Type": "application/json"})
+    assert reply.status_code == 400 and reply.json()["error"]["message"] == "missing field(s): name", reply.text
+
+
+def test_a_grid_coded_like_a_word_no_route_spells_out_is_named_by_it(api):
+    call, _ = api
+    made = call("POST", "/api/grids", json={"code": "staff", "name": "职工网格", "community": "塔山社区"})
+    assert made.status_code == 200, made.text
+    assert call("GET", "/api/grids/staff").json()["id"] == made.json()["id"]
+
+
+def test_an_ambiguous_code_of_many_grids_names_ten_and_says_how_many_more(api):
+    call, _ = api
+    for n in range(13):
+        assert call("POST", "/api/grids", json={"code": "01", "name": "一网格", "community": f"第{n}社区"}).is_success
+    message = call("GET", "/api/grids/01").json()["error"]["message"]
+    assert message.count(" at 越城区/府山街道/第") == 10 and "and 3 more: `hemei grids list`" in message
+
+
 def test_json_saved_with_a_bom_or_sent_without_a_type_is_read(api):
     call, _ = api
     with_bom = call("POST", "/api/volunteers/teams", content=b"\xef\xbb\xbf" + '{"name": "红马甲服务队"}'.encode(),
@@ -103,13 +127,16 @@ def test_json_saved_with_a_bom_or_sent_without_a_type_is_read(api):
     assert with_bom.status_code == 200, with_bom.text
     untyped = call("POST", "/api/volunteers/teams", content='{"name": "夕阳红服务队"}'.encode())
     assert untyped.status_code == 200, untyped.text
+    ascii_only = call("POST", "/api/volunteers/teams", content=b'{"name": "Team A"}',
+                      headers={"Content-Type": ";charset=US-ASCII"})
+    assert ascii_only.status_code == 200, ascii_only.text
     names = {team["name"] for team in call("GET", "/api/volunteers/teams").json()}
-    assert {"红马甲服务队", "夕阳红服务队"} <= names
+    assert {"红马甲服务队", "夕阳红服务队", "Team A"} <= names
 
 
-def test_every_word_after_api_grids_in_the_modules_routes_is_refused_as_a_code():
+def test_every_path_of_one_word_after_api_grids_in_the_modules_routes_is_refused_as_a_code():
     from hemei.plugins.grid_inspections.grids import ROUTE_WORDS
     from hemei.plugins.grid_inspections.routes import GRIDS, ROUTES
 
-    words = {route.path[len(GRIDS) + 1:].split("/")[0] for route in ROUTES if route.path.startswith(GRIDS + "/")}
-    assert words - {"{grid}"} == ROUTE_WORDS
+    spelled = {route.path[len(GRIDS) + 1:] for route in ROUTES if route.path.startswith(GRIDS + "/")}
+    assert {word for word in spelled if "/" not in word and "{" not in word} == ROUTE_WORDS

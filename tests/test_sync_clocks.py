@@ -10,6 +10,8 @@ import json
 import re
 import time
 
+import pytest
+
 from server import wrong_clock_env
 from tree import note_titles, write_notes
 
@@ -94,7 +96,8 @@ def test_a_district_clock_hours_slow_refuses_the_street_and_the_street_hears_bot
         write_notes(s, [("区时钟慢了", "sx/yc/fs")])
     done = pair.hemei("street", "sync")
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert "the sending PC's clock is wrong" in done.stderr  # the district's view, by its own clock
+    assert "the sending PC's clock, or one it took a stamp from, is fast" in done.stderr  # by the district's clock
+    assert "taken in about 8 h" in done.stderr
     assert "(but this PC's clock is 8 h 0 min ahead of the parent's: check which is right)" in done.stderr
     with pair.open("district") as d:
         assert "区时钟慢了" not in note_titles(d)
@@ -125,15 +128,17 @@ def test_a_street_pc_reset_to_2000_cannot_join_and_joins_once_its_clock_is_set(t
         t.stop()
 
 
-def test_a_relayed_entry_stamped_ahead_is_said_of_the_pc_that_wrote_it_and_when_it_will_pass(tmp_path):
+def test_entries_stamped_ahead_below_a_district_are_said_of_the_pc_that_wrote_them(tmp_path):
     """Found in review: a street PC 10 min fast (the district takes that, and its clock moves up to it), a
-    district 8 min fast: the city, 18 min behind the street's stamps, blamed the district's PC."""
+    district 8 min fast: the city, 18 min behind the street's stamps, blamed the district's PC, whether it
+    refused the street's entries the district relays or the district's own, stamped by its moved clock."""
     from tree import Tree
 
-    tree = Tree(tmp_path).build({"city": "sx", "district": "sx/yc", "street": "sx/yc/fs"}, serve=["city"])
+    tree = Tree(tmp_path).build({"city": "sx", "district": "sx/yc", "street": "sx/yc/fs"})
     district_clock = wrong_clock_env(tree.env, tmp_path, 8 * 60)
     street_clock = wrong_clock_env(tree.env, tmp_path, 18 * 60)
     try:
+        city = tree.serve("city")
         tree.enroll("city", "district", "sx/yc")
         tree.serve("district", env=district_clock)
         tree.enroll("district", "street", "sx/yc/fs")
@@ -142,13 +147,30 @@ def test_a_relayed_entry_stamped_ahead_is_said_of_the_pc_that_wrote_it_and_when_
         done = tree.hemei("district", "sync", env=district_clock)
         assert done.returncode == 1 and "Traceback" not in done.stderr
         said = " ".join(done.stderr.split())
-        with tree.open("street") as street:
-            street_id = street.id
-        assert f"written by the node of sx/yc/fs ({street_id}), which the sender relays" in said, said
-        assert re.search(r"send again in about [123] min", said) and "the sending PC's clock is wrong" not in said
-        with tree.open("city") as city:
-            assert "快钟写的" not in note_titles(city)
-            [refusal] = refusals(city)
-            assert refusal["code"] == "clock_skew" and "sx/yc/fs" in refusal["reason"]
+        assert re.search(r"relayed entry of the node of sx/yc/fs .* taken in about [123] min", said), said
+        assert "the sending PC's clock" not in said
+        out = tmp_path / "区 上报.hemei"
+        tree.ok("district", "bundle", "export", "--out", str(out), env=district_clock)
+        carried = tree.hemei("city", "bundle", "import", str(out))
+        # (the district's own record of that refusal is stamped ahead too: either entry may be said first)
+        assert carried.returncode == 1 and "(sync or import again then)" in " ".join(carried.stderr.split())
+        with tree.open("city") as node:
+            assert "快钟写的" not in note_titles(node)
+            reasons = [r["reason"] for r in refusals(node) if r["code"] == "clock_skew"]
+            assert len(reasons) == 2 and all(re.search("taken in about [123] min", r) for r in reasons)
+
+        # The city takes the street's entries (a wider window for a moment), then the district writes: its
+        # clock, moved up to the street's stamps, stamps its own entries as far ahead.
+        city.stop()
+        tree.serve("city", env=dict(tree.env, HEMEI_MAX_CLOCK_AHEAD="3600"), port=city.port)
+        tree.ok("district", "sync", env=district_clock)
+        tree.servers["city"].stop()
+        tree.serve("city", port=city.port)
+        tree.ok("district", "probe", "note", "区里写的", env=district_clock)
+        done = tree.hemei("district", "sync", env=district_clock)
+        said = " ".join(done.stderr.split())
+        assert done.returncode == 1 and "the sending PC's clock, or one it took a stamp from, is fast" in said
+        assert re.search(r"this node's clock is (9|10|11) min ahead of this PC's: it was moved there by a "
+                         r"received entry of the node of sx/yc/fs", said), said
     finally:
         tree.stop()

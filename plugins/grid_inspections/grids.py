@@ -24,8 +24,10 @@ MAX_HOUSEHOLDS = 1_000_000
 SINGLE_ROLES = ("leader", "instructor")
 DEFAULT_PATROLS_PER_DAY = 2  # "每天早、晚各巡1次": morning and evening
 _CODE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]{0,31}$")
-#: Words that follow /api/grids/ in the module's own routes: a grid of that code could not be named there.
-ROUTE_WORDS = frozenset({"coverage", "staff"})
+#: Paths /api/grids/WORD that a route of the module spells out: a grid of that code could not be named there.
+ROUTE_WORDS = frozenset({"coverage"})
+#: Grids named in an ambiguity message: codes such as "01" repeat in every community of a district.
+NAMED_AT_MOST = 10
 GRID_COLUMNS = "id, scope, code, name, street, community, parent, households, patrols_per_day, established"
 
 
@@ -161,9 +163,11 @@ def find_grid(node: Node, ref) -> dict:
     if not rows:
         raise NotFound(f"no grid {ref!r}: `hemei grids list` shows the grids this node holds", code="unknown_grid")
     if len(rows) > 1:
-        # An id, not a path: a path's '/' cannot stand for one segment of an API URL.
-        raise InvalidInput(f"grid code {ref!r} is used in {len(rows)} places: give its id ("
-                           + ", ".join(f"{r['id']} at {r['scope']}" for r in rows) + ")", code="ambiguous_grid")
+        # An id first: a path's '/' cannot stand for one segment of an API URL (the CLI takes either).
+        named = ", ".join(f"{r['id']} at {r['scope']}" for r in rows[:NAMED_AT_MOST])
+        more = f", and {len(rows) - NAMED_AT_MOST} more: `hemei grids list`" if len(rows) > NAMED_AT_MOST else ""
+        raise InvalidInput(f"grid code {ref!r} is used in {len(rows)} places: give its id, or in the CLI its path "
+                           f"({named}{more})", code="ambiguous_grid")
     return rows[0]
 
 
