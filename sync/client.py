@@ -25,7 +25,8 @@ from hemei.core.gc_pause import cyclic_gc_paused
 from hemei.core.node import Node
 
 from . import engine, enroll, signing, wire
-from .peers import CLOCK_TOLERANCE_MS, clock_gap, parent_of, record_clock, record_fork, record_refusal, touch
+from .peers import (CLOCK_TOLERANCE_MS, clock_gap, parent_of, record_clock, record_fork, record_refusal, set_url,
+                    touch)
 
 DEFAULT_BATCH = 2000
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
@@ -93,6 +94,9 @@ class ParentLink:
         self.node = node
         self.url = url.rstrip("/")
         try:
+            address = httpx.URL(self.url)
+            if address.scheme not in ("http", "https") or not address.host:
+                raise ValueError("it must start with http:// or https:// and name a host")
             self.http = httpx.Client(base_url=self.url, timeout=TIMEOUT, transport=transport)
         except (httpx.InvalidURL, ValueError) as exc:
             raise _bad_address(url, exc) from None
@@ -193,18 +197,28 @@ Progress = Callable[[str, int, int], None]
 
 
 def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | None = None,
-              transport: httpx.BaseTransport | None = None) -> SyncReport:
-    """Push what the parent lacks of this node's branch, pull what this node lacks of it."""
+              transport: httpx.BaseTransport | None = None, url: str | None = None) -> SyncReport:
+    """Push what the parent lacks of this node's branch, pull what this node lacks of it.
+
+    ``url``: the parent's address, when it moved; kept for next time once the node there has answered
+    as this node's parent and taken its signed hello.
+    """
     parent = parent_of(node)
     report = SyncReport()
     try:
-        with ParentLink(node, parent["url"], transport) as link:
-            link.learn_time()
+        with ParentLink(node, url or parent["url"], transport) as link:
+            answered = link.learn_time().get("node_id")
+            if answered != parent["node_id"]:  # a wrong address typed, or the parent's moved to another PC
+                raise InvalidInput(f"the node at {link.url} is {answered}, not this node's parent "
+                                   f"{parent['name']} ({parent['node_id']}): check the address", code="wrong_parent")
             record_clock(node, parent["node_id"], link.offset_ms)
             _tick(node, link, report)
             hello = link.call("/api/sync/hello", {"vv": node.version_vector(), "modules": node.module_versions,
                                                   "checkpoint": engine.own_checkpoint(node),
                                                   "parent_clock_ahead_ms": link.offset_ms})
+            if link.url != parent["url"]:
+                set_url(node, parent["node_id"], link.url)
+                report.messages.append(f"the parent's address is now {link.url}")
             their_vv = wire.vv_of(hello.get("vv"))
             touch(node, parent["node_id"], modules=wire.modules_of(hello.get("modules")))
             if hello.get("checkpoint") is not None:
@@ -354,7 +368,7 @@ def _pull(node: Node, link: ParentLink, parent: dict, batch_size: int, report: S
 
 
 def sync_watch(node: Node, *, interval_s: float, batch_size: int, on_result: Callable[[object], None],
-               max_backoff_s: float = 300.0, sleep=time.sleep, stop=lambda: False) -> None:
+               max_backoff_s: float = 300.0, sleep=time.sleep, stop=lambda: False, url: str | None = None) -> None:
     """Sync again and again; after a failure wait 2, 4, 8 … seconds (at most ``max_backoff_s``).
 
     A wrong clock, here or at the parent, is waited out like a link that is
@@ -364,8 +378,8 @@ def sync_watch(node: Node, *, interval_s: float, batch_size: int, on_result: Cal
     failures = 0
     while not stop():
         try:
-            on_result(sync_once(node, batch_size))
-            failures = 0
+            on_result(sync_once(node, batch_size, url=url))
+            failures, url = 0, None  # kept as the parent's address from here on
             sleep(interval_s)
         except (Unreachable, SyncRefused, ClockSkew, ClockNotSet) as exc:
             on_result(exc)

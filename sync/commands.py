@@ -157,20 +157,23 @@ def _describe(report: client.SyncReport) -> str:
 @click.option("--watch", is_flag=True, help="Keep syncing; retry with backoff while the link is down.")
 @click.option("--interval", type=Duration(), default="30s", show_default=True, help="Pause between syncs (--watch).")
 @click.option("--batch-size", type=click.IntRange(1, 20000), default=client.DEFAULT_BATCH, show_default=True)
+@click.option("--url", help="The parent's address, if it moved; kept once the parent answers there.")
 @json_option
-def sync_command(watch: bool, interval: int, batch_size: int, as_json: bool) -> None:
+def sync_command(watch: bool, interval: int, batch_size: int, url: str | None, as_json: bool) -> None:
     """Push what the parent lacks, pull what this node should have, then exit.
 
     Example:
 
         hemei --home ./fushan sync
+
+        hemei --home ./fushan sync --url http://192.168.1.20:8340
     """
     node = cli_node()
     if not watch:
         bars = _ProgressBars() if sys.stderr.isatty() else None
         try:
             with failure_on_stdout(as_json):
-                report = client.sync_once(node, batch_size, progress=bars)
+                report = client.sync_once(node, batch_size, progress=bars, url=url)
         finally:
             if bars:
                 bars.finish()
@@ -193,7 +196,7 @@ def sync_command(watch: bool, interval: int, batch_size: int, as_json: bool) -> 
             click.echo(f"{stamp} {_describe(result)}", err=True)
 
     try:
-        client.sync_watch(node, interval_s=interval, batch_size=batch_size, on_result=on_result)
+        client.sync_watch(node, interval_s=interval, batch_size=batch_size, on_result=on_result, url=url)
     except KeyboardInterrupt:
         click.echo("stopped", err=True)
 

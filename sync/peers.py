@@ -34,13 +34,19 @@ def get_peer(node: Node, node_id: str) -> dict | None:
 def parent_of(node: Node) -> dict:
     row = node.conn.execute(f"SELECT {', '.join(COLUMNS)} FROM _hemei_peers WHERE role = 'parent'").fetchone()
     if row is None:
-        raise NotFound("this node has no parent yet: join one with 'hemei join TOKEN'", code="no_parent")
+        raise NotFound("this node has no parent to sync with: a node at the top of its tree has none; a street "
+                       "or district joins its parent with 'hemei join TOKEN'", code="no_parent")
     return _row(row)
 
 
 def all_peers(node: Node) -> list[dict]:
     return [_row(r) for r in node.conn.execute(
         f"SELECT {', '.join(COLUMNS)} FROM _hemei_peers ORDER BY role DESC, name")]
+
+
+def set_url(node: Node, node_id: str, url: str) -> None:
+    """Where a peer is reached from now on (local bookkeeping, like the address pinned at join)."""
+    node.conn.execute("UPDATE _hemei_peers SET url = ? WHERE node_id = ?", (url, node_id))
 
 
 def touch(node: Node, node_id: str, *, their_vv: dict | None = None, pending_up: int | None = None,

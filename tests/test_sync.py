@@ -144,3 +144,29 @@ def test_sync_skips_time_driven_work_when_the_parent_says_this_clock_is_wrong(no
     report.messages.pop()
     client._tick(node, SimpleNamespace(offset_ms=2000), report)  # two seconds: fine
     assert node.conn.execute(ticks).fetchone() == (1,) and len(report.messages) == 1
+
+
+def test_a_street_follows_its_district_to_a_new_address_and_not_to_another_node(pair):
+    """Found in an operator walkthrough: a district restarted on another port left its streets unable to
+    reach it for good (`join` refuses a second parent, and nothing took a new address)."""
+    pair.servers["district"].stop()
+    moved = pair.serve("district")  # another free port
+    other = Tree(pair.root / "elsewhere").build({"other": "sx/kq"}, serve=["other"])
+    try:
+        with pair.open("street") as s:
+            write_notes(s, [("搬家后写的", "sx/yc/fs")])
+        lost = pair.hemei("street", "sync")
+        assert lost.returncode == 1 and "cannot reach the parent" in lost.stderr
+        typed = pair.hemei("street", "sync", "--url", moved.url.split("//")[1])  # the scheme left out
+        assert typed.returncode == 1 and "must start with http:// or https://" in typed.stderr
+        wrong = pair.hemei("street", "sync", "--url", other.servers["other"].url)
+        assert wrong.returncode == 1 and "not this node's parent district" in wrong.stderr, wrong.stderr
+        assert "Traceback" not in typed.stderr + wrong.stderr
+        followed = pair.hemei("street", "sync", "--url", moved.url + "/")
+        assert followed.returncode == 0 and f"the parent's address is now {moved.url}" in followed.stdout
+        with pair.open("district") as d:
+            assert "搬家后写的" in note_titles(d)
+        [parent] = json.loads(pair.ok("street", "status", "--json"))["peers"]
+        assert parent["url"] == moved.url and pair.sync("street")["pushed"] == 0  # kept for next time
+    finally:
+        other.stop()
