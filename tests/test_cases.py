@@ -282,6 +282,18 @@ def test_metrics_match_figures_computed_by_hand(street):
     assert summaries_match_a_recount(street)
     # The window is on the report date: a day later drops c1.
     assert metrics.stats(street, start=(DAY0 + dt.timedelta(days=3)).isoformat(), end=last)["totals"]["cases"] == 7
+    # Found by an operator walkthrough: a community or a grid asked for as the scope showed 0 cases (the
+    # case tables were filtered by their street column), and listing a community's cases showed none.
+    for community, line in by_community.items():
+        for place in (community, f"府山街道/{community}", f"{STREET}/{community}"):
+            inside = metrics.stats(street, start=first, end=last, scope=place)
+            assert {k: inside["totals"][k] for k in line if k in inside["totals"]} == {
+                k: v for k, v in line.items() if k not in ("street", "community")}, place
+            assert len(cases.list_cases(street, street=place)) == line["cases"]
+    xihu = metrics.stats(street, start=first, end=last, scope="西小河社区/FS-01")
+    assert xihu["totals"]["cases"] == 4 and [g["code"] for g in xihu["grids"]] == ["FS-01"]
+    assert {c["category"]: (c["cases"], c["resolved"]) for c in xihu["categories"]} == {
+        "environment": (3, 3), "safety": (1, 1)}  # c1 c2 c8; c3
 
 
 # -- the CLI and categories ----------------------------------------------------------------
@@ -435,7 +447,7 @@ def test_a_street_cannot_take_the_key_of_a_siblings_grid_or_category_first(make_
 def test_a_district_with_a_one_segment_scope_counts_its_streets_grids(make_node):
     district = make_node("district", scope="越城区", modules=["grid_inspections"])
     grids.add_grid(district, ACTOR, code="FS-01", name="西小河一网格", community="西小河社区", street="府山街道",
-                   established=DAY0.isoformat())
+                   established=DAY0.isoformat(), new_street=True)
     assert [g["street"] for g in grids.list_grids(district, "越城区")] == [STREET]
     grids.check_in(district, ACTOR, "FS-01", worker="李娟", at=at(1, 8))
     first = DAY0.isoformat()
@@ -466,7 +478,8 @@ def test_street_filters_take_this_nodes_own_name_and_refuse_an_unknown_place(str
     grids.add_grid(ascii_street, ACTOR, code="FS-01", name="西小河一网格", community="西小河社区")
     assert [g["code"] for g in grids.list_grids(ascii_street, "府山街道")] == ["FS-01"]  # the node's name
     district = make_node("district", scope="越城区", modules=["grid_inspections"])
-    grids.add_grid(district, ACTOR, code="TS-01", name="塔山一网格", community="塔山社区", street="塔山街道")
+    grids.add_grid(district, ACTOR, code="TS-01", name="塔山一网格", community="塔山社区", street="塔山街道",
+                   new_street=True)
     assert [g["code"] for g in grids.list_grids(district, "塔山街道")] == ["TS-01"]
     # The core report asks about any place inside the node, grids there or not (found in review).
     assert metrics.stats(district, start=DAY0.isoformat(), scope="塔山街道/无网格社区", known_only=False)["totals"]
@@ -474,6 +487,27 @@ def test_street_filters_take_this_nodes_own_name_and_refuse_an_unknown_place(str
         metrics.stats(district, start=DAY0.isoformat(), scope="塔山街道/无网格社区")
     with pytest.raises(InvalidInput, match=r"known here: 越城区/塔山街道\)"):
         grids.list_grids(district, "府山街道")
+
+
+def test_a_grid_is_never_put_in_a_street_nobody_knows(street, make_node):
+    """Found by an operator walkthrough: a mistyped --street made a street of its own (府山街道/府山街到 at a
+    street, 越城区/府山 at a district), ranked with 0% coverage from then on."""
+    before = _log_size(street)
+    for typed in ("府山街到", "塔山街道"):
+        with pytest.raises(InvalidInput, match=f"no street '{typed}' is known below {STREET} \\(none yet\\)"):
+            grids.add_grid(street, ACTOR, code="CQ-06", name="仓桥第六网格", community="仓桥社区", street=typed)
+    assert _log_size(street) == before
+    assert grids.add_grid(street, ACTOR, code="CQ-06", name="仓桥第六网格", community="仓桥社区",
+                          street="府山街道")["scope"] == f"{STREET}/仓桥社区/CQ-06"  # its own name
+    district = make_node("district", scope="越城区", modules=["grid_inspections"])
+    district.apply_batch(street.read_batch(street.id, 0, limit=10_000), confine=True)  # 府山街道 synced here
+    with pytest.raises(InvalidInput, match="no street '府山' is known below 越城区 \\(known here: 越城区/府山街道\\)"):
+        grids.add_grid(district, ACTOR, code="XXH-04", name="西小河四网格", community="西小河社区", street="府山")
+    made = grids.add_grid(district, ACTOR, code="XXH-04", name="西小河四网格", community="西小河社区", street="府山街道")
+    assert made["street"] == STREET
+    assert grids.add_grid(district, ACTOR, code="TS-01", name="塔山一网格", community="塔山社区", street="塔山街道",
+                          new_street=True)["street"] == "越城区/塔山街道"
+    assert grids.known_streets(district) == ["越城区/塔山街道", STREET]  # sorted: 塔 before 府 in code points
 
 
 def test_a_community_name_cannot_clash_with_a_micro_grid_path_and_redefining_keeps_what_is_not_given(street):

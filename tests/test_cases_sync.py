@@ -37,7 +37,11 @@ def district_tree(tmp_path_factory):
 
 def test_a_case_escalated_to_the_district_is_closed_there_and_the_street_sees_it_all(district_tree):
     t = district_tree
-    # Grid definitions and the catalogue are set at the district and flow down.
+    # Grid definitions and the catalogue are set at the district and flow down. The streets are known as
+    # enrolled before they ever synced; a typo is not a street.
+    typo = t.hemei("district", "grids", "add", "FS-02", "二网格", "--community", "西小河社区", "--street", "府山")
+    said = " ".join(typo.stderr.split())
+    assert typo.returncode == 1 and "known here: 越城区/塔山街道, 越城区/府山街道" in said and "--new-street" in said, said
     _json(t, "district", "grids", "add", "FS-01", "西小河一网格", "--community", "西小河社区", "--street", "府山街道",
           "--households", "300")
     _json(t, "district", "grids", "add", "TS-01", "塔山一网格", "--community", "塔山社区", "--street", "塔山街道")

@@ -11,10 +11,11 @@ as not applied).
 
 from __future__ import annotations
 
+import json
 import re
 
 from hemei.core import Conflict, InvalidInput, Node, NotFound
-from hemei.core.fields import flag, now_local, one, past_time, text, whole_number
+from hemei.core.fields import flag, now_local, one, past_time, subtree_params, text, whole_number
 from hemei.core.scope import covers
 
 from . import grids, status
@@ -282,9 +283,15 @@ def list_cases(node: Node, *, state=None, level=None, grid=None, street=None, op
     if grid is not None:
         where.append("s.grid = ?")
         params.append(grids.find_grid(node, grid)["id"])
-    if street is not None:
-        where.append("s.street = ?")
-        params.append(grids.known_place(node, street))
+    if street is not None:  # a district, a street, or (by its grids) a community or grid inside one
+        place = grids.known_place(node, street)
+        grid_ids = grids.grids_inside_street(node, place)
+        if grid_ids is None:
+            where.append("s.street >= ? AND s.street < ? AND (s.street = ? OR s.street > ?)")
+            params.extend(subtree_params(place))
+        else:
+            where.append("s.grid IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(grid_ids))
     if open_only or overdue:
         where.append("s.state IN ({})".format(", ".join("?" * len(OPEN_STATES))))
         params.extend(OPEN_STATES)

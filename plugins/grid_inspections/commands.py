@@ -34,9 +34,11 @@ def grids():
 @click.option("--households", type=int, help="Households the grid covers.")
 @click.option("--patrols-per-day", type=int, help="Patrol plan [default: 2 for a grid, 0 for a micro-grid].")
 @click.option("--established", help="First day of the patrol plan, YYYY-MM-DD [default: today].")
+@click.option("--new-street", is_flag=True, help="At a district: --street is not enrolled here yet.")
 @json_option
-def grids_add(code, name, community, parent, street, households, patrols_per_day, established, as_json):
-    """Define a grid (or, with --parent, a micro-grid); defining one again updates it.
+def grids_add(code, name, community, parent, street, households, patrols_per_day, established, new_street,
+              as_json):
+    """Define a grid (or, with --parent, a micro-grid); defining one again in the same community updates it.
 
     Example:
 
@@ -44,7 +46,7 @@ def grids_add(code, name, community, parent, street, households, patrols_per_day
     """
     row = grid_ops.add_grid(cli_node(), cli_actor(), code=code, name=name, community=community, parent=parent,
                             street=street, households=households, patrols_per_day=patrols_per_day,
-                            established=established)
+                            established=established, new_street=new_street)
     emit(row, as_json, lambda r: click.echo(f"{r['id']}  {r['scope']}"))
 
 

@@ -14,7 +14,7 @@ import hashlib
 import re
 
 from hemei.core import Conflict, InvalidInput, Node, NotFound
-from hemei.core.fields import iso_date, one, past_time, text, whole_number
+from hemei.core.fields import flag, in_subtree_sql, iso_date, one, past_time, subtree_params, text, whole_number
 from hemei.core.scope import covers, parse_scope
 
 ROLES = ("leader", "instructor", "member")
@@ -69,20 +69,51 @@ def known_place(node: Node, value, field: str = "street") -> str:
     return scope
 
 
-def grid_street(node: Node, street) -> str:
-    """The street a new grid belongs to: this node's scope, or (at a district) a street directly below it."""
+def grids_inside_street(node: Node, scope: str) -> list[str] | None:
+    """The ids of the grids at or inside ``scope`` when it lies inside a street (a community, a grid, a
+    micro-grid), whose case figures are found by grid; None for a street or a place above streets, where
+    they are found by the street column the case tables keep."""
+    inside = node.conn.execute("SELECT 1 FROM grids WHERE substr(?, 1, length(street) + 1) = street || '/' LIMIT 1",
+                               (scope,)).fetchone()
+    if inside is None:
+        return None
+    return [r[0] for r in node.conn.execute(f"SELECT id FROM grids WHERE {in_subtree_sql('scope')}",
+                                            subtree_params(scope))]
+
+
+def grid_street(node: Node, street, *, new_street: bool = False) -> str:
+    """The street a new grid belongs to: this node's scope, or (at a district) a street directly below it
+    that is known here (enrolled, synced, or holding grids already); ``new_street`` for one that is not
+    in hemei yet. A mistyped street would otherwise be a street of its own in every ranking."""
+    below = known_streets(node)
     if street is None:
-        below = sorted({scope for scope in map(node.origin_scope, node.version_vector())
-                        if scope and scope != node.scope and covers(node.scope, scope)})
         if below:
             raise InvalidInput(f"this node has streets below it ({', '.join(below[:3])}"
                                f"{', ...' if len(below) > 3 else ''}): name the grid's street with --street")
         return node.scope
     scope = place_scope(node, street)
-    if scope != node.scope and scope.count("/") != node.scope.count("/") + 1:
+    if scope == node.scope:
+        return scope
+    if scope.count("/") != node.scope.count("/") + 1:
         raise InvalidInput(f"street {scope} is not directly below this node's scope {node.scope}: "
                            "give the street's name, for example 府山街道")
+    if scope not in below and not new_street:
+        raise InvalidInput(f"no street {street!r} is known below {node.scope}"
+                           + (f" (known here: {', '.join(below[:8])}{', ...' if len(below) > 8 else ''})"
+                              if below else " (none yet)")
+                           + ": check the name; for a street not enrolled here yet, add --new-street")
     return scope
+
+
+def known_streets(node: Node) -> list[str]:
+    """Places directly below this node that it knows: enrolled children, nodes that synced here, streets of
+    grids held."""
+    depth = node.scope.count("/") + 1
+    known = {s for s in map(node.origin_scope, node.version_vector()) if s}
+    # Enrolled children, from the status the sync transport reports (not this module's to import).
+    known |= {p["scope"] for p in node.status().get("peers", []) if p.get("role") == "child" and p.get("scope")}
+    known |= {r[0] for r in node.conn.execute("SELECT DISTINCT street FROM grids")}
+    return sorted(s for s in known if s.count("/") == depth and covers(node.scope, s))
 
 
 def _segment(value, field: str) -> str:
@@ -94,11 +125,12 @@ def _segment(value, field: str) -> str:
 
 
 def add_grid(node: Node, actor: str, *, code, name, community=None, parent=None, street=None, households=None,
-             patrols_per_day=None, established=None) -> dict:
+             patrols_per_day=None, established=None, new_street: bool = False) -> dict:
     """Define a grid in a community (or a micro-grid inside a grid).
 
     Defining a grid that exists (same street, community and code) changes only
-    the fields given: its name, households, plan or start day.
+    the fields given: its name, households, plan or start day. ``new_street``: the grid's street is not
+    enrolled here yet (see :func:`grid_street`).
     """
     code = text(code, "code", limit=32)
     if not _CODE.match(code):
@@ -122,7 +154,7 @@ def add_grid(node: Node, actor: str, *, code, name, community=None, parent=None,
         fixed = {"street": above["street"], "community": above["community"], "parent": above["id"]}
         scope, default_plan = f"{above['scope']}/{code}", 0  # micro-grids are walked on their grid's patrols
     else:
-        street = grid_street(node, street)
+        street = grid_street(node, street, new_street=flag(new_street, "new_street"))
         community = _segment(community, "community")
         fixed = {"street": street, "community": community, "parent": None}
         scope, default_plan = parse_scope(f"{street}/{community}/{code}"), DEFAULT_PATROLS_PER_DAY

@@ -28,6 +28,7 @@ response rate (a missing rate ranks below any figure).
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import defaultdict
 
 from hemei.core import Node
@@ -49,23 +50,49 @@ def _window(start, end) -> tuple[str, str]:
     return grids.check_window(start or f"{end[:4]}-01-01", end)
 
 
-def _grid_rows(node: Node, subtree: tuple, start: str, end: str) -> list[dict]:
+def _place_sql(subtree: tuple, grid_ids: list[str] | None, prefix: str = "") -> tuple[str, tuple]:
+    """Where a case row lies in the place asked for: by its street, or (inside a street) by its grid."""
+    if grid_ids is None:
+        return in_subtree_sql(f"{prefix}street"), subtree
+    return f"{prefix}grid IN (SELECT value FROM json_each(?))", (json.dumps(grid_ids),)
+
+
+def _grid_rows(node: Node, subtree: tuple, start: str, end: str, grid_ids: list[str] | None = None) -> list[dict]:
     """Counts per grid for cases reported in the window: sums of the daily summaries, plus open and
     overdue cases now (few, found through the open-state index)."""
-    where = f"{in_subtree_sql('street')} AND day >= ? AND day <= ?"
+    place, place_params = _place_sql(subtree, grid_ids)
     rows = {(r["street"], r["community"], r["grid"]): {**r, "open": 0, "overdue": 0} for r in node.db.query(
         f"SELECT street, community, grid, {', '.join(f'sum({f}) AS {f}' for f in FLAGS)} FROM case_grid_day"
-        f" WHERE {where} GROUP BY street, community, grid", (*subtree, start, end))}
-    end_exclusive = (dt.date.fromisoformat(end) + dt.timedelta(days=1)).isoformat()
+        f" WHERE {place} AND day >= ? AND day <= ? GROUP BY street, community, grid", (*place_params, start, end))}
+    end_exclusive = _day_after(end)
     for r in node.db.query(
             "SELECT street, community, grid, count(*) AS open, sum(level_due < ?) AS overdue FROM case_status"
             " WHERE state IN ({}) AND {} AND reported_at >= ? AND reported_at < ?"
-            " GROUP BY street, community, grid".format(", ".join("?" * len(OPEN_STATES)), in_subtree_sql("street")),
-            (now_local(), *OPEN_STATES, *subtree, start, end_exclusive)):
+            " GROUP BY street, community, grid".format(", ".join("?" * len(OPEN_STATES)), place),
+            (now_local(), *OPEN_STATES, *place_params, start, end_exclusive)):
         key = (r["street"], r["community"], r["grid"])
         if key in rows:
             rows[key].update(open=r["open"], overdue=r["overdue"])
     return [r for r in rows.values() if r["cases"]]
+
+
+def _day_after(day: str) -> str:
+    return (dt.date.fromisoformat(day) + dt.timedelta(days=1)).isoformat()
+
+
+def _category_rows(node: Node, subtree: tuple, start: str, end: str, grid_ids: list[str] | None):
+    """(category, street, cases, resolved) for cases reported in the window: from the daily summary kept per
+    street, or, inside a street, from the status of the cases of its grids (few)."""
+    if grid_ids is None:
+        return node.conn.execute(
+            "SELECT category, street, sum(cases), sum(resolved) FROM case_category_day"
+            f" WHERE {in_subtree_sql('street')} AND day >= ? AND day <= ? GROUP BY category, street",
+            (*subtree, start, end))
+    place, place_params = _place_sql(subtree, grid_ids)
+    return node.conn.execute(
+        f"SELECT category, street, count(*), sum(state IN ({', '.join('?' * len(status.RESOLVED_STATES))}))"
+        f" FROM case_status WHERE {place} AND reported_at >= ? AND reported_at < ? GROUP BY category, street",
+        (*status.RESOLVED_STATES, *place_params, start, _day_after(end)))
 
 
 def _with_rates(row: dict) -> dict:
@@ -97,17 +124,15 @@ def stats(node: Node, *, start=None, end=None, scope: str | None = None, known_o
     streets: dict[str, dict] = defaultdict(dict)
     communities: dict[tuple, dict] = defaultdict(dict)
     per_grid = []
-    for row in _grid_rows(node, subtree, start, end):
+    grid_ids = grids.grids_inside_street(node, scope)
+    for row in _grid_rows(node, subtree, start, end, grid_ids):
         _add(totals, row)
         _add(streets[row["street"]], row)
         _add(communities[row["street"], row["community"]], row)
         code, name = names.get(row["grid"], (None, None))
         per_grid.append(_with_rates({**row, "code": code, "name": name}))
     categories = defaultdict(lambda: {"cases": 0, "resolved": 0, "by_street": {}})
-    for category, street, cases, resolved in node.conn.execute(
-            "SELECT category, street, sum(cases), sum(resolved) FROM case_category_day"
-            f" WHERE {in_subtree_sql('street')} AND day >= ? AND day <= ? GROUP BY category, street",
-            (*subtree, start, end)):
+    for category, street, cases, resolved in _category_rows(node, subtree, start, end, grid_ids):
         if not cases:
             continue
         entry = categories[category]

@@ -18,7 +18,7 @@ _TRANSITION_FIELDS = {"at", "note", "assignee", "rating", "duplicate_of", "level
 
 def add_grid(call: ApiCall):
     b = call.fields({"code", "name", "community", "parent", "street", "households", "patrols_per_day",
-                     "established"}, ("code", "name"))
+                     "established", "new_street"}, ("code", "name"))
     return grids.add_grid(call.node, call.actor, **b)
 
 
@@ -102,7 +102,8 @@ ROUTES = [
     ApiRoute(GRIDS, "POST", add_grid, role="admin", summary="Define a grid or micro-grid (again: update it)",
              body={"type": "object", "required": ["code", "name"],
                    "properties": {k: _TEXT for k in ("code", "name", "community", "parent", "street", "established")}
-                   | {"households": {"type": "integer"}, "patrols_per_day": {"type": "integer"}}}),
+                   | {"households": {"type": "integer"}, "patrols_per_day": {"type": "integer"},
+                      "new_street": {"type": "boolean"}}}),
     ApiRoute(f"{GRIDS}/coverage", "GET", coverage, summary="Patrols planned vs done per grid per day (?from=&to=)"),
     ApiRoute(f"{GRIDS}/{{grid}}", "GET", get_grid, summary="One grid with its staff"),
     ApiRoute(f"{GRIDS}/{{grid}}/plan", "POST", set_plan, role="admin", summary="Set patrols per day"),

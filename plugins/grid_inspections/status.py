@@ -111,9 +111,13 @@ _CATEGORY_DAY_UPSERT = (
     " resolved = resolved + excluded.resolved")
 
 
+#: States of a resolved case.
+RESOLVED_STATES = ("closed", "evaluated")
+
+
 def flags(row: dict) -> tuple[int, ...]:
     """A case's contribution to each count of ``FLAGS`` (the definitions metrics.py documents)."""
-    resolved = row["state"] in ("closed", "evaluated")
+    resolved = row["state"] in RESOLVED_STATES
     return (1, row["responded_at"] is not None, row["state"] not in ("rejected", "duplicate"), resolved,
             resolved and row["handled_at"] is not None and row["handled_at"] <= row["due"],
             row["handled_at"] is not None or row["reworks"] > 0, row["reworks"] > 0, row["rating"] is not None,
