@@ -140,3 +140,16 @@ def test_every_path_of_one_word_after_api_grids_in_the_modules_routes_is_refused
 
     spelled = {route.path[len(GRIDS) + 1:] for route in ROUTES if route.path.startswith(GRIDS + "/")}
     assert {word for word in spelled if "/" not in word and "{" not in word} == ROUTE_WORDS
+
+
+def test_grid_and_case_errors_name_what_the_caller_sent(api):
+    """Found by an operator walkthrough: a coverage window ending 2000-01-03 was refused for a `from` the
+    caller never gave (1999-12-28), and `"duplicate_of": 5` was answered "case must be text"."""
+    call, _ = api
+    early = call("GET", "/api/grids/coverage?to=2000-01-03")
+    assert early.status_code == 200 and early.json()["from"] == "2000-01-01", early.text
+    call("POST", "/api/grids", json={"code": "DUP-1", "name": "重复网格", "community": "稽山社区"})
+    case = call("POST", "/api/cases", json={"grid": "DUP-1", "category": "environment", "description": "楼道堆物",
+                                            "reporter": "李娟"}).json()
+    refused = call("POST", f"/api/cases/{case['id']}/events", json={"kind": "duplicate", "duplicate_of": 5})
+    assert refused.status_code == 400 and refused.json()["error"]["message"] == "duplicate_of must be text"

@@ -205,6 +205,22 @@ def test_escalation_moves_the_case_up_and_only_the_holder_acts_on_it(street, mak
     assert [c["id"] for c in cases.list_cases(street, level="district")] == [case_id]
 
 
+def test_a_district_is_told_who_acts_on_a_case_its_street_holds(street, make_node):
+    """Found by an operator walkthrough: "越城区 cannot escalate it unless it is escalated", and an on-the-spot
+    report at the district failed on a step of the street's without saying what to do."""
+    case_id = _report(street)
+    district = make_node("district", scope="越城区", modules=["grid_inspections"])
+    district.apply_batch(street.read_batch(street.id, 0, limit=10_000), confine=True)
+    with pytest.raises(InvalidInput, match=f"held by {STREET}: only {STREET} can escalate it"):
+        cases.transition(district, ACTOR, case_id, "escalate", level="district")
+    with pytest.raises(InvalidInput, match=f"越城区 cannot dispatch it unless {STREET} escalates it"):
+        cases.transition(district, ACTOR, case_id, "dispatch", assignee="王强")
+    before = _log_size(district)
+    with pytest.raises(InvalidInput, match="held by its street, 越城区/府山街道, which handles it: report it without"):
+        _report(district, on_the_spot="已处理")
+    assert _log_size(district) == before
+
+
 def test_overdue_cases_escalate_automatically_one_level_per_deadline(street):
     late = _report(street, category="safety", day=1)       # 24 h to act at each level
     fresh = _report(street, category="other", day=29)      # 168 h: not due yet

@@ -112,6 +112,9 @@ def report(node: Node, actor: str, *, grid, category, description, reporter, sou
             "reporter": text(reporter, "reporter", limit=64), "source": source, "patrol": patrol,
             "reported_at": at}
     fix = text(on_the_spot, "on_the_spot", required=False, limit=2000, lines=True)
+    if fix is not None and row["street"] != node.scope:
+        raise InvalidInput(f"a case reported here is held by its street, {row['street']}, which handles it: "
+                           "report it without on_the_spot (--on-the-spot), or at the street")
     with node.writer(actor) as w:
         case_id = w.insert("cases", case)
         if fix is not None:
@@ -151,7 +154,7 @@ def transition(node: Node, actor: str, case_ref, kind, *, at=None, note=None, as
     if kind == "duplicate":
         if duplicate_of is None:
             raise InvalidInput("duplicate needs the case it repeats (duplicate_of)")
-        other = find_case(node, duplicate_of)
+        other = find_case(node, duplicate_of, "duplicate_of")
         if other["id"] == case["id"]:
             raise InvalidInput("a case cannot duplicate itself")
         event["duplicate_of"] = other["id"]
@@ -220,9 +223,9 @@ def escalate_overdue(node: Node, actor: str, now=None) -> list[dict]:
 _CASE_READ = f"SELECT {status.CASE_COLUMNS}, place, description, reporter, source, patrol FROM cases"
 
 
-def find_case(node: Node, ref) -> dict:
-    """A case by its id, or by the last 8 characters of it (as lists print it)."""
-    ref = text(ref, "case", limit=64)
+def find_case(node: Node, ref, field: str = "case") -> dict:
+    """A case by its id, or by the last 8 characters of it (as lists print it); ``field`` names it in errors."""
+    ref = text(ref, field, limit=64)
     row = one(node, f"{_CASE_READ} WHERE id = ?", (ref,))
     if row is None and len(ref) == status.REF_LENGTH:
         status.ensure_fresh(node)

@@ -82,7 +82,8 @@ def grids_plan(grid, patrols_per_day, as_json):
         hemei grids plan FS-03 2
     """
     row = grid_ops.set_plan(cli_node(), cli_actor(), grid, patrols_per_day)
-    emit(row, as_json, lambda r: click.echo(f"{r['code']}: {r['patrols_per_day']} patrols a day"))
+    emit(row, as_json, lambda r: click.echo(
+        f"{r['code']}: {r['patrols_per_day']} patrol{'' if r['patrols_per_day'] == 1 else 's'} a day"))
 
 
 @grids.group("staff")

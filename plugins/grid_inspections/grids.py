@@ -289,8 +289,9 @@ def coverage(node: Node, start=None, end=None, street: str | None = None, *, lis
     ``list_missed`` is false).
     """
     end = iso_date(end or dt.date.today(), "to")
-    if start is None:
-        start = (dt.date.fromisoformat(check_window(end, end)[0]) - dt.timedelta(days=6)).isoformat()
+    if start is None:  # the week to ``end``, never before the years check_window takes (it would name it)
+        start = max("2000-01-01", (dt.date.fromisoformat(check_window(end, end)[0]) - dt.timedelta(days=6))
+                    .isoformat())
     start, end = check_window(start, end)
     if (dt.date.fromisoformat(end) - dt.date.fromisoformat(start)).days >= 3660:
         raise InvalidInput("coverage covers at most ten years at once")

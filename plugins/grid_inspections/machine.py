@@ -110,8 +110,10 @@ def refusal(case: dict, current: CaseState, event: dict) -> str | None:
     holder = holder_scope(case, current.level)
     acting = event["acting_scope"]
     if acting != holder and not (kind == "evaluate" and acting == case["street"]):
-        return (f"the case is at {current.level} level, held by {holder}; "
-                f"{acting} cannot {kind} it" + ("" if current.level == "district" else " unless it is escalated"))
+        if kind == "escalate" or current.level == "district":
+            return f"the case is at {current.level} level, held by {holder}: only {holder} can {kind} it"
+        return (f"the case is at {current.level} level, held by {holder}; {acting} cannot {kind} it unless "
+                f"{holder} escalates it")
     sources, _ = TRANSITIONS[kind]
     if current.state not in sources:
         allowed = [k for k, (srcs, _) in TRANSITIONS.items() if current.state in srcs]
@@ -120,8 +122,10 @@ def refusal(case: dict, current: CaseState, event: dict) -> str | None:
     if kind == "escalate":
         target = event.get("level")
         if target not in LEVELS or LEVELS.index(target) <= LEVELS.index(current.level):
-            higher = ", ".join(LEVELS[LEVELS.index(current.level) + 1:]) or "none: district is the top"
-            return f"escalate goes up from {current.level}: to one of {higher}"
+            higher = LEVELS[LEVELS.index(current.level) + 1:]
+            if not higher:
+                return f"the case is at {current.level} level already, the top: it cannot be escalated further"
+            return f"escalate goes up from {current.level}: to one of {', '.join(higher)}"
     if kind == "evaluate" and event.get("rating") not in RATINGS:
         return f"rating must be one of {', '.join(RATINGS)}"
     return None
