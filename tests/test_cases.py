@@ -106,6 +106,20 @@ def test_coverage_counts_planned_against_done_and_lists_every_missed_grid_day(st
         ("FS-01", last, 1), ("FS-02", (DAY0 + dt.timedelta(days=1)).isoformat(), 0), ("FS-02", last, 0)]
 
 
+def test_a_micro_grid_patrol_counts_for_its_grid_and_one_before_the_plan_is_said_not_to_count(street):
+    """Found by an operator walkthrough: a check-in on a micro-grid (walked as part of its grid) counted for
+    nothing, and patrols dated before a grid's plan started were taken without a word and never counted."""
+    grids.add_grid(street, ACTOR, code="FS-01a", name="3幢微网格", parent="FS-01")
+    walked = grids.check_in(street, ACTOR, "FS-01a", worker="李娟", at=at(1, 8))
+    assert walked["counted"] is True and "not_counted" not in walked
+    grids.check_in(street, ACTOR, "FS-01", worker="李娟", at=at(1, 18))
+    day = (DAY0 + dt.timedelta(days=1)).isoformat()
+    by_code = {g["code"]: g for g in grids.coverage(street, day, day)["grids"]}
+    assert (by_code["FS-01"]["planned"], by_code["FS-01"]["done"]) == (2, 2) and "FS-01a" not in by_code
+    early = grids.check_in(street, ACTOR, "FS-01a", worker="李娟", at=at(-3, 8))
+    assert early["counted"] is False and f"FS-01's patrol plan starts on {DAY0.isoformat()}" in early["not_counted"]
+
+
 # -- the state machine ----------------------------------------------------------------
 
 def test_a_case_goes_round_the_closed_loop_and_keeps_every_step(street):

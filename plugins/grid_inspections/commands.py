@@ -154,6 +154,8 @@ def grids_patrol(grid, worker, at, note, as_json):
         hemei grids patrol FS-03 --worker 李娟 --at "2026-11-21 08:30" --note 楼道堆物两处
     """
     row = grid_ops.check_in(cli_node(), cli_actor(), grid, worker=worker, at=at, note=note)
+    if not row["counted"]:
+        click.echo(f"note: {row['not_counted']}", err=True)
     emit(row, as_json, lambda r: click.echo(r["id"]))
 
 

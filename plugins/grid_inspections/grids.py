@@ -258,7 +258,8 @@ def staff_of(node: Node, grid: str) -> list[dict]:
 # -- patrols and coverage ------------------------------------------------------------
 
 def check_in(node: Node, actor: str, grid, *, worker, at=None, note=None) -> dict:
-    """Record a patrol of a grid (time, worker, notes)."""
+    """Record a patrol of a grid (time, worker, notes). ``counted``: whether coverage counts it (not before
+    the plan of the grid it counts for starts), with the reason under ``not_counted`` when it does not."""
     row = find_grid(node, grid)
     worker = text(worker, "worker", limit=64)
     at = past_time(at, "patrol time")
@@ -266,7 +267,14 @@ def check_in(node: Node, actor: str, grid, *, worker, at=None, note=None) -> dic
     with node.writer(actor) as w:
         pk = w.insert("grid_patrols", {"scope": row["scope"], "grid": row["id"], "street": row["street"],
                                        "worker": worker, "at": at, "day": at[:10], "note": note})
-    return {"id": pk, "grid": row["id"], "code": row["code"], "worker": worker, "at": at, "note": note}
+    shown = {"id": pk, "grid": row["id"], "code": row["code"], "worker": worker, "at": at, "note": note,
+             "counted": True}
+    planned = get_grid(node, row["parent"]) if row["parent"] and not row["patrols_per_day"] else row
+    if at[:10] < planned["established"]:  # recorded all the same: the patrol happened
+        shown.update(counted=False, not_counted=f"grid {planned['code']}'s patrol plan starts on "
+                     f"{planned['established']}: coverage does not count this patrol (to count earlier patrols, "
+                     f"define the grid again with an earlier established day)")
+    return shown
 
 
 def check_window(start, end) -> tuple[str, str]:
@@ -296,10 +304,14 @@ def coverage(node: Node, start=None, end=None, street: str | None = None, *, lis
     if (dt.date.fromisoformat(end) - dt.date.fromisoformat(start)).days >= 3660:
         raise InvalidInput("coverage covers at most ten years at once")
     grids = [g for g in list_grids(node, street, known_only=known_only) if g["patrols_per_day"] > 0]
+    # A micro-grid without a plan of its own is walked on its grid's patrols: its check-ins are the grid's.
+    walked_for = dict(node.conn.execute("SELECT id, parent FROM grids WHERE parent IS NOT NULL AND _deleted = 0"
+                                        " AND patrols_per_day = 0"))
     done: dict[str, dict[str, int]] = {}
     for grid, day, n in node.conn.execute("SELECT grid, day, count(*) FROM grid_patrols"
                                           " WHERE day >= ? AND day <= ? GROUP BY grid, day", (start, end)):
-        done.setdefault(grid, {})[day] = n
+        days = done.setdefault(walked_for.get(grid, grid), {})
+        days[day] = days.get(day, 0) + n
     per_grid, missed, missed_count = [], [], 0
     for g in grids:
         plan, first = g["patrols_per_day"], max(start, g["established"])
