@@ -87,8 +87,10 @@ def iso_to_local_text(text: str) -> str:
 
 
 def wait_text(ms: int) -> str:
-    """How long until a stamp ``ms`` too far ahead is taken, as a person says it ("about 3 min")."""
-    return f"about {max(1, -(-ms // 60_000))} min" if ms < 3 * 3_600_000 else f"about {-(-ms // 3_600_000)} h"
+    """How long until a stamp ``ms`` too far ahead is taken, as a person says it ("about 3 min",
+    "about 2 h 45 min"), rounded up."""
+    minutes = max(1, -(-ms // 60_000))
+    return f"about {minutes} min" if minutes < 60 else f"about {minutes // 60} h {minutes % 60} min"
 
 
 class HybridClock:

@@ -11,6 +11,7 @@ parent reports.
 from __future__ import annotations
 
 import base64
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -66,6 +67,12 @@ class SyncReport:
                 "pending_up": self.pending_up, "pending_down": self.pending_down, "messages": self.messages}
 
 
+class WrongParent(InvalidInput):
+    """What answers at the parent's address is not the parent: the operator's to check, nobody's refusal."""
+
+    code = "wrong_parent"
+
+
 def clock_moved_by(node: Node) -> str | None:
     """Which received entry moved this node's clock ahead of its PC's, if one did (said when the parent
     refuses this node's own entries as stamped ahead: this PC's clock may be right)."""
@@ -92,11 +99,13 @@ class ParentLink:
 
     def __init__(self, node: Node, url: str, transport: httpx.BaseTransport | None = None):
         self.node = node
-        self.url = url.rstrip("/")
         try:
-            address = httpx.URL(self.url)
+            address = httpx.URL(url.strip())
             if address.scheme not in ("http", "https") or not address.host:
                 raise ValueError("it must start with http:// or https:// and name a host")
+            if address.userinfo:  # it would be stored and shown with the peers
+                raise ValueError("put no user name or password in it")
+            self.url = str(address).rstrip("/")  # one spelling: scheme and host in lower case
             self.http = httpx.Client(base_url=self.url, timeout=TIMEOUT, transport=transport)
         except (httpx.InvalidURL, ValueError) as exc:
             raise _bad_address(url, exc) from None
@@ -129,8 +138,15 @@ class ParentLink:
         before = time.time_ns() // 1_000_000
         reply = self._send("GET", "/api/health")
         after = time.time_ns() // 1_000_000
-        info = self._check(reply, raw=False)
-        self.offset_ms = int(info["time_ms"]) - (before + after) // 2
+        try:
+            info = self._check(reply, raw=False)
+            if not isinstance(info, dict) or not isinstance(info.get("node_id"), str):
+                raise TypeError(info)
+            self.offset_ms = int(info["time_ms"]) - (before + after) // 2
+        except SyncRefused:
+            raise
+        except (ValueError, TypeError, KeyError):  # a router's page at an old address, another program
+            raise WrongParent(f"no hemei node answers at {self.url}: check the address") from None
         return info
 
     def call(self, path: str, message: dict) -> dict:
@@ -190,7 +206,7 @@ def join(node: Node, token: str, actor: str, url: str | None = None,
         reply = link.call("/api/sync/join", {
             "token": token.strip(), "node_id": node.id, "name": node.name, "scope": node.scope,
             "public_key": base64.b64encode(node.public_key).decode()})
-    return enroll.pin_parent(node, fields, reply, actor)
+    return enroll.pin_parent(node, dict(fields, url=link.url), reply, actor)  # the address that answered
 
 
 Progress = Callable[[str, int, int], None]
@@ -205,17 +221,20 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
     """
     parent = parent_of(node)
     report = SyncReport()
+    link = ParentLink(node, url or parent["url"], transport)  # a malformed address: said, not recorded
     try:
-        with ParentLink(node, url or parent["url"], transport) as link:
-            answered = link.learn_time().get("node_id")
-            if answered != parent["node_id"]:  # a wrong address typed, or the parent's moved to another PC
-                raise InvalidInput(f"the node at {link.url} is {answered}, not this node's parent "
-                                   f"{parent['name']} ({parent['node_id']}): check the address", code="wrong_parent")
+        with link:
+            answered = link.learn_time()
+            if answered["node_id"] != parent["node_id"]:  # a wrong address typed, or another node moved there
+                raise WrongParent(f"the node at {link.url} is {answered.get('name')!r} ({answered['node_id']}), "
+                                  f"not this node's parent {parent['name']} ({parent['node_id']}): check the address")
             record_clock(node, parent["node_id"], link.offset_ms)
             _tick(node, link, report)
+            challenge = base64.b64encode(os.urandom(18)).decode()
             hello = link.call("/api/sync/hello", {"vv": node.version_vector(), "modules": node.module_versions,
                                                   "checkpoint": engine.own_checkpoint(node),
-                                                  "parent_clock_ahead_ms": link.offset_ms})
+                                                  "parent_clock_ahead_ms": link.offset_ms, "challenge": challenge})
+            _check_proof(node, parent, link, challenge, hello.get("proof"))
             if link.url != parent["url"]:
                 set_url(node, parent["node_id"], link.url)
                 report.messages.append(f"the parent's address is now {link.url}")
@@ -228,6 +247,8 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
             _pull(node, link, parent, batch_size, report, progress)
             # Tell the parent what this node now holds, so its status is right until next time.
             link.call("/api/sync/hello", {"vv": node.version_vector()})
+    except WrongParent:
+        raise
     except SyncRefused as exc:
         record_refusal(node, parent["node_id"], exc.code, exc.message, "sync")
         raise
@@ -246,6 +267,22 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
     touch(node, parent["node_id"], their_vv=their_vv, pending_up=report.pending_up,
           pending_down=report.pending_down)
     return report
+
+
+def _check_proof(node: Node, parent: dict, link: ParentLink, challenge: str, proof) -> None:
+    """The parent signs the hello's challenge with its key: what answers is the parent this node pinned.
+
+    A parent of a release before the proof answers none; that is taken at the address already kept (its
+    entries prove themselves by their signatures), never for a new one, where a server that only claimed
+    the parent's id would be sent this node's records from then on.
+    """
+    if proof is None and link.url == parent["url"]:
+        return
+    if not signing.check_hello_proof(parent["public_key"], node.id, challenge, proof):
+        raise WrongParent(f"the node at {link.url} claims to be this node's parent {parent['name']} but does not "
+                          "prove it holds the parent's key" + ("" if proof is not None else
+                          " (a hemei release before this one answers no proof: upgrade it first)")
+                          + ": none of this node's entries were sent, and the address is not kept")
 
 
 def _tick(node: Node, link: ParentLink, report: SyncReport) -> None:

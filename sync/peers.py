@@ -45,8 +45,11 @@ def all_peers(node: Node) -> list[dict]:
 
 
 def set_url(node: Node, node_id: str, url: str) -> None:
-    """Where a peer is reached from now on (local bookkeeping, like the address pinned at join)."""
-    node.conn.execute("UPDATE _hemei_peers SET url = ? WHERE node_id = ?", (url, node_id))
+    """Where a peer is reached from now on: logged, like the address pinned at join (where this node's
+    records go is for the audit trail)."""
+    with node.writer(SYNC_ACTOR) as w:
+        w.event("peer.url", {"node_id": node_id, "url": url})
+        w.conn.execute("UPDATE _hemei_peers SET url = ? WHERE node_id = ?", (url, node_id))
 
 
 def touch(node: Node, node_id: str, *, their_vv: dict | None = None, pending_up: int | None = None,
@@ -87,7 +90,7 @@ def clock_warning(ahead_ms: int | None) -> str | None:
             "one that is wrong")
 
 
-MAX_REASON = 500  # whole for hemei's own messages (a clock refusal with both sides' view runs to 300)
+MAX_REASON = 1000  # whole for hemei's own messages (a clock refusal with both sides' view and its cause: 600)
 ANONYMOUS_KEPT = 1000
 
 

@@ -151,8 +151,13 @@ def hello(call: ApiCall) -> Response:
     checkpoint = own_checkpoint(node, at)
     if checkpoint is not None and at is not None:
         checkpoint["at"] = at
-    return _reply({"node_id": node.id, "vv": engine.branch_vv(node, child["scope"]),
-                   "checkpoint": checkpoint, "modules": node.module_versions})
+    answer = {"node_id": node.id, "vv": engine.branch_vv(node, child["scope"]), "checkpoint": checkpoint,
+              "modules": node.module_versions}
+    challenge = body.get("challenge")
+    if isinstance(challenge, str) and 16 <= len(challenge) <= 64:  # the child checks who answers (protocol.md)
+        answer["proof"] = base64.b64encode(
+            node.key.sign(signing.hello_proof_message(child["node_id"], challenge))).decode()
+    return _reply(answer)
 
 
 @refusals_recorded

@@ -111,3 +111,17 @@ def check_window(created_s: int, expires_s: int, now_s: int) -> None:
     if now_s > expires_s or created_s > now_s + 5:
         raise Unauthorized(f"signature is outside its validity window (created {created_s}, now {now_s});"
                            " replayed, or signed with a wrong clock", code="expired_signature")
+
+
+def hello_proof_message(child_id: str, challenge: str) -> bytes:
+    """What a parent signs to answer a child's hello challenge: proof that it holds the key the child pinned."""
+    return b"hemei-hello-proof\n" + child_id.encode() + b"\n" + challenge.encode()
+
+
+def check_hello_proof(public_key: bytes, child_id: str, challenge: str, proof) -> bool:
+    try:
+        load_public_key(public_key).verify(base64.b64decode(proof, validate=True),
+                                           hello_proof_message(child_id, challenge))
+    except (InvalidSignature, binascii.Error, TypeError, ValueError, InvalidInput):
+        return False
+    return True

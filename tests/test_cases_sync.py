@@ -42,6 +42,9 @@ def test_a_case_escalated_to_the_district_is_closed_there_and_the_street_sees_it
     typo = t.hemei("district", "grids", "add", "FS-02", "二网格", "--community", "西小河社区", "--street", "府山")
     said = " ".join(typo.stderr.split())
     assert typo.returncode == 1 and "known here: 越城区/塔山街道, 越城区/府山街道" in said and "--new-street" in said, said
+    at_street = t.hemei("fushan", "grids", "add", "TS-09", "塔山九网格", "--community", "塔山社区", "--street", "塔山街道",
+                        "--new-street")  # found in review: it made 府山街道/塔山街道 a street of its own
+    assert at_street.returncode == 1 and "a street's grids are its own, leave out --street" in at_street.stderr
     _json(t, "district", "grids", "add", "FS-01", "西小河一网格", "--community", "西小河社区", "--street", "府山街道",
           "--households", "300")
     _json(t, "district", "grids", "add", "TS-01", "塔山一网格", "--community", "塔山社区", "--street", "塔山街道")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import http.server
 import json
+import threading
+import time
 
 import pytest
 
@@ -146,6 +150,50 @@ def test_sync_skips_time_driven_work_when_the_parent_says_this_clock_is_wrong(no
     assert node.conn.execute(ticks).fetchone() == (1,) and len(report.messages) == 1
 
 
+def refusals_of(node) -> list[str]:
+    return [json.loads(p)["code"] for (p,) in node.conn.execute(
+        "SELECT payload FROM _hemei_log WHERE kind = 'sync.refused'")]
+
+
+@contextlib.contextmanager
+def impostor(district_id: str, health: bytes | None = None):
+    """A server at another address that claims the district's id (it is in every invite token) and
+    answers a hello as a parent would, with no proof of the district's key; the paths it was sent."""
+    from hemei.sync import wire
+
+    posted: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self._answer(health or json.dumps({"ok": True, "node_id": district_id, "name": "district",
+                                               "time_ms": time.time_ns() // 1_000_000}).encode(),
+                         "application/json")
+
+        def do_POST(self):
+            posted.append(self.path)
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self._answer(wire.encode({"node_id": district_id, "vv": {}, "checkpoint": None, "modules": {}}),
+                         wire.CONTENT_TYPE)
+
+        def _answer(self, body: bytes, kind: str):
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", posted
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_street_follows_its_district_to_a_new_address_and_not_to_another_node(pair):
     """Found in an operator walkthrough: a district restarted on another port left its streets unable to
     reach it for good (`join` refuses a second parent, and nothing took a new address)."""
@@ -159,14 +207,43 @@ def test_a_street_follows_its_district_to_a_new_address_and_not_to_another_node(
         assert lost.returncode == 1 and "cannot reach the parent" in lost.stderr
         typed = pair.hemei("street", "sync", "--url", moved.url.split("//")[1])  # the scheme left out
         assert typed.returncode == 1 and "must start with http:// or https://" in typed.stderr
+        secret = pair.hemei("street", "sync", "--url", moved.url.replace("//", "//wang:pw@"))
+        assert secret.returncode == 1 and "no user name or password" in secret.stderr
         wrong = pair.hemei("street", "sync", "--url", other.servers["other"].url)
-        assert wrong.returncode == 1 and "not this node's parent district" in wrong.stderr, wrong.stderr
-        assert "Traceback" not in typed.stderr + wrong.stderr
-        followed = pair.hemei("street", "sync", "--url", moved.url + "/")
+        assert wrong.returncode == 1 and "is 'other'" in wrong.stderr and "not this node's parent district" in wrong.stderr
+        assert "Traceback" not in typed.stderr + secret.stderr + wrong.stderr
+        with pair.open("street") as s:  # an operator's typo is nobody's refusal
+            assert not {"invalid_input", "wrong_parent"} & set(refusals_of(s))
+        followed = pair.hemei("street", "sync", "--url", moved.url.upper() + "/")  # one spelling kept
         assert followed.returncode == 0 and f"the parent's address is now {moved.url}" in followed.stdout
         with pair.open("district") as d:
             assert "搬家后写的" in note_titles(d)
         [parent] = json.loads(pair.ok("street", "status", "--json"))["peers"]
         assert parent["url"] == moved.url and pair.sync("street")["pushed"] == 0  # kept for next time
+        with pair.open("street") as s:
+            [(logged,)] = s.conn.execute("SELECT payload FROM _hemei_log WHERE kind = 'peer.url'").fetchall()
+            assert json.loads(logged)["url"] == moved.url
     finally:
         other.stop()
+
+
+def test_a_server_claiming_the_districts_id_gets_nothing_and_is_not_kept(pair):
+    """Found in review: the id /api/health answers is in every invite token, so a server that claimed it
+    was kept as the parent and sent the street's records from then on."""
+    with pair.open("district") as d:
+        district_id = d.id
+    with pair.open("street") as s:
+        write_notes(s, [("给冒充者的", "sx/yc/fs")])
+    with impostor(district_id) as (url, posted):
+        done = pair.hemei("street", "sync", "--url", url)
+        assert done.returncode == 1 and "does not prove it holds the parent's key" in done.stderr, done.stderr
+        assert "/api/sync/push" not in posted and "/api/sync/pull" not in posted
+    with impostor(district_id, health=b"<html>router login</html>") as (url, _):
+        page = pair.hemei("street", "sync", "--url", url)
+        assert page.returncode == 1 and f"no hemei node answers at {url}" in page.stderr
+        assert "Traceback" not in done.stderr + page.stderr
+    [parent] = json.loads(pair.ok("street", "status", "--json"))["peers"]
+    assert parent["url"] == pair.servers["district"].url
+    with pair.open("district") as d:
+        assert "给冒充者的" not in note_titles(d)
+    assert pair.sync("street")["pushed"] > 0  # the real district, as before

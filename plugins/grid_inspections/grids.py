@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import sqlite3
 
 from hemei.core import Conflict, InvalidInput, Node, NotFound
 from hemei.core.fields import flag, in_subtree_sql, iso_date, one, past_time, subtree_params, text, whole_number
@@ -97,12 +98,18 @@ def grid_street(node: Node, street, *, new_street: bool = False) -> str:
     if scope.count("/") != node.scope.count("/") + 1:
         raise InvalidInput(f"street {scope} is not directly below this node's scope {node.scope}: "
                            "give the street's name, for example 府山街道")
-    if scope not in below and not new_street:
-        raise InvalidInput(f"no street {street!r} is known below {node.scope}"
-                           + (f" (known here: {', '.join(below[:8])}{', ...' if len(below) > 8 else ''})"
-                              if below else " (none yet)")
-                           + ": check the name; for a street not enrolled here yet, add --new-street")
-    return scope
+    if scope in below:
+        return scope
+    # A node with a parent and no children enrolled is a street (or a district with no street yet, which
+    # enrols them first): a street of its own below it would only be a typo ranked as a street.
+    a_street = _peer_scopes(node, "parent") and not _peer_scopes(node, "child")
+    if new_street and not a_street:
+        return scope
+    raise InvalidInput(f"no street {street!r} is known below {node.scope}"
+                       + (f" (known here: {', '.join(below[:8])}{', ...' if len(below) > 8 else ''})"
+                          if below else " (none yet)")
+                       + (": a street's grids are its own, leave out --street" if a_street else
+                          ": check the name; for a street not enrolled here yet, add --new-street"))
 
 
 def known_streets(node: Node) -> list[str]:
@@ -110,10 +117,19 @@ def known_streets(node: Node) -> list[str]:
     grids held."""
     depth = node.scope.count("/") + 1
     known = {s for s in map(node.origin_scope, node.version_vector()) if s}
-    # Enrolled children, from the status the sync transport reports (not this module's to import).
-    known |= {p["scope"] for p in node.status().get("peers", []) if p.get("role") == "child" and p.get("scope")}
-    known |= {r[0] for r in node.conn.execute("SELECT DISTINCT street FROM grids")}
+    known |= set(_peer_scopes(node, "child"))
+    known |= {r[0] for r in node.conn.execute("SELECT DISTINCT street FROM grids WHERE _deleted = 0")}
     return sorted(s for s in known if s.count("/") == depth and covers(node.scope, s))
+
+
+def _peer_scopes(node: Node, role: str) -> list[str]:
+    """Scopes of this node's unrevoked parent or children, read from the sync transport's table (this
+    module may not import it; its status report computes every backlog, seconds on a large district)."""
+    try:
+        return [r[0] for r in node.conn.execute(
+            "SELECT scope FROM _hemei_peers WHERE role = ? AND revoked = 0", (role,))]
+    except sqlite3.OperationalError:  # a node without the sync transport's tables
+        return []
 
 
 def _segment(value, field: str) -> str:
