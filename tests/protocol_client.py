@@ -284,7 +284,12 @@ class ProtocolClient:
     def hello(self, checkpoint: dict | None = None) -> dict:
         # "modules" is optional, and this client enables none: it projects no tables.
         checkpoint = checkpoint or self.own_checkpoint()
-        answer = self.call("/api/sync/hello", {"vv": self.vv(), **({"checkpoint": checkpoint} if checkpoint else {})})
+        challenge = base64.b64encode(secrets.token_bytes(18)).decode()
+        answer = self.call("/api/sync/hello", {"vv": self.vv(), "challenge": challenge,
+                                               **({"checkpoint": checkpoint} if checkpoint else {})})
+        # The proof: the parent holds the key pinned at join, whoever answers at its address.
+        verify(self.chains[self.parent_id].public_key, base64.b64decode(answer["proof"]),
+               b"hemei-hello-proof\n" + self.id.encode() + b"\n" + challenge.encode(), "the parent's hello proof")
         # The parent's checkpoint is judged as it judges ours, so a parent restored from a backup is a fork here.
         shown, held = answer["checkpoint"], self.chains[self.parent_id]
         size, head = shown["size"], bytes.fromhex(shown["head"])
