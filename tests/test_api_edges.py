@@ -18,11 +18,7 @@ from tree import Tree
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
     tree = Tree(tmp_path_factory.mktemp("edges"))
-    tree.init("fushan", "越城区/府山街道", modules=("volunteer_hours", "grid_inspections"))
-    tree.ok("fushan", "volunteers", "key", "create")
-    tree.ok("fushan", "users", "add", "admin1", "--role", "admin", "--password", "a-long-password")
-    token = tree.ok("fushan", "users", "token", "admin1").strip()
-    server = tree.serve("fushan")
+    server, token = tree.served_street()
 
     def call(method: str, path: str, **kwargs) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}

@@ -46,6 +46,14 @@ class Tree:
         self.servers[name] = server
         return server
 
+    def served_street(self, modules=("volunteer_hours", "grid_inspections")) -> tuple[Server, str]:
+        """A street 府山街道 with ``modules`` (and a volunteer key), served; an admin's API token for it."""
+        self.init("fushan", "越城区/府山街道", modules=modules)
+        self.ok("fushan", "volunteers", "key", "create")
+        self.ok("fushan", "users", "add", "admin1", "--role", "admin", "--password", "a-long-password")
+        token = self.ok("fushan", "users", "token", "admin1").strip()
+        return self.serve("fushan"), token
+
     def enroll(self, parent: str, child: str, scope: str) -> None:
         token = self.ok(parent, "invite", "--scope", scope, "--name", child, "--url",
                         self.servers[parent].url, "--ttl", "1h").strip()
