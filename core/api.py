@@ -326,7 +326,7 @@ class RouteTable:
 
 _BOM = b"\xef\xbb\xbf"
 #: Charsets a JSON body may declare: UTF-8, and ASCII, which is UTF-8.
-_UTF8 = ("utf-8", "utf8", "us-ascii", "ascii")
+_UTF8 = ("utf-8", "utf8", "us-ascii", "ascii", "")  # "": said as "charset=", nothing said
 
 
 def _parsed(route: ApiRoute, raw: bytes, content_type: str | None) -> Any:

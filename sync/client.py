@@ -216,8 +216,8 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
               transport: httpx.BaseTransport | None = None, url: str | None = None) -> SyncReport:
     """Push what the parent lacks of this node's branch, pull what this node lacks of it.
 
-    ``url``: the parent's address, when it moved; kept for next time once the node there has answered
-    as this node's parent and taken its signed hello.
+    ``url``: the parent's address, when it moved; kept for next time once the node there has proved it
+    holds the parent's key (it signs the hello's challenge), before any entry is sent.
     """
     parent = parent_of(node)
     report = SyncReport()
