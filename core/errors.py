@@ -73,10 +73,21 @@ class ChainGap(ChainError):
 
 
 class ClockSkew(HemeiError):
-    """An entry is stamped implausibly far in the future."""
+    """An entry is stamped implausibly far in the future.
+
+    ``writer``: the node id of the origin that wrote it, when known; on the wire beside the message, so
+    a sender can tell its own entries refused from ones it relayed without reading the message's words.
+    """
 
     code = "clock_skew"
     status = 422
+    writer: str | None = None
+
+    def to_json(self) -> dict:
+        body = super().to_json()
+        if self.writer is not None:
+            body["error"]["writer"] = self.writer
+        return body
 
 
 class ClockNotSet(HemeiError):

@@ -54,13 +54,16 @@ def relayed_skew(node: Node, origin: str, known, entries, skew: ClockSkew) -> Cl
     scope = declared_scope(origin, entries) if known is None else node.origin_scope(origin)
     writer = f"the node of {scope}" if scope else f"node {origin}"
     if skew.wait_ms > 86_400_000:
-        return ClockSkew(f"relayed entry of {writer} stamped {hlc_to_iso(skew.stamp)} is more than a day ahead "
-                         "of the receiving node's clock: that node's PC clock is wrong; have it set, and check "
-                         "the receiving node's date and time")
-    return ClockSkew(f"relayed entry of {writer} stamped {hlc_to_iso(skew.stamp)} is "
-                     f"{(skew.wait_ms + node.clock.max_ahead_ms) // 1000} s ahead of the receiving node's clock, "
-                     f"taken in {wait_text(skew.wait_ms)} (sync or import again then): that "
-                     "node's PC clock is fast; have it set, nothing is lost")
+        relayed = ClockSkew(f"relayed entry of {writer} stamped {hlc_to_iso(skew.stamp)} is more than a day "
+                            "ahead of the receiving node's clock: that node's PC clock is wrong; have it set, and "
+                            "check the receiving node's date and time")
+    else:
+        relayed = ClockSkew(f"relayed entry of {writer} stamped {hlc_to_iso(skew.stamp)} is "
+                            f"{(skew.wait_ms + node.clock.max_ahead_ms) // 1000} s ahead of the receiving node's "
+                            f"clock, taken in {wait_text(skew.wait_ms)} (sync or import again then): that "
+                            "node's PC clock is fast; have it set, nothing is lost")
+    relayed.writer = origin
+    return relayed
 
 
 def declared_scope(origin: str, entries) -> str | None:
@@ -150,6 +153,7 @@ def apply_verified(node: Node, origin: str, batch: Batch, check: Check | None, c
             node.clock.check_plausible(max(stamps))
         except ClockSkew as skew:
             if not keep_violations:
+                skew.writer = origin
                 raise
             raise relayed_skew(node, origin, known, new, skew) from None
     if known is None:

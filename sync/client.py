@@ -34,7 +34,13 @@ TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
 
 class SyncRefused(HemeiError):
-    """The parent answered with an error; code and message are the parent's."""
+    """The parent answered with an error; code and message are the parent's.
+
+    ``writer``: for ``clock_skew``, the node whose entry was stamped ahead (this node's own, or one
+    it relayed), when the parent says.
+    """
+
+    writer: str | None = None
 
 
 #: Refusals no retry can end: an operator must act. ``sync --watch`` stops on them (each retry would be
@@ -162,11 +168,14 @@ class ParentLink:
             # The parent blames this PC's clock by its own; when the two disagree, say so: either may be wrong.
             if self.offset_ms < -CLOCK_TOLERANCE_MS:
                 said += f" (but this PC's clock is {clock_gap(-self.offset_ms)} the parent's: check which is right)"
-            if "relayed entry of" not in said and (moved := clock_moved_by(self.node)) is not None:
+            own_refused = exc.writer in (None, self.node.id)  # None: a parent from before `writer`
+            if own_refused and (moved := clock_moved_by(self.node)) is not None:
                 said += f" ({moved})"
             if said == exc.message:
                 raise
-            raise SyncRefused(said, code=exc.code, status=exc.status) from None
+            refused = SyncRefused(said, code=exc.code, status=exc.status)
+            refused.writer = exc.writer
+            raise refused from None
 
     @staticmethod
     def _check(reply: httpx.Response, raw: bool) -> dict:
@@ -178,10 +187,12 @@ class ParentLink:
                     message = f"the parent cannot write anything: {message}"
                 if error["code"] in NEEDS_AN_OPERATOR:
                     message = f"{message}. {NEEDS_AN_OPERATOR[error['code']]}"
-                raise SyncRefused(message, code=error["code"], status=reply.status_code)
-            except (ValueError, KeyError, TypeError):
+                refused = SyncRefused(message, code=error["code"], status=reply.status_code)
+                refused.writer = error.get("writer") if isinstance(error.get("writer"), str) else None
+            except (ValueError, KeyError, TypeError, AttributeError):
                 raise SyncRefused(f"parent answered {reply.status_code}", code="http_error",
                                   status=reply.status_code) from None
+            raise refused
         if not raw:
             return reply.json()
         with cyclic_gc_paused():  # a pull's reply is thousands of entries
@@ -228,16 +239,20 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
             if answered["node_id"] != parent["node_id"]:  # a wrong address typed, or another node moved there
                 raise WrongParent(f"the node at {link.url} is {answered.get('name')!r} ({answered['node_id']}), "
                                   f"not this node's parent {parent['name']} ({parent['node_id']}): check the address")
-            record_clock(node, parent["node_id"], link.offset_ms)
-            _tick(node, link, report)
             challenge = base64.b64encode(os.urandom(18)).decode()
             hello = link.call("/api/sync/hello", {"vv": node.version_vector(), "modules": node.module_versions,
                                                   "checkpoint": engine.own_checkpoint(node),
                                                   "parent_clock_ahead_ms": link.offset_ms, "challenge": challenge})
             _check_proof(node, parent, link, challenge, hello.get("proof"))
+            # Only now is the clock that answered the parent's: what it says may move time-driven work.
+            record_clock(node, parent["node_id"], link.offset_ms)
+            _tick(node, link, report)
             if link.url != parent["url"]:
-                set_url(node, parent["node_id"], link.url)
-                report.messages.append(f"the parent's address is now {link.url}")
+                if set_url(node, parent["node_id"], link.url, was=parent["url"]):
+                    report.messages.append(f"the parent's address is now {link.url}")
+                else:  # another command kept a newer address meanwhile: that one stands
+                    report.messages.append(f"synced at {link.url}, but the parent's address was changed meanwhile "
+                                           f"to {parent_of(node)['url']}, which is kept")
             their_vv = wire.vv_of(hello.get("vv"))
             touch(node, parent["node_id"], modules=wire.modules_of(hello.get("modules")))
             if hello.get("checkpoint") is not None:
@@ -413,7 +428,12 @@ def sync_watch(node: Node, *, interval_s: float, batch_size: int, on_result: Cal
     watch left running unattended should go on by itself then.
     """
     failures = 0
+    kept = parent_of(node)["url"]
     while not stop():
+        if url is not None and parent_of(node)["url"] != kept:
+            # Another command (a later `sync --url`) kept an address while this one was retrying: the
+            # operator's latest word stands, and this watch follows it.
+            url = None
         try:
             on_result(sync_once(node, batch_size, url=url))
             failures, url = 0, None  # kept as the parent's address from here on

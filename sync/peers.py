@@ -44,12 +44,17 @@ def all_peers(node: Node) -> list[dict]:
         f"SELECT {', '.join(COLUMNS)} FROM _hemei_peers ORDER BY role DESC, name")]
 
 
-def set_url(node: Node, node_id: str, url: str) -> None:
+def set_url(node: Node, node_id: str, url: str, *, was: str) -> bool:
     """Where a peer is reached from now on: logged, like the address pinned at join (where this node's
-    records go is for the audit trail)."""
+    records go is for the audit trail). Only if the address kept is still ``was``: False, and nothing
+    written, when another command changed it since it was read."""
     with node.writer(SYNC_ACTOR) as w:
+        kept = w.conn.execute("SELECT url FROM _hemei_peers WHERE node_id = ?", (node_id,)).fetchone()
+        if kept is None or kept[0] != was:
+            return False
         w.event("peer.url", {"node_id": node_id, "url": url})
         w.conn.execute("UPDATE _hemei_peers SET url = ? WHERE node_id = ?", (url, node_id))
+    return True
 
 
 def touch(node: Node, node_id: str, *, their_vv: dict | None = None, pending_up: int | None = None,

@@ -12,6 +12,8 @@ import time
 import pytest
 
 from hemei.core.audit import verify_log
+from hemei.sync import client, peers
+from server import free_port
 from tree import Tree, note_titles, write_notes
 
 
@@ -136,8 +138,6 @@ def test_without_a_parent_sync_says_how_to_join(tmp_path):
 def test_sync_skips_time_driven_work_when_the_parent_says_this_clock_is_wrong(node):
     from types import SimpleNamespace
 
-    from hemei.sync import client
-
     ticks = "SELECT count(*) FROM probe_reactions WHERE op = 'tick'"
     report = client.SyncReport()
     client._tick(node, SimpleNamespace(offset_ms=-11 * 60 * 1000), report)
@@ -156,9 +156,10 @@ def refusals_of(node) -> list[str]:
 
 
 @contextlib.contextmanager
-def impostor(district_id: str, health: bytes | None = None):
+def impostor(district_id: str, health: bytes | None = None, ahead_ms: int = 0):
     """A server at another address that claims the district's id (it is in every invite token) and
-    answers a hello as a parent would, with no proof of the district's key; the paths it was sent."""
+    answers a hello as a parent would, with no proof of the district's key, its clock ``ahead_ms``
+    ahead; the paths it was sent."""
     from hemei.sync import wire
 
     posted: list[str] = []
@@ -166,7 +167,7 @@ def impostor(district_id: str, health: bytes | None = None):
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             self._answer(health or json.dumps({"ok": True, "node_id": district_id, "name": "district",
-                                               "time_ms": time.time_ns() // 1_000_000}).encode(),
+                                               "time_ms": time.time_ns() // 1_000_000 + ahead_ms}).encode(),
                          "application/json")
 
         def do_POST(self):
@@ -234,10 +235,12 @@ def test_a_server_claiming_the_districts_id_gets_nothing_and_is_not_kept(pair):
         district_id = d.id
     with pair.open("street") as s:
         write_notes(s, [("给冒充者的", "sx/yc/fs")])
-    with impostor(district_id) as (url, posted):
+    with impostor(district_id, ahead_ms=3 * 3_600_000) as (url, posted):
         done = pair.hemei("street", "sync", "--url", url)
         assert done.returncode == 1 and "does not prove it holds the parent's key" in done.stderr, done.stderr
         assert "/api/sync/push" not in posted and "/api/sync/pull" not in posted
+    [parent] = json.loads(pair.ok("street", "status", "--json"))["peers"]
+    assert parent["clock_warning"] is None  # its clock is not taken as the parent's, nor acted on
     with impostor(district_id, health=b"<html>router login</html>") as (url, _):
         page = pair.hemei("street", "sync", "--url", url)
         assert page.returncode == 1 and f"no hemei node answers at {url}" in page.stderr
@@ -247,3 +250,27 @@ def test_a_server_claiming_the_districts_id_gets_nothing_and_is_not_kept(pair):
     with pair.open("district") as d:
         assert "给冒充者的" not in note_titles(d)
     assert pair.sync("street")["pushed"] > 0  # the real district, as before
+
+
+def test_a_watch_retrying_an_address_follows_one_kept_meanwhile(pair):
+    """Found in review: `sync --watch --url A` still retrying wrote A back over the address a later
+    `sync --url B` had kept."""
+    pair.servers["district"].stop()
+    moved = pair.serve("district")
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing answers there
+    results = []
+
+    def sleep(_seconds):
+        if len(results) == 1:  # meanwhile, the operator types the right address in another window
+            followed = pair.hemei("street", "sync", "--url", moved.url)
+            assert followed.returncode == 0, followed.stderr
+
+    with pair.open("street") as s:
+        client.sync_watch(s, interval_s=30, batch_size=100, on_result=results.append, sleep=sleep, url=dead,
+                          stop=lambda: len(results) >= 2)
+        assert peers.parent_of(s)["url"] == moved.url
+        assert not peers.set_url(s, peers.parent_of(s)["node_id"], dead, was=dead)  # not the address kept
+        urls = [json.loads(p)["url"] for (p,) in s.conn.execute(
+            "SELECT payload FROM _hemei_log WHERE kind = 'peer.url'")]
+    assert [type(r).__name__ for r in results[:2]] == ["Unreachable", "SyncReport"], results
+    assert urls == [moved.url]

@@ -149,6 +149,7 @@ def test_entries_stamped_ahead_below_a_district_are_said_of_the_pc_that_wrote_th
         said = " ".join(done.stderr.split())
         assert re.search(r"relayed entry of the node of sx/yc/fs .* taken in about [123] min", said), said
         assert "the sending PC's clock" not in said
+        assert "moved there by" not in said  # the city said whose entry it was (`writer`), not the district's
         out = tmp_path / "区 上报.hemei"
         tree.ok("district", "bundle", "export", "--out", str(out), env=district_clock)
         carried = tree.hemei("city", "bundle", "import", str(out))
