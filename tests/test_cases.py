@@ -106,6 +106,31 @@ def test_coverage_counts_planned_against_done_and_lists_every_missed_grid_day(st
         ("FS-01", last, 1), ("FS-02", (DAY0 + dt.timedelta(days=1)).isoformat(), 0), ("FS-02", last, 0)]
 
 
+def test_only_days_that_are_over_are_counted_and_today_so_far_is_shown(street):
+    """Found by an operator walkthrough: at ten in the morning today's evening patrol, not due yet, was
+    counted as missed (a window ending later counted every day to come as missed too), so every street's
+    coverage and rank dropped for the hour it was asked."""
+    for day in range(23, 30):  # the 7 days before today: every planned patrol
+        grids.check_in(street, ACTOR, "FS-01", worker="李娟", at=at(day, 8))
+        grids.check_in(street, ACTOR, "FS-01", worker="李娟", at=at(day, 18))
+        grids.check_in(street, ACTOR, "FS-02", worker="张三", at=at(day, 9))
+    grids.check_in(street, ACTOR, "FS-01", worker="李娟", at=at(30, 0, 0))  # today's morning patrol
+    today, yesterday = dt.date.today(), dt.date.today() - dt.timedelta(days=1)
+    data = grids.coverage(street)
+    assert (data["from"], data["to"], data["counted_to"]) == (
+        (DAY0 + dt.timedelta(days=23)).isoformat(), today.isoformat(), yesterday.isoformat())
+    assert (data["planned"], data["done"], data["coverage"], data["missed"]) == (21, 21, 1.0, [])
+    assert data["today"] == {"day": today.isoformat(), "planned": 3, "done": 1}
+    assert {g["code"]: g["today"] for g in data["grids"]} == {"FS-01": 1, "FS-02": 0}
+    ahead = grids.coverage(street, yesterday.isoformat(), (today + dt.timedelta(days=5)).isoformat())
+    assert (ahead["planned"], ahead["missed_count"], ahead["today"]["done"]) == (3, 0, 1)
+    assert grids.coverage(street, today.isoformat(), today.isoformat())["counted_to"] is None
+    past = grids.coverage(street, at(23)[:10], at(25)[:10])
+    assert past["today"] is None and "today" not in past["grids"][0] and past["planned"] == 9
+    ranked = metrics.stats(street, start=at(23)[:10], end=today.isoformat())
+    assert ranked["totals"]["patrol_coverage"] == 1.0 and ranked["patrols"]["missed"] == 0
+
+
 def test_a_micro_grid_patrol_counts_for_its_grid_and_one_before_the_plan_is_said_not_to_count(street):
     """Found by an operator walkthrough: a check-in on a micro-grid (walked as part of its grid) counted for
     nothing, and patrols dated before a grid's plan started were taken without a word and never counted."""

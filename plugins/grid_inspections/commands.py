@@ -160,12 +160,15 @@ def grids_patrol(grid, worker, at, note, as_json):
 
 
 @grids.command("coverage")
-@click.option("--from", "start", help="First day, YYYY-MM-DD [default: 6 days before --to].")
+@click.option("--from", "start", help="First day, YYYY-MM-DD [default: the last 7 days that are over].")
 @click.option("--to", "end", help="Last day, YYYY-MM-DD [default: today].")
 @click.option("--street", help="Only this street (name or path).")
 @json_option
 def grids_coverage(start, end, street, as_json):
     """Patrols planned vs done per grid, and every grid-day with a missed patrol.
+
+    Only days that are over are counted: today's patrols so far are shown
+    on their own line, never as missed.
 
     Example:
 
@@ -174,9 +177,14 @@ def grids_coverage(start, end, street, as_json):
     data = grid_ops.coverage(cli_node(), start, end, street)
 
     def human(d):
-        click.echo(f"{d['from']} to {d['to']}: {d['done']} of {d['planned']} planned patrols"
+        counted = f"{d['from']} to {d['counted_to']}" if d["counted_to"] else "no day that is over"
+        click.echo(f"{counted}: {d['done']} of {d['planned']} planned patrols"
                    + (f" ({d['coverage']:.1%})" if d["coverage"] is not None else ""))
-        table(d["grids"], ["code", "name", "community", "planned", "done", "coverage"])
+        if d["today"]:
+            click.echo(f"today ({d['today']['day']}) so far: {d['today']['done']} of {d['today']['planned']}"
+                       " planned patrols (counted once the day is over)")
+        table(d["grids"], ["code", "name", "community", "planned", "done", "coverage"]
+              + (["today"] if d["today"] else []))
         if d["missed"]:
             click.echo(f"\nmissed ({len(d['missed'])} grid-days):")
             table(d["missed"], ["day", "code", "name", "planned", "done"])

@@ -305,17 +305,22 @@ def check_window(start, end) -> tuple[str, str]:
 
 def coverage(node: Node, start=None, end=None, street: str | None = None, *, list_missed: bool = True,
              known_only: bool = True) -> dict:
-    """Planned vs done patrols per grid per day in [start, end] (default: the last 7 days).
+    """Planned vs done patrols per grid per day in [start, end] (default start: the 7 days that are over,
+    up to ``end``; default end: today).
 
     A grid plans ``patrols_per_day`` from the day it was established; a day's
     check-ins beyond the plan do not make up for another day's misses. Every
     grid-day short of its plan is listed under ``missed`` (counted only, when
-    ``list_missed`` is false).
+    ``list_missed`` is false). Only days that are over are counted (up to
+    ``counted_to``): at ten in the morning the evening patrol is not missed
+    yet, and a ranking that counted it would punish every street for the
+    hour it was asked. Today's patrols so far are under ``today``.
     """
-    end = iso_date(end or dt.date.today(), "to")
-    if start is None:  # the week to ``end``, never before the years check_window takes (it would name it)
-        start = max("2000-01-01", (dt.date.fromisoformat(check_window(end, end)[0]) - dt.timedelta(days=6))
-                    .isoformat())
+    today = dt.date.today()
+    end = iso_date(end or today, "to")
+    counted_to = min(check_window(end, end)[0], (today - dt.timedelta(days=1)).isoformat())
+    if start is None:  # the 7 days over up to ``end``, never before the years check_window takes
+        start = max("2000-01-01", (dt.date.fromisoformat(counted_to) - dt.timedelta(days=6)).isoformat())
     start, end = check_window(start, end)
     if (dt.date.fromisoformat(end) - dt.date.fromisoformat(start)).days >= 3660:
         raise InvalidInput("coverage covers at most ten years at once")
@@ -328,11 +333,15 @@ def coverage(node: Node, start=None, end=None, street: str | None = None, *, lis
                                           " WHERE day >= ? AND day <= ? GROUP BY grid, day", (start, end)):
         days = done.setdefault(walked_for.get(grid, grid), {})
         days[day] = days.get(day, 0) + n
+    in_window = start <= today.isoformat() <= end
     per_grid, missed, missed_count = [], [], 0
+    today_planned = today_done = 0
     for g in grids:
         plan, first = g["patrols_per_day"], max(start, g["established"])
-        days = (dt.date.fromisoformat(end) - dt.date.fromisoformat(first)).days + 1 if first <= end else 0
-        counts = {day: min(n, plan) for day, n in done.get(g["id"], {}).items() if day >= first}
+        days = (dt.date.fromisoformat(counted_to) - dt.date.fromisoformat(first)).days + 1 \
+            if first <= counted_to else 0
+        patrolled = done.get(g["id"], {})
+        counts = {day: min(n, plan) for day, n in patrolled.items() if first <= day <= counted_to}
         made = sum(counts.values())
         missed_count += days - sum(1 for n in counts.values() if n == plan)
         if list_missed:
@@ -342,11 +351,17 @@ def coverage(node: Node, start=None, end=None, street: str | None = None, *, lis
                     missed.append({"grid": g["id"], "code": g["code"], "name": g["name"], "street": g["street"],
                                    "community": g["community"], "day": day, "planned": plan,
                                    "done": counts.get(day, 0)})
-        per_grid.append({"grid": g["id"], "code": g["code"], "name": g["name"], "street": g["street"],
-                         "community": g["community"], "planned": plan * days, "done": made,
-                         "coverage": round(made / (plan * days), 4) if days else None})
+        shown = {"grid": g["id"], "code": g["code"], "name": g["name"], "street": g["street"],
+                 "community": g["community"], "planned": plan * days, "done": made,
+                 "coverage": round(made / (plan * days), 4) if days else None}
+        if in_window and g["established"] <= today.isoformat():
+            shown["today"] = min(patrolled.get(today.isoformat(), 0), plan)
+            today_planned += plan
+            today_done += shown["today"]
+        per_grid.append(shown)
     planned = sum(r["planned"] for r in per_grid)
     made = sum(r["done"] for r in per_grid)
-    return {"from": start, "to": end, "planned": planned, "done": made,
-            "coverage": round(made / planned, 4) if planned else None, "grids": per_grid,
-            "missed_count": missed_count, "missed": missed}
+    return {"from": start, "to": end, "counted_to": counted_to if counted_to >= start else None,
+            "planned": planned, "done": made, "coverage": round(made / planned, 4) if planned else None,
+            "grids": per_grid, "missed_count": missed_count, "missed": missed,
+            "today": {"day": today.isoformat(), "planned": today_planned, "done": today_done} if in_window else None}

@@ -162,5 +162,5 @@ def stats(node: Node, *, start=None, end=None, scope: str | None = None, known_o
         "grids": sorted(per_grid, key=lambda r: (r["street"], r["community"], r["code"] or "")),
         "categories": [{"category": k, **v} for k, v in sorted(categories.items())],
         "patrols": {"planned": patrols["planned"], "done": patrols["done"], "coverage": patrols["coverage"],
-                    "missed": patrols["missed_count"]},
+                    "missed": patrols["missed_count"], "counted_to": patrols["counted_to"]},
     }
