@@ -106,6 +106,15 @@ def test_a_case_escalated_to_the_district_is_closed_there_and_the_street_sees_it
     assert stats["totals"]["satisfaction_rate"] == 1.0 and stats["totals"]["escalated"] == 1
     report = _json(t, "district", "report")
     assert any(s["module"] == "grid_inspections" for s in report["sections"])
+    # Found by an operator walkthrough: the district's lists did not say whose case or grid a row was.
+    listed = t.ok("district", "cases", "list").splitlines()
+    assert listed[0].split()[:2] == ["ref", "street"]
+    assert sorted(line.split()[1] for line in listed[1:]) == ["塔山街道", "府山街道"]
+    covered = t.ok("district", "grids", "coverage").splitlines()
+    header = next(i for i, line in enumerate(covered) if line.startswith("code"))
+    assert covered[header].split()[:2] == ["code", "street"]
+    assert sorted(line.split()[1] for line in covered[header + 1:header + 3]) == ["塔山街道", "府山街道"]
+    assert "street" not in t.ok("fushan", "cases", "list").splitlines()[0]  # one street: said by the node
     for name in ("district", "fushan", "tashan"):
         assert "verified" in t.ok(name, "audit", "verify").lower()
 

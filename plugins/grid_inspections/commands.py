@@ -13,6 +13,16 @@ from . import metrics
 from .machine import LEVELS, RATINGS
 
 
+def with_street(rows: list[dict], columns: list[str], node_scope: str) -> list[str]:
+    """``columns`` with a street column after the first, when ``rows`` come from more than one street (a
+    district's lists): named below this node, as an operator says it (府山街道, not 越城区/府山街道)."""
+    if len({r.get("street") for r in rows}) < 2:
+        return columns
+    for r in rows:
+        r["street"] = (r.get("street") or "").removeprefix(node_scope + "/")
+    return [columns[0], "street", *columns[1:]]
+
+
 # -- hemei grids -------------------------------------------------------------------
 
 @click.group()
@@ -174,7 +184,8 @@ def grids_coverage(start, end, street, as_json):
 
         hemei grids coverage --from 2026-11-01 --to 2026-11-21
     """
-    data = grid_ops.coverage(cli_node(), start, end, street)
+    node = cli_node()
+    data = grid_ops.coverage(node, start, end, street)
 
     def human(d):
         counted = f"{d['from']} to {d['counted_to']}" if d["counted_to"] else "no day that is over"
@@ -183,11 +194,11 @@ def grids_coverage(start, end, street, as_json):
         if d["today"]:
             click.echo(f"today ({d['today']['day']}) so far: {d['today']['done']} of {d['today']['planned']}"
                        " planned patrols (counted once the day is over)")
-        table(d["grids"], ["code", "name", "community", "planned", "done", "coverage"]
-              + (["today"] if d["today"] else []))
+        table(d["grids"], with_street(d["grids"], ["code", "name", "community", "planned", "done", "coverage"]
+                                      + (["today"] if d["today"] else []), node.scope))
         if d["missed"]:
             click.echo(f"\nmissed ({len(d['missed'])} grid-days):")
-            table(d["missed"], ["day", "code", "name", "planned", "done"])
+            table(d["missed"], with_street(d["missed"], ["day", "code", "name", "planned", "done"], node.scope))
 
     emit(data, as_json, human)
 
@@ -264,13 +275,15 @@ def cases_list(state, level, grid, street, open_only, overdue, limit, as_json):
 
         hemei cases list --level district --open
     """
-    rows = case_ops.list_cases(cli_node(), state=state, level=level, grid=grid, street=street, open_only=open_only,
+    node = cli_node()
+    rows = case_ops.list_cases(node, state=state, level=level, grid=grid, street=street, open_only=open_only,
                                overdue=overdue, limit=limit)
 
     def human(rs):
         for r in rs:
             r["ref"] = r["id"][-8:]
-        table(rs, ["ref", "state", "level", "category", "grid", "reported_at", "level_due", "description"])
+        table(rs, with_street(rs, ["ref", "state", "level", "category", "grid", "reported_at", "level_due",
+                                   "description"], node.scope))
 
     emit(rows, as_json, human if rows else lambda _: click.echo("no cases"))
 
