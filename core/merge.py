@@ -387,7 +387,7 @@ class Projector:
                         versions[c] = tuple(v)
         live = current["_deleted"] == 0
         if local:
-            if change.op == "insert" and row is not None:
+            if change.op == "insert" and live:  # over a tombstone it revives the row, as a received one does
                 raise Conflict(f"{spec.name} {change.pk} already exists")
             if change.op != "insert" and not live:
                 raise NotFound(f"{spec.name} has no row {change.pk}")

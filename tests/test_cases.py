@@ -131,6 +131,34 @@ def test_only_days_that_are_over_are_counted_and_today_so_far_is_shown(street):
     assert ranked["totals"]["patrol_coverage"] == 1.0 and ranked["patrols"]["missed"] == 0
 
 
+def test_a_grid_defined_wrongly_is_removed_with_its_staff_and_what_was_recorded_in_it_stays(street):
+    """Found by an operator walkthrough: a grid defined in the wrong community or street could not be
+    taken back, and ranked its street down with patrols nobody would make."""
+    grids.add_grid(street, ACTOR, code="FS-01a", name="3幢微网格", parent="FS-01")
+    grids.add_staff(street, ACTOR, "FS-01", name="李娟", role="leader")
+    grids.check_in(street, ACTOR, "FS-01", worker="李娟", at=at(1, 8))
+    case = cases.report(street, ACTOR, grid="FS-01", category="environment", description="垃圾", reporter="李娟")
+    with pytest.raises(Conflict, match="holds micro-grids FS-01a: remove them first"):
+        grids.remove_grid(street, ACTOR, "FS-01")
+    size = _log_size(street)
+    assert grids.remove_grid(street, ACTOR, "FS-01a")["cases"] == 0
+    removed = grids.remove_grid(street, ACTOR, "FS-01")
+    assert (removed["code"], removed["staff_removed"], removed["cases"], removed["patrols"]) == ("FS-01", 1, 1, 1)
+    assert _log_size(street) == size + 3  # the micro-grid, the leader, the grid
+    assert [g["code"] for g in grids.list_grids(street)] == ["FS-02"]
+    assert [g["code"] for g in grids.coverage(street, at(0)[:10], at(2)[:10])["grids"]] == ["FS-02"]
+    with pytest.raises(NotFound):
+        grids.find_grid(street, "FS-01")
+    assert cases.show(street, case["id"])["grid_code"] == "FS-01"  # its history still names the grid
+    assert metrics.stats(street, start=DAY0.isoformat())["communities"][0]["cases"] == 1
+    with pytest.raises(NotFound):
+        grids.remove_grid(street, ACTOR, "FS-01")
+    again = grids.add_grid(street, ACTOR, code="FS-01", name="西小河一网格", community="西小河社区",
+                           established=DAY0.isoformat())
+    assert again["id"] == removed["id"] and again["staff"] == []
+    assert grids.coverage(street, at(1)[:10], at(1)[:10])["done"] == 1  # its patrols count again
+
+
 def test_a_micro_grid_patrol_counts_for_its_grid_and_one_before_the_plan_is_said_not_to_count(street):
     """Found by an operator walkthrough: a check-in on a micro-grid (walked as part of its grid) counted for
     nothing, and patrols dated before a grid's plan started were taken without a word and never counted."""

@@ -119,6 +119,23 @@ def test_a_case_escalated_to_the_district_is_closed_there_and_the_street_sees_it
         assert "verified" in t.ok(name, "audit", "verify").lower()
 
 
+def test_a_grid_removed_at_either_tier_is_removed_at_both(district_tree):
+    t = district_tree
+    for code in ("TS-08", "TS-09"):
+        _json(t, "district", "grids", "add", code, "错建网格", "--community", "塔山社区", "--street", "塔山街道")
+    t.sync("tashan")
+    _json(t, "tashan", "grids", "staff", "add", "TS-09", "周敏", "--role", "leader")
+    removed = t.ok("district", "grids", "remove", "塔山街道/塔山社区/TS-08")  # the district's own mistake
+    assert removed.strip() == "removed grid TS-08 at 越城区/塔山街道/塔山社区/TS-08"
+    said = t.ok("tashan", "grids", "remove", "TS-09")  # the street takes back one the district defined
+    assert said.strip() == "removed grid TS-09 at 越城区/塔山街道/塔山社区/TS-09 and 1 staff"
+    t.sync("tashan")
+    for name in ("district", "tashan"):
+        assert not {"TS-08", "TS-09"} & {g["code"] for g in _json(t, name, "grids", "list")}
+    gone = t.hemei("district", "grids", "remove", "TS-09")
+    assert gone.returncode == 1 and "no grid 'TS-09'" in gone.stderr and "Traceback" not in gone.stderr
+
+
 def test_routes_enforce_roles_and_refuse_bad_input_with_json_errors(district_tree):
     t = district_tree  # the street serves its own staff's browsers
     for user, role in (("viewer2", "viewer"), ("op2", "operator"), ("admin2", "admin")):
@@ -176,6 +193,11 @@ def test_routes_enforce_roles_and_refuse_bad_input_with_json_errors(district_tre
         answer = call("GET", path, "viewer2")
         assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_input", (path, answer.text)
     assert call("DELETE", f"/grids/staff/{made.json()['id']}", "admin2").status_code == 404
+    assert call("DELETE", "/grids/FS-09", "op2").status_code == 403
+    removed = call("DELETE", "/grids/FS-09", "admin2").json()
+    assert (removed["code"], removed["staff_removed"], removed["cases"]) == ("FS-09", 1, 1)
+    assert call("GET", "/grids/FS-09", "viewer2").json()["error"]["code"] == "unknown_grid"
+    assert call("GET", f"/cases/{case_id}", "viewer2").json()["grid_code"] == "FS-09"  # its case stays
     assert "Traceback" not in t.servers["fushan"].output()
 
 

@@ -30,7 +30,7 @@ RUNNABLE = [
     "hemei grids add", "hemei grids list", "hemei grids plan", "hemei grids staff add", "hemei grids staff list",
     "hemei grids patrol", "hemei grids coverage", "hemei cases category add", "hemei cases category list",
     "hemei cases report", "hemei cases list", "hemei cases stats", "hemei cases escalate-overdue",
-    "hemei audit log", "hemei rebuild",
+    "hemei grids remove", "hemei audit log", "hemei rebuild",
 ]
 
 #: A group's example, run in place of the one of RUNNABLE it does the work of (a second run-through).

@@ -102,6 +102,12 @@ def test_update_and_delete_are_lww_and_tombstones(node):
     with pytest.raises(NotFound):
         with node.writer("w") as w:
             w.update("notes", pk, {"n": 3})
+    with node.writer("w") as w:  # an insert of the key again revives it, whole (keys a module computes)
+        w.insert("notes", {"id": pk, "title": "b"})
+    assert live_notes(node)[pk] == ("b", None, None)
+    with pytest.raises(Conflict, match="already exists"):
+        with node.writer("w") as w:
+            w.insert("notes", {"id": pk, "title": "c"})
 
 
 def test_concurrent_updates_resolve_per_column_by_hlc_then_origin(make_node):

@@ -80,6 +80,34 @@ def grids_list(street, as_json):
     emit(rows, as_json, human if rows else lambda _: click.echo("no grids yet: add one with `hemei grids add`"))
 
 
+@grids.command("remove")
+@click.argument("grid")
+@json_option
+def grids_remove(grid, as_json):
+    """Remove a grid defined wrongly (a wrong street, community or code), with its staff.
+
+    Its cases keep their history and still count for their street and
+    community; its patrols are kept but no longer count toward coverage.
+    To move a grid, define it where it belongs (`hemei grids add`), then
+    remove the wrong one. A grid with micro-grids: remove those first.
+
+    Example:
+
+        hemei grids remove 西小河社区/FS-03
+    """
+    row = grid_ops.remove_grid(cli_node(), cli_actor(), grid)
+
+    def human(r):
+        kept = [f"{r['cases']} case{'' if r['cases'] == 1 else 's'} keep it in their history"] if r["cases"] else []
+        if r["patrols"]:
+            kept.append(f"{r['patrols']} patrol{'' if r['patrols'] == 1 else 's'} no longer count toward coverage")
+        click.echo(f"removed grid {r['code']} at {r['scope']}"
+                   + (f" and {r['staff_removed']} staff" if r["staff_removed"] else "")
+                   + (f" ({'; '.join(kept)})" if kept else ""))
+
+    emit(row, as_json, human)
+
+
 @grids.command("plan")
 @click.argument("grid")
 @click.argument("patrols_per_day", type=int)

@@ -194,6 +194,29 @@ def set_plan(node: Node, actor: str, grid, patrols_per_day) -> dict:
     return get_grid(node, row["id"])
 
 
+def remove_grid(node: Node, actor: str, grid) -> dict:
+    """Remove a grid defined wrongly (or given up), with its staff. What was recorded in it stays: its
+    cases keep their history and still count for their street and community; its patrols are kept but no
+    longer counted, since coverage is of the grids that exist. A grid with micro-grids is refused until they
+    are removed. Defining it again (``add_grid``, same place and code) brings it back under the same key."""
+    row = find_grid(node, grid)
+    with node.writer(actor) as w:
+        micro = [r[0] for r in node.conn.execute("SELECT code FROM grids WHERE parent = ? AND _deleted = 0"
+                                                 " ORDER BY code", (row["id"],))]
+        if micro:
+            raise Conflict(f"grid {row['code']} holds micro-grids {', '.join(micro)}: remove them first "
+                           f"(`hemei grids remove {row['scope']}/{micro[0]}`)")
+        staff = [r[0] for r in node.conn.execute("SELECT id FROM grid_staff WHERE grid = ? AND _deleted = 0",
+                                                 (row["id"],))]
+        for staff_id in staff:
+            w.delete("grid_staff", staff_id)
+        w.delete("grids", row["id"])
+    cases, patrols = (node.conn.execute(f"SELECT count(*) FROM {table} WHERE grid = ?", (row["id"],)).fetchone()[0]
+                      for table in ("cases", "grid_patrols"))
+    return {**{k: row[k] for k in ("id", "code", "name", "scope", "street", "community")},
+            "staff_removed": len(staff), "cases": cases, "patrols": patrols}
+
+
 def get_grid(node: Node, pk: str) -> dict:
     row = one(node, f"SELECT {GRID_COLUMNS} FROM grids WHERE id = ? AND _deleted = 0", (pk,))
     if row is None:

@@ -30,6 +30,10 @@ def get_grid(call: ApiCall):
     return grids.get_grid(call.node, grids.find_grid(call.node, call.path_params["grid"])["id"])
 
 
+def remove_grid(call: ApiCall):
+    return grids.remove_grid(call.node, call.actor, call.path_params["grid"])
+
+
 def set_plan(call: ApiCall):
     b = call.fields({"patrols_per_day"}, ("patrols_per_day",))
     return grids.set_plan(call.node, call.actor, call.path_params["grid"], b["patrols_per_day"])
@@ -106,6 +110,8 @@ ROUTES = [
                       "new_street": {"type": "boolean"}}}),
     ApiRoute(f"{GRIDS}/coverage", "GET", coverage, summary="Patrols planned vs done per grid per day (?from=&to=)"),
     ApiRoute(f"{GRIDS}/{{grid}}", "GET", get_grid, summary="One grid with its staff"),
+    ApiRoute(f"{GRIDS}/{{grid}}", "DELETE", remove_grid, role="admin",
+             summary="Remove a grid and its staff (its cases and patrols are kept)"),
     ApiRoute(f"{GRIDS}/{{grid}}/plan", "POST", set_plan, role="admin", summary="Set patrols per day"),
     ApiRoute(f"{GRIDS}/{{grid}}/staff", "POST", add_staff, role="admin",
              summary="Add grid staff (leader, instructor, member)"),
