@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 
 import httpx
 import pytest
@@ -134,6 +135,31 @@ def test_a_grid_removed_at_either_tier_is_removed_at_both(district_tree):
         assert not {"TS-08", "TS-09"} & {g["code"] for g in _json(t, name, "grids", "list")}
     gone = t.hemei("district", "grids", "remove", "TS-09")
     assert gone.returncode == 1 and "no grid 'TS-09'" in gone.stderr and "Traceback" not in gone.stderr
+
+
+def test_two_leaders_added_on_two_pcs_before_a_sync_are_flagged_until_one_is_removed(district_tree):
+    """Found by an operator walkthrough: one PC refuses a second leader, but a district and its street
+    each adding one offline both kept theirs after the sync, and nothing said so."""
+    t = district_tree
+    _json(t, "district", "grids", "add", "TS-07", "塔山七网格", "--community", "塔山社区", "--street", "塔山街道")
+    t.sync("tashan")
+    _json(t, "district", "grids", "staff", "add", "TS-07", "王强", "--role", "leader")
+    _json(t, "tashan", "grids", "staff", "add", "TS-07", "周敏", "--role", "leader")
+    t.sync("tashan")
+    for name in ("district", "tashan"):
+        [grid] = [g for g in _json(t, name, "grids", "list") if g["code"] == "TS-07"]
+        [warning] = grid["warnings"]
+        assert "grid TS-07 has 2 leaders (周敏, 王强), added on different PCs before they synced" in warning
+        listed = t.hemei(name, "grids", "list")
+        assert listed.returncode == 0 and f"note: {warning}" in " ".join(listed.stderr.split())
+        assert "has 2 leaders" in t.hemei(name, "grids", "staff", "list", "TS-07").stderr
+    staff_id = re.search(r"grids staff remove (\S+)`", warning).group(1)
+    t.ok("tashan", "grids", "staff", "remove", staff_id)
+    t.sync("tashan")
+    for name in ("district", "tashan"):
+        shown = _json(t, name, "grids", "list")
+        assert [g["warnings"] for g in shown if g["code"] == "TS-07"] == [[]]
+        assert [g["staff"]["leader"] for g in shown if g["code"] == "TS-07"] == [1]
 
 
 def test_routes_enforce_roles_and_refuse_bad_input_with_json_errors(district_tree):

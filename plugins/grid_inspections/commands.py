@@ -76,6 +76,8 @@ def grids_list(street, as_json):
         for r in rs:
             r["leader/instr/members"] = "{leader}/{instructor}/{member}".format(**r["staff"])
         table(rs, ["code", "name", "community", "households", "patrols_per_day", "leader/instr/members", "scope"])
+        for warning in (w for r in rs for w in r["warnings"]):
+            click.echo(f"note: {warning}", err=True)
 
     emit(rows, as_json, human if rows else lambda _: click.echo("no grids yet: add one with `hemei grids add`"))
 
@@ -161,7 +163,14 @@ def staff_list(grid, as_json):
         hemei grids staff list FS-03
     """
     row = grid_ops.find_grid(cli_node(), grid)
-    emit(grid_ops.staff_of(cli_node(), row["id"]), as_json, lambda rs: table(rs, ["id", "role", "name"]))
+    staff = grid_ops.staff_of(cli_node(), row["id"])
+
+    def human(rs):
+        table(rs, ["id", "role", "name"])
+        for warning in grid_ops.staff_warnings(row["code"], rs):
+            click.echo(f"note: {warning}", err=True)
+
+    emit(staff, as_json, human)
 
 
 @staff.command("remove")

@@ -222,6 +222,7 @@ def get_grid(node: Node, pk: str) -> dict:
     if row is None:
         raise NotFound(f"no grid {pk}")
     row["staff"] = staff_of(node, pk)
+    row["warnings"] = staff_warnings(row["code"], row["staff"])
     return row
 
 
@@ -255,7 +256,21 @@ def list_grids(node: Node, street: str | None = None, *, known_only: bool = True
         counts.setdefault(grid, {})[role] = n
     for r in rows:
         r["staff"] = {role: counts.get(r["id"], {}).get(role, 0) for role in ROLES}
+        doubled = any(r["staff"][role] > 1 for role in SINGLE_ROLES)
+        r["warnings"] = staff_warnings(r["code"], staff_of(node, r["id"])) if doubled else []
     return rows
+
+
+def staff_warnings(code: str, staff: list[dict]) -> list[str]:
+    """What is wrong with a grid's staff: two leaders (or instructors), which one PC refuses but two PCs
+    adding one each before they synced both keep, since each row is a person of its own."""
+    said = []
+    for role in SINGLE_ROLES:
+        held = [s for s in staff if s["role"] == role]
+        if len(held) > 1:
+            said.append(f"grid {code} has {len(held)} {role}s ({', '.join(s['name'] for s in held)}), added on "
+                        f"different PCs before they synced: keep one (`hemei grids staff remove {held[-1]['id']}`)")
+    return said
 
 
 # -- staff -----------------------------------------------------------------------
