@@ -6,6 +6,8 @@ import datetime as dt
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from test_cases_property import summaries_match_a_recount
 from test_convergence import _send
@@ -157,6 +159,52 @@ def test_a_grid_defined_wrongly_is_removed_with_its_staff_and_what_was_recorded_
                            established=DAY0.isoformat())
     assert again["id"] == removed["id"] and again["staff"] == []
     assert grids.coverage(street, at(1)[:10], at(1)[:10])["done"] == 1  # its patrols count again
+
+
+def test_a_plan_change_keeps_the_coverage_of_the_days_before_it(street):
+    """Found by an operator walkthrough: raising a grid's plan from 2 to 3 patrols a day dropped every
+    past week's coverage to two thirds, since plans had no history."""
+    def fs01(data):
+        return next(g for g in data["grids"] if g["code"] == "FS-01")
+
+    for day in range(10):
+        for hour in (8, 18):
+            grids.check_in(street, ACTOR, "FS-01", worker="李娟", at=at(day, hour))
+    window = (at(0)[:10], at(9)[:10])
+    assert fs01(grids.coverage(street, *window))["coverage"] == 1.0
+    changed = grids.set_plan(street, ACTOR, "FS-01", 3, from_day=at(5)[:10])
+    assert changed["patrols_per_day"] == 3
+    assert changed["plan_changes"] == [{"from": DAY0.isoformat(), "patrols_per_day": 2},
+                                       {"from": at(5)[:10], "patrols_per_day": 3}]
+    shown = fs01(grids.coverage(street, *window))
+    assert (shown["planned"], shown["done"]) == (2 * 5 + 3 * 5, 20)
+    assert fs01(grids.coverage(street, at(0)[:10], at(4)[:10]))["coverage"] == 1.0  # as it was
+    missed = [m for m in grids.coverage(street, *window)["missed"] if m["code"] == "FS-01"]
+    assert [(m["day"], m["planned"], m["done"]) for m in missed] == [(at(d)[:10], 3, 2) for d in range(5, 10)]
+    grids.set_plan(street, ACTOR, "FS-01", 2, from_day=at(5)[:10])  # a correction of the same day: the later
+    assert fs01(grids.coverage(street, *window))["coverage"] == 1.0
+    with pytest.raises(InvalidInput, match="after today"):
+        grids.set_plan(street, ACTOR, "FS-01", 1, from_day=(dt.date.today() + dt.timedelta(days=1)).isoformat())
+    # Defining the grid again with another plan changes it from today on, like `grids plan`.
+    again = grids.add_grid(street, ACTOR, code="FS-01", name="西小河一网格", community="西小河社区", patrols_per_day=1)
+    assert again["patrols_per_day"] == 1 and again["plan_changes"][-1] == {"from": dt.date.today().isoformat(),
+                                                                          "patrols_per_day": 1}
+    assert fs01(grids.coverage(street, *window))["coverage"] == 1.0
+    assert [g["patrols_per_day"] for g in grids.list_grids(street)] == [1, 1]
+
+
+@given(changes=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 4)), max_size=6),
+       first=st.integers(0, 40), length=st.integers(0, 40), default=st.integers(0, 4))
+def test_plan_segments_give_every_day_the_plan_in_effect_on_it(changes, first, length, default):
+    day = lambda n: (DAY0 + dt.timedelta(days=n)).isoformat()  # noqa: E731
+    timeline = sorted({day(d): n for d, n in changes}.items())
+    segments = grids._plan_segments(timeline, day(first), day(first + length), default)
+    days = [((dt.date.fromisoformat(a) + dt.timedelta(days=i)).isoformat(), n)
+            for a, b, n in segments for i in range((dt.date.fromisoformat(b) - dt.date.fromisoformat(a)).days + 1)]
+    assert [d for d, _ in days] == [day(first + i) for i in range(length + 1)]  # each day once, in order
+    for d, n in days:  # the plan of the latest change on or before the day; the first change's before it
+        before = [p for start, p in timeline if start <= d]
+        assert n == (before[-1] if before else timeline[0][1] if timeline else default)
 
 
 def test_a_micro_grid_patrol_counts_for_its_grid_and_one_before_the_plan_is_said_not_to_count(street):

@@ -162,6 +162,25 @@ def test_two_leaders_added_on_two_pcs_before_a_sync_are_flagged_until_one_is_rem
         assert [g["staff"]["leader"] for g in shown if g["code"] == "TS-07"] == [1]
 
 
+def test_plan_changes_made_offline_at_both_tiers_give_one_plan_history(district_tree):
+    t = district_tree
+    week_ago = (dt.date.today() - dt.timedelta(days=7)).isoformat()
+    _json(t, "district", "grids", "add", "TS-06", "塔山六网格", "--community", "塔山社区", "--street", "塔山街道",
+          "--established", week_ago)
+    t.sync("tashan")
+    three_days_ago = (dt.date.today() - dt.timedelta(days=3)).isoformat()
+    _json(t, "district", "grids", "plan", "TS-06", "3", "--from", three_days_ago)
+    _json(t, "tashan", "grids", "plan", "TS-06", "1", "--from", three_days_ago)  # set later: it stands
+    t.sync("tashan")
+    t.sync("tashan")
+    shown = {name: next(g for g in _json(t, name, "grids", "list") if g["code"] == "TS-06")
+             for name in ("district", "tashan")}
+    assert shown["district"]["patrols_per_day"] == shown["tashan"]["patrols_per_day"] == 1
+    covered = {name: next(g for g in _json(t, name, "grids", "coverage", "--from", week_ago)["grids"]
+                          if g["code"] == "TS-06") for name in ("district", "tashan")}
+    assert covered["district"]["planned"] == covered["tashan"]["planned"] == 2 * 4 + 1 * 3
+
+
 def test_routes_enforce_roles_and_refuse_bad_input_with_json_errors(district_tree):
     t = district_tree  # the street serves its own staff's browsers
     for user, role in (("viewer2", "viewer"), ("op2", "operator"), ("admin2", "admin")):

@@ -64,6 +64,8 @@ def validate_change(node, change):
         for column, ok in VALUE_RULES[change.table].items():
             if column in change.values and not ok(change.values[column]):
                 return f"a {change.table} row's {column} {change.values[column]!r} is not one the figures can use"
+    if change.table == "grid_plans" and change.op == "insert" and change.values.get("grid") != grid_id(change.scope):
+        return "a patrol plan's scope is its grid's, and names the grid by its key"
     if change.op != "insert" or change.table not in CASE_TABLES:
         return None
     values, declared = change.values, node.origin_scope(change.origin)
@@ -97,6 +99,8 @@ VALUE_RULES = {
     "grids": {"established": _is_date, "patrols_per_day": _whole(0, MAX_PATROLS_PER_DAY),
               "households": lambda value: value is None or _whole(0, MAX_HOUSEHOLDS)(value)},
     "case_categories": {"deadline_hours": _whole(1, MAX_DEADLINE_HOURS), "active": _whole(0, 1)},
+    "grid_plans": {"from_day": _is_date, "patrols_per_day": _whole(0, MAX_PATROLS_PER_DAY),
+                   "set_at": is_local_time},
 }
 
 

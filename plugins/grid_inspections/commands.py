@@ -113,17 +113,25 @@ def grids_remove(grid, as_json):
 @grids.command("plan")
 @click.argument("grid")
 @click.argument("patrols_per_day", type=int)
+@click.option("--from", "from_day", help="First day of the new plan, YYYY-MM-DD [default: today].")
 @json_option
-def grids_plan(grid, patrols_per_day, as_json):
-    """Set how many patrols a day a grid's plan asks for.
+def grids_plan(grid, patrols_per_day, from_day, as_json):
+    """Set how many patrols a day a grid's plan asks for, from a day on.
+
+    The days before keep the plan they had: their coverage does not change.
 
     Example:
 
-        hemei grids plan FS-03 2
+        hemei grids plan FS-03 3 --from 2026-11-01
     """
-    row = grid_ops.set_plan(cli_node(), cli_actor(), grid, patrols_per_day)
-    emit(row, as_json, lambda r: click.echo(
-        f"{r['code']}: {r['patrols_per_day']} patrol{'' if r['patrols_per_day'] == 1 else 's'} a day"))
+    row = grid_ops.set_plan(cli_node(), cli_actor(), grid, patrols_per_day, from_day=from_day)
+
+    def human(r):
+        click.echo(f"{r['code']}: {r['patrols_per_day']} patrol{'' if r['patrols_per_day'] == 1 else 's'} a day")
+        if len(r["plan_changes"]) > 1:
+            click.echo("plan: " + ", ".join(f"{c['patrols_per_day']} from {c['from']}" for c in r["plan_changes"]))
+
+    emit(row, as_json, human)
 
 
 @grids.group("staff")

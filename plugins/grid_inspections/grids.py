@@ -15,7 +15,8 @@ import re
 import sqlite3
 
 from hemei.core import Conflict, InvalidInput, Node, NotFound
-from hemei.core.fields import flag, in_subtree_sql, iso_date, one, past_time, subtree_params, text, whole_number
+from hemei.core.fields import (flag, in_subtree_sql, iso_date, now_local, one, past_time, subtree_params, text,
+                               whole_number)
 from hemei.core.scope import covers, parse_scope
 
 ROLES = ("leader", "instructor", "member")
@@ -176,8 +177,13 @@ def add_grid(node: Node, actor: str, *, code, name, community=None, parent=None,
         scope, default_plan = parse_scope(f"{street}/{community}/{code}"), DEFAULT_PATROLS_PER_DAY
     pk = grid_id(scope)
     with node.writer(actor) as w:
-        if one(node, "SELECT 1 AS held FROM grids WHERE id = ? AND _deleted = 0", (pk,)):
+        held = one(node, f"SELECT {GRID_COLUMNS} FROM grids WHERE id = ? AND _deleted = 0", (pk,))
+        if held:
+            plan = given.pop("patrols_per_day", None)
             w.update("grids", pk, given)
+            if plan is not None and plan != current_plan(node, held):  # a change from today on, as `plan`
+                _plan_from(w, node, {**held, **given}, plan, max(dt.date.today().isoformat(),
+                                                                 given.get("established", held["established"])))
         else:
             w.insert("grids", {"id": pk, "scope": scope, "code": code, **fixed, "households": None,
                                "patrols_per_day": default_plan, "established": dt.date.today().isoformat(),
@@ -185,13 +191,67 @@ def add_grid(node: Node, actor: str, *, code, name, community=None, parent=None,
     return get_grid(node, pk)
 
 
-def set_plan(node: Node, actor: str, grid, patrols_per_day) -> dict:
-    """Change how many patrols a day a grid's plan asks for."""
+def set_plan(node: Node, actor: str, grid, patrols_per_day, *, from_day=None) -> dict:
+    """Change how many patrols a day a grid's plan asks for, from ``from_day`` (today by default) on: the
+    days before keep the plan they had, so their coverage does not change."""
     row = find_grid(node, grid)
     plan = whole_number(patrols_per_day, "patrols_per_day", high=MAX_PATROLS_PER_DAY)
+    today = dt.date.today().isoformat()
+    day = iso_date(from_day or today, "from")
+    if day > today:
+        raise InvalidInput(f"from {day} is after today: set the plan on the day it starts")
     with node.writer(actor) as w:
-        w.update("grids", row["id"], {"patrols_per_day": plan})
+        _plan_from(w, node, row, plan, max(day, row["established"]))
     return get_grid(node, row["id"])
+
+
+def _plan_from(w, node: Node, row: dict, plan: int, day: str) -> None:
+    """Record ``plan`` for ``row``'s grid from ``day`` on, in writer ``w``. The first change of a grid
+    also records the plan it had from its start, which until then was only the grid row's."""
+    changes = dict(_timelines(node).get(row["id"], []))  # (what the writer adds is applied when it commits)
+    if not changes and day > row["established"]:
+        changes[row["established"]] = row["patrols_per_day"]
+        w.insert("grid_plans", {"scope": row["scope"], "grid": row["id"], "from_day": row["established"],
+                                "patrols_per_day": row["patrols_per_day"], "set_at": now_local()})
+    changes[day] = plan
+    w.insert("grid_plans", {"scope": row["scope"], "grid": row["id"], "from_day": day, "patrols_per_day": plan,
+                            "set_at": now_local()})
+    # The grid row keeps the plan of today, for readers that know no plan history (an older release).
+    w.update("grids", row["id"], {"patrols_per_day": plan_on(sorted(changes.items()), dt.date.today().isoformat(),
+                                                             plan)})
+
+
+def _timelines(node: Node) -> dict[str, list[tuple[str, int]]]:
+    """Each grid's plan changes, ``[(from_day, patrols_per_day), ...]`` by day; of two changes from one
+    day, the one set later (then the larger key), so every replica reads the same plan."""
+    changes: dict[str, dict[str, int]] = {}
+    for grid, day, plan in node.conn.execute("SELECT grid, from_day, patrols_per_day FROM grid_plans"
+                                             " ORDER BY grid, from_day, set_at, id"):
+        changes.setdefault(grid, {})[day] = plan
+    return {grid: sorted(days.items()) for grid, days in changes.items()}
+
+
+def plan_on(timeline: list[tuple[str, int]], day: str, default: int) -> int:
+    """The plan in effect on ``day``: the latest change from that day or before; before the first change,
+    the first change's (a start moved earlier); ``default`` (the grid row's) when it never changed."""
+    if not timeline:
+        return default
+    plan = timeline[0][1]
+    for start, n in timeline:
+        if start > day:
+            break
+        plan = n
+    return plan
+
+
+def _plan_segments(timeline: list[tuple[str, int]], first: str, last: str, default: int) -> list[tuple[str, str, int]]:
+    """``[first, last]`` cut into runs of days with one plan: ``[(start, end, patrols_per_day), ...]``."""
+    if first > last:
+        return []
+    cuts = [start for start, _ in timeline if first < start <= last]
+    starts = [first, *cuts]
+    ends = [(dt.date.fromisoformat(c) - dt.timedelta(days=1)).isoformat() for c in cuts] + [last]
+    return [(a, b, plan_on(timeline, a, default)) for a, b in zip(starts, ends)]
 
 
 def remove_grid(node: Node, actor: str, grid) -> dict:
@@ -223,7 +283,14 @@ def get_grid(node: Node, pk: str) -> dict:
         raise NotFound(f"no grid {pk}")
     row["staff"] = staff_of(node, pk)
     row["warnings"] = staff_warnings(row["code"], row["staff"])
+    row["patrols_per_day"] = current_plan(node, row)
+    row["plan_changes"] = [{"from": day, "patrols_per_day": n} for day, n in _timelines(node).get(pk, [])]
     return row
+
+
+def current_plan(node: Node, row: dict) -> int:
+    """The plan in effect today for a grid row (changes from two PCs merge by day, not by who wrote last)."""
+    return plan_on(_timelines(node).get(row["id"], []), dt.date.today().isoformat(), row["patrols_per_day"])
 
 
 def find_grid(node: Node, ref) -> dict:
@@ -254,7 +321,9 @@ def list_grids(node: Node, street: str | None = None, *, known_only: bool = True
     for grid, role, n in node.conn.execute(
             "SELECT grid, role, count(*) FROM grid_staff WHERE _deleted = 0 GROUP BY grid, role"):
         counts.setdefault(grid, {})[role] = n
+    timelines, today = _timelines(node), dt.date.today().isoformat()
     for r in rows:
+        r["patrols_per_day"] = plan_on(timelines.get(r["id"], []), today, r["patrols_per_day"])
         r["staff"] = {role: counts.get(r["id"], {}).get(role, 0) for role in ROLES}
         doubled = any(r["staff"][role] > 1 for role in SINGLE_ROLES)
         r["warnings"] = staff_warnings(r["code"], staff_of(node, r["id"])) if doubled else []
@@ -362,7 +431,9 @@ def coverage(node: Node, start=None, end=None, street: str | None = None, *, lis
     start, end = check_window(start, end)
     if (dt.date.fromisoformat(end) - dt.date.fromisoformat(start)).days >= 3660:
         raise InvalidInput("coverage covers at most ten years at once")
-    grids = [g for g in list_grids(node, street, known_only=known_only) if g["patrols_per_day"] > 0]
+    timelines = _timelines(node)
+    grids = [g for g in list_grids(node, street, known_only=known_only)
+             if g["patrols_per_day"] > 0 or any(n for _, n in timelines.get(g["id"], []))]
     # A micro-grid without a plan of its own is walked on its grid's patrols: its check-ins are the grid's.
     walked_for = dict(node.conn.execute("SELECT id, parent FROM grids WHERE parent IS NOT NULL AND _deleted = 0"
                                         " AND patrols_per_day = 0"))
@@ -375,24 +446,29 @@ def coverage(node: Node, start=None, end=None, street: str | None = None, *, lis
     per_grid, missed, missed_count = [], [], 0
     today_planned = today_done = 0
     for g in grids:
-        plan, first = g["patrols_per_day"], max(start, g["established"])
-        days = (dt.date.fromisoformat(counted_to) - dt.date.fromisoformat(first)).days + 1 \
-            if first <= counted_to else 0
+        timeline, column = timelines.get(g["id"], []), g["patrols_per_day"]
         patrolled = done.get(g["id"], {})
-        counts = {day: min(n, plan) for day, n in patrolled.items() if first <= day <= counted_to}
-        made = sum(counts.values())
-        missed_count += days - sum(1 for n in counts.values() if n == plan)
-        if list_missed:
-            for offset in range(days):
-                day = (dt.date.fromisoformat(first) + dt.timedelta(days=offset)).isoformat()
-                if counts.get(day, 0) < plan:
-                    missed.append({"grid": g["id"], "code": g["code"], "name": g["name"], "street": g["street"],
-                                   "community": g["community"], "day": day, "planned": plan,
-                                   "done": counts.get(day, 0)})
+        grid_planned = made = 0
+        for first, last, plan in _plan_segments(timeline, max(start, g["established"]), counted_to, column):
+            days = (dt.date.fromisoformat(last) - dt.date.fromisoformat(first)).days + 1
+            counts = {day: min(n, plan) for day, n in patrolled.items() if first <= day <= last}
+            grid_planned += plan * days
+            made += sum(counts.values())
+            if not plan:
+                continue
+            missed_count += days - sum(1 for n in counts.values() if n == plan)
+            if list_missed:
+                for offset in range(days):
+                    day = (dt.date.fromisoformat(first) + dt.timedelta(days=offset)).isoformat()
+                    if counts.get(day, 0) < plan:
+                        missed.append({"grid": g["id"], "code": g["code"], "name": g["name"],
+                                       "street": g["street"], "community": g["community"], "day": day,
+                                       "planned": plan, "done": counts.get(day, 0)})
         shown = {"grid": g["id"], "code": g["code"], "name": g["name"], "street": g["street"],
-                 "community": g["community"], "planned": plan * days, "done": made,
-                 "coverage": round(made / (plan * days), 4) if days else None}
+                 "community": g["community"], "planned": grid_planned, "done": made,
+                 "coverage": round(made / grid_planned, 4) if grid_planned else None}
         if in_window and g["established"] <= today.isoformat():
+            plan = g["patrols_per_day"]  # list_grids gives the plan in effect today
             shown["today"] = min(patrolled.get(today.isoformat(), 0), plan)
             today_planned += plan
             today_done += shown["today"]

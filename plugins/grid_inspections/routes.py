@@ -35,8 +35,9 @@ def remove_grid(call: ApiCall):
 
 
 def set_plan(call: ApiCall):
-    b = call.fields({"patrols_per_day"}, ("patrols_per_day",))
-    return grids.set_plan(call.node, call.actor, call.path_params["grid"], b["patrols_per_day"])
+    b = call.fields({"patrols_per_day", "from"}, ("patrols_per_day",))
+    return grids.set_plan(call.node, call.actor, call.path_params["grid"], b["patrols_per_day"],
+                          from_day=b.get("from"))
 
 
 def add_staff(call: ApiCall):
@@ -112,7 +113,10 @@ ROUTES = [
     ApiRoute(f"{GRIDS}/{{grid}}", "GET", get_grid, summary="One grid with its staff"),
     ApiRoute(f"{GRIDS}/{{grid}}", "DELETE", remove_grid, role="admin",
              summary="Remove a grid and its staff (its cases and patrols are kept)"),
-    ApiRoute(f"{GRIDS}/{{grid}}/plan", "POST", set_plan, role="admin", summary="Set patrols per day"),
+    ApiRoute(f"{GRIDS}/{{grid}}/plan", "POST", set_plan, role="admin",
+             summary="Set patrols per day, from a day on (default today; the days before keep their plan)",
+             body={"type": "object", "required": ["patrols_per_day"],
+                   "properties": {"patrols_per_day": {"type": "integer"}, "from": _TEXT}}),
     ApiRoute(f"{GRIDS}/{{grid}}/staff", "POST", add_staff, role="admin",
              summary="Add grid staff (leader, instructor, member)"),
     ApiRoute(f"{GRIDS}/staff/{{id}}", "DELETE", remove_staff, role="admin", summary="Remove grid staff"),

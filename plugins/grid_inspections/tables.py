@@ -29,6 +29,14 @@ PATROLS = TableSpec(
     {"id": "text", "scope": "text", "grid": "text", "street": "text", "worker": "text", "at": "text",
      "day": "text", "note": "text"},
     policy=APPEND_ONLY, required=("grid", "street", "worker", "at", "day"), indexes=(("day", "grid"),))
+#: A grid's patrol plan over time: each change is a fact from its day on, so changing the plan does not
+#: rewrite the coverage of the days before it. The plan on a day is that of the latest row from that day
+#: or before (the latest set, for two rows from one day); before the first row, the first row's.
+PLANS = TableSpec(
+    "grid_plans",
+    {"id": "text", "scope": "text", "grid": "text", "from_day": "text", "patrols_per_day": "integer",
+     "set_at": "text"},
+    policy=APPEND_ONLY, required=("grid", "from_day", "patrols_per_day", "set_at"), indexes=(("grid",),))
 CATEGORIES = TableSpec(
     "case_categories",
     {"id": "text", "scope": "text", "code": "text", "name": "text", "deadline_hours": "integer",
@@ -50,7 +58,7 @@ EVENTS = TableSpec(
      "auto": "integer"},
     policy=APPEND_ONLY, required=("case_id", "kind", "at", "acting_scope"), indexes=(("case_id",),))
 
-TABLES = [GRIDS, STAFF, PATROLS, CATEGORIES, CASES, EVENTS]
+TABLES = [GRIDS, STAFF, PATROLS, PLANS, CATEGORIES, CASES, EVENTS]
 #: Per-case yes/no figures summed in the daily summaries (status.flags computes them).
 FLAGS = ("cases", "responded", "accepted", "resolved", "on_time", "handled", "reworked", "evaluated", "satisfied",
          "escalated")
