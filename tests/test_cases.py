@@ -174,7 +174,7 @@ def test_a_plan_change_keeps_the_coverage_of_the_days_before_it(street):
     assert fs01(grids.coverage(street, *window))["coverage"] == 1.0
     changed = grids.set_plan(street, ACTOR, "FS-01", 3, from_day=at(5)[:10])
     assert changed["patrols_per_day"] == 3
-    assert changed["plan_changes"] == [{"from": DAY0.isoformat(), "patrols_per_day": 2},
+    assert changed["plan_changes"] == [{"from": "2000-01-01", "patrols_per_day": 2},  # as it was defined
                                        {"from": at(5)[:10], "patrols_per_day": 3}]
     shown = fs01(grids.coverage(street, *window))
     assert (shown["planned"], shown["done"]) == (2 * 5 + 3 * 5, 20)

@@ -88,6 +88,11 @@ def _whole(low: int, high: int):
     return lambda value: type(value) is int and low <= value <= high
 
 
+def _definition(value) -> bool:
+    """A grid definition's id: absent (a grid defined before plans had a history) or short text."""
+    return value is None or (isinstance(value, str) and 0 < len(value) <= 64)
+
+
 def _is_date(value) -> bool:
     """``YYYY-MM-DD`` in the years of :func:`is_local_time`."""
     return isinstance(value, str) and is_local_time(f"{value}T00:00:00")
@@ -96,11 +101,11 @@ def _is_date(value) -> bool:
 #: What coverage and the case figures compute with, checked on insert and update (a street's own values
 #: reach its district's figures): the ranges of the module's own commands. An absent optional value is None.
 VALUE_RULES = {
-    "grids": {"established": _is_date, "patrols_per_day": _whole(0, MAX_PATROLS_PER_DAY),
+    "grids": {"established": _is_date, "patrols_per_day": _whole(0, MAX_PATROLS_PER_DAY), "definition": _definition,
               "households": lambda value: value is None or _whole(0, MAX_HOUSEHOLDS)(value)},
     "case_categories": {"deadline_hours": _whole(1, MAX_DEADLINE_HOURS), "active": _whole(0, 1)},
     "grid_plans": {"from_day": _is_date, "patrols_per_day": _whole(0, MAX_PATROLS_PER_DAY),
-                   "set_at": is_local_time},
+                   "definition": _definition},
 }
 
 

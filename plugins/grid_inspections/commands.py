@@ -129,7 +129,9 @@ def grids_plan(grid, patrols_per_day, from_day, as_json):
     def human(r):
         click.echo(f"{r['code']}: {r['patrols_per_day']} patrol{'' if r['patrols_per_day'] == 1 else 's'} a day")
         if len(r["plan_changes"]) > 1:
-            click.echo("plan: " + ", ".join(f"{c['patrols_per_day']} from {c['from']}" for c in r["plan_changes"]))
+            click.echo("plan: " + ", ".join(f"{c['patrols_per_day']} from "
+                                            f"{'the start' if c['from'] == grid_ops.PLAN_START else c['from']}"
+                                            for c in r["plan_changes"]))
 
     emit(row, as_json, human)
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import re
 import sqlite3
 
 from hemei.core import Conflict, InvalidInput, Node, NotFound
-from hemei.core.fields import (flag, in_subtree_sql, iso_date, now_local, one, past_time, subtree_params, text,
-                               whole_number)
+from hemei.core.fields import flag, in_subtree_sql, iso_date, one, past_time, subtree_params, text, whole_number
 from hemei.core.scope import covers, parse_scope
 
 ROLES = ("leader", "instructor", "member")
@@ -30,7 +30,8 @@ _CODE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]{0,31}$")
 ROUTE_WORDS = frozenset({"coverage"})
 #: Grids named in an ambiguity message: codes such as "01" repeat in every community of a district.
 NAMED_AT_MOST = 10
-GRID_COLUMNS = "id, scope, code, name, street, community, parent, households, patrols_per_day, established"
+GRID_COLUMNS = ("id, scope, code, name, street, community, parent, households, patrols_per_day, established,"
+                " definition")
 
 
 def grid_id(scope: str) -> str:
@@ -186,6 +187,7 @@ def add_grid(node: Node, actor: str, *, code, name, community=None, parent=None,
                                                                  given.get("established", held["established"])))
         else:
             w.insert("grids", {"id": pk, "scope": scope, "code": code, **fixed, "households": None,
+                               "definition": node.new_id(),  # a grid defined again starts a plan history anew
                                "patrols_per_day": default_plan, "established": dt.date.today().isoformat(),
                                **given})
     return get_grid(node, pk)
@@ -205,35 +207,43 @@ def set_plan(node: Node, actor: str, grid, patrols_per_day, *, from_day=None) ->
     return get_grid(node, row["id"])
 
 
+#: The first day of a plan history: the plan a grid was defined with holds from here until its first
+#: change (for a micro-grid, whose check-ins before its own start count for its grid, that matters).
+PLAN_START = "2000-01-01"
+
+
 def _plan_from(w, node: Node, row: dict, plan: int, day: str) -> None:
     """Record ``plan`` for ``row``'s grid from ``day`` on, in writer ``w``. The first change of a grid
-    also records the plan it had from its start, which until then was only the grid row's."""
-    changes = dict(_timelines(node).get(row["id"], []))  # (what the writer adds is applied when it commits)
-    if not changes and day > row["established"]:
-        changes[row["established"]] = row["patrols_per_day"]
-        w.insert("grid_plans", {"scope": row["scope"], "grid": row["id"], "from_day": row["established"],
-                                "patrols_per_day": row["patrols_per_day"], "set_at": now_local()})
+    also records the plan it had, which until then was only the grid row's, from :data:`PLAN_START`."""
+    changes = dict(_timelines(node, row["id"]).get(row["id"], []))  # (the writer's rows apply at its commit)
+    fact = {"scope": row["scope"], "grid": row["id"], "definition": row["definition"]}
+    if not changes and day > PLAN_START:
+        changes[PLAN_START] = row["patrols_per_day"]
+        w.insert("grid_plans", {**fact, "from_day": PLAN_START, "patrols_per_day": row["patrols_per_day"]})
     changes[day] = plan
-    w.insert("grid_plans", {"scope": row["scope"], "grid": row["id"], "from_day": day, "patrols_per_day": plan,
-                            "set_at": now_local()})
+    w.insert("grid_plans", {**fact, "from_day": day, "patrols_per_day": plan})
     # The grid row keeps the plan of today, for readers that know no plan history (an older release).
     w.update("grids", row["id"], {"patrols_per_day": plan_on(sorted(changes.items()), dt.date.today().isoformat(),
                                                              plan)})
 
 
-def _timelines(node: Node) -> dict[str, list[tuple[str, int]]]:
-    """Each grid's plan changes, ``[(from_day, patrols_per_day), ...]`` by day; of two changes from one
-    day, the one set later (then the larger key), so every replica reads the same plan."""
+def _timelines(node: Node, grid: str | None = None) -> dict[str, list[tuple[str, int]]]:
+    """Each grid's plan changes (or ``grid``'s), ``[(from_day, patrols_per_day), ...]`` by day, of the grid's
+    current definition (removed grids included: their micro-grids' patrols); of two changes from one day,
+    the later stamped (then the writer's id), so every replica reads the same plan."""
     changes: dict[str, dict[str, int]] = {}
-    for grid, day, plan in node.conn.execute("SELECT grid, from_day, patrols_per_day FROM grid_plans"
-                                             " ORDER BY grid, from_day, set_at, id"):
-        changes.setdefault(grid, {})[day] = plan
-    return {grid: sorted(days.items()) for grid, days in changes.items()}
+    for grid_id_, day, plan in node.conn.execute(
+            "SELECT p.grid, p.from_day, p.patrols_per_day FROM grid_plans p JOIN grids g ON g.id = p.grid"
+            " AND p.definition IS g.definition" + (" WHERE p.grid = ?" if grid else "")
+            + " ORDER BY p.grid, p.from_day, p._hlc, p._origin", (grid,) if grid else ()):
+        changes.setdefault(grid_id_, {})[day] = plan
+    return {g: sorted(days.items()) for g, days in changes.items()}
 
 
 def plan_on(timeline: list[tuple[str, int]], day: str, default: int) -> int:
-    """The plan in effect on ``day``: the latest change from that day or before; before the first change,
-    the first change's (a start moved earlier); ``default`` (the grid row's) when it never changed."""
+    """The plan in effect on ``day``: the latest change from that day or before; before the first change
+    (which the module writes from :data:`PLAN_START`), the first change's; ``default`` (the grid row's) when
+    it never changed."""
     if not timeline:
         return default
     plan = timeline[0][1]
@@ -283,14 +293,31 @@ def get_grid(node: Node, pk: str) -> dict:
         raise NotFound(f"no grid {pk}")
     row["staff"] = staff_of(node, pk)
     row["warnings"] = staff_warnings(row["code"], row["staff"])
-    row["patrols_per_day"] = current_plan(node, row)
-    row["plan_changes"] = [{"from": day, "patrols_per_day": n} for day, n in _timelines(node).get(pk, [])]
+    timeline = _timelines(node, pk).get(pk, [])
+    row["patrols_per_day"] = plan_on(timeline, dt.date.today().isoformat(), row["patrols_per_day"])
+    row["plan_changes"] = [{"from": day, "patrols_per_day": n} for day, n in timeline]
+    row["warnings"] += orphan_warnings(node, [row]).values()
     return row
 
 
-def current_plan(node: Node, row: dict) -> int:
-    """The plan in effect today for a grid row (changes from two PCs merge by day, not by who wrote last)."""
-    return plan_on(_timelines(node).get(row["id"], []), dt.date.today().isoformat(), row["patrols_per_day"])
+def current_plan(node: Node, row: dict, day: str | None = None) -> int:
+    """The plan in effect on ``day`` (today) for a grid row: from its history, whose changes from two PCs
+    merge by day; the row's own column only for a grid whose plan never changed."""
+    return plan_on(_timelines(node, row["id"]).get(row["id"], []), day or dt.date.today().isoformat(),
+                   row["patrols_per_day"])
+
+
+def orphan_warnings(node: Node, rows: list[dict]) -> dict[str, str]:
+    """Micro-grids among ``rows`` whose grid was removed (at one tier while the micro-grid was added at
+    the other), by id: their patrols count for nothing until the grid is defined again or they are removed."""
+    parents = {r["parent"] for r in rows if r["parent"]}
+    if not parents:
+        return {}
+    alive = {r[0] for r in node.conn.execute("SELECT id FROM grids WHERE _deleted = 0 AND id IN"
+                                             " (SELECT value FROM json_each(?))", (json.dumps(sorted(parents)),))}
+    return {r["id"]: f"micro-grid {r['code']}'s grid was removed: define the grid again, or remove the "
+                     f"micro-grid (`hemei grids remove {r['scope']}`)"
+            for r in rows if r["parent"] and r["parent"] not in alive}
 
 
 def find_grid(node: Node, ref) -> dict:
@@ -327,6 +354,8 @@ def list_grids(node: Node, street: str | None = None, *, known_only: bool = True
         r["staff"] = {role: counts.get(r["id"], {}).get(role, 0) for role in ROLES}
         doubled = any(r["staff"][role] > 1 for role in SINGLE_ROLES)
         r["warnings"] = staff_warnings(r["code"], staff_of(node, r["id"])) if doubled else []
+    for grid, warning in orphan_warnings(node, rows).items():
+        next(r for r in rows if r["id"] == grid)["warnings"].append(warning)
     return rows
 
 
@@ -392,8 +421,12 @@ def check_in(node: Node, actor: str, grid, *, worker, at=None, note=None) -> dic
                                        "worker": worker, "at": at, "day": at[:10], "note": note})
     shown = {"id": pk, "grid": row["id"], "code": row["code"], "worker": worker, "at": at, "note": note,
              "counted": True}
-    planned = get_grid(node, row["parent"]) if row["parent"] and not row["patrols_per_day"] else row
-    if at[:10] < planned["established"]:  # recorded all the same: the patrol happened
+    planned = row
+    if row["parent"] and not current_plan(node, row, at[:10]):  # walked on its grid's patrols that day
+        planned = one(node, f"SELECT {GRID_COLUMNS}, _deleted FROM grids WHERE id = ?", (row["parent"],)) or {}
+        if planned.get("_deleted", 1):  # recorded all the same: the patrol happened
+            return {**shown, "counted": False, "not_counted": orphan_warnings(node, [row])[row["id"]]}
+    if at[:10] < planned["established"]:
         shown.update(counted=False, not_counted=f"grid {planned['code']}'s patrol plan starts on "
                      f"{planned['established']}: coverage does not count this patrol (to count earlier patrols, "
                      f"define the grid again with an earlier established day)")
@@ -434,13 +467,16 @@ def coverage(node: Node, start=None, end=None, street: str | None = None, *, lis
     timelines = _timelines(node)
     grids = [g for g in list_grids(node, street, known_only=known_only)
              if g["patrols_per_day"] > 0 or any(n for _, n in timelines.get(g["id"], []))]
-    # A micro-grid without a plan of its own is walked on its grid's patrols: its check-ins are the grid's.
-    walked_for = dict(node.conn.execute("SELECT id, parent FROM grids WHERE parent IS NOT NULL AND _deleted = 0"
-                                        " AND patrols_per_day = 0"))
+    # A micro-grid is walked on its grid's patrols on the days it has no plan of its own: its check-ins of
+    # those days are the grid's (removed micro-grids too: the days before keep what they counted for).
+    micro = {grid: (parent, plan) for grid, parent, plan in node.conn.execute(
+        "SELECT id, parent, patrols_per_day FROM grids WHERE parent IS NOT NULL")}
     done: dict[str, dict[str, int]] = {}
     for grid, day, n in node.conn.execute("SELECT grid, day, count(*) FROM grid_patrols"
                                           " WHERE day >= ? AND day <= ? GROUP BY grid, day", (start, end)):
-        days = done.setdefault(walked_for.get(grid, grid), {})
+        if grid in micro and not plan_on(timelines.get(grid, []), day, micro[grid][1]):
+            grid = micro[grid][0]
+        days = done.setdefault(grid, {})
         days[day] = days.get(day, 0) + n
     in_window = start <= today.isoformat() <= end
     per_grid, missed, missed_count = [], [], 0

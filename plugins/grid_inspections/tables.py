@@ -18,7 +18,8 @@ from hemei.core import APPEND_ONLY, LWW, MigrationSet, TableSpec
 GRIDS = TableSpec(
     "grids",
     {"id": "text", "scope": "text", "code": "text", "name": "text", "street": "text", "community": "text",
-     "parent": "text", "households": "integer", "patrols_per_day": "integer", "established": "text"},
+     "parent": "text", "households": "integer", "patrols_per_day": "integer", "established": "text",
+     "definition": "text"},
     policy=LWW, required=("code", "name", "street", "community", "patrols_per_day", "established"),
     indexes=(("code",), ("street",)))
 STAFF = TableSpec(
@@ -31,12 +32,14 @@ PATROLS = TableSpec(
     policy=APPEND_ONLY, required=("grid", "street", "worker", "at", "day"), indexes=(("day", "grid"),))
 #: A grid's patrol plan over time: each change is a fact from its day on, so changing the plan does not
 #: rewrite the coverage of the days before it. The plan on a day is that of the latest row from that day
-#: or before (the latest set, for two rows from one day); before the first row, the first row's.
+#: or before (the later stamped, for two rows from one day); before the first row, the first row's. A row
+#: names the grid's ``definition`` (a random id each time the grid is defined anew): a grid removed and
+#: defined again starts with no history.
 PLANS = TableSpec(
     "grid_plans",
-    {"id": "text", "scope": "text", "grid": "text", "from_day": "text", "patrols_per_day": "integer",
-     "set_at": "text"},
-    policy=APPEND_ONLY, required=("grid", "from_day", "patrols_per_day", "set_at"), indexes=(("grid",),))
+    {"id": "text", "scope": "text", "grid": "text", "definition": "text", "from_day": "text",
+     "patrols_per_day": "integer"},
+    policy=APPEND_ONLY, required=("grid", "from_day", "patrols_per_day"), indexes=(("grid",),))
 CATEGORIES = TableSpec(
     "case_categories",
     {"id": "text", "scope": "text", "code": "text", "name": "text", "deadline_hours": "integer",
