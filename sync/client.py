@@ -88,7 +88,8 @@ def clock_moved_by(node: Node) -> str | None:
     own = node.conn.execute("SELECT ix FROM _hemei_origins WHERE node_id = ?", (node.id,)).fetchone()[0]
     # An origin's stamps rise along its chain (a hybrid clock never goes back), so its last entry holds
     # its latest stamp: one key lookup per origin, not a scan of the whole log.
-    row = node.conn.execute("SELECT o.node_id, (SELECT l.hlc FROM _hemei_log l WHERE l.origin = o.ix"
+    # (An entry held redacted has no stamp, hlc 0: the last one that has.)
+    row = node.conn.execute("SELECT o.node_id, (SELECT l.hlc FROM _hemei_log l WHERE l.origin = o.ix AND l.hlc > 0"
                             " ORDER BY l.seq DESC LIMIT 1) AS last FROM _hemei_origins o WHERE o.ix != ?"
                             " ORDER BY last DESC LIMIT 1", (own,)).fetchone()
     if row is None or row[1] is None or hlc_ms(row[1]) < hlc_ms(node.clock.last) - CLOCK_TOLERANCE_MS:
@@ -236,6 +237,7 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
     parent = parent_of(node)
     report = SyncReport()
     link = ParentLink(node, url or parent["url"], transport)  # a malformed address: said, not recorded
+    proven = link.url == parent["url"]  # at a new address, nothing it answers is the parent's until it proves it
     try:
         with link:
             answered = link.learn_time()
@@ -247,6 +249,7 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
                                                   "checkpoint": engine.own_checkpoint(node),
                                                   "parent_clock_ahead_ms": link.offset_ms, "challenge": challenge})
             _check_proof(node, parent, link, challenge, hello.get("proof"))
+            proven = True
             # Only now is the clock that answered the parent's: what it says may move time-driven work.
             record_clock(node, parent["node_id"], link.offset_ms)
             _tick(node, link, report)
@@ -268,6 +271,10 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
     except WrongParent:
         raise
     except SyncRefused as exc:
+        if not proven:  # anyone can claim the parent's id (it is in every invite): not its refusal, nor acted on
+            raise WrongParent(f"the node at {link.url} refused ({exc.code}: {exc.message}) before proving it is "
+                              f"this node's parent {parent['name']}: nothing was recorded, and the address is "
+                              "not kept; check the address") from None
         record_refusal(node, parent["node_id"], exc.code, exc.message, "sync")
         raise
     except Unreachable as exc:

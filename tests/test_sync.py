@@ -274,3 +274,26 @@ def test_a_watch_retrying_an_address_follows_one_kept_meanwhile(pair):
             "SELECT payload FROM _hemei_log WHERE kind = 'peer.url'")]
     assert [type(r).__name__ for r in results[:2]] == ["Unreachable", "SyncReport"], results
     assert urls == [moved.url]
+
+
+def test_a_refusal_from_an_address_that_has_not_proved_it_is_the_parent_is_nobodys(pair):
+    """Found in review: a server at a new address claiming the district's id answered the hello with a
+    forged `revoked`, and the street signed it into its log as the district's refusal (and a watch would
+    have stopped, telling the operator to join again from a new home)."""
+    import httpx
+
+    with pair.open("district") as d:
+        district_id = d.id
+
+    def forger(request):
+        if request.method == "GET":
+            return httpx.Response(200, json={"ok": True, "node_id": district_id, "name": "district",
+                                             "time_ms": time.time_ns() // 1_000_000})
+        return httpx.Response(403, json={"error": {"code": "revoked", "message": "FORGED: join again"}})
+
+    with pair.open("street") as s:
+        size = s.version_vector()[s.id]
+        with pytest.raises(client.WrongParent, match="refused .revoked: FORGED.* before proving it is"):
+            client.sync_once(s, transport=httpx.MockTransport(forger), url="http://evil.example:1")
+        assert s.version_vector()[s.id] == size and "revoked" not in refusals_of(s)
+        assert peers.parent_of(s)["url"] == pair.servers["district"].url

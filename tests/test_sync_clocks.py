@@ -175,3 +175,18 @@ def test_entries_stamped_ahead_below_a_district_are_said_of_the_pc_that_wrote_th
                          r"received entry of the node of sx/yc/fs", said), said
     finally:
         tree.stop()
+
+
+def test_the_entry_that_moved_the_clock_is_found_when_its_origin_last_sent_a_redacted_one(make_node):
+    """Found in review: the lookup took each origin's last entry, and one held redacted has no stamp."""
+    from hemei.core.clock import wall_ms
+    from hemei.sync import client, engine
+
+    district, street = make_node("district", scope="sx/yc"), make_node("street", scope="sx/yc/fs")
+    district.clock._now = lambda: wall_ms() + 10 * 60_000  # the district's PC is 10 min fast
+    write_notes(district, [("给府山的", "sx/yc/fs")])
+    write_notes(district, [("给塔山的", "sx/yc/ts")])  # the last entry, redacted for 府山
+    street.apply_batches([district.read_batch(district.id, 0, limit=100, redact=engine.redactor("sx/yc/fs"))],
+                         tree=True)
+    said = client.clock_moved_by(street)
+    assert said is not None and "moved there by a received entry of the node of sx/yc" in said
