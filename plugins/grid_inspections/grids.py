@@ -183,8 +183,7 @@ def add_grid(node: Node, actor: str, *, code, name, community=None, parent=None,
             plan = given.pop("patrols_per_day", None)
             w.update("grids", pk, given)
             if plan is not None and plan != current_plan(node, held):  # a change from today on, as `plan`
-                _plan_from(w, node, {**held, **given}, plan, max(dt.date.today().isoformat(),
-                                                                 given.get("established", held["established"])))
+                _plan_from(w, node, {**held, **given}, plan, dt.date.today().isoformat())
         else:
             w.insert("grids", {"id": pk, "scope": scope, "code": code, **fixed, "households": None,
                                "definition": node.new_id(),  # a grid defined again starts a plan history anew
