@@ -87,7 +87,9 @@ class ApiRoute:
     A handler returns a dict or list (sent as JSON) or a starlette Response.
     ``refused(call, error)`` is told of a refusal its handler never saw (a
     body over ``max_body``; ``call.raw_body`` is then empty), for routes
-    that record every refusal.
+    that record every refusal. ``answered(node, request, response)``
+    finishes every answer of the route, refusals as JSON errors included
+    (the sync routes sign theirs).
     """
 
     path: str
@@ -100,6 +102,7 @@ class ApiRoute:
     raw: bool = False
     tags: tuple[str, ...] = field(default_factory=tuple)
     refused: Callable[[ApiCall, HemeiError], None] | None = None
+    answered: Callable[[Node, Request, Response], Response] | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -368,15 +371,24 @@ def _utf8_broken(raw: bytes) -> bool:
 def _endpoint(key: tuple[str, str], table: RouteTable):
     def run(routed: ApiRoute, request: Request, raw: bytes, body: Any):
         with table.pool.lend() as node:
-            table.follow(node)
-            route = table.find(key)  # the one served now: its module may have been disabled, or replaced
-            if route is None:
-                raise table.no_route(request.scope)
-            if route is not routed:  # read by the rules of the route it was routed to: read again by these
-                if len(raw) > route.max_body:
-                    refuse(route, node, request, _too_large(route.max_body))
-                body = _parsed(route, raw, request.headers.get("content-type"))
-            return call(route, node, request, raw, body)
+            route = routed
+            try:
+                table.follow(node)
+                route = table.find(key)  # the one served now: its module may have been disabled, or replaced
+                if route is None:
+                    raise table.no_route(request.scope)
+                if route is not routed:  # read by the rules of the route it was routed to: read again by these
+                    if len(raw) > route.max_body:
+                        refuse(route, node, request, _too_large(route.max_body))
+                    body = _parsed(route, raw, request.headers.get("content-type"))
+                result = call(route, node, request, raw, body)
+            except HemeiError as exc:
+                if route is None or route.answered is None:
+                    raise
+                result = JSONResponse(exc.to_json(), status_code=exc.status)
+            if route.answered is None:
+                return result
+            return route.answered(node, request, result if isinstance(result, Response) else _json(result))
 
     def refuse(route: ApiRoute, node: Node, request: Request, error: HemeiError):
         if route.refused is not None:
@@ -384,9 +396,14 @@ def _endpoint(key: tuple[str, str], table: RouteTable):
                                   query=dict(request.query_params), request=request), error)
         raise error
 
-    def refused_unread(route: ApiRoute, request: Request, error: HemeiError):
+    def refused_unread(route: ApiRoute, request: Request, error: HemeiError) -> Response:
         with table.pool.lend() as node:
-            refuse(route, node, request, error)
+            try:
+                refuse(route, node, request, error)
+            except HemeiError as exc:
+                if route.answered is None:
+                    raise
+                return route.answered(node, request, JSONResponse(exc.to_json(), status_code=exc.status))
 
     def call(route: ApiRoute, node: Node, request: Request, raw: bytes, body: Any):
         user = None
@@ -408,14 +425,16 @@ def _endpoint(key: tuple[str, str], table: RouteTable):
         except HemeiError as exc:
             if route.refused is None:
                 raise
-            await run_in_threadpool(refused_unread, route, request, exc)
+            return await run_in_threadpool(refused_unread, route, request, exc)
         result = await run_in_threadpool(run, route, request, raw,
                                          _parsed(route, raw, request.headers.get("content-type")))
-        if isinstance(result, Response):
-            return result
-        return Response(orjson.dumps(result), media_type="application/json")
+        return result if isinstance(result, Response) else _json(result)
 
     return endpoint
+
+
+def _json(result: Any) -> Response:
+    return Response(orjson.dumps(result), media_type="application/json")
 
 
 async def _hemei_error(request: Request, exc: HemeiError) -> Response:

@@ -11,7 +11,6 @@ parent reports.
 from __future__ import annotations
 
 import base64
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,11 +22,12 @@ import httpx
 from hemei.core.clock import hlc_ms, hlc_to_iso
 from hemei.core.errors import ClockNotSet, ClockSkew, HemeiError, InvalidInput
 from hemei.core.gc_pause import cyclic_gc_paused
+from hemei.core.identity import node_id_from_public_key
 from hemei.core.node import Node
 
 from . import engine, enroll, signing, wire
-from .peers import (CLOCK_TOLERANCE_MS, clock_gap, parent_of, record_clock, record_fork, record_refusal, set_url,
-                    touch)
+from .peers import (CLOCK_TOLERANCE_MS, clock_gap, parent_of, record_clock, record_fork, record_refusal,
+                    set_signs_answers, set_url, touch)
 
 DEFAULT_BATCH = 2000
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
@@ -79,6 +79,16 @@ class WrongParent(InvalidInput):
     code = "wrong_parent"
 
 
+class UnsignedAnswer(HemeiError):
+    """An answer at the parent's kept address that is not signed with its key, when the parent signs its
+    answers: not the parent's word, so not acted on nor recorded as its refusal. Something between this PC
+    and the parent changed it (or the parent went back to a release before signed answers); retried like
+    a link that is down."""
+
+    code = "unsigned_answer"
+    status = 502
+
+
 def clock_moved_by(node: Node) -> str | None:
     """Which received entry moved this node's clock ahead of its PC's, if one did (said when the parent
     refuses this node's own entries as stamped ahead: this PC's clock may be right)."""
@@ -120,6 +130,16 @@ class ParentLink:
         except (httpx.InvalidURL, ValueError) as exc:
             raise _bad_address(url, exc) from None
         self.offset_ms = 0
+        self.parent: dict | None = None  # the pinned parent whose key must sign the answers (see expect)
+        self.must_sign = False
+        self.signed = False  # an answer on this link bore the parent's signature
+
+    def expect(self, parent: dict) -> None:
+        """Check answers against ``parent``'s pinned key. Unsigned ones are taken only from a parent that
+        has never signed one, at the address kept for it (a release before signed answers); once one
+        answer is signed, all must be."""
+        self.parent = parent
+        self.must_sign = bool(parent["signs_answers"]) or self.url != parent["url"]
 
     def close(self) -> None:
         self.http.close()
@@ -181,26 +201,54 @@ class ParentLink:
             refused.writer = exc.writer
             raise refused from None
 
-    @staticmethod
-    def _check(reply: httpx.Response, raw: bool) -> dict:
-        if reply.status_code >= 400:
-            try:
-                error = reply.json()["error"]
-                message = error["message"]
-                if error["code"] == ClockNotSet.code:  # its message speaks of "this PC": the parent's
-                    message = f"the parent cannot write anything: {message}"
-                if error["code"] in NEEDS_AN_OPERATOR:
-                    message = f"{message}. {NEEDS_AN_OPERATOR[error['code']]}"
-                refused = SyncRefused(message, code=error["code"], status=reply.status_code)
-                refused.writer = error.get("writer") if isinstance(error.get("writer"), str) else None
-            except (ValueError, KeyError, TypeError, AttributeError):
-                raise SyncRefused(f"parent answered {reply.status_code}", code="http_error",
-                                  status=reply.status_code) from None
-            raise refused
-        if not raw:
-            return reply.json()
-        with cyclic_gc_paused():  # a pull's reply is thousands of entries
-            return wire.decode(reply.content)
+    def _judge_signature(self, reply: httpx.Response) -> None:
+        """Take an answer to a signed request only if the parent signed it, or may not sign (see expect)."""
+        parent = self.parent
+        if parent is not None and signing.answer_signed(
+                parent["public_key"], parent["node_id"], reply.status_code, reply.headers, reply.content,
+                signing.request_signature(reply.request.headers) or ""):
+            self.signed = self.must_sign = True  # a parent that signs one answer signs them all
+            return
+        if not self.must_sign:
+            return
+        if self.url != parent["url"]:
+            raise WrongParent(f"the node at {self.url} claims to be this node's parent {parent['name']} but does "
+                              "not prove it holds the parent's key (its answers are not signed with it): none of "
+                              "this node's entries were sent, and the address is not kept")
+        if reply.status_code >= 500:  # a busy parent's own 503 (its database locked) comes before any signer
+            raise Unreachable(f"the parent at {self.url} answered {reply.status_code} (unsigned): try again later")
+        raise UnsignedAnswer(f"an answer from {self.url} (status {reply.status_code}) is not signed with the "
+                             f"key of the parent {parent['name']}, which signs its answers: it was not taken. "
+                             "Something between this PC and the parent changed it, or the parent runs a hemei "
+                             "release before signed answers again (upgrade it); on an untrusted network, serve "
+                             "over HTTPS")
+
+    def _check(self, reply: httpx.Response, raw: bool) -> dict:
+        if reply.request.method != "GET":  # GET /api/health is unsigned both ways
+            self._judge_signature(reply)
+        return read_answer(reply, raw)
+
+
+def read_answer(reply: httpx.Response, raw: bool) -> dict:
+    """An answer's message, or its refusal raised as :class:`SyncRefused` (whoever signed it)."""
+    if reply.status_code >= 400:
+        try:
+            error = reply.json()["error"]
+            message = error["message"]
+            if error["code"] == ClockNotSet.code:  # its message speaks of "this PC": the parent's
+                message = f"the parent cannot write anything: {message}"
+            if error["code"] in NEEDS_AN_OPERATOR:
+                message = f"{message}. {NEEDS_AN_OPERATOR[error['code']]}"
+            refused = SyncRefused(message, code=error["code"], status=reply.status_code)
+            refused.writer = error.get("writer") if isinstance(error.get("writer"), str) else None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise SyncRefused(f"parent answered {reply.status_code}", code="http_error",
+                              status=reply.status_code) from None
+        raise refused
+    if not raw:
+        return reply.json()
+    with cyclic_gc_paused():  # a pull's reply is thousands of entries
+        return wire.decode(reply.content)
 
 
 def join(node: Node, token: str, actor: str, url: str | None = None,
@@ -218,10 +266,31 @@ def join(node: Node, token: str, actor: str, url: str | None = None,
         raise enroll.InvalidToken(f"this node already has a parent ({existing[0]})", code="already_joined")
     with ParentLink(node, url or fields["url"], transport) as link:
         link.learn_time()
-        reply = link.call("/api/sync/join", {
+        # A refusal is said as it comes (the parent's key is not known before its answer; nothing is
+        # written here on one); an acceptance must be signed with the key it carries, if the token says so.
+        answer = link._send("POST", "/api/sync/join", wire.encode({
             "token": token.strip(), "node_id": node.id, "name": node.name, "scope": node.scope,
-            "public_key": base64.b64encode(node.public_key).decode()})
-    return enroll.pin_parent(node, dict(fields, url=link.url), reply, actor)  # the address that answered
+            "public_key": base64.b64encode(node.public_key).decode()}))
+        reply = link._check(answer, raw=True)
+        signed = _join_answer_signed(answer, reply, fields["parent"])
+        if fields["signs_answers"] and not signed:
+            raise WrongParent(f"the node at {link.url} accepted the token but did not sign its answer with the key "
+                              "of the node that issued it: nothing was changed; check the address, or ask the "
+                              "parent's operator")
+    return enroll.pin_parent(node, dict(fields, url=link.url), reply, actor,  # the address that answered
+                             signs_answers=signed)
+
+
+def _join_answer_signed(answer: httpx.Response, reply: dict, parent_id: str) -> bool:
+    """Whether the join's acceptance is signed with the key it carries, that key being the token's parent's
+    (its fingerprint is the node id)."""
+    try:
+        public_key = base64.b64decode(reply["public_key"], validate=True)
+    except (KeyError, TypeError, ValueError):
+        return False
+    return node_id_from_public_key(public_key) == parent_id and signing.answer_signed(
+        public_key, parent_id, answer.status_code, answer.headers, answer.content,
+        signing.request_signature(answer.request.headers) or "")
 
 
 Progress = Callable[[str, int, int], None]
@@ -237,6 +306,7 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
     parent = parent_of(node)
     report = SyncReport()
     link = ParentLink(node, url or parent["url"], transport)  # a malformed address: said, not recorded
+    link.expect(parent)
     proven = link.url == parent["url"]  # at a new address, nothing it answers is the parent's until it proves it
     try:
         with link:
@@ -244,13 +314,15 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
             if answered["node_id"] != parent["node_id"]:  # a wrong address typed, or another node moved there
                 raise WrongParent(f"the node at {link.url} is {answered.get('name')!r} ({answered['node_id']}), "
                                   f"not this node's parent {parent['name']} ({parent['node_id']}): check the address")
-            challenge = base64.b64encode(os.urandom(18)).decode()
             hello = link.call("/api/sync/hello", {"vv": node.version_vector(), "modules": node.module_versions,
                                                   "checkpoint": engine.own_checkpoint(node),
-                                                  "parent_clock_ahead_ms": link.offset_ms, "challenge": challenge})
-            _check_proof(node, parent, link, challenge, hello.get("proof"))
-            proven = True
-            # Only now is the clock that answered the parent's: what it says may move time-driven work.
+                                                  "parent_clock_ahead_ms": link.offset_ms})
+            proven = True  # its answer is signed with the parent's key (or it is a parent that never signs)
+            if link.signed:
+                set_signs_answers(node, parent["node_id"])
+            # Only now is the clock that answered the parent's: what it says may move time-driven work. (The
+            # time came unsigned from /api/health, but the parent took a request signed with it, so it is
+            # within the signature's window of the parent's own.)
             record_clock(node, parent["node_id"], link.offset_ms)
             _tick(node, link, report)
             if link.url != parent["url"]:
@@ -269,6 +341,9 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
             # Tell the parent what this node now holds, so its status is right until next time.
             link.call("/api/sync/hello", {"vv": node.version_vector()})
     except WrongParent:
+        raise
+    except UnsignedAnswer as exc:  # nobody's word: shown with the peer, not recorded as a refusal
+        touch(node, parent["node_id"], error=f"{exc.code}: {exc.message}")
         raise
     except SyncRefused as exc:
         if not proven:  # anyone can claim the parent's id (it is in every invite): not its refusal, nor acted on
@@ -292,22 +367,6 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
     touch(node, parent["node_id"], their_vv=their_vv, pending_up=report.pending_up,
           pending_down=report.pending_down)
     return report
-
-
-def _check_proof(node: Node, parent: dict, link: ParentLink, challenge: str, proof) -> None:
-    """The parent signs the hello's challenge with its key: what answers is the parent this node pinned.
-
-    A parent of a release before the proof answers none; that is taken at the address already kept (its
-    entries prove themselves by their signatures), never for a new one, where a server that only claimed
-    the parent's id would be sent this node's records from then on.
-    """
-    if proof is None and link.url == parent["url"]:
-        return
-    if not signing.check_hello_proof(parent["public_key"], node.id, challenge, proof):
-        raise WrongParent(f"the node at {link.url} claims to be this node's parent {parent['name']} but does not "
-                          "prove it holds the parent's key" + ("" if proof is not None else
-                          " (a hemei release before this one answers no proof: upgrade it first)")
-                          + ": none of this node's entries were sent, and the address is not kept")
 
 
 def _tick(node: Node, link: ParentLink, report: SyncReport) -> None:
@@ -430,7 +489,8 @@ def _pull(node: Node, link: ParentLink, parent: dict, batch_size: int, report: S
 
 
 def sync_watch(node: Node, *, interval_s: float, batch_size: int, on_result: Callable[[object], None],
-               max_backoff_s: float = 300.0, sleep=time.sleep, stop=lambda: False, url: str | None = None) -> None:
+               max_backoff_s: float = 300.0, sleep=time.sleep, stop=lambda: False, url: str | None = None,
+               transport: httpx.BaseTransport | None = None) -> None:
     """Sync again and again; after a failure wait 2, 4, 8 … seconds (at most ``max_backoff_s``).
 
     A wrong clock, here or at the parent, is waited out like a link that is
@@ -445,10 +505,10 @@ def sync_watch(node: Node, *, interval_s: float, batch_size: int, on_result: Cal
             # operator's latest word stands, and this watch follows it.
             url = None
         try:
-            on_result(sync_once(node, batch_size, url=url))
+            on_result(sync_once(node, batch_size, url=url, transport=transport))
             failures, url = 0, None  # kept as the parent's address from here on
             sleep(interval_s)
-        except (Unreachable, SyncRefused, ClockSkew, ClockNotSet) as exc:
+        except (Unreachable, UnsignedAnswer, SyncRefused, ClockSkew, ClockNotSet) as exc:
             on_result(exc)
             if exc.code in NEEDS_AN_OPERATOR:
                 raise

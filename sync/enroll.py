@@ -3,7 +3,10 @@
 Token (printed by ``hemei invite``, carried by hand or on a stick)::
 
     hemei1.<base64url(JSON {"u": parent URL, "p": parent node id, "s": child scope,
-                            "n": child name, "e": expiry ms, "k": 16 random bytes})>
+                            "n": child name, "e": expiry ms, "k": 16 random bytes,
+                            "a": 1, the parent signs its answers})>
+
+(A token without ``"a"`` is from a release before signed answers.)
 
 The parent stores only ``SHA-256(token)``: a token read off its database is
 useless, and any alteration of the token misses the stored hash. The child
@@ -52,7 +55,7 @@ def create_invite(node: Node, *, name: str, scope: str, url: str, ttl_s: int, ac
         raise InvalidInput("--ttl must be positive")
     expires = now_ms() + ttl_s * 1000
     body = {"u": url.rstrip("/"), "p": node.id, "s": scope, "n": name, "e": expires,
-            "k": base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("=")}
+            "k": base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("="), "a": 1}
     token = TOKEN_PREFIX + base64.urlsafe_b64encode(orjson.dumps(body)).decode().rstrip("=")
     with node.writer(actor) as w:
         w.event("peer.invite", {"name": name, "scope": scope, "expires_ms": expires}, scope=node.scope)
@@ -69,7 +72,7 @@ def parse_token(token: str) -> dict:
     try:
         body = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
         fields = {"url": body["u"], "parent": parse_node_id(body["p"]), "scope": parse_scope(body["s"]),
-                  "name": body["n"], "expires_ms": int(body["e"])}
+                  "name": body["n"], "expires_ms": int(body["e"]), "signs_answers": body.get("a") == 1}
     except (binascii.Error, ValueError, KeyError, TypeError, InvalidInput):
         raise InvalidToken("the invitation token is damaged: copy it again from the parent") from None
     return fields
@@ -122,8 +125,9 @@ def _enroll(node: Node, w, token: str, child_id: str, public_key: bytes, scope: 
             "scope": node.scope}
 
 
-def pin_parent(node: Node, token: dict, reply: dict, actor: str) -> dict:
-    """Child side: check the parent's answer against the token and pin it."""
+def pin_parent(node: Node, token: dict, reply: dict, actor: str, *, signs_answers: bool = False) -> dict:
+    """Child side: check the parent's answer against the token and pin it (``signs_answers``: its
+    answer was signed, and every later one must be)."""
     try:
         public_key = base64.b64decode(reply["public_key"], validate=True)
         parent_id = parse_node_id(reply["node_id"])
@@ -140,9 +144,9 @@ def pin_parent(node: Node, token: dict, reply: dict, actor: str) -> dict:
     with node.writer(actor) as w:
         w.event("peer.join", {"node_id": parent_id, "name": parent_name, "scope": parent_scope,
                               "url": token["url"]})
-        w.conn.execute("INSERT INTO _hemei_peers (node_id, role, name, scope, public_key, url, enrolled_ms)"
-                       " VALUES (?, 'parent', ?, ?, ?, ?, ?)",
-                       (parent_id, parent_name, parent_scope, public_key, token["url"], now_ms()))
+        w.conn.execute("INSERT INTO _hemei_peers (node_id, role, name, scope, public_key, url, enrolled_ms,"
+                       " signs_answers) VALUES (?, 'parent', ?, ?, ?, ?, ?, ?)",
+                       (parent_id, parent_name, parent_scope, public_key, token["url"], now_ms(), int(signs_answers)))
     return {"node_id": parent_id, "name": parent_name, "scope": parent_scope, "url": token["url"]}
 
 

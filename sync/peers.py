@@ -11,7 +11,7 @@ from hemei.core.errors import NotFound
 from hemei.core.node import Node
 
 COLUMNS = ("node_id", "role", "name", "scope", "public_key", "url", "enrolled_ms", "last_contact_ms", "revoked",
-           "their_vv", "pending_up", "pending_down", "last_error", "modules", "clock_ahead_ms")
+           "their_vv", "pending_up", "pending_down", "last_error", "modules", "clock_ahead_ms", "signs_answers")
 SYNC_ACTOR = "sync"
 
 
@@ -55,6 +55,12 @@ def set_url(node: Node, node_id: str, url: str, *, was: str) -> bool:
         w.event("peer.url", {"node_id": node_id, "url": url})
         w.conn.execute("UPDATE _hemei_peers SET url = ? WHERE node_id = ?", (url, node_id))
     return True
+
+
+def set_signs_answers(node: Node, node_id: str) -> None:
+    """The parent signed an answer: every later one must be signed (local, like the key pinned)."""
+    node.conn.execute("UPDATE _hemei_peers SET signs_answers = 1 WHERE node_id = ? AND signs_answers = 0",
+                      (node_id,))
 
 
 def touch(node: Node, node_id: str, *, their_vv: dict | None = None, pending_up: int | None = None,

@@ -74,3 +74,9 @@ def sync_0002_peer_modules(db):
 def sync_0003_peer_clock(db):
     # How far the peer's clock read ahead of this node's at the last contact (ms, negative: behind).
     db.execute("ALTER TABLE _hemei_peers ADD COLUMN clock_ahead_ms INTEGER")
+
+
+@sync_migrations.step
+def sync_0004_peer_signs_answers(db):
+    # 1 once the peer (a parent) has signed an answer: from then on an unsigned one is not its word.
+    db.execute("ALTER TABLE _hemei_peers ADD COLUMN signs_answers INTEGER NOT NULL DEFAULT 0")

@@ -2,7 +2,9 @@
 
 Every route authenticates the request signature (sync/signing.py) against
 the pinned key of an enrolled, unrevoked child (join: against the key in
-the body), and every refusal is recorded in the log before the 4xx goes out.
+the body), every refusal is recorded in the log before the 4xx goes out,
+and every answer, refusals included, is signed with this node's key and
+bound to the request it answers.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import functools
 import sqlite3
 import time
 
+from starlette.requests import Request
 from starlette.responses import Response
 
 from hemei.core.api import ApiCall, ApiRoute
 from hemei.core.errors import Forbidden, HemeiError, InvalidInput, Unauthorized
 from hemei.core.gc_pause import cyclic_gc_paused
 from hemei.core.identity import parse_node_id
+from hemei.core.node import Node
 
 from . import engine, enroll, signing, wire
 from .engine import own_checkpoint
@@ -102,6 +106,16 @@ def record_refused(call: ApiCall, exc: HemeiError) -> None:
                                  call.request.client.host if call.request.client else None)
 
 
+def sign_answer(node: Node, request: Request, response: Response) -> Response:
+    """Sign an answer (any status) for the child to check against the key it pinned; an answer to a
+    request without a signature of the profile's form has nothing to be bound to and goes unsigned."""
+    request_sig = signing.request_signature(request.headers)
+    if request_sig is not None:
+        response.headers.update(signing.sign_answer(node.key, node.id, response.status_code, response.body,
+                                                    request_sig, _now_s()))
+    return response
+
+
 def _reply(message: dict) -> Response:
     return Response(wire.encode(message), media_type=wire.CONTENT_TYPE)
 
@@ -151,13 +165,8 @@ def hello(call: ApiCall) -> Response:
     checkpoint = own_checkpoint(node, at)
     if checkpoint is not None and at is not None:
         checkpoint["at"] = at
-    answer = {"node_id": node.id, "vv": engine.branch_vv(node, child["scope"]), "checkpoint": checkpoint,
-              "modules": node.module_versions}
-    challenge = body.get("challenge")
-    if isinstance(challenge, str) and 16 <= len(challenge) <= 64:  # the child checks who answers (protocol.md)
-        answer["proof"] = base64.b64encode(
-            node.key.sign(signing.hello_proof_message(child["node_id"], challenge))).decode()
-    return _reply(answer)
+    return _reply({"node_id": node.id, "vv": engine.branch_vv(node, child["scope"]), "checkpoint": checkpoint,
+                   "modules": node.module_versions})
 
 
 @refusals_recorded
@@ -200,7 +209,8 @@ def _positive(body: dict, name: str, default: int) -> int:
 
 def routes() -> list[ApiRoute]:
     body_limit = wire.MAX_COMPRESSED
-    common = {"role": None, "raw": True, "max_body": body_limit, "tags": ("sync",), "refused": record_refused}
+    common = {"role": None, "raw": True, "max_body": body_limit, "tags": ("sync",), "refused": record_refused,
+              "answered": sign_answer}
     return [
         ApiRoute("/api/sync/join", "POST", join, summary="Enroll a child with an invitation token",
                  **{**common, "max_body": JOIN_MAX_BODY}),

@@ -16,6 +16,19 @@ these four components, Ed25519), a ``created`` no more than
 :data:`WINDOW_S` seconds old by *its* clock (the client signs with the
 server's time, learnt from ``/api/health``, so a wrong street clock does not
 lock it out), and a nonce it has not seen before.
+
+Every answer to such a request (refusals included) is signed by the parent
+in turn (RFC 9421 §2.4, a response signature bound to its request):
+
+    Content-Digest: sha-256=:<base64 SHA-256 of the answer's body>:
+    Signature-Input: hemei=("@status" "content-digest" "signature";req;key="hemei");created=<unix s>;keyid="<parent id>";alg="ed25519"
+    Signature: hemei=:<base64 Ed25519 signature over the signature base>:
+
+where ``"signature";req;key="hemei"`` is the request's own signature
+(``:<base64>:``). That signature covers the request's fresh nonce, so an
+answer cannot be replayed to another request, and the child checks it with
+the key it pinned at join: what a server in the middle says is never taken
+as the parent's word.
 """
 
 from __future__ import annotations
@@ -40,6 +53,12 @@ _PARAMS = re.compile(
     r'^hemei=\("@method" "@path" "@query" "content-digest"\)'
     r';created=(?P<created>\d{1,12});expires=(?P<expires>\d{1,12})'
     r';nonce="(?P<nonce>[A-Za-z0-9_-]{16,64})";keyid="(?P<keyid>[A-Z2-7-]{56,63})";alg="ed25519"$')
+
+
+_SIGNATURE = re.compile(r"hemei=(:[A-Za-z0-9+/=]{80,100}:)")
+ANSWER_COMPONENTS = '("@status" "content-digest" "signature";req;key="hemei")'
+_ANSWER_PARAMS = re.compile(r'^hemei=\("@status" "content-digest" "signature";req;key="hemei"\)'
+                            r';created=\d{1,12};keyid="(?P<keyid>[A-Z2-7-]{56,63})";alg="ed25519"$')
 
 
 def content_digest(body: bytes) -> str:
@@ -81,7 +100,7 @@ def read_signature(headers, method: str, path: str, query: str,
         raise Unauthorized("request is not signed (Signature, Signature-Input and Content-Digest needed)",
                            code="unsigned")
     match = _PARAMS.match(signature_input.strip())
-    sig = re.fullmatch(r"hemei=:([A-Za-z0-9+/=]{80,100}):", signature.strip())
+    sig = _SIGNATURE.fullmatch(signature.strip())
     if not match or not sig:
         raise Unauthorized("unsupported signature: hemei signs @method @path @query content-digest with ed25519",
                            code="bad_signature")
@@ -91,7 +110,7 @@ def read_signature(headers, method: str, path: str, query: str,
     base = _base(method, path, query, digest, params)
     try:
         request = SignedRequest(parse_node_id(match["keyid"]), match["nonce"], int(match["expires"]))
-        signature_bytes = base64.b64decode(sig[1], validate=True)
+        signature_bytes = base64.b64decode(sig[1][1:-1], validate=True)
     except (ValueError, binascii.Error, InvalidInput):
         raise Unauthorized("malformed signature or key id", code="bad_signature") from None
     created = int(match["created"])
@@ -113,15 +132,43 @@ def check_window(created_s: int, expires_s: int, now_s: int) -> None:
                            " replayed, or signed with a wrong clock", code="expired_signature")
 
 
-def hello_proof_message(child_id: str, challenge: str) -> bytes:
-    """What a parent signs to answer a child's hello challenge: proof that it holds the key the child pinned."""
-    return b"hemei-hello-proof\n" + child_id.encode() + b"\n" + challenge.encode()
+def request_signature(headers) -> str | None:
+    """The request's signature as an answer covers it (``:<base64>:``); None when it has none of this
+    profile's form (such a request is refused, and its answer is not signed: there is nothing to bind to)."""
+    match = _SIGNATURE.fullmatch((headers.get("signature") or "").strip())
+    return match[1] if match else None
 
 
-def check_hello_proof(public_key: bytes, child_id: str, challenge: str, proof) -> bool:
+def _answer_base(status: int, digest: str, request_sig: str, params: str) -> bytes:
+    lines = [f'"@status": {status}', f'"content-digest": {digest}', f'"signature";req;key="hemei": {request_sig}',
+             f'"@signature-params": {params}']
+    return "\n".join(lines).encode()
+
+
+def sign_answer(key: Ed25519PrivateKey, node_id: str, status: int, body: bytes, request_sig: str,
+                now_s: int) -> dict[str, str]:
+    """Headers that sign an answer to the request whose signature is ``request_sig``."""
+    digest = content_digest(body)
+    params = f'{ANSWER_COMPONENTS};created={now_s};keyid="{node_id}";alg="ed25519"'
+    signature = key.sign(_answer_base(status, digest, request_sig, params))
+    return {"Content-Digest": digest, "Signature-Input": f"{LABEL}={params}",
+            "Signature": f"{LABEL}=:{base64.b64encode(signature).decode()}:"}
+
+
+def answer_signed(public_key: bytes, node_id: str, status: int, headers, body: bytes, request_sig: str) -> bool:
+    """Whether the answer carries a signature of this profile, by ``node_id``'s key ``public_key``, over
+    this status and body and bound to this request. ``created`` is not judged: the child's clock may be
+    the wrong one, and the binding to the request's fresh nonce already stops a replay."""
+    signature_input = (headers.get("signature-input") or "").strip()
+    match = _ANSWER_PARAMS.match(signature_input)
+    sig = _SIGNATURE.fullmatch((headers.get("signature") or "").strip())
+    digest = headers.get("content-digest")
+    if not match or not sig or match["keyid"] != node_id or digest != content_digest(body):
+        return False
     try:
-        load_public_key(public_key).verify(base64.b64decode(proof, validate=True),
-                                           hello_proof_message(child_id, challenge))
-    except (InvalidSignature, binascii.Error, TypeError, ValueError, InvalidInput):
+        load_public_key(public_key).verify(
+            base64.b64decode(sig[1][1:-1], validate=True),
+            _answer_base(status, digest, request_sig, signature_input[len(LABEL) + 1:]))
+    except (InvalidSignature, binascii.Error, ValueError, InvalidInput):
         return False
     return True

@@ -225,9 +225,27 @@ class ProtocolClient:
     def post(self, path: str, body: bytes, headers: dict) -> httpx.Response:
         return self.http.post(self.url + path, content=body, headers=headers)
 
-    @staticmethod
-    def answer(response: httpx.Response) -> dict:
-        """Read an answer, telling a refusal (plain JSON) from a success (zlib JSON) as the document does."""
+    def check_answer_signed(self, response: httpx.Response, public_key: bytes, signer: str) -> None:
+        """"Signed answers": the parent's signature over the status, the body's digest and the request's own
+        signature, which binds the answer to this request."""
+        params = response.headers.get("signature-input", "")
+        expected = '("@status" "content-digest" "signature";req;key="hemei");created='
+        if not params.startswith("hemei=" + expected) or not params.endswith(f';keyid="{signer}";alg="ed25519"'):
+            raise ProtocolError(f"the answer ({response.status_code}) is not signed in the profile: {params!r}")
+        digest = f"sha-256=:{b64(hashlib.sha256(response.content).digest())}:"
+        if response.headers.get("content-digest") != digest:
+            raise ProtocolError("the answer's Content-Digest is not that of its body")
+        base = "\n".join([f'"@status": {response.status_code}', f'"content-digest": {digest}',
+                          f'"signature";req;key="hemei": {response.request.headers["signature"][len("hemei="):]}',
+                          f'"@signature-params": {params[len("hemei="):]}'])
+        verify(public_key, unb64(response.headers.get("signature", "")[len("hemei=:"):-1]), base.encode(),
+               "the parent's answer")
+
+    def answer(self, response: httpx.Response) -> dict:
+        """Read an answer, telling a refusal (plain JSON) from a success (zlib JSON) as the document does;
+        once the parent is pinned, only one it signed (a request without a signature gets none)."""
+        if self.parent_id is not None and "signature" in response.request.headers:
+            self.check_answer_signed(response, self.chains[self.parent_id].public_key, self.parent_id)
         kind = response.headers.get("content-type", "").split(";")[0]
         if response.status_code != 200:
             if kind != "application/json":
@@ -257,12 +275,16 @@ class ProtocolClient:
             raise ProtocolError("the token has expired")
         self.url, self.name, self.scope = fields["u"], fields["n"], fields["s"]
         self.learn_time()
-        answer = self.call("/api/sync/join", {"token": token, "node_id": self.id, "public_key": b64(self.public_key),
-                                              "name": self.name, "scope": self.scope})
+        body = self.encode({"token": token, "node_id": self.id, "public_key": b64(self.public_key),
+                            "name": self.name, "scope": self.scope})
+        response = self.post("/api/sync/join", body, self.signed_headers("/api/sync/join", body))
+        answer = self.answer(response)
         # Pin only the node the token named, proven by its key: whoever answers at the URL may not be it.
         parent_key = unb64(answer["public_key"])
         if answer["node_id"] != fields["p"] or node_id(parent_key) != fields["p"]:
             raise ProtocolError("the parent's key does not give the node id the token names")
+        if fields.get("a") == 1:  # a parent that signs its answers: this one too, with the key it carries
+            self.check_answer_signed(response, parent_key, fields["p"])
         self.parent_id = answer["node_id"]
         self.chains[self.parent_id] = Chain(self.parent_id, parent_key)
         self.scopes[self.parent_id] = answer["scope"]
@@ -284,12 +306,7 @@ class ProtocolClient:
     def hello(self, checkpoint: dict | None = None) -> dict:
         # "modules" is optional, and this client enables none: it projects no tables.
         checkpoint = checkpoint or self.own_checkpoint()
-        challenge = base64.b64encode(secrets.token_bytes(18)).decode()
-        answer = self.call("/api/sync/hello", {"vv": self.vv(), "challenge": challenge,
-                                               **({"checkpoint": checkpoint} if checkpoint else {})})
-        # The proof: the parent holds the key pinned at join, whoever answers at its address.
-        verify(self.chains[self.parent_id].public_key, base64.b64decode(answer["proof"]),
-               b"hemei-hello-proof\n" + self.id.encode() + b"\n" + challenge.encode(), "the parent's hello proof")
+        answer = self.call("/api/sync/hello", {"vv": self.vv(), **({"checkpoint": checkpoint} if checkpoint else {})})
         # The parent's checkpoint is judged as it judges ours, so a parent restored from a backup is a fork here.
         shown, held = answer["checkpoint"], self.chains[self.parent_id]
         size, head = shown["size"], bytes.fromhex(shown["head"])

@@ -381,7 +381,7 @@ def test_a_join_that_failed_on_the_childs_side_can_be_done_again_with_a_new_toke
                                          t.servers["district"].url, "--ttl", "1h").strip()
     children = lambda: [c["name"] for c in json.loads(t.ok("district", "nodes", "list", "--json"))]
     try:
-        def disk_full(*args):
+        def disk_full(*args, **kwargs):
             raise OSError(28, "No space left on device")
 
         with t.open("street") as s, monkeypatch.context() as m:

@@ -14,7 +14,7 @@ from hemei.core.errors import HemeiError
 from hemei.core.identity import node_id_from_public_key, public_key_raw, write_private_key
 from hemei.core.node import Node
 from hemei.sync import bundles, client, signing, wire
-from hemei.sync.client import ParentLink, SyncRefused
+from hemei.sync.client import ParentLink, SyncRefused, read_answer
 from test_store import _back_dated
 from tree import Tree, write_notes
 
@@ -64,7 +64,7 @@ def raw_post(url: str, path: str, body: bytes, headers: dict) -> httpx.Response:
 
 
 def check(reply: httpx.Response) -> None:
-    ParentLink._check(reply, raw=True)
+    read_answer(reply, raw=True)
 
 
 def _as_refusal(call) -> None:

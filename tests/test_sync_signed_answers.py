@@ -1,0 +1,179 @@
+"""The parent signs every answer (docs/protocol.md, Signed answers): what a server in the middle says is
+not taken as the parent's word, at the address the street keeps for it as at any other.
+
+The street talks to a real `hemei serve`; the man in the middle is an httpx transport that forwards every
+request to it over loopback and changes the answers a test names.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from hemei.sync import client, peers, signing, wire
+from tree import Tree, note_titles, write_notes
+
+SIGNATURE_HEADERS = ("signature", "signature-input", "content-digest")
+
+
+class Middle(httpx.BaseTransport):
+    """Forwards to the real parent; ``change(request, response)`` may answer something else instead, and
+    ``block(request)`` may answer before forwarding anything."""
+
+    def __init__(self, change=lambda request, response: response, block=lambda request: None):
+        self.inner = httpx.HTTPTransport()
+        self.change, self.block = change, block
+        self.answers: list[httpx.Response] = []
+        self.paths: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        blocked = self.block(request)
+        if blocked is not None:
+            return blocked
+        response = self.inner.handle_request(request)
+        response.read()
+        self.answers.append(response)
+        self.paths.append(request.url.path)
+        return self.change(request, response)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def answer(status: int, headers, content: bytes) -> httpx.Response:
+    kept = {k: v for k, v in headers.items() if k.lower() not in ("content-length", "transfer-encoding")}
+    return httpx.Response(status, headers=kept, content=content)
+
+
+def unsigned(response: httpx.Response) -> httpx.Response:
+    return answer(response.status_code, {k: v for k, v in response.headers.items()
+                                         if k.lower() not in SIGNATURE_HEADERS}, response.content)
+
+
+def forged_refusal(code: str) -> httpx.Response:
+    return httpx.Response(403, json={"error": {"code": code, "message": f"FORGED {code}"}})
+
+
+def refusals_of(node) -> list[str]:
+    return [json.loads(p)["code"] for (p,) in node.conn.execute(
+        "SELECT payload FROM _hemei_log WHERE kind = 'sync.refused'")]
+
+
+def test_a_joined_street_expects_signed_answers_and_the_district_signs_refusals_too(pair):
+    with pair.open("street") as s:
+        parent = peers.parent_of(s)
+        assert parent["signs_answers"] == 1  # the join's acceptance was signed with the key the token names
+        with client.ParentLink(s, parent["url"]) as link:
+            body = wire.encode({"vv": "not a version vector"})
+            headers = httpx.Headers(signing.sign_request(s.key, s.id, "POST", "/api/sync/hello", "", body,
+                                                         int(time.time())))
+            refused = link.http.post("/api/sync/hello", content=body, headers=headers)
+    assert refused.status_code == 400
+    assert signing.answer_signed(parent["public_key"], parent["node_id"], 400, refused.headers, refused.content,
+                                 signing.request_signature(headers))
+    # Bound to its request: the same answer does not verify as the answer to another one.
+    other = httpx.Headers(signing.sign_request(s.key, s.id, "POST", "/api/sync/hello", "", body, int(time.time())))
+    assert not signing.answer_signed(parent["public_key"], parent["node_id"], 400, refused.headers,
+                                     refused.content, signing.request_signature(other))
+
+
+def test_a_forged_refusal_at_the_kept_address_is_not_taken_and_a_watch_goes_on(pair):
+    """Before: a refusal at the parent's kept address was taken on its word, so anything on the path could
+    answer a push with `revoked`: the street signed it into its log as the district's refusal, and
+    `sync --watch` stopped, telling the operator to join again from a new home."""
+    with pair.open("street") as s:
+        write_notes(s, [("中间人拦下的", "sx/yc/fs")])
+        middle = Middle(block=lambda request: forged_refusal("revoked")
+                        if request.url.path == "/api/sync/push" else None)
+        with pytest.raises(client.UnsignedAnswer, match="not signed with the key of the parent district"):
+            client.sync_once(s, transport=middle)
+        assert "revoked" not in refusals_of(s)
+        assert peers.parent_of(s)["last_error"].startswith("unsigned_answer: ")
+
+        results: list = []
+        middle = Middle(block=lambda request: forged_refusal("revoked")
+                        if request.url.path == "/api/sync/push" and not results else None)
+        client.sync_watch(s, interval_s=0, batch_size=100, on_result=results.append, sleep=lambda s: None,
+                          stop=lambda: len(results) >= 2, transport=middle)
+        assert isinstance(results[0], client.UnsignedAnswer) and results[1].pushed > 0  # retried, not stopped
+        assert "revoked" not in refusals_of(s)
+    with pair.open("district") as d:
+        assert "中间人拦下的" in note_titles(d)  # pushed by the watch's retry
+
+
+def test_a_signed_answer_replayed_to_another_request_or_altered_is_not_taken(pair):
+    with pair.open("street") as s:
+        recorder = Middle()
+        client.sync_once(s, transport=recorder)
+        genuine = recorder.answers[1]  # the first hello's: GET /api/health, then POST /api/sync/hello
+        assert genuine.status_code == 200 and "signature" in genuine.headers
+
+        replayed = Middle(lambda request, response: answer(200, genuine.headers, genuine.content)
+                          if request.url.path == "/api/sync/hello" else response)
+        with pytest.raises(client.UnsignedAnswer):
+            client.sync_once(s, transport=replayed)
+
+        def altered(request, response):
+            if request.url.path != "/api/sync/hello":
+                return response
+            message = wire.decode(response.content)
+            message["vv"] = {}  # as if the district held nothing: the street would push it all again
+            return answer(200, response.headers, wire.encode(message))
+
+        with pytest.raises(client.UnsignedAnswer):
+            client.sync_once(s, transport=Middle(altered))
+
+        def status_changed(request, response):  # a genuine signed body under another status
+            return answer(409, response.headers, response.content) if request.url.path == "/api/sync/hello" \
+                else response
+
+        with pytest.raises(client.UnsignedAnswer):
+            client.sync_once(s, transport=Middle(status_changed))
+        assert refusals_of(s) == []
+        assert client.sync_once(s).pushed == 0  # the real district, as before
+
+
+def test_a_parent_that_never_signed_is_taken_at_its_address_until_it_signs_once(pair):
+    """A district still on a release before signed answers (0.1.0) answers unsigned: its street goes on
+    syncing with it at the kept address. Once an answer comes signed, an unsigned one is refused: stripping
+    the signatures does not take a street back to trusting unsigned answers."""
+    with pair.open("street") as s:
+        s.conn.execute("UPDATE _hemei_peers SET signs_answers = 0")  # as a street joined to a 0.1.0 district
+        write_notes(s, [("旧版区里收到的", "sx/yc/fs")])
+        strip = Middle(lambda request, response: unsigned(response))
+        assert client.sync_once(s, transport=strip).pushed > 0
+        assert peers.parent_of(s)["signs_answers"] == 0
+        client.sync_once(s)  # the district upgraded: it signs
+        assert peers.parent_of(s)["signs_answers"] == 1
+        with pytest.raises(client.UnsignedAnswer):
+            client.sync_once(s, transport=Middle(lambda request, response: unsigned(response)))
+        moved = Middle(lambda request, response: unsigned(response))
+        s.conn.execute("UPDATE _hemei_peers SET signs_answers = 0")
+        with pytest.raises(client.WrongParent, match="does not prove it holds the parent's key"):
+            # At an address not kept, unsigned answers are nobody's, whatever the parent did before.
+            client.sync_once(s, transport=moved, url=peers.parent_of(s)["url"].replace("127.0.0.1", "localhost"))
+        assert "/api/sync/push" not in moved.paths
+    with pair.open("district") as d:
+        assert "旧版区里收到的" in note_titles(d)
+
+
+def test_a_join_accepted_without_the_tokens_parents_signature_pins_nothing(tmp_path):
+    t = Tree(tmp_path).build({"district": "sx/yc", "street": "sx/yc/fs"}, serve=["district"])
+    try:
+        def token() -> str:
+            return t.ok("district", "invite", "--scope", "sx/yc/fs", "--name", "street", "--url",
+                        t.servers["district"].url).strip()
+
+        with t.open("street") as s:
+            with pytest.raises(client.WrongParent, match="did not sign its answer with the key"):
+                client.join(s, token(), "tester", transport=Middle(lambda request, response: unsigned(response)))
+            assert s.conn.execute("SELECT count(*) FROM _hemei_peers").fetchone() == (0,)
+            assert s.conn.execute("SELECT count(*) FROM _hemei_log WHERE kind = 'peer.join'").fetchone() == (0,)
+            # The district pinned it already (two machines cannot commit as one): a new token lets it in.
+            client.join(s, token(), "tester")
+            assert peers.parent_of(s)["signs_answers"] == 1
+    finally:
+        t.stop()
