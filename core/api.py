@@ -423,7 +423,7 @@ def _endpoint(key: tuple[str, str], table: RouteTable):
         try:
             raw = await _read_body(request, route.max_body)
         except HemeiError as exc:
-            if route.refused is None:
+            if route.refused is None and route.answered is None:
                 raise
             return await run_in_threadpool(refused_unread, route, request, exc)
         result = await run_in_threadpool(run, route, request, raw,

@@ -207,26 +207,43 @@ class ParentLink:
         if parent is not None and signing.answer_signed(
                 parent["public_key"], parent["node_id"], reply.status_code, reply.headers, reply.content,
                 signing.request_signature(reply.request.headers) or ""):
+            if not self.signed and not parent["signs_answers"]:  # kept at once: a refusal may end this sync
+                set_signs_answers(self.node, parent["node_id"])
             self.signed = self.must_sign = True  # a parent that signs one answer signs them all
             return
         if not self.must_sign:
             return
+        said = _said(reply)
+        if reply.status_code >= 500:
+            # The parent's own state before it could check the request (its database busy, a restart
+            # needed): shown as it says, never recorded nor acted on, and retried like a link that is down.
+            raise Unreachable(f"{self.url} answered {reply.status_code}{said} (unsigned: not taken as the "
+                              "parent's word); try again later")
         if self.url != parent["url"]:
             raise WrongParent(f"the node at {self.url} claims to be this node's parent {parent['name']} but does "
-                              "not prove it holds the parent's key (its answers are not signed with it): none of "
-                              "this node's entries were sent, and the address is not kept")
-        if reply.status_code >= 500:  # a busy parent's own 503 (its database locked) comes before any signer
-            raise Unreachable(f"the parent at {self.url} answered {reply.status_code} (unsigned): try again later")
-        raise UnsignedAnswer(f"an answer from {self.url} (status {reply.status_code}) is not signed with the "
-                             f"key of the parent {parent['name']}, which signs its answers: it was not taken. "
-                             "Something between this PC and the parent changed it, or the parent runs a hemei "
-                             "release before signed answers again (upgrade it); on an untrusted network, serve "
-                             "over HTTPS")
+                              f"not prove it holds the parent's key (it answered {reply.status_code}{said}, not "
+                              "signed with that key): none of this node's entries were sent, and the address is "
+                              "not kept")
+        raise UnsignedAnswer(f"{self.url} answered {reply.status_code}{said}, not signed with the key of the "
+                             f"parent {parent['name']}, which signs its answers: it was not taken as the parent's "
+                             "word. Something between this PC and the parent changed the request or the answer, "
+                             "or the parent runs a hemei release before signed answers again (upgrade it); on an "
+                             "untrusted network, serve over HTTPS")
 
     def _check(self, reply: httpx.Response, raw: bool) -> dict:
         if reply.request.method != "GET":  # GET /api/health is unsigned both ways
             self._judge_signature(reply)
         return read_answer(reply, raw)
+
+
+def _said(reply: httpx.Response) -> str:
+    """What an unsigned error answer claims (`` revoked: …``), to show beside the warning that it is
+    nobody's word; empty for anything else."""
+    try:
+        error = reply.json()["error"]
+        return f" {str(error['code'])[:40]}: {str(error['message'])[:300]}"
+    except (ValueError, KeyError, TypeError):
+        return ""
 
 
 def read_answer(reply: httpx.Response, raw: bool) -> dict:
@@ -274,9 +291,9 @@ def join(node: Node, token: str, actor: str, url: str | None = None,
         reply = link._check(answer, raw=True)
         signed = _join_answer_signed(answer, reply, fields["parent"])
         if fields["signs_answers"] and not signed:
-            raise WrongParent(f"the node at {link.url} accepted the token but did not sign its answer with the key "
-                              "of the node that issued it: nothing was changed; check the address, or ask the "
-                              "parent's operator")
+            raise WrongParent(f"the node at {link.url} answered the join but did not sign its answer with the key "
+                              "of the node that issued the token: nothing was pinned here. Check the address; the "
+                              "token may be used up at the parent, so ask its operator for a new one")
     return enroll.pin_parent(node, dict(fields, url=link.url), reply, actor,  # the address that answered
                              signs_answers=signed)
 
@@ -301,7 +318,7 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
     """Push what the parent lacks of this node's branch, pull what this node lacks of it.
 
     ``url``: the parent's address, when it moved; kept for next time once the node there has proved it
-    holds the parent's key (it signs the hello's challenge), before any entry is sent.
+    holds the parent's key (it signs its answers with it), before any entry is sent.
     """
     parent = parent_of(node)
     report = SyncReport()
@@ -318,8 +335,6 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
                                                   "checkpoint": engine.own_checkpoint(node),
                                                   "parent_clock_ahead_ms": link.offset_ms})
             proven = True  # its answer is signed with the parent's key (or it is a parent that never signs)
-            if link.signed:
-                set_signs_answers(node, parent["node_id"])
             # Only now is the clock that answered the parent's: what it says may move time-driven work. (The
             # time came unsigned from /api/health, but the parent took a request signed with it, so it is
             # within the signature's window of the parent's own.)
@@ -346,7 +361,7 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
         touch(node, parent["node_id"], error=f"{exc.code}: {exc.message}")
         raise
     except SyncRefused as exc:
-        if not proven:  # anyone can claim the parent's id (it is in every invite): not its refusal, nor acted on
+        if not (proven or link.signed):  # anyone can claim the parent's id (it is in every invite): not its refusal, nor acted on
             raise WrongParent(f"the node at {link.url} refused ({exc.code}: {exc.message}) before proving it is "
                               f"this node's parent {parent['name']}: nothing was recorded, and the address is "
                               "not kept; check the address") from None

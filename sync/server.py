@@ -55,6 +55,7 @@ def authenticate(call: ApiCall, public_key: bytes | None = None, node_id: str | 
         signing.check_signature(peer["public_key"], base, signature)
         call.peer_id = signed.node_id  # from here on, refusals are this peer's
         if peer["revoked"]:
+            _answer_signed(call)  # true of this node whoever sends its request again
             raise Forbidden(f"node {peer['name']} has been revoked", code="revoked")
     else:
         if signed.node_id != node_id:  # the nonce is kept under the signer's id: it must be the joining node's
@@ -68,7 +69,16 @@ def authenticate(call: ApiCall, public_key: bytes | None = None, node_id: str | 
     except sqlite3.IntegrityError:
         raise Unauthorized("replayed request (nonce already used)", code="replay") from None
     conn.execute("DELETE FROM _hemei_nonces WHERE expires_ms < ?", (now,))
+    _answer_signed(call)
     return peer
+
+
+def _answer_signed(call: ApiCall) -> None:
+    """The request is the signer's own and fresh: its answer is signed (:func:`sign_answer`). An answer to
+    any other (a signature that does not verify, a replay, an expired window, an unknown key id) is not:
+    whoever altered or resent the request would otherwise get the parent's signed refusal of it to show
+    the child as the parent's word about the child."""
+    call.request.state.answer_signed = True
 
 
 def refusals_recorded(handler):
@@ -107,10 +117,10 @@ def record_refused(call: ApiCall, exc: HemeiError) -> None:
 
 
 def sign_answer(node: Node, request: Request, response: Response) -> Response:
-    """Sign an answer (any status) for the child to check against the key it pinned; an answer to a
-    request without a signature of the profile's form has nothing to be bound to and goes unsigned."""
+    """Sign an answer (any status) to a request whose signature verified and was fresh (see
+    :func:`_answer_signed`), for the child to check against the key it pinned."""
     request_sig = signing.request_signature(request.headers)
-    if request_sig is not None:
+    if request_sig is not None and getattr(request.state, "answer_signed", False):
         response.headers.update(signing.sign_answer(node.key, node.id, response.status_code, response.body,
                                                     request_sig, _now_s()))
     return response

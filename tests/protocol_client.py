@@ -241,11 +241,16 @@ class ProtocolClient:
         verify(public_key, unb64(response.headers.get("signature", "")[len("hemei=:"):-1]), base.encode(),
                "the parent's answer")
 
-    def answer(self, response: httpx.Response) -> dict:
+    def answer(self, response: httpx.Response, *, signed: bool = True) -> dict:
         """Read an answer, telling a refusal (plain JSON) from a success (zlib JSON) as the document does;
-        once the parent is pinned, only one it signed (a request without a signature gets none)."""
+        once the parent is pinned, only one it signed. ``signed=False``: the request was built to fail its
+        signature checks (or resent), and "Signed answers" says such a refusal goes unsigned."""
         if self.parent_id is not None and "signature" in response.request.headers:
-            self.check_answer_signed(response, self.chains[self.parent_id].public_key, self.parent_id)
+            if signed:
+                self.check_answer_signed(response, self.chains[self.parent_id].public_key, self.parent_id)
+            elif "signature" in response.headers:
+                raise ProtocolError(f"the refusal ({response.status_code}) of a request whose signature did not "
+                                    "verify, or that was resent, is signed: whoever altered it could show it")
         kind = response.headers.get("content-type", "").split(";")[0]
         if response.status_code != 200:
             if kind != "application/json":
@@ -256,9 +261,9 @@ class ProtocolClient:
             raise ProtocolError(f"a success answered as {kind!r}")
         return json.loads(zlib.decompress(response.content))
 
-    def call(self, path: str, message: dict, **signing) -> dict:
+    def call(self, path: str, message: dict, *, signed: bool = True, **signing) -> dict:
         body = self.encode(message)
-        return self.answer(self.post(path, body, self.signed_headers(path, body, **signing)))
+        return self.answer(self.post(path, body, self.signed_headers(path, body, **signing)), signed=signed)
 
     # --- "Enrollment" ----------------------------------------------------------------------------------------
 

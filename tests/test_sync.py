@@ -158,7 +158,7 @@ def refusals_of(node) -> list[str]:
 @contextlib.contextmanager
 def impostor(district_id: str, health: bytes | None = None, ahead_ms: int = 0):
     """A server at another address that claims the district's id (it is in every invite token) and
-    answers a hello as a parent would, with no proof of the district's key, its clock ``ahead_ms``
+    answers a hello as a parent would, unsigned (it does not hold the district's key), its clock ``ahead_ms``
     ahead; the paths it was sent."""
     from hemei.sync import wire
 
