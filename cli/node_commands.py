@@ -66,6 +66,10 @@ def _print_status(s: dict) -> None:
                                         else (peer["pending_down"], peer["pending_up"]))
         click.echo(f"{peer['role']:<9} {peer['name']} ({peer['scope']}) {state}; "
                    f"to send {here_to_there}, to receive {there_to_here}")
+        if peer.get("url"):
+            click.echo(f"          at {peer['url']}")
+        if peer.get("last_error"):
+            click.echo(f"          last attempt failed: {peer['last_error']}")
         if peer.get("clock_warning"):
             click.echo(f"          {peer['clock_warning']}")
         for module, gap in peer.get("version_gaps", {}).items():

@@ -120,11 +120,17 @@ class ParentLink:
     def __init__(self, node: Node, url: str, transport: httpx.BaseTransport | None = None):
         self.node = node
         try:
+            if "：" in url:  # typed with a Chinese input method on
+                raise ValueError("it has a full-width colon ：, type the ASCII colon : instead")
             address = httpx.URL(url.strip())
             if address.scheme not in ("http", "https") or not address.host:
                 raise ValueError("it must start with http:// or https:// and name a host")
             if address.userinfo:  # it would be stored and shown with the peers
                 raise ValueError("put no user name or password in it")
+            if address.query or address.fragment:
+                raise ValueError("put no ? or # part in it")
+            if address.port is not None and not 0 < address.port < 65536:
+                raise ValueError("a port is a number from 1 to 65535")
             self.url = str(address).rstrip("/")  # one spelling: scheme and host in lower case
             self.http = httpx.Client(base_url=self.url, timeout=TIMEOUT, transport=transport)
         except (httpx.InvalidURL, ValueError) as exc:
@@ -159,7 +165,9 @@ class ParentLink:
             headers["Content-Type"] = wire.CONTENT_TYPE
             return self.http.request(method, path, content=content, headers=headers)
         except httpx.TransportError as exc:
-            raise Unreachable(f"cannot reach the parent at {self.url}: {exc or type(exc).__name__}") from None
+            raise Unreachable(f"cannot reach the parent at {self.url} ({exc or type(exc).__name__}): check that its "
+                              "PC is on the network and `hemei serve` runs there; if it moved, give its new "
+                              "address with --url") from None
         except httpx.InvalidURL as exc:
             raise _bad_address(self.url, exc) from None
 
@@ -168,15 +176,21 @@ class ParentLink:
         before = time.time_ns() // 1_000_000
         reply = self._send("GET", "/api/health")
         after = time.time_ns() // 1_000_000
+        # Unsigned, and asked of anyone: an error here is never the parent's refusal, whatever it claims.
+        if reply.status_code >= 500:
+            raise Unreachable(f"{self.url} answered {reply.status_code}{_said(reply)} (unsigned: not taken as the "
+                              "parent's word); try again later")
         try:
-            info = self._check(reply, raw=False)
+            if reply.status_code >= 400:
+                raise ValueError(reply.status_code)
+            info = reply.json()
             if not isinstance(info, dict) or not isinstance(info.get("node_id"), str):
                 raise TypeError(info)
             self.offset_ms = int(info["time_ms"]) - (before + after) // 2
-        except SyncRefused:
-            raise
         except (ValueError, TypeError, KeyError):  # a router's page at an old address, another program
-            raise WrongParent(f"no hemei node answers at {self.url}: check the address") from None
+            raise WrongParent(f"no hemei node answers at {self.url}" + (
+                f" (it answered {reply.status_code}{_said(reply)})" if reply.status_code >= 400 else "")
+                + ": check the address") from None
         return info
 
     def call(self, path: str, message: dict) -> dict:
@@ -231,8 +245,7 @@ class ParentLink:
                              "untrusted network, serve over HTTPS")
 
     def _check(self, reply: httpx.Response, raw: bool) -> dict:
-        if reply.request.method != "GET":  # GET /api/health is unsigned both ways
-            self._judge_signature(reply)
+        self._judge_signature(reply)
         return read_answer(reply, raw)
 
 
@@ -286,7 +299,7 @@ def join(node: Node, token: str, actor: str, url: str | None = None,
         # A refusal is said as it comes (the parent's key is not known before its answer; nothing is
         # written here on one); an acceptance must be signed with the key it carries, if the token says so.
         answer = link._send("POST", "/api/sync/join", wire.encode({
-            "token": token.strip(), "node_id": node.id, "name": node.name, "scope": node.scope,
+            "token": enroll.clean_token(token), "node_id": node.id, "name": node.name, "scope": node.scope,
             "public_key": base64.b64encode(node.public_key).decode()}))
         reply = link._check(answer, raw=True)
         signed = _join_answer_signed(answer, reply, fields["parent"])
@@ -324,7 +337,6 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
     report = SyncReport()
     link = ParentLink(node, url or parent["url"], transport)  # a malformed address: said, not recorded
     link.expect(parent)
-    proven = link.url == parent["url"]  # at a new address, nothing it answers is the parent's until it proves it
     try:
         with link:
             answered = link.learn_time()
@@ -334,8 +346,8 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
             hello = link.call("/api/sync/hello", {"vv": node.version_vector(), "modules": node.module_versions,
                                                   "checkpoint": engine.own_checkpoint(node),
                                                   "parent_clock_ahead_ms": link.offset_ms})
-            proven = True  # its answer is signed with the parent's key (or it is a parent that never signs)
-            # Only now is the clock that answered the parent's: what it says may move time-driven work. (The
+            # Its answer is signed with the parent's key (or it is a parent that never signed, at its kept
+            # address): only now is the clock that answered the parent's, and may move time-driven work. (The
             # time came unsigned from /api/health, but the parent took a request signed with it, so it is
             # within the signature's window of the parent's own.)
             record_clock(node, parent["node_id"], link.offset_ms)
@@ -355,20 +367,17 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
             _pull(node, link, parent, batch_size, report, progress)
             # Tell the parent what this node now holds, so its status is right until next time.
             link.call("/api/sync/hello", {"vv": node.version_vector()})
-    except WrongParent:
-        raise
-    except UnsignedAnswer as exc:  # nobody's word: shown with the peer, not recorded as a refusal
-        touch(node, parent["node_id"], error=f"{exc.code}: {exc.message}")
+    except (WrongParent, UnsignedAnswer) as exc:  # nobody's word: not recorded as a refusal
+        if link.url == parent["url"]:  # at the kept address, shown with the peer; a typed one is said only
+            touch(node, parent["node_id"], error=f"{exc.code}: {exc.message}", contacted=False)
         raise
     except SyncRefused as exc:
-        if not (proven or link.signed):  # anyone can claim the parent's id (it is in every invite): not its refusal, nor acted on
-            raise WrongParent(f"the node at {link.url} refused ({exc.code}: {exc.message}) before proving it is "
-                              f"this node's parent {parent['name']}: nothing was recorded, and the address is "
-                              "not kept; check the address") from None
+        # The parent's word: signed with its key (at a new address, or by a parent that signs), or a parent
+        # that never signed at its kept address. /api/health is unsigned and never raises this.
         record_refusal(node, parent["node_id"], exc.code, exc.message, "sync")
         raise
     except Unreachable as exc:
-        touch(node, parent["node_id"], error=f"{exc.code}: {exc.message}")
+        touch(node, parent["node_id"], error=f"{exc.code}: {exc.message}", contacted=False)
         raise
     except HemeiError as exc:  # this node refused what the parent sent: recorded like any refusal
         evidence = getattr(exc, "evidence", None)
@@ -523,9 +532,11 @@ def sync_watch(node: Node, *, interval_s: float, batch_size: int, on_result: Cal
             on_result(sync_once(node, batch_size, url=url, transport=transport))
             failures, url = 0, None  # kept as the parent's address from here on
             sleep(interval_s)
-        except (Unreachable, UnsignedAnswer, SyncRefused, ClockSkew, ClockNotSet) as exc:
+        except (Unreachable, UnsignedAnswer, WrongParent, SyncRefused, ClockSkew, ClockNotSet) as exc:
             on_result(exc)
-            if exc.code in NEEDS_AN_OPERATOR:
+            # Something else at the kept address (another PC given its address for a while, a router's
+            # page) may go again; an address the operator just typed is said at once.
+            if exc.code in NEEDS_AN_OPERATOR or (isinstance(exc, WrongParent) and url is not None):
                 raise
             failures += 1
             sleep(min(max_backoff_s, 2 ** failures))

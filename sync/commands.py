@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from datetime import datetime
 
 import click
 
 from hemei.core.cli_support import Duration, cli_actor, cli_node, emit, home_option, json_option, table
-from hemei.core.clock import iso_to_local_text
+from hemei.core.clock import COUNTER_BITS, hlc_to_iso, iso_to_local_text
 from hemei.core.errors import HemeiError, InvalidInput
 from hemei.core.scope import parse_scope
 
@@ -35,7 +36,8 @@ def invite(scope: str, name: str, url: str | None, ttl: int) -> None:
         hemei --home ./district invite --scope yuecheng/fushan --name 府山街道 --url http://10.0.0.5:8340 --ttl 1h
     """
     node = cli_node()
-    if url is None:
+    remembered = url is None
+    if remembered:
         row = node.conn.execute("SELECT value FROM _hemei_meta WHERE key = 'public_url'").fetchone()
         if row is None:
             raise InvalidInput("give --url: this node's address as the child will reach it")
@@ -43,6 +45,9 @@ def invite(scope: str, name: str, url: str | None, ttl: int) -> None:
     token = enroll.create_invite(node, name=name, scope=scope, url=url, ttl_s=ttl, actor=cli_actor())
     node.conn.execute("INSERT OR REPLACE INTO _hemei_meta (key, value) VALUES ('public_url', ?)", (url,))
     click.echo(token)
+    if remembered:  # the token is printed alone: say where it sends the child, in case this node moved since
+        click.echo(f"note: the token sends the child to {url} (the last --url given); if this node moved, "
+                   "invite again with --url", err=True)
     # Two nodes may share a scope (two PCs of one office), so this is a note, not a refusal; but the usual
     # reason is a PC replaced after a fork or a lost disk, whose old identity should be revoked.
     for held in all_peers(node):
@@ -92,7 +97,8 @@ def nodes_list(as_json: bool) -> None:
                                    "pending_down", "last_error")}
                 for p in peers_status(cli_node()) if p["role"] == "child"]
     emit(children, as_json, lambda rows: table(
-        [{**r, "last_contact": iso_to_local_text(r["last_contact"]) if r["last_contact"] else "never"} for r in rows],
+        [{**r, "last_contact": iso_to_local_text(r["last_contact"]) if r["last_contact"] else "never",
+          "revoked": "REVOKED" if r["revoked"] else ""} for r in rows],
         ["node_id", "name", "scope", "last_contact", "revoked"]) if rows else click.echo("no children enrolled"))
 
 
@@ -100,7 +106,10 @@ def nodes_list(as_json: bool) -> None:
 @home_option
 @click.argument("node_id")
 def nodes_revoke(node_id: str) -> None:
-    """Refuse a child from now on (its entries already received are kept).
+    """Refuse a child from now on, for good (its entries already received are kept).
+
+    There is no undo: a revoked node can sync again only by joining from a
+    new node home with a new invite.
 
     Example:
 
@@ -155,11 +164,11 @@ def _describe(report: client.SyncReport) -> str:
 @click.command("sync")
 @home_option
 @click.option("--watch", is_flag=True, help="Keep syncing; retry with backoff while the link is down.")
-@click.option("--interval", type=Duration(), default="30s", show_default=True, help="Pause between syncs (--watch).")
+@click.option("--interval", type=Duration(), help="Pause between syncs, with --watch (default 30s).")
 @click.option("--batch-size", type=click.IntRange(1, 20000), default=client.DEFAULT_BATCH, show_default=True)
 @click.option("--url", help="The parent's address, if it moved; kept once the parent answers there.")
 @json_option
-def sync_command(watch: bool, interval: int, batch_size: int, url: str | None, as_json: bool) -> None:
+def sync_command(watch: bool, interval: int | None, batch_size: int, url: str | None, as_json: bool) -> None:
     """Push what the parent lacks, pull what this node should have, then exit.
 
     Example:
@@ -168,6 +177,8 @@ def sync_command(watch: bool, interval: int, batch_size: int, url: str | None, a
 
         hemei --home ./fushan sync --url http://192.168.1.20:8340
     """
+    if interval is not None and not watch:
+        raise click.UsageError("--interval is the pause between syncs of --watch: add --watch, or leave it out")
     node = cli_node()
     if not watch:
         bars = _ProgressBars() if sys.stderr.isatty() else None
@@ -183,7 +194,7 @@ def sync_command(watch: bool, interval: int, batch_size: int, url: str | None, a
     def on_result(result) -> None:
         now = datetime.now().astimezone()
         if as_json:  # one JSON object a line, for a script or a service log that follows the watch
-            stamp = now.isoformat(timespec="seconds")
+            stamp = hlc_to_iso(time.time_ns() // 1_000_000 << COUNTER_BITS)  # UTC with a Z, as all --json times
             line = ({"time": stamp, "ok": False, "error": result.to_json()["error"]}
                     if isinstance(result, HemeiError) else {"time": stamp, "ok": True, **result.to_json()})
             click.echo(json.dumps(line, ensure_ascii=False))
@@ -196,7 +207,8 @@ def sync_command(watch: bool, interval: int, batch_size: int, url: str | None, a
             click.echo(f"{stamp} {_describe(result)}", err=True)
 
     try:
-        client.sync_watch(node, interval_s=interval, batch_size=batch_size, on_result=on_result, url=url)
+        client.sync_watch(node, interval_s=30 if interval is None else interval, batch_size=batch_size,
+                          on_result=on_result, url=url)
     except KeyboardInterrupt:
         click.echo("stopped", err=True)
 
@@ -252,6 +264,9 @@ def bundle_import(file: str, ack_out: str | None, as_json: bool) -> None:
                    + (f"; {r['refused']} kept as conflicts" if r["refused"] else ""))
         if r["kind"] == "push":
             click.echo(f"acknowledgement for {r['from']}: {r['ack']} ({r['ack_entries']} entries for it)")
+        elif ack_out:
+            click.echo("note: --ack-out is for a bundle from a child; this was an acknowledgement, and nothing "
+                       "more was written", err=True)
 
     emit({"ok": True, **result}, as_json, human)
 

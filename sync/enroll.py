@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 import secrets
 
 import orjson
@@ -64,8 +65,18 @@ def create_invite(node: Node, *, name: str, scope: str, url: str, ttl_s: int, ac
     return token
 
 
+#: What a token picks up on its way through a chat program or a document: quotes round it, line breaks
+#: where it was wrapped. None of these characters is ever part of a token.
+_TOKEN_WRAPPING = re.compile(r"""[\s"'“”‘’「」『』<>《》]+""")
+
+
+def clean_token(token: str) -> str:
+    """The token as the parent printed it, from what the operator pasted."""
+    return _TOKEN_WRAPPING.sub("", token)
+
+
 def parse_token(token: str) -> dict:
-    token = token.strip()
+    token = clean_token(token)
     if not token.startswith(TOKEN_PREFIX):
         raise InvalidToken("this is not a hemei invitation token (they start with 'hemei1.')")
     raw = token[len(TOKEN_PREFIX):]

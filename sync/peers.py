@@ -64,9 +64,15 @@ def set_signs_answers(node: Node, node_id: str) -> None:
 
 
 def touch(node: Node, node_id: str, *, their_vv: dict | None = None, pending_up: int | None = None,
-          pending_down: int | None = None, error: str | None = None, modules: dict | None = None) -> None:
-    """Record a contact with a peer (local bookkeeping, not logged). ``error`` None clears the last one."""
-    sets, args = ["last_contact_ms = ?", "last_error = ?"], [now_ms(), error]
+          pending_down: int | None = None, error: str | None = None, modules: dict | None = None,
+          contacted: bool = True) -> None:
+    """Record a contact with a peer (local bookkeeping, not logged). ``error`` None clears the last one;
+    ``contacted`` False: an attempt that never heard the peer (unreachable, not its answer), which leaves
+    the last contact as it was."""
+    sets, args = ["last_error = ?"], [error]
+    if contacted:
+        sets.append("last_contact_ms = ?")
+        args.append(now_ms())
     for column, value in (("their_vv", None if their_vv is None else orjson.dumps(their_vv).decode()),
                           ("pending_up", pending_up), ("pending_down", pending_down),
                           ("modules", None if modules is None else orjson.dumps(modules).decode())):

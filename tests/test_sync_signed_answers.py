@@ -261,3 +261,28 @@ def test_an_unsigned_5xx_is_said_and_retried_at_any_address_and_a_signed_refusal
             client.sync_once(s, url=kept)  # the district's own word, signed: at an address not kept as well
         assert refusals_of(s) == ["revoked"]
         assert peers.parent_of(s)["signs_answers"] == 1  # learnt from the refusal itself
+
+
+@pytest.mark.parametrize("health, raised", [
+    pytest.param(forged_refusal("revoked"), client.WrongParent, id="403 revoked"),
+    pytest.param(httpx.Response(409, json={"error": {"code": "fork", "message": "FORGED fork"}}), client.WrongParent,
+                 id="409 fork"),
+    pytest.param(httpx.Response(502, text="<html>Bad Gateway</html>"), client.Unreachable, id="502 page"),
+])
+def test_an_error_answered_to_the_unsigned_health_check_is_nobodys_and_a_watch_goes_on(pair, health, raised):
+    """Found in an operator walkthrough: /api/health is asked unsigned, and an error there was taken as the
+    district's refusal at the kept address: signed into the street's log (and pushed up), and a forged
+    `revoked` or `fork` stopped `sync --watch` telling the operator to start a new node home."""
+    with pair.open("street") as s:
+        middle = Middle(block=lambda request: health if request.method == "GET" else None)
+        with pytest.raises(raised):
+            client.sync_once(s, transport=middle)
+        assert refusals_of(s) == []
+        assert peers.parent_of(s)["last_error"].startswith(raised.code)
+        results: list = []
+        client.sync_watch(s, interval_s=0, batch_size=100, on_result=results.append, sleep=lambda s: None,
+                          stop=lambda: len(results) >= 2,
+                          transport=Middle(block=lambda request: health if request.method == "GET" and not results
+                                           else None))
+        assert isinstance(results[0], raised) and isinstance(results[1], client.SyncReport)  # retried, synced
+        assert refusals_of(s) == [] and peers.parent_of(s)["last_error"] is None

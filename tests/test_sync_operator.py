@@ -1,0 +1,81 @@
+"""What a street operator types and reads around sync (found in an operator walkthrough): addresses,
+tokens as chat programs pass them on, options that do nothing, and what `hemei status` says after a
+failed attempt."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from server import hemei_command
+from tree import Tree, note_titles, write_notes
+
+
+@pytest.mark.parametrize("typed, said", [
+    ("http://127.0.0.1：8340", "full-width colon"),
+    ("http://127.0.0.1:8340#a", "no ? or # part"),
+    ("http://127.0.0.1:183420", "from 1 to 65535"),
+])
+def test_a_mistyped_address_is_refused_before_anything_is_tried_or_kept(pair, typed, said):
+    done = pair.hemei("street", "sync", "--url", typed)
+    assert done.returncode == 1 and said in done.stderr and "Traceback" not in done.stderr, done.stderr
+    [parent] = json.loads(pair.ok("street", "status", "--json"))["peers"]
+    assert parent["url"] == pair.servers["district"].url
+
+
+def test_status_after_a_failed_attempt_says_it_failed_and_keeps_the_last_contact(pair):
+    """`last contact` was set to the time of an attempt that reached nobody, and the text status showed
+    neither the error nor the address in use."""
+    pair.sync("street")
+    [before] = json.loads(pair.ok("street", "status", "--json"))["peers"]
+    pair.servers["district"].stop()
+    failed = pair.hemei("street", "sync")
+    assert failed.returncode == 1 and "check that its PC is on the network and `hemei serve` runs there" \
+        in failed.stderr and "--url" in failed.stderr
+    [after] = json.loads(pair.ok("street", "status", "--json"))["peers"]
+    assert after["last_contact"] == before["last_contact"] and after["last_error"].startswith("unreachable: ")
+    text = pair.ok("street", "status")
+    assert f"at {before['url']}" in text and "last attempt failed: unreachable: cannot reach" in text
+    pair.serve("district", port=int(before["url"].rsplit(":", 1)[1]))
+    pair.sync("street")
+    [synced] = json.loads(pair.ok("street", "status", "--json"))["peers"]
+    assert synced["last_error"] is None and synced["last_contact"] > before["last_contact"]
+    assert "last attempt failed" not in pair.ok("street", "status")
+
+
+def test_a_token_wrapped_or_quoted_by_a_chat_program_still_joins(tmp_path):
+    t = Tree(tmp_path).build({"district": "sx/yc", "street": "sx/yc/fs"}, serve=["district"])
+    try:
+        token = t.ok("district", "invite", "--scope", "sx/yc/fs", "--name", "street", "--url",
+                     t.servers["district"].url).strip()
+        pasted = f"“{token[:40]}\n  {token[40:]}”"
+        joined = t.hemei("street", "join", pasted)
+        assert joined.returncode == 0, joined.stderr
+        with t.open("street") as s:
+            write_notes(s, [("粘贴来的令牌", "sx/yc/fs")])
+        assert t.sync("street")["pushed"] > 0
+        with t.open("district") as d:
+            assert "粘贴来的令牌" in note_titles(d)
+    finally:
+        t.stop()
+
+
+def test_an_invite_from_the_remembered_address_says_which_and_options_that_do_nothing_are_refused(pair):
+    invited = pair.hemei("district", "invite", "--scope", "sx/yc/bh", "--name", "北海街道")
+    assert invited.returncode == 0 and invited.stdout.strip().startswith("hemei1.")
+    assert f"the token sends the child to {pair.servers['district'].url}" in invited.stderr
+    lonely = pair.hemei("street", "sync", "--interval", "5s")
+    assert lonely.returncode == 2 and "add --watch" in lonely.stderr
+
+
+def test_watch_json_lines_say_utc_with_a_z(pair):
+    with subprocess.Popen(hemei_command() + ["--home", str(pair.home("street")), "sync", "--watch", "--json",
+                                             "--interval", "1h"], env=pair.env, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True, encoding="utf-8") as watch:
+        try:
+            line = json.loads(watch.stdout.readline())
+        finally:
+            watch.terminate()
+    assert line["ok"] is True and line["time"].endswith("Z") and line["time"][10] == "T"
