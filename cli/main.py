@@ -67,6 +67,10 @@ def environment_problem(exc: BaseException) -> str | None:
     return None
 
 
+#: Every write is one transaction, so a command stopped part-way leaves what it finished and nothing half-done.
+INTERRUPTED = "interrupted: nothing is half-written; run the command again to finish"
+
+
 class HemeiGroup(click.Group):
     """Core commands, the built-in plugins' commands, and those of the node's enabled modules."""
 
@@ -128,7 +132,7 @@ class HemeiGroup(click.Group):
         except click.exceptions.Abort as exc:
             # Click turns Ctrl-C into Abort too; a shell and a script tell the two apart by 130.
             if isinstance(exc.__context__, KeyboardInterrupt):
-                click.echo("interrupted", err=True)
+                click.echo(INTERRUPTED, err=True)
                 sys.exit(130)
             click.echo("aborted", err=True)
             sys.exit(1)
@@ -139,7 +143,7 @@ class HemeiGroup(click.Group):
             click.echo(f"error: {exc.message}", err=True)
             sys.exit(1)
         except (KeyboardInterrupt, EOFError):
-            click.echo("interrupted", err=True)
+            click.echo(INTERRUPTED, err=True)
             sys.exit(130)
         except BrokenPipeError:
             sys.exit(1)

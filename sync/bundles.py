@@ -158,7 +158,10 @@ def _write_to(node: Node, out: BinaryIO, header: dict, batch_iter, held: dict[st
 def _frames(fh, digest) -> Iterator[bytes]:
     """The frames of an open bundle, one at a time, each added to ``digest`` (with its length) as it is
     read; the end marker too. The file position ends after the end marker."""
-    if fh.read(len(MAGIC)) != MAGIC:
+    start = fh.read(len(MAGIC))
+    if start != MAGIC:
+        if MAGIC.startswith(start):  # empty, or cut off within its first bytes (a stick pulled mid-copy)
+            raise BadBundle("this bundle is empty or cut off at its start: copy it again from the other node")
         raise BadBundle("this is not a hemei bundle")
     while True:
         length = fh.read(8)

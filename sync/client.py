@@ -293,7 +293,9 @@ def join(node: Node, token: str, actor: str, url: str | None = None,
                                   f"{node.scope}: use a token made for this node")
     existing = node.conn.execute("SELECT name FROM _hemei_peers WHERE role = 'parent'").fetchone()
     if existing:
-        raise enroll.InvalidToken(f"this node already has a parent ({existing[0]})", code="already_joined")
+        raise enroll.InvalidToken(f"this node already has a parent ({existing[0]}): it syncs with 'hemei sync'. To "
+                                  "enroll under another parent, make a new node home and join from there",
+                                  code="already_joined")
     with ParentLink(node, url or fields["url"], transport) as link:
         link.learn_time()
         # A refusal is said as it comes (the parent's key is not known before its answer; nothing is
@@ -375,6 +377,8 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
         # The parent's word: signed with its key (at a new address, or by a parent that signs), or a parent
         # that never signed at its kept address. /api/health is unsigned and never raises this.
         record_refusal(node, parent["node_id"], exc.code, exc.message, "sync")
+        if link.signed and link.url != parent["url"]:  # it proved it is the parent, there: kept, refusal or not
+            set_url(node, parent["node_id"], link.url, was=parent["url"])
         raise
     except Unreachable as exc:
         touch(node, parent["node_id"], error=f"{exc.code}: {exc.message}", contacted=False)

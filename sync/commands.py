@@ -52,8 +52,11 @@ def invite(scope: str, name: str, url: str | None, ttl: int) -> None:
     # reason is a PC replaced after a fork or a lost disk, whose old identity should be revoked.
     for held in all_peers(node):
         if held["role"] == "child" and not held["revoked"] and held["scope"] == parse_scope(scope):
-            click.echo(f"note: {held['name']} ({held['node_id']}) is enrolled for {held['scope']} already. If the "
-                       f"new node replaces it, revoke it: hemei nodes revoke {held['node_id']}", err=True)
+            never = "" if held["last_contact_ms"] else (
+                " It has never synced: if its own join failed part-way, it joins again with this token as the "
+                "same node, and nothing is to be revoked.")
+            click.echo(f"note: {held['name']} ({held['node_id']}) is enrolled for {held['scope']} already.{never} If "
+                       f"a new node replaces it, revoke it: hemei nodes revoke {held['node_id']}", err=True)
 
 
 @click.command()

@@ -79,3 +79,17 @@ def test_watch_json_lines_say_utc_with_a_z(pair):
         finally:
             watch.terminate()
     assert line["ok"] is True and line["time"].endswith("Z") and line["time"][10] == "T"
+
+
+def test_an_empty_or_cut_off_bundle_says_copy_it_again_and_a_second_join_says_what_to_do(pair, tmp_path):
+    for size in (0, 5):
+        stick = tmp_path / f"府山 {size}.hemei"
+        stick.write_bytes(b"HEMEI-BUNDLE-1\n"[:size])
+        done = pair.hemei("district", "bundle", "import", str(stick))
+        assert done.returncode == 1 and "empty or cut off at its start: copy it again" in done.stderr, done.stderr
+    other = tmp_path / "note.txt"
+    other.write_text("会议纪要", encoding="utf-8")
+    assert "this is not a hemei bundle" in pair.hemei("district", "bundle", "import", str(other)).stderr
+    token = pair.ok("district", "invite", "--scope", "sx/yc/fs", "--name", "street").strip()
+    twice = pair.hemei("street", "join", token)
+    assert twice.returncode == 1 and "already has a parent" in twice.stderr and "new node home" in twice.stderr

@@ -261,6 +261,7 @@ def test_an_unsigned_5xx_is_said_and_retried_at_any_address_and_a_signed_refusal
             client.sync_once(s, url=kept)  # the district's own word, signed: at an address not kept as well
         assert refusals_of(s) == ["revoked"]
         assert peers.parent_of(s)["signs_answers"] == 1  # learnt from the refusal itself
+        assert peers.parent_of(s)["url"] == kept  # the parent proved itself there: later syncs hear it too
 
 
 @pytest.mark.parametrize("health, raised", [
