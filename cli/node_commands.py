@@ -49,9 +49,9 @@ def _print_status(s: dict) -> None:
     versions = s.get("module_versions", {})
     shown = [f"{m} v{versions[m]}" if versions.get(m, 1) != 1 else m for m in s["modules"]]
     click.echo(f"modules:  {', '.join(shown) or '(none enabled)'}")
-    click.echo(f"log:      {s['log']['size']} entries, head {s['log']['head'][:16]}…")
-    click.echo(f"received: {s['log']['entries_all_origins'] - s['log']['size']} entries from "
-               f"{s['log']['origins'] - 1} other nodes")
+    click.echo(f"log:      {_count(s['log']['size'], 'entry', 'entries')}, head {s['log']['head'][:16]}…")
+    click.echo(f"received: {_count(s['log']['entries_all_origins'] - s['log']['size'], 'entry', 'entries')} from "
+               f"{_count(s['log']['origins'] - 1, 'other node', 'other nodes')}")
     click.echo(f"conflicts: {s['conflicts']}")
     if s.get("waiting"):
         click.echo(f"waiting:  {s['waiting']} updates or deletes received before the insert of their row"
@@ -325,3 +325,7 @@ def _bound(family: int, kind: int, proto: int, _name: str, address: tuple) -> so
 
 
 COMMANDS = [init, status, conflicts, rebuild, report, serve]
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"

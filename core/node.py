@@ -177,7 +177,10 @@ class Node(ModuleHost):
         if not (home / DB_NAME).exists():
             if (home / KEY_NAME).exists():
                 raise NodeStateError(_DATABASE_LOST.format(home=home, db=DB_NAME, key=KEY_NAME))
-            raise NodeStateError(f"{home} is not a node home (no {DB_NAME}); create one with 'hemei init'")
+            here = "" if home.resolve() == Path.cwd().resolve() or not Path(DB_NAME).exists() else (
+                " (this folder is one: give --home . before the command)")
+            raise NodeStateError(f"{home} is not a node home (no {DB_NAME}){here}; give the node's folder with "
+                                 "--home, or create one with 'hemei init'")
         if not (home / KEY_NAME).exists():
             raise NodeStateError(_KEY_LOST.format(home=home, db=DB_NAME, key=KEY_NAME))
         key = read_private_key(home / KEY_NAME)

@@ -71,7 +71,8 @@ def join(token: str, url: str | None, as_json: bool) -> None:
 
         hemei --home ./fushan join hemei1.eyJ1Ijoi...
     """
-    parent = client.join(cli_node(), token, cli_actor(), url=url)
+    with failure_on_stdout(as_json):
+        parent = client.join(cli_node(), token, cli_actor(), url=url)
     emit(parent, as_json, lambda p: click.echo(f"joined {p['name']} ({p['scope']}) at {p['url']}\n"
                                                f"parent id: {p['node_id']}"))
 

@@ -93,3 +93,12 @@ def test_an_empty_or_cut_off_bundle_says_copy_it_again_and_a_second_join_says_wh
     token = pair.ok("district", "invite", "--scope", "sx/yc/fs", "--name", "street").strip()
     twice = pair.hemei("street", "join", token)
     assert twice.returncode == 1 and "already has a parent" in twice.stderr and "new node home" in twice.stderr
+
+
+def test_status_run_inside_a_node_home_says_to_give_home_dot(pair):
+    env = {k: v for k, v in pair.env.items() if k != "HEMEI_HOME"}
+    inside = subprocess.run(hemei_command() + ["status"], cwd=pair.home("street"), env=env, capture_output=True,
+                            text=True, encoding="utf-8")
+    assert inside.returncode == 1 and "this folder is one: give --home . before the command" in inside.stderr
+    text = pair.ok("street", "status")
+    assert "received: " in text and " 1 other nodes" not in text and " 1 entries" not in text
