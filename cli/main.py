@@ -137,6 +137,10 @@ class HemeiGroup(click.Group):
             click.echo("aborted", err=True)
             sys.exit(1)
         except click.ClickException as exc:
+            if isinstance(exc, click.NoSuchOption) and exc.option_name == "--home":
+                # A module's commands are found through the node's enabled modules, so its home comes first.
+                exc.message = "--home goes before the command here: hemei --home DIR COMMAND …"
+                exc.possibilities = []
             exc.show()
             sys.exit(exc.exit_code)
         except HemeiError as exc:

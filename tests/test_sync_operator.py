@@ -102,3 +102,11 @@ def test_status_run_inside_a_node_home_says_to_give_home_dot(pair):
     assert inside.returncode == 1 and "this folder is one: give --home . before the command" in inside.stderr
     text = pair.ok("street", "status")
     assert "received: " in text and " 1 other nodes" not in text and " 1 entries" not in text
+
+
+def test_home_after_a_module_command_says_where_it_goes(pair):
+    pair.ok("street", "modules", "enable", "grid_inspections")
+    late = subprocess.run(hemei_command() + ["--home", str(pair.home("street")), "grids", "list", "--home",
+                                             str(pair.home("street"))], env=pair.env, capture_output=True,
+                          text=True, encoding="utf-8")
+    assert late.returncode == 2 and "--home goes before the command here" in late.stderr, late.stderr
