@@ -422,7 +422,9 @@ def _import_verified(node: Node, path: Path, ack_out: Path | None, header: dict,
         if peer["role"] != "parent":
             raise Forbidden("ack bundles come from the parent", code="bad_bundle")
         results = node.apply_batches(batches, check=engine.pull_check(node, peer), tree=True)
+        # Taken even so (docs/decisions.md, "An imported ack sets what the child records"), but said.
+        older = any(their_vv.get(origin, 0) < size for origin, size in peer["their_vv"].items())
         touch(node, peer["node_id"], their_vv=their_vv)
         return {"kind": "ack", "from": peer["name"], "new": sum(r["new"] for r in results),
-                "refused": sum(r["refused"] for r in results)}
+                "refused": sum(r["refused"] for r in results), "older": older}
     raise BadBundle(f"unknown bundle kind {kind!r}")

@@ -268,9 +268,14 @@ def bundle_import(file: str, ack_out: str | None, as_json: bool) -> None:
                    + (f"; {r['refused']} kept as conflicts" if r["refused"] else ""))
         if r["kind"] == "push":
             click.echo(f"acknowledgement for {r['from']}: {r['ack']} ({r['ack_entries']} entries for it)")
-        elif ack_out:
-            click.echo("note: --ack-out is for a bundle from a child; this was an acknowledgement, and nothing "
-                       "more was written", err=True)
+        else:
+            if r["older"]:
+                click.echo(f"note: this acknowledgement is older than what this node last heard from {r['from']}: "
+                           "the next export holds again some entries the parent has (harmless: nothing is "
+                           "imported twice)", err=True)
+            if ack_out:
+                click.echo("note: --ack-out is for a bundle from a child; this was an acknowledgement, and "
+                           "nothing more was written", err=True)
 
     emit({"ok": True, **result}, as_json, human)
 

@@ -90,3 +90,19 @@ def test_bundle_refusals_say_what_the_file_is_and_what_to_do(pair, tmp_path):
     assert said.returncode == 1 and "bundle is damaged" in said.stderr and "copy it again" in said.stderr
     assert json.loads(said.stdout)["ok"] is False  # --json: a script reads the outcome on stdout either way
     assert json.loads(said.stdout)["error"]["code"] == "bad_bundle"
+
+
+def test_an_older_acknowledgement_is_taken_and_said(pair, tmp_path):
+    """Found in an operator walkthrough: importing last week's ack after a newer one was silent, and the
+    street's status then showed entries to send that the district holds."""
+    with pair.open("street") as s:
+        write_notes(s, [("第一周", "sx/yc/fs")])
+    first = round_trip(pair, tmp_path, 1)
+    with pair.open("street") as s:
+        write_notes(s, [("第二周", "sx/yc/fs")])
+    second = round_trip(pair, tmp_path, 2)
+    assert first["ack"] != second["ack"]
+    old = pair.hemei("street", "bundle", "import", first["ack"])
+    assert old.returncode == 0 and "this acknowledgement is older than what this node last heard" in old.stderr
+    fresh = pair.hemei("street", "bundle", "import", second["ack"])
+    assert fresh.returncode == 0 and "older" not in fresh.stderr
