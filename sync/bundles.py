@@ -322,7 +322,9 @@ def export_push(node: Node, out: Path) -> dict:
     header = {"id": new_id(), "kind": "push", "from": node.id, "to": parent["node_id"],
               "vv": node.version_vector()}
     count = _write(node, Path(out), header, engine.outgoing(node, node.scope, dict(their_vv), BATCH_ENTRIES), their_vv)
-    return {"bundle": header["id"], "entries": count, "to": parent["name"], "file": str(out)}
+    # Written all the same (the operator may be settling it with the parent), but the parent will refuse it.
+    revoked = (parent["last_error"] or "").startswith("revoked:")
+    return {"bundle": header["id"], "entries": count, "to": parent["name"], "file": str(out), "revoked": revoked}
 
 
 def import_bundle(node: Node, path: Path, ack_out: Path | None = None) -> dict:

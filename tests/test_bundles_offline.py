@@ -106,3 +106,17 @@ def test_an_older_acknowledgement_is_taken_and_said(pair, tmp_path):
     assert old.returncode == 0 and "this acknowledgement is older than what this node last heard" in old.stderr
     fresh = pair.hemei("street", "bundle", "import", second["ack"])
     assert fresh.returncode == 0 and "older" not in fresh.stderr
+
+
+def test_a_revoked_street_exporting_is_told_the_district_will_refuse_it(pair, tmp_path):
+    with pair.open("street") as s:
+        street_id = s.id
+        write_notes(s, [("撤销之后", "sx/yc/fs")])
+    plain = pair.hemei("street", "bundle", "export", "--out", str(tmp_path / "before.hemei"))
+    assert plain.returncode == 0 and "revoked" not in plain.stderr
+    pair.ok("district", "nodes", "revoke", street_id)
+    assert pair.hemei("street", "sync").returncode == 1
+    late = pair.hemei("street", "bundle", "export", "--out", str(tmp_path / "after.hemei"))
+    assert late.returncode == 0 and "refused this node as revoked at the last sync" in late.stderr
+    refused = pair.hemei("district", "bundle", "import", str(tmp_path / "after.hemei"))
+    assert refused.returncode == 1 and "revoked" in refused.stderr
