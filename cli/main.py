@@ -68,7 +68,7 @@ def environment_problem(exc: BaseException) -> str | None:
 
 
 #: Every write is one transaction, so a command stopped part-way leaves what it finished and nothing half-done.
-INTERRUPTED = "interrupted: nothing is half-written; run the command again to finish"
+INTERRUPTED = "interrupted: nothing is half-written (each step is kept whole or not at all)"
 
 
 class HemeiGroup(click.Group):

@@ -68,8 +68,9 @@ def _print_status(s: dict) -> None:
                    f"to send {here_to_there}, to receive {there_to_here}")
         if peer.get("url"):
             click.echo(f"          at {peer['url']}")
-        if peer.get("last_error"):
-            click.echo(f"          last attempt failed: {peer['last_error']}")
+        latest = peer["refusals"][0] if peer["refusals"] else None
+        if peer.get("last_error") and (latest is None or peer["last_error"] != f"{latest['code']}: {latest['reason']}"):
+            click.echo(f"          last attempt failed: {peer['last_error']}")  # a refusal is shown below
         if peer.get("clock_warning"):
             click.echo(f"          {peer['clock_warning']}")
         for module, gap in peer.get("version_gaps", {}).items():

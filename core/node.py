@@ -173,12 +173,13 @@ class Node(ModuleHost):
     @classmethod
     def open(cls, home: str | os.PathLike | None = None, *, available: Available | None = None,
              builtins: tuple[str, ...] = CORE_BUILTINS) -> Node:
+        defaulted = home is None and not os.environ.get(HOME_ENV)
         home = resolve_home(home)
         if not (home / DB_NAME).exists():
             if (home / KEY_NAME).exists():
                 raise NodeStateError(_DATABASE_LOST.format(home=home, db=DB_NAME, key=KEY_NAME))
-            here = "" if home.resolve() == Path.cwd().resolve() or not Path(DB_NAME).exists() else (
-                " (this folder is one: give --home . before the command)")
+            here = " (this folder is one: give --home . before the command)" if defaulted and Path(
+                DB_NAME).exists() else ""
             raise NodeStateError(f"{home} is not a node home (no {DB_NAME}){here}; give the node's folder with "
                                  "--home, or create one with 'hemei init'")
         if not (home / KEY_NAME).exists():

@@ -11,6 +11,7 @@ parent reports.
 from __future__ import annotations
 
 import base64
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from hemei.core.identity import node_id_from_public_key
 from hemei.core.node import Node
 
 from . import engine, enroll, signing, wire
+from .address import node_address
 from .peers import (CLOCK_TOLERANCE_MS, clock_gap, parent_of, record_clock, record_fork, record_refusal,
                     set_signs_answers, set_url, touch)
 
@@ -119,21 +121,10 @@ class ParentLink:
 
     def __init__(self, node: Node, url: str, transport: httpx.BaseTransport | None = None):
         self.node = node
+        self.url = node_address(url)
         try:
-            if "：" in url:  # typed with a Chinese input method on
-                raise ValueError("it has a full-width colon ：, type the ASCII colon : instead")
-            address = httpx.URL(url.strip())
-            if address.scheme not in ("http", "https") or not address.host:
-                raise ValueError("it must start with http:// or https:// and name a host")
-            if address.userinfo:  # it would be stored and shown with the peers
-                raise ValueError("put no user name or password in it")
-            if address.query or address.fragment:
-                raise ValueError("put no ? or # part in it")
-            if address.port is not None and not 0 < address.port < 65536:
-                raise ValueError("a port is a number from 1 to 65535")
-            self.url = str(address).rstrip("/")  # one spelling: scheme and host in lower case
             self.http = httpx.Client(base_url=self.url, timeout=TIMEOUT, transport=transport)
-        except (httpx.InvalidURL, ValueError) as exc:
+        except httpx.InvalidURL as exc:
             raise _bad_address(url, exc) from None
         self.offset_ms = 0
         self.parent: dict | None = None  # the pinned parent whose key must sign the answers (see expect)
@@ -220,7 +211,7 @@ class ParentLink:
         parent = self.parent
         if parent is not None and signing.answer_signed(
                 parent["public_key"], parent["node_id"], reply.status_code, reply.headers, reply.content,
-                signing.request_signature(reply.request.headers) or ""):
+                signing.request_binding(reply.request.headers)):
             if not self.signed and not parent["signs_answers"]:  # kept at once: a refusal may end this sync
                 set_signs_answers(self.node, parent["node_id"])
             self.signed = self.must_sign = True  # a parent that signs one answer signs them all
@@ -233,7 +224,7 @@ class ParentLink:
             # needed): shown as it says, never recorded nor acted on, and retried like a link that is down.
             raise Unreachable(f"{self.url} answered {reply.status_code}{said} (unsigned: not taken as the "
                               "parent's word); try again later")
-        if self.url != parent["url"]:
+        if self.url != parent["url"] and not self.signed:  # once it signed, a stripped answer is on the path
             raise WrongParent(f"the node at {self.url} claims to be this node's parent {parent['name']} but does "
                               f"not prove it holds the parent's key (it answered {reply.status_code}{said}, not "
                               "signed with that key): none of this node's entries were sent, and the address is "
@@ -249,12 +240,16 @@ class ParentLink:
         return read_answer(reply, raw)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def _said(reply: httpx.Response) -> str:
     """What an unsigned error answer claims (`` revoked: …``), to show beside the warning that it is
-    nobody's word; empty for anything else."""
+    nobody's word (control characters out: it is shown on terminals and kept in status); empty for
+    anything else."""
     try:
         error = reply.json()["error"]
-        return f" {str(error['code'])[:40]}: {str(error['message'])[:300]}"
+        return _CONTROL.sub(" ", f" {str(error['code'])[:40]}: {str(error['message'])[:300]}")
     except (ValueError, KeyError, TypeError):
         return ""
 
@@ -322,7 +317,7 @@ def _join_answer_signed(answer: httpx.Response, reply: dict, parent_id: str) -> 
         return False
     return node_id_from_public_key(public_key) == parent_id and signing.answer_signed(
         public_key, parent_id, answer.status_code, answer.headers, answer.content,
-        signing.request_signature(answer.request.headers) or "")
+        signing.request_binding(answer.request.headers))
 
 
 Progress = Callable[[str, int, int], None]
@@ -370,7 +365,7 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
             # Tell the parent what this node now holds, so its status is right until next time.
             link.call("/api/sync/hello", {"vv": node.version_vector()})
     except (WrongParent, UnsignedAnswer) as exc:  # nobody's word: not recorded as a refusal
-        if link.url == parent["url"]:  # at the kept address, shown with the peer; a typed one is said only
+        if link.url == parent["url"] or link.signed:  # the parent's address (kept, or kept now it proved itself)
             touch(node, parent["node_id"], error=f"{exc.code}: {exc.message}", contacted=False)
         raise
     except SyncRefused as exc:
@@ -381,7 +376,8 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
             set_url(node, parent["node_id"], link.url, was=parent["url"])
         raise
     except Unreachable as exc:
-        touch(node, parent["node_id"], error=f"{exc.code}: {exc.message}", contacted=False)
+        if link.url == parent["url"] or link.signed:  # a typed address nothing answers at is said only
+            touch(node, parent["node_id"], error=f"{exc.code}: {exc.message}", contacted=False)
         raise
     except HemeiError as exc:  # this node refused what the parent sent: recorded like any refusal
         evidence = getattr(exc, "evidence", None)

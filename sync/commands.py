@@ -16,6 +16,7 @@ from hemei.core.errors import HemeiError, InvalidInput
 from hemei.core.scope import parse_scope
 
 from . import bundles, client, enroll
+from .address import node_address
 from .peers import all_peers, peers_status
 
 
@@ -42,6 +43,7 @@ def invite(scope: str, name: str, url: str | None, ttl: int) -> None:
         if row is None:
             raise InvalidInput("give --url: this node's address as the child will reach it")
         url = row[0]
+    url = node_address(url)
     token = enroll.create_invite(node, name=name, scope=scope, url=url, ttl_s=ttl, actor=cli_actor())
     node.conn.execute("INSERT OR REPLACE INTO _hemei_meta (key, value) VALUES ('public_url', ?)", (url,))
     click.echo(token)

@@ -30,6 +30,7 @@ from hemei.core.identity import node_id_from_public_key, parse_node_id
 from hemei.core.node import Node, check_name
 from hemei.core.scope import covers, parse_scope
 
+from .address import node_address
 from .peers import get_peer, now_ms
 
 TOKEN_PREFIX = "hemei1."
@@ -49,13 +50,11 @@ def create_invite(node: Node, *, name: str, scope: str, url: str, ttl_s: int, ac
     scope = parse_scope(scope)
     if scope == node.scope or not covers(node.scope, scope):
         raise InvalidInput(f"a child's scope must lie inside this node's scope {node.scope} (got {scope})")
-    if not url.startswith(("http://", "https://")):
-        raise InvalidInput(f"--url {url!r} must be this node's address as children reach it, e.g. "
-                           "http://district.example:8340")
+    url = node_address(url)  # as the child will check it: a typo here would fail every join
     if ttl_s <= 0:
         raise InvalidInput("--ttl must be positive")
     expires = now_ms() + ttl_s * 1000
-    body = {"u": url.rstrip("/"), "p": node.id, "s": scope, "n": name, "e": expires,
+    body = {"u": url, "p": node.id, "s": scope, "n": name, "e": expires,
             "k": base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("="), "a": 1}
     token = TOKEN_PREFIX + base64.urlsafe_b64encode(orjson.dumps(body)).decode().rstrip("=")
     with node.writer(actor) as w:
@@ -65,9 +64,10 @@ def create_invite(node: Node, *, name: str, scope: str, url: str, ttl_s: int, ac
     return token
 
 
-#: What a token picks up on its way through a chat program or a document: quotes round it, line breaks
-#: where it was wrapped. None of these characters is ever part of a token.
-_TOKEN_WRAPPING = re.compile(r"""[\s"'“”‘’「」『』<>《》]+""")
+#: What a token picks up on its way through a chat program or a document: quotes or backticks round it,
+#: line breaks where it was wrapped, invisible marks (zero-width space, BOM, soft hyphen), a full stop or
+#: comma after it. None of these is ever part of a token ("hemei1." and URL-safe base64).
+_TOKEN_WRAPPING = re.compile("[\\s\"'`“”‘’「」『』<>《》。，\u200b\u200c\u200d\u2060\ufeff\u00ad]+")
 
 
 def clean_token(token: str) -> str:

@@ -112,12 +112,13 @@ ANONYMOUS_KEPT = 1000
 
 
 def record_refusal(node: Node, peer: str | None, code: str, reason: str, what: str) -> None:
-    """A refusal of a known peer is a log entry: who was refused, what, and why."""
+    """A refusal of a known peer is a log entry: who was refused, what, and why; and a contact with it."""
     reason = reason[:MAX_REASON]
     with node.writer(SYNC_ACTOR) as w:
         w.event("sync.refused", {"peer": peer, "code": code, "reason": reason, "request": what})
     if peer is not None:
-        node.conn.execute("UPDATE _hemei_peers SET last_error = ? WHERE node_id = ?", (f"{code}: {reason}", peer))
+        node.conn.execute("UPDATE _hemei_peers SET last_error = ?, last_contact_ms = ? WHERE node_id = ?",
+                          (f"{code}: {reason}", now_ms(), peer))
 
 
 def record_anonymous_refusal(node: Node, code: str, reason: str, what: str, address: str | None) -> None:

@@ -51,6 +51,10 @@ def authenticate(call: ApiCall, public_key: bytes | None = None, node_id: str | 
     if public_key is None:
         peer = get_peer(call.node, signed.node_id)
         if peer is None or peer["role"] != "child":
+            # Signed: the answer covers the key id the request named, so a request whose key id was altered
+            # on the way gets an answer its sender cannot take (a parent restored from a backup made before
+            # the child joined says this, and the child must hear it: it needs a new invite).
+            _answer_signed(call)
             raise Unauthorized(f"node {signed.node_id} is not enrolled here", code="unknown_node")
         signing.check_signature(peer["public_key"], base, signature)
         call.peer_id = signed.node_id  # from here on, refusals are this peer's
@@ -74,10 +78,10 @@ def authenticate(call: ApiCall, public_key: bytes | None = None, node_id: str | 
 
 
 def _answer_signed(call: ApiCall) -> None:
-    """The request is the signer's own and fresh: its answer is signed (:func:`sign_answer`). An answer to
-    any other (a signature that does not verify, a replay, an expired window, an unknown key id) is not:
-    whoever altered or resent the request would otherwise get the parent's signed refusal of it to show
-    the child as the parent's word about the child."""
+    """The request is the signer's own and fresh, or names a node unknown here: its answer is signed
+    (:func:`sign_answer`). An answer to any other (a signature that does not verify, a replay, an expired
+    window) is not: it would be bound to the child's own signature, so whoever altered or resent the
+    child's request would get the parent's signed refusal of it to show the child as the parent's word."""
     call.request.state.answer_signed = True
 
 
@@ -119,10 +123,10 @@ def record_refused(call: ApiCall, exc: HemeiError) -> None:
 def sign_answer(node: Node, request: Request, response: Response) -> Response:
     """Sign an answer (any status) to a request whose signature verified and was fresh (see
     :func:`_answer_signed`), for the child to check against the key it pinned."""
-    request_sig = signing.request_signature(request.headers)
-    if request_sig is not None and getattr(request.state, "answer_signed", False):
+    bound = signing.request_binding(request.headers)
+    if bound is not None and getattr(request.state, "answer_signed", False):
         response.headers.update(signing.sign_answer(node.key, node.id, response.status_code, response.body,
-                                                    request_sig, _now_s()))
+                                                    bound, _now_s()))
     return response
 
 

@@ -17,18 +17,21 @@ these four components, Ed25519), a ``created`` no more than
 server's time, learnt from ``/api/health``, so a wrong street clock does not
 lock it out), and a nonce it has not seen before.
 
-Every answer to such a request (refusals included) is signed by the parent
-in turn (RFC 9421 §2.4, a response signature bound to its request):
+The answer to a request whose signature verified and was fresh (refusals
+included), or that names a node the parent does not know, is signed by the
+parent in turn (RFC 9421 §2.4, a response signature bound to its request):
 
     Content-Digest: sha-256=:<base64 SHA-256 of the answer's body>:
-    Signature-Input: hemei=("@status" "content-digest" "signature";req;key="hemei");created=<unix s>;keyid="<parent id>";alg="ed25519"
+    Signature-Input: hemei=("@status" "content-digest" "signature";req;key="hemei" "signature-input";req;key="hemei");created=<unix s>;keyid="<parent id>";alg="ed25519"
     Signature: hemei=:<base64 Ed25519 signature over the signature base>:
 
 where ``"signature";req;key="hemei"`` is the request's own signature
-(``:<base64>:``). That signature covers the request's fresh nonce, so an
-answer cannot be replayed to another request, and the child checks it with
-the key it pinned at join: what a server in the middle says is never taken
-as the parent's word.
+(``:<base64>:``) and ``"signature-input";req;key="hemei"`` its parameters,
+key id and fresh nonce included, so an answer cannot be replayed to another
+request nor a refusal of an altered request pass for one of the original;
+the child checks it with the key it pinned at join: what a server in the
+middle says is never taken as the parent's word. (docs/protocol.md, Signed
+answers.)
 """
 
 from __future__ import annotations
@@ -56,8 +59,9 @@ _PARAMS = re.compile(
 
 
 _SIGNATURE = re.compile(r"hemei=(:[A-Za-z0-9+/=]{80,100}:)")
-ANSWER_COMPONENTS = '("@status" "content-digest" "signature";req;key="hemei")'
-_ANSWER_PARAMS = re.compile(r'^hemei=\("@status" "content-digest" "signature";req;key="hemei"\)'
+ANSWER_COMPONENTS = '("@status" "content-digest" "signature";req;key="hemei" "signature-input";req;key="hemei")'
+_ANSWER_PARAMS = re.compile(r'^hemei=\("@status" "content-digest" "signature";req;key="hemei"'
+                            r' "signature-input";req;key="hemei"\)'
                             r';created=\d{1,12};keyid="(?P<keyid>[A-Z2-7-]{56,63})";alg="ed25519"$')
 
 
@@ -132,30 +136,39 @@ def check_window(created_s: int, expires_s: int, now_s: int) -> None:
                            " replayed, or signed with a wrong clock", code="expired_signature")
 
 
-def request_signature(headers) -> str | None:
-    """The request's signature as an answer covers it (``:<base64>:``); None when it has none of this
+#: What an answer covers of its request: its signature (``:<base64>:``) and its parameters (the
+#: Signature-Input value after ``hemei=``).
+Binding = tuple[str, str]
+
+
+def request_binding(headers) -> Binding | None:
+    """The request's signature and parameters as an answer covers them; None when they are not of this
     profile's form (such a request is refused, and its answer is not signed: there is nothing to bind to)."""
     match = _SIGNATURE.fullmatch((headers.get("signature") or "").strip())
-    return match[1] if match else None
+    params = (headers.get("signature-input") or "").strip()
+    if not match or not params.startswith(LABEL + "="):
+        return None
+    return match[1], params[len(LABEL) + 1:]
 
 
-def _answer_base(status: int, digest: str, request_sig: str, params: str) -> bytes:
-    lines = [f'"@status": {status}', f'"content-digest": {digest}', f'"signature";req;key="hemei": {request_sig}',
-             f'"@signature-params": {params}']
+def _answer_base(status: int, digest: str, request: Binding, params: str) -> bytes:
+    lines = [f'"@status": {status}', f'"content-digest": {digest}', f'"signature";req;key="hemei": {request[0]}',
+             f'"signature-input";req;key="hemei": {request[1]}', f'"@signature-params": {params}']
     return "\n".join(lines).encode()
 
 
-def sign_answer(key: Ed25519PrivateKey, node_id: str, status: int, body: bytes, request_sig: str,
+def sign_answer(key: Ed25519PrivateKey, node_id: str, status: int, body: bytes, request: Binding,
                 now_s: int) -> dict[str, str]:
-    """Headers that sign an answer to the request whose signature is ``request_sig``."""
+    """Headers that sign an answer to the request bound by ``request`` (:func:`request_binding`)."""
     digest = content_digest(body)
     params = f'{ANSWER_COMPONENTS};created={now_s};keyid="{node_id}";alg="ed25519"'
-    signature = key.sign(_answer_base(status, digest, request_sig, params))
+    signature = key.sign(_answer_base(status, digest, request, params))
     return {"Content-Digest": digest, "Signature-Input": f"{LABEL}={params}",
             "Signature": f"{LABEL}=:{base64.b64encode(signature).decode()}:"}
 
 
-def answer_signed(public_key: bytes, node_id: str, status: int, headers, body: bytes, request_sig: str) -> bool:
+def answer_signed(public_key: bytes, node_id: str, status: int, headers, body: bytes,
+                  request: Binding | None) -> bool:
     """Whether the answer carries a signature of this profile, by ``node_id``'s key ``public_key``, over
     this status and body and bound to this request. ``created`` is not judged: the child's clock may be
     the wrong one, and the binding to the request's fresh nonce already stops a replay."""
@@ -163,12 +176,12 @@ def answer_signed(public_key: bytes, node_id: str, status: int, headers, body: b
     match = _ANSWER_PARAMS.match(signature_input)
     sig = _SIGNATURE.fullmatch((headers.get("signature") or "").strip())
     digest = headers.get("content-digest")
-    if not match or not sig or match["keyid"] != node_id or digest != content_digest(body):
+    if request is None or not match or not sig or match["keyid"] != node_id or digest != content_digest(body):
         return False
     try:
         load_public_key(public_key).verify(
             base64.b64decode(sig[1][1:-1], validate=True),
-            _answer_base(status, digest, request_sig, signature_input[len(LABEL) + 1:]))
+            _answer_base(status, digest, request, signature_input[len(LABEL) + 1:]))
     except (InvalidSignature, binascii.Error, ValueError, InvalidInput):
         return False
     return True

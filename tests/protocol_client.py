@@ -229,7 +229,7 @@ class ProtocolClient:
         """"Signed answers": the parent's signature over the status, the body's digest and the request's own
         signature, which binds the answer to this request."""
         params = response.headers.get("signature-input", "")
-        expected = '("@status" "content-digest" "signature";req;key="hemei");created='
+        expected = '("@status" "content-digest" "signature";req;key="hemei" "signature-input";req;key="hemei");created='
         if not params.startswith("hemei=" + expected) or not params.endswith(f';keyid="{signer}";alg="ed25519"'):
             raise ProtocolError(f"the answer ({response.status_code}) is not signed in the profile: {params!r}")
         digest = f"sha-256=:{b64(hashlib.sha256(response.content).digest())}:"
@@ -237,6 +237,8 @@ class ProtocolClient:
             raise ProtocolError("the answer's Content-Digest is not that of its body")
         base = "\n".join([f'"@status": {response.status_code}', f'"content-digest": {digest}',
                           f'"signature";req;key="hemei": {response.request.headers["signature"][len("hemei="):]}',
+                          f'"signature-input";req;key="hemei": '
+                          f'{response.request.headers["signature-input"][len("hemei="):]}',
                           f'"@signature-params": {params[len("hemei="):]}'])
         verify(public_key, unb64(response.headers.get("signature", "")[len("hemei=:"):-1]), base.encode(),
                "the parent's answer")

@@ -212,6 +212,11 @@ def test_unknown_node(district, street, pushed):
     try:
         refused(district, street, lambda: stranger.call("/api/sync/hello", {"vv": {}}),
                 401, "unknown_node", logged=False)
+        # "Signed answers": this refusal is signed, bound to the key id the request named.
+        body = stranger.encode({"vv": {}})
+        answer = stranger.post("/api/sync/hello", body, stranger.signed_headers("/api/sync/hello", body))
+        assert answer.status_code == 401
+        stranger.check_answer_signed(answer, street.chains[street.parent_id].public_key, street.parent_id)
     finally:
         stranger.http.close()
 

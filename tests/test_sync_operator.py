@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 
 import pytest
 
@@ -66,6 +67,9 @@ def test_an_invite_from_the_remembered_address_says_which_and_options_that_do_no
     invited = pair.hemei("district", "invite", "--scope", "sx/yc/bh", "--name", "北海街道")
     assert invited.returncode == 0 and invited.stdout.strip().startswith("hemei1.")
     assert f"the token sends the child to {pair.servers['district'].url}" in invited.stderr
+    typo = pair.hemei("district", "invite", "--scope", "sx/yc/bh", "--name", "北海街道", "--url",
+                      "http://10.0.0.5：8340")
+    assert typo.returncode == 1 and "full-width colon" in typo.stderr and not typo.stdout
     lonely = pair.hemei("street", "sync", "--interval", "5s")
     assert lonely.returncode == 2 and "add --watch" in lonely.stderr
 
@@ -74,9 +78,12 @@ def test_watch_json_lines_say_utc_with_a_z(pair):
     with subprocess.Popen(hemei_command() + ["--home", str(pair.home("street")), "sync", "--watch", "--json",
                                              "--interval", "1h"], env=pair.env, stdout=subprocess.PIPE,
                           stderr=subprocess.DEVNULL, text=True, encoding="utf-8") as watch:
+        killer = threading.Timer(60, watch.kill)  # a watch that printed nothing must not hang the run
+        killer.start()
         try:
             line = json.loads(watch.stdout.readline())
         finally:
+            killer.cancel()
             watch.terminate()
     assert line["ok"] is True and line["time"].endswith("Z") and line["time"][10] == "T"
 
@@ -100,8 +107,9 @@ def test_status_run_inside_a_node_home_says_to_give_home_dot(pair):
     inside = subprocess.run(hemei_command() + ["status"], cwd=pair.home("street"), env=env, capture_output=True,
                             text=True, encoding="utf-8")
     assert inside.returncode == 1 and "this folder is one: give --home . before the command" in inside.stderr
+    pair.sync("street")  # it then holds entries of one other node, the district
     text = pair.ok("street", "status")
-    assert "received: " in text and " 1 other nodes" not in text and " 1 entries" not in text
+    assert "from 1 other node\n" in text and " 1 other nodes" not in text
 
 
 def test_home_after_a_module_command_says_where_it_goes(pair):
@@ -110,3 +118,15 @@ def test_home_after_a_module_command_says_where_it_goes(pair):
                                              str(pair.home("street"))], env=pair.env, capture_output=True,
                           text=True, encoding="utf-8")
     assert late.returncode == 2 and "--home goes before the command here" in late.stderr, late.stderr
+
+
+def test_a_refusal_is_a_contact_and_shown_once(pair):
+    pair.sync("street")
+    [before] = json.loads(pair.ok("street", "status", "--json"))["peers"]
+    with pair.open("street") as s:
+        pair.ok("district", "nodes", "revoke", s.id)
+    assert pair.hemei("street", "sync").returncode == 1
+    [after] = json.loads(pair.ok("street", "status", "--json"))["peers"]
+    assert after["last_contact"] > before["last_contact"] and after["last_error"].startswith("revoked: ")
+    text = pair.ok("street", "status")
+    assert "refused " in text and "revoked" in text and "last attempt failed" not in text
