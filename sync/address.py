@@ -14,9 +14,12 @@ def node_address(url: str) -> str:
     try:
         if "：" in url:  # typed with a Chinese input method on
             raise ValueError("it has a full-width colon ：, type the ASCII colon : instead")
-        if "?" in url or "#" in url:  # even a bare one: httpx would send the path after it as a query
+        url = url.strip()
+        if url.endswith("#"):  # an empty fragment: nothing is sent for it (and 0.1.0 took it), dropped
+            url = url[:-1]
+        if "?" in url or "#" in url:  # even a bare ?: httpx would send the path after it as a query
             raise ValueError("put no ? or # part in it")
-        address = httpx.URL(url.strip())
+        address = httpx.URL(url)
         if address.scheme not in ("http", "https") or not address.host:
             raise ValueError("it must start with http:// or https:// and name a host")
         if address.userinfo:  # it would be stored and shown with the peers

@@ -240,7 +240,8 @@ class ParentLink:
         return read_answer(reply, raw)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: Control characters, and the marks that reorder or break a line on a terminal (bidi, separators).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def _said(reply: httpx.Response) -> str:
@@ -331,8 +332,10 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
     holds the parent's key (it signs its answers with it), before any entry is sent.
     """
     parent = parent_of(node)
+    stored = parent["url"]
+    parent["url"] = _spelled(stored)  # compared as links spell addresses: an older release kept it as typed
     report = SyncReport()
-    link = ParentLink(node, url or parent["url"], transport)  # a malformed address: said, not recorded
+    link = ParentLink(node, url or stored, transport)  # a malformed address: said, not recorded
     link.expect(parent)
     try:
         with link:
@@ -350,7 +353,7 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
             record_clock(node, parent["node_id"], link.offset_ms)
             _tick(node, link, report)
             if link.url != parent["url"]:
-                if set_url(node, parent["node_id"], link.url, was=parent["url"]):
+                if set_url(node, parent["node_id"], link.url, was=stored):
                     report.messages.append(f"the parent's address is now {link.url}")
                 else:  # another command kept a newer address meanwhile: that one stands
                     report.messages.append(f"synced at {link.url}, but the parent's address was changed meanwhile "
@@ -371,9 +374,10 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
     except SyncRefused as exc:
         # The parent's word: signed with its key (at a new address, or by a parent that signs), or a parent
         # that never signed at its kept address. /api/health is unsigned and never raises this.
-        record_refusal(node, parent["node_id"], exc.code, exc.message, "sync")
+        # (An old parent's proxy page, not JSON, is no contact with the parent.)
+        record_refusal(node, parent["node_id"], exc.code, exc.message, "sync", contacted=exc.code != "http_error")
         if link.signed and link.url != parent["url"]:  # it proved it is the parent, there: kept, refusal or not
-            set_url(node, parent["node_id"], link.url, was=parent["url"])
+            set_url(node, parent["node_id"], link.url, was=stored)
         raise
     except Unreachable as exc:
         if link.url == parent["url"] or link.signed:  # a typed address nothing answers at is said only
@@ -391,6 +395,14 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
     touch(node, parent["node_id"], their_vv=their_vv, pending_up=report.pending_up,
           pending_down=report.pending_down)
     return report
+
+
+def _spelled(url: str) -> str:
+    """``url`` as :class:`ParentLink` spells it (:func:`node_address`), or as it is if that refuses it."""
+    try:
+        return node_address(url)
+    except InvalidInput:
+        return url
 
 
 def _tick(node: Node, link: ParentLink, report: SyncReport) -> None:

@@ -43,7 +43,13 @@ def invite(scope: str, name: str, url: str | None, ttl: int) -> None:
         if row is None:
             raise InvalidInput("give --url: this node's address as the child will reach it")
         url = row[0]
-    url = node_address(url)
+    try:
+        url = node_address(url)
+    except InvalidInput as exc:
+        if remembered:
+            raise InvalidInput(f"the address remembered from the last --url, {url!r}, is not valid: give --url "
+                               "(this node's address as the child will reach it)") from None
+        raise InvalidInput(f"--url: {exc.message}") from None
     token = enroll.create_invite(node, name=name, scope=scope, url=url, ttl_s=ttl, actor=cli_actor())
     node.conn.execute("INSERT OR REPLACE INTO _hemei_meta (key, value) VALUES ('public_url', ?)", (url,))
     click.echo(token)

@@ -72,7 +72,7 @@ _TOKEN_WRAPPING = re.compile("[\\s\"'`“”‘’「」『』<>《》。，\u20
 
 def clean_token(token: str) -> str:
     """The token as the parent printed it, from what the operator pasted."""
-    return _TOKEN_WRAPPING.sub("", token)
+    return _TOKEN_WRAPPING.sub("", token).rstrip(".,")  # base64url never ends a token with either
 
 
 def parse_token(token: str) -> dict:

@@ -111,14 +111,16 @@ MAX_REASON = 1000  # whole for hemei's own messages (a clock refusal with both s
 ANONYMOUS_KEPT = 1000
 
 
-def record_refusal(node: Node, peer: str | None, code: str, reason: str, what: str) -> None:
-    """A refusal of a known peer is a log entry: who was refused, what, and why; and a contact with it."""
+def record_refusal(node: Node, peer: str | None, code: str, reason: str, what: str, *,
+                   contacted: bool = True) -> None:
+    """A refusal of a known peer is a log entry: who was refused, what, and why; and a contact with it,
+    unless ``contacted`` is False (a replayed request, which anyone can send again)."""
     reason = reason[:MAX_REASON]
     with node.writer(SYNC_ACTOR) as w:
         w.event("sync.refused", {"peer": peer, "code": code, "reason": reason, "request": what})
     if peer is not None:
-        node.conn.execute("UPDATE _hemei_peers SET last_error = ?, last_contact_ms = ? WHERE node_id = ?",
-                          (f"{code}: {reason}", now_ms(), peer))
+        node.conn.execute("UPDATE _hemei_peers SET last_error = ?" + (", last_contact_ms = ?" if contacted else "")
+                          + " WHERE node_id = ?", (f"{code}: {reason}", *([now_ms()] if contacted else []), peer))
 
 
 def record_anonymous_refusal(node: Node, code: str, reason: str, what: str, address: str | None) -> None:

@@ -3,8 +3,9 @@
 Every route authenticates the request signature (sync/signing.py) against
 the pinned key of an enrolled, unrevoked child (join: against the key in
 the body), every refusal is recorded in the log before the 4xx goes out,
-and every answer, refusals included, is signed with this node's key and
-bound to the request it answers.
+and the answer to a request whose signature verified and was fresh
+(refusals included), or that names a node unknown here, is signed with
+this node's key and bound to the request it answers.
 """
 
 from __future__ import annotations
@@ -113,8 +114,8 @@ def record_refused(call: ApiCall, exc: HemeiError) -> None:
     evidence = getattr(exc, "evidence", None)
     if evidence is not None and peer:
         record_fork(call.node, evidence, peer)
-    if peer:
-        record_refusal(call.node, peer, exc.code, exc.message, call.request.url.path)
+    if peer:  # a replay is not the peer's contact: anyone who saw its request can send it again
+        record_refusal(call.node, peer, exc.code, exc.message, call.request.url.path, contacted=exc.code != "replay")
     else:
         record_anonymous_refusal(call.node, exc.code, exc.message, call.request.url.path,
                                  call.request.client.host if call.request.client else None)

@@ -51,7 +51,7 @@ def test_a_token_wrapped_or_quoted_by_a_chat_program_still_joins(tmp_path):
     try:
         token = t.ok("district", "invite", "--scope", "sx/yc/fs", "--name", "street", "--url",
                      t.servers["district"].url).strip()
-        pasted = f"“{token[:40]}\n  {token[40:]}”"
+        pasted = f"“{token[:40]}\n  {token[40:]}”。"
         joined = t.hemei("street", "join", pasted)
         assert joined.returncode == 0, joined.stderr
         with t.open("street") as s:
@@ -130,3 +130,29 @@ def test_a_refusal_is_a_contact_and_shown_once(pair):
     assert after["last_contact"] > before["last_contact"] and after["last_error"].startswith("revoked: ")
     text = pair.ok("street", "status")
     assert "refused " in text and "revoked" in text and "last attempt failed" not in text
+
+
+@pytest.mark.parametrize("pasted", ["`{t}`", "{t}.", "{t},", "\ufeff{t}\u200b"])
+def test_clean_token_drops_what_chat_programs_add_and_nothing_of_the_token(pasted):
+    from hemei.sync.enroll import clean_token
+
+    token = "hemei1.eyJ1IjoiaHR0cDovLzEwLjAuMC41OjgzNDAiLCJwIjoiQUJDIn0"
+    assert clean_token(pasted.format(t=token)) == token
+
+
+def test_unsigned_claims_are_shown_without_terminal_controls():
+    import httpx
+
+    from hemei.sync.client import _said
+
+    forged = httpx.Response(403, json={"error": {"code": "revoked", "message": "a\x1b[2Jb\u202ec\nd"}})
+    assert _said(forged) == " revoked: a [2Jb c d"
+
+
+def test_an_empty_fragment_is_dropped_and_a_query_refused():
+    from hemei.core.errors import InvalidInput
+    from hemei.sync.address import node_address
+
+    assert node_address("HTTP://Desktop-AB12:8340/#") == "http://desktop-ab12:8340"
+    with pytest.raises(InvalidInput, match="no \\? or # part"):
+        node_address("http://h:8340/?")

@@ -320,3 +320,41 @@ def test_a_district_that_does_not_know_the_street_says_so_signed_and_the_watch_s
             client.sync_watch(s, interval_s=0, batch_size=100, on_result=results.append, sleep=lambda s: None,
                               stop=lambda: len(results) >= 3)
         assert len(results) == 1 and refusals_of(s) == ["unknown_node"]
+
+
+def test_an_address_kept_as_an_older_release_spelt_it_is_still_the_kept_address(pair):
+    """Found in review: 0.1.0 kept the token's address as typed (a Windows PC's name in capitals, an empty
+    `#`), and comparing it with the checked spelling made the kept address look new: a 0.1.0 district
+    (unsigned) there was called an impostor, and a failure there was not shown in status."""
+    with pair.open("street") as s:
+        spelt = peers.parent_of(s)["url"].replace("http://127.0.0.1", "HTTP://LOCALHOST") + "/#"
+        s.conn.execute("UPDATE _hemei_peers SET url = ?, signs_answers = 0", (spelt,))
+        write_notes(s, [("旧拼法的地址", "sx/yc/fs")])
+        strip = Middle(lambda request, response: unsigned(response))  # as a 0.1.0 district answers
+        assert client.sync_once(s, transport=strip).pushed > 0
+        assert peers.parent_of(s)["url"] == spelt  # nothing moved: the same address
+    pair.servers["district"].stop()
+    with pair.open("street") as s:
+        with pytest.raises(client.Unreachable):
+            client.sync_once(s)
+        assert peers.parent_of(s)["last_error"].startswith("unreachable: ")
+
+
+def test_a_replayed_request_is_no_contact_of_its_street(pair):
+    """Found in review: anyone who saw a street's request could send it again and move the street's
+    `last contact` at the district."""
+    with pair.open("street") as s:
+        street_id = s.id
+        seen = Middle()
+        sent: list[httpx.Request] = []
+        seen.alter = lambda request: sent.append(request) or request
+        client.sync_once(s, transport=seen)
+    with pair.open("district") as d:
+        before = peers.get_peer(d, street_id)["last_contact_ms"]
+    hello = next(r for r in sent if r.url.path == "/api/sync/hello")
+    time.sleep(0.05)
+    again = httpx.post(str(hello.url), headers=resent(hello).headers, content=hello.content)
+    assert again.status_code == 401 and again.json()["error"]["code"] == "replay"
+    with pair.open("district") as d:
+        assert peers.get_peer(d, street_id)["last_contact_ms"] == before
+        assert refusals_of(d) == ["replay"]  # still recorded, as every refusal of a known node
