@@ -128,7 +128,6 @@ class ParentLink:
             raise _bad_address(url, exc) from None
         self.offset_ms = 0
         self.parent: dict | None = None  # the pinned parent whose key must sign the answers (see expect)
-        self.must_sign = False
         self.signed = False  # an answer on this link bore the parent's signature
 
     def expect(self, parent: dict) -> None:
@@ -136,7 +135,18 @@ class ParentLink:
         has never signed one, at the address kept for it (a release before signed answers); once one
         answer is signed, all must be."""
         self.parent = parent
-        self.must_sign = bool(parent["signs_answers"]) or self.url != parent["url"]
+
+    @property
+    def at_parent(self) -> bool:
+        """This link's address is the parent's: the one kept for it, or one where it proved itself."""
+        return self.signed or (self.parent is not None and self.url == self.parent["url"])
+
+    def _unsigned_failure(self, reply: httpx.Response) -> Unreachable:
+        """An unsigned 5xx (the parent's own state before it could check anything, its database busy, a
+        restart needed, or anyone's page): shown as it says, never recorded nor acted on, and retried like
+        a link that is down."""
+        return Unreachable(f"{self.url} answered {reply.status_code}{_said(reply)} (unsigned: not taken as the "
+                           "parent's word); try again later")
 
     def close(self) -> None:
         self.http.close()
@@ -169,8 +179,7 @@ class ParentLink:
         after = time.time_ns() // 1_000_000
         # Unsigned, and asked of anyone: an error here is never the parent's refusal, whatever it claims.
         if reply.status_code >= 500:
-            raise Unreachable(f"{self.url} answered {reply.status_code}{_said(reply)} (unsigned: not taken as the "
-                              "parent's word); try again later")
+            raise self._unsigned_failure(reply)
         try:
             if reply.status_code >= 400:
                 raise ValueError(reply.status_code)
@@ -214,17 +223,14 @@ class ParentLink:
                 signing.request_binding(reply.request.headers)):
             if not self.signed and not parent["signs_answers"]:  # kept at once: a refusal may end this sync
                 set_signs_answers(self.node, parent["node_id"])
-            self.signed = self.must_sign = True  # a parent that signs one answer signs them all
+            self.signed = True  # a parent that signs one answer signs them all
             return
-        if not self.must_sign:
-            return
+        if parent is None or not (self.signed or parent["signs_answers"] or not self.at_parent):
+            return  # a parent that never signed, at its kept address (or a join: its key comes in the answer)
         said = _said(reply)
         if reply.status_code >= 500:
-            # The parent's own state before it could check the request (its database busy, a restart
-            # needed): shown as it says, never recorded nor acted on, and retried like a link that is down.
-            raise Unreachable(f"{self.url} answered {reply.status_code}{said} (unsigned: not taken as the "
-                              "parent's word); try again later")
-        if self.url != parent["url"] and not self.signed:  # once it signed, a stripped answer is on the path
+            raise self._unsigned_failure(reply)
+        if not self.at_parent:  # once it signed here, a stripped answer is something on the path
             raise WrongParent(f"the node at {self.url} claims to be this node's parent {parent['name']} but does "
                               f"not prove it holds the parent's key (it answered {reply.status_code}{said}, not "
                               "signed with that key): none of this node's entries were sent, and the address is "
@@ -368,7 +374,7 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
             # Tell the parent what this node now holds, so its status is right until next time.
             link.call("/api/sync/hello", {"vv": node.version_vector()})
     except (WrongParent, UnsignedAnswer) as exc:  # nobody's word: not recorded as a refusal
-        if link.url == parent["url"] or link.signed:  # the parent's address (kept, or kept now it proved itself)
+        if link.at_parent:  # shown with the peer; at an address just typed, said only
             touch(node, parent["node_id"], error=f"{exc.code}: {exc.message}", contacted=False)
         raise
     except SyncRefused as exc:
@@ -380,7 +386,7 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
             set_url(node, parent["node_id"], link.url, was=stored)
         raise
     except Unreachable as exc:
-        if link.url == parent["url"] or link.signed:  # a typed address nothing answers at is said only
+        if link.at_parent:  # a typed address nothing answers at is said only
             touch(node, parent["node_id"], error=f"{exc.code}: {exc.message}", contacted=False)
         raise
     except HemeiError as exc:  # this node refused what the parent sent: recorded like any refusal

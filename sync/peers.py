@@ -119,8 +119,7 @@ def record_refusal(node: Node, peer: str | None, code: str, reason: str, what: s
     with node.writer(SYNC_ACTOR) as w:
         w.event("sync.refused", {"peer": peer, "code": code, "reason": reason, "request": what})
     if peer is not None:
-        node.conn.execute("UPDATE _hemei_peers SET last_error = ?" + (", last_contact_ms = ?" if contacted else "")
-                          + " WHERE node_id = ?", (f"{code}: {reason}", *([now_ms()] if contacted else []), peer))
+        touch(node, peer, error=f"{code}: {reason}", contacted=contacted)
 
 
 def record_anonymous_refusal(node: Node, code: str, reason: str, what: str, address: str | None) -> None:

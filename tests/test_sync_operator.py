@@ -156,3 +156,23 @@ def test_an_empty_fragment_is_dropped_and_a_query_refused():
     assert node_address("HTTP://Desktop-AB12:8340/#") == "http://desktop-ab12:8340"
     with pytest.raises(InvalidInput, match="no \\? or # part"):
         node_address("http://h:8340/?")
+
+
+def test_small_cli_answers_from_the_walkthrough(pair, tmp_path):
+    token = pair.ok("district", "invite", "--scope", "sx/yc/fs", "--name", "street").strip()
+    twice = pair.hemei("street", "join", token, "--json")  # a failure as JSON on stdout, as sync --json does
+    assert twice.returncode == 1 and json.loads(twice.stdout)["error"]["code"] == "already_joined"
+    out = tmp_path / "府山.hemei"
+    pair.ok("street", "bundle", "export", "--out", str(out))
+    ack = json.loads(pair.ok("district", "bundle", "import", str(out), "--json"))["ack"]
+    noted = pair.hemei("street", "bundle", "import", ack, "--ack-out", str(tmp_path / "unused.hemei"))
+    assert noted.returncode == 0 and "--ack-out is for a bundle from a child" in noted.stderr
+    assert not (tmp_path / "unused.hemei").exists()
+    with pair.open("street") as s:
+        pair.ok("district", "nodes", "revoke", s.id)
+    listed = pair.ok("district", "nodes", "list")
+    assert "REVOKED" in listed and "True" not in listed
+    with pair.open("district") as d:
+        d.conn.execute("UPDATE _hemei_meta SET value = 'http://10.0.0.5：8340' WHERE key = 'public_url'")
+    stale = pair.hemei("district", "invite", "--scope", "sx/yc/bh", "--name", "北海街道")
+    assert stale.returncode == 1 and "the address remembered from the last --url" in stale.stderr
