@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import difflib
 import errno
+import json
 import os
 import sqlite3
 import sys
+from typing import NoReturn
 
 import click
 
@@ -126,6 +128,15 @@ class HemeiGroup(click.Group):
             obj.home = _peek_home(args[1:]) or obj.home
         return super().resolve_command(ctx, args)
 
+    @staticmethod
+    def _fail(obj: NodeContext | None, error: dict) -> NoReturn:
+        """Say why the command failed on stderr; with ``--json`` also on stdout, where a script reads
+        the outcome either way."""
+        click.echo(f"error: {error['message']}", err=True)
+        if obj is not None and obj.failure_as_json:
+            click.echo(json.dumps({"ok": False, "error": error}, ensure_ascii=False))
+        sys.exit(1)
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
@@ -144,8 +155,7 @@ class HemeiGroup(click.Group):
             exc.show()
             sys.exit(exc.exit_code)
         except HemeiError as exc:
-            click.echo(f"error: {exc.message}", err=True)
-            sys.exit(1)
+            self._fail(extra.get("obj"), exc.to_json()["error"])
         except (KeyboardInterrupt, EOFError):
             click.echo(INTERRUPTED, err=True)
             sys.exit(130)
@@ -157,8 +167,7 @@ class HemeiGroup(click.Group):
             if os.environ.get("HEMEI_DEBUG"):
                 raise
             if (problem := environment_problem(exc)) is not None:  # the PC's trouble, not a bug
-                click.echo(f"error: {problem}", err=True)
-                sys.exit(1)
+                self._fail(extra.get("obj"), {"code": "environment", "message": problem})
             click.echo(f"error: internal error ({type(exc).__name__}: {exc}); "
                        "run again with HEMEI_DEBUG=1 to see the traceback and report it", err=True)
             sys.exit(70)

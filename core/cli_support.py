@@ -27,6 +27,8 @@ class NodeContext:
     actor: str | None = None
     available: Available | None = None
     builtins: tuple[str, ...] = CORE_BUILTINS
+    #: Set by ``--json``: the command's failure is also printed on stdout as ``{"ok": false, "error": …}``.
+    failure_as_json: bool = False
     _node: Node | None = field(default=None, repr=False)
 
     def node(self) -> Node:
@@ -72,7 +74,13 @@ def home_option(fn):
 
 
 def json_option(fn: Callable) -> Callable:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(fn)
+    """``--json``: print JSON instead of text, a failure too (on stdout, by the ``hemei`` group)."""
+    def note(ctx: click.Context, param, value: bool) -> bool:
+        if value and (obj := ctx.find_object(NodeContext)) is not None:
+            obj.failure_as_json = True
+        return value
+
+    return click.option("--json", "as_json", is_flag=True, callback=note, help="Print JSON instead of text.")(fn)
 
 
 def emit(data: Any, as_json: bool, human: Callable[[Any], None] | None = None) -> None:

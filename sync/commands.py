@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
@@ -10,7 +9,7 @@ from datetime import datetime
 
 import click
 
-from hemei.core.cli_support import Duration, cli_actor, cli_node, emit, home_option, json_option, table
+from hemei.core.cli_support import Duration, cli_actor, cli_context, cli_node, emit, home_option, json_option, table
 from hemei.core.clock import COUNTER_BITS, hlc_to_iso, iso_to_local_text
 from hemei.core.errors import HemeiError, InvalidInput
 from hemei.core.scope import parse_scope
@@ -79,8 +78,7 @@ def join(token: str, url: str | None, as_json: bool) -> None:
 
         hemei --home ./fushan join hemei1.eyJ1Ijoi...
     """
-    with failure_on_stdout(as_json):
-        parent = client.join(cli_node(), token, cli_actor(), url=url)
+    parent = client.join(cli_node(), token, cli_actor(), url=url)
     emit(parent, as_json, lambda p: click.echo(f"joined {p['name']} ({p['scope']}) at {p['url']}\n"
                                                f"parent id: {p['node_id']}"))
 
@@ -152,18 +150,6 @@ class _ProgressBars:
             self.bar = None
 
 
-@contextlib.contextmanager
-def failure_on_stdout(as_json: bool):
-    """With --json, a failure is printed on stdout as ``{"ok": false, "error": …}``: a script reads the
-    outcome there either way. The message still goes to stderr, as for every error."""
-    try:
-        yield
-    except HemeiError as exc:
-        if as_json:
-            click.echo(json.dumps({"ok": False, "error": exc.to_json()["error"]}, ensure_ascii=False))
-        raise
-
-
 def _describe(report: client.SyncReport) -> str:
     text = f"pushed {report.pushed}, pulled {report.pulled}"
     if report.refused_changes:
@@ -195,8 +181,7 @@ def sync_command(watch: bool, interval: int | None, batch_size: int, url: str | 
     if not watch:
         bars = _ProgressBars() if sys.stderr.isatty() else None
         try:
-            with failure_on_stdout(as_json):
-                report = client.sync_once(node, batch_size, progress=bars, url=url)
+            report = client.sync_once(node, batch_size, progress=bars, url=url)
         finally:
             if bars:
                 bars.finish()
@@ -218,6 +203,8 @@ def sync_command(watch: bool, interval: int | None, batch_size: int, url: str | 
         else:
             click.echo(f"{stamp} {_describe(result)}", err=True)
 
+    # Every attempt, the last one too, is a line of its own (on_result): no second line for the failure.
+    cli_context().failure_as_json = False
     try:
         client.sync_watch(node, interval_s=30 if interval is None else interval, batch_size=batch_size,
                           on_result=on_result, url=url)
@@ -250,8 +237,7 @@ def bundle_export(out: str, as_json: bool) -> None:
 
         hemei --home ./fushan bundle export --out E:\\fushan.hemei
     """
-    with failure_on_stdout(as_json):
-        result = bundles.export_push(cli_node(), out)
+    result = bundles.export_push(cli_node(), out)
     emit({"ok": True, **result}, as_json,
          lambda r: click.echo(f"wrote {r['entries']} entries for {r['to']} to {r['file']}"))
     if result["revoked"]:
@@ -271,8 +257,7 @@ def bundle_import(file: str, ack_out: str | None, as_json: bool) -> None:
 
         hemei --home ./district bundle import E:\\fushan.hemei --ack-out E:\\fushan.ack.hemei
     """
-    with failure_on_stdout(as_json):
-        result = bundles.import_bundle(cli_node(), file, ack_out)
+    result = bundles.import_bundle(cli_node(), file, ack_out)
 
     def human(r):
         click.echo(f"imported {r['new']} new entries from {r['from']}"

@@ -82,6 +82,23 @@ def test_trouble_with_this_pcs_database_or_disk_is_said_plainly_not_as_an_intern
     assert "internal error" not in damaged.output
     listed = run_cli("--home", str(home), "--help")  # help still helps
     assert listed.exit_code == 0 and "init" in listed.output
+    scripted = run_cli("--home", str(home), "status", "--json")  # a script reads the outcome on stdout
+    assert scripted.exit_code == 1 and json.loads(scripted.stdout) == {
+        "ok": False, "error": {"code": "environment", "message": damaged.output.removeprefix("error: ").strip()}}
+
+
+def test_with_json_a_failure_is_also_json_on_stdout_for_every_command(tmp_path, run_cli):
+    """Found by an operator walkthrough: sync and bundle printed their failures as JSON, status did not."""
+    done = run_real("--home", str(tmp_path / "missing"), "status", "--json")
+    assert done.returncode == 1 and "is not a node home" in done.stderr
+    said = json.loads(done.stdout)
+    assert said["ok"] is False and said["error"]["code"] == "node_state" and said["error"]["message"] in done.stderr
+    home = str(tmp_path / "府山")
+    assert run_cli("--home", home, "init", "--name", "府山街道", "--scope", "sx/yc/fs").exit_code == 0
+    typo = run_cli("--home", home, "conflicts", "--table", "没有", "--json")
+    assert typo.exit_code == 1 and json.loads(typo.stdout)["error"]["message"].startswith("no table '没有'")
+    plain = run_cli("--home", home, "conflicts", "--table", "没有")
+    assert plain.exit_code == 1 and plain.stdout == "" and "no table" in plain.stderr
 
 
 def test_a_password_piped_in_another_encoding_is_refused_plainly(tmp_path):

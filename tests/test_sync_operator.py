@@ -126,6 +126,11 @@ def test_a_refusal_is_a_contact_and_shown_once(pair):
     with pair.open("street") as s:
         pair.ok("district", "nodes", "revoke", s.id)
     assert pair.hemei("street", "sync").returncode == 1
+    once = pair.hemei("street", "sync", "--json")
+    assert once.returncode == 1 and json.loads(once.stdout)["error"]["code"] == "revoked"
+    watched = pair.hemei("street", "sync", "--watch", "--json")  # each attempt a line, the last one too, once
+    [line] = watched.stdout.splitlines()
+    assert watched.returncode == 1 and json.loads(line)["error"]["code"] == "revoked" and "time" in json.loads(line)
     [after] = json.loads(pair.ok("street", "status", "--json"))["peers"]
     assert after["last_contact"] > before["last_contact"] and after["last_error"].startswith("revoked: ")
     text = pair.ok("street", "status")
