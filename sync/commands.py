@@ -63,7 +63,8 @@ def invite(scope: str, name: str, url: str | None, ttl: int) -> None:
                 " It has never synced: if its own join failed part-way, it joins again with this token as the "
                 "same node, and nothing is to be revoked.")
             click.echo(f"note: {held['name']} ({held['node_id']}) is enrolled for {held['scope']} already.{never} If "
-                       f"a new node replaces it, revoke it: hemei nodes revoke {held['node_id']}", err=True)
+                       f"{'instead ' if never else ''}a new node replaces it, revoke it: hemei nodes revoke "
+                       f"{held['node_id']}", err=True)
 
 
 @click.command()

@@ -114,11 +114,12 @@ def test_invite_notes_a_scope_that_an_enrolled_node_holds_already(pair):
     assert f"hemei nodes revoke {street_id}" in invited.stderr
     # A street that never synced may be the same PC whose join failed on its side: revoking it would lock
     # out the node trying to join again (found in an operator walkthrough).
-    assert "It has never synced" in invited.stderr
+    assert "It has never synced" in invited.stderr and "If instead a new node replaces it" in invited.stderr
     pair.sync("street")
     again = pair.hemei("district", "invite", "--scope", "sx/yc/fs", "--name", "府山三号机",
                        "--url", pair.servers["district"].url)
     assert f"hemei nodes revoke {street_id}" in again.stderr and "never synced" not in again.stderr
+    assert "If a new node replaces it" in again.stderr
 
 
 def test_entries_from_a_fast_clock_wait_until_their_time(pair, monkeypatch):
