@@ -79,10 +79,15 @@ def audit_log_cmd(actor: str | None, kind: str | None, table_name: str | None, s
         if not rows:
             click.echo("no entries")
             return
+        def what(r: dict) -> str:
+            if "unreadable" in r:
+                return f"(not readable: {r['unreadable'][:60]})"
+            if "table" in r:
+                return f"{r['table']} {r['pk']}"
+            return ", ".join(f"{k}={v}" for k, v in r["details"].items())
+
         shown = [{"time": iso_to_local_text(r["time"]) if r["time"] else "(withheld)", "origin": r["origin"][:7],
-                  "seq": r["seq"], "actor": r["actor"],
-                  "kind": r["kind"], "what": f"{r.get('table')} {r.get('pk')}" if "table" in r
-                  else ", ".join(f"{k}={v}" for k, v in r["details"].items())} for r in rows]
+                  "seq": r["seq"], "actor": r["actor"], "kind": r["kind"], "what": what(r)} for r in rows]
         table(shown, ["time", "origin", "seq", "actor", "kind", "what"])
 
     emit(items, as_json, human)

@@ -109,7 +109,10 @@ def audit_log(node: Node, *, actor: str | None = None, kind: str | None = None, 
         where.append("l.kind != ?")
         params.append(REDACTED)
     if table:
-        where.append("l.kind LIKE 'row.%' AND json_extract(l.payload, '$.t') = ?")
+        # json_valid first: a signed entry that is not JSON stays in the log (kept as a conflict), and
+        # json_extract would raise on it.
+        where.append("l.kind LIKE 'row.%' AND CASE WHEN json_valid(l.payload) THEN json_extract(l.payload, '$.t')"
+                     " END = ?")
         params.append(table)
     if since:
         try:
@@ -128,15 +131,29 @@ def audit_log(node: Node, *, actor: str | None = None, kind: str | None = None, 
            + " ORDER BY l.hlc DESC, o.node_id DESC LIMIT ?")
     out = []
     for node_id, seq, hlc, who, what, scope, payload in node.conn.execute(sql, params + [limit]):
-        body = orjson.loads(payload) if payload else {}  # a redacted entry has no payload here
+        body = _readable(payload)
         item = {"origin": node_id, "seq": seq, "time": None if what == REDACTED else hlc_to_iso(hlc),
                 "hlc": hlc, "actor": who, "kind": what, "scope": scope}
-        if what.startswith("row."):
+        if body is None:  # signed by its origin as it is, so listed as it is
+            item["unreadable"] = payload
+        elif what.startswith("row."):
             item.update(table=body.get("t"), pk=body.get("pk"), values=body.get("v"))
         else:
             item["details"] = body
         out.append(item)
     return out
+
+
+def _readable(payload: str) -> dict | None:
+    """An entry's payload as an object; None for one that is not a JSON object (another node's release,
+    or a broken or hostile one, wrote it: its origin signed it, and it is kept, not applied)."""
+    if not payload:
+        return {}  # a redacted entry has no payload here
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def list_conflicts(node: Node, table: str | None = None) -> list[dict]:

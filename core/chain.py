@@ -28,9 +28,11 @@ signed.
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Sequence
 
-from .errors import ChainError
+from .errors import ChainError, InvalidInput
+from .scope import parse_scope
 
 GENESIS = bytes(32)
 _sha256 = hashlib.sha256
@@ -80,6 +82,27 @@ def _refuse_header(origin: str, seq: int, hlc: int, actor: str, kind: str, scope
     raise ChainError(f"entry {origin}#{seq}: header field contains a line break")
 
 
+#: The grammar of an entry's kind (docs/protocol.md, "Entries").
+_KIND = re.compile(r"[a-z0-9._-]+")
+
+
+def _check_kind_and_scope(origin: str, seq: int, kind: str, scope: str) -> None:
+    """Refuse a kind outside its grammar, or a scope that is not an org path in its canonical form.
+
+    An entry is relayed unchanged up the tree, so one that breaks the
+    written grammar would be taken here and refused above by any node that
+    follows it, and that would stop the whole branch's sync at that tier.
+    """
+    if not _KIND.fullmatch(kind):
+        raise ChainError(f"entry {origin}#{seq}: kind {kind[:40]!r} is not of [a-z0-9._-]")
+    try:
+        canonical = parse_scope(scope)
+    except InvalidInput as exc:
+        raise ChainError(f"entry {origin}#{seq}: {exc.message}") from None
+    if canonical != scope:
+        raise ChainError(f"entry {origin}#{seq}: scope {scope[:60]!r} is not in its canonical (NFC) form")
+
+
 def verify_segment(origin: str, prev_head: bytes, first_seq: int, entries: Sequence[tuple],
                    signed_head: bytes | None = None) -> list[bytes]:
     """Check that ``entries`` continue a chain whose entry ``first_seq - 1`` hashes to ``prev_head``.
@@ -94,6 +117,7 @@ def verify_segment(origin: str, prev_head: bytes, first_seq: int, entries: Seque
     prev = prev_head
     expected = first_seq
     sha256 = _sha256
+    grammatical = set()  # (kind, scope) pairs checked: a batch has few, and each entry costs a lookup
     for entry in entries:
         seq = entry[0]
         if seq != expected:
@@ -109,6 +133,9 @@ def verify_segment(origin: str, prev_head: bytes, first_seq: int, entries: Seque
                     or not 0 < len(actor) <= 64 or not actor.isprintable()
                     or text.count("\n", 0, len(text) - len(payload)) != 6 or "\r" in actor or "\r" in scope):
                 _refuse_header(origin, seq, hlc, actor, kind, scope, salt)
+            if (kind, scope) not in grammatical:
+                _check_kind_and_scope(origin, seq, kind, scope)
+                grammatical.add((kind, scope))
             leaf = sha256(salt + text.encode()).digest()
         elif len(entry) == 2:
             leaf = entry[1]

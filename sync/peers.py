@@ -155,9 +155,13 @@ def forks(node: Node) -> list[dict]:
 
 
 def refusals(node: Node, peer: str, limit: int = 5) -> list[dict]:
+    """This node's own latest refusals of ``peer``. Only its own: a child's log holds ``sync.refused``
+    entries too (its refusals of its parent), which are not this node's word, and a hostile child's
+    could say anything (found in review: not even JSON, which broke status)."""
     rows = node.conn.execute(
-        "SELECT hlc, payload FROM _hemei_log WHERE kind = 'sync.refused' AND json_extract(payload, '$.peer') = ?"
-        " ORDER BY hlc DESC LIMIT ?", (peer, limit))
+        "SELECT hlc, payload FROM _hemei_log WHERE origin = (SELECT ix FROM _hemei_origins WHERE node_id = ?)"
+        " AND kind = 'sync.refused' AND json_extract(payload, '$.peer') = ? ORDER BY hlc DESC LIMIT ?",
+        (node.id, peer, limit))
     return [{"time": hlc_to_iso(hlc), **{k: v for k, v in orjson.loads(p).items() if k != "peer"}}
             for hlc, p in rows]
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hemei.core.chain import GENESIS, MAX_HLC, REDACTED, SALT_BYTES, check_stamps_rise, entry_hash, verify_segment
-from hemei.core.errors import ChainError
+from hemei.core.errors import ChainError, InvalidInput
+from hemei.core.scope import parse_scope
 
 ORIGIN = "4LO63XV-3FYBPCW-OFO3VQO-2L6SLKQ-3U4SDMS-RBBRZCC-VSLM5LV-ZSGSHAK"
 
@@ -32,6 +34,13 @@ def reference(origin: str, prev: bytes, first: int, entries) -> list[bytes] | No
                 return None
             if any("\n" in field for field in (actor, kind, scope)) or "\r" in actor or "\r" in scope:
                 return None
+            if not re.fullmatch("[a-z0-9._-]+", kind):
+                return None
+            try:
+                if parse_scope(scope) != scope:  # an org path, in its canonical (NFC) form
+                    return None
+            except InvalidInput:
+                return None
             prev = entry_hash(prev, origin, expected, hlc, actor, kind, scope, payload, salt)
         hashes.append(prev)
         expected += 1
@@ -39,11 +48,12 @@ def reference(origin: str, prev: bytes, first: int, entries) -> list[bytes] | No
 
 
 GOOD = {"hlc": [0, 1, 2 ** 62, MAX_HLC - 1], "actor": ["li.ming", "府山", "x" * 64],
-        "kind": ["row.insert", "note.add", "a\r"], "scope": ["yc/fs", "府山街道/x", ""],
+        "kind": ["row.insert", "note.add", "a_b-9"], "scope": ["yc/fs", "府山街道/x", "yc"],
         "payload": ["{}", '{"t":"notes","v":{"title":"府山\\n"}}', "府\n山\r"],
         "salt": [bytes(SALT_BYTES), bytes(range(SALT_BYTES))]}
 BAD = {"hlc": [-1, MAX_HLC], "actor": ["", "x" * 65, "a\n", "a\r", "a\x00", "\t"],
-       "kind": ["row\n", REDACTED], "scope": ["yc\n", "yc\r", "\nyc"],
+       "kind": ["row\n", REDACTED, "a\r", "", "Row.insert", "x\x1b[31m", "行"],
+       "scope": ["yc\n", "yc\r", "\nyc", "", "yc/", "yc/..", "yc/\x1b[2J", "e\u0301"],
        "salt": [bytes(SALT_BYTES - 1), bytes(SALT_BYTES + 1)]}
 
 
@@ -82,7 +92,8 @@ def test_the_fast_check_accepts_and_hashes_exactly_what_the_rules_say(fields, fi
     ("scope", "yc\nfs", "line break"), ("scope", "yc\r", "line break"), ("kind", "row\ninsert", "line break"),
     ("actor", "", "out of range"), ("actor", "li\x07", "out of range"), ("hlc", MAX_HLC, "out of range"),
     ("salt", b"short", "salt"), ("kind", REDACTED, "salt and a kind"), ("hlc", True, "wrong types"),
-    ("payload", b"{}", "wrong types"),
+    ("payload", b"{}", "wrong types"), ("kind", "evil kind", "is not of"), ("scope", "yc/fs/..", "not allowed"),
+    ("scope", "yc/fs/e\u0301", "canonical"),
 ])
 def test_each_broken_header_rule_is_named(field, value, message):
     entry = {"hlc": 1, "actor": "li.ming", "kind": "row.insert", "scope": "yc/fs", "payload": "{}",

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from conftest import PROBE
 from hemei.cli.main import BUILTIN_PLUGINS, cli
 from hemei.core.cli_support import NodeContext
-from protocol_client import ProtocolClient, Refused, b64, node_id, related, unb64
+from protocol_client import Entry, ProtocolClient, Refused, b64, node_id, related, unb64
 from server import Server, hemei_command, plugin_env, probe_site
 
 DISTRICT, STREET, SIBLING = "越城区", "越城区/府山街道", "越城区/塔山街道"
@@ -304,6 +304,40 @@ def test_fork(district, street, pushed):
     assert (forks[-1]["origin"], forks[-1]["held_size"], forks[-1]["presented_size"]) == (street.id, size, size)
     assert forks[-1]["held_head"] == street.own.head().hex()
     assert forks[-1]["presented_head"] == draft.head().hex()
+
+
+@pytest.mark.parametrize("kind, scope", [
+    ("Row.insert", STREET), ("evil kind", STREET), ("note\x1b[31m", STREET), ("", STREET),
+    ("note.add", STREET + "/.."), ("note.add", STREET + "/"), ("note.add", STREET + "/e\u0301"),
+])
+def test_an_entry_outside_the_written_grammar_is_refused(district, street, pushed, kind, scope):
+    """Found in review: taken and relayed, such an entry would be refused above by a node that follows the
+    document, and stop the whole branch there."""
+    draft = street.own.copy()
+    draft.append(Entry(draft.size + 1, street.tick(), "王丽", kind, scope, "{}", bytes(16)))
+    street.commit(draft)
+    refused(district, street, push_draft(street, draft, street.own.size), 422, "chain_invalid", logged=True)
+
+
+def test_what_a_child_signed_into_its_own_log_is_not_the_districts_word_nor_breaks_its_reading(district, street,
+                                                                                                pushed):
+    """Found in review: a child's own sync.refused entries were shown as the district's refusals, and one
+    that was not JSON made the district's status (and audit log) fail for good."""
+    street.write("sync.refused", STREET, {"peer": street.id, "code": "forged", "reason": "从未说过",
+                                          "request": "/api/sync/push"})
+    for payload in ("not json", "[1]", '"\\ud800"'):
+        for kind in ("sync.refused", "row.insert"):
+            street.own.append(Entry(street.own.size + 1, street.tick(), "王丽", kind, STREET, payload,
+                                    bytes(16)))
+    street.commit()
+    street.push()
+    status = district.quick("status")
+    [peer] = [p for p in status["peers"] if p["node_id"] == street.id]
+    assert all(r["code"] != "forged" for r in peer["refusals"])
+    listed = district.quick("audit", "log", "--origin", street.id, "--limit", "7")
+    assert sorted(e["unreadable"] for e in listed if "unreadable" in e) == sorted(["not json", "[1]", '"\\ud800"'] * 2)
+    assert district.quick("audit", "log", "--table", "volunteer_teams", "--limit", "1")  # json_extract skips them
+    assert "not readable: not json" in district.quick("audit", "log", "--origin", street.id, as_json=False)
 
 
 # --- pull: the district's chain, verified here, redacted where the document says ---------------------------
