@@ -24,6 +24,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import orjson
 import sqlite_utils
 
 from .chain import GENESIS, REDACTED, entry_leaf
@@ -359,6 +360,21 @@ class Node(ModuleHost):
         """The scope an origin declared in its first entry (``node.init``), if held."""
         row = self.conn.execute("SELECT scope FROM _hemei_origins WHERE node_id = ?", (node_id,)).fetchone()
         return row[0] if row else None
+
+    def origin_names(self) -> dict[str, str]:
+        """Scope by name, as the origins held declared them in their ``node.init`` (this node's own too),
+        for names that mean one scope; a name two scopes share means neither."""
+        scopes: dict[str, set[str]] = {}
+        for scope, payload in self.conn.execute(
+                "SELECT o.scope, l.payload FROM _hemei_origins o JOIN _hemei_log l ON l.origin = o.ix AND l.seq = 1"
+                " WHERE l.kind = 'node.init' AND o.scope IS NOT NULL"):
+            try:
+                name = orjson.loads(payload)["name"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue  # the scope was read from it, so it is JSON; a name missing is no name
+            if isinstance(name, str) and name:
+                scopes.setdefault(name, set()).add(scope)
+        return {name: next(iter(held)) for name, held in scopes.items() if len(held) == 1}
 
     def _refusal_count(self) -> int:
         return self.conn.execute("SELECT count(*) FROM _hemei_conflicts").fetchone()[0]

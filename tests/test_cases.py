@@ -620,6 +620,30 @@ def test_street_filters_take_this_nodes_own_name_and_refuse_an_unknown_place(str
         grids.list_grids(district, "府山街道")
 
 
+def test_a_district_names_its_streets_as_nodes_list_shows_them(make_node):
+    """Found in review: a street enrolled as 府山街道 with the scope yuecheng/fushan (as the README sets one
+    up) could not be named 府山街道 in --street, and the refusal steered to --new-street, which made a street
+    yuecheng/府山街道 of its own in every ranking."""
+    from hemei.sync import enroll
+
+    district = make_node("越城区", scope="yuecheng", modules=["grid_inspections"])
+    fushan = make_node("府山街道", scope="yuecheng/fushan", modules=["grid_inspections"])
+    tashan = make_node("塔山街道", scope="yuecheng/tashan", modules=["grid_inspections"])
+    token = enroll.create_invite(district, name="府山街道", scope="yuecheng/fushan", url="http://127.0.0.1:9",
+                                 ttl_s=3600, actor=ACTOR)
+    enroll.accept_join(district, token, fushan.id, fushan.public_key, "府山街道", "yuecheng/fushan")
+    made = grids.add_grid(district, ACTOR, code="FS-09", name="西小河九网格", community="西小河社区", street="府山街道")
+    assert made["street"] == "yuecheng/fushan"  # enrolled, not synced yet: known by the name it was invited as
+    district.apply_batch(tashan.read_batch(tashan.id, 0, limit=10_000), confine=True)  # synced, never enrolled here
+    made = grids.add_grid(district, ACTOR, code="TS-09", name="塔山九网格", community="塔山社区", street="塔山街道")
+    assert made["street"] == "yuecheng/tashan"  # by the name its node.init declared
+    assert [g["code"] for g in grids.list_grids(district, "府山街道")] == ["FS-09"]
+    assert [g["code"] for g in grids.list_grids(district, "塔山街道/塔山社区")] == ["TS-09"]
+    assert metrics.stats(district, start=DAY0.isoformat(), scope="塔山街道")["totals"] is not None
+    assert cases.list_cases(district, street="府山街道") == []
+    assert grids.place_scope(district, "越城区") == "yuecheng"  # this node's own name, as before
+
+
 def test_a_grid_is_never_put_in_a_street_nobody_knows(street, make_node):
     """Found by an operator walkthrough: a mistyped --street made a street of its own (府山街道/府山街到 at a
     street, 越城区/府山 at a district), ranked with 0% coverage from then on."""

@@ -42,10 +42,15 @@ def grid_id(scope: str) -> str:
 def place_scope(node: Node, value, field: str = "street") -> str:
     """A scope at or below this node's: its own scope, a full path inside it, a path relative to it, or
     one relative to its parent, as its district writes it (``府山街道`` or ``府山街道/西小河社区`` on the
-    street 越城区/府山街道); this node's name stands for its scope."""
+    street 越城区/府山街道). This node's name stands for its scope, and so does the name of a node
+    below it that synced here (``hemei nodes list`` shows 府山街道 for yuecheng/fushan)."""
     value = text(value, field, limit=512)
     if value == node.name:
         return node.scope
+    head, slash, below = value.partition("/")  # 府山街道/西小河社区: a place inside the named node
+    named = _named_places(node).get(head)
+    if named is not None and covers(node.scope, named):
+        return parse_scope(named + slash + below)
     scope = parse_scope(value)
     if covers(node.scope, scope):
         return scope
@@ -132,6 +137,20 @@ def _peer_scopes(node: Node, role: str) -> list[str]:
             "SELECT scope FROM _hemei_peers WHERE role = ? AND revoked = 0", (role,))]
     except sqlite3.OperationalError:  # a node without the sync transport's tables
         return []
+
+
+def _named_places(node: Node) -> dict[str, str]:
+    """Scope by name of the nodes this one knows: those whose log it holds, and enrolled children that
+    have not synced yet; a name two scopes share names neither."""
+    scopes: dict[str, set[str]] = {}
+    try:
+        children = node.conn.execute("SELECT name, scope FROM _hemei_peers WHERE role = 'child' AND revoked = 0")
+        named = [*node.origin_names().items(), *children]
+    except sqlite3.OperationalError:  # a node without the sync transport's tables
+        named = list(node.origin_names().items())
+    for name, scope in named:
+        scopes.setdefault(name, set()).add(scope)
+    return {name: held.pop() for name, held in scopes.items() if len(held) == 1}
 
 
 def _segment(value, field: str) -> str:
