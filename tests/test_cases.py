@@ -133,6 +133,20 @@ def test_only_days_that_are_over_are_counted_and_today_so_far_is_shown(street):
     assert ranked["totals"]["patrol_coverage"] == 1.0 and ranked["patrols"]["missed"] == 0
 
 
+def test_one_patrol_entered_twice_counts_once(street):
+    """Found in review: the same check-in sent twice (a double click) met a morning-and-evening plan."""
+    grids.check_in(street, ACTOR, "FS-01", worker="李娟", at=at(1, 8))
+    size = _log_size(street)
+    for again in (at(1, 8), at(1, 8, 9), at(1, 7, 51)):
+        with pytest.raises(Conflict, match="李娟 checked in on grid FS-01 at 08:00 already"):
+            grids.check_in(street, ACTOR, "FS-01", worker="李娟", at=again)
+    assert _log_size(street) == size
+    grids.check_in(street, ACTOR, "FS-01", worker="张三", at=at(1, 8))  # another worker: another patrol
+    grids.check_in(street, ACTOR, "FS-02", worker="李娟", at=at(1, 8, 5))  # another grid
+    grids.check_in(street, ACTOR, "FS-01", worker="李娟", at=at(1, 8, 10))  # ten minutes on: a patrol again
+    assert _log_size(street) == size + 3
+
+
 def test_a_grid_defined_wrongly_is_removed_with_its_staff_and_what_was_recorded_in_it_stays(street):
     """Found by an operator walkthrough: a grid defined in the wrong community or street could not be
     taken back, and ranked its street down with patrols nobody would make."""

@@ -434,6 +434,7 @@ def check_in(node: Node, actor: str, grid, *, worker, at=None, note=None) -> dic
     worker = text(worker, "worker", limit=64)
     at = past_time(at, "patrol time")
     note = text(note, "note", required=False, limit=2000, lines=True)
+    _refuse_a_second_entry(node, row, worker, at)
     with node.writer(actor) as w:
         pk = w.insert("grid_patrols", {"scope": row["scope"], "grid": row["id"], "street": row["street"],
                                        "worker": worker, "at": at, "day": at[:10], "note": note})
@@ -449,6 +450,25 @@ def check_in(node: Node, actor: str, grid, *, worker, at=None, note=None) -> dic
                      f"{planned['established']}: coverage does not count this patrol (to count earlier patrols, "
                      f"define the grid again with an earlier established day)")
     return shown
+
+
+#: Two check-ins of one worker on one grid closer than this are one patrol entered twice (a form sent
+#: twice, a double click), not two patrols: the plan's patrols are hours apart.
+SAME_PATROL = dt.timedelta(minutes=10)
+
+
+def _refuse_a_second_entry(node: Node, grid: dict, worker: str, at: str) -> None:
+    moment = dt.datetime.fromisoformat(at)
+    for held, pk in node.conn.execute("SELECT at, id FROM grid_patrols WHERE day = ? AND grid = ? AND worker = ?",
+                                      (at[:10], grid["id"], worker)):
+        try:
+            apart = abs(dt.datetime.fromisoformat(held) - moment)
+        except (TypeError, ValueError):  # a row another node's release wrote otherwise: not this patrol
+            continue
+        if apart < SAME_PATROL:
+            raise Conflict(f"{worker} checked in on grid {grid['code']} at {held[11:16]} already (patrol {pk}): "
+                           f"one patrol entered twice counts once; a second patrol is at least "
+                           f"{SAME_PATROL.seconds // 60} minutes after the first")
 
 
 def check_window(start, end) -> tuple[str, str]:
