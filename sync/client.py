@@ -51,7 +51,8 @@ NEEDS_AN_OPERATOR = {
     "revoked": "This node can no longer sync with its parent; if it replaces a node, ask the parent's operator "
                "for a new invite and join with it from a new node home",
     "unknown_node": "The parent does not know this node (was the parent restored from a backup, or this node "
-                    "enrolled elsewhere?): ask the parent's operator for a new invite",
+                    "enrolled elsewhere?): a restored parent goes on as a new node (docs/operations.md, A parent "
+                    "restored from a backup); join that one with 'hemei join TOKEN --replace-parent'",
     "fork": "Stop writing on this PC and call the parent's operator (docs/operations.md, Forks)",
 }
 
@@ -284,8 +285,14 @@ def read_answer(reply: httpx.Response, raw: bool) -> dict:
 
 
 def join(node: Node, token: str, actor: str, url: str | None = None,
-         transport: httpx.BaseTransport | None = None) -> dict:
-    """Enroll this node as the child of the parent that issued ``token``."""
+         transport: httpx.BaseTransport | None = None, replace_parent: bool = False) -> dict:
+    """Enroll this node as the child of the parent that issued ``token``.
+
+    ``replace_parent``: this node has a parent, which was replaced (a new PC
+    after a disk died, or a restored backup that forked and continues as a
+    new node): the node that issued ``token`` becomes its parent instead,
+    and this node keeps its own log, so nothing it wrote is typed again.
+    """
     node.clock.set_now()  # before the parent pins this node: this side's pin is a log entry too
     fields = enroll.parse_token(token)
     if fields["expires_ms"] <= time.time_ns() // 1_000_000:
@@ -293,11 +300,18 @@ def join(node: Node, token: str, actor: str, url: str | None = None,
     if fields["scope"] != node.scope:
         raise enroll.InvalidToken(f"the token is for scope {fields['scope']}, but this node's scope is "
                                   f"{node.scope}: use a token made for this node")
-    existing = node.conn.execute("SELECT name FROM _hemei_peers WHERE role = 'parent'").fetchone()
-    if existing:
-        raise enroll.InvalidToken(f"this node already has a parent ({existing[0]}): it syncs with 'hemei sync'. To "
-                                  "enroll under another parent, make a new node home and join from there",
-                                  code="already_joined")
+    existing = node.conn.execute("SELECT node_id, name FROM _hemei_peers WHERE role = 'parent'").fetchone()
+    if existing and existing[0] == fields["parent"]:
+        # Pinned again, the same node would still contradict the copy of its log held here (a restored
+        # parent writes on: the invite is a write): a replaced parent is a new node.
+        raise enroll.InvalidToken(f"this node has joined {existing[1]} already, the node that issued this token: it "
+                                  "syncs with 'hemei sync'", code="already_joined")
+    if existing and not replace_parent:
+        raise enroll.InvalidToken(f"this node already has a parent ({existing[1]}): it syncs with 'hemei sync'. If "
+                                  "that parent was replaced (a new PC, or a restored copy that forked), join the "
+                                  "new one with --replace-parent", code="already_joined")
+    if replace_parent and not existing:
+        raise enroll.InvalidToken("this node has no parent to replace: join without --replace-parent")
     with ParentLink(node, url or fields["url"], transport) as link:
         link.learn_time()
         # A refusal is said as it comes (the parent's key is not known before its answer; nothing is
@@ -312,7 +326,7 @@ def join(node: Node, token: str, actor: str, url: str | None = None,
                               "of the node that issued the token: nothing was pinned here. Check the address; the "
                               "token may be used up at the parent, so ask its operator for a new one")
     return enroll.pin_parent(node, dict(fields, url=link.url), reply, actor,  # the address that answered
-                             signs_answers=signed)
+                             signs_answers=signed, replacing=existing[0] if existing else None)
 
 
 def _join_answer_signed(answer: httpx.Response, reply: dict, parent_id: str) -> bool:
@@ -393,6 +407,9 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
         evidence = getattr(exc, "evidence", None)
         if evidence is not None:  # the parent's history contradicts the copy held here
             record_fork(node, evidence, parent["node_id"])
+            exc.message += (f". {parent['name']} must go on as a new node (docs/operations.md, A parent restored "
+                            "from a backup); once it has, join it with 'hemei join TOKEN --replace-parent': this "
+                            "node keeps its log and sends it all there")
         record_refusal(node, parent["node_id"], exc.code, exc.message, "pull")
         touch(node, parent["node_id"], error=f"{exc.code}: {exc.message}",
               pending_down=report.pending_down or None)

@@ -71,15 +71,20 @@ def invite(scope: str, name: str, url: str | None, ttl: int) -> None:
 @home_option
 @click.argument("token")
 @click.option("--url", help="Reach the parent at this address instead of the one in the token.")
+@click.option("--replace-parent", is_flag=True,
+              help="This node's parent was replaced (a new PC, a restored copy that forked): the node that "
+                   "issued TOKEN becomes its parent instead; this node keeps its log.")
 @json_option
-def join(token: str, url: str | None, as_json: bool) -> None:
+def join(token: str, url: str | None, replace_parent: bool, as_json: bool) -> None:
     """Enroll this node as the child of the node that issued TOKEN.
 
     Example:
 
         hemei --home ./fushan join hemei1.eyJ1Ijoi...
+
+        hemei --home ./fushan join hemei1.eyJ1Ijoi... --replace-parent
     """
-    parent = client.join(cli_node(), token, cli_actor(), url=url)
+    parent = client.join(cli_node(), token, cli_actor(), url=url, replace_parent=replace_parent)
     emit(parent, as_json, lambda p: click.echo(f"joined {p['name']} ({p['scope']}) at {p['url']}\n"
                                                f"parent id: {p['node_id']}"))
 

@@ -136,9 +136,11 @@ def _enroll(node: Node, w, token: str, child_id: str, public_key: bytes, scope: 
             "scope": node.scope}
 
 
-def pin_parent(node: Node, token: dict, reply: dict, actor: str, *, signs_answers: bool = False) -> dict:
+def pin_parent(node: Node, token: dict, reply: dict, actor: str, *, signs_answers: bool = False,
+               replacing: str | None = None) -> dict:
     """Child side: check the parent's answer against the token and pin it (``signs_answers``: its
-    answer was signed, and every later one must be)."""
+    answer was signed, and every later one must be). ``replacing``: the parent it takes the place of,
+    whose pin goes in the same transaction (the log keeps both joins, and the replacement)."""
     try:
         public_key = base64.b64decode(reply["public_key"], validate=True)
         parent_id = parse_node_id(reply["node_id"])
@@ -153,6 +155,9 @@ def pin_parent(node: Node, token: dict, reply: dict, actor: str, *, signs_answer
         raise Forbidden(f"parent scope {parent_scope} does not contain this node's scope {node.scope}",
                         code="scope_mismatch")
     with node.writer(actor) as w:
+        if replacing is not None:
+            w.event("peer.replace", {"node_id": replacing, "by": parent_id})
+            w.conn.execute("DELETE FROM _hemei_peers WHERE node_id = ? AND role = 'parent'", (replacing,))
         w.event("peer.join", {"node_id": parent_id, "name": parent_name, "scope": parent_scope,
                               "url": token["url"]})
         w.conn.execute("INSERT INTO _hemei_peers (node_id, role, name, scope, public_key, url, enrolled_ms,"

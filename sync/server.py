@@ -169,13 +169,19 @@ def hello(call: ApiCall) -> Response:
     own = body.get("checkpoint")
     if own is not None:
         engine.check_history(node, child, own)
-    touch(node, child["node_id"], their_vv=their_vv, modules=announced)
+    held, size = their_vv.get(node.id, 0), node.version_vector().get(node.id, 0)
+    # A child holding more of this node's own log than this node does: this node's home was restored from
+    # an older copy, and the child will refuse it as a fork. Said in status, where the operator looks; not
+    # logged, since a write of this node's own is just what makes the restored copy a fork.
+    restored = (f"restored: {child['name']} holds {held} entries of this node's own log, this node {size}: this "
+                "node's home was restored from an older copy, and its children refuse it as a fork (docs/"
+                "operations.md, A parent restored from a backup)") if held > size else None
+    touch(node, child["node_id"], their_vv=their_vv, modules=announced, error=restored)
     # At (or below) the size the child holds of this node's chain when that is shorter: the latest could
     # not be compared there, and a parent restored from a backup that wrote past it would show as a bad
     # batch signature on pull instead of a fork. Only a checkpoint this node's writer signed (see
     # engine.own_checkpoint): never one made at the size a request names.
     # With "at", the size answered: the child may hold more by then (another sync of it pulled meanwhile).
-    held, size = their_vv.get(node.id, 0), node.version_vector().get(node.id, 0)
     at = held if 0 < held < size else None
     checkpoint = own_checkpoint(node, at)
     if checkpoint is not None and at is not None:

@@ -104,6 +104,64 @@ def test_a_forked_street_continues_as_a_new_node_as_operations_md_says(pair):
     assert pair.hemei("street", "sync").returncode == 1  # the restored PC is refused from now on
 
 
+def test_a_district_restored_from_a_backup_goes_on_as_a_new_node_and_its_street_follows_with_its_log(pair):
+    """Found in review: a restored district that forked stranded its streets, which could only start new
+    homes and type again what they wrote since; docs/operations.md had no district case."""
+    with pair.open("street") as s:
+        write_notes(s, [("修复前", "sx/yc/fs")])
+    pair.sync("street")
+    district = pair.servers["district"]
+    district.stop()
+    shutil.copytree(pair.home("district"), pair.root / "district-backup")
+    pair.serve("district", port=district.port)
+    with pair.open("district") as d:
+        write_notes(d, [("区里写的", "sx/yc")])
+    pair.sync("street")  # the street holds the district's own note: more of its log than the backup
+    pair.servers["district"].stop()
+    shutil.rmtree(pair.home("district"))
+    shutil.copytree(pair.root / "district-backup", pair.home("district"))
+    pair.serve("district", port=district.port)
+    forked = pair.hemei("street", "sync")
+    assert forked.returncode == 1 and "fork" in forked.stderr and "--replace-parent" in forked.stderr, forked.stderr
+    [child] = json.loads(pair.ok("district", "status", "--json"))["peers"]  # the restored district is told too
+    assert child["last_error"].startswith("restored: street holds ") and "older copy" in child["last_error"]
+    assert "restored from an older copy" in pair.ok("district", "status")
+    with pair.open("street") as s:
+        write_notes(s, [("分叉后写的", "sx/yc/fs")])  # what a street would otherwise type again in a new home
+
+    pair.init("district-new", "sx/yc")
+    pair.serve("district-new")
+    invite = ("invite", "--scope", "sx/yc/fs", "--name", "府山街道", "--url", pair.servers["district-new"].url)
+    token = pair.ok("district-new", *invite).strip()
+    plain = pair.hemei("street", "join", token)
+    assert plain.returncode == 1 and "--replace-parent" in plain.stderr
+    joined = pair.hemei("street", "join", token, "--replace-parent", "--json")
+    assert joined.returncode == 0, joined.stderr
+    with pair.open("district-new") as new:
+        new_id = new.id
+    [parent] = json.loads(pair.ok("street", "status", "--json"))["peers"]
+    assert parent["node_id"] == new_id == json.loads(joined.stdout)["node_id"]
+    pair.sync("street")
+    with pair.open("district-new") as new:
+        assert {"修复前", "分叉后写的"} <= note_titles(new)  # the street's whole log, nothing typed again
+    for name in ("district-new", "street"):
+        assert "verified" in pair.ok(name, "audit", "verify").lower()
+    kinds = pair.ok("street", "audit", "log", "--kind", "peer", "--json")
+    assert [e["kind"] for e in json.loads(kinds)][:2] == ["peer.join", "peer.replace"]  # newest first
+    same = pair.hemei("street", "join", pair.ok("district-new", *invite).strip())
+    assert same.returncode == 1 and "has joined" in same.stderr
+
+
+def test_replace_parent_needs_a_parent(tmp_path):
+    from tree import Tree
+
+    t = Tree(tmp_path).build({"district": "sx/yc", "street": "sx/yc/fs"})
+    token = t.ok("district", "invite", "--scope", "sx/yc/fs", "--name", "street", "--url", "http://127.0.0.1:9").strip()
+    alone = t.hemei("street", "join", token, "--replace-parent")
+    assert alone.returncode == 1 and "no parent to replace" in alone.stderr  # said before any address is tried
+    assert json.loads(t.ok("street", "status", "--json"))["peers"] == []
+
+
 def test_invite_notes_a_scope_that_an_enrolled_node_holds_already(pair):
     with pair.open("street") as s:
         street_id = s.id

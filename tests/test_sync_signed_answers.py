@@ -309,14 +309,14 @@ def test_a_stripped_answer_after_the_parent_proved_itself_at_a_new_address_is_re
 
 def test_a_district_that_does_not_know_the_street_says_so_signed_and_the_watch_stops(pair):
     """A district restored from a backup made before the street joined: its `unknown_node` is its own
-    word (signed, bound to the key id the street sent), so the watch stops and says to get a new invite."""
+    word (signed, bound to the key id the street sent), so the watch stops and says what to do."""
     with pair.open("street") as s:
         street_id = s.id
     with pair.open("district") as d:
         d.conn.execute("DELETE FROM _hemei_peers WHERE node_id = ?", (street_id,))
     with pair.open("street") as s:
         results: list = []
-        with pytest.raises(client.SyncRefused, match="ask the parent's operator for a new invite"):
+        with pytest.raises(client.SyncRefused, match="goes on as a new node .* --replace-parent"):
             client.sync_watch(s, interval_s=0, batch_size=100, on_result=results.append, sleep=lambda s: None,
                               stop=lambda: len(results) >= 3)
         assert len(results) == 1 and refusals_of(s) == ["unknown_node"]
