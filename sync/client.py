@@ -357,6 +357,7 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
     report = SyncReport()
     link = ParentLink(node, url or stored, transport)  # a malformed address: said, not recorded
     link.expect(parent)
+    their_vv = None  # what the parent holds, once its hello said (and as each push answer adds to it)
     try:
         with link:
             answered = link.learn_time()
@@ -411,7 +412,10 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
                             "from a backup); once it has, join it with 'hemei join TOKEN --replace-parent': this "
                             "node keeps its log and sends it all there")
         record_refusal(node, parent["node_id"], exc.code, exc.message, "pull")
-        touch(node, parent["node_id"], error=f"{exc.code}: {exc.message}",
+        # What went up before the refusal is the parent's now: counted so, not as still to send.
+        touch(node, parent["node_id"], error=f"{exc.code}: {exc.message}", their_vv=their_vv,
+              pending_up=None if their_vv is None else engine.pending(engine.subtree_origins(node, node.scope),
+                                                                      their_vv),
               pending_down=report.pending_down or None)
         raise
     report.pending_up = engine.pending(engine.subtree_origins(node, node.scope), their_vv)

@@ -187,7 +187,9 @@ def peers_status(node: Node) -> list[dict]:
         if peer["role"] == "parent":
             peer["pending_up"] = pending(subtree_origins(node, node.scope), peer["their_vv"])
         else:
-            peer["pending_up"], peer["pending_down"] = child_backlog(node, peer, peer["their_vv"])
+            # Nothing goes to a revoked child again: no backlog to show, however much is written here.
+            peer["pending_up"], peer["pending_down"] = (0, 0) if peer["revoked"] else child_backlog(
+                node, peer, peer["their_vv"])
         out.append({
             "node_id": peer["node_id"], "role": peer["role"], "name": peer["name"], "scope": peer["scope"],
             "url": peer["url"], "revoked": bool(peer["revoked"]),

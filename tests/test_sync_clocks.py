@@ -41,6 +41,8 @@ def test_a_street_pc_hours_slow_still_pushes_and_is_told_to_set_its_own_clock(pa
     # Both operators see the gap in status, as measured at the last contact, before anyone reads a refusal.
     [parent] = json.loads(pair.ok("street", "status", "--json"))["peers"]
     assert abs(parent["clock_ahead_ms"] - 8 * 3600 * 1000) < 60_000
+    with pair.open("street") as s, pair.open("district") as d:  # what went up counted so (found in review)
+        assert parent["pending_up"] == s.version_vector()[s.id] - d.version_vector()[s.id] == 1  # the refusal
     [street] = json.loads(pair.ok("district", "status", "--json"))["peers"]
     assert abs(street["clock_ahead_ms"] + 8 * 3600 * 1000) < 60_000
     assert "clock 8 h 0 min behind this PC's" in pair.ok("district", "status")

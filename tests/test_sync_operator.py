@@ -178,6 +178,10 @@ def test_small_cli_answers_from_the_walkthrough(pair, tmp_path):
     listed = pair.ok("district", "nodes", "list")
     assert "REVOKED" in listed and "True" not in listed
     with pair.open("district") as d:
+        write_notes(d, [("撤销后写的", "sx/yc")])
+    [revoked] = json.loads(pair.ok("district", "status", "--json"))["peers"]
+    assert revoked["pending_up"] == revoked["pending_down"] == 0  # nothing goes to it again (found in review)
+    with pair.open("district") as d:
         d.conn.execute("UPDATE _hemei_meta SET value = 'http://10.0.0.5：8340' WHERE key = 'public_url'")
     stale = pair.hemei("district", "invite", "--scope", "sx/yc/bh", "--name", "北海街道")
     assert stale.returncode == 1 and "the address remembered from the last --url" in stale.stderr
