@@ -12,7 +12,7 @@ import click
 
 from hemei.core.audit import list_conflicts, verify_log
 from hemei.core.cli_support import home_option, NodeContext, cli_actor, cli_context, cli_node, emit, json_option, progress, table
-from hemei.core.clock import iso_to_local_text
+from hemei.core.clock import iso_to_local_text, span_text
 from hemei.core.errors import InvalidInput, NodeStateError
 from hemei.core.node import Node
 from hemei.core.scope import covers, parse_scope
@@ -56,6 +56,11 @@ def _print_status(s: dict) -> None:
     if s.get("waiting"):
         click.echo(f"waiting:  {s['waiting']} updates or deletes received before the insert of their row"
                    " (applied when it arrives)")
+    if s.get("clock_ahead_of_pc_ms"):
+        ahead = s["clock_ahead_of_pc_ms"]
+        click.echo(f"CLOCK:    this node's stamps run {span_text(ahead)} ahead of this PC's clock (entries written "
+                   "while the PC clock was ahead, or received from a node whose clock is): every new entry is "
+                   "stamped after them, and a parent takes them only when real time gets there. Nothing is lost")
     if s.get("missing_modules"):
         click.echo(f"MISSING modules (enabled but not installed): {', '.join(s['missing_modules'])}")
     for peer in s.get("peers", []):

@@ -86,6 +86,13 @@ def iso_to_local_text(text: str) -> str:
     return local_text(int(stamp.timestamp() * 1000))
 
 
+def span_text(ms: int) -> str:
+    """A span of time as a person says it: '20 min', '3 h 5 min', '4 days' (days from two)."""
+    minutes = round(abs(ms) / 60000)
+    return (f"{minutes // 1440} days" if minutes >= 2 * 1440 else
+            f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min")
+
+
 def wait_text(ms: int) -> str:
     """How long until a stamp ``ms`` too far ahead is taken, as a person says it ("about 3 min",
     "about 2 h 45 min"), rounded up."""

@@ -28,7 +28,7 @@ import orjson
 import sqlite_utils
 
 from .chain import GENESIS, REDACTED, entry_leaf
-from .clock import DEFAULT_MAX_AHEAD_MS, HybridClock
+from .clock import DEFAULT_MAX_AHEAD_MS, HybridClock, hlc_ms, wall_ms
 from .errors import InvalidInput, NodeStateError
 from .gc_pause import cyclic_gc_paused
 from .identity import node_id_from_public_key, parse_node_id, public_key_raw, read_private_key, write_private_key
@@ -473,6 +473,10 @@ class Node(ModuleHost):
         return replayed
 
     # -- status ----------------------------------------------------------------
+    def _stamps_ahead_ms(self) -> int | None:
+        ahead = hlc_ms(self.clock.last) - wall_ms()
+        return ahead if ahead > self.clock.max_ahead_ms else None
+
     def status(self, *, admin: bool = True) -> dict:
         """The node at a glance; without ``admin``, no path on the PC and no addresses of callers."""
         _, size, head, _ = self._origin_row(self.id)
@@ -490,6 +494,9 @@ class Node(ModuleHost):
             "conflicts": self._refusal_count(),
             # Updates and deletes received before their row's insert; applied when it comes.
             "waiting": self.conn.execute("SELECT count(*) FROM _hemei_waiting").fetchone()[0],
+            # How far this node's stamps run ahead of this PC's clock, when a parent would refuse them (set
+            # while the PC clock was ahead, or by a received entry): every new entry is stamped after them.
+            "clock_ahead_of_pc_ms": self._stamps_ahead_ms(),
         }
         for extra in self.pm.hook.node_status(node=self, admin=admin):
             for key, value in (extra or {}).items():

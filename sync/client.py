@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 import httpx
 
-from hemei.core.clock import hlc_ms, hlc_to_iso
+from hemei.core.clock import hlc_ms, hlc_to_iso, span_text
 from hemei.core.errors import ClockNotSet, ClockSkew, HemeiError, InvalidInput
 from hemei.core.gc_pause import cyclic_gc_paused
 from hemei.core.identity import node_id_from_public_key
@@ -210,6 +210,13 @@ class ParentLink:
             own_refused = exc.writer in (None, self.node.id)  # None: a parent from before `writer`
             if own_refused and (moved := clock_moved_by(self.node)) is not None:
                 said += f" ({moved})"
+            elif own_refused and abs(self.offset_ms) <= CLOCK_TOLERANCE_MS and (
+                    ahead := hlc_ms(self.node.clock.last) - time.time_ns() // 1_000_000) > CLOCK_TOLERANCE_MS:
+                # Found in review: the PC clock set right again, the operator was told to set it.
+                said = (f"{said}. This PC's clock agrees with the parent's now, but this node wrote entries while "
+                        f"it was ahead, stamped up to {hlc_to_iso(self.node.clock.last)} ({span_text(ahead)} from "
+                        "now); every entry since is stamped after them (a log's stamps never go back), so the parent "
+                        "takes them from then on. Nothing is lost; nothing is to be set")
             if said == exc.message:
                 raise
             refused = SyncRefused(said, code=exc.code, status=exc.status)

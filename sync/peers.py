@@ -6,7 +6,7 @@ import time
 
 import orjson
 
-from hemei.core.clock import hlc_to_iso
+from hemei.core.clock import hlc_to_iso, span_text
 from hemei.core.errors import NotFound
 from hemei.core.node import Node
 
@@ -88,10 +88,7 @@ CLOCK_TOLERANCE_MS = 5 * 60 * 1000
 
 def clock_gap(ahead_ms: int) -> str:
     """'3 h 5 min ahead of' for a clock ``ahead_ms`` ahead of another ('behind' when negative; days from two)."""
-    minutes = round(abs(ahead_ms) / 60000)
-    size = (f"{minutes // 1440} days" if minutes >= 2 * 1440 else
-            f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min")
-    return f"{size} {'ahead of' if ahead_ms > 0 else 'behind'}"
+    return f"{span_text(ahead_ms)} {'ahead of' if ahead_ms > 0 else 'behind'}"
 
 
 def record_clock(node: Node, node_id: str, ahead_ms: int) -> None:

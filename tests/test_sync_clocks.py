@@ -54,6 +54,22 @@ def test_a_street_pc_hours_slow_still_pushes_and_is_told_to_set_its_own_clock(pa
     assert abs(street["clock_ahead_ms"]) < 60_000 and "clock" not in pair.ok("district", "status")
 
 
+def test_a_street_whose_clock_was_ahead_and_is_set_right_again_is_told_it_need_set_nothing(pair):
+    """Found in review: after one write with the PC clock two days ahead, every later entry is stamped
+    after it, the district refuses them all until that day, and the street was told to set a clock that
+    was right by then."""
+    ahead = wrong_clock_env(pair.env, pair.root, 2 * 86400)
+    pair.ok("street", "probe", "note", "钟快时写的", env=ahead)
+    pair.ok("street", "probe", "note", "钟调好后写的")
+    status = json.loads(pair.ok("street", "status", "--json"))
+    assert 2 * 86400_000 - 120_000 < status["clock_ahead_of_pc_ms"] <= 2 * 86400_000
+    assert "CLOCK:    this node's stamps run 2 days ahead of this PC's clock" in pair.ok("street", "status")
+    done = pair.hemei("street", "sync")
+    assert done.returncode == 1 and "more than a day ahead" in done.stderr
+    assert "This PC's clock agrees with the parent's now" in done.stderr and "nothing is to be set" in done.stderr
+    assert json.loads(pair.ok("district", "status", "--json"))["clock_ahead_of_pc_ms"] is None
+
+
 def test_a_street_pc_reset_to_2000_pushes_what_it_had_and_is_told_its_clock_was_reset(pair):
     with pair.open("street") as s:
         write_notes(s, [("重置前写的", "sx/yc/fs")])
