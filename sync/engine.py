@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Callable, Iterator
 
 from hemei.core.chain import FULL, ROW_KINDS
@@ -53,6 +54,10 @@ def own_checkpoint(node: Node, upto: int | None = None) -> dict | None:
     return None if row is None else {"size": row[0], "head": row[1].hex(), "signature": row[2].hex()}
 
 
+_HEX_HEAD = re.compile("[0-9a-fA-F]{64}")  # SHA-256
+_HEX_SIGNATURE = re.compile("[0-9a-fA-F]{128}")  # Ed25519
+
+
 def check_history(node: Node, peer: dict, checkpoint) -> None:
     """Compare a peer's signed checkpoint of its own log with the copy held here.
 
@@ -64,6 +69,8 @@ def check_history(node: Node, peer: dict, checkpoint) -> None:
     now: another sync of the same peer pushed or pulled meanwhile).
     """
     try:
+        if not (_HEX_HEAD.fullmatch(checkpoint["head"]) and _HEX_SIGNATURE.fullmatch(checkpoint["signature"])):
+            raise ValueError  # fromhex alone would skip spaces, and a short head is no checkpoint
         size, head = checkpoint["size"], bytes.fromhex(checkpoint["head"])
         signature = bytes.fromhex(checkpoint["signature"])
         at = checkpoint.get("at")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import zlib
 
 import orjson
@@ -122,10 +123,19 @@ def batches_of(message: dict) -> list[Batch]:
     return batches
 
 
+#: A node id as every node writes it (identity.parse_node_id's canonical form; its check characters are
+#: not recomputed here: an id no node holds matches nothing, and this is read once a request).
+_NODE_ID = re.compile(r"[A-Z2-7]{7}(?:-[A-Z2-7]{7}){7}")
+#: More origins than any tree of street offices holds (a city of 1,000 streets, each replaced a few times).
+MAX_VV_ORIGINS = 100_000
+
+
 def vv_of(value) -> dict[str, int]:
-    if not isinstance(value, dict) or not all(isinstance(k, str) and type(v) is int and v >= 0
-                                              for k, v in value.items()):
-        raise MalformedBatch("version vector must map node ids to sizes")
+    """A version vector: canonical node ids to sizes (each below 2**63, as a log's seq)."""
+    if not isinstance(value, dict) or len(value) > MAX_VV_ORIGINS or not all(
+            type(k) is str and _NODE_ID.fullmatch(k) and type(v) is int and 0 <= v < 2 ** 63
+            for k, v in value.items()):
+        raise MalformedBatch("version vector must map node ids (canonical, with dashes) to sizes")
     return value
 
 

@@ -198,6 +198,14 @@ def test_malformed_batches_are_refused(net):
             for size in ("3", " 3 ", 3.0, -2 ** 63, 0, 2 ** 64 - 1):
                 refused(net, lambda: link.call("/api/sync/hello", {"vv": {}, "checkpoint": {**signed, "size": size}}),
                         400, "malformed_batch")
+            # Found in review: a 1-byte head was a chain error, a spaced one taken; junk vv keys were kept and
+            # sizes past 2**63 shown as backlogs.
+            for head in ("00", " " + "00" * 32, "00" * 32 + " ", "zz" * 32, None):
+                refused(net, lambda: link.call("/api/sync/hello", {"vv": {}, "checkpoint": {
+                    **signed, "size": 1, "head": head}}), 400, "malformed_batch")
+            for vv in ({"junk": 1}, {beihai.id.lower(): 1}, {beihai.id.replace("-", ""): 1}, {beihai.id: 2 ** 63},
+                       {beihai.id: -1}, {beihai.id: True}):
+                refused(net, lambda: link.call("/api/sync/hello", {"vv": vv}), 400, "malformed_batch")
             # Counts past any limit are served as the limit (they used to overflow SQLite: a 500).
             reply = link.call("/api/sync/pull", {"vv": {}, "batch_size": 2 ** 64 - 1, "max_entries": 2 ** 63})
             assert reply["batches"] and reply["more"] is False
