@@ -85,6 +85,9 @@ def _print_status(s: dict) -> None:
             else:
                 click.echo(f"          {module} is v{gap['there']} there, v{gap['here']} here: this node's changes "
                            f"wait there until that node is upgraded")
+        for module in peer.get("modules_not_there") or ():
+            click.echo(f"          {module} is not enabled there: its changes from here are kept there unread, and "
+                       "applied once it is enabled there (hemei modules enable)")
         for refusal in peer["refusals"][:3]:
             click.echo(f"          refused {iso_to_local_text(refusal['time'])}: {refusal['code']}: {refusal['reason']}")
     for fork in s.get("forks", []):

@@ -185,3 +185,16 @@ def test_small_cli_answers_from_the_walkthrough(pair, tmp_path):
         d.conn.execute("UPDATE _hemei_meta SET value = 'http://10.0.0.5：8340' WHERE key = 'public_url'")
     stale = pair.hemei("district", "invite", "--scope", "sx/yc/bh", "--name", "北海街道")
     assert stale.returncode == 1 and "the address remembered from the last --url" in stale.stderr
+
+
+def test_status_says_when_a_module_enabled_here_is_not_enabled_at_the_parent(pair):
+    """Found in review: a street escalating cases to a district without the module was told nothing."""
+    pair.ok("district", "modules", "disable", "hook_probe")
+    pair.sync("street")
+    [parent] = json.loads(pair.ok("street", "status", "--json"))["peers"]
+    assert parent["modules_not_there"] == ["hook_probe"]
+    assert "hook_probe is not enabled there" in pair.ok("street", "status")
+    pair.ok("district", "modules", "enable", "hook_probe")
+    pair.sync("street")
+    [parent] = json.loads(pair.ok("street", "status", "--json"))["peers"]
+    assert parent["modules_not_there"] == [] and "not enabled there" not in pair.ok("street", "status")
