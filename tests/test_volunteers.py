@@ -61,6 +61,23 @@ def test_malformed_id_numbers_are_refused(bad):
         pii.normalize_id_number(bad)
 
 
+def test_an_id_number_from_a_notepad_file_or_a_web_page_is_read_without_its_invisible_marks():
+    """Found in review: a Notepad file's byte-order mark made a valid number "not 18 characters"."""
+    valid = id_number(9)
+    for pasted in ("\ufeff" + valid + "\r\n", valid[:6] + "\u200b" + valid[6:], "\u2060" + valid.lower()):
+        assert pii.normalize_id_number(pasted) == valid
+
+
+def test_a_volunteer_named_twice_as_two_people_is_refused(street):
+    """Found in review: --volunteer and --id-number of another person redeemed from the --volunteer one."""
+    wang = registry.add_volunteer(street, ACTOR, name="王丽", id_number=id_number(11))
+    li = registry.add_volunteer(street, ACTOR, name="李强", id_number=id_number(12))
+    with pytest.raises(InvalidInput, match=f"volunteer {wang['id']} is not the person with this ID number"):
+        registry.resolve_person(street, ACTOR, volunteer=wang["id"], id_number=id_number(12))
+    person, row = registry.resolve_person(street, ACTOR, volunteer=li["id"], id_number=id_number(12))
+    assert row["id"] == li["id"]
+
+
 def test_ciphertext_is_bound_to_its_row_and_column_and_grants_only_open_for_their_addressee():
     key = pii.VolunteerKey(b"k" * 32, "越城区")
     token = key.encrypt("13805751234", "volunteers", "row-1", "phone")
@@ -612,3 +629,17 @@ def test_hours_of_true_and_a_report_of_a_place_outside_are_refused(street):
             rollup.rollup(street, outside)
     assert rollup.rollup(street, "越城区/府山街道")["scope"] == "越城区/府山街道"
     assert rollup.rollup(street, "")["scope"] == "越城区/府山街道"  # an empty form field: the node's own
+
+
+def test_an_id_number_piped_as_utf16_is_refused_plainly_and_one_with_a_bom_is_read(tmp_path, run_cli):
+    home = str(tmp_path / "府山")
+    for args in (["init", "--name", "府山街道", "--scope", "sx/yc/fs"], ["modules", "enable", "volunteer_hours"],
+                 ["volunteers", "key", "create"]):
+        assert run_cli("--home", home, *args).exit_code == 0
+    assert run_cli("--home", home, "volunteers", "add", "--name", "王丽", "--id-number", id_number(5)).exit_code == 0
+    utf16 = run_cli("--home", home, "volunteers", "balance", "--id-number", "-",
+                    input=(id_number(5) + "\r\n").encode("utf-16"))
+    assert utf16.exit_code == 1 and "not UTF-8 text (PowerShell's > writes UTF-16)" in utf16.output
+    notepad = run_cli("--home", home, "volunteers", "balance", "--id-number", "-", "--json",
+                      input=("\ufeff" + id_number(5) + "\r\n").encode("utf-8"))
+    assert notepad.exit_code == 0, notepad.output

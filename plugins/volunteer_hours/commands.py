@@ -17,7 +17,15 @@ from . import keys, ledger, registry, rollup
 def _id_number(value: str | None) -> str | None:
     """``-`` reads the ID number from stdin, so it stays out of shell history and the process list."""
     if value == "-":
-        return sys.stdin.readline().strip()
+        try:
+            line = sys.stdin.readline().strip()
+            line.encode("utf-8")  # bytes that were not UTF-8 come through as lone surrogates, or raise
+        except UnicodeError:
+            line = "\x00"
+        if "\x00" in line:  # UTF-16 (a PowerShell redirect writes it) puts a NUL beside every digit
+            raise InvalidInput("the ID number on stdin is not UTF-8 text (PowerShell's > writes UTF-16): save it "
+                               "as UTF-8, or type it after --id-number")
+        return line
     return value
 
 

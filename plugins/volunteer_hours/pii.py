@@ -45,6 +45,9 @@ def id_check_char(first17: str) -> str:
     return _ID_CHECK[sum(int(d) * w for d, w in zip(first17, _ID_WEIGHTS)) % 11]
 
 
+_INVISIBLE = dict.fromkeys(map(ord, "\ufeff\u200b\u200c\u200d\u2060"))
+
+
 def normalize_id_number(text: str) -> str:
     """A valid 18-character resident ID number, upper-cased; InvalidInput otherwise.
 
@@ -53,7 +56,9 @@ def normalize_id_number(text: str) -> str:
     """
     if not isinstance(text, str):
         raise InvalidInput("id_number must be text")
-    value = text.strip().upper()
+    # A file saved by Notepad starts with a byte-order mark, and text pasted from a web page or a chat can
+    # carry zero-width marks: neither is part of the number (found in review).
+    value = text.translate(_INVISIBLE).strip().upper()
     if not _ID_SHAPE.match(value):
         raise InvalidInput("an ID number has 18 characters: 17 digits and a digit or X")
     try:

@@ -116,6 +116,9 @@ def resolve_person(node: Node, actor: str, *, volunteer=None, id_number=None) ->
     """(person pseudonym, a local registration or None) from a volunteer id or an ID number."""
     if volunteer:
         row = get_volunteer(node, volunteer)
+        if id_number and keys.require_key(node, actor).pseudonym("id", pii.normalize_id_number(id_number)) \
+                != row["person"]:  # two names for one act: which one was meant is not for this node to guess
+            raise InvalidInput(f"volunteer {row['id']} is not the person with this ID number: give one of the two")
         return row["person"], row
     if not id_number:
         raise InvalidInput("name the volunteer: a volunteer id or an ID number")
