@@ -166,6 +166,26 @@ def row_scope(node: Node, scope: str | None) -> str:
     return scope
 
 
+def filter_scope(node: Node, scope: str | None, tables: tuple[str, ...]) -> str:
+    """A place to report on: this node's scope by default, or a path inside it (full, or relative to it:
+    ``fushan/xihu`` on 越城区 ... ``yuecheng``), where something is held: a node that synced here, or a row
+    of ``tables``. A mistyped place would otherwise read as zeros, as if all were well there."""
+    if not scope:
+        return node.scope
+    parsed = given = parse_scope(scope)
+    if not covers(node.scope, parsed):
+        parsed = parse_scope(f"{node.scope}/{parsed}")
+    if parsed == node.scope or any(s and covers(parsed, s) for s in map(node.origin_scope, node.version_vector())):
+        return parsed
+    for table in tables:
+        if node.conn.execute(f"SELECT 1 FROM [{table}] WHERE {in_subtree_sql()} LIMIT 1",
+                             subtree_params(parsed)).fetchone():
+            return parsed
+    raise InvalidInput((f"scope {given} is outside this node's scope {node.scope}, and " if parsed != given else "")
+                       + f"nothing is held at {parsed} on this node (no node there synced here, no records there): "
+                       "check the place")
+
+
 def in_subtree_sql(column: str = "scope") -> str:
     """SQL that holds when ``column`` is the given scope or inside it (parameters: :func:`subtree_params`).
 

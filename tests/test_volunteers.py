@@ -371,6 +371,25 @@ def district_and_streets(make_node):
     return district, a, b, _send
 
 
+def test_a_report_or_export_of_a_place_nothing_is_held_at_is_refused_not_read_as_zeros(district_and_streets,
+                                                                                         tmp_path):
+    """Found in review: `volunteers report --scope yuecheng/nowhere` printed zeros, and `export --scope
+    nowhere` wrote a header-only file over the one there."""
+    district, _, b, send = district_and_streets
+    registry.add_volunteer(b, ACTOR, name="王丽", id_number=id_number(60), scope="越城区/塔山街道/塔山社区")
+    send(b, district)
+    for typo in ("越城区/无此街道", "无此街道", "塔山街道/无此社区"):
+        with pytest.raises(InvalidInput, match="nothing is held at 越城区/"):
+            rollup.rollup(district, scope=typo)
+        with pytest.raises(InvalidInput, match="nothing is held at"):
+            ledger.service_records(district, scope=typo)
+    with pytest.raises(InvalidInput, match="outside this node's scope 越城区/塔山街道, and nothing is held"):
+        rollup.rollup(b, scope="越城区/府山街道")
+    # Full, relative, a street that synced, a community only a person was registered in: all held.
+    for place in ("越城区/塔山街道", "塔山街道", "塔山街道/塔山社区", "越城区/府山街道", ""):
+        assert rollup.rollup(district, scope=place)["totals"] is not None, place
+
+
 def test_a_street_using_the_districts_key_cannot_create_its_own_and_hide_its_volunteers(district_and_streets):
     _, _, b, _ = district_and_streets
     v = registry.add_volunteer(b, ACTOR, name="王丽", id_number=id_number(50), phone="13805751234")

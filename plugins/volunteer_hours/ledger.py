@@ -27,10 +27,11 @@ from __future__ import annotations
 import datetime as dt
 
 from hemei.core import Conflict, HemeiError, InvalidInput, Node, NotFound
-from hemei.core.fields import flag, in_subtree_sql, local_time, one, subtree_params, text
+from hemei.core.fields import filter_scope, flag, in_subtree_sql, local_time, one, subtree_params, text
 from hemei.core.scope import covers
 
 from .registry import attendance_of, get_activity, get_volunteer, mark_attendance
+from .tables import HELD_PLACES
 
 DEFAULT_STARS = (100.0, 300.0, 600.0, 1000.0, 1500.0)
 #: Sum hours as whole hundredths: a float sum depends on the order of its terms,
@@ -401,6 +402,7 @@ def service_records(node: Node, person: str | None = None, scope: str | None = N
         sql += " AND h.person = ?"
         params.append(person)
     if scope:
+        scope = filter_scope(node, scope, HELD_PLACES)
         sql += " AND " + in_subtree_sql("scope").replace("[scope]", "h.scope")
         params += list(subtree_params(scope))
     rows = list(node.db.query(sql + " ORDER BY h.served_on, h.id", params))

@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections import defaultdict
 
 from hemei.core import Node
-from hemei.core.fields import in_subtree_sql, row_scope, since_date, subtree_params
+from hemei.core.fields import filter_scope, in_subtree_sql, since_date, subtree_params
 
 from .ledger import CENTS, star_level, star_thresholds
+from .tables import HELD_PLACES
 
 
 def unit_of(scope: str, report_scope: str) -> str:
@@ -33,7 +34,7 @@ def _hours(cents: int) -> float:
 
 
 def rollup(node: Node, scope: str | None = None, since: str | None = None) -> dict:
-    scope = row_scope(node, scope or None)  # (an empty form field: the node's own) a place outside this node would read as zeros, as if all were well
+    scope = filter_scope(node, scope, HELD_PLACES)  # (an empty form field: the node's own)
     since = since_date(since)
     where = in_subtree_sql()
     params = subtree_params(scope)

@@ -87,3 +87,7 @@ def volunteer_0001_rollup_indexes(db):
                " ON volunteer_confirmations (person, _origin, delta_cents)")
     db.execute("CREATE INDEX IF NOT EXISTS volunteer_redemptions_account"
                " ON volunteer_redemptions (person, _origin, hours)")
+
+#: Tables whose rows make a place known to a report or an export: people, teams, activities and hours
+#: recorded there (a mistyped place is refused instead of reading as zeros).
+HELD_PLACES = ("volunteers", "volunteer_teams", "volunteer_activities", "volunteer_hours")
