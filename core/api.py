@@ -70,7 +70,9 @@ class ApiCall:
             raise InvalidInput("the request body must be a JSON object")
         unknown = sorted(set(body) - allowed)
         if unknown:
-            raise InvalidInput(f"unknown field(s): {', '.join(unknown)}; expected some of {', '.join(sorted(allowed))}")
+            raise InvalidInput(f"unknown field(s): {', '.join(unknown)}; "
+                               + (f"expected some of {', '.join(sorted(allowed))}" if allowed else
+                                  "this route takes no fields (send {} or no body)"))
         missing = [f for f in required if body.get(f) in (None, "")]
         if missing:
             raise InvalidInput(f"missing field(s): {', '.join(missing)}")

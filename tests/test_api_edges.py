@@ -149,3 +149,18 @@ def test_grid_and_case_errors_name_what_the_caller_sent(api):
                                             "reporter": "李娟"}).json()
     refused = call("POST", f"/api/cases/{case['id']}/events", json={"kind": "duplicate", "duplicate_of": 5})
     assert refused.status_code == 400 and refused.json()["error"]["message"] == "duplicate_of must be text"
+
+
+@pytest.mark.parametrize("allowed, said", [
+    (set(), "unknown field(s): x; this route takes no fields (send {} or no body)"),
+    ({"hours", "reason"}, "unknown field(s): x; expected some of hours, reason"),
+])
+def test_an_unknown_field_is_named_with_what_the_route_takes(allowed, said):
+    """Found in review: a route that takes no fields said "expected some of " and nothing."""
+    from hemei.core.api import ApiCall
+    from hemei.core.errors import InvalidInput
+
+    call = ApiCall(node=None, user=None, body={"x": 1}, path_params={}, query={}, request=None)
+    with pytest.raises(InvalidInput) as refused:
+        call.fields(allowed)
+    assert refused.value.message == said
