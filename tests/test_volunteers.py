@@ -296,7 +296,10 @@ def test_certificate_and_csv_export_carry_unicode_and_no_personal_data(street, r
         {"hours": 3.5, "balance": 3.5, "star": 0}
     bad = run_cli("--home", home, "--actor", ACTOR, "volunteers", "redeem", "--volunteer", v["id"],
                   "--hours", "-2", "--item", "券")
-    assert bad.exit_code == 1 and "more than zero" in bad.output and "Traceback" not in bad.output
+    assert bad.exit_code == 1 and "at least 0.01" in bad.output and "not -2" in bad.output
+    tiny = run_cli("--home", home, "--actor", ACTOR, "volunteers", "redeem", "--volunteer", v["id"],
+                   "--hours", "0.001", "--item", "券")
+    assert tiny.exit_code == 1 and "at least 0.01 (hours are kept to the hundredth), not 0.001" in tiny.output
 
 
 def test_an_export_is_written_whole_or_not_at_all_and_never_over_the_nodes_files(street, run_cli, tmp_path,

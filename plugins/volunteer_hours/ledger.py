@@ -50,9 +50,11 @@ def _hours(value, field: str = "hours", *, allow_zero: bool = False) -> float:
             value = float(value)
         except (TypeError, ValueError):
             raise InvalidInput(f"{field} must be a number") from None
-    value = round(float(value), 2)
+    given, value = value, round(float(value), 2)
     if value != value or value < 0 or (value == 0 and not allow_zero):
-        raise InvalidInput(f"{field} must be {'zero or more' if allow_zero else 'more than zero'}, not {value:g}")
+        # Said of the number given: 0.001 rounds to 0 (hours are kept to the hundredth), and "not 0" misled.
+        least = "zero or more" if allow_zero else "at least 0.01 (hours are kept to the hundredth)"
+        raise InvalidInput(f"{field} must be {least}, not {given:g}")
     return value
 
 
