@@ -21,14 +21,14 @@ from typing import Callable, Iterator
 import httpx
 
 from hemei.core.clock import hlc_ms, hlc_to_iso, span_text
-from hemei.core.errors import ClockNotSet, ClockSkew, HemeiError, InvalidInput
+from hemei.core.errors import ClockNotSet, ClockSkew, Conflict, HemeiError, InvalidInput
 from hemei.core.gc_pause import cyclic_gc_paused
 from hemei.core.identity import node_id_from_public_key
 from hemei.core.node import Node
 
 from . import engine, enroll, signing, wire
 from .address import node_address
-from .peers import (CLOCK_TOLERANCE_MS, clock_gap, parent_of, record_clock, record_fork, record_refusal,
+from .peers import (CLOCK_TOLERANCE_MS, clock_gap, forks, parent_of, record_clock, record_fork, record_refusal,
                     set_signs_answers, set_url, touch)
 
 DEFAULT_BATCH = 2000
@@ -413,8 +413,9 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
         raise
     except HemeiError as exc:  # this node refused what the parent sent: recorded like any refusal
         evidence = getattr(exc, "evidence", None)
-        if evidence is not None:  # the parent's history contradicts the copy held here
+        if evidence is not None:  # a history the parent sent contradicts the copy held here
             record_fork(node, evidence, parent["node_id"])
+        if evidence is not None and evidence["origin"] == parent["node_id"]:  # the parent's own log forked
             exc.message += (f". {parent['name']} must go on as a new node (docs/operations.md, A parent restored "
                             "from a backup); once it has, join it with 'hemei join TOKEN --replace-parent': this "
                             "node keeps its log and sends it all there")
@@ -533,14 +534,26 @@ def _push(node: Node, link: ParentLink, their_vv: dict, batch_size: int, report:
 def _pull(node: Node, link: ParentLink, parent: dict, batch_size: int, report: SyncReport,
           progress: Progress | None) -> None:
     check = engine.pull_check(node, parent)
+    # Another node's log held here in one history and at the parent in another (a district restored from
+    # a backup whose second branch reached the city, seen from its street after moving to the district's
+    # new node): kept as evidence and asked for no more, so one fork does not stop the whole branch's sync.
+    # The parent's own fork, and this node's, stop it (check_history; a parent never sends this node's).
+    skip = {f["origin"] for f in forks(node)} - {parent["node_id"], node.id}
     while True:
         reply = link.call("/api/sync/pull", {"vv": node.version_vector(), "batch_size": batch_size,
-                                             "max_entries": batch_size * 5})
+                                             "max_entries": batch_size * 5, **({"skip": sorted(skip)} if skip else {})})
         with cyclic_gc_paused():
             batches = wire.batches_of(reply)
         if batches:
             try:
                 results = node.apply_batches(batches, check=check, tree=True)
+            except Conflict as exc:
+                origin = getattr(exc, "evidence", {}).get("origin")
+                if origin is None or origin == parent["node_id"] or origin in skip:  # (a parent that ignores skip)
+                    raise
+                record_fork(node, exc.evidence, parent["node_id"])
+                skip.add(origin)
+                continue
             except ClockSkew:
                 if link.offset_ms <= CLOCK_TOLERANCE_MS:
                     raise
@@ -555,7 +568,11 @@ def _pull(node: Node, link: ParentLink, parent: dict, batch_size: int, report: S
         if progress:
             progress("pull", report.pulled, report.pulled + report.pending_down)
         if not reply.get("more") or not batches:
-            return
+            break
+    for origin in sorted(skip):
+        report.messages.append(f"not taken from the parent: entries of {node.origin_scope(origin) or 'node'} "
+                               f"({origin[:7]}), whose log is held here in another history (a fork: hemei status, "
+                               "forks). That node was restored from a backup or rewritten; it goes on as a new node")
 
 
 def sync_watch(node: Node, *, interval_s: float, batch_size: int, on_result: Callable[[object], None],

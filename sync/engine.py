@@ -143,11 +143,12 @@ def redactor(child_scope: str) -> Callable[[str, str], bool]:
     return hide
 
 
-def _down_plan(node: Node, child_id: str, child_scope: str, child_vv: dict[str, int]) -> list[tuple]:
+def _down_plan(node: Node, child_id: str, child_scope: str, child_vv: dict[str, int],
+               skip: frozenset = frozenset()) -> list[tuple]:
     hide = redactor(child_scope)
     plan = []
     for origin, (decl, size) in sorted(origin_scopes(node).items()):
-        if origin == child_id or decl is None or size <= child_vv.get(origin, 0):
+        if origin == child_id or decl is None or size <= child_vv.get(origin, 0) or origin in skip:
             continue
         if covers(child_scope, decl):
             plan.append((origin, size, None))
@@ -157,9 +158,10 @@ def _down_plan(node: Node, child_id: str, child_scope: str, child_vv: dict[str, 
 
 
 def downstream_iter(node: Node, child_id: str, child_scope: str, child_vv: dict[str, int],
-                    batch_size: int) -> Iterator[Batch]:
-    """Every batch the child lacks, read lazily (bundles: memory per batch, not per backlog)."""
-    for origin, size, redact in _down_plan(node, child_id, child_scope, child_vv):
+                    batch_size: int, skip: frozenset = frozenset()) -> Iterator[Batch]:
+    """Every batch the child lacks, read lazily (bundles: memory per batch, not per backlog); none of the
+    origins in ``skip`` (the child holds another history of them)."""
+    for origin, size, redact in _down_plan(node, child_id, child_scope, child_vv, skip):
         after = max(0, child_vv.get(origin, 0) - 1)  # overlap one entry: a rewritten parent shows as a fork
         while after < size and (batch := node.read_batch(origin, after, limit=batch_size, redact=redact)):
             yield batch
@@ -167,13 +169,13 @@ def downstream_iter(node: Node, child_id: str, child_scope: str, child_vv: dict[
 
 
 def downstream(node: Node, child_id: str, child_scope: str, child_vv: dict[str, int],
-               max_entries: int, batch_size: int) -> tuple[list[Batch], bool, int]:
+               max_entries: int, batch_size: int, skip: frozenset = frozenset()) -> tuple[list[Batch], bool, int]:
     """Batches for a child (at most about ``max_entries``), whether more remain, and how many."""
-    plan = _down_plan(node, child_id, child_scope, child_vv)
+    plan = _down_plan(node, child_id, child_scope, child_vv, skip)
     remaining = sum(size - child_vv.get(origin, 0) for origin, size, _ in plan)
     batches, sent, new = [], 0, 0
     if max_entries > 0:
-        for batch in downstream_iter(node, child_id, child_scope, child_vv, batch_size):
+        for batch in downstream_iter(node, child_id, child_scope, child_vv, batch_size, skip):
             batches.append(batch)
             sent += len(batch.entries)
             new += batch.entries[-1][0] - max(child_vv.get(batch.origin, 0), batch.entries[0][0] - 1)

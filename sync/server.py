@@ -209,9 +209,10 @@ def pull(call: ApiCall) -> Response:
     node = call.node
     limit, batch_size = (_positive(body, name, default) for name, default in
                          (("max_entries", MAX_PULL_ENTRIES), ("batch_size", 2000)))
+    skip = wire.node_ids_of(body.get("skip"), "skip")
     with cyclic_gc_paused():
         batches, more, remaining = engine.downstream(node, child["node_id"], child["scope"], child_vv,
-                                                     limit, batch_size)
+                                                     limit, batch_size, skip)
     # Entries new to the child (each batch repeats one it holds, to catch a rewritten history).
     new = sum(b.entries[-1][0] - max(child_vv.get(b.origin, 0), b.entries[0][0] - 1) for b in batches)
     touch(node, child["node_id"], their_vv=child_vv)  # what it holds; its closing hello says what it applied

@@ -139,6 +139,16 @@ def vv_of(value) -> dict[str, int]:
     return value
 
 
+def node_ids_of(value, field: str) -> frozenset[str]:
+    """A list of canonical node ids (none when absent)."""
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list) or len(value) > MAX_VV_ORIGINS or not all(
+            type(k) is str and _NODE_ID.fullmatch(k) for k in value):
+        raise MalformedBatch(f"{field} must be a list of node ids (canonical, with dashes)")
+    return frozenset(value)
+
+
 def clock_offset_of(value) -> int | None:
     """A child's measure of how far the parent's clock reads ahead of its own (ms); None if not sent."""
     if value is None:

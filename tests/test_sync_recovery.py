@@ -152,6 +152,60 @@ def test_a_district_restored_from_a_backup_goes_on_as_a_new_node_and_its_street_
     assert same.returncode == 1 and "has joined" in same.stderr
 
 
+def test_a_fork_of_another_nodes_log_relayed_down_stops_only_that_nodes_entries(tmp_path):
+    """Found in review: the restored district synced its second history up to the city before anyone
+    noticed; its new node relayed it down, and the street that had moved there by --replace-parent was
+    refused on every sync, told to replace the parent it had just joined."""
+    from tree import Tree
+
+    t = Tree(tmp_path).build({"city": "sx", "district": "sx/yc", "street": "sx/yc/fs"},
+                             serve=("city", "district"), enroll=[("city", "district"), ("district", "street")])
+    try:
+        with t.open("street") as s:
+            write_notes(s, [("修复前", "sx/yc/fs")])
+        t.sync("street")
+        t.sync("district")
+        district = t.servers["district"]
+        district.stop()
+        shutil.copytree(t.home("district"), tmp_path / "backup")
+        t.serve("district", port=district.port)
+        with t.open("district") as d:
+            write_notes(d, [("区里写的", "sx/yc")])
+            old_id = d.id
+        t.sync("street")  # the street holds one history of the district's log
+        t.servers["district"].stop()
+        shutil.rmtree(t.home("district"))
+        shutil.copytree(tmp_path / "backup", t.home("district"))
+        t.serve("district", port=district.port)
+        with t.open("district") as d:
+            write_notes(d, [("恢复后写的", "sx/yc"), ("恢复后又写的", "sx/yc")])  # longer than the street's copy
+        t.sync("district")  # the city holds the other
+        t.ok("city", "nodes", "revoke", old_id)
+        t.init("district-new", "sx/yc")
+        t.ok("district-new", "join", t.ok("city", "invite", "--scope", "sx/yc", "--name", "越城区", "--url",
+                                          t.servers["city"].url).strip())
+        t.sync("district-new")
+        t.serve("district-new")
+        with t.open("district-new") as new:
+            write_notes(new, [("新区写的", "sx/yc")])
+        t.ok("street", "join", t.ok("district-new", "invite", "--scope", "sx/yc/fs", "--name", "府山街道", "--url",
+                                    t.servers["district-new"].url).strip(), "--replace-parent")
+        for _ in range(2):  # and again: the fork is asked for no more
+            done = t.hemei("street", "sync", "--json")
+            assert done.returncode == 0, done.stderr + done.stdout
+            said = " ".join(json.loads(done.stdout)["messages"])
+            assert f"not taken from the parent: entries of sx/yc ({old_id[:7]})" in said and "fork" in said
+        with t.open("street") as s:
+            assert {"新区写的", "区里写的"} <= note_titles(s) and "恢复后写的" not in note_titles(s)
+        with t.open("district-new") as new:
+            assert "修复前" in note_titles(new)
+        [fork] = json.loads(t.ok("street", "status", "--json"))["forks"]
+        assert fork["origin"] == old_id
+        assert "verified" in t.ok("street", "audit", "verify").lower()
+    finally:
+        t.stop()
+
+
 def test_replace_parent_needs_a_parent(tmp_path):
     from tree import Tree
 

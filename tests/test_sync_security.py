@@ -206,6 +206,8 @@ def test_malformed_batches_are_refused(net):
             for vv in ({"junk": 1}, {beihai.id.lower(): 1}, {beihai.id.replace("-", ""): 1}, {beihai.id: 2 ** 63},
                        {beihai.id: -1}, {beihai.id: True}):
                 refused(net, lambda: link.call("/api/sync/hello", {"vv": vv}), 400, "malformed_batch")
+            for skip in ("x", 5, {beihai.id: 1}, [beihai.id.lower()], [[beihai.id]]):
+                refused(net, lambda: link.call("/api/sync/pull", {"vv": {}, "skip": skip}), 400, "malformed_batch")
             # Counts past any limit are served as the limit (they used to overflow SQLite: a 500).
             reply = link.call("/api/sync/pull", {"vv": {}, "batch_size": 2 ** 64 - 1, "max_entries": 2 ** 63})
             assert reply["batches"] and reply["more"] is False
