@@ -658,6 +658,23 @@ def test_a_district_names_its_streets_as_nodes_list_shows_them(make_node):
     assert grids.place_scope(district, "越城区") == "yuecheng"  # this node's own name, as before
 
 
+def test_a_nodes_own_name_never_takes_over_a_path_held_here(make_node):
+    """Found in review: a street named like another street's path segment, or like the district's own
+    path, took over what the district's operator typed."""
+    district = make_node("越城区", scope="yuecheng", modules=["grid_inspections"])
+    streets = [make_node("tashan", scope="yuecheng/fushan", modules=["grid_inspections"]),
+               make_node("塔山街道", scope="yuecheng/tashan", modules=["grid_inspections"]),
+               make_node("yuecheng", scope="yuecheng/evil", modules=["grid_inspections"])]
+    for street in streets:
+        district.apply_batch(street.read_batch(street.id, 0, limit=10_000), confine=True)
+    assert grids.place_scope(district, "tashan") == "yuecheng/tashan"
+    assert grids.place_scope(district, "yuecheng/tashan") == "yuecheng/tashan"
+    assert grids.place_scope(district, "yuecheng") == "yuecheng"
+    assert grids.place_scope(district, "塔山街道") == "yuecheng/tashan"  # a name no path here means
+    made = grids.add_grid(district, ACTOR, code="TS-01", name="塔山一网格", community="塔山社区", street="tashan")
+    assert made["street"] == "yuecheng/tashan"
+
+
 def test_a_grid_is_never_put_in_a_street_nobody_knows(street, make_node):
     """Found by an operator walkthrough: a mistyped --street made a street of its own (府山街道/府山街到 at a
     street, 越城区/府山 at a district), ranked with 0% coverage from then on."""

@@ -43,14 +43,26 @@ def place_scope(node: Node, value, field: str = "street") -> str:
     """A scope at or below this node's: its own scope, a full path inside it, a path relative to it, or
     one relative to its parent, as its district writes it (``府山街道`` or ``府山街道/西小河社区`` on the
     street 越城区/府山街道). This node's name stands for its scope, and so does the name of a node
-    below it that synced here (``hemei nodes list`` shows 府山街道 for yuecheng/fushan)."""
+    below it, where no place held here is meant (``hemei nodes list`` shows 府山街道 for yuecheng/fushan)."""
     value = text(value, field, limit=512)
     if value == node.name:
         return node.scope
+    try:
+        path = _as_path(node, value)
+    except InvalidInput:
+        path = None
+    # A path to a place held here first: a node's name is its own choice (a street named after another's
+    # path segment, or after this node's, must not take over what the operator typed; found in review).
+    if path is not None and _held(node, path):
+        return path
     head, slash, below = value.partition("/")  # 府山街道/西小河社区: a place inside the named node
     named = _named_places(node).get(head)
     if named is not None and covers(node.scope, named):
         return parse_scope(named + slash + below)
+    return path if path is not None else _as_path(node, value)  # (raises, saying why)
+
+
+def _as_path(node: Node, value: str) -> str:
     scope = parse_scope(value)
     if covers(node.scope, scope):
         return scope
@@ -58,6 +70,15 @@ def place_scope(node: Node, value, field: str = "street") -> str:
     if above and (scope == last or scope.startswith(last + "/")):
         return parse_scope(f"{above}/{scope}")
     return parse_scope(f"{node.scope}/{value}")
+
+
+def _held(node: Node, scope: str) -> bool:
+    """Whether ``scope`` is this node's, or a place at or above one known here, or inside one below it."""
+    if scope == node.scope:
+        return True
+    known = {s for s in map(node.origin_scope, node.version_vector()) if s} | set(_peer_scopes(node, "child"))
+    known |= {p for row in node.conn.execute("SELECT street, scope FROM grids WHERE _deleted = 0") for p in row}
+    return any(covers(scope, k) or (k != node.scope and covers(k, scope)) for k in known)
 
 
 def known_place(node: Node, value, field: str = "street") -> str:
@@ -140,16 +161,20 @@ def _peer_scopes(node: Node, role: str) -> list[str]:
 
 
 def _named_places(node: Node) -> dict[str, str]:
-    """Scope by name of the nodes this one knows: those whose log it holds, and enrolled children that
-    have not synced yet; a name two scopes share names neither."""
+    """Scope by name of the nodes this one knows: enrolled children by the name this node invited them as
+    (its operator's word), then nodes whose log it holds by the name they gave themselves; a name that
+    means two scopes means neither."""
     scopes: dict[str, set[str]] = {}
     try:
-        children = node.conn.execute("SELECT name, scope FROM _hemei_peers WHERE role = 'child' AND revoked = 0")
-        named = [*node.origin_names().items(), *children]
+        for name, scope in node.conn.execute(
+                "SELECT name, scope FROM _hemei_peers WHERE role = 'child' AND revoked = 0"):
+            scopes.setdefault(name, set()).add(scope)
     except sqlite3.OperationalError:  # a node without the sync transport's tables
-        named = list(node.origin_names().items())
-    for name, scope in named:
-        scopes.setdefault(name, set()).add(scope)
+        pass
+    invited = set(scopes)
+    for name, scope in node.origin_names().items():
+        if name not in invited:
+            scopes.setdefault(name, set()).add(scope)
     return {name: held.pop() for name, held in scopes.items() if len(held) == 1}
 
 
