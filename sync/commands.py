@@ -194,8 +194,11 @@ def sync_command(watch: bool, interval: int | None, batch_size: int, url: str | 
         emit({"ok": True, **report.to_json()}, as_json, lambda r: click.echo(_describe(report)))
         return
 
+    shown: list = []  # the failure last printed as a line of its own
+
     def on_result(result) -> None:
         now = datetime.now().astimezone()
+        shown[:] = [result]
         if as_json:  # one JSON object a line, for a script or a service log that follows the watch
             stamp = hlc_to_iso(time.time_ns() // 1_000_000 << COUNTER_BITS)  # UTC with a Z, as all --json times
             line = ({"time": stamp, "ok": False, "error": result.to_json()["error"]}
@@ -209,13 +212,15 @@ def sync_command(watch: bool, interval: int | None, batch_size: int, url: str | 
         else:
             click.echo(f"{stamp} {_describe(result)}", err=True)
 
-    # Every attempt, the last one too, is a line of its own (on_result): no second line for the failure.
-    cli_context().failure_as_json = False
     try:
         client.sync_watch(node, interval_s=30 if interval is None else interval, batch_size=batch_size,
                           on_result=on_result, url=url)
     except KeyboardInterrupt:
         click.echo("stopped", err=True)
+    except HemeiError as exc:
+        if shown and exc is shown[0]:  # its line is out (on_result): not a second one for the same failure
+            cli_context().failure_as_json = False
+        raise
 
 
 @click.group()

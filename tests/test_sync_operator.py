@@ -131,6 +131,9 @@ def test_a_refusal_is_a_contact_and_shown_once(pair):
     watched = pair.hemei("street", "sync", "--watch", "--json")  # each attempt a line, the last one too, once
     [line] = watched.stdout.splitlines()
     assert watched.returncode == 1 and json.loads(line)["error"]["code"] == "revoked" and "time" in json.loads(line)
+    pair.init("alone", "sx/yc/ts")  # a failure before any attempt is printed too (found in review)
+    orphan = pair.hemei("alone", "sync", "--watch", "--json")
+    assert orphan.returncode == 1 and json.loads(orphan.stdout)["error"]["code"] == "no_parent"
     [after] = json.loads(pair.ok("street", "status", "--json"))["peers"]
     assert after["last_contact"] > before["last_contact"] and after["last_error"].startswith("revoked: ")
     text = pair.ok("street", "status")
