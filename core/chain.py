@@ -96,7 +96,7 @@ def _check_kind_and_scope(origin: str, seq: int, kind: str, scope: str) -> None:
     if not _KIND.fullmatch(kind):
         raise ChainError(f"entry {origin}#{seq}: kind {kind[:40]!r} is not of [a-z0-9._-]")
     try:
-        canonical = parse_scope(scope)
+        canonical = parse_scope(scope, received=True)
     except InvalidInput as exc:
         raise ChainError(f"entry {origin}#{seq}: {exc.message}") from None
     if canonical != scope:

@@ -73,7 +73,7 @@ def declared_scope(origin: str, entries) -> str | None:
         return None
     try:
         body = orjson.loads(first[5])
-        return parse_scope(body["scope"]) if body.get("node_id") == origin else None
+        return parse_scope(body["scope"], received=True) if body.get("node_id") == origin else None
     except (ValueError, KeyError, TypeError, HemeiError):
         return None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 
 import pytest
 from hypothesis import given, settings
@@ -100,6 +101,18 @@ def test_each_broken_header_rule_is_named(field, value, message):
              "salt": bytes(SALT_BYTES), field: value}
     with pytest.raises(ChainError, match=message):
         verify_segment(ORIGIN, GENESIS, 1, [(1, *entry.values())])
+
+
+def test_a_scope_with_a_character_this_python_does_not_know_is_taken_from_another_node():
+    """Found in review: a street on a newer Python (newer Unicode) can write a rare character of a place
+    name that this Python calls unassigned; refusing it would stop the branch at this tier."""
+    unassigned = next(chr(c) for c in range(0x31350, 0x3FFFF) if unicodedata.category(chr(c)) == "Cn")
+    entry = (1, 1, "li.ming", "row.insert", f"yc/{unassigned}村", "{}", bytes(SALT_BYTES))
+    assert len(verify_segment(ORIGIN, GENESIS, 1, [entry])) == 1
+    with pytest.raises(InvalidInput):
+        parse_scope(f"yc/{unassigned}村")  # written here, it is still refused: this Python cannot judge it
+    with pytest.raises(ChainError):  # a control character is known to be none
+        verify_segment(ORIGIN, GENESIS, 1, [entry[:4] + ("yc/\x07村",) + entry[5:]])
 
 
 def test_stamps_must_rise_along_the_chain_and_after_the_entry_held_before_it():
