@@ -173,9 +173,10 @@ def hello(call: ApiCall) -> Response:
     # A child holding more of this node's own log than this node does: this node's home was restored from
     # an older copy, and the child will refuse it as a fork. Said in status, where the operator looks; not
     # logged, since a write of this node's own is just what makes the restored copy a fork.
-    restored = (f"restored: {child['name']} holds {held} entries of this node's own log, this node {size}: this "
-                "node's home was restored from an older copy, and its children refuse it as a fork (docs/"
-                "operations.md, A parent restored from a backup)") if held > size else None
+    # (The child's word, unproven: said as its claim, never acted on.)
+    restored = (f"restored: {child['name']} says it holds {held} entries of this node's own log, this node {size}: "
+                "if so, this node's home was restored from an older copy, and its children refuse it as a fork "
+                "(docs/operations.md, A parent restored from a backup)") if held > size else None
     touch(node, child["node_id"], their_vv=their_vv, modules=announced, error=restored)
     # At (or below) the size the child holds of this node's chain when that is shorter: the latest could
     # not be compared there, and a parent restored from a backup that wrote past it would show as a bad

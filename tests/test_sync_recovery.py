@@ -124,7 +124,7 @@ def test_a_district_restored_from_a_backup_goes_on_as_a_new_node_and_its_street_
     forked = pair.hemei("street", "sync")
     assert forked.returncode == 1 and "fork" in forked.stderr and "--replace-parent" in forked.stderr, forked.stderr
     [child] = json.loads(pair.ok("district", "status", "--json"))["peers"]  # the restored district is told too
-    assert child["last_error"].startswith("restored: street holds ") and "older copy" in child["last_error"]
+    assert child["last_error"].startswith("restored: street says it holds ") and "older copy" in child["last_error"]
     assert "restored from an older copy" in pair.ok("district", "status")
     with pair.open("street") as s:
         write_notes(s, [("分叉后写的", "sx/yc/fs")])  # what a street would otherwise type again in a new home
