@@ -166,24 +166,39 @@ def row_scope(node: Node, scope: str | None) -> str:
     return scope
 
 
+def place_path(node: Node, value: str) -> str:
+    """A place at or below this node's, as an operator types it: this node's name for its scope, a full
+    path inside it, a path relative to it, or one relative to its parent, as its district writes it
+    (``府山街道`` or ``府山街道/西小河社区`` on the street 越城区/府山街道)."""
+    if value == node.name:
+        return node.scope
+    head, slash, below = value.partition("/")
+    if head == node.name:
+        return parse_scope(node.scope + slash + below)
+    scope = parse_scope(value)
+    if covers(node.scope, scope):
+        return scope
+    above, _, last = node.scope.rpartition("/")
+    if above and (scope == last or scope.startswith(last + "/")):
+        return parse_scope(f"{above}/{scope}")
+    return parse_scope(f"{node.scope}/{scope}")
+
+
 def filter_scope(node: Node, scope: str | None, tables: tuple[str, ...]) -> str:
     """A place to report on: this node's scope by default, or a path inside it (full, or relative to it:
     ``fushan/xihu`` on 越城区 ... ``yuecheng``), where something is held: a node that synced here, or a row
     of ``tables``. A mistyped place would otherwise read as zeros, as if all were well there."""
     if not scope:
         return node.scope
-    parsed = given = parse_scope(scope)
-    if not covers(node.scope, parsed):
-        parsed = parse_scope(f"{node.scope}/{parsed}")
+    parsed = place_path(node, scope)
     if parsed == node.scope or any(s and covers(parsed, s) for s in map(node.origin_scope, node.version_vector())):
         return parsed
     for table in tables:
         if node.conn.execute(f"SELECT 1 FROM [{table}] WHERE {in_subtree_sql()} LIMIT 1",
                              subtree_params(parsed)).fetchone():
             return parsed
-    raise InvalidInput((f"scope {given} is outside this node's scope {node.scope}, and " if parsed != given else "")
-                       + f"nothing is held at {parsed} on this node (no node there synced here, no records there): "
-                       "check the place")
+    raise InvalidInput(f"nothing is held at {parsed} on this node (no node there synced here, no records there): "
+                       f"check the place ({scope!r} was read as that, inside this node's {node.scope})")
 
 
 def in_subtree_sql(column: str = "scope") -> str:

@@ -16,7 +16,8 @@ import re
 import sqlite3
 
 from hemei.core import Conflict, InvalidInput, Node, NotFound
-from hemei.core.fields import flag, in_subtree_sql, iso_date, one, past_time, subtree_params, text, whole_number
+from hemei.core.fields import (flag, in_subtree_sql, iso_date, one, past_time, place_path, subtree_params, text,
+                                whole_number)
 from hemei.core.scope import covers, parse_scope
 
 ROLES = ("leader", "instructor", "member")
@@ -45,10 +46,8 @@ def place_scope(node: Node, value, field: str = "street") -> str:
     street 越城区/府山街道). This node's name stands for its scope, and so does the name of a node
     below it, where no place held here is meant (``hemei nodes list`` shows 府山街道 for yuecheng/fushan)."""
     value = text(value, field, limit=512)
-    if value == node.name:
-        return node.scope
     try:
-        path = _as_path(node, value)
+        path = place_path(node, value)
     except InvalidInput:
         path = None
     # A path to a place held here first: a node's name is its own choice (a street named after another's
@@ -59,17 +58,7 @@ def place_scope(node: Node, value, field: str = "street") -> str:
     named = _named_places(node).get(head)
     if named is not None and covers(node.scope, named):
         return parse_scope(named + slash + below)
-    return path if path is not None else _as_path(node, value)  # (raises, saying why)
-
-
-def _as_path(node: Node, value: str) -> str:
-    scope = parse_scope(value)
-    if covers(node.scope, scope):
-        return scope
-    above, _, last = node.scope.rpartition("/")
-    if above and (scope == last or scope.startswith(last + "/")):
-        return parse_scope(f"{above}/{scope}")
-    return parse_scope(f"{node.scope}/{value}")
+    return path if path is not None else place_path(node, value)  # (raises, saying why)
 
 
 def _held(node: Node, scope: str) -> bool:
