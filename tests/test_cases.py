@@ -145,6 +145,9 @@ def test_one_patrol_entered_twice_counts_once(street):
     grids.check_in(street, ACTOR, "FS-02", worker="李娟", at=at(1, 8, 5))  # another grid
     grids.check_in(street, ACTOR, "FS-01", worker="李娟", at=at(1, 8, 10))  # ten minutes on: a patrol again
     assert _log_size(street) == size + 3
+    grids.check_in(street, ACTOR, "FS-02", worker="张三", at=at(1, 23, 58))
+    with pytest.raises(Conflict, match="张三 checked in on grid FS-02 at 23:58 already"):
+        grids.check_in(street, ACTOR, "FS-02", worker="张三", at=at(2, 0, 2))  # across midnight: the same one
 
 
 def test_a_grid_defined_wrongly_is_removed_with_its_staff_and_what_was_recorded_in_it_stays(street):

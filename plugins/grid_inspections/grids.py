@@ -448,8 +448,8 @@ def check_in(node: Node, actor: str, grid, *, worker, at=None, note=None) -> dic
     worker = text(worker, "worker", limit=64)
     at = past_time(at, "patrol time")
     note = text(note, "note", required=False, limit=2000, lines=True)
-    _refuse_a_second_entry(node, row, worker, at)
     with node.writer(actor) as w:
+        _refuse_a_second_entry(node, row, worker, at)  # inside the write: two requests at once go in turn
         pk = w.insert("grid_patrols", {"scope": row["scope"], "grid": row["id"], "street": row["street"],
                                        "worker": worker, "at": at, "day": at[:10], "note": note})
     shown = {"id": pk, "grid": row["id"], "code": row["code"], "worker": worker, "at": at, "note": note,
@@ -473,8 +473,10 @@ SAME_PATROL = dt.timedelta(minutes=10)
 
 def _refuse_a_second_entry(node: Node, grid: dict, worker: str, at: str) -> None:
     moment = dt.datetime.fromisoformat(at)
-    for held, pk in node.conn.execute("SELECT at, id FROM grid_patrols WHERE day = ? AND grid = ? AND worker = ?",
-                                      (at[:10], grid["id"], worker)):
+    days = sorted({(moment + step).date().isoformat() for step in (-SAME_PATROL, dt.timedelta(0), SAME_PATROL)})
+    for held, pk in node.conn.execute(  # the days either side too: 23:58 and 00:02 are one patrol
+            f"SELECT at, id FROM grid_patrols WHERE day IN ({', '.join('?' * len(days))}) AND grid = ? AND worker = ?",
+            (*days, grid["id"], worker)):
         try:
             apart = abs(dt.datetime.fromisoformat(held) - moment)
         except (TypeError, ValueError):  # a row another node's release wrote otherwise: not this patrol
