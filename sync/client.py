@@ -403,7 +403,8 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
         # The parent's word: signed with its key (at a new address, or by a parent that signs), or a parent
         # that never signed at its kept address. /api/health is unsigned and never raises this.
         # (An old parent's proxy page, not JSON, is no contact with the parent.)
-        record_refusal(node, parent["node_id"], exc.code, exc.message, "sync", contacted=exc.code != "http_error")
+        record_refusal(node, parent["node_id"], exc.code, exc.message, "sync", contacted=exc.code != "http_error",
+                       **_sent_so_far(node, their_vv))
         if link.signed and link.url != parent["url"]:  # it proved it is the parent, there: kept, refusal or not
             set_url(node, parent["node_id"], link.url, was=stored)
         raise
@@ -419,17 +420,21 @@ def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | 
             exc.message += (f". {parent['name']} must go on as a new node (docs/operations.md, A parent restored "
                             "from a backup); once it has, join it with 'hemei join TOKEN --replace-parent': this "
                             "node keeps its log and sends it all there")
-        record_refusal(node, parent["node_id"], exc.code, exc.message, "pull")
-        # What went up before the refusal is the parent's now: counted so, not as still to send.
-        touch(node, parent["node_id"], error=f"{exc.code}: {exc.message}", their_vv=their_vv,
-              pending_up=None if their_vv is None else engine.pending(engine.subtree_origins(node, node.scope),
-                                                                      their_vv),
-              pending_down=report.pending_down or None)
+        record_refusal(node, parent["node_id"], exc.code, exc.message, "pull", pending_down=report.pending_down or None,
+                       **_sent_so_far(node, their_vv))
         raise
     report.pending_up = engine.pending(engine.subtree_origins(node, node.scope), their_vv)
     touch(node, parent["node_id"], their_vv=their_vv, pending_up=report.pending_up,
           pending_down=report.pending_down)
     return report
+
+
+def _sent_so_far(node: Node, their_vv: dict | None) -> dict:
+    """What the parent holds by its answers so far (nothing, before its hello): a refusal after some
+    messages went up leaves them counted as the parent's, not as still to send (found in review)."""
+    if their_vv is None:
+        return {}
+    return {"their_vv": their_vv, "pending_up": engine.pending(engine.subtree_origins(node, node.scope), their_vv)}
 
 
 def _spelled(url: str) -> str:

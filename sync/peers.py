@@ -109,14 +109,15 @@ ANONYMOUS_KEPT = 1000
 
 
 def record_refusal(node: Node, peer: str | None, code: str, reason: str, what: str, *,
-                   contacted: bool = True) -> None:
+                   contacted: bool = True, **kept) -> None:
     """A refusal of a known peer is a log entry: who was refused, what, and why; and a contact with it,
-    unless ``contacted`` is False (a replayed request, which anyone can send again)."""
+    unless ``contacted`` is False (a replayed request, which anyone can send again). ``kept``: what else
+    :func:`touch` keeps of the contact (what the peer holds, backlogs)."""
     reason = reason[:MAX_REASON]
     with node.writer(SYNC_ACTOR) as w:
         w.event("sync.refused", {"peer": peer, "code": code, "reason": reason, "request": what})
     if peer is not None:
-        touch(node, peer, error=f"{code}: {reason}", contacted=contacted)
+        touch(node, peer, error=f"{code}: {reason}", contacted=contacted, **kept)
 
 
 def record_anonymous_refusal(node: Node, code: str, reason: str, what: str, address: str | None) -> None:

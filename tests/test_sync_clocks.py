@@ -59,14 +59,19 @@ def test_a_street_whose_clock_was_ahead_and_is_set_right_again_is_told_it_need_s
     after it, the district refuses them all until that day, and the street was told to set a clock that
     was right by then."""
     ahead = wrong_clock_env(pair.env, pair.root, 2 * 86400)
+    pair.ok("street", "probe", "note", "钟快之前写的")
     pair.ok("street", "probe", "note", "钟快时写的", env=ahead)
     pair.ok("street", "probe", "note", "钟调好后写的")
     status = json.loads(pair.ok("street", "status", "--json"))
     assert 2 * 86400_000 - 120_000 < status["clock_ahead_of_pc_ms"] <= 2 * 86400_000
     assert "CLOCK:    this node's stamps run 2 days ahead of this PC's clock" in pair.ok("street", "status")
-    done = pair.hemei("street", "sync")
+    done = pair.hemei("street", "sync", "--batch-size", "1")
     assert done.returncode == 1 and "more than a day ahead" in done.stderr
     assert "This PC's clock agrees with the parent's now" in done.stderr and "nothing is to be set" in done.stderr
+    [parent] = json.loads(pair.ok("street", "status", "--json"))["peers"]
+    with pair.open("street") as s, pair.open("district") as d:  # what went up before the refusal counts as sent
+        assert "钟快之前写的" in note_titles(d)
+        assert parent["pending_up"] == s.version_vector()[s.id] - d.version_vector()[s.id]
     assert json.loads(pair.ok("district", "status", "--json"))["clock_ahead_of_pc_ms"] is None
 
 
