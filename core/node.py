@@ -361,10 +361,9 @@ class Node(ModuleHost):
         row = self.conn.execute("SELECT scope FROM _hemei_origins WHERE node_id = ?", (node_id,)).fetchone()
         return row[0] if row else None
 
-    def origin_names(self) -> dict[str, str]:
-        """Scope by name, as the origins held declared them in their ``node.init`` (this node's own too),
-        for names that mean one scope; a name two scopes share means neither."""
-        scopes: dict[str, set[str]] = {}
+    def declared_names(self) -> list[tuple[str, str]]:
+        """(name, scope) of each origin held, as it declared them in its ``node.init`` (this node's too)."""
+        named = []
         for scope, payload in self.conn.execute(
                 "SELECT o.scope, l.payload FROM _hemei_origins o JOIN _hemei_log l ON l.origin = o.ix AND l.seq = 1"
                 " WHERE l.kind = 'node.init' AND o.scope IS NOT NULL"):
@@ -373,8 +372,8 @@ class Node(ModuleHost):
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 continue  # the scope was read from it, so it is JSON; a name missing is no name
             if isinstance(name, str) and name:
-                scopes.setdefault(name, set()).add(scope)
-        return {name: next(iter(held)) for name, held in scopes.items() if len(held) == 1}
+                named.append((name, scope))
+        return named
 
     def _refusal_count(self) -> int:
         return self.conn.execute("SELECT count(*) FROM _hemei_conflicts").fetchone()[0]

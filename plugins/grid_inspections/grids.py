@@ -161,7 +161,7 @@ def _named_places(node: Node) -> dict[str, str]:
     except sqlite3.OperationalError:  # a node without the sync transport's tables
         pass
     invited = set(scopes)
-    for name, scope in node.origin_names().items():
+    for name, scope in node.declared_names():
         if name not in invited:
             scopes.setdefault(name, set()).add(scope)
     return {name: held.pop() for name, held in scopes.items() if len(held) == 1}
