@@ -44,6 +44,11 @@ from .writer import Writer, check_actor
 HOME_ENV = "HEMEI_HOME"
 MAX_AHEAD_ENV = "HEMEI_MAX_CLOCK_AHEAD"
 DEFAULT_HOME = "hemei-node"
+#: About how much entry text (payload, scope, actor) one batch carries: a sync message holds
+#: a few such batches (sync/wire.py). A batch of large entries ends at the last checkpoint within it.
+BATCH_CHARS = 1024 * 1024
+#: What an entry adds to a batch besides its text: seq, stamp, kind, salt and punctuation.
+ENTRY_CHARS = 80
 DB_NAME = "node.db"
 KEY_NAME = "node.key"
 #: SQLite page cache per connection; the default 2 MB makes large batches re-read pages.
@@ -384,11 +389,12 @@ class Node(ModuleHost):
         return {r[0]: r[1] for r in self.conn.execute("SELECT node_id, size FROM _hemei_origins WHERE size > 0")}
 
     def read_batch(self, origin: str, after: int, limit: int = 1000,
-                   redact: Callable[[str, str], bool] | None = None) -> Batch | None:
+                   redact: Callable[[str, str], bool] | None = None, max_chars: int = BATCH_CHARS) -> Batch | None:
         """Entries of ``origin`` after seq ``after``, ending at a signed checkpoint.
 
-        At most ``limit`` entries unless the first signed checkpoint lies
-        further (a node signs at least every 1,000 entries it writes).
+        At most ``limit`` entries and about ``max_chars`` characters of entry
+        text, unless the first signed checkpoint lies further (a node signs
+        at least every 1,000 entries and every 1 MiB of payload it writes).
         ``redact(kind, scope)`` marks entries the receiver must not see:
         they are sent as ``(seq, leaf)``, enough to verify the chain.
         """
@@ -403,17 +409,23 @@ class Node(ModuleHost):
                                     (ix, after)).fetchone()[0]
         if end is None:
             return None
-        rows = self.conn.execute("SELECT seq, hlc, actor, kind, scope, payload, sig, salt, leaf FROM _hemei_log"
-                                 " WHERE origin = ? AND seq > ? AND seq <= ? ORDER BY seq", (ix, after, end)).fetchall()
-        entries = []
-        for seq, hlc, actor, kind, scope, payload, _, salt, leaf in rows:
+        entries, chars, signed_at, signature = [], 0, 0, None
+        for seq, hlc, actor, kind, scope, payload, sig, salt, leaf in self.conn.execute(
+                "SELECT seq, hlc, actor, kind, scope, payload, sig, salt, leaf FROM _hemei_log"
+                " WHERE origin = ? AND seq > ? AND seq <= ? ORDER BY seq", (ix, after, end)):
+            chars += ENTRY_CHARS if kind == REDACTED else ENTRY_CHARS + len(payload) + len(scope) + len(actor)
+            if chars > max_chars and signed_at:  # large entries: end at the last checkpoint within bounds
+                del entries[signed_at:]
+                break
             if kind == REDACTED:
                 entries.append((seq, leaf))
             elif redact is not None and redact(kind, scope):
                 entries.append((seq, entry_leaf(origin, seq, hlc, actor, kind, scope, payload, salt)))
             else:
                 entries.append((seq, hlc, actor, kind, scope, payload, salt))
-        return Batch(origin, known[3], entries, rows[-1][6])
+            if sig is not None:
+                signed_at, signature = len(entries), sig
+        return Batch(origin, known[3], entries, signature)
 
     # -- projection ----------------------------------------------------------
     def rebuild(self, tables: list[str] | None = None, progress: Callable[[int], None] | None = None) -> int:

@@ -8,8 +8,9 @@ Inside one SQLite transaction each write stamps the hybrid clock, becomes a
 log entry (hash-chained to the node's previous one, naming its actor) and is
 applied to its table by the same projector that applies entries from other
 nodes. Entries are buffered and written with ``executemany``; the buffer is
-flushed every ``SIGN_EVERY`` entries, before any read through the writer,
-and at the end, and the node signs a checkpoint at each flush.
+flushed every ``SIGN_EVERY`` entries or ``SIGN_BYTES`` of payload, before
+any read through the writer, and at the end, and the node signs a
+checkpoint at each flush.
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ if TYPE_CHECKING:
 
 #: Entries per flush, and so at most this many between two signed checkpoints.
 SIGN_EVERY = 1000
-#: Largest payload of one entry: keeps every sync message and relay within bounds.
+#: Payload bytes after which the buffer is flushed (and signed) early. A batch of sync ends only at a
+#: signed checkpoint, so this bounds the smallest batch a sender can cut: with MAX_PAYLOAD, a stretch
+#: between two checkpoints carries at most 1.25 MiB of payload, well inside one sync message.
+SIGN_BYTES = 1024 * 1024
+#: Largest payload of one entry.
 MAX_PAYLOAD = 256 * 1024
 
 _KIND_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789._-")
@@ -70,6 +75,7 @@ class Writer:
         self._open = True
         self.failed: BaseException | None = None
         self._salts, self._salt_at = b"", 0
+        self._buffered_bytes = 0
 
     # -- row changes -----------------------------------------------------
     def insert(self, table: str, values: dict) -> str:
@@ -185,7 +191,8 @@ class Writer:
         self._rows.append([self._origin_ix, seq, hlc, self.actor, kind, scope, text, self.head, None, salt, None])
         if change is not None:
             self._changes.append(change._replace(hlc=hlc, origin=origin))
-        if len(self._rows) >= SIGN_EVERY:
+        self._buffered_bytes += len(raw)
+        if len(self._rows) >= SIGN_EVERY or self._buffered_bytes >= SIGN_BYTES:
             self.flush()
 
     def flush(self) -> None:
@@ -195,7 +202,7 @@ class Writer:
         last = self._rows[-1]
         last[8] = sign_checkpoint(self.node.key, self.node.id, last[1], last[7])
         rows, changes = self._rows, self._changes
-        self._rows, self._changes = [], []
+        self._rows, self._changes, self._buffered_bytes = [], [], 0
         try:
             self.applied.extend(self.node._ingest(rows, changes, local=True))
         except BaseException as exc:

@@ -129,27 +129,19 @@ def _write_to(node: Node, out: BinaryIO, header: dict, batch_iter, held: dict[st
         digest.update(data)
         out.write(data)
 
-    def put_frame(message: dict) -> None:
-        frame = wire.encode(message)
+    def put_frame(frame: bytes) -> None:
         put(len(frame).to_bytes(8, "big") + frame)
 
     put(MAGIC)
-    put_frame(header)
-    # Frames are cut by entries, well inside what a reader takes in one (wire.batches_of): batches end
-    # where their signer signed, so a chain relayed from a sync with large batches has large ones.
-    frame_entries = wire.MAX_ENTRIES_PER_MESSAGE // 5
-    chunk: list = []
-    in_chunk = 0
-    for batch in batch_iter:
-        if chunk and in_chunk + len(batch.entries) > frame_entries:
-            put_frame({"batches": chunk})
-            chunk, in_chunk = [], 0
-        chunk.append(wire.batch_to_json(batch))
-        in_chunk += len(batch.entries)
-        known = held.get(batch.origin, 0)  # each origin's first batch repeats the last entry held
-        count += sum(1 for entry in batch.entries if entry[0] > known)
-    if chunk:
-        put_frame({"batches": chunk})
+    put_frame(wire.encode(header))
+    # Frames are cut as sync messages are, well inside what a reader takes in one (wire.batches_of):
+    # batches end where their signer signed, so a chain relayed from a sync with large batches has
+    # large ones.
+    for parts, batches in wire.messages(batch_iter, wire.MAX_ENTRIES_PER_MESSAGE // 5):
+        put_frame(wire.encode({}, batches=parts))
+        for batch in batches:
+            known = held.get(batch.origin, 0)  # each origin's first batch repeats the last entry held
+            count += sum(1 for entry in batch.entries if entry[0] > known)
     put(END)
     out.write(node.key.sign(digest.digest()))
     return count

@@ -472,21 +472,17 @@ def _show_shared_history(node: Node, link: ParentLink, their_vv: dict) -> None:
         link.call("/api/sync/hello", {"vv": node.version_vector(), "checkpoint": {**checkpoint, "at": held}})
 
 
-def _messages(node: Node, their_vv: dict, batch_size: int) -> Iterator[tuple[bytes, int]]:
-    """Encoded push messages of about ``batch_size`` entries each, read lazily (memory ~ one message)."""
-    batches = engine.outgoing(node, node.scope, their_vv, batch_size)
+def _messages(node: Node, their_vv: dict, batch_size: int) -> Iterator[bytes]:
+    """Encoded push messages of about ``batch_size`` entries each (fewer when entries are large), read
+    lazily: memory ~ one message."""
+    grouped = wire.messages(engine.outgoing(node, node.scope, their_vv, batch_size), batch_size)
     while True:
         with cyclic_gc_paused():  # not across the yield: the pause covers building one message
-            message, count = [], 0
-            for batch in batches:
-                message.append(wire.batch_to_json(batch))
-                count += len(batch.entries)
-                if count >= batch_size:
-                    break
-            body = wire.encode({"batches": message}) if message else None
+            parts = next(grouped, None)
+            body = None if parts is None else wire.encode({}, batches=parts[0])
         if body is None:
             return
-        yield body, count
+        yield body
 
 
 def _prefetched(items: Iterator, depth: int = 2) -> Iterator:
@@ -526,7 +522,7 @@ def _prefetched(items: Iterator, depth: int = 2) -> Iterator:
 def _push(node: Node, link: ParentLink, their_vv: dict, batch_size: int, report: SyncReport,
           progress: Progress | None) -> None:
     total = engine.pending(engine.subtree_origins(node, node.scope), their_vv)
-    for body, _ in _prefetched(_messages(node, dict(their_vv), batch_size)):
+    for body in _prefetched(_messages(node, dict(their_vv), batch_size)):
         reply = link.call_raw("/api/sync/push", body)
         for result in reply.get("results", []):
             report.pushed += result.get("new", 0)

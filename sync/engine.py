@@ -118,7 +118,7 @@ def child_backlog(node: Node, child: dict, child_vv: dict[str, int]) -> tuple[in
     mine = {o: size for o, (_, size) in scopes.items()}
     branch = {o: size for o, size in child_vv.items()
               if o == child["node_id"] or o not in scopes or (scopes[o][0] and covers(child["scope"], scopes[o][0]))}
-    down = downstream(node, child["node_id"], child["scope"], child_vv, 0, 1)[2]
+    down = downstream_remaining(node, child["node_id"], child["scope"], child_vv)
     return pending(branch, mine), down
 
 
@@ -168,20 +168,11 @@ def downstream_iter(node: Node, child_id: str, child_scope: str, child_vv: dict[
             after = batch.entries[-1][0]
 
 
-def downstream(node: Node, child_id: str, child_scope: str, child_vv: dict[str, int],
-               max_entries: int, batch_size: int, skip: frozenset = frozenset()) -> tuple[list[Batch], bool, int]:
-    """Batches for a child (at most about ``max_entries``), whether more remain, and how many."""
-    plan = _down_plan(node, child_id, child_scope, child_vv, skip)
-    remaining = sum(size - child_vv.get(origin, 0) for origin, size, _ in plan)
-    batches, sent, new = [], 0, 0
-    if max_entries > 0:
-        for batch in downstream_iter(node, child_id, child_scope, child_vv, batch_size, skip):
-            batches.append(batch)
-            sent += len(batch.entries)
-            new += batch.entries[-1][0] - max(child_vv.get(batch.origin, 0), batch.entries[0][0] - 1)
-            if sent >= max_entries:
-                break
-    return batches, new < remaining, remaining
+def downstream_remaining(node: Node, child_id: str, child_scope: str, child_vv: dict[str, int],
+                         skip: frozenset = frozenset()) -> int:
+    """How many entries of its branch the child lacks (none of the origins in ``skip``)."""
+    return sum(size - child_vv.get(origin, 0) for origin, size, _ in _down_plan(node, child_id, child_scope,
+                                                                                 child_vv, skip))
 
 
 def _declared(node: Node, batch: Batch) -> str | None:

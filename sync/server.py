@@ -14,7 +14,9 @@ import base64
 import binascii
 import functools
 import sqlite3
+import threading
 import time
+from typing import Callable, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -35,6 +37,7 @@ JOIN_MAX_BODY = 16 * 1024
 JOIN_MAX_INFLATED = 64 * 1024
 #: hello and pull carry version vectors only.
 SMALL_MAX_INFLATED = 8 * 1024 * 1024
+T = TypeVar("T")
 
 
 def _now_s() -> int:
@@ -150,23 +153,37 @@ def join(call: ApiCall) -> Response:
     return _reply(enroll.accept_join(call.node, token, child_id, public_key, name, scope))
 
 
-def _vv_request(call: ApiCall) -> tuple[dict, dict, dict]:
-    """hello and pull: the signing child, the (small) body, and the version vector in it."""
+#: One body is parsed at a time, however many children send at once: parsing JSON can take 30 times
+#: the body's inflated size in memory (a body of ``[],[],...``), so this bounds what a node spends on it
+#: by one body's worth. Only what a handler read from the body and checked lives on after.
+_PARSING = threading.Lock()
+
+
+def _parsed(call: ApiCall, read: Callable[[dict], T], max_inflated: int | None = None) -> T:
+    with _PARSING:
+        try:
+            return read(wire.decode(call.raw_body, max_inflated=max_inflated))
+        except HemeiError as exc:
+            # Without the frames of the refusal: they hold the parsed body, which would outlive the lock.
+            raise exc.with_traceback(None) from None
+
+
+def _vv_request(call: ApiCall, read: Callable[[dict], tuple]) -> tuple:
+    """hello and pull: the signing child, the version vector of the (small) body, and what ``read`` takes
+    of it (checked: junk in an unread key is dropped with the body)."""
     child = authenticate(call)
-    body = wire.decode(call.raw_body, max_inflated=SMALL_MAX_INFLATED)
-    return child, body, wire.vv_of(body.get("vv"))
+    return (child, *_parsed(call, lambda body: (wire.vv_of(body.get("vv")), *read(body)), SMALL_MAX_INFLATED))
 
 
 @refusals_recorded
 def hello(call: ApiCall) -> Response:
     """The child says what it holds and shows its latest checkpoint; the parent answers with its own sizes."""
-    child, body, their_vv = _vv_request(call)
-    announced = wire.modules_of(body.get("modules"))
-    parent_ahead = wire.clock_offset_of(body.get("parent_clock_ahead_ms"))
+    child, their_vv, announced, parent_ahead, own = _vv_request(call, lambda body: (
+        wire.modules_of(body.get("modules")), wire.clock_offset_of(body.get("parent_clock_ahead_ms")),
+        wire.checkpoint_of(body.get("checkpoint"))))
     node = call.node
     if parent_ahead is not None:  # the child measured this node's clock against its own: kept even if refused
         record_clock(node, child["node_id"], -parent_ahead)
-    own = body.get("checkpoint")
     if own is not None:
         engine.check_history(node, child, own)
     held, size = their_vv.get(node.id, 0), node.version_vector().get(node.id, 0)
@@ -196,7 +213,7 @@ def push(call: ApiCall) -> Response:
     child = authenticate(call)
     node = call.node
     with cyclic_gc_paused():  # decoding allocates as much as applying (see hemei.core.gc_pause)
-        batches = wire.batches_of(wire.decode(call.raw_body))
+        batches = _parsed(call, wire.batches_of)
         results = node.apply_batches(batches, check=engine.push_check(node, child), confine=True,
                                      sender=child["node_id"], admit=engine.push_admit(node, child))
     touch(node, child["node_id"])
@@ -206,20 +223,20 @@ def push(call: ApiCall) -> Response:
 
 @refusals_recorded
 def pull(call: ApiCall) -> Response:
-    child, body, child_vv = _vv_request(call)
+    child, child_vv, limit, batch_size, skip = _vv_request(call, lambda body: (
+        _positive(body, "max_entries", MAX_PULL_ENTRIES), _positive(body, "batch_size", 2000),
+        wire.node_ids_of(body.get("skip"), "skip")))
     node = call.node
-    limit, batch_size = (_positive(body, name, default) for name, default in
-                         (("max_entries", MAX_PULL_ENTRIES), ("batch_size", 2000)))
-    skip = wire.node_ids_of(body.get("skip"), "skip")
+    remaining = engine.downstream_remaining(node, child["node_id"], child["scope"], child_vv, skip)
     with cyclic_gc_paused():
-        batches, more, remaining = engine.downstream(node, child["node_id"], child["scope"], child_vv,
-                                                     limit, batch_size, skip)
+        parts, batches = next(wire.messages(
+            engine.downstream_iter(node, child["node_id"], child["scope"], child_vv, batch_size, skip), limit),
+            ([], []))
     # Entries new to the child (each batch repeats one it holds, to catch a rewritten history).
     new = sum(b.entries[-1][0] - max(child_vv.get(b.origin, 0), b.entries[0][0] - 1) for b in batches)
     touch(node, child["node_id"], their_vv=child_vv)  # what it holds; its closing hello says what it applied
-    with cyclic_gc_paused():
-        return _reply({"batches": [wire.batch_to_json(b) for b in batches], "more": more,
-                       "remaining": max(0, remaining - new)})
+    return Response(wire.encode({"more": new < remaining, "remaining": max(0, remaining - new)}, batches=parts),
+                    media_type=wire.CONTENT_TYPE)
 
 
 def _positive(body: dict, name: str, default: int) -> int:

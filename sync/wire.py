@@ -12,6 +12,7 @@ import base64
 import binascii
 import re
 import zlib
+from typing import Iterable, Iterator
 
 import orjson
 
@@ -20,10 +21,14 @@ from hemei.core.errors import InvalidInput
 from hemei.core.receipt import Batch
 
 CONTENT_TYPE = "application/vnd.hemei.batches+json"
-#: Limits against gzip bombs and runaway messages.
-MAX_COMPRESSED = 32 * 1024 * 1024
-MAX_DECOMPRESSED = 128 * 1024 * 1024
+#: Limits against zlib bombs and runaway messages. Parsing JSON can take 30 times its size in memory
+#: (a body of ``[],[],...``), so the inflated limit is what bounds a receiver's memory per message.
+MAX_COMPRESSED = 8 * 1024 * 1024
+MAX_DECOMPRESSED = 8 * 1024 * 1024
 MAX_ENTRIES_PER_MESSAGE = 50_000
+#: Where a sender cuts a message of batches (JSON bytes before compression), half the limit: a
+#: message holds one batch more only when it holds nothing else (see :func:`messages`).
+MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 class MalformedBatch(InvalidInput):
@@ -85,8 +90,30 @@ def batch_from_json(data) -> Batch:
                  _unb64(data.get("signature"), "signature"))
 
 
-def encode(message: dict) -> bytes:
-    """Serialise with one call, compress fast (level 1: the link is rarely the bottleneck here)."""
+def messages(batches: Iterable[Batch], max_entries: int) -> Iterator[tuple[list[bytes], list[Batch]]]:
+    """Batches grouped into messages, read lazily: each of at most ``max_entries`` entries and
+    :data:`MESSAGE_BYTES` of JSON, unless one batch alone is larger (it then goes alone: a batch ends
+    where its origin signed, and is read in bounds, see ``Node.read_batch``). Yields each message's
+    serialised batches (for :func:`encode` with ``batches``) and the batches themselves."""
+    parts, taken, size, count = [], [], 0, 0
+    for batch in batches:
+        part = orjson.dumps(batch_to_json(batch))  # one call per batch: its exact size on the wire
+        if parts and (size + len(part) > MESSAGE_BYTES or count + len(batch.entries) > max_entries):
+            yield parts, taken
+            parts, taken, size, count = [], [], 0, 0
+        parts.append(part)
+        taken.append(batch)
+        size += len(part) + 1
+        count += len(batch.entries)
+    if parts:
+        yield parts, taken
+
+
+def encode(message: dict, batches: list[bytes] | None = None) -> bytes:
+    """Serialise with one call, compress fast (level 1: the link is rarely the bottleneck here).
+    ``batches``: serialised batches (from :func:`messages`) sent as the message's ``batches``."""
+    if batches is not None:
+        message = {"batches": [orjson.Fragment(part) for part in batches], **message}
     return zlib.compress(orjson.dumps(message), 1)
 
 
@@ -160,6 +187,17 @@ def clock_offset_of(value) -> int | None:
 
 #: Larger than any gap between two PC clocks (a clock reset to 1970 is 57 years out).
 MAX_CLOCK_OFFSET_MS = 1000 * 365 * 86_400_000
+
+
+def checkpoint_of(value) -> dict | None:
+    """A checkpoint's shape: size, head, signature and at most at, each a number or short text (read
+    in full by ``engine.check_history``); None if not sent."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value.keys() <= {"size", "head", "signature", "at"} or not all(
+            type(v) is int or (type(v) is str and len(v) <= 128) for v in value.values()):
+        raise MalformedBatch("checkpoint needs size, head and signature (hex), and at most an integer at")
+    return value
 
 
 #: At most this many modules in a node's announcement of its schema versions.

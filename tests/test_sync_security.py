@@ -211,6 +211,10 @@ def test_malformed_batches_are_refused(net):
             # Counts past any limit are served as the limit (they used to overflow SQLite: a 500).
             reply = link.call("/api/sync/pull", {"vv": {}, "batch_size": 2 ** 64 - 1, "max_entries": 2 ** 63})
             assert reply["batches"] and reply["more"] is False
+            # A checkpoint is read for its shape with the body (only checked values outlive a parse).
+            for checkpoint in ([[]] * 1000, {"size": 1, "head": [[]] * 1000}, {"size": 1, "junk": 1}):
+                refused(net, lambda: link.call("/api/sync/hello", {"vv": {}, "checkpoint": checkpoint}), 400,
+                        "malformed_batch")
             for offset in ("5", 1.5, True, 2 ** 62):
                 refused(net, lambda: link.call("/api/sync/hello", {"vv": {}, "parent_clock_ahead_ms": offset}), 400,
                         "malformed_batch")

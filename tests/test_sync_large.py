@@ -1,0 +1,94 @@
+"""Entries near the payload limit travel by every transport: messages are cut by bytes as well as entries.
+
+A receiver takes at most ``wire.MAX_DECOMPRESSED`` of JSON in one message (it
+bounds what parsing a body costs it), so every sender must keep under it,
+however large the entries: a push, a pull answer and a bundle frame.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import PROBE
+from hemei.cli.main import BUILTIN_PLUGINS
+from hemei.core.node import BATCH_CHARS, Node
+from hemei.core.writer import MAX_PAYLOAD, SIGN_BYTES
+from hemei.sync import wire
+from tree import Tree, note_titles
+
+#: Characters of one note's body: 3 bytes each in UTF-8, so about 200 KiB of payload.
+BODY_CHARS = 200 * 1024 // 3
+#: Enough large notes for several receivers' limits in one transaction.
+NOTES = 1 + wire.MAX_DECOMPRESSED // (BODY_CHARS * 3)
+
+
+def write_large_notes(node: Node, tag: str, scope: str, count: int = NOTES) -> None:
+    with node.writer("tester") as w:
+        for i in range(count):
+            w.insert("notes", {"title": f"{tag} {i}", "scope": scope, "body": "府" * BODY_CHARS})
+
+
+def spans(node: Node) -> list[int]:
+    """Payload bytes between consecutive signed checkpoints of the node's own log."""
+    out, size = [], 0
+    for payload, sig in node.conn.execute(
+            "SELECT CAST(l.payload AS BLOB), l.sig FROM _hemei_log l JOIN _hemei_origins o ON o.ix = l.origin"
+            " WHERE o.node_id = ? ORDER BY l.seq", (node.id,)):
+        size += len(payload)
+        if sig is not None:
+            out.append(size)
+            size = 0
+    return out
+
+
+def test_a_transaction_of_large_entries_is_signed_every_mebibyte_and_read_in_bounded_batches(tmp_path):
+    node = Node.init(tmp_path / "fs", name="府山街道", scope="sx/yc/fs", actor="setup", available=PROBE,
+                     builtins=BUILTIN_PLUGINS)
+    node.set_module_enabled("hook_probe", True, "setup")
+    write_large_notes(node, "大", "sx/yc/fs")
+    assert max(spans(node)) <= SIGN_BYTES + MAX_PAYLOAD, spans(node)
+    copy = Node.init(tmp_path / "copy", name="复制", scope="sx/yc/fs", actor="setup", available=PROBE,
+                     builtins=BUILTIN_PLUGINS)
+    copy.set_module_enabled("hook_probe", True, "setup")
+    after, sizes = 0, []
+    while (batch := node.read_batch(node.id, after, limit=1000)) is not None:
+        sizes.append(sum(len(e[5]) for e in batch.entries if len(e) == 7))
+        copy.apply_batch(batch)  # each ends at a checkpoint: verifies on its own
+        after = batch.entries[-1][0]
+    assert len(sizes) > 1 and max(sizes) <= BATCH_CHARS, sizes
+    assert note_titles(copy) == note_titles(node) and len(note_titles(copy)) == NOTES
+    node.close()
+    copy.close()
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    t = Tree(tmp_path_factory.mktemp("large")).build({"district": "sx/yc", "street": "sx/yc/fs"},
+                                                    serve=["district"], enroll=[("district", "street")])
+    yield t
+    t.stop()
+
+
+def test_large_entries_sync_up_and_down_over_http(pair):
+    with pair.open("street") as street:
+        write_large_notes(street, "街道", "sx/yc/fs")
+    with pair.open("district") as district:
+        write_large_notes(district, "区里", "sx/yc")  # the street's branch: it gets them in full
+    done = pair.sync("street")
+    assert done["ok"] and done["pushed"] >= NOTES and done["pulled"] >= NOTES, done
+    with pair.open("street") as street, pair.open("district") as district:
+        assert note_titles(street) == note_titles(district)
+        assert len(note_titles(district)) == 2 * NOTES
+
+
+def test_large_entries_travel_in_a_bundle(pair, tmp_path):
+    with pair.open("street") as street:
+        write_large_notes(street, "捎带", "sx/yc/fs")
+    out = tmp_path / "府山.hemei"
+    pair.ok("street", "bundle", "export", "--out", str(out))
+    imported = json.loads(pair.ok("district", "bundle", "import", str(out), "--json"))
+    assert imported["new"] == NOTES, imported
+    with pair.open("district") as district:
+        assert {f"捎带 {i}" for i in range(NOTES)} <= note_titles(district)
