@@ -126,6 +126,8 @@ class HemeiGroup(click.Group):
         obj = ctx.ensure_object(NodeContext)
         if args and args[0] not in self.commands and args[0] not in self._builtin_commands(ctx):
             obj.home = _peek_home(args[1:]) or obj.home
+        if "--json" in args[1:]:  # a usage error found before the command reads its --json is said as JSON too
+            obj.failure_as_json = True
         return super().resolve_command(ctx, args)
 
     @staticmethod
@@ -153,6 +155,10 @@ class HemeiGroup(click.Group):
                 exc.message = "--home goes before the command here: hemei --home DIR COMMAND …"
                 exc.possibilities = []
             exc.show()
+            obj = extra.get("obj")
+            if obj is not None and obj.failure_as_json:
+                click.echo(json.dumps({"ok": False, "error": {"code": "usage_error", "message": exc.format_message()}},
+                                      ensure_ascii=False))
             sys.exit(exc.exit_code)
         except HemeiError as exc:
             self._fail(extra.get("obj"), exc.to_json()["error"])

@@ -99,6 +99,15 @@ def test_with_json_a_failure_is_also_json_on_stdout_for_every_command(tmp_path, 
     assert typo.exit_code == 1 and json.loads(typo.stdout)["error"]["message"].startswith("no table '没有'")
     plain = run_cli("--home", home, "conflicts", "--table", "没有")
     assert plain.exit_code == 1 and plain.stdout == "" and "no table" in plain.stderr
+    # A usage error too, even one found before the command is known: a module's command needs the node.
+    for args, why in ((["--home", str(tmp_path / "missing"), "grids", "list", "--json"], "is not a node home"),
+                      (["--home", home, "audit", "log", "--limit", "many", "--json"], "'many' is not a valid")):
+        misused = run_real(*args)
+        said = json.loads(misused.stdout)
+        assert misused.returncode == 2 and said["ok"] is False and said["error"]["code"] == "usage_error"
+        assert why in said["error"]["message"] and said["error"]["message"] in misused.stderr
+        assert "Traceback" not in misused.stderr
+    assert run_real("--home", home, "audit", "log", "--limit", "many").stdout == ""
 
 
 def test_a_password_piped_in_another_encoding_is_refused_plainly(tmp_path):
