@@ -415,7 +415,7 @@ def _endpoint(key: tuple[str, str], table: RouteTable):
             user = authenticate(node, token)
             require_role(user, route.role)
         call = ApiCall(node=node, user=user, body=body, path_params=dict(request.path_params),
-                       query=dict(request.query_params), request=request, raw_body=raw)
+                       query=_single_valued(request.query_params), request=request, raw_body=raw)
         return route.handler(call)
 
     async def endpoint(request: Request) -> Response:
@@ -433,6 +433,16 @@ def _endpoint(key: tuple[str, str], table: RouteTable):
         return result if isinstance(result, Response) else _json(result)
 
     return endpoint
+
+
+def _single_valued(params) -> dict:
+    """The query's parameters, each given once: of ``?grid=A&grid=B`` a route would read one and ignore
+    the other without a word, so the caller hears which it repeated instead."""
+    query = dict(params)
+    if len(query) != len(params.multi_items()):
+        repeated = next(name for name in query if len(params.getlist(name)) > 1)
+        raise InvalidInput(f"query parameter {repeated!r} is given more than once: give it once")
+    return query
 
 
 def _json(result: Any) -> Response:

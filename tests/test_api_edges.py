@@ -164,3 +164,14 @@ def test_an_unknown_field_is_named_with_what_the_route_takes(allowed, said):
     with pytest.raises(InvalidInput) as refused:
         call.fields(allowed)
     assert refused.value.message == said
+
+
+def test_a_query_parameter_given_twice_is_refused_not_half_read(api):
+    """Found in review: `?grid=A&grid=B` answered for B alone, as if A had not been asked for."""
+    call, _ = api
+    twice = call("GET", "/api/grids/coverage?grid=A&grid=B")
+    assert twice.status_code == 400, twice.text
+    assert twice.json()["error"] == {"code": "invalid_input",
+                                     "message": "query parameter 'grid' is given more than once: give it once"}
+    assert call("GET", "/api/audit/log?limit=5&limit=6").status_code == 400
+    assert call("GET", "/api/audit/log?limit=5&actor=王丽").status_code == 200
