@@ -29,7 +29,7 @@ import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route, Router
 
@@ -91,7 +91,10 @@ class ApiRoute:
     body over ``max_body``; ``call.raw_body`` is then empty), for routes
     that record every refusal. ``answered(node, request, response)``
     finishes every answer of the route, refusals as JSON errors included
-    (the sync routes sign theirs).
+    (the sync routes sign theirs). ``precheck(node, request)`` runs on the
+    request's headers before its body is read; what it refuses (a
+    :class:`HemeiError`) is refused without reading the body (the sync
+    routes check the signature there).
     """
 
     path: str
@@ -105,6 +108,7 @@ class ApiRoute:
     tags: tuple[str, ...] = field(default_factory=tuple)
     refused: Callable[[ApiCall, HemeiError], None] | None = None
     answered: Callable[[Node, Request, Response], Response] | None = None
+    precheck: Callable[[Node, Request], None] | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -408,22 +412,38 @@ def _endpoint(key: tuple[str, str], table: RouteTable):
                 return route.answered(node, request, JSONResponse(exc.to_json(), status_code=exc.status))
 
     def call(route: ApiRoute, node: Node, request: Request, raw: bytes, body: Any):
-        user = None
-        if route.role is not None:
-            header = request.headers.get("authorization", "")
-            token = header[7:].strip() if header.lower().startswith("bearer ") else None
-            user = authenticate(node, token)
-            require_role(user, route.role)
+        user = None if route.role is None else _user_of(node, request, route.role)
         call = ApiCall(node=node, user=user, body=body, path_params=dict(request.path_params),
                        query=_single_valued(request.query_params), request=request, raw_body=raw)
         return route.handler(call)
+
+    def prechecked(route: ApiRoute, request: Request) -> Response | None:
+        """None if the request may send its body (its token, or the route's precheck, lets it); else the
+        answer to its refusal. Nobody unproven makes this node read a body: a request to a route with a role
+        is authenticated again when its body has come (:func:`call`, by the route served then)."""
+        with table.pool.lend() as node:
+            try:
+                if route.role is not None:
+                    _user_of(node, request, route.role)
+                if route.precheck is not None:
+                    route.precheck(node, request)
+                return None
+            except HemeiError as exc:
+                refusal = exc
+        return refused_unread(route, request, refusal)
 
     async def endpoint(request: Request) -> Response:
         route = table.find(key)
         if route is None:
             raise table.no_route(request.scope)
+        if route.role is not None or route.precheck is not None:
+            refused = await run_in_threadpool(prechecked, route, request)
+            if refused is not None:
+                return refused
         try:
             raw = await _read_body(request, route.max_body)
+        except ClientDisconnect:  # a link that died mid-upload (a street's, often): nobody left to answer
+            return Response(status_code=CLIENT_GONE)
         except HemeiError as exc:
             if route.refused is None and route.answered is None:
                 raise
@@ -433,6 +453,19 @@ def _endpoint(key: tuple[str, str], table: RouteTable):
         return result if isinstance(result, Response) else _json(result)
 
     return endpoint
+
+
+#: The status the access log shows for a request whose caller went away before its body came (nginx's
+#: "client closed request"; never seen by the caller).
+CLIENT_GONE = 499
+
+
+def _user_of(node: Node, request: Request, role: str) -> dict:
+    """The user whose bearer token the request carries, if they have ``role``."""
+    header = request.headers.get("authorization", "")
+    user = authenticate(node, header[7:].strip() if header.lower().startswith("bearer ") else None)
+    require_role(user, role)
+    return user
 
 
 def _single_valued(params) -> dict:

@@ -47,28 +47,12 @@ def _now_s() -> int:
 def authenticate(call: ApiCall, public_key: bytes | None = None, node_id: str | None = None) -> dict | None:
     """The enrolled child that signed this request (None for a join by ``node_id``, checked against
     ``public_key``)."""
-    request = call.request
-    signed, base, signature, created = signing.read_signature(
-        request.headers, request.method, request.url.path, request.url.query, call.raw_body)
-    signing.check_window(created, signed.expires_s, _now_s())
-    peer = None
-    if public_key is None:
-        peer = get_peer(call.node, signed.node_id)
-        if peer is None or peer["role"] != "child":
-            # Signed: the answer covers the key id the request named, so a request whose key id was altered
-            # on the way gets an answer its sender cannot take (a parent restored from a backup made before
-            # the child joined says this, and the child must hear it: it needs a new invite).
-            _answer_signed(call)
-            raise Unauthorized(f"node {signed.node_id} is not enrolled here", code="unknown_node")
-        signing.check_signature(peer["public_key"], base, signature)
+    signed, peer = _signer(call.node, call.request, call.raw_body, public_key, node_id)
+    if peer is not None:
         call.peer_id = signed.node_id  # from here on, refusals are this peer's
         if peer["revoked"]:
-            _answer_signed(call)  # true of this node whoever sends its request again
+            _answer_signed(call.request)  # true of this node whoever sends its request again
             raise Forbidden(f"node {peer['name']} has been revoked", code="revoked")
-    else:
-        if signed.node_id != node_id:  # the nonce is kept under the signer's id: it must be the joining node's
-            raise Unauthorized(f"the join of {node_id} is signed as {signed.node_id}", code="bad_signature")
-        signing.check_signature(public_key, base, signature)
     conn = call.node.conn
     now = time.time_ns() // 1_000_000
     try:
@@ -77,16 +61,46 @@ def authenticate(call: ApiCall, public_key: bytes | None = None, node_id: str | 
     except sqlite3.IntegrityError:
         raise Unauthorized("replayed request (nonce already used)", code="replay") from None
     conn.execute("DELETE FROM _hemei_nonces WHERE expires_ms < ?", (now,))
-    _answer_signed(call)
+    _answer_signed(call.request)
     return peer
 
 
-def _answer_signed(call: ApiCall) -> None:
+def signed_by_a_child(node: Node, request: Request) -> None:
+    """Before a body is read: a request that no enrolled child signed is refused without reading it, so
+    nobody unproven can make this node hold bodies of up to the sync limit, however many they send. (Its
+    digest is checked against the body, and its nonce taken, when the body has come: :func:`authenticate`.)"""
+    _signer(node, request, None)
+
+
+def _signer(node: Node, request: Request, body: bytes | None, public_key: bytes | None = None,
+            node_id: str | None = None) -> tuple[signing.SignedRequest, dict | None]:
+    """The request's signature, checked (with the body's digest unless ``body`` is None) against the
+    pinned key of the child it names, or against ``public_key`` for the join of ``node_id``."""
+    signed, base, signature, created = signing.read_signature(
+        request.headers, request.method, request.url.path, request.url.query, body)
+    signing.check_window(created, signed.expires_s, _now_s())
+    if public_key is not None:
+        if signed.node_id != node_id:  # the nonce is kept under the signer's id: it must be the joining node's
+            raise Unauthorized(f"the join of {node_id} is signed as {signed.node_id}", code="bad_signature")
+        signing.check_signature(public_key, base, signature)
+        return signed, None
+    peer = get_peer(node, signed.node_id)
+    if peer is None or peer["role"] != "child":
+        # Signed: the answer covers the key id the request named, so a request whose key id was altered
+        # on the way gets an answer its sender cannot take (a parent restored from a backup made before
+        # the child joined says this, and the child must hear it: it needs a new invite).
+        _answer_signed(request)
+        raise Unauthorized(f"node {signed.node_id} is not enrolled here", code="unknown_node")
+    signing.check_signature(peer["public_key"], base, signature)
+    return signed, peer
+
+
+def _answer_signed(request: Request) -> None:
     """The request is the signer's own and fresh, or names a node unknown here: its answer is signed
     (:func:`sign_answer`). An answer to any other (a signature that does not verify, a replay, an expired
     window) is not: it would be bound to the child's own signature, so whoever altered or resent the
     child's request would get the parent's signed refusal of it to show the child as the parent's word."""
-    call.request.state.answer_signed = True
+    request.state.answer_signed = True
 
 
 def refusals_recorded(handler):
@@ -251,11 +265,12 @@ def routes() -> list[ApiRoute]:
     body_limit = wire.MAX_COMPRESSED
     common = {"role": None, "raw": True, "max_body": body_limit, "tags": ("sync",), "refused": record_refused,
               "answered": sign_answer}
+    signed = {**common, "precheck": signed_by_a_child}
     return [
         ApiRoute("/api/sync/join", "POST", join, summary="Enroll a child with an invitation token",
                  **{**common, "max_body": JOIN_MAX_BODY}),
         ApiRoute("/api/sync/hello", "POST", hello, summary="Exchange version vectors; check the child's history",
-                 **common),
-        ApiRoute("/api/sync/push", "POST", push, summary="Receive batches of the child's branch", **common),
-        ApiRoute("/api/sync/pull", "POST", pull, summary="Send the child the entries of its branch", **common),
+                 **signed),
+        ApiRoute("/api/sync/push", "POST", push, summary="Receive batches of the child's branch", **signed),
+        ApiRoute("/api/sync/pull", "POST", pull, summary="Send the child the entries of its branch", **signed),
     ]

@@ -95,8 +95,9 @@ class SignedRequest:
 
 
 def read_signature(headers, method: str, path: str, query: str,
-                   body: bytes) -> tuple[SignedRequest, bytes, bytes, int]:
-    """Parse and check the digest; returns (request, signature base, signature). Key check is separate."""
+                   body: bytes | None) -> tuple[SignedRequest, bytes, bytes, int]:
+    """Parse and check the digest (not when ``body`` is None: not read yet); returns (request, signature
+    base, signature, created). Key check is separate."""
     signature_input = headers.get("signature-input")
     signature = headers.get("signature")
     digest = headers.get("content-digest")
@@ -108,7 +109,7 @@ def read_signature(headers, method: str, path: str, query: str,
     if not match or not sig:
         raise Unauthorized("unsupported signature: hemei signs @method @path @query content-digest with ed25519",
                            code="bad_signature")
-    if digest != content_digest(body):
+    if body is not None and digest != content_digest(body):
         raise Unauthorized("Content-Digest does not match the body", code="bad_signature")
     params = signature_input.strip()[len(LABEL) + 1:]
     base = _base(method, path, query, digest, params)

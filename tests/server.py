@@ -69,6 +69,30 @@ def wrong_clock_env(env: dict, root: Path, shift_s: float) -> dict:
     return dict(env, PYTHONPATH=os.pathsep.join([str(site), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
 
 
+def answer_before_body(url: str, path: str, headers: dict, declared: int) -> bytes:
+    """POST a request's headers declaring a body of ``declared`` bytes, send none of it, and return what
+    the server answers (b"" if it waited for the body instead: the wait is cut after 30 s)."""
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    lines = [f"POST {path} HTTP/1.1", f"Host: {where.netloc}", f"Content-Length: {declared}",
+             *(f"{k}: {v}" for k, v in headers.items())]
+    answer = b""
+    with socket.create_connection((where.hostname, where.port), timeout=30) as conn:
+        conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        try:
+            while chunk := conn.recv(65536):  # the whole answer: its headers and body may come apart
+                answer += chunk
+                head, _, body = answer.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), None)
+                if length is not None and len(body) >= length:
+                    break
+        except TimeoutError:
+            pass
+    return answer
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -16,6 +16,7 @@ from hemei.core.node import Node
 from hemei.sync import bundles, client, signing, wire
 from hemei.sync.client import ParentLink, SyncRefused, read_answer
 from test_store import _back_dated
+from server import answer_before_body
 from tree import Tree, write_notes
 
 
@@ -461,3 +462,24 @@ def test_hello_answers_with_a_checkpoint_the_district_signed_never_one_at_the_si
             link.learn_time()
             reply = link.call("/api/sync/hello", {"vv": {**beihai.version_vector(), district_id: size - 1}})
     assert reply["checkpoint"]["size"] in signed and reply["checkpoint"]["size"] < size - 1
+
+
+@pytest.mark.parametrize("path", ["/api/sync/push", "/api/sync/hello", "/api/sync/pull"])
+def test_a_request_no_enrolled_child_signed_is_refused_before_its_body_is_read(net, tmp_path, path):
+    """Found in review: every body was read whole (up to the sync limit) before its signature was looked
+    at, so anyone could make a district hold megabytes per connection for nothing."""
+    url = net.servers["district"].url
+    declared = wire.MAX_COMPRESSED  # a body it would take, if it were signed
+    before, (logged, local) = district_state(net)
+    assert answer_before_body(url, path, {"Content-Type": wire.CONTENT_TYPE}, declared).startswith(b"HTTP/1.1 401")
+    stranger_key = write_private_key(tmp_path / "stranger.key")
+    stranger = node_id_from_public_key(public_key_raw(stranger_key))
+    headers = signing.sign_request(stranger_key, stranger, "POST", path, "", b"body", int(time.time()))
+    answer = answer_before_body(url, path, headers, declared)
+    assert answer.startswith(b"HTTP/1.1 401") and b"unknown_node" in answer
+    with net.open("fushan") as fushan:  # fushan's id, another key
+        headers = signing.sign_request(stranger_key, fushan.id, "POST", path, "", b"body", int(time.time()))
+    answer = answer_before_body(url, path, headers, declared)
+    assert answer.startswith(b"HTTP/1.1 401") and b"bad_signature" in answer
+    after, counts = district_state(net)
+    assert after == before and counts == (logged, local + 3)  # each refusal recorded, none in the log
