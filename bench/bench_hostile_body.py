@@ -12,7 +12,7 @@ copies at the same moment; each is refused (400). Printed: the server's
 RSS high-water mark (``VmHWM``) idle, after one and after the burst, and
 the ratio of what the burst added to what one body added. The server
 parses one body at a time (sync/server.py), so the ratio stays near 1
-however many come at once; without that it grows with their number.
+however many come at once (without that, 1.9 for 8).
 """
 
 from __future__ import annotations

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import hashlib
 import logging
 import os
 import socket
-import sys
 
 import click
 
@@ -242,7 +240,6 @@ def serve(host: str, port: int, log_level: str) -> None:
     from hemei.core.api import RouteNotPath, create_app
 
     ctx: NodeContext = cli_context()
-    fewer_malloc_arenas()
     app = create_app(ctx.home, available=ctx.available, builtins=ctx.builtins)
     node = app.state.pool.get()
     # Bound here, before anything is announced: the address printed is the one
@@ -260,27 +257,6 @@ def serve(host: str, port: int, log_level: str) -> None:
     try:
         uvicorn.Server(config).run(sockets=[listener])
     except KeyboardInterrupt:  # uvicorn raises Ctrl-C again after its clean shutdown; uvicorn.run hid it
-        pass
-
-
-#: glibc's mallopt parameter for the number of malloc arenas (M_ARENA_MAX in malloc.h).
-_M_ARENA_MAX = -8
-
-
-def fewer_malloc_arenas() -> None:
-    """On glibc, two malloc arenas for the whole server, as ``MALLOC_ARENA_MAX=2`` would set.
-
-    Requests run on worker threads, and glibc gives each thread an arena of
-    its own that keeps what the thread freed: eight sync bodies at the
-    parse limit arriving at once took a district to 570 MB instead of the
-    310 one of them costs (bench/bench_hostile_body.py). Left alone when
-    the operator set ``MALLOC_ARENA_MAX``, and elsewhere (Windows, macOS).
-    """
-    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
-        return
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, 2)
-    except (OSError, AttributeError):  # not glibc (musl has no such arenas)
         pass
 
 

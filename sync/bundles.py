@@ -39,7 +39,7 @@ from .peers import get_peer, now_ms, parent_of, record_fork, record_refusal, tou
 
 MAGIC = b"HEMEI-BUNDLE-1\n"
 END = bytes(8)
-MAX_FRAME = wire.MAX_COMPRESSED
+MAX_FRAME = wire.MAX_ANSWER_COMPRESSED
 
 
 class BadBundle(InvalidInput):
@@ -107,10 +107,15 @@ def _writer_of(path: Path) -> str | None:
             if fh.read(len(MAGIC)) != MAGIC:
                 return None
             size = int.from_bytes(fh.read(8), "big")
-            header = wire.decode(fh.read(size)) if 0 < size <= MAX_FRAME else {}
+            header = _decoded(fh.read(size)) if 0 < size <= MAX_FRAME else {}
     except (OSError, HemeiError):
         return None
     return str(header.get("from", "")) if isinstance(header, dict) else ""
+
+
+def _decoded(frame: bytes) -> dict:
+    """A frame's message, within what 0.1.0 wrote in one (up to 20,000 entries: wire.MAX_ANSWER_INFLATED)."""
+    return wire.decode(frame, wire.MAX_ANSWER_INFLATED, wire.MAX_ANSWER_COMPRESSED)
 
 
 def _write(node: Node, path: Path, header: dict, batch_iter, held: dict[str, int] | None = None) -> int:
@@ -192,7 +197,7 @@ def read_bundle(node: Node, path: Path) -> tuple[dict, "SecondRead", dict]:
     if header_frame is None:
         raise BadBundle("bundle has no header")
     try:  # read before its signature can be checked (it names the signer): damage here is damage
-        header = wire.decode(header_frame)
+        header = _decoded(header_frame)
         sender = parse_node_id(str(header["from"]))
         recipient = parse_node_id(str(header["to"]))
     except (KeyError, TypeError, InvalidInput):
@@ -258,7 +263,7 @@ class SecondRead:
             for frame in frames:
                 if self._fh.tell() > self._size:
                     break  # longer than what verified: read no further (intact() says no)
-                yield from wire.batches_of(wire.decode(frame))
+                yield from wire.batches_of(_decoded(frame))
         except OSError as exc:  # the stick pulled, a worn stick's read error
             raise self._unreadable(exc) from None
         except BadBundle:  # truncated or damaged since it verified

@@ -288,7 +288,7 @@ def read_answer(reply: httpx.Response, raw: bool) -> dict:
     if not raw:
         return reply.json()
     with cyclic_gc_paused():  # a pull's reply is thousands of entries
-        return wire.decode(reply.content)
+        return wire.decode(reply.content, wire.MAX_ANSWER_INFLATED, wire.MAX_ANSWER_COMPRESSED)
 
 
 def join(node: Node, token: str, actor: str, url: str | None = None,

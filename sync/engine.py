@@ -40,9 +40,10 @@ def subtree_origins(node: Node, scope: str) -> dict[str, int]:
 def own_checkpoint(node: Node, upto: int | None = None) -> dict | None:
     """This node's latest signed checkpoint of its own log (at most ``upto`` entries long).
 
-    Only checkpoints its writer signed (each at the end of a transaction):
-    never one signed on a peer's request, which would let that peer cut a
-    transaction in two and have the half accepted. A healthy node holds a
+    Only checkpoints its writer signed (at the end of a transaction, and
+    every 1,000 entries or 1 MiB within one): never one signed on a peer's
+    request, which would let that peer cut a transaction anywhere and have
+    the first part accepted. A healthy node holds a
     signed checkpoint at every size a peer holds of its log, since batches
     end only at those; one restored from a backup may not, and the earlier
     checkpoint it shows instead is shorter than what the peer holds: a fork.

@@ -173,13 +173,21 @@ def join(call: ApiCall) -> Response:
 _PARSING = threading.Lock()
 
 
-def _parsed(call: ApiCall, read: Callable[[dict], T], max_inflated: int | None = None) -> T:
+def _parsed(call: ApiCall, read: Callable[[dict], T], max_inflated: int = wire.MAX_DECOMPRESSED) -> T:
     with _PARSING:
         try:
             return read(wire.decode(call.raw_body, max_inflated=max_inflated))
         except HemeiError as exc:
             # Without the frames of the refusal: they hold the parsed body, which would outlive the lock.
             raise exc.with_traceback(None) from None
+
+
+def _refusal_of(read: Callable[[object], T], value) -> T | HemeiError:
+    """``read(value)``, or its refusal to raise later (after what must be kept even when refused)."""
+    try:
+        return read(value)
+    except HemeiError as exc:
+        return exc.with_traceback(None)
 
 
 def _vv_request(call: ApiCall, read: Callable[[dict], tuple]) -> tuple:
@@ -194,10 +202,12 @@ def hello(call: ApiCall) -> Response:
     """The child says what it holds and shows its latest checkpoint; the parent answers with its own sizes."""
     child, their_vv, announced, parent_ahead, own = _vv_request(call, lambda body: (
         wire.modules_of(body.get("modules")), wire.clock_offset_of(body.get("parent_clock_ahead_ms")),
-        wire.checkpoint_of(body.get("checkpoint"))))
+        _refusal_of(wire.checkpoint_of, body.get("checkpoint"))))
     node = call.node
     if parent_ahead is not None:  # the child measured this node's clock against its own: kept even if refused
         record_clock(node, child["node_id"], -parent_ahead)
+    if isinstance(own, HemeiError):
+        raise own
     if own is not None:
         engine.check_history(node, child, own)
     held, size = their_vv.get(node.id, 0), node.version_vector().get(node.id, 0)

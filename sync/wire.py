@@ -23,11 +23,18 @@ from hemei.core.receipt import Batch
 CONTENT_TYPE = "application/vnd.hemei.batches+json"
 #: Limits against zlib bombs and runaway messages. Parsing JSON can take 30 times its size in memory
 #: (a body of ``[],[],...``), so the inflated limit is what bounds a receiver's memory per message.
-MAX_COMPRESSED = 8 * 1024 * 1024
-MAX_DECOMPRESSED = 8 * 1024 * 1024
+#: What a parent takes in one request of a child: a sender of this release cuts its messages at
+#: MESSAGE_BYTES; the rest is room for pushes of hemei 0.1.0, which cut by entries alone (2,000).
+MAX_COMPRESSED = 16 * 1024 * 1024
+MAX_DECOMPRESSED = 16 * 1024 * 1024
+#: What a child takes in an answer of its parent, and an import in a bundle frame: 0.1.0 wrote up to
+#: 20,000 entries there. Parsed by a command, one message at a time, from the parent it pinned or a
+#: file the operator imports; never by a server that takes requests from many.
+MAX_ANSWER_COMPRESSED = 32 * 1024 * 1024
+MAX_ANSWER_INFLATED = 128 * 1024 * 1024
 MAX_ENTRIES_PER_MESSAGE = 50_000
-#: Where a sender cuts a message of batches (JSON bytes before compression), half the limit: a
-#: message holds one batch more only when it holds nothing else (see :func:`messages`).
+#: Where a sender cuts a message of batches (JSON bytes before compression): a message holds one
+#: batch more only when it holds nothing else (see :func:`messages`).
 MESSAGE_BYTES = 4 * 1024 * 1024
 
 
@@ -105,6 +112,9 @@ def messages(batches: Iterable[Batch], max_entries: int) -> Iterator[tuple[list[
         taken.append(batch)
         size += len(part) + 1
         count += len(batch.entries)
+        if size >= MESSAGE_BYTES or count >= max_entries:  # full: sent without reading a batch more
+            yield parts, taken
+            parts, taken, size, count = [], [], 0, 0
     if parts:
         yield parts, taken
 
@@ -117,10 +127,10 @@ def encode(message: dict, batches: list[bytes] | None = None) -> bytes:
     return zlib.compress(orjson.dumps(message), 1)
 
 
-def decode(body: bytes, max_inflated: int = None) -> dict:
-    limit = MAX_DECOMPRESSED if max_inflated is None else max_inflated
-    if len(body) > MAX_COMPRESSED:
-        raise MalformedBatch(f"message is larger than {MAX_COMPRESSED} bytes")
+def decode(body: bytes, max_inflated: int = MAX_DECOMPRESSED, max_compressed: int = MAX_COMPRESSED) -> dict:
+    limit = max_inflated
+    if len(body) > max_compressed:
+        raise MalformedBatch(f"message is larger than {max_compressed} bytes")
     try:
         inflater = zlib.decompressobj()
         raw = inflater.decompress(body, limit)

@@ -184,8 +184,14 @@ class ProtocolClient:
         return entry
 
     def commit(self, chain: Chain | None = None) -> None:
-        # "Checkpoints": one at the end of every write transaction, the only places a batch may end.
+        # "Checkpoints": one at the end of every write transaction, the only places a batch may end; and
+        # every 1,000 entries and 1 MiB of payload within one, which this client leaves to larger writers.
         chain = chain or self.own
+        last = max(chain.signatures, default=0)
+        written = chain.entries[last:]
+        if len(written) > 1000 or sum(len(e.payload.encode()) for e in written) > 1024 * 1024:
+            raise ProtocolError("this client signs at commits only: keep a transaction within 1,000 entries "
+                                "and 1 MiB of payload")
         chain.signatures[chain.size] = self.key.sign(checkpoint_message(self.id, chain.size, chain.head()))
 
     def batch(self, chain: Chain, first: int) -> dict:
@@ -331,6 +337,7 @@ class ProtocolClient:
         if 0 < held < self.own.size:  # the first checkpoint was longer than what the parent can compare
             self.hello({**self.own_checkpoint(upto=held), "at": held})
         # From the parent's size, resending the entry it holds last: another history shows as a fork at once.
+        # One batch: this client's chains stay far below the 4 MiB at which a sender starts a new message.
         answer = self.call("/api/sync/push", {"batches": [self.batch(self.own, max(held, 1))]})
         self.hello()  # the closing hello: the parent learns what this node holds now
         return answer

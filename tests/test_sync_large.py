@@ -1,13 +1,16 @@
 """Entries near the payload limit travel by every transport: messages are cut by bytes as well as entries.
 
-A receiver takes at most ``wire.MAX_DECOMPRESSED`` of JSON in one message (it
-bounds what parsing a body costs it), so every sender must keep under it,
-however large the entries: a push, a pull answer and a bundle frame.
+A parent takes at most ``wire.MAX_DECOMPRESSED`` of JSON in one request (it
+bounds what parsing a body costs it), so every sender keeps under it,
+however large the entries: a push, a pull answer and a bundle frame (a
+child and a bundle import take more, for what hemei 0.1.0 sent, but this
+release sends no more than a parent takes).
 """
 
 from __future__ import annotations
 
 import json
+import zlib
 
 import pytest
 
@@ -15,7 +18,8 @@ from conftest import PROBE
 from hemei.cli.main import BUILTIN_PLUGINS
 from hemei.core.node import BATCH_CHARS, Node
 from hemei.core.writer import MAX_PAYLOAD, SIGN_BYTES
-from hemei.sync import wire
+from hemei.sync import bundles, wire
+from hemei.sync.client import ParentLink
 from tree import Tree, note_titles
 
 #: Characters of one note's body: 3 bytes each in UTF-8, so about 200 KiB of payload.
@@ -24,10 +28,10 @@ BODY_CHARS = 200 * 1024 // 3
 NOTES = 1 + wire.MAX_DECOMPRESSED // (BODY_CHARS * 3)
 
 
-def write_large_notes(node: Node, tag: str, scope: str, count: int = NOTES) -> None:
+def write_large_notes(node: Node, tag: str, scope: str, count: int = NOTES, chars: int = BODY_CHARS) -> None:
     with node.writer("tester") as w:
         for i in range(count):
-            w.insert("notes", {"title": f"{tag} {i}", "scope": scope, "body": "府" * BODY_CHARS})
+            w.insert("notes", {"title": f"{tag} {i}", "scope": scope, "body": "府" * chars})
 
 
 def spans(node: Node) -> list[int]:
@@ -71,11 +75,20 @@ def pair(tmp_path_factory):
     t.stop()
 
 
+def inflated_sizes(frames) -> list[int]:
+    return [len(zlib.decompress(frame)) for frame in frames]
+
+
 def test_large_entries_sync_up_and_down_over_http(pair):
     with pair.open("street") as street:
         write_large_notes(street, "街道", "sx/yc/fs")
     with pair.open("district") as district:
         write_large_notes(district, "区里", "sx/yc")  # the street's branch: it gets them in full
+    with pair.open("street") as street, ParentLink(street, pair.servers["district"].url) as link:
+        link.learn_time()
+        answer = link._send("POST", "/api/sync/pull", wire.encode({"vv": street.version_vector()}))
+        first = wire.decode(answer.content, wire.MAX_ANSWER_INFLATED, wire.MAX_ANSWER_COMPRESSED)
+        assert first["more"] and inflated_sizes([answer.content])[0] <= wire.MAX_DECOMPRESSED
     done = pair.sync("street")
     assert done["ok"] and done["pushed"] >= NOTES and done["pulled"] >= NOTES, done
     with pair.open("street") as street, pair.open("district") as district:
@@ -88,7 +101,36 @@ def test_large_entries_travel_in_a_bundle(pair, tmp_path):
         write_large_notes(street, "捎带", "sx/yc/fs")
     out = tmp_path / "府山.hemei"
     pair.ok("street", "bundle", "export", "--out", str(out))
+    data, frames, at = out.read_bytes(), [], len(bundles.MAGIC)
+    while size := int.from_bytes(data[at:at + 8], "big"):
+        frames.append(data[at + 8:at + 8 + size])
+        at += 8 + size
+    assert len(frames) > 2 and max(inflated_sizes(frames)) <= wire.MAX_DECOMPRESSED
     imported = json.loads(pair.ok("district", "bundle", "import", str(out), "--json"))
     assert imported["new"] == NOTES, imported
     with pair.open("district") as district:
         assert {f"捎带 {i}" for i in range(NOTES)} <= note_titles(district)
+
+
+def test_messages_as_0_1_0_cut_them_by_entries_alone_are_still_taken(pair, tmp_path, monkeypatch):
+    """Found in review: 0.1.0 pushes 2,000 entries a message and writes 10,000 a bundle frame, whatever
+    their size, so a parent of this release taking 8 MiB refused an old street's backlog of long case
+    descriptions."""
+    pair.sync("street")  # the district holds all of the street: the old-style message follows on
+    with pair.open("street") as street:
+        held = street.version_vector()[street.id]
+        write_large_notes(street, "旧版推送", "sx/yc/fs", count=2000, chars=1700)  # about 10 MB
+        batch = street.read_batch(street.id, held - 1, limit=2001, max_chars=1 << 40)
+        assert len(batch.entries) == 2001
+        message = wire.encode({"batches": [wire.batch_to_json(batch)]})
+        assert wire.MESSAGE_BYTES < len(zlib.decompress(message)) <= wire.MAX_DECOMPRESSED
+        with ParentLink(street, pair.servers["district"].url) as link:
+            link.learn_time()
+            pushed = link.call_raw("/api/sync/push", message)
+        assert pushed["results"][0]["new"] == 2000, pushed  # the first repeats the last the district held
+        write_large_notes(street, "旧版捎带", "sx/yc/fs", count=10_000, chars=700)
+        monkeypatch.setattr(wire, "MESSAGE_BYTES", 1 << 40)  # bundle frames of 10,000 entries, as 0.1.0 wrote
+        out = tmp_path / "旧版.hemei"
+        bundles.export_push(street, out)
+    imported = json.loads(pair.ok("district", "bundle", "import", str(out), "--json"))
+    assert imported["new"] == 10_000, imported

@@ -213,9 +213,15 @@ def test_malformed_batches_are_refused(net):
             reply = link.call("/api/sync/pull", {"vv": {}, "batch_size": 2 ** 64 - 1, "max_entries": 2 ** 63})
             assert reply["batches"] and reply["more"] is False
             # A checkpoint is read for its shape with the body (only checked values outlive a parse).
-            for checkpoint in ([[]] * 1000, {"size": 1, "head": [[]] * 1000}, {"size": 1, "junk": 1}):
-                refused(net, lambda: link.call("/api/sync/hello", {"vv": {}, "checkpoint": checkpoint}), 400,
-                        "malformed_batch")
+            # The child's measure of the parent's clock is kept all the same (protocol.md: even when refused).
+            for ahead, checkpoint in enumerate(([[]] * 1000, {"size": 1, "head": [[]] * 1000}, {"size": 1, "junk": 1},
+                                                {"size": "3", "head": "0" * 64, "signature": "0" * 128}), 111):
+                refused(net, lambda: link.call("/api/sync/hello", {"vv": {}, "checkpoint": checkpoint,
+                                                                   "parent_clock_ahead_ms": ahead}),
+                        400, "malformed_batch")
+                with net.open("district") as district:
+                    assert district.conn.execute("SELECT clock_ahead_ms FROM _hemei_peers WHERE node_id = ?",
+                                                 (beihai.id,)).fetchone()[0] == -ahead
             for offset in ("5", 1.5, True, 2 ** 62):
                 refused(net, lambda: link.call("/api/sync/hello", {"vv": {}, "parent_clock_ahead_ms": offset}), 400,
                         "malformed_batch")
