@@ -134,3 +134,27 @@ def test_messages_as_0_1_0_cut_them_by_entries_alone_are_still_taken(pair, tmp_p
         bundles.export_push(street, out)
     imported = json.loads(pair.ok("district", "bundle", "import", str(out), "--json"))
     assert imported["new"] == 10_000, imported
+
+
+def test_a_full_message_is_sent_without_reading_a_batch_more(tmp_path):
+    """Found in review: a pull answer read (and serialised, and for a child hashed) a batch it then left
+    for the next answer."""
+    node = Node.init(tmp_path / "fs", name="府山街道", scope="sx/yc/fs", actor="setup", available=PROBE,
+                     builtins=BUILTIN_PLUGINS)
+    node.set_module_enabled("hook_probe", True, "setup")
+    for tag in "甲乙丙":
+        with node.writer("tester") as w:
+            for i in range(1000):
+                w.insert("notes", {"title": f"{tag} {i}", "scope": "sx/yc/fs"})
+    read = []
+
+    def batches():
+        after = node.version_vector()[node.id] - 3000
+        while (batch := node.read_batch(node.id, after, limit=1000)) is not None:
+            read.append(batch)
+            yield batch
+            after = batch.entries[-1][0]
+
+    parts, taken = next(wire.messages(batches(), max_entries=2000))
+    assert sum(len(b.entries) for b in taken) == 2000 and len(read) == len(taken) == 2
+    node.close()
