@@ -14,8 +14,9 @@ from hemei.core.audit import list_conflicts, verify_log
 from hemei.core.cli_support import home_option, NodeContext, cli_actor, cli_context, cli_node, emit, json_option, progress, table
 from hemei.core.clock import iso_to_local_text, span_text
 from hemei.core.errors import InvalidInput, NodeStateError
+from hemei.core.fields import place_scope
 from hemei.core.node import Node
-from hemei.core.scope import covers, parse_scope
+from hemei.core.scope import covers
 
 
 
@@ -193,7 +194,8 @@ def rebuild(tables: tuple[str, ...], as_json: bool) -> None:
 
 @click.command()
 @home_option
-@click.option("--scope", "scope", help="Org subtree to report on [default: the node's scope].")
+@click.option("--scope", "scope",
+              help="Place to report on: a path, relative or full, or a street's name [default: the node's scope].")
 @json_option
 def report(scope: str | None, as_json: bool) -> None:
     """Figures from every enabled module for an org subtree.
@@ -203,9 +205,11 @@ def report(scope: str | None, as_json: bool) -> None:
         hemei --home ./district report --scope yuecheng/fushan --json
     """
     node = cli_node()
-    scope = parse_scope(scope) if scope else node.scope
+    known = [s for s in map(node.origin_scope, node.version_vector()) if s and s != node.scope]
+    scope = place_scope(node, scope, "scope", lambda place: place == node.scope or any(
+        covers(place, s) or covers(s, place) for s in known)) if scope else node.scope
     if not covers(node.scope, scope):  # figures of a place this node holds no part of would read as zeros
-        raise InvalidInput(f"{scope} is not inside this node's scope {node.scope}: give a path that starts with it")
+        raise InvalidInput(f"{scope} is not inside this node's scope {node.scope}")
     sections = [s for group in node.pm.hook.report_sections(node=node, scope=scope) for s in group or ()]
     data = {"scope": scope, "sections": [s.to_json() for s in sections]}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from .errors import InvalidInput
 from .scope import covers, parse_scope
@@ -157,13 +157,14 @@ def past_time(value, field: str = "time") -> str:
 
 
 def row_scope(node: Node, scope: str | None) -> str:
-    """A scope for a new row: the node's own by default, or one inside it (a community)."""
+    """A scope for a new row: the node's own by default, or a place inside it (a community) as an operator
+    types it (:func:`place_path`: ``西小河社区`` on the street 越城区/府山街道 is 越城区/府山街道/西小河社区)."""
     if scope is None:
         return node.scope
-    scope = parse_scope(scope)
-    if not covers(node.scope, scope):
+    path = place_path(node, scope)
+    if not covers(node.scope, path):
         raise InvalidInput(f"scope {scope} is outside this node's scope {node.scope}")
-    return scope
+    return path
 
 
 def place_path(node: Node, value: str) -> str:
@@ -178,25 +179,66 @@ def place_path(node: Node, value: str) -> str:
     scope = parse_scope(value)
     if covers(node.scope, scope):
         return scope
+    if scope.partition("/")[0] == node.scope.partition("/")[0]:  # a full path, of a place elsewhere
+        raise InvalidInput(f"{value} is outside this node's scope {node.scope}")
     above, _, last = node.scope.rpartition("/")
     if above and (scope == last or scope.startswith(last + "/")):
         return parse_scope(f"{above}/{scope}")
     return parse_scope(f"{node.scope}/{scope}")
 
 
+def named_places(node: Node) -> dict[str, str]:
+    """Scope by name of the nodes this one knows: the names plugins give (``place_names``: the sync
+    transport's, each enrolled child by the name this node invited it as, its operator's word), then the
+    names nodes whose log it holds gave themselves; a name that means two scopes means neither."""
+    scopes: dict[str, set[str]] = {}
+    for given in node.pm.hook.place_names(node=node):
+        for name, scope in given or ():
+            scopes.setdefault(name, set()).add(scope)
+    given_here = set(scopes)
+    for name, scope in node.declared_names():
+        if name not in given_here:
+            scopes.setdefault(name, set()).add(scope)
+    return {name: held.pop() for name, held in scopes.items() if len(held) == 1}
+
+
+def place_scope(node: Node, value, field: str, held: Callable[[str], bool]) -> str:
+    """A place at or below this node's as an operator types it (:func:`place_path`), or by the name of a
+    node below it, where no place ``held`` here is meant (``hemei nodes list`` shows 府山街道 for
+    yuecheng/fushan; ``府山街道/西小河社区`` is a place inside it)."""
+    value = text(value, field, limit=512)
+    try:
+        path = place_path(node, value)
+    except InvalidInput:
+        path = None
+    # A path to a place held here first: a node's name is its own choice (a street named after another's
+    # path segment, or after this node's, must not take over what the operator typed; found in review).
+    if path is not None and held(path):
+        return path
+    head, slash, below = value.partition("/")
+    named = named_places(node).get(head)
+    if named is not None and covers(node.scope, named):
+        return parse_scope(named + slash + below)
+    return path if path is not None else place_path(node, value)  # (raises, saying why)
+
+
 def filter_scope(node: Node, scope: str | None, tables: tuple[str, ...]) -> str:
-    """A place to report on: this node's scope by default, or a path inside it (full, or relative to it:
-    ``fushan/xihu`` on 越城区 ... ``yuecheng``), where something is held: a node that synced here, or a row
-    of ``tables``. A mistyped place would otherwise read as zeros, as if all were well there."""
+    """A place to report on: this node's scope by default, or a place inside it as :func:`place_scope`
+    reads it (full, relative, or by a node's name: ``fushan/xihu`` or ``府山街道`` on 越城区 ... ``yuecheng``),
+    where something is held: a node that synced here, or a row of ``tables``. A mistyped place would
+    otherwise read as zeros, as if all were well there."""
     if not scope:
         return node.scope
-    parsed = place_path(node, scope)
-    if parsed == node.scope or any(s and covers(parsed, s) for s in map(node.origin_scope, node.version_vector())):
+
+    def held(place: str) -> bool:
+        if place == node.scope or any(s and covers(place, s) for s in map(node.origin_scope, node.version_vector())):
+            return True
+        return any(node.conn.execute(f"SELECT 1 FROM [{table}] WHERE {in_subtree_sql()} LIMIT 1",
+                                     subtree_params(place)).fetchone() for table in tables)
+
+    parsed = place_scope(node, scope, "scope", held)
+    if held(parsed):
         return parsed
-    for table in tables:
-        if node.conn.execute(f"SELECT 1 FROM [{table}] WHERE {in_subtree_sql()} LIMIT 1",
-                             subtree_params(parsed)).fetchone():
-            return parsed
     raise InvalidInput(f"nothing is held at {parsed} on this node (no node there synced here, no records there): "
                        f"check the place ({scope!r} was read as that, inside this node's {node.scope})")
 

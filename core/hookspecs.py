@@ -162,6 +162,17 @@ def tables_rebuilt(node: Node, tables: list[str]) -> None:
     """
 
 
+@hookspec
+def place_names(node: Node) -> list[tuple[str, str]]:
+    """Names an operator knows places by, as ``(name, scope)`` pairs this plugin holds.
+
+    The sync transport gives the name each enrolled child was invited as
+    (``hemei nodes list`` shows 府山街道 for ``yuecheng/fushan``). They come
+    before the names nodes gave themselves (``node.init``) where program
+    modules read a place an operator typed (:func:`hemei.core.fields.place_scope`).
+    """
+
+
 # ---------------------------------------------------------------------------
 # Status and reports
 # ---------------------------------------------------------------------------

@@ -202,3 +202,8 @@ def peers_status(node: Node) -> list[dict]:
             "clock_ahead_ms": peer["clock_ahead_ms"], "clock_warning": clock_warning(peer["clock_ahead_ms"]),
         })
     return out
+
+
+def invited_names(node: Node) -> list[tuple[str, str]]:
+    """(name, scope) of each enrolled child not revoked, by the name this node invited it as."""
+    return node.conn.execute("SELECT name, scope FROM _hemei_peers WHERE role = 'child' AND revoked = 0").fetchall()

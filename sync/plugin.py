@@ -5,7 +5,7 @@ from __future__ import annotations
 from hemei.core import hookimpl
 
 from . import commands, server
-from .peers import anonymous_refusals, forks, peers_status
+from .peers import anonymous_refusals, forks, invited_names, peers_status
 from .schema import sync_migrations
 
 
@@ -22,6 +22,11 @@ def register_routes():
 @hookimpl
 def register_commands():
     return list(commands.COMMANDS)
+
+
+@hookimpl
+def place_names(node):
+    return invited_names(node)
 
 
 @hookimpl

@@ -7,6 +7,7 @@ test below shows the core calling it for real.
 from __future__ import annotations
 
 import inspect
+import json
 
 import pytest
 from conftest import PROBE
@@ -184,6 +185,12 @@ def test_hook_report_sections(node, run_cli):
     assert [(s.module, s.totals) for s in sections] == [("hook_probe", {"notes": 1})]
     result = run_cli("--home", str(node.home), "report", "--json")
     assert '"notes": 2' in result.output
+    # A place as an operator types it (found by an operator walkthrough: only the full path was taken).
+    for typed in ("xihu", "fushan/xihu", "yuecheng/fushan/xihu", "node/xihu"):
+        said = json.loads(run_cli("--home", str(node.home), "report", "--scope", typed, "--json").output)
+        assert said["scope"] == "yuecheng/fushan/xihu" and said["sections"][0]["totals"] == {"notes": 1}, typed
+    outside = run_cli("--home", str(node.home), "report", "--scope", "yuecheng/beihai")
+    assert outside.exit_code == 1 and "outside this node's scope yuecheng/fushan" in outside.output
 
 
 def test_hook_node_status(node, run_cli):
@@ -192,3 +199,12 @@ def test_hook_node_status(node, run_cli):
     assert node.status()["probe"] == {"notes": 1}
     import json
     assert json.loads(run_cli("--home", str(node.home), "status", "--json").output)["probe"] == {"notes": 1}
+
+
+def test_hook_place_names(node):
+    from hemei.core.fields import named_places, place_scope
+
+    assert named_places(node)["探针社区"] == node.scope + "/probe"
+    assert place_scope(node, "探针社区/三楼", "place", held=lambda place: False) == node.scope + "/probe/三楼"
+    # A place held here by that path comes first: a name never takes over what the operator typed.
+    assert place_scope(node, "探针社区", "place", held=lambda place: True) == node.scope + "/探针社区"

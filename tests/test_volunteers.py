@@ -386,13 +386,29 @@ def test_a_report_or_export_of_a_place_nothing_is_held_at_is_refused_not_read_as
             rollup.rollup(district, scope=typo)
         with pytest.raises(InvalidInput, match="nothing is held at"):
             ledger.service_records(district, scope=typo)
-    with pytest.raises(InvalidInput, match="was read as that, inside this node's 越城区/塔山街道"):
+    with pytest.raises(InvalidInput, match="越城区/府山街道 is outside this node's scope 越城区/塔山街道"):
         rollup.rollup(b, scope="越城区/府山街道")
     for place in ("塔山街道/塔山社区", "塔山社区", "b/塔山社区", "b"):  # as its district writes it, or by its name
         assert rollup.rollup(b, scope=place)["totals"] is not None, place
     # Full, relative, a street that synced, a community only a person was registered in: all held.
     for place in ("越城区/塔山街道", "塔山街道", "塔山街道/塔山社区", "越城区/府山街道", ""):
         assert rollup.rollup(district, scope=place)["totals"] is not None, place
+    # A street by its name, as `hemei nodes list` and the grid module say it (found by an operator
+    # walkthrough: "nothing is held at 越城区/a"), and a place inside it.
+    assert rollup.rollup(district, scope="a")["scope"] == "越城区/府山街道"
+    assert ledger.service_records(district, scope="b/塔山社区") is not None
+
+
+def test_a_place_for_a_new_row_is_read_as_an_operator_types_it(district_and_streets):
+    """Found by an operator walkthrough: `volunteers add --scope 西小河社区` on a street was refused as
+    outside it; only the full path from the city down was taken."""
+    _, _, b, _ = district_and_streets
+    for typed in ("塔山社区", "塔山街道/塔山社区", "b/塔山社区", "越城区/塔山街道/塔山社区"):
+        made = registry.add_volunteer(b, ACTOR, name="王丽", id_number=id_number(61 + len(typed)), scope=typed)
+        assert made["scope"] == "越城区/塔山街道/塔山社区", typed
+    for elsewhere in ("越城区/府山街道", "越城区"):
+        with pytest.raises(InvalidInput, match="outside this node's scope"):
+            registry.add_volunteer(b, ACTOR, name="李娜", id_number=id_number(90), scope=elsewhere)
 
 
 def test_a_street_using_the_districts_key_cannot_create_its_own_and_hide_its_volunteers(district_and_streets):

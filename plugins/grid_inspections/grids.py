@@ -15,9 +15,8 @@ import json
 import re
 import sqlite3
 
-from hemei.core import Conflict, InvalidInput, Node, NotFound
-from hemei.core.fields import (flag, in_subtree_sql, iso_date, one, past_time, place_path, subtree_params, text,
-                                whole_number)
+from hemei.core import Conflict, InvalidInput, Node, NotFound, fields
+from hemei.core.fields import flag, in_subtree_sql, iso_date, one, past_time, subtree_params, text, whole_number
 from hemei.core.scope import covers, parse_scope
 
 ROLES = ("leader", "instructor", "member")
@@ -45,20 +44,7 @@ def place_scope(node: Node, value, field: str = "street") -> str:
     one relative to its parent, as its district writes it (``府山街道`` or ``府山街道/西小河社区`` on the
     street 越城区/府山街道). This node's name stands for its scope, and so does the name of a node
     below it, where no place held here is meant (``hemei nodes list`` shows 府山街道 for yuecheng/fushan)."""
-    value = text(value, field, limit=512)
-    try:
-        path = place_path(node, value)
-    except InvalidInput:
-        path = None
-    # A path to a place held here first: a node's name is its own choice (a street named after another's
-    # path segment, or after this node's, must not take over what the operator typed; found in review).
-    if path is not None and _held(node, path):
-        return path
-    head, slash, below = value.partition("/")  # 府山街道/西小河社区: a place inside the named node
-    named = _named_places(node).get(head)
-    if named is not None and covers(node.scope, named):
-        return parse_scope(named + slash + below)
-    return path if path is not None else place_path(node, value)  # (raises, saying why)
+    return fields.place_scope(node, value, field, lambda place: _held(node, place))
 
 
 def _held(node: Node, scope: str) -> bool:
@@ -147,24 +133,6 @@ def _peer_scopes(node: Node, role: str) -> list[str]:
             "SELECT scope FROM _hemei_peers WHERE role = ? AND revoked = 0", (role,))]
     except sqlite3.OperationalError:  # a node without the sync transport's tables
         return []
-
-
-def _named_places(node: Node) -> dict[str, str]:
-    """Scope by name of the nodes this one knows: enrolled children by the name this node invited them as
-    (its operator's word), then nodes whose log it holds by the name they gave themselves; a name that
-    means two scopes means neither."""
-    scopes: dict[str, set[str]] = {}
-    try:
-        for name, scope in node.conn.execute(
-                "SELECT name, scope FROM _hemei_peers WHERE role = 'child' AND revoked = 0"):
-            scopes.setdefault(name, set()).add(scope)
-    except sqlite3.OperationalError:  # a node without the sync transport's tables
-        pass
-    invited = set(scopes)
-    for name, scope in node.declared_names():
-        if name not in invited:
-            scopes.setdefault(name, set()).add(scope)
-    return {name: held.pop() for name, held in scopes.items() if len(held) == 1}
 
 
 def _segment(value, field: str) -> str:

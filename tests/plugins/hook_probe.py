@@ -151,6 +151,11 @@ def tables_rebuilt(node, tables):
 
 
 @hookimpl
+def place_names(node):
+    return [("探针社区", node.scope + "/probe")]  # a name for a place below the node, as the sync transport gives
+
+
+@hookimpl
 def node_status(node):
     return {"probe": {"notes": node.conn.execute("SELECT count(*) FROM notes WHERE _deleted = 0").fetchone()[0]}}
 
