@@ -180,7 +180,8 @@ class HemeiGroup(click.Group):
 
 
 @click.group(cls=HemeiGroup)
-@click.option("--home", envvar=HOME_ENV, type=click.Path(file_okay=False),
+# Eager, so that `hemei --home DIR --help` knows the node whose modules' commands it lists.
+@click.option("--home", envvar=HOME_ENV, type=click.Path(file_okay=False), is_eager=True,
               help=f"Node home directory [env {HOME_ENV}; default ./hemei-node].")
 @click.option("--actor", envvar="HEMEI_ACTOR", help="Name your changes are logged under [default: login name].")
 @click.version_option(package_name="hemei")

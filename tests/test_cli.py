@@ -416,3 +416,13 @@ def test_a_table_prints_each_row_on_one_line_whatever_a_cell_holds(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and lines[1].startswith("王丽\ufffd 伪造行 | 3"), lines
     assert "甲 乙\ufffd丙" in lines[1]
+
+
+def test_help_with_home_lists_the_commands_of_the_nodes_modules(tmp_path):
+    """Found by an operator walkthrough: `hemei --home ./yuecheng --help` left out volunteers, grids and
+    cases (HEMEI_HOME=./yuecheng hemei --help listed them)."""
+    home = str(tmp_path / "府山")
+    assert run_real("--home", home, "init", "--name", "府山街道", "--scope", "sx/yc/fs").returncode == 0
+    assert run_real("--home", home, "modules", "enable", "grid_inspections").returncode == 0
+    listed = run_real("--home", home, "--help")
+    assert listed.returncode == 0 and "grids" in listed.stdout and "cases" in listed.stdout, listed.stdout
