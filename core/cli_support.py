@@ -101,6 +101,11 @@ def _one_line(cell: str) -> str:
     return _UNPRINTABLE.sub(lambda m: " " if m.group() in "\n\t" else "\ufffd", cell)
 
 
+def shown(value) -> str:
+    """A figure as text output says it: "-" where there is none (a rate of nobody), never Python's None."""
+    return "-" if value is None else str(value)
+
+
 def table(rows: list[dict], columns: list[str]) -> None:
     """Print rows as aligned text columns (East Asian characters count double)."""
     import unicodedata
@@ -108,7 +113,7 @@ def table(rows: list[dict], columns: list[str]) -> None:
     def width(text: str) -> int:
         return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
-    cells = [[_one_line(str(r.get(c, "") if r.get(c) is not None else "")) for c in columns] for r in rows]
+    cells = [[_one_line(shown(r.get(c)) if c in r else "") for c in columns] for r in rows]
     widths = [max([width(c)] + [width(row[i]) for row in cells]) for i, c in enumerate(columns)]
     for line in [columns] + cells:
         click.echo("  ".join(cell + " " * (w - width(cell)) for cell, w in zip(line, widths)).rstrip())

@@ -250,7 +250,8 @@ def bundle_export(out: str, as_json: bool) -> None:
     """
     result = bundles.export_push(cli_node(), out)
     emit({"ok": True, **result}, as_json,
-         lambda r: click.echo(f"wrote {r['entries']} entries for {r['to']} to {r['file']}"))
+         lambda r: click.echo(f"wrote {r['entries']} {'entry' if r['entries'] == 1 else 'entries'} for {r['to']} "
+                              f"to {r['file']}"))
     if result["revoked"]:
         click.echo(f"note: {result['to']} refused this node as revoked at the last sync, and will refuse this "
                    "bundle too: ask its operator", err=True)

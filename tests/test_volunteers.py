@@ -683,3 +683,10 @@ def test_an_id_number_piped_as_utf16_is_refused_plainly_and_one_with_a_bom_is_re
     notepad = run_cli("--home", home, "volunteers", "balance", "--id-number", "-", "--json",
                       input=("\ufeff" + id_number(5) + "\r\n").encode("utf-8"))
     assert notepad.exit_code == 0, notepad.output
+
+
+def test_a_rate_of_nobody_reads_as_a_dash_in_text_not_none(street, run_cli):
+    """Found by an operator walkthrough: `volunteers report` and `hemei report` printed "no_show_rate None"."""
+    for args in (["volunteers", "report"], ["report"]):
+        said = run_cli("--home", str(street.home), *args)
+        assert said.exit_code == 0 and "None" not in said.output and "no_show_rate" in said.output, said.output

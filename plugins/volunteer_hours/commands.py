@@ -8,7 +8,7 @@ import sys
 import click
 
 from hemei.core import InvalidInput, cli_actor, cli_node, emit, json_option
-from hemei.core.cli_support import table
+from hemei.core.cli_support import shown, table
 from hemei.core.files import atomic_file, export_target, text_writer
 
 from . import keys, ledger, registry, rollup
@@ -456,7 +456,7 @@ def report(scope, since, as_json):
     data = rollup.rollup(cli_node(), scope, since)
 
     def human(d):
-        click.echo(", ".join(f"{k} {v}" for k, v in d["totals"].items()))
+        click.echo(", ".join(f"{k} {shown(v)}" for k, v in d["totals"].items()))
         table(d["units"], ["rank", "unit", "hours", "registered", "active", "no_show_rate", "outstanding"])
         click.echo("stars: " + ", ".join(f"{k}★ {v}" for k, v in d["stars"]["people"].items()))
 
