@@ -11,7 +11,7 @@ See ``docs/volunteers.md``.
 
 from __future__ import annotations
 
-from hemei.core import ReportSection, hookimpl
+from hemei.core import ModuleSchema, ReportSection, hookimpl
 from hemei.core.fields import is_scoped_key
 from hemei.core.merge import UNREADABLE
 
@@ -32,6 +32,15 @@ def register_tables():
 @hookimpl
 def register_migrations():
     return [migrations]
+
+
+@hookimpl
+def module_schema():
+    # v2: a correction may correct a correction not confirmed yet (which then never counts), and its
+    # confirmation counts the change from the nearest confirmed entry up the chain. A release that reads
+    # v1 only would keep such a confirmation as a conflict; a newer change waits there as `quarantined`
+    # instead, and the upgrade's replay applies it. Nothing changed shape: no upgrade step.
+    return ModuleSchema(version=2)
 
 
 @hookimpl

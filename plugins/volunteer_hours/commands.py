@@ -305,6 +305,12 @@ def hours_confirm(hour_ids, as_json):
 def hours_correct(hour_id, amount, reason, confirm, as_json):
     """Correct a confirmed entry: a new entry with the reason; the old one stays in the record.
 
+    A correction not confirmed yet can be corrected in turn: the new one
+    replaces it, and the old one is never confirmed (give the hours
+    confirmed before to withdraw it). A correction that would take back
+    hours already redeemed here is refused, and the refusal says how many
+    hours fit.
+
     Example:
 
         hemei volunteers hours correct HOUR_ID --hours 2 --reason "签退时间录错" --confirm
@@ -316,7 +322,7 @@ def hours_correct(hour_id, amount, reason, confirm, as_json):
 @hours.command("pending")
 @json_option
 def hours_pending(as_json):
-    """List hour entries waiting for confirmation.
+    """List hour entries waiting for confirmation (not a correction replaced by another one).
 
     Example:
 

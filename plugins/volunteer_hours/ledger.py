@@ -19,7 +19,14 @@ the person still sees one balance and one star level at the district.
 "It alone writes to it" is enforced: an entry is confirmed and corrected
 only by the node that recorded it, here and in the module's
 ``validate_change`` for rows from elsewhere. A correction that lowers hours
-is refused if that account would go below zero.
+is refused if that account would go below zero: when it is written, and
+again when it is confirmed.
+
+Corrections chain. A correction not confirmed yet may itself be corrected:
+the new entry replaces it (it is never confirmed from then on) and counts
+the change from the nearest confirmed entry up the chain. That is how an
+operator withdraws a correction that a later redemption made impossible to
+confirm: correct it again, with hours that fit (the old hours withdraw it).
 """
 
 from __future__ import annotations
@@ -168,26 +175,91 @@ def _confirmed_hours(conn, hour_id: str) -> float | None:
     return None if row is None else row[0]
 
 
+def _replaced_hours(conn, corrects: str | None) -> tuple[float | None, str | None]:
+    """What a correction's hours replace: ``(hours, None)`` of the nearest confirmed entry up its chain
+    (corrections not confirmed before they were corrected are skipped: they never count), ``(None, None)``
+    for an entry that corrects nothing, ``(None, id)`` when the chain ends at an entry ``id`` not confirmed."""
+    hour_id, seen = corrects, set()
+    while hour_id is not None and hour_id not in seen:
+        seen.add(hour_id)
+        row = conn.execute("SELECT h.hours, h.corrects, c.id FROM volunteer_hours h"
+                           " LEFT JOIN volunteer_confirmations c ON c.hour = h.id WHERE h.id = ?",
+                           (hour_id,)).fetchone()
+        if row is None or row[2] is not None:
+            return (None, hour_id) if row is None else (row[0], None)
+        if row[1] is None:
+            return None, hour_id  # a first entry not confirmed (honest nodes correct only confirmed ones)
+        hour_id = row[1]
+    return (None, corrects) if corrects is not None else (None, None)
+
+
+def _corrected_by(conn, hour_id: str) -> str | None:
+    row = conn.execute("SELECT id FROM volunteer_hours WHERE corrects = ?", (hour_id,)).fetchone()
+    return None if row is None else row[0]
+
+
 def _delta_cents(hours: float, corrected: float | None) -> int:
     """What a confirmation counts: the entry's hours, or for a correction the change from the entry it corrects."""
     return round((hours if corrected is None else round(hours - corrected, 2)) * 100)
+
+
+def _overdraw(node: Node, conn, person: str, hours: float, replaced: float, target: str,
+              pending: bool = False) -> tuple[str, str] | None:
+    """Why confirming ``hours`` in place of ``replaced`` would take this node's account below zero, and what to
+    do instead (correct ``target`` to hours that fit; ``pending``: ``target`` is that correction), or None."""
+    delta = _delta_cents(hours, replaced)
+    held = round(_account(conn, person, node.id) * 100)
+    if delta >= 0 or held + delta >= 0:
+        return None
+    least = (round(replaced * 100) - held) / 100
+    why = (f"this correction takes {-delta / 100:g} hours back, but part of them were already redeemed: the "
+           "balance cannot go below zero")
+    command = f"`hemei volunteers hours correct {target} --hours {{:g}} --reason …`"
+    if least < replaced:
+        instead = f"correct {target} to at least {least:g} hours instead ({command.format(least)}" + (
+            f"; --hours {replaced:g} withdraws the correction)" if pending else ")")
+    elif pending:  # nothing left here to take back
+        instead = f"withdraw it: correct {target} back to {replaced:g} hours ({command.format(replaced)})"
+    else:
+        instead = (f"nothing is left here to take back, so {target} keeps its {replaced:g} hours; correct it "
+                   "once more hours of this person are confirmed here")
+    return why, instead
+
+
+def _next_step(node: Node, conn, hour_id: str) -> str:
+    """What the operator can do with the latest entry of the chain that ``hour_id`` starts, said plainly."""
+    latest, seen = hour_id, {hour_id}
+    while (after := _corrected_by(conn, latest)) is not None and after not in seen:
+        latest = after
+        seen.add(after)
+    row = conn.execute("SELECT h.hours, h.corrects, h.person, c.id FROM volunteer_hours h"
+                       " LEFT JOIN volunteer_confirmations c ON c.hour = h.id WHERE h.id = ?", (latest,)).fetchone()
+    said = "" if latest == hour_id else f"its latest correction is {latest}: "
+    if row[3] is not None:
+        return f"{said}correct {latest}"
+    replaced, _ = _replaced_hours(conn, row[1])
+    if replaced is not None and (problem := _overdraw(node, conn, row[2], row[0], replaced, latest, True)):
+        return f"{said}{latest} cannot be confirmed ({problem[0]}); {problem[1]}"
+    return f"{said}confirm {latest}" + (", or correct it" if row[1] else "")
 
 
 def _confirm(node: Node, w, entry: dict) -> str:
     _owned(node, entry, "confirmed")
     if w.query("SELECT 1 AS x FROM volunteer_confirmations WHERE hour = ?", (entry["id"],)):
         raise Conflict(f"hour entry {entry['id']} is already confirmed")
+    if (replaced_by := _corrected_by(w.conn, entry["id"])) is not None:
+        raise Conflict(f"hour entry {entry['id']} was corrected by {replaced_by} before it was confirmed, so it "
+                       f"never counts: {_next_step(node, w.conn, replaced_by)}")
     corrected = None
     if entry["corrects"]:
-        corrected = _confirmed_hours(w.conn, entry["corrects"])
+        corrected, unconfirmed = _replaced_hours(w.conn, entry["corrects"])
         if corrected is None:
-            raise Conflict(f"the entry {entry['corrects']} this corrects is not confirmed")
-    delta_cents = _delta_cents(entry["hours"], corrected)
-    if delta_cents < 0 and account(node, entry["person"], node.id, w) * 100 + delta_cents < -_EPS:
-        raise InvalidInput(f"this correction takes {-delta_cents / 100:g} hours back, but part of them were "
-                           "already redeemed: the balance cannot go below zero")
+            raise Conflict(f"the entry {unconfirmed} this corrects is not confirmed")
+        if problem := _overdraw(node, w.conn, entry["person"], entry["hours"], corrected, entry["id"], True):
+            raise InvalidInput("; ".join(problem))
     return w.insert("volunteer_confirmations", {
-        "hour": entry["id"], **{k: entry[k] for k in CONFIRMATION_COPIES}, "delta_cents": delta_cents})
+        "hour": entry["id"], **{k: entry[k] for k in CONFIRMATION_COPIES},
+        "delta_cents": _delta_cents(entry["hours"], corrected)})
 
 
 def received_hours_problem(values: dict) -> str | None:
@@ -209,9 +281,13 @@ def received_confirmation_problem(conn, scope: str, values: dict, origin: str) -
     copied = dict(zip(CONFIRMATION_COPIES, entry[3:]))
     if any((scope if k == "scope" else values.get(k)) != v for k, v in copied.items()):
         return "a confirmation copies its hour entry's person, place, team, category and day"
+    if _corrected_by(conn, values.get("hour")) is not None:
+        return "an entry corrected before it was confirmed never counts: its correction replaces it"
     corrected = None
-    if entry[2] is not None and (corrected := _confirmed_hours(conn, entry[2])) is None:
-        return f"the entry {entry[2]} this corrects is not confirmed"
+    if entry[2] is not None:
+        corrected, unconfirmed = _replaced_hours(conn, entry[2])
+        if corrected is None:
+            return f"the entry {unconfirmed} this corrects is not confirmed"
     expected = _delta_cents(entry[1], corrected)
     if values.get("delta_cents") != expected:
         return f"a confirmation counts its entry's hours: {expected} hundredths, not {values.get('delta_cents')!r}"
@@ -273,21 +349,37 @@ def confirm_all(node: Node, actor: str, hours: list) -> list[dict]:
 
 
 def correct_hours(node: Node, actor: str, *, hour, hours, reason, confirm: bool = False) -> dict:
-    """A new entry that replaces a confirmed entry's hours, with the reason; the old one stays."""
+    """A new entry that replaces a confirmed entry's hours, with the reason; the old one stays.
+
+    A correction not confirmed yet may be corrected too: the new one replaces it (it never counts), which is
+    how a correction that can no longer be confirmed is withdrawn. A correction whose confirmation would take
+    this node's account below zero is not written.
+    """
     reason = text(reason, "reason", limit=500, lines=True)
     confirm = flag(confirm, "confirm")
     value = _hours(hours, allow_zero=True)
     if value > MAX_HOURS_PER_ENTRY:
         raise InvalidInput(f"one entry holds at most {MAX_HOURS_PER_ENTRY:g} hours, not {value:g}")
-    old = hour_entry(node, hour)
-    _owned(node, old, "corrected")
-    if not old["confirmed"]:
-        raise Conflict(f"hour entry {hour} is not confirmed yet: confirm it, or correct it once confirmed")
-    if old["corrected_by"]:
-        raise Conflict(f"hour entry {hour} was already corrected by {old['corrected_by']}: correct that one")
-    entry = {k: old[k] for k in ("scope", "volunteer", "person", "activity", "team", "category", "served_on")}
-    entry.update(hours=value, corrects=old["id"], reason=reason)
     with node.writer(actor) as w:
+        # Checked under the write lock, like log_hours: a redemption or another correction made meanwhile
+        # counts, so nothing is written that could not be confirmed.
+        old = _entry(node, hour, w)
+        _owned(node, old, "corrected")
+        if _confirmed_hours(w.conn, old["id"]) is not None:
+            replaced = old["hours"]
+        elif old["corrects"]:
+            replaced, unconfirmed = _replaced_hours(w.conn, old["corrects"])
+            if replaced is None:
+                raise Conflict(f"the entry {unconfirmed} that {old['id']} corrects is not confirmed")
+        else:
+            raise Conflict(f"hour entry {old['id']} is not confirmed yet: confirm it, or correct it once confirmed")
+        if (corrected_by := _corrected_by(w.conn, old["id"])) is not None:
+            raise Conflict(f"hour entry {old['id']} was already corrected by {corrected_by}: "
+                           f"{_next_step(node, w.conn, corrected_by)}")
+        if problem := _overdraw(node, w.conn, old["person"], value, replaced, old["id"]):
+            raise InvalidInput("; ".join(problem))  # what `--confirm` would say: nothing is written
+        entry = {k: old[k] for k in ("scope", *CORRECTION_COPIES)}
+        entry.update(hours=value, corrects=old["id"], reason=reason)
         pk = w.insert("volunteer_hours", entry)
         if confirm:
             _confirm(node, w, _entry(node, pk, w))
@@ -295,11 +387,13 @@ def correct_hours(node: Node, actor: str, *, hour, hours, reason, confirm: bool 
 
 
 def pending_hours(node: Node) -> list[dict]:
+    """Entries waiting for confirmation: not confirmed, and not replaced by a correction of their own."""
     return list(node.db.query(
         "SELECT h.id, h.scope, v.name, a.title AS activity, h.served_on, h.hours, h.corrects"
         " FROM volunteer_hours h LEFT JOIN volunteers v ON v.id = h.volunteer"
         " LEFT JOIN volunteer_activities a ON a.id = h.activity"
         " WHERE NOT EXISTS (SELECT 1 FROM volunteer_confirmations c WHERE c.hour = h.id)"
+        " AND NOT EXISTS (SELECT 1 FROM volunteer_hours x WHERE x.corrects = h.id)"
         " ORDER BY h.served_on, h.id"))
 
 
@@ -391,11 +485,13 @@ def balance(node: Node, person: str) -> dict:
 # -- records: certificates and CSV ------------------------------------------------------
 
 def service_records(node: Node, person: str | None = None, scope: str | None = None) -> list[dict]:
-    """Every hour entry with its state: confirmed entries not replaced by a confirmed correction count."""
+    """Every hour entry with its state: confirmed entries not replaced by a confirmed correction count.
+
+    ``pending``: not confirmed yet; ``withdrawn``: a correction replaced by another before it was confirmed
+    (it never counts); ``replaced``: a later correction of it was confirmed; ``counted``.
+    """
     sql = ("SELECT h.id, h.scope, h.volunteer, v.name, h.person, a.title AS activity, h.category,"
-           " t.name AS team, h.served_on, h.hours, h.corrects, h.reason, c._origin AS confirmed_by,"
-           " (SELECT x.id FROM volunteer_hours x JOIN volunteer_confirmations y ON y.hour = x.id"
-           "  WHERE x.corrects = h.id) AS replaced_by"
+           " t.name AS team, h.served_on, h.hours, h.corrects, h.reason, c._origin AS confirmed_by"
            " FROM volunteer_hours h LEFT JOIN volunteer_confirmations c ON c.hour = h.id"
            " LEFT JOIN volunteers v ON v.id = h.volunteer LEFT JOIN volunteer_activities a ON a.id = h.activity"
            " LEFT JOIN volunteer_teams t ON t.id = h.team WHERE 1 = 1")
@@ -408,8 +504,17 @@ def service_records(node: Node, person: str | None = None, scope: str | None = N
         sql += " AND " + in_subtree_sql("scope").replace("[scope]", "h.scope")
         params += list(subtree_params(scope))
     rows = list(node.db.query(sql + " ORDER BY h.served_on, h.id", params))
+    # A correction is of the same person and place as its entry, so a chain is whole in these rows.
+    confirmed = {r["id"] for r in rows if r["confirmed_by"] is not None}
+    corrected_by = {r["corrects"]: r["id"] for r in rows if r["corrects"]}
     for r in rows:
-        r["status"] = ("pending" if r["confirmed_by"] is None else "replaced" if r["replaced_by"] else "counted")
+        later, seen = corrected_by.get(r["id"]), {r["id"]}
+        while later is not None and later not in confirmed and later not in seen:  # skip withdrawn ones
+            seen.add(later)  # (a chain a hostile node made circular ends too)
+            later = corrected_by.get(later)
+        r["replaced_by"] = later
+        r["status"] = ("counted" if later is None else "replaced") if r["id"] in confirmed else \
+            "withdrawn" if r["id"] in corrected_by else "pending"
     return rows
 
 

@@ -144,7 +144,7 @@ ROUTES = [
     ApiRoute(f"{BASE}/hours/pending", "GET", pending_hours, summary="Hour entries waiting for confirmation"),
     ApiRoute(f"{BASE}/hours/{{id}}/confirm", "POST", confirm_hours, role="operator", summary="Confirm an hour entry"),
     ApiRoute(f"{BASE}/hours/{{id}}/corrections", "POST", correct_hours, role="operator",
-             summary="Correct a confirmed hour entry (a new entry with a reason)"),
+             summary="Correct a confirmed hour entry, or a correction not confirmed yet (a new entry with a reason)"),
     ApiRoute(f"{BASE}/redemptions", "POST", redeem, role="operator", summary="Redeem hours from the time bank"),
     ApiRoute(f"{BASE}/balance", "POST", balance, summary="Hours, balance and star level of a person", body=_PERSON),
     ApiRoute(f"{BASE}/certificate", "POST", certificate, summary="A person's certified service record",
