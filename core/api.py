@@ -436,7 +436,7 @@ def _endpoint(key: tuple[str, str], table: RouteTable):
         route = table.find(key)
         if route is None:
             raise table.no_route(request.scope)
-        if route.role is not None or route.precheck is not None:
+        if (route.role is not None or route.precheck is not None) and _may_have_body(request):
             refused = await run_in_threadpool(prechecked, route, request)
             if refused is not None:
                 return refused
@@ -458,6 +458,12 @@ def _endpoint(key: tuple[str, str], table: RouteTable):
 #: The status the access log shows for a request whose caller went away before its body came (nginx's
 #: "client closed request"; never seen by the caller).
 CLIENT_GONE = 499
+
+
+def _may_have_body(request: Request) -> bool:
+    """Whether a body may follow the headers: a request without one (a GET) is not checked before its
+    (absent) body is read, only once, by its handler."""
+    return request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
 
 
 def _user_of(node: Node, request: Request, role: str) -> dict:

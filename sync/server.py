@@ -173,7 +173,8 @@ def join(call: ApiCall) -> Response:
 _PARSING = threading.Lock()
 
 
-def _parsed(call: ApiCall, read: Callable[[dict], T], max_inflated: int = wire.MAX_DECOMPRESSED) -> T:
+def _parse_one_at_a_time(call: ApiCall, read: Callable[[dict], T],
+                         max_inflated: int = wire.MAX_DECOMPRESSED) -> T:
     with _PARSING:
         try:
             return read(wire.decode(call.raw_body, max_inflated=max_inflated))
@@ -194,7 +195,8 @@ def _vv_request(call: ApiCall, read: Callable[[dict], tuple]) -> tuple:
     """hello and pull: the signing child, the version vector of the (small) body, and what ``read`` takes
     of it (checked: junk in an unread key is dropped with the body)."""
     child = authenticate(call)
-    return (child, *_parsed(call, lambda body: (wire.vv_of(body.get("vv")), *read(body)), SMALL_MAX_INFLATED))
+    return (child, *_parse_one_at_a_time(call, lambda body: (wire.vv_of(body.get("vv")), *read(body)),
+                                         SMALL_MAX_INFLATED))
 
 
 @refusals_recorded
@@ -237,7 +239,7 @@ def push(call: ApiCall) -> Response:
     child = authenticate(call)
     node = call.node
     with cyclic_gc_paused():  # decoding allocates as much as applying (see hemei.core.gc_pause)
-        batches = _parsed(call, wire.batches_of)
+        batches = _parse_one_at_a_time(call, wire.batches_of)
         results = node.apply_batches(batches, check=engine.push_check(node, child), confine=True,
                                      sender=child["node_id"], admit=engine.push_admit(node, child))
     touch(node, child["node_id"])
