@@ -136,12 +136,19 @@ def anonymous_refusals(node: Node, limit: int = 5) -> list[dict]:
 
 
 def record_fork(node: Node, evidence: dict, peer: str) -> None:
-    """Keep both checkpoints of a fork: the one held and the contradicting one presented."""
+    """Keep both checkpoints of a fork: the one held and the contradicting one presented.
+
+    Once per held history: a restored PC retrying its sync presents a new
+    checkpoint each time (its own refusal is logged there, and it may go on
+    writing), and the first contradiction proves the fork as well as any
+    later one (an operator walkthrough found one record per retry)."""
     node.conn.execute(
         "INSERT OR IGNORE INTO _hemei_forks (origin, seq, held_head, presented_size, presented_head,"
-        " presented_signature, peer, seen_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        " presented_signature, peer, seen_ms) SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS"
+        " (SELECT 1 FROM _hemei_forks WHERE origin = ? AND seq = ? AND held_head IS ?)",
         (evidence["origin"], evidence["held_size"], evidence["held_head"], evidence["presented_size"],
-         evidence["presented_head"], evidence["presented_signature"], peer, now_ms()))
+         evidence["presented_head"], evidence["presented_signature"], peer, now_ms(),
+         evidence["origin"], evidence["held_size"], evidence["held_head"]))
 
 
 def forks(node: Node) -> list[dict]:

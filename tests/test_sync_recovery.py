@@ -44,8 +44,9 @@ def test_a_restored_or_rewritten_history_is_a_fork_with_evidence(pair):
         write_notes(s, [("恢复后写的", "sx/yc/fs")])
     diverged = pair.hemei("street", "sync")
     assert diverged.returncode == 1 and "fork" in diverged.stderr
+    assert pair.hemei("street", "sync").returncode == 1
     status = json.loads(pair.ok("district", "status", "--json"))
-    assert len(status["forks"]) >= 1
+    assert len(status["forks"]) == 1  # the first contradiction is the evidence; retries add nothing
     fork = status["forks"][0]
     assert fork["held_size"] > fork["presented_size"] and fork["held_head"] != fork["presented_head"]
     with pair.open("district") as d:
