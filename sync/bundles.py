@@ -28,7 +28,7 @@ from typing import BinaryIO, Iterator
 
 from cryptography.exceptions import InvalidSignature
 
-from hemei.core.errors import ChainGap, Forbidden, HemeiError, InvalidInput
+from hemei.core.errors import ChainGap, Conflict, Forbidden, HemeiError, InvalidInput
 from hemei.core.files import atomic_file, export_target
 from hemei.core.identity import load_public_key, parse_node_id
 from hemei.core.ids import new_id
@@ -273,6 +273,10 @@ class SecondRead:
         self.applied_whole = True  # all of it handed over, as verified: what fails from here is not the sender's
         self.close()  # before the ack is written, which may be beside it (Windows locks open files)
 
+    def again(self) -> SecondRead:
+        """Another read of the same verified file, from its start."""
+        return SecondRead(self.path, self._verified, self._size)
+
     def intact(self) -> bool:
         """Whether the file, read to its end now if it was not yet, hashes to what verified.
 
@@ -333,12 +337,14 @@ def import_bundle(node: Node, path: Path, ack_out: Path | None = None) -> dict:
     holding it is told, and nothing is recorded. Nor when the read that
     applies it does not give the file that verified (see :class:`SecondRead`).
     """
-    header, reading, peer = read_bundle(node, Path(path))
+    header, first, peer = read_bundle(node, Path(path))
+    reads = [first]  # an ack read again past a third node's fork (see _apply_ack)
     try:
-        return _import_verified(node, path, ack_out, header, reading.batches(), peer)
+        return _import_verified(node, path, ack_out, header, reads, peer)
     except NotAsVerified:
         raise
     except HemeiError as exc:
+        reading = reads[-1]
         if exc.status >= 500 or reading.applied_whole:  # this node's own trouble, not a refusal of the peer
             raise
         if not reading.intact():
@@ -353,11 +359,12 @@ def import_bundle(node: Node, path: Path, ack_out: Path | None = None) -> dict:
                 exc.args = (exc.message,)
         record_refusal(node, peer["node_id"], exc.code, exc.message, "bundle import")
         if isinstance(exc, ChainGap) and header.get("kind") == "push" and peer["role"] == "child":
-            reading.close()
+            reading.close()  # before the ack is written, which may be beside it (Windows locks open files)
             raise _answered_with_state(node, Path(path), ack_out, header, peer, exc) from None
         raise
     finally:
-        reading.close()
+        for reading in reads:
+            reading.close()
 
 
 def _answered_with_state(node: Node, path: Path, ack_out: Path | None, header: dict, peer: dict,
@@ -392,7 +399,28 @@ def _write_ack(node: Node, ack_path: Path, header: dict, peer: dict, their_vv: d
                                                               BATCH_ENTRIES), their_vv)
 
 
-def _import_verified(node: Node, path: Path, ack_out: Path | None, header: dict, batches: Iterator,
+def _apply_ack(node: Node, reads: list[SecondRead], peer: dict) -> tuple[list[dict], set[str]]:
+    """Apply an ack bundle but for the entries of nodes whose log is held here in another history, as a
+    pull does: one fork relayed down does not refuse the rest of the branch (found in review, the pull
+    skipped such origins and the bundle refused whole). A fork first found in the bundle is recorded, and
+    the bundle read again without that origin; the transaction that failed applied nothing."""
+    skip = engine.forked_origins(node, peer["node_id"])
+    while True:
+        reading = reads[-1]
+        try:
+            results = node.apply_batches((b for b in reading.batches() if b.origin not in skip),
+                                         check=engine.pull_check(node, peer), tree=True)
+            return results, skip
+        except Conflict as exc:
+            origin = engine.fork_of_another(exc, peer["node_id"], node)
+            if origin is None or origin in skip or not reading.intact():
+                raise
+            record_fork(node, exc.evidence, peer["node_id"])
+            skip.add(origin)
+            reads.append(reading.again())
+
+
+def _import_verified(node: Node, path: Path, ack_out: Path | None, header: dict, reads: list[SecondRead],
                      peer: dict) -> dict:
     kind = header.get("kind")
     their_vv = wire.vv_of(header.get("vv", {}))  # before anything is applied: a bad header refuses it all
@@ -400,7 +428,7 @@ def _import_verified(node: Node, path: Path, ack_out: Path | None, header: dict,
         if peer["role"] != "child":
             raise Forbidden("push bundles come from children", code="bad_bundle")
         ack_path = check_target(node, Path(ack_out) if ack_out else ack_path_for(Path(path)), reading=Path(path))
-        results = node.apply_batches(batches, check=engine.push_check(node, peer), confine=True,
+        results = node.apply_batches(reads[0].batches(), check=engine.push_check(node, peer), confine=True,
                                      sender=peer["node_id"], admit=engine.push_admit(node, peer))
         touch(node, peer["node_id"], their_vv=their_vv)
         first_time = node.conn.execute("INSERT OR IGNORE INTO _hemei_bundle_acks (bundle_id, peer, imported_ms)"
@@ -420,10 +448,11 @@ def _import_verified(node: Node, path: Path, ack_out: Path | None, header: dict,
     if kind == "ack":
         if peer["role"] != "parent":
             raise Forbidden("ack bundles come from the parent", code="bad_bundle")
-        results = node.apply_batches(batches, check=engine.pull_check(node, peer), tree=True)
+        results, skipped = _apply_ack(node, reads, peer)
         # Taken even so (docs/decisions.md, "An imported ack sets what the child records"), but said.
         older = any(their_vv.get(origin, 0) < size for origin, size in peer["their_vv"].items())
         touch(node, peer["node_id"], their_vv=their_vv)
         return {"kind": "ack", "from": peer["name"], "new": sum(r["new"] for r in results),
-                "refused": sum(r["refused"] for r in results), "older": older}
+                "refused": sum(r["refused"] for r in results), "older": older,
+                "not_taken": [engine.not_taken_said(node, origin) for origin in sorted(skipped)]}
     raise BadBundle(f"unknown bundle kind {kind!r}")

@@ -28,7 +28,7 @@ from hemei.core.node import Node
 
 from . import engine, enroll, signing, wire
 from .address import node_address
-from .peers import (CLOCK_TOLERANCE_MS, clock_gap, forks, parent_of, record_clock, record_fork, record_refusal,
+from .peers import (CLOCK_TOLERANCE_MS, clock_gap, parent_of, record_clock, record_fork, record_refusal,
                     set_signs_answers, set_url, touch)
 
 DEFAULT_BATCH = 2000
@@ -539,7 +539,7 @@ def _pull(node: Node, link: ParentLink, parent: dict, batch_size: int, report: S
     # a backup whose second branch reached the city, seen from its street after moving to the district's
     # new node): kept as evidence and asked for no more, so one fork does not stop the whole branch's sync.
     # The parent's own fork, and this node's, stop it (check_history; a parent never sends this node's).
-    skip = {f["origin"] for f in forks(node)} - {parent["node_id"], node.id}
+    skip = engine.forked_origins(node, parent["node_id"])
     while True:
         reply = link.call("/api/sync/pull", {"vv": node.version_vector(), "batch_size": batch_size,
                                              "max_entries": batch_size * 5, **({"skip": sorted(skip)} if skip else {})})
@@ -549,8 +549,8 @@ def _pull(node: Node, link: ParentLink, parent: dict, batch_size: int, report: S
             try:
                 results = node.apply_batches(batches, check=check, tree=True)
             except Conflict as exc:
-                origin = getattr(exc, "evidence", {}).get("origin")
-                if origin is None or origin == parent["node_id"] or origin in skip:  # (a parent that ignores skip)
+                origin = engine.fork_of_another(exc, parent["node_id"], node)
+                if origin is None or origin in skip:  # (a parent that ignores skip)
                     raise
                 record_fork(node, exc.evidence, parent["node_id"])
                 skip.add(origin)
@@ -570,10 +570,7 @@ def _pull(node: Node, link: ParentLink, parent: dict, batch_size: int, report: S
             progress("pull", report.pulled, report.pulled + report.pending_down)
         if not reply.get("more") or not batches:
             break
-    for origin in sorted(skip):
-        report.messages.append(f"not taken from the parent: entries of {node.origin_scope(origin) or 'node'} "
-                               f"({origin[:7]}), whose log is held here in another history (a fork: hemei status, "
-                               "forks). That node was restored from a backup or rewritten; it goes on as a new node")
+    report.messages.extend(engine.not_taken_said(node, origin) for origin in sorted(skip))
 
 
 def sync_watch(node: Node, *, interval_s: float, batch_size: int, on_result: Callable[[object], None],

@@ -277,6 +277,8 @@ def bundle_import(file: str, ack_out: str | None, as_json: bool) -> None:
         if r["kind"] == "push":
             click.echo(f"acknowledgement for {r['from']}: {r['ack']} ({r['ack_entries']} entries for it)")
         else:
+            for said in r["not_taken"]:
+                click.echo(f"note: {said}", err=True)
             if r["older"]:
                 click.echo(f"note: this acknowledgement is older than what this node last heard from {r['from']}: "
                            "the next export holds again some entries the parent has (harmless: nothing is "

@@ -104,6 +104,27 @@ def fork_said(sender: str, differs: str, holder: str) -> str:
             f"kept as evidence at {holder}")
 
 
+def forked_origins(node: Node, peer: str) -> set[str]:
+    """Origins whose log is held here in one history and was presented in another, other than this node's
+    and ``peer``'s own: their entries are taken from ``peer`` no more, so one fork does not stop the rest
+    of the branch (a district restored from a backup whose second history reached the city, seen from a
+    street that moved to the district's new node)."""
+    held = node.conn.execute("SELECT DISTINCT origin FROM _hemei_forks").fetchall()
+    return {origin for (origin,) in held} - {peer, node.id}
+
+
+def fork_of_another(exc: Conflict, peer: str, node: Node) -> str | None:
+    """The origin of a fork found in entries ``peer`` relayed from another node (None: not such a fork)."""
+    origin = (getattr(exc, "evidence", None) or {}).get("origin")
+    return None if origin in (None, peer, node.id) else origin
+
+
+def not_taken_said(node: Node, origin: str) -> str:
+    return (f"not taken from the parent: entries of {node.origin_scope(origin) or 'node'} ({origin[:7]}), whose "
+            "log is held here in another history (a fork: hemei status, forks). That node was restored from a "
+            "backup or rewritten; it goes on as a new node")
+
+
 def branch_vv(node: Node, scope: str) -> dict[str, int]:
     """This node's sizes of the origins on the branch of ``scope`` (ancestors and subtree), nothing else."""
     return {o: size for o, (decl, size) in origin_scopes(node).items() if decl and related(decl, scope)}

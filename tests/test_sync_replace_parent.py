@@ -94,7 +94,15 @@ def test_a_fork_of_another_nodes_log_relayed_down_stops_only_that_nodes_entries(
             write_notes(new, [("新区写的", "sx/yc")])
         t.ok("street", "join", t.ok("district-new", "invite", "--scope", "sx/yc/fs", "--name", "府山街道", "--url",
                                     t.servers["district-new"].url).strip(), "--replace-parent")
-        for _ in range(2):  # and again: the fork is asked for no more
+        # By USB first: the acknowledgement holds the city's history of the old district; the rest is taken.
+        t.ok("street", "bundle", "export", "--out", str(tmp_path / "fs.hemei"))
+        t.ok("district-new", "bundle", "import", str(tmp_path / "fs.hemei"))
+        acked = t.hemei("street", "bundle", "import", str(tmp_path / "fs.ack.hemei"))
+        assert acked.returncode == 0, acked.stderr
+        assert f"not taken from the parent: entries of sx/yc ({old_id[:7]})" in acked.stderr
+        with t.open("street") as s:
+            assert "新区写的" in note_titles(s) and "恢复后写的" not in note_titles(s)
+        for _ in range(2):  # and by sync, again and again: the fork is asked for no more
             done = t.hemei("street", "sync", "--json")
             assert done.returncode == 0, done.stderr + done.stdout
             said = " ".join(json.loads(done.stdout)["messages"])
