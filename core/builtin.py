@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from .api import ApiCall, ApiRoute
+from .routes import ApiCall, ApiRoute
 from .audit import audit_log, list_conflicts, verify_log
 from .errors import InvalidInput
 from .plugins import hookimpl

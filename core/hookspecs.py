@@ -25,7 +25,7 @@ import pluggy
 if TYPE_CHECKING:  # annotations only: hookspecs import nothing at run time
     import click
 
-    from .api import ApiRoute
+    from .routes import ApiRoute
     from .merge import Change
     from .node import Node
     from .reports import ReportSection

@@ -3,14 +3,14 @@ checked, and spelt one way, before it is used, kept or put in a token."""
 
 from __future__ import annotations
 
-import httpx
-
 from hemei.core.errors import InvalidInput
 
 
 def node_address(url: str) -> str:
     """``url`` as ``scheme://host[:port][/path]`` (scheme and host in lower case, no trailing ``/``), or
     :class:`InvalidInput` saying what is wrong with it."""
+    import httpx  # the HTTP client is imported by the commands that use it, not by every command
+
     try:
         if "：" in url:  # typed with a Chinese input method on
             raise ValueError("it has a full-width colon ：, type the ASCII colon : instead")

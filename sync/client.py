@@ -31,7 +31,6 @@ from .address import node_address
 from .peers import (CLOCK_TOLERANCE_MS, clock_gap, parent_of, record_clock, record_fork, record_refusal,
                     set_signs_answers, set_url, touch)
 
-DEFAULT_BATCH = 2000
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
 
@@ -351,7 +350,7 @@ def _join_answer_signed(answer: httpx.Response, reply: dict, parent_id: str) -> 
 Progress = Callable[[str, int, int], None]
 
 
-def sync_once(node: Node, batch_size: int = DEFAULT_BATCH, progress: Progress | None = None,
+def sync_once(node: Node, batch_size: int = wire.DEFAULT_BATCH, progress: Progress | None = None,
               transport: httpx.BaseTransport | None = None, url: str | None = None) -> SyncReport:
     """Push what the parent lacks of this node's branch, pull what this node lacks of it.
 

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,9 +15,12 @@ from hemei.core.clock import COUNTER_BITS, hlc_to_iso, iso_to_local_text
 from hemei.core.errors import HemeiError, InvalidInput
 from hemei.core.scope import parse_scope
 
-from . import bundles, client, enroll
+from . import bundles, enroll, wire
 from .address import node_address
 from .peers import all_peers, peers_status
+
+if TYPE_CHECKING:
+    from .client import SyncReport
 
 
 @click.command()
@@ -84,6 +88,8 @@ def join(token: str, url: str | None, replace_parent: bool, as_json: bool) -> No
 
         hemei --home ./fushan join hemei1.eyJ1Ijoi... --replace-parent
     """
+    from . import client  # the HTTP client: imported by the commands that go out, not by every command
+
     parent = client.join(cli_node(), token, cli_actor(), url=url, replace_parent=replace_parent)
     emit(parent, as_json, lambda p: click.echo(f"joined {p['name']} ({p['scope']}) at {p['url']}\n"
                                                f"parent id: {p['node_id']}"))
@@ -156,7 +162,7 @@ class _ProgressBars:
             self.bar = None
 
 
-def _describe(report: client.SyncReport) -> str:
+def _describe(report: SyncReport) -> str:
     text = f"pushed {report.pushed}, pulled {report.pulled}"
     if report.refused_changes:
         text += f", {report.refused_changes} change(s) kept as conflicts (hemei conflicts)"
@@ -169,7 +175,7 @@ def _describe(report: client.SyncReport) -> str:
 @home_option
 @click.option("--watch", is_flag=True, help="Keep syncing; retry with backoff while the link is down.")
 @click.option("--interval", type=Duration(), help="Pause between syncs, with --watch (default 30s).")
-@click.option("--batch-size", type=click.IntRange(1, 20000), default=client.DEFAULT_BATCH, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 20000), default=wire.DEFAULT_BATCH, show_default=True)
 @click.option("--url", help="The parent's address, if it moved; kept once the parent answers there.")
 @json_option
 def sync_command(watch: bool, interval: int | None, batch_size: int, url: str | None, as_json: bool) -> None:
@@ -183,6 +189,8 @@ def sync_command(watch: bool, interval: int | None, batch_size: int, url: str | 
     """
     if interval is not None and not watch:
         raise click.UsageError("--interval is the pause between syncs of --watch: add --watch, or leave it out")
+    from . import client
+
     node = cli_node()
     if not watch:
         bars = _ProgressBars() if sys.stderr.isatty() else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hemei.core import hookimpl
 
-from . import commands, server
+from . import commands
 from .peers import anonymous_refusals, forks, invited_names, peers_status
 from .schema import sync_migrations
 
@@ -16,6 +16,8 @@ def register_migrations():
 
 @hookimpl
 def register_routes():
+    from . import server  # Starlette: imported by what serves or checks routes, not by every command
+
     return server.routes()
 
 

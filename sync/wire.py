@@ -27,6 +27,8 @@ CONTENT_TYPE = "application/vnd.hemei.batches+json"
 #: MESSAGE_BYTES; the rest is room for pushes of hemei 0.1.0, which cut by entries alone (2,000).
 MAX_COMPRESSED = 16 * 1024 * 1024
 MAX_DECOMPRESSED = 16 * 1024 * 1024
+#: Entries a sync asks for or sends in one batch unless told (``hemei sync --batch-size``).
+DEFAULT_BATCH = 2000
 #: What a child takes in an answer of its parent, and an import in a bundle frame: 0.1.0 wrote up to
 #: 20,000 entries there. Parsed by a command, one message at a time, from the parent it pinned or a
 #: file the operator imports; never by a server that takes requests from many.
