@@ -85,30 +85,33 @@ def modules_tables(name: str | None, as_json: bool) -> None:
     emit(rows, as_json, human)
 
 
-def _toggle(name: str, enabled: bool) -> None:
+def _toggle(name: str, enabled: bool, as_json: bool) -> None:
     node = cli_node()
     tables = node.set_module_enabled(name, enabled, cli_actor())
-    click.echo(f"module {name} {'enabled' if enabled else 'disabled'}"
-               + (f"; tables ready: {', '.join(tables)}" if tables else ""))
+    emit({"ok": True, "module": name, "enabled": enabled, "tables_rebuilt": tables}, as_json,
+         lambda r: click.echo(f"module {name} {'enabled' if enabled else 'disabled'}"
+                              + (f"; tables ready: {', '.join(tables)}" if tables else "")))
 
 
 @modules.command("enable")
 @home_option
 @click.argument("name")
-def modules_enable(name: str) -> None:
+@json_option
+def modules_enable(name: str, as_json: bool) -> None:
     """Enable a module: create its tables and apply entries already received for it.
 
     Example:
 
         hemei modules enable volunteer_hours
     """
-    _toggle(name, True)
+    _toggle(name, True, as_json)
 
 
 @modules.command("disable")
 @home_option
 @click.argument("name")
-def modules_disable(name: str) -> None:
+@json_option
+def modules_disable(name: str, as_json: bool) -> None:
     """Disable a module: hide its commands and routes; its data is kept.
 
     Entries for its tables that arrive while it is disabled stay in the log
@@ -118,7 +121,7 @@ def modules_disable(name: str) -> None:
 
         hemei modules disable volunteer_hours
     """
-    _toggle(name, False)
+    _toggle(name, False, as_json)
 
 
 @click.group()
@@ -156,7 +159,8 @@ def _read_password(password: str | None) -> str:
 @click.argument("name")
 @click.option("--role", required=True, type=click.Choice(user_store.ROLES), help="What the user may do.")
 @click.option("--password", help="Password (else prompted on a terminal, or read from stdin).")
-def users_add(name: str, role: str, password: str | None) -> None:
+@json_option
+def users_add(name: str, role: str, password: str | None, as_json: bool) -> None:
     """Add a local user. The log records who added whom, never the password.
 
     The password is asked twice on a terminal; piped in, one line is read.
@@ -168,7 +172,7 @@ def users_add(name: str, role: str, password: str | None) -> None:
     node = cli_node()
     user_store.check_user_name(name)
     user_store.add_user(node, name, role, _read_password(password), cli_actor())
-    click.echo(f"user {name} added as {role}")
+    emit({"ok": True, "user": name, "role": role}, as_json, lambda r: click.echo(f"user {name} added as {role}"))
 
 
 @users.command("list")
@@ -189,20 +193,23 @@ def users_list(as_json: bool) -> None:
 @home_option
 @click.argument("name")
 @click.option("--ttl", type=Duration(), help="Lifetime such as 30d or 12h [default: no expiry].")
-def users_token(name: str, ttl: int | None) -> None:
+@json_option
+def users_token(name: str, ttl: int | None, as_json: bool) -> None:
     """Issue an API token for a user; it is printed once, alone on stdout.
 
     Example:
 
         hemei users token wangli --ttl 30d
     """
-    click.echo(user_store.issue_token(cli_node(), name, cli_actor(), ttl))
+    token = user_store.issue_token(cli_node(), name, cli_actor(), ttl)
+    emit({"ok": True, "user": name, "token": token, "ttl_s": ttl}, as_json, lambda r: click.echo(token))
 
 
 @users.command("revoke")
 @home_option
 @click.argument("name")
-def users_revoke(name: str) -> None:
+@json_option
+def users_revoke(name: str, as_json: bool) -> None:
     """Revoke every active token of a user.
 
     Example:
@@ -210,7 +217,8 @@ def users_revoke(name: str) -> None:
         hemei users revoke wangli
     """
     count = user_store.revoke_tokens(cli_node(), name, cli_actor())
-    click.echo(f"revoked {count} token(s) of {name}")
+    emit({"ok": True, "user": name, "revoked_tokens": count}, as_json,
+         lambda r: click.echo(f"revoked {count} token(s) of {name}"))
 
 
 COMMANDS = [modules, users]

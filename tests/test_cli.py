@@ -260,13 +260,20 @@ def test_users_passwords_from_option_and_stdin_and_secrets_stay_out_of_the_log(t
     assert piped.exit_code == 0, piped.output
     token = run_cli("--home", home, "users", "token", "王丽", "--ttl", "1h").output.strip()
     assert token.startswith("hm_") and "\n" not in token
+    as_json = json.loads(run_cli("--home", home, "users", "token", "li.ming", "--json").output)
+    assert as_json["user"] == "li.ming" and as_json["token"].startswith("hm_") and as_json["ttl_s"] is None
+    assert json.loads(run_cli("--home", home, "users", "revoke", "li.ming", "--json").output)["revoked_tokens"] == 1
+    added = json.loads(run_cli("--home", home, "users", "add", "张三", "--role", "viewer", "--password",
+                               "third-secret-pw", "--json").output)
+    assert (added["user"], added["role"]) == ("张三", "viewer")
     listed = json.loads(run_cli("--home", home, "users", "list", "--json").output)
     assert {(u["name"], u["role"], u["active_tokens"]) for u in listed} == {("王丽", "operator", 1),
-                                                                          ("li.ming", "viewer", 0)}
+                                                                          ("li.ming", "viewer", 0),
+                                                                          ("张三", "viewer", 0)}
     node = Node.open(home)
     log_text = " ".join(r[0] for r in node.conn.execute("SELECT payload FROM _hemei_log"))
     assert "王丽" in log_text and "li.ming" in log_text  # who was added is recorded
-    for secret in ("first-secret-pw", "second-secret-pw", token):
+    for secret in ("first-secret-pw", "second-secret-pw", "third-secret-pw", token, as_json["token"]):
         assert secret not in log_text
     node.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     node.close()
@@ -305,7 +312,8 @@ def test_modules_enable_disable_are_logged_and_hide_commands(tmp_path, run_cli):
     assert run_cli("--home", home, "probe", "note", "第一条").exit_code == 0
     assert "already enabled" in run_cli("--home", home, "modules", "enable", "hook_probe").output
     assert "unknown module 'nope'" in run_cli("--home", home, "modules", "enable", "nope").output
-    assert run_cli("--home", home, "modules", "disable", "hook_probe").exit_code == 0
+    disabled = json.loads(run_cli("--home", home, "modules", "disable", "hook_probe", "--json").output)
+    assert disabled == {"ok": True, "module": "hook_probe", "enabled": False, "tables_rebuilt": []}
     typo = run_cli("--home", home, "stauts").output  # a typo keeps click's suggestion (found in review)
     assert "Did you mean 'status'?" in typo and "not enabled" not in typo
     hidden = run_cli("--home", home, "probe", "note", "x").output
