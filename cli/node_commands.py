@@ -12,7 +12,7 @@ import click
 
 from hemei.core.audit import list_conflicts, verify_log
 from hemei.core.cli_support import (home_option, NodeContext, cli_actor, cli_context, cli_node, emit, json_option,
-                                     progress, shown, table)
+                                     is_rate, percent, progress, shown, table)
 from hemei.core.clock import iso_to_local_text, span_text
 from hemei.core.errors import InvalidInput, NodeStateError
 from hemei.core.fields import place_scope
@@ -220,9 +220,10 @@ def report(scope: str | None, as_json: bool) -> None:
         for s in d["sections"]:
             click.echo(f"== {s['title']} ({s['module']})")
             for k, v in s["totals"].items():
-                click.echo(f"  {k}: {shown(v)}")
+                click.echo(f"  {k}: {percent(v) if is_rate(k) else shown(v)}")
             if s["rows"]:
-                table(s["rows"], list(s["rows"][0]))
+                columns = list(s["rows"][0])
+                table(s["rows"], columns, percent_columns=tuple(filter(is_rate, columns)))
 
     emit(data, as_json, human)
 

@@ -478,7 +478,12 @@ def test_the_cli_runs_a_case_round_the_loop_and_shows_every_event_as_json(cli_st
     assert "楼道堆物" in cli_street("cases", "show", case_id).output
     stats = json.loads(cli_street("cases", "stats", "--json").output)
     assert stats["totals"]["satisfaction_rate"] == 1.0
-    assert "resolution_rate" in cli_street("cases", "stats").output
+    said = cli_street("cases", "stats").output
+    assert "resolution_rate" in said and "100.0%" in said
+    street_rows = said.split("patrol_coverage\n")[-1]  # the ranked table, under its header
+    assert "100.0%" in street_rows and " 1.0 " not in street_rows + " ", said  # as the totals, not 1.0
+    reported = cli_street("report").output
+    assert "satisfaction_rate" in reported and "100.0%" in reported and " 1.0 " not in reported + " ", reported
     assert "FS-03" in cli_street("cases", "list").output
 
 

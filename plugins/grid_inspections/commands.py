@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from hemei.core import cli_actor, cli_node, emit, json_option
-from hemei.core.cli_support import table
+from hemei.core.cli_support import percent, table
 
 from . import cases as case_ops
 from . import grids as grid_ops
@@ -237,12 +237,12 @@ def grids_coverage(start, end, street, as_json):
     def human(d):
         counted = f"{d['from']} to {d['counted_to']}" if d["counted_to"] else "no day that is over"
         click.echo(f"{counted}: {d['done']} of {d['planned']} planned patrols"
-                   + (f" ({d['coverage']:.1%})" if d["coverage"] is not None else ""))
+                   + (f" ({percent(d['coverage'])})" if d["coverage"] is not None else ""))
         if d["today"]:
             click.echo(f"today ({d['today']['day']}) so far: {d['today']['done']} of {d['today']['planned']}"
                        " planned patrols (counted once the day is over)")
         table(d["grids"], with_street(d["grids"], ["code", "name", "community", "planned", "done", "coverage"]
-                                      + (["today"] if d["today"] else []), node.scope))
+                                      + (["today"] if d["today"] else []), node.scope), percent_columns=("coverage",))
         if d["missed"]:
             click.echo(f"\nmissed ({len(d['missed'])} grid-days):")
             table(d["missed"], with_street(d["missed"], ["day", "code", "name", "planned", "done"], node.scope))
@@ -432,12 +432,12 @@ def cases_stats(start, end, scope, as_json):
         click.echo(f"{d['scope']}, cases reported {d['from']} to {d['to']}: {t['cases']}")
         for key in ("response_rate", "resolution_rate", "on_time_rate", "rework_rate", "satisfaction_rate",
                     "patrol_coverage"):
-            click.echo(f"  {key:<18} {'-' if t[key] is None else f'{t[key]:.1%}'}")
+            click.echo(f"  {key:<18} {percent(t[key])}")
         click.echo(f"  open {t['open']}, overdue {t['overdue']}, escalated {t['escalated']}")
         if d["streets"]:
             click.echo("")
-            table(d["streets"], ["rank", "street", "cases", "response_rate", "resolution_rate", "on_time_rate",
-                                 "satisfaction_rate", "patrol_coverage"])
+            rates = ("response_rate", "resolution_rate", "on_time_rate", "satisfaction_rate", "patrol_coverage")
+            table(d["streets"], ["rank", "street", "cases", *rates], percent_columns=rates)
 
     emit(data, as_json, human)
 
