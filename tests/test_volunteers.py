@@ -203,6 +203,8 @@ def test_star_levels_follow_configurable_thresholds(street):
     assert ledger.balance(street, v["person"])["star"] == 1  # 100 h, national default
     ledger.set_star_thresholds(street, ACTOR, "50,100,150,200,250")
     assert ledger.balance(street, v["person"])["star"] == 2
+    registry.add_volunteer(street, ACTOR, name="李娟", id_number=id_number(9))  # no hours yet
+    assert rollup.rollup(street)["stars"]["people"] == {"0": 1, "1": 0, "2": 1, "3": 0, "4": 0, "5": 0}
     for bad in ("1,2,3", "5,4,3,2,1", "a,b,c,d,e"):
         with pytest.raises(InvalidInput):
             ledger.set_star_thresholds(street, ACTOR, bad)

@@ -66,15 +66,17 @@ def rollup(node: Node, scope: str | None = None, since: str | None = None) -> di
         person_cents[person] += cents
         if period_cents > 0:
             active_in[unit_of(where_scope, scope)].add(person)
-    stars = [0] * (len(thresholds) + 1)
-    for cents in person_cents.values():
-        stars[star_level(cents / 100, thresholds)] += 1
-
     registered_people: dict[str, set] = defaultdict(set)
     for where_scope, person in conn.execute(
             f"SELECT scope, person FROM volunteers WHERE _deleted = 0 AND {where}", params):
         registered_people[unit_of(where_scope, scope)].add(person)
     everyone = set().union(*registered_people.values()) if registered_people else set()
+    stars = [0] * (len(thresholds) + 1)
+    for cents in person_cents.values():
+        stars[star_level(cents / 100, thresholds)] += 1
+    # Registered with no hours yet: no star, and counted there (a walkthrough found them left out, so
+    # the star counts did not add up to the people registered).
+    stars[0] += len(everyone - person_cents.keys())
     for unit, people in registered_people.items():
         units[unit]["registered"] = len(people)
     for unit, people in active_in.items():
