@@ -112,6 +112,12 @@ def is_rate(key: str) -> bool:
     return key.endswith(("_rate", "coverage"))
 
 
+def named(rows: list[dict], columns: list[str]) -> list[str]:
+    """``columns`` with ``name`` after the first (the rank), when any row has a name to show: a district's
+    staff know 府山街道, not yuecheng/fushan."""
+    return columns[:1] + ["name"] + columns[1:] if any(r.get("name") for r in rows) else columns
+
+
 def percent(value) -> str:
     """A rate (a fraction, as JSON gives it) as text output says it: 83.3%, or "-" where there is none."""
     return "-" if value is None else f"{value:.1%}"

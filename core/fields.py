@@ -202,6 +202,21 @@ def named_places(node: Node) -> dict[str, str]:
     return {name: held.pop() for name, held in scopes.items() if len(held) == 1}
 
 
+def place_names_by_scope(node: Node) -> dict[str, str]:
+    """The name to show beside a scope: the name this node invited that node as (``place_names``), else
+    the name the node there gave itself; none where two names are equally good (two PCs enrolled under
+    one scope by different names)."""
+    names: dict[str, str | None] = {}
+    for name, scope in node.declared_names():
+        names[scope] = name if names.get(scope, name) == name else None
+    given: dict[str, str | None] = {}
+    for group in node.pm.hook.place_names(node=node):
+        for name, scope in group or ():
+            given[scope] = name if given.get(scope, name) == name else None
+    names.update(given)
+    return {scope: name for scope, name in names.items() if name is not None}
+
+
 def place_scope(node: Node, value, field: str, held: Callable[[str], bool]) -> str:
     """A place at or below this node's as an operator types it (:func:`place_path`), or by the name of a
     node below it, where no place ``held`` here is meant (``hemei nodes list`` shows 府山街道 for

@@ -102,8 +102,10 @@ def test_a_case_escalated_to_the_district_is_closed_there_and_the_street_sees_it
 
     # The district ranks its streets from the events it received.
     stats = _json(t, "district", "cases", "stats")
-    assert [(s["rank"], s["street"], s["cases"], s["resolution_rate"]) for s in stats["streets"]] == [
-        (1, SCOPES["fushan"], 1, 1.0), (2, SCOPES["tashan"], 1, 0.0)]
+    assert [(s["rank"], s["street"], s["name"], s["cases"], s["resolution_rate"]) for s in stats["streets"]] == [
+        (1, SCOPES["fushan"], "fushan", 1, 1.0), (2, SCOPES["tashan"], "tashan", 1, 0.0)]
+    ranked = t.ok("district", "cases", "stats").split("\n\n")[-1].splitlines()
+    assert ranked[0].split()[:3] == ["rank", "name", "street"] and ranked[1].split()[:2] == ["1", "fushan"]
     assert stats["totals"]["satisfaction_rate"] == 1.0 and stats["totals"]["escalated"] == 1
     report = _json(t, "district", "report")
     assert any(s["module"] == "grid_inspections" for s in report["sections"])

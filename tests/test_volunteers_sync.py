@@ -77,8 +77,9 @@ def test_one_person_on_two_streets_is_one_balance_at_the_district(district_tree)
     assert (at_district["hours"], at_district["balance"], at_district["star"]) == (100, 100, 1)
     assert {r["id"] for r in at_district["registrations"]} == {fushan_id, tashan_id}
     report = _json(t, "district", "volunteers", "report")
-    assert [(u["unit"], u["hours"], u["rank"]) for u in report["units"]] == \
-        [("越城区/府山街道", 60.0, 1), ("越城区/塔山街道", 40.0, 2)]
+    assert [(u["unit"], u["name"], u["hours"], u["rank"]) for u in report["units"]] == \
+        [("越城区/府山街道", "fushan", 60.0, 1), ("越城区/塔山街道", "tashan", 40.0, 2)]  # as invited
+    assert t.ok("district", "volunteers", "report").splitlines()[1].split()[:3] == ["rank", "name", "unit"]
     assert report["totals"]["registered"] == 1 and report["stars"]["people"]["1"] == 1
 
     # The district holds pseudonyms and ciphertext only; no street holds the other's rows.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from hemei.core import cli_actor, cli_node, emit, json_option
-from hemei.core.cli_support import percent, table
+from hemei.core.cli_support import named, percent, table
 
 from . import cases as case_ops
 from . import grids as grid_ops
@@ -437,7 +437,7 @@ def cases_stats(start, end, scope, as_json):
         if d["streets"]:
             click.echo("")
             rates = ("response_rate", "resolution_rate", "on_time_rate", "satisfaction_rate", "patrol_coverage")
-            table(d["streets"], ["rank", "street", "cases", *rates], percent_columns=rates)
+            table(d["streets"], named(d["streets"], ["rank", "street", "cases", *rates]), percent_columns=rates)
 
     emit(data, as_json, human)
 

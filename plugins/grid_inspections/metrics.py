@@ -32,7 +32,7 @@ import json
 from collections import defaultdict
 
 from hemei.core import Node
-from hemei.core.fields import in_subtree_sql, iso_date, now_local, subtree_params
+from hemei.core.fields import in_subtree_sql, iso_date, now_local, place_names_by_scope, subtree_params
 
 from . import grids, status
 from .machine import OPEN_STATES
@@ -145,8 +145,10 @@ def stats(node: Node, *, start=None, end=None, scope: str | None = None, known_o
         street_patrols[g["street"]][0] += g["planned"]
         street_patrols[g["street"]][1] += g["done"]
     street_rows = []
+    names = place_names_by_scope(node)
     for street in sorted(set(streets) | set(street_patrols)):
-        row = _with_rates({"street": street, **{k: 0 for k in COUNTS}, **streets.get(street, {})})
+        row = _with_rates({"street": street, "name": names.get(street), **{k: 0 for k in COUNTS},
+                           **streets.get(street, {})})
         planned, done = street_patrols.get(street, (0, 0))
         row.update(patrols_planned=planned, patrols_done=done,
                    patrol_coverage=round(done / planned, 4) if planned else None)

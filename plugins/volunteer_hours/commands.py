@@ -8,7 +8,7 @@ import sys
 import click
 
 from hemei.core import InvalidInput, cli_actor, cli_node, emit, json_option
-from hemei.core.cli_support import is_rate, percent, shown, table
+from hemei.core.cli_support import is_rate, named, percent, shown, table
 from hemei.core.files import atomic_file, export_target, text_writer
 
 from . import keys, ledger, registry, rollup
@@ -463,7 +463,8 @@ def report(scope, since, as_json):
 
     def human(d):
         click.echo(", ".join(f"{k} {percent(v) if is_rate(k) else shown(v)}" for k, v in d["totals"].items()))
-        table(d["units"], ["rank", "unit", "hours", "registered", "active", "no_show_rate", "outstanding"],
+        table(d["units"], named(d["units"], ["rank", "unit", "hours", "registered", "active", "no_show_rate",
+                                              "outstanding"]),
               percent_columns=("no_show_rate",))
         click.echo("stars: " + ", ".join(f"{k}★ {v}" for k, v in d["stars"]["people"].items()))
 

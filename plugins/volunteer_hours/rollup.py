@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from hemei.core import Node
-from hemei.core.fields import filter_scope, in_subtree_sql, since_date, subtree_params
+from hemei.core.fields import filter_scope, in_subtree_sql, place_names_by_scope, since_date, subtree_params
 
 from .ledger import CENTS, star_level, star_thresholds
 from .tables import HELD_PLACES
@@ -92,10 +92,11 @@ def rollup(node: Node, scope: str | None = None, since: str | None = None) -> di
         units[unit_of(where_scope, scope)]["redeemed"] += cents
 
     rows = []
+    names = place_names_by_scope(node)
     for unit, u in units.items():
         marked = u["attended"] + u["no_show"]
         rows.append({
-            "unit": unit, "hours": _hours(u["hours"]), "registered": u["registered"], "active": u["active"],
+            "unit": unit, "name": names.get(unit), "hours": _hours(u["hours"]), "registered": u["registered"], "active": u["active"],
             "attended": u["attended"], "no_show": u["no_show"],
             "no_show_rate": round(u["no_show"] / marked, 4) if marked else None,
             "redeemed": _hours(u["redeemed"]), "outstanding": _hours(u["balance"] - u["redeemed"]),
