@@ -376,16 +376,23 @@ class Node(ModuleHost):
 
     def declared_names(self) -> list[tuple[str, str]]:
         """(name, scope) of each origin held, as it declared them in its ``node.init`` (this node's too)."""
+        return [(name, scope) for _, name, scope in self._declared()]
+
+    def origin_names(self) -> dict[str, str]:
+        """The name each origin held gave itself in its ``node.init``, by node id (this node's too)."""
+        return {node_id: name for node_id, name, _ in self._declared()}
+
+    def _declared(self) -> list[tuple[str, str, str]]:
         named = []
-        for scope, payload in self.conn.execute(
-                "SELECT o.scope, l.payload FROM _hemei_origins o JOIN _hemei_log l ON l.origin = o.ix AND l.seq = 1"
-                " WHERE l.kind = 'node.init' AND o.scope IS NOT NULL"):
+        for node_id, scope, payload in self.conn.execute(
+                "SELECT o.node_id, o.scope, l.payload FROM _hemei_origins o JOIN _hemei_log l ON l.origin = o.ix"
+                " AND l.seq = 1 WHERE l.kind = 'node.init' AND o.scope IS NOT NULL"):
             try:
                 name = orjson.loads(payload)["name"]
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 continue  # the scope was read from it, so it is JSON; a name missing is no name
             if isinstance(name, str) and name:
-                named.append((name, scope))
+                named.append((node_id, name, scope))
         return named
 
     def _refusal_count(self) -> int:

@@ -282,6 +282,7 @@ def test_certificate_and_csv_export_carry_unicode_and_no_personal_data(street, r
     cert = ledger.certificate(street, v["person"])
     text = render_certificate(cert)
     assert "王丽" in text and "楼道粉刷" in text and "3.5" in text and idn not in text
+    assert f"/ {street.name}\n" in text and street.id[:7] not in text  # confirmed by the office, by name
     out = tmp_path / "记录.csv"
     home = str(street.home)
     street.close()

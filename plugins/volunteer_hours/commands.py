@@ -401,7 +401,7 @@ def render_certificate(cert: dict) -> str:
              "日期 Date    时长 Hours  活动 Activity / 服务队 Team / 记录单位 Recorded at / 确认节点 Confirmed by"]
     for r in cert["records"]:
         lines.append(f"{r['served_on'] or '':<11} {r['hours']:>6g}  {r['activity'] or ''} / {r['team'] or '-'}"
-                     f" / {r['scope']} / {r['confirmed_by'][:7]}")
+                     f" / {r['scope']} / {r['confirmed_by_name'] or r['confirmed_by'][:7]}")
     lines += ["", f"出具单位 Issued by: {cert['issued_by']} ({cert['issued_scope']})  日期 Date: {cert['issued_on']}",
               "每条记录由记录它的节点签名，可用 `hemei audit verify` 核验。",
               "Each record is signed by the node that recorded it; `hemei audit verify` checks them.", ""]

@@ -522,6 +522,8 @@ def certificate(node: Node, person: str) -> dict:
     records = [r for r in service_records(node, person) if r["status"] == "counted"]
     info = balance(node, person)
     names = sorted({r["name"] for r in records if r["name"]} | {r["name"] for r in info["registrations"]})
+    offices = node.origin_names()  # a resident reads 府山街道 where a node id would mean nothing
+    records = [{**r, "confirmed_by_name": offices.get(r["confirmed_by"])} for r in records]
     return {"names": names, "hours": info["hours"], "star": info["star"], "issued_by": node.name,
             "issued_scope": node.scope, "issued_on": dt.date.today().isoformat(), "records": records}
 
