@@ -86,6 +86,10 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+    # As sqlite-utils sets it on a connection it wraps (node.db, a migration step's): set at open, so a
+    # module's DELETE trigger fires on the projector's INSERT OR REPLACE whether or not node.db was made
+    # yet in this process (found in review once node.db became lazy).
+    conn.execute("PRAGMA recursive_triggers=on")
     return conn
 
 

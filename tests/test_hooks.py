@@ -47,6 +47,27 @@ def test_hook_register_migrations(node):
     assert node.conn.execute("SELECT count(*) FROM _hemei_migrations WHERE set_name = 'hook_probe'").fetchone() == (1,)
 
 
+def test_a_modules_delete_trigger_fires_on_an_update_in_every_process(make_node):
+    """A migration step may add triggers (sqlite-utils' ``enable_fts(create_triggers=True)``); the
+    projector updates by INSERT OR REPLACE, whose delete fires them only with recursive_triggers on.
+    Found in review: once ``node.db`` was made lazily, the pragma was on only after it had been used."""
+    node = make_node("n")
+    with node.writer("tester") as w:
+        pk = w.insert("notes", {"title": "x"})
+    node.conn.execute("CREATE TABLE deleted_notes (id TEXT)")
+    node.conn.execute("CREATE TRIGGER notes_ad AFTER DELETE ON notes BEGIN INSERT INTO deleted_notes VALUES (old.id);"
+                      " END")
+    home = node.home
+    node.close()
+    node = Node.open(home, available=PROBE, builtins=BUILTIN_PLUGINS)  # node.db never asked for
+    try:
+        with node.writer("tester") as w:
+            w.update("notes", pk, {"title": "y"})
+        assert node.conn.execute("SELECT id FROM deleted_notes").fetchall() == [(pk,)]
+    finally:
+        node.close()
+
+
 def test_hook_module_schema(make_node):
     """hook_probe is at schema v2 (v1 called a note's text "text"): a v1 change is read through its upgrade."""
     street, district = make_node("street"), make_node("district", scope="yuecheng")

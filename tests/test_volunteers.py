@@ -210,6 +210,21 @@ def test_star_levels_follow_configurable_thresholds(street):
             ledger.set_star_thresholds(street, ACTOR, bad)
 
 
+def test_stars_in_a_report_are_each_persons_as_their_balance_gives_them(street):
+    """Found in review: a person registered in one community with hours in another counted as 0 stars in
+    the first community's report, though `volunteers balance` gives them a star."""
+    a, b = f"{street.scope}/A社区", f"{street.scope}/B社区"
+    registry.add_volunteer(street, ACTOR, name="王丽", id_number=id_number(8), scope=a)
+    at_b = registry.add_volunteer(street, ACTOR, name="王丽", id_number=id_number(8), scope=b)
+    for day in range(1, 6):
+        act = registry.add_activity(street, ACTOR, title="助老", category="daily_care", date=f"2026-11-0{day}",
+                                    scope=b)
+        ledger.log_hours(street, ACTOR, activity=act["id"], volunteer=at_b["id"], hours=20, confirm=True)
+    assert ledger.balance(street, at_b["person"])["star"] == 1
+    for place in (a, b, street.scope):
+        assert rollup.rollup(street, place)["stars"]["people"] == {"0": 0, "1": 1, "2": 0, "3": 0, "4": 0, "5": 0}
+
+
 def test_capacity_attendance_and_no_show_rate(street):
     act = registry.add_activity(street, ACTOR, title="义诊", category="health", date="2026-11-20", capacity=2)
     people = [registry.add_volunteer(street, ACTOR, name=f"志愿者{i}", id_number=id_number(20 + i)) for i in range(3)]

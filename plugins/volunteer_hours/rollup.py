@@ -57,7 +57,7 @@ def rollup(node: Node, scope: str | None = None, since: str | None = None) -> di
         by_team[team] += cents
         by_category[category or "(none)"] += cents
 
-    # Per person: cumulative hours (stars, all time) and whether active in the period.
+    # Who served here, and whether active in the period.
     person_cents: dict[str, int] = defaultdict(int)
     active_in: dict[str, set] = defaultdict(set)
     for where_scope, person, cents, period_cents in conn.execute(
@@ -71,12 +71,13 @@ def rollup(node: Node, scope: str | None = None, since: str | None = None) -> di
             f"SELECT scope, person FROM volunteers WHERE _deleted = 0 AND {where}", params):
         registered_people[unit_of(where_scope, scope)].add(person)
     everyone = set().union(*registered_people.values()) if registered_people else set()
+    # Stars of everyone registered or serving here, each by all-time hours over everything this node holds,
+    # as `volunteers balance` gives them: people registered with no hours yet were left out (found in a
+    # walkthrough), and a person's hours elsewhere count towards their star here too (found in review).
+    all_time = dict(conn.execute("SELECT person, sum(delta_cents) FROM volunteer_confirmations GROUP BY person"))
     stars = [0] * (len(thresholds) + 1)
-    for cents in person_cents.values():
-        stars[star_level(cents / 100, thresholds)] += 1
-    # Registered with no hours yet: no star, and counted there (a walkthrough found them left out, so
-    # the star counts did not add up to the people registered).
-    stars[0] += len(everyone - person_cents.keys())
+    for person in everyone | person_cents.keys():
+        stars[star_level(all_time.get(person, 0) / 100, thresholds)] += 1
     for unit, people in registered_people.items():
         units[unit]["registered"] = len(people)
     for unit, people in active_in.items():
