@@ -222,8 +222,7 @@ def report(scope: str | None, as_json: bool) -> None:
             for k, v in s["totals"].items():
                 click.echo(f"  {k}: {percent(v) if is_rate(k) else shown(v)}")
             if s["rows"]:
-                columns = list(s["rows"][0])
-                table(s["rows"], columns, percent_columns=tuple(filter(is_rate, columns)))
+                table(s["rows"], list(s["rows"][0]))
 
     emit(data, as_json, human)
 

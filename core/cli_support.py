@@ -123,9 +123,9 @@ def percent(value) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
-def table(rows: list[dict], columns: list[str], percent_columns: tuple[str, ...] = ()) -> None:
-    """Print rows as aligned text columns (East Asian characters count double); ``percent_columns`` hold
-    rates, printed as percentages as the totals beside them are (found in a walkthrough: 0.8333 under 83.3%)."""
+def table(rows: list[dict], columns: list[str]) -> None:
+    """Print rows as aligned text columns (East Asian characters count double); a rate's column
+    (:func:`is_rate`) as percentages, as the totals beside it are (found in a walkthrough: 0.8333 under 83.3%)."""
     import unicodedata
 
     def width(text: str) -> int:
@@ -134,7 +134,7 @@ def table(rows: list[dict], columns: list[str], percent_columns: tuple[str, ...]
     def cell(row: dict, column: str) -> str:
         if column not in row:
             return ""
-        return percent(row[column]) if column in percent_columns else shown(row[column])
+        return percent(row[column]) if is_rate(column) else shown(row[column])
 
     cells = [[_one_line(cell(r, c)) for c in columns] for r in rows]
     widths = [max([width(c)] + [width(row[i]) for row in cells]) for i, c in enumerate(columns)]

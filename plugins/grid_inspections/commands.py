@@ -242,7 +242,7 @@ def grids_coverage(start, end, street, as_json):
             click.echo(f"today ({d['today']['day']}) so far: {d['today']['done']} of {d['today']['planned']}"
                        " planned patrols (counted once the day is over)")
         table(d["grids"], with_street(d["grids"], ["code", "name", "community", "planned", "done", "coverage"]
-                                      + (["today"] if d["today"] else []), node.scope), percent_columns=("coverage",))
+                                      + (["today"] if d["today"] else []), node.scope))
         if d["missed"]:
             click.echo(f"\nmissed ({len(d['missed'])} grid-days):")
             table(d["missed"], with_street(d["missed"], ["day", "code", "name", "planned", "done"], node.scope))
@@ -437,7 +437,7 @@ def cases_stats(start, end, scope, as_json):
         if d["streets"]:
             click.echo("")
             rates = ("response_rate", "resolution_rate", "on_time_rate", "satisfaction_rate", "patrol_coverage")
-            table(d["streets"], named(d["streets"], ["rank", "street", "cases", *rates]), percent_columns=rates)
+            table(d["streets"], named(d["streets"], ["rank", "street", "cases", *rates]))
 
     emit(data, as_json, human)
 

@@ -464,8 +464,7 @@ def report(scope, since, as_json):
     def human(d):
         click.echo(", ".join(f"{k} {percent(v) if is_rate(k) else shown(v)}" for k, v in d["totals"].items()))
         table(d["units"], named(d["units"], ["rank", "unit", "hours", "registered", "active", "no_show_rate",
-                                              "outstanding"]),
-              percent_columns=("no_show_rate",))
+                                              "outstanding"]))
         click.echo("stars: " + ", ".join(f"{k}★ {v}" for k, v in d["stars"]["people"].items()))
 
     emit(data, as_json, human)

@@ -97,7 +97,8 @@ def rollup(node: Node, scope: str | None = None, since: str | None = None) -> di
     for unit, u in units.items():
         marked = u["attended"] + u["no_show"]
         rows.append({
-            "unit": unit, "name": names.get(unit), "hours": _hours(u["hours"]), "registered": u["registered"], "active": u["active"],
+            "unit": unit, "name": names.get(unit), "hours": _hours(u["hours"]), "registered": u["registered"],
+            "active": u["active"],
             "attended": u["attended"], "no_show": u["no_show"],
             "no_show_rate": round(u["no_show"] / marked, 4) if marked else None,
             "redeemed": _hours(u["redeemed"]), "outstanding": _hours(u["balance"] - u["redeemed"]),
