@@ -225,6 +225,23 @@ def test_stars_in_a_report_are_each_persons_as_their_balance_gives_them(street):
         assert rollup.rollup(street, place)["stars"]["people"] == {"0": 0, "1": 1, "2": 0, "3": 0, "4": 0, "5": 0}
 
 
+def test_outstanding_is_what_the_people_registered_there_hold_unspent(street):
+    """Found by an operator walkthrough: a community whose residents served in the next community showed
+    negative outstanding hours (hours are earned where the activity is, spent where the person is registered)."""
+    a, b = f"{street.scope}/A社区", f"{street.scope}/B社区"
+    at_a = registry.add_volunteer(street, ACTOR, name="王丽", id_number=id_number(8), scope=a)
+    act = registry.add_activity(street, ACTOR, title="助老", category="daily_care", date="2026-11-01", scope=b)
+    ledger.log_hours(street, ACTOR, activity=act["id"], volunteer=at_a["id"], hours=10, confirm=True)
+    ledger.redeem(street, ACTOR, person=at_a["person"], volunteer=at_a, hours=4, item="理发券")
+    both = [registry.add_volunteer(street, ACTOR, name="李娟", id_number=id_number(9), scope=place) for place in (a, b)]
+    ledger.log_hours(street, ACTOR, activity=act["id"], volunteer=both[1]["id"], hours=5, confirm=True)
+    report = rollup.rollup(street)
+    units = {u["unit"]: (u["hours"], u["redeemed"], u["outstanding"]) for u in report["units"]}
+    assert units == {a: (0, 4, 6 + 5), b: (15, 0, 5)}  # 李娟 is registered in both
+    assert (report["totals"]["redeemed"], report["totals"]["outstanding"]) == (4, 6 + 5)  # each person once
+    assert rollup.rollup(street, a)["totals"]["outstanding"] == 11
+
+
 def test_capacity_attendance_and_no_show_rate(street):
     act = registry.add_activity(street, ACTOR, title="义诊", category="health", date="2026-11-20", capacity=2)
     people = [registry.add_volunteer(street, ACTOR, name=f"志愿者{i}", id_number=id_number(20 + i)) for i in range(3)]

@@ -43,17 +43,16 @@ def rollup(node: Node, scope: str | None = None, since: str | None = None) -> di
     thresholds = star_thresholds(node, scope)
 
     units: dict[str, dict] = defaultdict(lambda: {
-        "hours": 0, "registered": 0, "active": 0, "attended": 0, "no_show": 0, "redeemed": 0, "balance": 0})
+        "hours": 0, "registered": 0, "active": 0, "attended": 0, "no_show": 0, "redeemed": 0, "outstanding": 0})
     by_team: dict[str | None, int] = defaultdict(int)  # by team id: two streets may name teams alike
     by_category: dict[str, int] = defaultdict(int)
     in_period = "sum(CASE WHEN served_on >= ? THEN delta_cents ELSE 0 END)" if since else "sum(delta_cents)"
     since_param = (since,) if since else ()
-    for where_scope, team, category, cents, all_time in conn.execute(
-            f"SELECT scope, team, category, {in_period}, sum(delta_cents) FROM volunteer_confirmations"
+    for where_scope, team, category, cents in conn.execute(
+            f"SELECT scope, team, category, {in_period} FROM volunteer_confirmations"
             f" WHERE {where} GROUP BY scope, team, category", since_param + params):
         unit = units[unit_of(where_scope, scope)]
         unit["hours"] += cents
-        unit["balance"] += all_time
         by_team[team] += cents
         by_category[category or "(none)"] += cents
 
@@ -78,8 +77,14 @@ def rollup(node: Node, scope: str | None = None, since: str | None = None) -> di
     stars = [0] * (len(thresholds) + 1)
     for person in everyone | person_cents.keys():
         stars[star_level(all_time.get(person, 0) / 100, thresholds)] += 1
+    # Outstanding: the hours the people registered here hold unspent, each as `volunteers balance` gives them.
+    # Hours are earned where the activity is and spent where the person is registered, so "hours served here
+    # less redeemed here" went negative for a community whose residents served in the next one (walkthrough).
+    spent = dict(conn.execute(f"SELECT person, {CENTS.format('hours')} FROM volunteer_redemptions GROUP BY person"))
+    unspent = {person: all_time.get(person, 0) - spent.get(person, 0) for person in everyone}
     for unit, people in registered_people.items():
         units[unit]["registered"] = len(people)
+        units[unit]["outstanding"] = sum(unspent[person] for person in people)
     for unit, people in active_in.items():
         units[unit]["active"] = len(people)
 
@@ -101,7 +106,7 @@ def rollup(node: Node, scope: str | None = None, since: str | None = None) -> di
             "active": u["active"],
             "attended": u["attended"], "no_show": u["no_show"],
             "no_show_rate": round(u["no_show"] / marked, 4) if marked else None,
-            "redeemed": _hours(u["redeemed"]), "outstanding": _hours(u["balance"] - u["redeemed"]),
+            "redeemed": _hours(u["redeemed"]), "outstanding": _hours(u["outstanding"]),
         })
     rows.sort(key=lambda r: (-r["hours"], r["unit"]))
     for rank, row in enumerate(rows, 1):
@@ -115,7 +120,7 @@ def rollup(node: Node, scope: str | None = None, since: str | None = None) -> di
             "active": len(set().union(*active_in.values())) if active_in else 0,
             "no_show_rate": round(sum(r["no_show"] for r in rows) / total_marked, 4) if total_marked else None,
             "redeemed": _hours(sum(u["redeemed"] for u in units.values())),
-            "outstanding": _hours(sum(u["balance"] - u["redeemed"] for u in units.values())),
+            "outstanding": _hours(sum(unspent.values())),  # a person registered in two units counts once
         },
         "units": rows,
         "teams": sorted(({"team": teams.get(k, (k or "(no team)", None))[0], "scope": teams.get(k, (None, None))[1],
