@@ -242,19 +242,24 @@ def test_outstanding_is_what_the_people_registered_there_hold_unspent(street):
     assert rollup.rollup(street, a)["totals"]["outstanding"] == 11
 
 
-def test_capacity_attendance_and_no_show_rate(street):
+def test_capacity_attendance_and_no_show_rate(street, run_cli):
     act = registry.add_activity(street, ACTOR, title="义诊", category="health", date="2026-11-20", capacity=2)
     people = [registry.add_volunteer(street, ACTOR, name=f"志愿者{i}", id_number=id_number(20 + i)) for i in range(3)]
     registry.signup(street, ACTOR, activity=act["id"], volunteer=people[0]["id"])
     registry.signup(street, ACTOR, activity=act["id"], volunteer=people[1]["id"])
     with pytest.raises(Conflict, match="full"):
         registry.signup(street, ACTOR, activity=act["id"], volunteer=people[2]["id"])
-    ledger.log_hours(street, ACTOR, activity=act["id"], volunteer=people[0]["id"], hours=3, confirm=True)
+    signed_up = ledger.log_hours(street, ACTOR, activity=act["id"], volunteer=people[0]["id"], hours=3, confirm=True)
+    assert signed_up["walk_in"] is False
     registry.mark_attendance(street, ACTOR, activity=act["id"], volunteer=people[1]["id"], status="no_show")
     data = rollup.rollup(street)
     assert data["totals"]["no_show_rate"] == 0.5
     assert data["totals"]["registered"] == 3 and data["totals"]["active"] == 1
     assert data["categories"] == [{"category": "health", "hours": 3.0}]
+    # A walk-in past capacity served and is recorded; the operator is told, in case the id was typed wrong.
+    done = run_cli("--home", str(street.home), "volunteers", "hours", "log", act["id"], people[2]["id"], "--hours", "2")
+    assert done.exit_code == 0 and ledger.hour_entry(street, done.stdout.strip())["person"] == people[2]["person"]
+    assert f"volunteer {people[2]['id']} had not signed up for this activity: recorded as a walk-in" in done.stderr
 
 
 def test_confirming_several_entries_confirms_all_or_none(street, run_cli):

@@ -44,7 +44,7 @@ def fushan(tmp_path, run_cli):
 
 def _ok(done) -> str:
     assert done.exit_code == 0, done.output
-    return done.output.strip()
+    return done.stdout.strip()  # what a script reads: notes go to stderr
 
 
 def _refused(done, *said: str) -> str:

@@ -280,6 +280,9 @@ def hours_log(activity_id, volunteer_id, amount, sign_in, sign_out, confirm, as_
     row = ledger.log_hours(cli_node(), cli_actor(), activity=activity_id, volunteer=volunteer_id, hours=amount,
                            sign_in=sign_in, sign_out=sign_out, confirm=confirm)
     emit(row, as_json, lambda r: click.echo(r["id"]))
+    if row["walk_in"] and not as_json:
+        click.echo(f"note: volunteer {row['volunteer']} had not signed up for this activity: recorded as a walk-in"
+                   " (if they had, check the volunteer id)", err=True)
 
 
 @hours.command("confirm")

@@ -124,7 +124,11 @@ def log_hours(node: Node, actor: str, *, activity, volunteer, hours=None, sign_i
         pk = w.insert("volunteer_hours", entry)
         if confirm:
             _confirm(node, w, _entry(node, pk, w))
-    return hour_entry(node, pk)
+        # A walk-in served and is recorded (capacity bounds sign-ups, not service), but the operator is told:
+        # a volunteer id typed wrong looks the same (found in a walkthrough).
+        walk_in = not one(node, "SELECT 1 AS x FROM volunteer_signups WHERE activity = ? AND volunteer = ?"
+                                " AND scope = ?", (act["id"], vol["id"], act["scope"]))
+    return {**hour_entry(node, pk), "walk_in": walk_in}
 
 
 def _entry(node: Node, hour_id, w=None) -> dict:
