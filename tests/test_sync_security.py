@@ -489,3 +489,57 @@ def test_a_request_no_enrolled_child_signed_is_refused_before_its_body_is_read(n
     assert answer.startswith(b"HTTP/1.1 401") and b"bad_signature" in answer
     after, counts = district_state(net)
     assert after == before and counts == (logged, local + 3)  # each refusal recorded, none in the log
+
+
+def _self_signed(tmp_path) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 signed by itself: by no one the PC trusts."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "冒充的区")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+def test_an_https_parent_is_reached_only_with_a_certificate_the_pc_trusts(node, tmp_path):
+    """A link to an http parent builds no trust at all (httpx loaded the whole CA bundle for it, a sixth of
+    a `hemei sync` with nothing to send); a link to an https parent still checks its certificate."""
+    import socket
+    import ssl
+    import threading
+
+    plain = client.tls_for("http://127.0.0.1:8340")
+    assert plain.verify_mode == ssl.CERT_REQUIRED and plain.check_hostname
+    assert plain.cert_store_stats()["x509_ca"] == 0  # fails closed, should TLS ever be asked of it
+    served = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    served.load_cert_chain(*_self_signed(tmp_path))
+
+    def handshake_once(listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        try:
+            with served.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(1)  # verified by a client that skips checks: it would get as far as a request
+        except (ssl.SSLError, OSError):
+            pass
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        threading.Thread(target=handshake_once, args=(listener,), daemon=True).start()
+        with ParentLink(node, f"https://127.0.0.1:{listener.getsockname()[1]}") as link:
+            with pytest.raises(client.Unreachable, match="certificate verify failed"):
+                link.learn_time()
