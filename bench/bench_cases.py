@@ -145,7 +145,7 @@ def fill_street(node: Node, n_cases: int, rng: random.Random, now: dt.datetime) 
             for case_id, scope, events in planned:  # after the cases: consecutive inserts are executemany'd
                 for kind, at, extra in events:
                     w.insert("case_events", {"scope": scope, "case_id": case_id, "kind": kind, "at": at,
-                                             "acting_scope": node.scope, **extra})
+                                             "acting_scope": node.scope, "actor": w.actor, **extra})
 
 
 BASELINE_COLUMNS = ("street, community, grid, category, reported_at, due, state, level_due, responded_at,"

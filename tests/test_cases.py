@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from test_cases_property import summaries_match_a_recount
 from test_convergence import _send
-from hemei.core import Conflict, HemeiError, InvalidInput, NotFound
+from hemei.core import Change, Conflict, HemeiError, InvalidInput, NotFound
 from hemei.plugins.grid_inspections import cases, grids, metrics, status
 from hemei.plugins.grid_inspections.machine import TRANSITIONS
 
@@ -525,9 +525,9 @@ def test_rows_the_fold_could_not_trust_are_refused_even_when_written_directly(st
     case = cases.find_case(street, case_id)
     before = _log_size(street)
     base = {"scope": case["scope"], "case_id": case_id, "kind": "register", "at": at(1, 10),
-            "acting_scope": STREET}
+            "acting_scope": STREET, "actor": "forger"}
     for bad in ({"at": "next tuesday"}, {"at": "9999-12-31T00:00:00"}, {"kind": "teleport"},
-                {"acting_scope": "越城区"}, {"rating": "meh"}, {"level": "city"}):
+                {"acting_scope": "越城区"}, {"rating": "meh"}, {"level": "city"}, {"actor": "王强"}, {"actor": None}):
         with pytest.raises(InvalidInput):
             with street.writer("forger") as w:
                 w.insert("case_events", {**base, **bad})
@@ -540,6 +540,23 @@ def test_rows_the_fold_could_not_trust_are_refused_even_when_written_directly(st
                 w.insert("cases", {**row, **bad})
     assert _log_size(street) == before
     assert metrics.stats(street)["totals"]["cases"] == 1
+
+
+def test_a_case_history_names_who_did_each_step_and_events_of_the_old_release_get_it_from_their_entry(street):
+    """Found in a walkthrough: the history named the level that acted (越城区/府山街道), never the person."""
+    case_id = _report(street)
+    cases.transition(street, "王芳", case_id, "register", at=at(1, 10))
+    [registered] = cases.show(street, case_id)["events"][1:]
+    assert (registered["by"], registered["acting_scope"]) == ("王芳", STREET)
+    # Events written by the release before (module schema v1) carry no actor: they are read with the one
+    # their signed entry names, so a district that upgrades shows them as a new one would.
+    raw = next(street.db.query("SELECT * FROM case_events"))
+    change = Change("case_events", "insert", raw["id"], raw["scope"],
+                    {k: v for k, v in raw.items() if not k.startswith("_") and k not in ("id", "scope", "actor")},
+                    raw["_hlc"], raw["_origin"], "王芳", False, schema=1)
+    upgraded = street.schemas["grid_inspections"].upgrade(change)
+    assert upgraded.values["actor"] == "王芳" and upgraded.schema == 2
+    assert street.schemas["grid_inspections"].upgrade(change._replace(table="cases")).values == change.values
 
 
 def test_grid_and_category_values_the_figures_compute_with_are_refused_when_bad_even_written_directly(street):

@@ -82,10 +82,11 @@ def test_a_case_escalated_to_the_district_is_closed_there_and_the_street_sees_it
     # Back at the street: closed, at district level, with every event from both nodes.
     shown = _json(t, "fushan", "cases", "show", case_id)
     assert (shown["state"], shown["level"]) == ("closed", "district")
-    assert [(e["kind"], e["by"]) for e in shown["events"]] == [
-        ("report", "李娟"), ("register", SCOPES["fushan"]), ("escalate", SCOPES["fushan"]),
-        ("dispatch", SCOPES["district"]), ("start", SCOPES["district"]), ("handle", SCOPES["district"]),
-        ("verify", SCOPES["district"]), ("close", SCOPES["district"])]
+    assert [(e["kind"], e["by"], e.get("acting_scope")) for e in shown["events"]] == [
+        ("report", "李娟", None), ("register", "fushan-staff", SCOPES["fushan"]),
+        ("escalate", "fushan-staff", SCOPES["fushan"])] + [
+        (kind, "district-staff", SCOPES["district"]) for kind in ("dispatch", "start", "handle", "verify", "close")]
+    assert "close      district-staff (越城区)" in t.ok("fushan", "cases", "show", case_id)  # who did it, and where
     assert all(e["applied"] for e in shown["events"])
     assert shown == {**_json(t, "district", "cases", "show", case_id)}  # both levels see the same history
 
@@ -259,6 +260,6 @@ def test_a_case_past_its_deadline_escalates_by_itself_when_the_street_syncs(dist
     t.sync("fushan")  # ticks first: safety cases have 24 h per level, so it goes up one level, then up to the district
     at_district = _json(t, "district", "cases", "show", case["id"])
     assert at_district["level"] == "community"
-    assert [(e["kind"], e.get("auto"), e["by"]) for e in at_district["events"][1:]] == [
-        ("escalate", True, SCOPES["fushan"])]
+    assert [(e["kind"], e.get("auto"), e["by"], e["acting_scope"]) for e in at_district["events"][1:]] == [
+        ("escalate", True, "grid_inspections", SCOPES["fushan"])]
     assert at_district["events"][1]["note"].startswith("deadline ")

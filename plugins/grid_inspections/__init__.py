@@ -9,7 +9,7 @@ fresh through the hooks below. See ``docs/grids.md``.
 
 from __future__ import annotations
 
-from hemei.core import ReportSection, hookimpl
+from hemei.core import Change, ModuleSchema, ReportSection, hookimpl
 from hemei.core.fields import is_scoped_key
 from hemei.core.scope import covers
 
@@ -34,6 +34,21 @@ def register_migrations():
 @hookimpl
 def register_routes():
     return ROUTES
+
+
+def _event_actor_from_its_entry(change: Change) -> Change:
+    """A case event written at v1 named no operator: its entry's, as v2 writes it (a pure function of the
+    change, so every replica upgrading it agrees)."""
+    if change.table == "case_events" and change.op == "insert":
+        return change._replace(values={**change.values, "actor": change.actor})
+    return change
+
+
+@hookimpl
+def module_schema():
+    # v2: a case event names the operator who recorded it (`actor`), so a case's history says who did what,
+    # not only at which level. A release that reads v1 only keeps v2 changes as `quarantined` until upgraded.
+    return ModuleSchema(version=2, upgrades={1: _event_actor_from_its_entry})
 
 
 @hookimpl
@@ -72,7 +87,7 @@ def validate_change(node, change):
     if declared is None:
         return "the writer of a case row must be known (its first entry held) before its rows are"
     if change.table == "case_events":
-        return _event_problem(values, declared)
+        return _event_problem(values, declared, change.actor)
     return _case_problem(change.scope, values, declared)
 
 
@@ -109,9 +124,11 @@ VALUE_RULES = {
 }
 
 
-def _event_problem(values: dict, declared: str) -> str | None:
+def _event_problem(values: dict, declared: str, actor: str) -> str | None:
     if values.get("acting_scope") != declared:
         return f"a case event must name the scope of the node that wrote it ({declared})"
+    if values.get("actor") != actor:
+        return f"a case event must name the operator of the entry that wrote it ({actor})"
     if values.get("kind") not in EVENT_KINDS:
         return f"unknown case event kind {values.get('kind')!r}"
     if not is_local_time(values.get("at")):

@@ -175,6 +175,7 @@ def transition(node: Node, actor: str, case_ref, kind, *, at=None, note=None, as
 def _write_event(node: Node, w, case: dict, current: CaseState, event: dict) -> None:
     event = {k: v for k, v in event.items() if v is not None}
     event["acting_scope"] = node.scope
+    event["actor"] = w.actor  # the operator is in the log entry too, but a row does not know its entry
     reason = refusal(case, current, event)
     if reason is not None:
         raise InvalidInput(reason, code="invalid_transition")
@@ -252,7 +253,8 @@ def show(node: Node, case_ref) -> dict:
     history = [{"kind": "report", "at": case["reported_at"], "by": case["reporter"], "applied": True,
                 "note": case["description"]}]
     for event, reason in zip(events, current.verdicts):
-        history.append({"id": event["id"], "kind": event["kind"], "at": event["at"], "by": event["acting_scope"],
+        history.append({"id": event["id"], "kind": event["kind"], "at": event["at"], "by": event["actor"],
+                        "acting_scope": event["acting_scope"],
                         **{k: event[k] for k in ("level", "assignee", "note", "rating", "duplicate_of")
                            if event[k] is not None},
                         **({"auto": True} if event["auto"] else {}),

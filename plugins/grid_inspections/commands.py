@@ -274,7 +274,8 @@ def _print_case(case: dict) -> None:
     for e in case["events"]:
         mark = "" if e["applied"] else f"  [not applied: {e['not_applied_because']}]"
         detail = " ".join(str(e[k]) for k in ("level", "assignee", "rating", "note") if e.get(k))
-        click.echo(f"  {e['at']}  {e['kind']:<10} {e['by']}  {detail}{mark}")
+        who = e["by"] + (f" ({e['acting_scope']})" if e.get("acting_scope") else "")
+        click.echo(f"  {e['at']}  {e['kind']:<10} {who}  {detail}{mark}")
 
 
 @cases.command("report")

@@ -21,7 +21,7 @@ CHUNK = 500
 
 CASE_COLUMNS = "id, scope, grid, street, district, community, category, deadline_hours, reported_at"
 EVENT_COLUMNS = ("id, scope, case_id, kind, at, acting_scope, level, assignee, note, rating, duplicate_of, auto,"
-                 " _hlc, _origin")
+                 " actor, _hlc, _origin")
 _STATUS_COLUMNS = ("case_id", "ref", "street", "community", "grid", "category", "reported_at", "due", "state",
                    "level", "level_due", "assignee", "responded_at", "handled_at", "closed_at", "evaluated_at",
                    "rating", "reworks", "escalations", "events", "not_applied")

@@ -58,7 +58,7 @@ EVENTS = TableSpec(
     "case_events",
     {"id": "text", "scope": "text", "case_id": "text", "kind": "text", "at": "text", "acting_scope": "text",
      "level": "text", "assignee": "text", "note": "text", "rating": "text", "duplicate_of": "text",
-     "auto": "integer"},
+     "auto": "integer", "actor": "text"},
     policy=APPEND_ONLY, required=("case_id", "kind", "at", "acting_scope"), indexes=(("case_id",),))
 
 TABLES = [GRIDS, STAFF, PATROLS, PLANS, CATEGORIES, CASES, EVENTS]
