@@ -86,9 +86,33 @@ def export_target(out: str | Path, home: Path) -> Path:
     if not path.absolute().parent.is_dir():
         raise InvalidInput(f"there is no folder {path.absolute().parent} (is the USB stick plugged in?)")
     # Whether or not it is there yet: SQLite deletes a journal it finds, and a module reads a *.keys file
-    # written here as its damaged key file.
+    # written here as its damaged key file. In any node's home, not only this one's: a copy of another
+    # office's home on the same PC (found in a walkthrough).
     name = path.name.rstrip(". ").casefold()  # Windows: NODE.DB-JOURNAL and node.db-journal. are that file
-    if (path.absolute().resolve().parent == Path(home).resolve()
-            and (name in _NODE_FILES or name.endswith(".keys"))):
-        raise InvalidInput(f"{out} is one of the node's own files: give another file name (it was left as it is)")
+    folder = path.absolute().resolve().parent
+    if (name in _NODE_FILES or name.endswith(".keys")) and (
+            folder == Path(home).resolve() or (folder / "node.db").is_file()):
+        what = "the node's own files" if folder == Path(home).resolve() else f"the files of the node in {folder}"
+        raise InvalidInput(f"{out} is one of {what}: give another file name (it was left as it is)")
+    return path
+
+
+#: What the text exports (a CSV for Excel, a certificate) begin with: UTF-8's byte order mark.
+TEXT_EXPORT_START = b"\xef\xbb\xbf"
+
+
+def text_export_target(out: str | Path, home: Path) -> Path:
+    """Where a text export may be written: as :func:`export_target`, and replacing only an older text export.
+
+    A bundle waiting on a shared USB stick, another node's database or a
+    document under the name typed would otherwise be lost to a CSV (found in
+    a walkthrough); what these exports write begins with a byte order mark.
+    """
+    path = export_target(out, home)
+    if path.exists():
+        with path.open("rb") as existing:
+            start = existing.read(len(TEXT_EXPORT_START))
+        if start != TEXT_EXPORT_START:
+            raise InvalidInput(f"{out} is there already and is not an export (a bundle, a database or another "
+                               "document): give another file name (it was left as it is)")
     return path

@@ -380,6 +380,20 @@ def test_an_export_is_written_whole_or_not_at_all_and_never_over_the_nodes_files
     over = run_cli("--home", str(home), "volunteers", "export", "--out", str(home / "node.db"))
     assert over.exit_code == 1 and "one of the node's own files" in over.output
     assert (home / "node.db").read_bytes().startswith(b"SQLite format 3\0")
+    # Nor another office's home copied to this PC, a bundle waiting on the stick, a document (walkthrough).
+    other = tmp_path / "灵芝街道"
+    other.mkdir()
+    (other / "node.db").write_bytes(b"SQLite format 3\0 another node")
+    (tmp_path / "U盘").mkdir()
+    waiting = tmp_path / "U盘" / "tashan.ack.hemei"
+    waiting.write_bytes(b"HEMEI-BUNDLE 1\n...")
+    for target, said in ((other / "node.db", "one of the files of the node in"), (other / "node.db-journal", "one of"),
+                         (waiting, "is there already and is not an export")):
+        for command in (["export"], ["certificate", "--volunteer", v["id"]]):
+            refused = run_cli("--home", str(home), "volunteers", *command, "--out", str(target))
+            assert refused.exit_code == 1 and said in refused.output, refused.output
+    assert (other / "node.db").read_bytes().endswith(b"another node") and not (other / "node.db-journal").exists()
+    assert waiting.read_bytes() == b"HEMEI-BUNDLE 1\n..."
     for _ in range(2):  # an operator working in the home replaces the last export there (found in review)
         again = run_cli("--home", str(home), "volunteers", "export", "--out", str(home / "志愿时长.csv"))
         assert again.exit_code == 0, again.output

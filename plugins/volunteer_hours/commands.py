@@ -9,7 +9,7 @@ import click
 
 from hemei.core import InvalidInput, cli_actor, cli_node, emit, json_option
 from hemei.core.cli_support import is_rate, named, percent, shown, table
-from hemei.core.files import atomic_file, export_target, text_writer
+from hemei.core.files import atomic_file, text_export_target, text_writer
 
 from . import keys, ledger, registry, rollup
 
@@ -390,7 +390,7 @@ def certificate(volunteer, id_number, out, as_json):
         return
     text = render_certificate(cert)
     if out:
-        with atomic_file(export_target(out, cli_node().home)) as fh:
+        with atomic_file(text_export_target(out, cli_node().home)) as fh:
             fh.write(text.encode("utf-8-sig"))
         click.echo(out)
     else:
@@ -430,7 +430,7 @@ def export(out, scope):
         with text_writer(click.get_binary_stream("stdout"), encoding="utf-8-sig", newline="") as fh:
             write_csv(fh, rows)
         return
-    with atomic_file(export_target(out, cli_node().home)) as raw, \
+    with atomic_file(text_export_target(out, cli_node().home)) as raw, \
             text_writer(raw, encoding="utf-8-sig", newline="") as fh:
         write_csv(fh, rows)
     click.echo(f"{len(rows)} records written to {out}", err=True)
