@@ -559,6 +559,20 @@ def test_a_case_history_names_who_did_each_step_and_events_of_the_old_release_ge
     assert street.schemas["grid_inspections"].upgrade(change._replace(table="cases")).values == change.values
 
 
+def test_the_report_on_a_community_with_cases_and_no_volunteers_gives_every_module_s_figures(street, run_cli):
+    """Found in a walkthrough: the volunteer module refused a place where it held nothing, and the whole
+    `hemei report` with it, though the grid module had a case there."""
+    street.set_module_enabled("volunteer_hours", True, ACTOR)
+    _report(street, grid="FS-02")
+    done = run_cli("--home", str(street.home), "report", "--scope", "仓桥社区", "--json")
+    assert done.exit_code == 0, done.output
+    first = {s["module"]: s["totals"] for s in reversed(json.loads(done.stdout)["sections"]) if s["totals"]}
+    assert first["grid_inspections"]["cases"] == 1
+    assert (first["volunteer_hours"]["hours"], first["volunteer_hours"]["registered"]) == (0, 0)
+    alone = run_cli("--home", str(street.home), "volunteers", "report", "--scope", "仓桥社区")
+    assert alone.exit_code == 1 and "nothing is held at" in alone.output  # its own command: a typo, perhaps
+
+
 def test_grid_and_category_values_the_figures_compute_with_are_refused_when_bad_even_written_directly(street):
     # One such row from a modified street used to make every coverage and stats request at its district fail.
     grid = grids.find_grid(street, "FS-01")

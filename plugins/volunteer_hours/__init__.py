@@ -116,7 +116,7 @@ def tables_rebuilt(node, tables):
 
 @hookimpl
 def report_sections(node, scope):
-    data = rollup.rollup(node, scope)
+    data = rollup.rollup(node, scope, known_only=False)  # resolved by the core
     return [
         ReportSection("volunteer_hours", "Volunteer hours by unit (ranked)", totals=data["totals"],
                       rows=data["units"]),

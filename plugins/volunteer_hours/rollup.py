@@ -33,8 +33,15 @@ def _hours(cents: int) -> float:
     return round(cents / 100, 2)
 
 
-def rollup(node: Node, scope: str | None = None, since: str | None = None) -> dict:
-    scope = filter_scope(node, scope, HELD_PLACES)  # (an empty form field: the node's own)
+def rollup(node: Node, scope: str | None = None, since: str | None = None, known_only: bool = True) -> dict:
+    """The roll-up of ``scope`` (this node's by default) as the module docstring says.
+
+    ``known_only``: refuse a place where nothing of this module is held (a typo), as `volunteers report`
+    should; the core's `hemei report` gives a place it has resolved, where the grid module may hold
+    everything and this one nothing (its figures are zeros then, found in a walkthrough).
+    """
+    # (an empty form field: the node's own)
+    scope = filter_scope(node, scope, HELD_PLACES) if known_only else scope or node.scope
     since = since_date(since)
     where = in_subtree_sql()
     params = subtree_params(scope)
