@@ -699,6 +699,15 @@ def test_sign_in_and_out_are_times_of_the_activity_stored_in_one_form(street, ch
         with pytest.raises(InvalidInput, match=said):
             ledger.log_hours(street, ACTOR, activity=act["id"], volunteer=people[0], sign_in=sign_in,
                              sign_out=sign_out)
+    # Tonight's service, entered this morning: not served yet, so it neither counts nor can be spent (walkthrough).
+    import datetime as dt
+
+    tomorrow = (dt.date.today() + dt.timedelta(days=1)).isoformat()
+    today = registry.add_activity(street, ACTOR, title="夜间巡逻", category="safety", date=dt.date.today().isoformat())
+    before = _log_size(street)
+    with pytest.raises(InvalidInput, match=f"sign-out {tomorrow}T23:00:00 is in the future"):
+        ledger.log_hours(street, ACTOR, activity=today["id"], volunteer=people[0], sign_in="00:01",
+                         sign_out=f"{tomorrow}T23:00")
     assert _log_size(street) == before
     night = ledger.log_hours(street, ACTOR, activity=act["id"], volunteer=people[1], sign_in="22:00",
                              sign_out="2026-11-21 02:30")

@@ -34,7 +34,8 @@ from __future__ import annotations
 import datetime as dt
 
 from hemei.core import Conflict, HemeiError, InvalidInput, Node, NotFound
-from hemei.core.fields import filter_scope, flag, in_subtree_sql, local_time, one, subtree_params, text
+from hemei.core.fields import (filter_scope, flag, in_subtree_sql, local_time, one, past_time, subtree_params,
+                               text)
 from hemei.core.scope import covers
 
 from .registry import attendance_of, get_activity, get_volunteer, mark_attendance
@@ -83,6 +84,7 @@ def _span(served_on: str, sign_in, sign_out) -> tuple[str, str, float]:
         raise InvalidInput(f"sign-in {start.replace('T', ' ')} is not on the activity's day, {served_on}")
     if end <= start:
         raise InvalidInput("sign-out must be after sign-in")
+    past_time(end, "sign-out")  # hours not served yet would count, and could be spent (found in a walkthrough)
     hours = (dt.datetime.fromisoformat(end) - dt.datetime.fromisoformat(start)).total_seconds() / 3600
     return start, end, round(hours, 2)
 
