@@ -123,7 +123,7 @@ def conflicts(table_name: str | None, as_json: bool) -> None:
 
     Example:
 
-        hemei --home ./district conflicts --table ballots --json
+        hemei --home ./fushan conflicts --table volunteers --json
     """
     node = cli_node()
     items = list_conflicts(node, table_name)
