@@ -113,7 +113,8 @@ def revoke_tokens(node: Node, name: str, actor: str) -> int:
         count = w.conn.execute("UPDATE _hemei_tokens SET revoked = 1 WHERE user = ? AND NOT revoked",
                                (name,)).rowcount
         if not count:
-            raise NotFound(f"user {name} has no active token")
+            known = w.conn.execute("SELECT 1 FROM _hemei_users WHERE name = ?", (name,)).fetchone()
+            raise NotFound(f"user {name} has no active token" if known else f"no user {name}")
         w.event("token.revoke", {"user": name, "tokens": count})
     return count
 

@@ -263,6 +263,10 @@ def test_users_passwords_from_option_and_stdin_and_secrets_stay_out_of_the_log(t
     as_json = json.loads(run_cli("--home", home, "users", "token", "li.ming", "--json").output)
     assert as_json["user"] == "li.ming" and as_json["token"].startswith("hm_") and as_json["ttl_s"] is None
     assert json.loads(run_cli("--home", home, "users", "revoke", "li.ming", "--json").output)["revoked_tokens"] == 1
+    again = run_cli("--home", home, "users", "revoke", "li.ming")
+    assert again.exit_code == 1 and "user li.ming has no active token" in again.output
+    nobody = run_cli("--home", home, "users", "revoke", "不存在")  # a typo is not a user (walkthrough)
+    assert nobody.exit_code == 1 and "no user 不存在" in nobody.output
     added = json.loads(run_cli("--home", home, "users", "add", "张三", "--role", "viewer", "--password",
                                "third-secret-pw", "--json").output)
     assert (added["user"], added["role"]) == ("张三", "viewer")
