@@ -65,6 +65,8 @@ def test_one_person_on_two_streets_is_one_balance_at_the_district(district_tree)
         t.ok(street, "volunteers", "key", "request")
         t.sync(street)  # the push carries the request; the district grants; the pull brings the grant down
         assert _json(t, street, "volunteers", "key", "status")["from_scope"] == "越城区"
+    again = t.ok("fushan", "volunteers", "key", "request")  # not "key requested: run `hemei sync`" (walkthrough)
+    assert "this node already uses key vk-" in again and "of 越城区: nothing to request" in again
 
     fushan_id = _serve_hours(t, "fushan", [20, 20, 20])
     tashan_id = _serve_hours(t, "tashan", [20, 20])

@@ -534,6 +534,11 @@ def key_request(as_json):
         raise InvalidInput("this node has no parent to ask: a district, or a node without a parent, creates "
                            "its own key with `hemei volunteers key create` (a street joins its district "
                            "first: `hemei join TOKEN`)")
+    held = keys.key_status(node)
+    if held["key_id"] is not None:  # "key requested" would send the operator to sync for nothing (walkthrough)
+        emit(held, as_json, lambda d: click.echo(f"this node already uses key {d['key_id']} of {d['from_scope']}: "
+                                                 "nothing to request"))
+        return
     keys.request_key(node, cli_actor())
     emit(keys.key_status(node), as_json, lambda d: click.echo(f"key requested: {keys.REACH_PARENT}"))
 
