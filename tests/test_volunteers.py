@@ -518,6 +518,10 @@ def test_what_a_modified_street_sends_cannot_skew_or_break_the_districts_figures
     district_volunteer = registry.add_volunteer(district, ACTOR, name="区志愿者", id_number=id_number(41))
     send(district, b)
     v = registry.add_volunteer(b, ACTOR, name="王丽", id_number=id_number(40))
+    for honestly in (lambda: registry.signup(b, ACTOR, activity=district_activity["id"], volunteer=v["id"]),
+                     lambda: ledger.log_hours(b, ACTOR, activity=district_activity["id"], volunteer=v["id"], hours=1)):
+        with pytest.raises(InvalidInput, match="区级活动 is an activity of 越城区: its sign-ups and hours are recorded"):
+            honestly()  # the street lists it, but it is the district's to record (found in a walkthrough)
     honest = _served(b, v["id"], 2)
     send(b, district)
     before = _log_size(district)

@@ -38,7 +38,7 @@ from hemei.core.fields import (filter_scope, flag, in_subtree_sql, local_time, o
                                text)
 from hemei.core.scope import covers
 
-from .registry import attendance_of, get_activity, get_volunteer, mark_attendance
+from .registry import activity_recorded_here, attendance_of, get_volunteer, mark_attendance
 from .tables import HELD_PLACES
 
 DEFAULT_STARS = (100.0, 300.0, 600.0, 1000.0, 1500.0)
@@ -95,7 +95,7 @@ def log_hours(node: Node, actor: str, *, activity, volunteer, hours=None, sign_i
               confirm: bool = False) -> dict:
     """Record a volunteer's hours at an activity (attended); ``confirm`` when the organiser enters them."""
     confirm = flag(confirm, "confirm")
-    act = get_activity(node, activity)
+    act = activity_recorded_here(node, activity)
     vol = get_volunteer(node, volunteer)
     # Hours of a later activity would be on a certificate already. A day's grace: a server kept in UTC is
     # still on yesterday's date for the first eight hours of a day in China.

@@ -234,6 +234,19 @@ def get_activity(node: Node, activity_id) -> dict:
     return row
 
 
+def activity_recorded_here(node: Node, activity_id) -> dict:
+    """An activity whose sign-ups, attendance and hours this node records: one inside its scope.
+
+    A street lists its district's activities too (they flow down), but their rows are the district's to
+    write; the writer's "scope … is outside this node's scope" said that in no words an operator reads.
+    """
+    act = get_activity(node, activity_id)
+    if not covers(node.scope, act["scope"]):
+        raise InvalidInput(f"{act['title']} is an activity of {act['scope']}: its sign-ups and hours are "
+                           "recorded there")
+    return act
+
+
 def list_activities(node: Node, since: str | None = None) -> list[dict]:
     sql = ("SELECT a.id, a.scope, a.title, a.category, a.date, a.place, a.capacity,"
            " (SELECT count(*) FROM volunteer_signups s WHERE s.activity = a.id AND s.scope = a.scope) AS signed_up"
@@ -247,7 +260,7 @@ def list_activities(node: Node, since: str | None = None) -> list[dict]:
 def signup(node: Node, actor: str, *, activity, volunteer) -> dict:
     vol = get_volunteer(node, volunteer)
     with node.writer(actor) as w:
-        act = get_activity(node, activity)  # its places counted under the write lock: two at once overfilled it
+        act = activity_recorded_here(node, activity)  # its places counted under the write lock: two at once overfilled it
         if one(node, "SELECT id FROM volunteer_signups WHERE activity = ? AND volunteer = ? AND scope = ?",
                (act["id"], vol["id"], act["scope"])):
             raise Conflict(f"{vol['name']} is already signed up for {act['title']}")
@@ -267,7 +280,7 @@ def mark_attendance(node: Node, actor: str, *, activity, volunteer, status, writ
     """Mark a volunteer attended or no-show at an activity; marking again corrects it."""
     if not isinstance(status, str) or status not in ATTENDANCE_STATES:
         raise InvalidInput(f"attendance is one of {', '.join(ATTENDANCE_STATES)}, not {status!r}")
-    act = get_activity(node, activity)
+    act = activity_recorded_here(node, activity)
     vol = get_volunteer(node, volunteer)
     pk = f"{act['id']}:{vol['id']}"
 
