@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from hemei.core.audit import audit_log, verify_log
+from hemei.core.audit import audit_log, log_kinds, verify_log
 from hemei.core.clock import iso_to_local_text
 from hemei.core.cli_support import home_option, cli_node, emit, json_option, progress, table
 
@@ -77,8 +77,13 @@ def audit_log_cmd(actor: str | None, kind: str | None, table_name: str | None, s
 
     def human(rows):
         if not rows:
-            click.echo("no entries")
+            # A kind is any a module writes, so one not in this log is not refused; but named, a typo shows.
+            kinds = log_kinds(cli_node()) if kind else []
+            known = any(k == kind or k.startswith(kind + ".") for k in kinds)
+            click.echo("no entries" if not kind or known else
+                       f"no entries of kind {kind!r} (kinds in this log: {', '.join(kinds)})")
             return
+
         def what(r: dict) -> str:
             if "unreadable" in r:
                 return f"(not readable: {r['unreadable'][:60]})"

@@ -141,7 +141,14 @@ def audit_log(node: Node, *, actor: str | None = None, kind: str | None = None, 
         else:
             item["details"] = body
         out.append(item)
+    if table and not out and table not in node.specs:  # a typo, not "nobody touched it" (walkthrough)
+        raise InvalidInput(f"no table {table!r} here (enabled tables: {', '.join(sorted(node.specs)) or 'none'})")
     return out
+
+
+def log_kinds(node: Node) -> list[str]:
+    """The kinds of entry this node's log holds (a scan of the log: for a filter that found nothing)."""
+    return [kind for (kind,) in node.conn.execute("SELECT DISTINCT kind FROM _hemei_log ORDER BY kind")]
 
 
 def _readable(payload: str) -> dict | None:

@@ -9,6 +9,7 @@ import pytest
 
 from hemei.core.audit import audit_log, verify_log
 from hemei.core.chain import entry_hash
+from hemei.core.errors import InvalidInput
 
 
 @pytest.fixture
@@ -193,3 +194,18 @@ def test_audit_log_cli_reads_and_takes_local_time(written, run_cli, china_time):
     later = run_cli("--home", str(node.home), "audit", "log", "--json", "--since",
                     (local + minute).strftime("%Y-%m-%dT%H:%M"))
     assert json.loads(later.output) == []
+
+
+def test_a_mistyped_table_is_refused_and_a_kind_not_in_the_log_shown_with_those_that_are(written, run_cli):
+    """Found in a walkthrough: `--table grids_typo` and `--kind rows` answered "no entries", which reads as
+    "nobody touched it"."""
+    node, _ = written
+    with pytest.raises(InvalidInput, match="no table 'note' here"):
+        audit_log(node, table="note")
+    typo = run_cli("--home", str(node.home), "audit", "log", "--table", "note")
+    assert typo.exit_code == 1 and "no table 'note' here (enabled tables: " in typo.output
+    kind = run_cli("--home", str(node.home), "audit", "log", "--kind", "rows")
+    assert kind.exit_code == 0 and "no entries of kind 'rows' (kinds in this log: " in kind.output
+    assert "row.insert" in kind.output
+    none_yet = run_cli("--home", str(node.home), "audit", "log", "--kind", "row", "--since", "2999-01-01")
+    assert none_yet.output.strip() == "no entries"  # a kind this log holds, none of it in the window
