@@ -178,7 +178,7 @@ def test_a_grid_defined_wrongly_is_removed_with_its_staff_and_what_was_recorded_
     assert grids.coverage(street, at(1)[:10], at(1)[:10])["done"] == 1  # its patrols count again
 
 
-def test_a_plan_change_keeps_the_coverage_of_the_days_before_it(street):
+def test_a_plan_change_keeps_the_coverage_of_the_days_before_it(street, run_cli):
     """Found by an operator walkthrough: raising a grid's plan from 2 to 3 patrols a day dropped every
     past week's coverage to two thirds, since plans had no history."""
     def fs01(data):
@@ -200,6 +200,12 @@ def test_a_plan_change_keeps_the_coverage_of_the_days_before_it(street):
     assert [(m["day"], m["planned"], m["done"]) for m in missed] == [(at(d)[:10], 3, 2) for d in range(5, 10)]
     grids.set_plan(street, ACTOR, "FS-01", 2, from_day=at(5)[:10])  # a correction of the same day: the later
     assert fs01(grids.coverage(street, *window))["coverage"] == 1.0
+    # Run again, or from before the grid's start: said, and nothing written (found in a walkthrough).
+    log, before_start = _log_size(street), (DAY0 - dt.timedelta(days=3)).isoformat()
+    assert not grids.set_plan(street, ACTOR, "FS-01", 2, from_day=at(5)[:10])["changed"]
+    early = run_cli("--home", str(street.home), "grids", "plan", "FS-01", "2", "--from", before_start)
+    assert f"from {DAY0.isoformat()}, the grid's start day ({before_start} is before it)" in early.output
+    assert "unchanged: that plan was in effect from" in early.output and _log_size(street) == log
     with pytest.raises(InvalidInput, match="after today"):
         grids.set_plan(street, ACTOR, "FS-01", 1, from_day=(dt.date.today() + dt.timedelta(days=1)).isoformat())
     # Defining the grid again with another plan changes it from today on, like `grids plan`.

@@ -128,6 +128,10 @@ def grids_plan(grid, patrols_per_day, from_day, as_json):
 
     def human(r):
         click.echo(f"{r['code']}: {r['patrols_per_day']} patrol{'' if r['patrols_per_day'] == 1 else 's'} a day")
+        if from_day and r["plan_from"] != from_day:
+            click.echo(f"from {r['plan_from']}, the grid's start day ({from_day} is before it)")
+        if not r["changed"]:
+            click.echo(f"unchanged: that plan was in effect from {r['plan_from']} already")
         if len(r["plan_changes"]) > 1:
             click.echo("plan: " + ", ".join(f"{c['patrols_per_day']} from "
                                             f"{'the start' if c['from'] == grid_ops.PLAN_START else c['from']}"

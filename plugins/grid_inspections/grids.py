@@ -202,9 +202,16 @@ def set_plan(node: Node, actor: str, grid, patrols_per_day, *, from_day=None) ->
     day = iso_date(from_day or today, "from")
     if day > today:
         raise InvalidInput(f"from {day} is after today: set the plan on the day it starts")
+    starts = max(day, row["established"])  # a grid has no plan before it was established
     with node.writer(actor) as w:
-        _plan_from(w, node, row, plan, max(day, row["established"]))
-    return get_grid(node, row["id"])
+        # Read under the write lock. A plan already in effect from that day is not written again: each run
+        # added a row to the plan history (found in a walkthrough).
+        timeline = _timelines(node, row["id"]).get(row["id"], [])
+        changed = plan_on(timeline, starts, row["patrols_per_day"]) != plan
+        if changed:
+            _plan_from(w, node, row, plan, starts)
+    # Said, so that an operator who typed a day before the grid's start knows when the plan starts.
+    return {**get_grid(node, row["id"]), "plan_from": starts, "changed": changed}
 
 
 #: The first day of a plan history: the plan a grid was defined with holds from here until its first
