@@ -131,6 +131,12 @@ def test_only_days_that_are_over_are_counted_and_today_so_far_is_shown(street):
     assert past["today"] is None and "today" not in past["grids"][0] and past["planned"] == 9
     ranked = metrics.stats(street, start=at(23)[:10], end=today.isoformat())
     assert ranked["totals"]["patrol_coverage"] == 1.0 and ranked["patrols"]["missed"] == 0
+    # Patrol figures per grid and community too, a place with no cases included (walkthrough).
+    assert {g["code"]: (g["cases"], g["patrol_coverage"]) for g in ranked["grids"]} == {"FS-01": (0, 1.0),
+                                                                                        "FS-02": (0, 1.0)}
+    assert [(c["cases"], c["patrol_coverage"]) for c in ranked["communities"]] == [(0, 1.0), (0, 1.0)]
+    up_to_new_year = metrics.stats(street, end=f"{today.year + 1}-01-01")  # not that one day alone (walkthrough)
+    assert (up_to_new_year["from"], up_to_new_year["to"]) == (f"{today.year}-01-01", f"{today.year + 1}-01-01")
 
 
 def test_one_patrol_entered_twice_counts_once(street):
@@ -169,7 +175,8 @@ def test_a_grid_defined_wrongly_is_removed_with_its_staff_and_what_was_recorded_
     with pytest.raises(NotFound):
         grids.find_grid(street, "FS-01")
     assert cases.show(street, case["id"])["grid_code"] == "FS-01"  # its history still names the grid
-    assert metrics.stats(street, start=DAY0.isoformat())["communities"][0]["cases"] == 1
+    assert [c["cases"] for c in metrics.stats(street, start=DAY0.isoformat())["communities"]
+            if c["community"] == "西小河社区"] == [1]
     with pytest.raises(NotFound):
         grids.remove_grid(street, ACTOR, "FS-01")
     again = grids.add_grid(street, ACTOR, code="FS-01", name="西小河一网格", community="西小河社区",
@@ -442,7 +449,9 @@ def test_metrics_match_figures_computed_by_hand(street):
         for place in (community, f"府山街道/{community}", f"{STREET}/{community}"):
             inside = metrics.stats(street, start=first, end=last, scope=place)
             assert {k: inside["totals"][k] for k in line if k in inside["totals"]} == {
-                k: v for k, v in line.items() if k not in ("street", "community")}, place
+                k: v for k, v in line.items() if k not in ("street", "community", "patrols_planned", "patrols_done")}
+            assert (inside["patrols"]["planned"], inside["patrols"]["done"]) == (
+                line["patrols_planned"], line["patrols_done"]), place  # the community row's patrols (walkthrough)
             assert len(cases.list_cases(street, street=place)) == line["cases"]
     xihu = metrics.stats(street, start=first, end=last, scope="西小河社区/FS-01")
     assert xihu["totals"]["cases"] == 4 and [g["code"] for g in xihu["grids"]] == ["FS-01"]

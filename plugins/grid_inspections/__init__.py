@@ -182,7 +182,7 @@ def tables_rebuilt(node, tables):
 @hookimpl
 def report_sections(node, scope):
     data = metrics.stats(node, scope=scope, known_only=False)
-    keep = ("rank", "street", "cases", "response_rate", "resolution_rate", "on_time_rate", "rework_rate",
+    keep = ("rank", "name", "street", "cases", "response_rate", "resolution_rate", "on_time_rate", "rework_rate",
             "satisfaction_rate", "patrol_coverage", "open", "overdue")
     return [
         ReportSection("grid_inspections", f"Grid cases by street, ranked ({data['from']} to {data['to']})",

@@ -46,8 +46,10 @@ RANK_BY = ("resolution_rate", "on_time_rate", "satisfaction_rate", "response_rat
 
 
 def _window(start, end) -> tuple[str, str]:
+    """``[start, end]`` as given; by default up to today, from the first of January of the year it ends in,
+    or of this year when it ends later (`--to 2027-01-01` alone read one day, found in a walkthrough)."""
     end = iso_date(end or dt.date.today(), "to")
-    return grids.check_window(start or f"{end[:4]}-01-01", end)
+    return grids.check_window(start or f"{min(end, dt.date.today().isoformat())[:4]}-01-01", end)
 
 
 def _place_sql(subtree: tuple, grid_ids: list[str] | None, prefix: str = "") -> tuple[str, tuple]:
@@ -101,6 +103,11 @@ def _with_rates(row: dict) -> dict:
     return row
 
 
+def _with_patrols(row: dict, planned: int, done: int) -> dict:
+    row.update(patrols_planned=planned, patrols_done=done, patrol_coverage=round(done / planned, 4) if planned else None)
+    return row
+
+
 def _add(into: dict, row: dict) -> None:
     for key in COUNTS:
         into[key] = into.get(key, 0) + (row[key] or 0)
@@ -123,14 +130,14 @@ def stats(node: Node, *, start=None, end=None, scope: str | None = None, known_o
     totals: dict = {}
     streets: dict[str, dict] = defaultdict(dict)
     communities: dict[tuple, dict] = defaultdict(dict)
-    per_grid = []
+    by_grid: dict[str, dict] = {}
     grid_ids = grids.grids_inside_street(node, scope)
     for row in _grid_rows(node, subtree, start, end, grid_ids):
         _add(totals, row)
         _add(streets[row["street"]], row)
         _add(communities[row["street"], row["community"]], row)
         code, name = names.get(row["grid"], (None, None))
-        per_grid.append(_with_rates({**row, "code": code, "name": name}))
+        by_grid[row["grid"]] = _with_rates({**row, "code": code, "name": name})
     categories = defaultdict(lambda: {"cases": 0, "resolved": 0, "by_street": {}})
     for category, street, cases, resolved in _category_rows(node, subtree, start, end, grid_ids):
         if not cases:
@@ -140,19 +147,26 @@ def stats(node: Node, *, start=None, end=None, scope: str | None = None, known_o
         entry["resolved"] += resolved
         entry["by_street"][street] = cases
     patrols = grids.coverage(node, start, end, scope, list_missed=False, known_only=False)  # resolved above
-    street_patrols = defaultdict(lambda: [0, 0])
+    # Patrol figures per grid, community and street, as the docs say (the grid and community rows had none,
+    # found in a walkthrough); a place with patrols and no cases has a row of its own.
+    street_patrols, community_patrols = defaultdict(lambda: [0, 0]), defaultdict(lambda: [0, 0])
     for g in patrols["grids"]:
-        street_patrols[g["street"]][0] += g["planned"]
-        street_patrols[g["street"]][1] += g["done"]
+        for counted in (street_patrols[g["street"]], community_patrols[g["street"], g["community"]]):
+            counted[0] += g["planned"]
+            counted[1] += g["done"]
+        row = by_grid.setdefault(g["grid"], _with_rates({
+            "street": g["street"], "community": g["community"], "grid": g["grid"], **{k: 0 for k in COUNTS},
+            "code": g["code"], "name": g["name"]}))
+        _with_patrols(row, g["planned"], g["done"])
+    for key in community_patrols:
+        communities.setdefault(key, {})
+    per_grid = list(by_grid.values())
     street_rows = []
     names = place_names_by_scope(node)
     for street in sorted(set(streets) | set(street_patrols)):
         row = _with_rates({"street": street, "name": names.get(street), **{k: 0 for k in COUNTS},
                            **streets.get(street, {})})
-        planned, done = street_patrols.get(street, (0, 0))
-        row.update(patrols_planned=planned, patrols_done=done,
-                   patrol_coverage=round(done / planned, 4) if planned else None)
-        street_rows.append(row)
+        street_rows.append(_with_patrols(row, *street_patrols.get(street, (0, 0))))
     street_rows.sort(key=lambda r: tuple(-(r[k] if r[k] is not None else -1) for k in RANK_BY) + (r["street"],))
     for rank, row in enumerate(street_rows, 1):
         row["rank"] = rank
@@ -160,7 +174,9 @@ def stats(node: Node, *, start=None, end=None, scope: str | None = None, known_o
         "scope": scope, "from": start, "to": end,
         "totals": _with_rates({**{k: 0 for k in COUNTS}, **totals, "patrol_coverage": patrols["coverage"]}),
         "streets": street_rows,
-        "communities": [_with_rates({"street": s, "community": c, **v}) for (s, c), v in sorted(communities.items())],
+        "communities": [_with_patrols(_with_rates({"street": s, "community": c, **{k: 0 for k in COUNTS}, **v}),
+                                      *community_patrols.get((s, c), (0, 0)))
+                        for (s, c), v in sorted(communities.items())],
         "grids": sorted(per_grid, key=lambda r: (r["street"], r["community"], r["code"] or "")),
         "categories": [{"category": k, **v} for k, v in sorted(categories.items())],
         "patrols": {"planned": patrols["planned"], "done": patrols["done"], "coverage": patrols["coverage"],
