@@ -15,9 +15,8 @@ from hemei.core.cli_support import (home_option, NodeContext, cli_actor, cli_con
                                      is_rate, percent, progress, shown, table)
 from hemei.core.clock import iso_to_local_text, span_text
 from hemei.core.errors import InvalidInput, NodeStateError
-from hemei.core.fields import place_scope
+from hemei.core.fields import filter_scope
 from hemei.core.node import Node
-from hemei.core.scope import covers
 
 
 
@@ -206,11 +205,9 @@ def report(scope: str | None, as_json: bool) -> None:
         hemei --home ./district report --scope yuecheng/fushan --json
     """
     node = cli_node()
-    known = [s for s in map(node.origin_scope, node.version_vector()) if s and s != node.scope]
-    scope = place_scope(node, scope, "scope", lambda place: place == node.scope or any(
-        covers(place, s) or covers(s, place) for s in known)) if scope else node.scope
-    if not covers(node.scope, scope):  # figures of a place this node holds no part of would read as zeros
-        raise InvalidInput(f"{scope} is not inside this node's scope {node.scope}")
+    # A place where a node synced or an enabled module holds a row: a typo, or a place this node holds no
+    # part of, would read as zeros. Each module then reports that place, zeros where it holds nothing.
+    scope = filter_scope(node, scope, tuple(node.specs))
     sections = [s for group in node.pm.hook.report_sections(node=node, scope=scope) for s in group or ()]
     data = {"scope": scope, "sections": [s.to_json() for s in sections]}
 

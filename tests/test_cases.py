@@ -586,6 +586,8 @@ def test_the_report_on_a_community_with_cases_and_no_volunteers_gives_every_modu
     assert (first["volunteer_hours"]["hours"], first["volunteer_hours"]["registered"]) == (0, 0)
     alone = run_cli("--home", str(street.home), "volunteers", "report", "--scope", "仓桥社区")
     assert alone.exit_code == 1 and "nothing is held at" in alone.output  # its own command: a typo, perhaps
+    typo = run_cli("--home", str(street.home), "report", "--scope", "仓桥社")  # no module's: refused (review)
+    assert typo.exit_code == 1 and "nothing is held at 越城区/府山街道/仓桥社 on this node" in typo.output
 
 
 def test_grid_and_category_values_the_figures_compute_with_are_refused_when_bad_even_written_directly(street):
