@@ -97,22 +97,21 @@ def export_target(out: str | Path, home: Path) -> Path:
     return path
 
 
-#: What the text exports (a CSV for Excel, a certificate) begin with: UTF-8's byte order mark.
-TEXT_EXPORT_START = b"\xef\xbb\xbf"
-
-
-def text_export_target(out: str | Path, home: Path) -> Path:
-    """Where a text export may be written: as :func:`export_target`, and replacing only an older text export.
+def text_export_target(out: str | Path, home: Path, begins: bytes) -> Path:
+    """Where a text export may be written: as :func:`export_target`, replacing only an empty file or an
+    earlier export of the same kind, which begins with ``begins`` (its byte order mark and first words).
 
     A bundle waiting on a shared USB stick, another node's database or a
     document under the name typed would otherwise be lost to a CSV (found in
-    a walkthrough); what these exports write begins with a byte order mark.
+    a walkthrough). An export saved again by another program (Excel's own
+    CSV format) is not recognised, and is kept too.
     """
     path = export_target(out, home)
     if path.exists():
         with path.open("rb") as existing:
-            start = existing.read(len(TEXT_EXPORT_START))
-        if start != TEXT_EXPORT_START:
-            raise InvalidInput(f"{out} is there already and is not an export (a bundle, a database or another "
-                               "document): give another file name (it was left as it is)")
+            start = existing.read(len(begins))
+        if start and start != begins:
+            raise InvalidInput(f"{out} is there already and is not an earlier export of this kind (it may be a "
+                               "bundle, a database, a document, or an export saved again by another program): "
+                               "give another file name (it was left as it is)")
     return path

@@ -387,13 +387,20 @@ def test_an_export_is_written_whole_or_not_at_all_and_never_over_the_nodes_files
     (tmp_path / "U盘").mkdir()
     waiting = tmp_path / "U盘" / "tashan.ack.hemei"
     waiting.write_bytes(b"HEMEI-BUNDLE 1\n...")
+    notes = tmp_path / "U盘" / "说明.txt"  # Notepad's "UTF-8 with BOM": a BOM alone is no export (review)
+    notes.write_bytes("\ufeff请勿删除".encode())
     for target, said in ((other / "node.db", "one of the files of the node in"), (other / "node.db-journal", "one of"),
-                         (waiting, "is there already and is not an export")):
+                         (waiting, "is there already and is not an earlier export"), (notes, "not an earlier export")):
         for command in (["export"], ["certificate", "--volunteer", v["id"]]):
             refused = run_cli("--home", str(home), "volunteers", *command, "--out", str(target))
             assert refused.exit_code == 1 and said in refused.output, refused.output
     assert (other / "node.db").read_bytes().endswith(b"another node") and not (other / "node.db-journal").exists()
-    assert waiting.read_bytes() == b"HEMEI-BUNDLE 1\n..."
+    assert waiting.read_bytes() == b"HEMEI-BUNDLE 1\n..." and notes.read_bytes() == "\ufeff请勿删除".encode()
+    for command in (["export"], ["certificate", "--volunteer", v["id"]]):  # an empty file, then an earlier one
+        (tmp_path / "U盘" / "空.txt").write_bytes(b"")
+        for _ in range(2):
+            done = run_cli("--home", str(home), "volunteers", *command, "--out", str(tmp_path / "U盘" / "空.txt"))
+            assert done.exit_code == 0, done.output
     for _ in range(2):  # an operator working in the home replaces the last export there (found in review)
         again = run_cli("--home", str(home), "volunteers", "export", "--out", str(home / "志愿时长.csv"))
         assert again.exit_code == 0, again.output

@@ -390,15 +390,20 @@ def certificate(volunteer, id_number, out, as_json):
         return
     text = render_certificate(cert)
     if out:
-        with atomic_file(text_export_target(out, cli_node().home)) as fh:
+        with atomic_file(text_export_target(out, cli_node().home, CERTIFICATE_BEGINS)) as fh:
             fh.write(text.encode("utf-8-sig"))
         click.echo(out)
     else:
         click.echo(text, nl=False)
 
 
+CERTIFICATE_TITLE = "志愿服务记录证明 / Certificate of volunteer service"
+#: How a certificate file and a CSV export begin: a file so begun is an earlier one, which may be replaced.
+CERTIFICATE_BEGINS = CERTIFICATE_TITLE.encode("utf-8-sig")
+
+
 def render_certificate(cert: dict) -> str:
-    lines = ["志愿服务记录证明 / Certificate of volunteer service", "",
+    lines = [CERTIFICATE_TITLE, "",
              f"志愿者 Volunteer: {'、'.join(cert['names'])}",
              f"累计服务时长 Confirmed hours: {cert['hours']:g}    星级 Star level: {cert['star']}", "",
              "日期 Date    时长 Hours  活动 Activity / 服务队 Team / 记录单位 Recorded at / 确认节点 Confirmed by"]
@@ -413,6 +418,7 @@ def render_certificate(cert: dict) -> str:
 
 EXPORT_COLUMNS = ["id", "scope", "name", "activity", "category", "team", "served_on", "hours", "status",
                   "corrects", "reason", "confirmed_by"]
+CSV_BEGINS = ",".join(EXPORT_COLUMNS).encode("utf-8-sig")
 
 
 @volunteers.command("export")
@@ -430,7 +436,7 @@ def export(out, scope):
         with text_writer(click.get_binary_stream("stdout"), encoding="utf-8-sig", newline="") as fh:
             write_csv(fh, rows)
         return
-    with atomic_file(text_export_target(out, cli_node().home)) as raw, \
+    with atomic_file(text_export_target(out, cli_node().home, CSV_BEGINS)) as raw, \
             text_writer(raw, encoding="utf-8-sig", newline="") as fh:
         write_csv(fh, rows)
     click.echo(f"{len(rows)} records written to {out}", err=True)
