@@ -517,9 +517,10 @@ def _self_signed(tmp_path) -> tuple[str, str]:
     return str(cert_file), str(key_file)
 
 
-def test_an_https_parent_is_reached_only_with_a_certificate_the_pc_trusts(node, tmp_path):
+def test_an_https_parent_is_reached_only_with_a_certificate_the_pc_trusts(node, tmp_path, monkeypatch):
     """A link to an http parent builds no trust at all (httpx loaded the whole CA bundle for it, a sixth of
-    a `hemei sync` with nothing to send); a link to an https parent still checks its certificate."""
+    a `hemei sync` with nothing to send); a link to an https parent still checks its certificate, and
+    reaches it once the certificate is trusted."""
     import socket
     import ssl
     import threading
@@ -527,19 +528,30 @@ def test_an_https_parent_is_reached_only_with_a_certificate_the_pc_trusts(node, 
     plain = client.tls_for("http://127.0.0.1:8340")
     assert plain.verify_mode == ssl.CERT_REQUIRED and plain.check_hostname
     assert plain.cert_store_stats()["x509_ca"] == 0  # fails closed, should TLS ever be asked of it
+    cert, key = _self_signed(tmp_path)
     served = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    served.load_cert_chain(*_self_signed(tmp_path))
+    served.load_cert_chain(cert, key)
+    health = json.dumps({"node_id": "冒充的区", "time_ms": time.time_ns() // 1_000_000}).encode()
 
-    def handshake_once(listener: socket.socket) -> None:
-        conn, _ = listener.accept()
-        try:
-            with served.wrap_socket(conn, server_side=True) as tls:
-                tls.recv(1)  # verified by a client that skips checks: it would get as far as a request
-        except (ssl.SSLError, OSError):
-            pass
+    def answer(listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            try:
+                with served.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(65536)
+                    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                                + str(len(health)).encode() + b"\r\n\r\n" + health)
+            except (ssl.SSLError, OSError):
+                pass
 
     with socket.create_server(("127.0.0.1", 0)) as listener:
-        threading.Thread(target=handshake_once, args=(listener,), daemon=True).start()
-        with ParentLink(node, f"https://127.0.0.1:{listener.getsockname()[1]}") as link:
-            with pytest.raises(client.Unreachable, match="certificate verify failed"):
-                link.learn_time()
+        threading.Thread(target=answer, args=(listener,), daemon=True).start()
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+        with ParentLink(node, url) as link, pytest.raises(client.Unreachable, match="certificate verify failed"):
+            link.learn_time()
+        monkeypatch.setenv("SSL_CERT_FILE", cert)  # the district's certificate, trusted on this PC
+        with ParentLink(node, url) as link:
+            assert link.learn_time()["node_id"] == "冒充的区"
