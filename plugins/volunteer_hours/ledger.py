@@ -128,8 +128,10 @@ def log_hours(node: Node, actor: str, *, activity, volunteer, hours=None, sign_i
             _confirm(node, w, _entry(node, pk, w))
         # A walk-in served and is recorded (capacity bounds sign-ups, not service), but the operator is told:
         # a volunteer id typed wrong looks the same (found in a walkthrough).
-        walk_in = not one(node, "SELECT 1 AS x FROM volunteer_signups WHERE activity = ? AND volunteer = ?"
-                                " AND scope = ?", (act["id"], vol["id"], act["scope"]))
+        # By person: one signed up under another of their registrations signed up all the same (review).
+        walk_in = not one(node, "SELECT 1 AS x FROM volunteer_signups s JOIN volunteers v ON v.id = s.volunteer"
+                                " WHERE s.activity = ? AND s.scope = ? AND v.person = ?",
+                          (act["id"], act["scope"], vol["person"]))
     return {**hour_entry(node, pk), "walk_in": walk_in}
 
 
