@@ -395,6 +395,10 @@ def test_conflicts_and_rebuild_commands(make_node, run_cli, china_time):
     assert typo.exit_code == 1 and "no table 'ballot' here (enabled tables: ballots, notes)" in typo.output
     outside = run_cli("--home", str(b.home), "report", "--scope", "yuecheng/tashan")
     assert outside.exit_code == 1 and "outside this node's scope yuecheng/fushan" in outside.output
+    empty = run_cli("--home", str(b.home), "report", "--scope", "yuecheng/fushan/xihu")  # inside, nothing held
+    assert empty.exit_code == 1 and "nothing is held at yuecheng/fushan/xihu" in empty.output
+    with b.writer("w") as w:
+        w.insert("notes", {"title": "西小河", "scope": "yuecheng/fushan/xihu"})
     assert run_cli("--home", str(b.home), "report", "--scope", "yuecheng/fushan/xihu").exit_code == 0
 
 
