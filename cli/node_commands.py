@@ -10,7 +10,7 @@ import socket
 
 import click
 
-from hemei.core.audit import list_conflicts, verify_log
+from hemei.core.audit import list_conflicts, unknown_table, verify_log
 from hemei.core.cli_support import (home_option, NodeContext, cli_actor, cli_context, cli_node, emit, json_option,
                                      is_rate, percent, progress, shown, table)
 from hemei.core.clock import iso_to_local_text, span_text
@@ -127,7 +127,7 @@ def conflicts(table_name: str | None, as_json: bool) -> None:
     node = cli_node()
     items = list_conflicts(node, table_name)
     if table_name is not None and not items and table_name not in node.specs:  # a typo, not "no conflicts"
-        raise InvalidInput(f"no table {table_name!r} here (enabled tables: {', '.join(sorted(node.specs)) or 'none'})")
+        raise unknown_table(node, table_name)
 
     def human(rows):
         if not rows:
@@ -169,7 +169,7 @@ def rebuild(tables: tuple[str, ...], as_json: bool) -> None:
     names = list(tables) or sorted(node.specs)
     for name in names:
         if name not in node.specs:
-            raise InvalidInput(f"no table {name!r} (enabled tables: {', '.join(sorted(node.specs)) or 'none'})")
+            raise unknown_table(node, name)
     with progress(node.conn.execute("SELECT count(*) FROM _hemei_log").fetchone()[0], "verifying") as bar:
         verified = verify_log(node, progress=bar.update)
     if not verified["ok"]:  # a tampered log projected would put the tampering in every figure, unremarked

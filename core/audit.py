@@ -143,8 +143,13 @@ def audit_log(node: Node, *, actor: str | None = None, kind: str | None = None, 
         out.append(item)
     if table and not out and table not in node.specs and not _logged_table(node, table):
         # A typo, not "nobody touched it" (walkthrough); a disabled module's table is in the log all the same.
-        raise InvalidInput(f"no table {table!r} here (enabled tables: {', '.join(sorted(node.specs)) or 'none'})")
+        raise unknown_table(node, table)
     return out
+
+
+def unknown_table(node: Node, name: str) -> InvalidInput:
+    """The error for a table named in a filter that is not here: a typo, not "nothing happened to it"."""
+    return InvalidInput(f"no table {name!r} here (enabled tables: {', '.join(sorted(node.specs)) or 'none'})")
 
 
 def _logged_table(node: Node, table: str) -> bool:

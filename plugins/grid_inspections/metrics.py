@@ -104,7 +104,8 @@ def _with_rates(row: dict) -> dict:
 
 
 def _with_patrols(row: dict, planned: int, done: int) -> dict:
-    row.update(patrols_planned=planned, patrols_done=done, patrol_coverage=round(done / planned, 4) if planned else None)
+    row.update(patrols_planned=planned, patrols_done=done,
+               patrol_coverage=round(done / planned, 4) if planned else None)
     return row
 
 

@@ -398,7 +398,7 @@ def certificate(volunteer, id_number, out, as_json):
 
 
 CERTIFICATE_TITLE = "志愿服务记录证明 / Certificate of volunteer service"
-#: How a certificate file and a CSV export begin: a file so begun is an earlier one, which may be replaced.
+#: How a certificate file begins (and CSV_BEGINS an export): a file so begun is an earlier one, replaced.
 CERTIFICATE_BEGINS = CERTIFICATE_TITLE.encode("utf-8-sig")
 
 

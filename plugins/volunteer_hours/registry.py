@@ -260,7 +260,8 @@ def list_activities(node: Node, since: str | None = None) -> list[dict]:
 def signup(node: Node, actor: str, *, activity, volunteer) -> dict:
     vol = get_volunteer(node, volunteer)
     with node.writer(actor) as w:
-        act = activity_recorded_here(node, activity)  # its places counted under the write lock: two at once overfilled it
+        # Its places counted under the write lock: two sign-ups at once overfilled it.
+        act = activity_recorded_here(node, activity)
         if one(node, "SELECT id FROM volunteer_signups WHERE activity = ? AND volunteer = ? AND scope = ?",
                (act["id"], vol["id"], act["scope"])):
             raise Conflict(f"{vol['name']} is already signed up for {act['title']}")
