@@ -79,6 +79,8 @@ def _print_status(s: dict) -> None:
             click.echo(f"          last attempt failed: {peer['last_error']}")  # a refusal is shown below
         if peer.get("clock_warning"):
             click.echo(f"          {peer['clock_warning']}")
+        if peer.get("time_zone_warning"):
+            click.echo(f"          {peer['time_zone_warning']}")
         for module, gap in peer.get("version_gaps", {}).items():
             if gap["there"] > gap["here"]:
                 click.echo(f"          {module} is v{gap['there']} there, v{gap['here']} here: its changes wait "

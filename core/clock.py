@@ -86,6 +86,18 @@ def iso_to_local_text(text: str) -> str:
     return local_text(int(stamp.timestamp() * 1000))
 
 
+def utc_offset_min() -> int:
+    """This PC's time zone now, as minutes ahead of UTC (480 in China): local wall-clock times of
+    cases and hours mean an instant only with it."""
+    offset = _dt.datetime.now().astimezone().utcoffset()
+    return round(offset.total_seconds() / 60) if offset is not None else 0
+
+
+def utc_offset_text(minutes: int) -> str:
+    """480 as 'UTC+08:00', -330 as 'UTC-05:30'."""
+    return f"UTC{'-' if minutes < 0 else '+'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
 def span_text(ms: int) -> str:
     """A span of time as a person says it: '20 min', '3 h 5 min', '4 days' (days from two)."""
     minutes = round(abs(ms) / 60000)

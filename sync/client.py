@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 import httpx
 
-from hemei.core.clock import hlc_ms, hlc_to_iso, span_text
+from hemei.core.clock import hlc_ms, hlc_to_iso, span_text, utc_offset_min
 from hemei.core.errors import ClockNotSet, ClockSkew, Conflict, HemeiError, InvalidInput
 from hemei.core.gc_pause import cyclic_gc_paused
 from hemei.core.identity import node_id_from_public_key
@@ -30,7 +30,7 @@ from hemei.core.node import Node
 from . import engine, enroll, signing, wire
 from .address import node_address
 from .peers import (CLOCK_TOLERANCE_MS, clock_gap, parent_of, record_clock, record_fork, record_refusal,
-                    set_signs_answers, set_url, touch)
+                    record_utc_offset, set_signs_answers, set_url, time_zone_warning, touch)
 
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
@@ -383,7 +383,8 @@ def sync_once(node: Node, batch_size: int = wire.DEFAULT_BATCH, progress: Progre
                                   f"not this node's parent {parent['name']} ({parent['node_id']}): check the address")
             hello = link.call("/api/sync/hello", {"vv": node.version_vector(), "modules": node.module_versions,
                                                   "checkpoint": engine.own_checkpoint(node),
-                                                  "parent_clock_ahead_ms": link.offset_ms})
+                                                  "parent_clock_ahead_ms": link.offset_ms,
+                                                  "utc_offset_min": utc_offset_min()})
             # Its answer is signed with the parent's key (or it is a parent that never signed, at its kept
             # address): only now is the clock that answered the parent's, and may move time-driven work. (The
             # time came unsigned from /api/health, but the parent took a request signed with it, so it is
@@ -398,6 +399,10 @@ def sync_once(node: Node, batch_size: int = wire.DEFAULT_BATCH, progress: Progre
                                            f"to {parent_of(node)['url']}, which is kept")
             their_vv = wire.vv_of(hello.get("vv"))
             touch(node, parent["node_id"], modules=wire.modules_of(hello.get("modules")))
+            if (zone := wire.utc_offset_of(hello.get("utc_offset_min"))) is not None:
+                record_utc_offset(node, parent["node_id"], zone)
+                if (warning := time_zone_warning(zone)) is not None:
+                    report.messages.append(f"{parent['name']}: {warning}")
             if hello.get("checkpoint") is not None:
                 engine.check_history(node, parent, hello["checkpoint"])
             _show_shared_history(node, link, their_vv)

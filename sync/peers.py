@@ -6,12 +6,13 @@ import time
 
 import orjson
 
-from hemei.core.clock import hlc_to_iso, span_text
+from hemei.core.clock import hlc_to_iso, span_text, utc_offset_min, utc_offset_text
 from hemei.core.errors import NotFound
 from hemei.core.node import Node
 
 COLUMNS = ("node_id", "role", "name", "scope", "public_key", "url", "enrolled_ms", "last_contact_ms", "revoked",
-           "their_vv", "pending_up", "pending_down", "last_error", "modules", "clock_ahead_ms", "signs_answers")
+           "their_vv", "pending_up", "pending_down", "last_error", "modules", "clock_ahead_ms", "signs_answers",
+           "utc_offset_min")
 SYNC_ACTOR = "sync"
 
 
@@ -102,6 +103,25 @@ def clock_warning(ahead_ms: int | None) -> str | None:
         return None
     return (f"clock {clock_gap(ahead_ms)} this PC's at the last contact: set the date, time and time zone of the "
             "one that is wrong")
+
+
+def record_utc_offset(node: Node, node_id: str, minutes: int) -> None:
+    """The peer's time zone as it last said (local bookkeeping, shown by status)."""
+    node.conn.execute("UPDATE _hemei_peers SET utc_offset_min = ? WHERE node_id = ?", (minutes, node_id))
+
+
+def time_zone_warning(theirs: int | None) -> str | None:
+    """What status and sync say of a peer whose PC is on another time zone than this one (None otherwise).
+
+    Times of cases and hours are written as each PC's local wall clock, so two PCs on different zones
+    read each other's times hours apart: a step taken at the district "before" the street's last one is
+    refused, and deadlines fall early or late (found in an operator walkthrough)."""
+    ours = utc_offset_min()
+    if theirs is None or theirs == ours:
+        return None
+    return (f"time zone {utc_offset_text(theirs)} there, {utc_offset_text(ours)} on this PC: times of cases and "
+            f"hours are each PC's local time, so these two read each other's {span_text(abs(theirs - ours) * 60_000)} "
+            "apart; set the time zone of the one that is wrong (China Standard Time is UTC+08:00)")
 
 
 MAX_REASON = 1000  # whole for hemei's own messages (a clock refusal with both sides' view and its cause: 600)
@@ -207,6 +227,7 @@ def peers_status(node: Node) -> list[dict]:
             "modules_not_there": None if peer["modules"] is None else sorted(set(node.module_versions)
                                                                             - set(peer["modules"])),
             "clock_ahead_ms": peer["clock_ahead_ms"], "clock_warning": clock_warning(peer["clock_ahead_ms"]),
+            "utc_offset_min": peer["utc_offset_min"], "time_zone_warning": time_zone_warning(peer["utc_offset_min"]),
         })
     return out
 

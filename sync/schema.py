@@ -80,3 +80,9 @@ def sync_0003_peer_clock(db):
 def sync_0004_peer_signs_answers(db):
     # 1 once the peer (a parent) has signed an answer: from then on an unsigned one is not its word.
     db.execute("ALTER TABLE _hemei_peers ADD COLUMN signs_answers INTEGER NOT NULL DEFAULT 0")
+
+
+@sync_migrations.step
+def sync_0005_peer_utc_offset(db):
+    # The peer's time zone at the last contact, minutes ahead of UTC: cases and hours carry local times.
+    db.execute("ALTER TABLE _hemei_peers ADD COLUMN utc_offset_min INTEGER")

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from hemei.core.api import ApiCall, ApiRoute
+from hemei.core.clock import utc_offset_min
 from hemei.core.errors import Forbidden, HemeiError, InvalidInput, Unauthorized
 from hemei.core.gc_pause import cyclic_gc_paused
 from hemei.core.identity import parse_node_id
@@ -29,7 +30,8 @@ from hemei.core.node import Node
 
 from . import engine, enroll, signing, wire
 from .engine import own_checkpoint
-from .peers import get_peer, record_anonymous_refusal, record_clock, record_fork, record_refusal, touch
+from .peers import (get_peer, record_anonymous_refusal, record_clock, record_fork, record_refusal, record_utc_offset,
+                    touch)
 
 NONCE_TTL_MS = (signing.WINDOW_S + 60) * 1000
 MAX_PULL_ENTRIES = 20_000
@@ -202,12 +204,14 @@ def _vv_request(call: ApiCall, read: Callable[[dict], tuple]) -> tuple:
 @refusals_recorded
 def hello(call: ApiCall) -> Response:
     """The child says what it holds and shows its latest checkpoint; the parent answers with its own sizes."""
-    child, their_vv, announced, parent_ahead, own = _vv_request(call, lambda body: (
+    child, their_vv, announced, parent_ahead, zone, own = _vv_request(call, lambda body: (
         wire.modules_of(body.get("modules")), wire.clock_offset_of(body.get("parent_clock_ahead_ms")),
-        _refusal_of(wire.checkpoint_of, body.get("checkpoint"))))
+        wire.utc_offset_of(body.get("utc_offset_min")), _refusal_of(wire.checkpoint_of, body.get("checkpoint"))))
     node = call.node
     if parent_ahead is not None:  # the child measured this node's clock against its own: kept even if refused
         record_clock(node, child["node_id"], -parent_ahead)
+    if zone is not None:
+        record_utc_offset(node, child["node_id"], zone)
     if isinstance(own, HemeiError):
         raise own
     if own is not None:
@@ -231,7 +235,7 @@ def hello(call: ApiCall) -> Response:
     if checkpoint is not None and at is not None:
         checkpoint["at"] = at
     return _reply({"node_id": node.id, "vv": engine.branch_vv(node, child["scope"]), "checkpoint": checkpoint,
-                   "modules": node.module_versions})
+                   "modules": node.module_versions, "utc_offset_min": utc_offset_min()})
 
 
 @refusals_recorded

@@ -201,6 +201,19 @@ def clock_offset_of(value) -> int | None:
 MAX_CLOCK_OFFSET_MS = 1000 * 365 * 86_400_000
 
 
+def utc_offset_of(value) -> int | None:
+    """A node's time zone as minutes ahead of UTC; None if not sent (a release before it was)."""
+    if value is None:
+        return None
+    if type(value) is not int or abs(value) > MAX_UTC_OFFSET_MIN:
+        raise MalformedBatch("utc_offset_min must be an integer number of minutes, at most a day either way")
+    return value
+
+
+#: Real time zones run from UTC-12:00 to UTC+14:00; a day either way is room enough.
+MAX_UTC_OFFSET_MIN = 24 * 60
+
+
 def checkpoint_of(value) -> dict | None:
     """A checkpoint's shape: size, head, signature and at most at, each a number or short text (read
     in full by ``engine.check_history``); None if not sent."""

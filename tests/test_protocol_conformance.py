@@ -350,7 +350,9 @@ def test_pull_verifies_and_redacts(district, street, sibling):
     assert len(answers) > 1 and not answers[-1]["more"]
     assert all(set(a) == {"batches", "more", "remaining"} for a in answers)
     hello = street.hello()
-    assert set(hello) == {"node_id", "vv", "checkpoint", "modules"} and hello["node_id"] == street.parent_id
+    assert set(hello) == {"node_id", "vv", "checkpoint", "modules", "utc_offset_min"}
+    assert hello["node_id"] == street.parent_id
+    assert type(hello["utc_offset_min"]) is int and abs(hello["utc_offset_min"]) <= 24 * 60
     assert sibling.id not in hello["vv"]
 
     held = street.chains[street.parent_id]

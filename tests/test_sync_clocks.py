@@ -213,3 +213,43 @@ def test_the_entry_that_moved_the_clock_is_found_when_its_origin_last_sent_a_red
                          tree=True)
     said = client.clock_moved_by(street)
     assert said is not None and "moved there by a received entry of the node of sx/yc" in said
+
+
+@pytest.mark.skipif(not hasattr(time, "tzset"), reason="a subprocess's time zone is set through TZ (POSIX)")
+def test_a_street_pc_on_another_time_zone_than_its_district_is_told_so_and_why_a_step_is_refused(tmp_path):
+    """Found in an operator walkthrough: a district PC set to UTC could not act on a UTC+8 street's case for
+    eight hours (case times are each PC's local time), and the refusal pointed nowhere."""
+    from tree import Tree
+
+    t = Tree(tmp_path)
+    t.init("district", "越城区", modules=("grid_inspections",))
+    t.init("street", "越城区/府山街道", modules=("grid_inspections",))
+    utc, china = dict(t.env, TZ="UTC0"), dict(t.env, TZ="CST-8")
+    t.serve("district", env=utc)
+    try:
+        t.enroll("district", "street", "越城区/府山街道")
+        t.ok("district", "grids", "add", "FS-01", "西小河一网格", "--community", "西小河社区", "--street", "府山街道",
+             env=utc)
+        synced = json.loads(t.ok("street", "sync", "--json", env=china))
+        assert any("time zone UTC+00:00 there, UTC+08:00 on this PC" in m and "8 h 0 min apart" in m
+                   for m in synced["messages"]), synced["messages"]
+        [parent] = json.loads(t.ok("street", "status", "--json", env=china))["peers"]
+        assert parent["utc_offset_min"] == 0 and "China Standard Time is UTC+08:00" in parent["time_zone_warning"]
+        [street] = json.loads(t.ok("district", "status", "--json", env=utc))["peers"]
+        assert street["utc_offset_min"] == 480
+        assert "time zone UTC+08:00 there, UTC+00:00 on this PC" in t.ok("district", "status", env=utc)
+
+        case = json.loads(t.ok("street", "cases", "report", "--grid", "FS-01", "--category", "safety",
+                               "--description", "井盖缺失", "--reporter", "李娟", "--json", env=china))
+        t.ok("street", "cases", "register", case["id"], env=china)
+        t.ok("street", "cases", "escalate", case["id"], "--to-level", "district", env=china)
+        t.ok("street", "sync", env=china)
+        refused = t.hemei("district", "cases", "dispatch", case["id"], "--to", "区城管执法队", env=utc)
+        said = " ".join(refused.stderr.split())
+        assert refused.returncode == 1 and "Traceback" not in said
+        assert "is before the case's last step" in said and "clock or time zone is ahead of this one's" in said, said
+        # Its PC set to China's time zone, the district acts on the case; a street on the same zone hears nothing.
+        t.ok("district", "cases", "dispatch", case["id"], "--to", "区城管执法队", env=china)
+        assert json.loads(t.ok("district", "status", "--json", env=china))["peers"][0]["time_zone_warning"] is None
+    finally:
+        t.stop()

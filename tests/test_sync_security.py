@@ -225,6 +225,9 @@ def test_malformed_batches_are_refused(net):
             for offset in ("5", 1.5, True, 2 ** 62):
                 refused(net, lambda: link.call("/api/sync/hello", {"vv": {}, "parent_clock_ahead_ms": offset}), 400,
                         "malformed_batch")
+            for zone in ("480", 480.0, True, 24 * 60 + 1, -24 * 60 - 1):
+                refused(net, lambda: link.call("/api/sync/hello", {"vv": {}, "utc_offset_min": zone}), 400,
+                        "malformed_batch")
             refused(net, lambda: link.call("/api/sync/push", {"batches": [{
                 "origin": beihai.id, "public_key": base64.b64encode(beihai.public_key).decode(),
                 "signature": "AAAA", "entries": [[1, 2]]}]}), 400, "malformed_batch")

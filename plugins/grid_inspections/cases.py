@@ -180,8 +180,12 @@ def _write_event(node: Node, w, case: dict, current: CaseState, event: dict) -> 
     if reason is not None:
         raise InvalidInput(reason, code="invalid_transition")
     if event["at"] < current.last_at:
-        raise InvalidInput(f"time {event['at']} is before the case's last step ({current.last_at}): "
-                           "steps are recorded in the order they happened")
+        said = (f"time {event['at']} is before the case's last step ({current.last_at}): steps are recorded in "
+                "the order they happened")
+        if current.last_at > now_local():  # another PC's local time, ahead of this one's (walkthrough)
+            said += (f"; that step is later than this PC's time now ({now_local()}): it was recorded on a PC whose "
+                     "clock or time zone is ahead of this one's. Check both; `hemei status` shows each peer's")
+        raise InvalidInput(said)
     w.insert("case_events", {"scope": case["scope"], "case_id": case["id"], **event})
     apply(case, current, event)
 
