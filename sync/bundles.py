@@ -28,6 +28,7 @@ from typing import BinaryIO, Iterator
 
 from cryptography.exceptions import InvalidSignature
 
+from hemei.core.clock import utc_offset_min
 from hemei.core.errors import ChainGap, Conflict, Forbidden, HemeiError, InvalidInput
 from hemei.core.files import atomic_file, export_target
 from hemei.core.identity import load_public_key, parse_node_id
@@ -35,7 +36,8 @@ from hemei.core.ids import new_id
 from hemei.core.node import Node
 
 from . import engine, wire
-from .peers import get_peer, now_ms, parent_of, record_fork, record_refusal, touch
+from .peers import (get_peer, now_ms, parent_of, record_fork, record_refusal, record_utc_offset, time_zone_warning,
+                    touch)
 
 MAGIC = b"HEMEI-BUNDLE-1\n"
 END = bytes(8)
@@ -321,7 +323,7 @@ def export_push(node: Node, out: Path) -> dict:
     parent = parent_of(node)
     their_vv = parent["their_vv"]
     header = {"id": new_id(), "kind": "push", "from": node.id, "to": parent["node_id"],
-              "vv": node.version_vector()}
+              "vv": node.version_vector(), "utc_offset_min": utc_offset_min()}
     count = _write(node, Path(out), header, engine.outgoing(node, node.scope, dict(their_vv), BATCH_ENTRIES), their_vv)
     # Written all the same (the operator may be settling it with the parent), but the parent will refuse it.
     revoked = (parent["last_error"] or "").startswith("revoked:")
@@ -394,7 +396,8 @@ def _write_ack(node: Node, ack_path: Path, header: dict, peer: dict, their_vv: d
     """Write the acknowledgement of a child's bundle: this node's version vector of the child's branch, and
     the entries of that branch the child lacks. Returns the number of entries."""
     ack = {"id": new_id(), "kind": "ack", "from": node.id, "to": peer["node_id"],
-           "vv": engine.branch_vv(node, peer["scope"]), "acknowledges": header.get("id")}
+           "vv": engine.branch_vv(node, peer["scope"]), "acknowledges": header.get("id"),
+           "utc_offset_min": utc_offset_min()}
     return _write(node, ack_path, ack, engine.downstream_iter(node, peer["node_id"], peer["scope"], their_vv,
                                                               BATCH_ENTRIES), their_vv)
 
@@ -424,6 +427,7 @@ def _import_verified(node: Node, path: Path, ack_out: Path | None, header: dict,
                      peer: dict) -> dict:
     kind = header.get("kind")
     their_vv = wire.vv_of(header.get("vv", {}))  # before anything is applied: a bad header refuses it all
+    zone = wire.utc_offset_of(header.get("utc_offset_min"))  # None from a release before it was written
     if kind == "push":
         if peer["role"] != "child":
             raise Forbidden("push bundles come from children", code="bad_bundle")
@@ -431,6 +435,7 @@ def _import_verified(node: Node, path: Path, ack_out: Path | None, header: dict,
         results = node.apply_batches(reads[0].batches(), check=engine.push_check(node, peer), confine=True,
                                      sender=peer["node_id"], admit=engine.push_admit(node, peer))
         touch(node, peer["node_id"], their_vv=their_vv)
+        record_utc_offset(node, peer["node_id"], zone)
         first_time = node.conn.execute("INSERT OR IGNORE INTO _hemei_bundle_acks (bundle_id, peer, imported_ms)"
                                        " VALUES (?, ?, ?)", (str(header.get("id")), peer["node_id"], now_ms())
                                        ).rowcount == 1
@@ -442,7 +447,7 @@ def _import_verified(node: Node, path: Path, ack_out: Path | None, header: dict,
             raise AckNotWritten(f"imported {new} new entries from {peer['name']}, but its acknowledgement could "
                                 f"not be written to {ack_path} ({reason}). Import the bundle again to write it: "
                                 "nothing is imported twice") from None
-        return {"kind": "push", "from": peer["name"], "new": new,
+        return {"kind": "push", "from": peer["name"], "new": new, "time_zone_warning": time_zone_warning(zone),
                 "refused": sum(r["refused"] for r in results), "already_imported": not first_time,
                 "ack": str(ack_path), "ack_entries": sent}
     if kind == "ack":
@@ -452,7 +457,9 @@ def _import_verified(node: Node, path: Path, ack_out: Path | None, header: dict,
         # Taken even so (docs/decisions.md, "An imported ack sets what the child records"), but said.
         older = any(their_vv.get(origin, 0) < size for origin, size in peer["their_vv"].items())
         touch(node, peer["node_id"], their_vv=their_vv)
+        record_utc_offset(node, peer["node_id"], zone)
         return {"kind": "ack", "from": peer["name"], "new": sum(r["new"] for r in results),
+                "time_zone_warning": time_zone_warning(zone),
                 "refused": sum(r["refused"] for r in results), "older": older,
                 "not_taken": [engine.not_taken_said(node, origin) for origin in sorted(skipped)]}
     raise BadBundle(f"unknown bundle kind {kind!r}")

@@ -399,10 +399,9 @@ def sync_once(node: Node, batch_size: int = wire.DEFAULT_BATCH, progress: Progre
                                            f"to {parent_of(node)['url']}, which is kept")
             their_vv = wire.vv_of(hello.get("vv"))
             touch(node, parent["node_id"], modules=wire.modules_of(hello.get("modules")))
-            if (zone := wire.utc_offset_of(hello.get("utc_offset_min"))) is not None:
-                record_utc_offset(node, parent["node_id"], zone)
-                if (warning := time_zone_warning(zone)) is not None:
-                    report.messages.append(f"{parent['name']}: {warning}")
+            record_utc_offset(node, parent["node_id"], zone := wire.utc_offset_of(hello.get("utc_offset_min")))
+            if (warning := time_zone_warning(zone)) is not None:
+                report.messages.append(f"{parent['name']}: {warning}")
             if hello.get("checkpoint") is not None:
                 engine.check_history(node, parent, hello["checkpoint"])
             _show_shared_history(node, link, their_vv)

@@ -282,6 +282,8 @@ def bundle_import(file: str, ack_out: str | None, as_json: bool) -> None:
     def human(r):
         click.echo(f"imported {r['new']} new entries from {r['from']}"
                    + (f"; {r['refused']} kept as conflicts" if r["refused"] else ""))
+        if r["time_zone_warning"]:
+            click.echo(f"note: {r['from']}: {r['time_zone_warning']}", err=True)
         if r["kind"] == "push":
             click.echo(f"acknowledgement for {r['from']}: {r['ack']} ({r['ack_entries']} entries for it)")
         else:

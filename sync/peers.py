@@ -105,9 +105,10 @@ def clock_warning(ahead_ms: int | None) -> str | None:
             "one that is wrong")
 
 
-def record_utc_offset(node: Node, node_id: str, minutes: int) -> None:
-    """The peer's time zone as it last said (local bookkeeping, shown by status)."""
-    node.conn.execute("UPDATE _hemei_peers SET utc_offset_min = ? WHERE node_id = ?", (minutes, node_id))
+def record_utc_offset(node: Node, node_id: str, minutes: int | None) -> None:
+    """The peer's time zone as it last said (local bookkeeping, shown by status); None: it did not say."""
+    if minutes is not None:
+        node.conn.execute("UPDATE _hemei_peers SET utc_offset_min = ? WHERE node_id = ?", (minutes, node_id))
 
 
 def time_zone_warning(theirs: int | None) -> str | None:

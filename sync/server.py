@@ -210,8 +210,7 @@ def hello(call: ApiCall) -> Response:
     node = call.node
     if parent_ahead is not None:  # the child measured this node's clock against its own: kept even if refused
         record_clock(node, child["node_id"], -parent_ahead)
-    if zone is not None:
-        record_utc_offset(node, child["node_id"], zone)
+    record_utc_offset(node, child["node_id"], zone)
     if isinstance(own, HemeiError):
         raise own
     if own is not None:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
+
+import pytest
 
 from tree import note_titles, write_notes
 
@@ -120,3 +123,26 @@ def test_a_revoked_street_exporting_is_told_the_district_will_refuse_it(pair, tm
     assert late.returncode == 0 and "refused this node as revoked at the last sync" in late.stderr
     refused = pair.hemei("district", "bundle", "import", str(tmp_path / "after.hemei"))
     assert refused.returncode == 1 and "revoked" in refused.stderr
+
+
+@pytest.mark.skipif(not hasattr(time, "tzset"), reason="a subprocess's time zone is set through TZ (POSIX)")
+def test_a_bundle_only_street_on_another_time_zone_is_told_so_on_both_sides(pair, tmp_path):
+    """As `hemei sync` says it: a street that never syncs over a link hears of its PC's time zone too."""
+    pair.servers["district"].stop()
+    utc, china = dict(pair.env, TZ="UTC0"), dict(pair.env, TZ="CST-8")
+    out = tmp_path / "府山.hemei"
+    pair.ok("street", "bundle", "export", "--out", str(out), env=utc)
+    imported = pair.hemei("district", "bundle", "import", str(out), env=china)
+    assert imported.returncode == 0 and "note: street: time zone UTC+00:00 there, UTC+08:00 on this PC" in \
+        imported.stderr, imported.stderr
+    acked = json.loads(pair.ok("street", "bundle", "import", str(tmp_path / "府山.ack.hemei"), "--json", env=utc))
+    assert "time zone UTC+08:00 there, UTC+00:00 on this PC" in acked["time_zone_warning"]
+    [parent] = json.loads(pair.ok("street", "status", "--json", env=utc))["peers"]
+    assert parent["utc_offset_min"] == 480
+    [street] = json.loads(pair.ok("district", "status", "--json", env=china))["peers"]
+    assert street["utc_offset_min"] == 0 and street["time_zone_warning"] is not None
+    # On one time zone, nothing is said.
+    again = tmp_path / "府山 2.hemei"
+    pair.ok("street", "bundle", "export", "--out", str(again), env=china)
+    assert json.loads(pair.ok("district", "bundle", "import", str(again), "--json", env=china))[
+        "time_zone_warning"] is None
