@@ -75,6 +75,11 @@ def make_node(tmp_path):
         node.close()
 
 
+def log_size(node: Node) -> int:
+    """Entries in a node's log: what a refused write must leave as it was."""
+    return node.conn.execute("SELECT count(*) FROM _hemei_log").fetchone()[0]
+
+
 @pytest.fixture
 def node(make_node) -> Node:
     return make_node()

@@ -27,10 +27,6 @@ def two_grid_street(make_node):
     return node
 
 
-def log_size(node) -> int:
-    return node.conn.execute("SELECT count(*) FROM _hemei_log").fetchone()[0]
-
-
 def report_case(node, grid="FS-01", category="environment", day=1, hour=9, **extra) -> str:
     return cases.report(node, ACTOR, grid=grid, category=category, description="楼道堆物", reporter="李娟",
                         at=at(day, hour), **extra)["id"]

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from grid_case_helpers import ACTOR, DAY0, STREET, at, log_size, report_case, two_grid_street, walk
+from conftest import log_size
+from grid_case_helpers import ACTOR, DAY0, STREET, at, report_case, two_grid_street, walk
 from test_cases_property import summaries_match_a_recount
 from hemei.core import Conflict, HemeiError, InvalidInput, NotFound
 from hemei.plugins.grid_inspections import cases, grids, metrics, status

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from grid_case_helpers import ACTOR, DAY0, STREET, at, log_size, report_case, two_grid_street
+from conftest import log_size
+from grid_case_helpers import ACTOR, DAY0, STREET, at, report_case, two_grid_street
 from test_convergence import _send
 from hemei.core import Change, Conflict, InvalidInput
 from hemei.plugins.grid_inspections import cases, grids, metrics

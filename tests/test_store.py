@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from conftest import log_size
 from hemei.core import receipt
 from hemei.core.clock import HybridClock
 from hemei.core.errors import ChainError, ClockSkew, Conflict, HemeiError, InvalidInput, NotFound
@@ -27,10 +28,6 @@ def send_all(src: Node, dst: Node, confine: bool = False) -> list[dict]:
 
 def live_notes(node: Node) -> dict:
     return {r[0]: r[1:] for r in node.conn.execute("SELECT id, title, body, n FROM notes WHERE _deleted = 0")}
-
-
-def log_size(node: Node) -> int:
-    return node.conn.execute("SELECT count(*) FROM _hemei_log").fetchone()[0]
 
 
 def test_a_write_stamps_logs_and_applies_in_one_transaction(node):

