@@ -274,3 +274,14 @@ def test_a_street_cannot_loosen_a_deadline_its_district_set(make_node):
         cases.set_category(street, ACTOR, code="safety", name="安全隐患", deadline_hours=999)
     assert cases.categories(street)["safety"]["deadline_hours"] == 12
     assert cases.categories(street)["stairwell"]["deadline_hours"] == 48
+
+
+def test_a_case_found_on_a_patrol_is_not_dated_before_the_patrol(street):
+    """Found in a walkthrough: `cases report --patrol P --at T` took a time before the patrol was walked."""
+    patrol = grids.check_in(street, ACTOR, "FS-01", worker="李娟", at=at(3, 8))
+    before = log_size(street)
+    with pytest.raises(InvalidInput, match=r"before the patrol it was found on \(.*T08:00:00\)"):
+        report_case(street, patrol=patrol["id"], day=3, hour=7)
+    assert log_size(street) == before
+    found = cases.show(street, report_case(street, patrol=patrol["id"], day=3, hour=8))
+    assert found["patrol"] == patrol["id"]

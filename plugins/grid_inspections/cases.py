@@ -93,17 +93,21 @@ def report(node: Node, actor: str, *, grid, category, description, reporter, sou
         raise InvalidInput(f"unknown category {category!r}; known: {', '.join(catalogue)}", code="unknown_category")
     if source not in SOURCES:
         raise InvalidInput(f"source must be one of {', '.join(SOURCES)}")
+    at = past_time(at, "at")
     if patrol is not None:
         patrol = text(patrol, "patrol")
-        if one(node, "SELECT 1 AS held FROM grid_patrols WHERE id = ? AND grid = ?", (patrol, row["id"])) is None:
+        held = one(node, "SELECT at FROM grid_patrols WHERE id = ? AND grid = ?", (patrol, row["id"]))
+        if held is None:
             raise NotFound(f"no patrol {patrol} in grid {row['code']}")
+        if at < held["at"]:  # found in a walkthrough: a case found on a patrol before it was walked
+            raise InvalidInput(f"time {at} is before the patrol it was found on ({held['at']}): a case found on a "
+                               "patrol is reported at or after its start")
     if "/" not in row["street"]:
         raise InvalidInput(f"street {row['street']} has no district above it in its scope path")
     if row["street"] != node.scope and row["street"] not in set(map(node.origin_scope, node.version_vector())):
         # The street's node holds the case below district level: without one, nobody could act on it.
         raise InvalidInput(f"no node of {row['street']} is known here yet: report the case at that street, "
                            "or after it has synced once")
-    at = past_time(at, "at")
     case = {"scope": row["scope"], "grid": row["id"], "street": row["street"],
             "district": row["street"].rsplit("/", 1)[0], "community": row["community"], "category": category,
             "deadline_hours": catalogue[category]["deadline_hours"],
