@@ -493,3 +493,18 @@ def test_a_rate_of_nobody_reads_as_a_dash_in_text_not_none(street, run_cli):
     for args in (["volunteers", "report"], ["report"]):
         said = run_cli("--home", str(street.home), *args)
         assert said.exit_code == 0 and "None" not in said.output and "no_show_rate" in said.output, said.output
+
+
+def test_find_names_the_team_not_only_its_id(street, run_cli):
+    """Found in a walkthrough: `volunteers find` showed a team's random id where the operator looks for 老吴热线."""
+    team = registry.add_team(street, ACTOR, name="老吴热线")
+    registry.add_volunteer(street, ACTOR, name="王丽", id_number=id_number(7), team="老吴热线")
+    registry.add_volunteer(street, ACTOR, name="王强", id_number=id_number(8))
+    done = run_cli("--home", str(street.home), "volunteers", "find", "王")
+    assert done.exit_code == 0
+    lines = {line.split()[1]: line for line in done.output.splitlines()[1:]}
+    assert "老吴热线" in lines["王丽"] and team["id"] not in done.output
+    shown = {v["name"]: v for v in json.loads(run_cli("--home", str(street.home), "volunteers", "find", "王",
+                                                      "--json").output)}
+    assert (shown["王丽"]["team"], shown["王丽"]["team_name"]) == (team["id"], "老吴热线")
+    assert shown["王强"]["team_name"] is None

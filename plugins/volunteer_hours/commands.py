@@ -87,7 +87,8 @@ def find(query, as_json):
         hemei volunteers find 王丽
     """
     rows = registry.find_volunteers(cli_node(), cli_actor(), query)
-    emit(rows, as_json, lambda rs: table(rs, ["id", "name", "phone", "scope", "team"]) if rs
+    emit(rows, as_json, lambda rs: table([{**r, "team": r["team_name"] or r["team"]} for r in rs],
+                                         ["id", "name", "phone", "scope", "team"]) if rs
          else click.echo("no volunteer found"))
 
 

@@ -78,6 +78,9 @@ def _shown(node: Node, row: dict) -> dict:
     phone_enc = row.pop("phone_enc", None)
     row["phone"] = None
     row["party_member"] = bool(row["party_member"])
+    # Its name as well as its id: an operator reads 老吴热线, not a key (found in a walkthrough).
+    team = row["team"] and one(node, "SELECT name FROM volunteer_teams WHERE id = ? AND _deleted = 0", (row["team"],))
+    row["team_name"] = team["name"] if team else None
     key = keys.active_key(node)
     if phone_enc and key is not None and phone_enc.startswith(key.key_id + ":"):
         try:
