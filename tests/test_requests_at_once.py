@@ -70,7 +70,7 @@ def test_hours_logged_at_once_are_logged_once_and_spent_once(api, round_):
     person = id_number(5 + round_)
     vol = call("POST", "/api/volunteers/people", {"name": "王丽", "id_number": person}).json()
     act = call("POST", "/api/volunteers/activities",
-               {"title": "助老服务", "category": "daily_care", "date": "2026-11-01"}).json()
+               {"title": f"助老服务{round_}", "category": "daily_care", "date": "2026-11-01"}).json()
     codes = at_once("POST", "/api/volunteers/hours",
                     [{"activity": act["id"], "volunteer": vol["id"], "hours": 4, "confirm": True}] * AT_ONCE)
     assert sorted(codes) == [200] + [409] * (AT_ONCE - 1), codes
@@ -86,7 +86,7 @@ def test_hours_logged_at_once_are_logged_once_and_spent_once(api, round_):
 def test_an_activity_signed_up_at_once_keeps_its_places(api, round_):
     call, at_once, _ = api
     act = call("POST", "/api/volunteers/activities",
-               {"title": "义诊", "category": "health", "date": "2026-11-02", "capacity": 2}).json()
+               {"title": f"义诊{round_}", "category": "health", "date": "2026-11-02", "capacity": 2}).json()
     first = 10 + AT_ONCE * round_
     people = [call("POST", "/api/volunteers/people", {"name": f"报名{i}", "id_number": id_number(i)}).json()
               for i in range(first, first + AT_ONCE)]

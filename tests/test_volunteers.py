@@ -508,3 +508,25 @@ def test_find_names_the_team_not_only_its_id(street, run_cli):
                                                       "--json").output)}
     assert (shown["王丽"]["team"], shown["王丽"]["team_name"]) == (team["id"], "老吴热线")
     assert shown["王强"]["team_name"] is None
+
+
+def test_an_activity_added_twice_is_refused_unless_it_is_another_session(street, run_cli):
+    """Found in a walkthrough: `activity add` run again to be sure made a second activity, kept in every count."""
+    home = ("--home", str(street.home))
+    args = ("volunteers", "activity", "add", "--title", "助老理发", "--category", "daily_care", "--date",
+            "2026-11-20", "--place", "西小河社区")
+    first = run_cli(*home, *args).output.strip()
+    before = log_size(street)
+    again = run_cli(*home, *args)
+    assert again.exit_code == 1 and "Traceback" not in again.output
+    said = " ".join(again.output.split())
+    assert f"助老理发 on 2026-11-20 at 西小河社区 is held here already, as activity {first}" in said
+    assert "--another" in said and log_size(street) == before
+    second = run_cli(*home, *args, "--another")
+    assert second.exit_code == 0 and second.output.strip() != first
+    # Another place or day is another activity; the API takes "another" as a flag only.
+    registry.add_activity(street, ACTOR, title="助老理发", category="daily_care", date="2026-11-20", place="仓桥社区")
+    registry.add_activity(street, ACTOR, title="助老理发", category="daily_care", date="2026-11-21", place="西小河社区")
+    with pytest.raises(InvalidInput, match="another must be true or false"):
+        registry.add_activity(street, ACTOR, title="助老理发", category="daily_care", date="2026-11-22", another="yes")
+    assert [a["title"] for a in registry.list_activities(street)].count("助老理发") == 4

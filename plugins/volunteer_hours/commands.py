@@ -192,8 +192,10 @@ def activity():
 @click.option("--capacity", type=int, help="Places available.")
 @click.option("--team", help="Organising team id or name.")
 @click.option("--scope", help="Org path inside this node's scope [default: the node's].")
+@click.option("--another", is_flag=True,
+              help="A second activity with the same title, date and place as one held (another session).")
 @json_option
-def activity_add(title, category, date, place, capacity, team, scope, as_json):
+def activity_add(title, category, date, place, capacity, team, scope, another, as_json):
     """Add an activity.
 
     Example:
@@ -201,7 +203,7 @@ def activity_add(title, category, date, place, capacity, team, scope, as_json):
         hemei volunteers activity add --title 助老理发 --category daily_care --date 2026-12-05 --place 西小河社区
     """
     row = registry.add_activity(cli_node(), cli_actor(), title=title, category=category, date=date, place=place,
-                                capacity=capacity, team=team, scope=scope)
+                                capacity=capacity, team=team, scope=scope, another=another)
     emit(row, as_json, lambda r: click.echo(r["id"]))
 
 

@@ -206,7 +206,10 @@ def set_category(node: Node, actor: str, *, code, name, active: bool = True) -> 
 # -- activities, sign-up, attendance -----------------------------------------------
 
 def add_activity(node: Node, actor: str, *, title, category, date, place=None, capacity=None, team=None,
-                 organiser=None, scope=None) -> dict:
+                 organiser=None, scope=None, another: bool = False) -> dict:
+    """Add an activity. One with the same title, date, place and scope as one held is refused as entered
+    twice (an operator who ran the command again to be sure), unless ``another`` says it is a second one
+    (a second session): with no way to remove an activity, a copy would stay in every count."""
     title = text(title, "title", limit=100)
     category = text(category, "category", limit=32)
     scope = row_scope(node, scope)
@@ -219,7 +222,16 @@ def add_activity(node: Node, actor: str, *, title, category, date, place=None, c
            "place": text(place, "place", required=False), "capacity": capacity,
            "team": find_team(node, team)["id"] if team else None,
            "organiser": text(organiser, "organiser", required=False, limit=64) or actor}
+    another = flag(another, "another")
     with node.writer(actor) as w:
+        held = one(node, "SELECT id FROM volunteer_activities WHERE scope = ? AND title = ? AND date = ? AND"
+                         " place IS ? AND _deleted = 0 ORDER BY id LIMIT 1",
+                   (row["scope"], row["title"], row["date"], row["place"]))
+        if held is not None and not another:
+            where = f" at {row['place']}" if row["place"] else ""
+            raise Conflict(f"{row['title']} on {row['date']}{where} is held here already, as activity {held['id']}: "
+                           "record on it; to add a second one on purpose (another session), give --another",
+                           code="activity_exists")
         pk = w.insert("volunteer_activities", row)
     return get_activity(node, pk)
 

@@ -58,7 +58,7 @@ def set_category(call):
 
 
 def add_activity(call):
-    b = _body(call, {"title", "category", "date", "place", "capacity", "team", "organiser", "scope"},
+    b = _body(call, {"title", "category", "date", "place", "capacity", "team", "organiser", "scope", "another"},
               ("title", "category", "date"))
     return registry.add_activity(call.node, _actor(call), **b)
 
