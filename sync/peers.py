@@ -129,16 +129,41 @@ MAX_REASON = 1000  # whole for hemei's own messages (a clock refusal with both s
 ANONYMOUS_KEPT = 1000
 
 
-def record_refusal(node: Node, peer: str | None, code: str, reason: str, what: str, *,
+#: A refusal like one logged less than this ago (same peer, code and request) is counted, not logged.
+REPEAT_WINDOW_MS = 60 * 60 * 1000
+
+
+def record_refusal(node: Node, peer: str, code: str, reason: str, what: str, *,
                    contacted: bool = True, **kept) -> None:
     """A refusal of a known peer is a log entry: who was refused, what, and why; and a contact with it,
-    unless ``contacted`` is False (a replayed request, which anyone can send again). ``kept``: what else
-    :func:`touch` keeps of the contact (what the peer holds, backlogs)."""
+    unless ``contacted`` is False (an answer that was not the peer's). ``kept``: what else :func:`touch`
+    keeps of the contact (what the peer holds, backlogs).
+
+    One like a refusal logged within the last hour (same peer, code and request) is counted instead, and
+    the count goes into the next one logged (``repeats``): a street under ``sync --watch`` whose clock
+    stays wrong, or an enrolled node that keeps sending what is refused, would otherwise grow the log,
+    which is relayed up the tree, by an entry per attempt. The reason of the latest is in the peer's
+    ``last_error`` either way."""
     reason = reason[:MAX_REASON]
+    now = now_ms()
     with node.writer(SYNC_ACTOR) as w:
-        w.event("sync.refused", {"peer": peer, "code": code, "reason": reason, "request": what})
-    if peer is not None:
-        touch(node, peer, error=f"{code}: {reason}", contacted=contacted, **kept)
+        held = w.conn.execute("SELECT logged_ms, repeats FROM _hemei_refusal_repeats WHERE peer = ? AND code = ?"
+                              " AND request = ?", (peer, code, what)).fetchone()
+        if held is not None and 0 <= now - held[0] < REPEAT_WINDOW_MS:
+            w.conn.execute("UPDATE _hemei_refusal_repeats SET repeats = repeats + 1 WHERE peer = ? AND code = ?"
+                           " AND request = ?", (peer, code, what))
+        else:
+            repeats = {"repeats": held[1]} if held is not None and held[1] else {}
+            w.event("sync.refused", {"peer": peer, "code": code, "reason": reason, "request": what, **repeats})
+            w.conn.execute("INSERT OR REPLACE INTO _hemei_refusal_repeats (peer, code, request, logged_ms, repeats)"
+                           " VALUES (?, ?, ?, ?, 0)", (peer, code, what, now))
+    touch(node, peer, error=f"{code}: {reason}", contacted=contacted, **kept)
+
+
+def refusals_not_logged(node: Node, peer: str) -> int:
+    """Refusals of ``peer`` counted since the last ones logged, not logged themselves (see :func:`record_refusal`)."""
+    return node.conn.execute("SELECT coalesce(sum(repeats), 0) FROM _hemei_refusal_repeats WHERE peer = ?",
+                             (peer,)).fetchone()[0]
 
 
 def record_anonymous_refusal(node: Node, code: str, reason: str, what: str, address: str | None) -> None:
@@ -222,6 +247,7 @@ def peers_status(node: Node) -> list[dict]:
             "last_contact": hlc_to_iso(peer["last_contact_ms"] << 16) if peer["last_contact_ms"] else None,
             "pending_up": peer["pending_up"], "pending_down": peer["pending_down"],
             "last_error": peer["last_error"], "refusals": refusals(node, peer["node_id"]),
+            "refusals_not_logged": refusals_not_logged(node, peer["node_id"]),
             "modules": peer["modules"], "version_gaps": version_gaps(node, peer["modules"]),
             # Enabled here, not there (as it last said; None from a release that does not say): found in
             # review, a street escalating cases to a district without the module heard nothing of it.

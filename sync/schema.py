@@ -86,3 +86,11 @@ def sync_0004_peer_signs_answers(db):
 def sync_0005_peer_utc_offset(db):
     # The peer's time zone at the last contact, minutes ahead of UTC: cases and hours carry local times.
     db.execute("ALTER TABLE _hemei_peers ADD COLUMN utc_offset_min INTEGER")
+
+
+@sync_migrations.step
+def sync_0006_refusal_repeats(db):
+    # When a refusal of each kind (peer, code, request) was last logged, and how many like it since were
+    # counted instead (sync.peers.record_refusal).
+    db.execute("CREATE TABLE _hemei_refusal_repeats (peer TEXT NOT NULL, code TEXT NOT NULL, request TEXT NOT NULL,"
+               " logged_ms INTEGER NOT NULL, repeats INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (peer, code, request))")

@@ -50,19 +50,22 @@ def authenticate(call: ApiCall, public_key: bytes | None = None, node_id: str | 
     """The enrolled child that signed this request (None for a join by ``node_id``, checked against
     ``public_key``)."""
     signed, peer = _signer(call.node, call.request, call.raw_body, public_key, node_id)
-    if peer is not None:
-        call.peer_id = signed.node_id  # from here on, refusals are this peer's
-        if peer["revoked"]:
-            _answer_signed(call.request)  # true of this node whoever sends its request again
-            raise Forbidden(f"node {peer['name']} has been revoked", code="revoked")
     conn = call.node.conn
     now = time.time_ns() // 1_000_000
     try:
         conn.execute("INSERT INTO _hemei_nonces (nonce, node_id, expires_ms) VALUES (?, ?, ?)",
                      (signed.nonce, signed.node_id, now + NONCE_TTL_MS))
     except sqlite3.IntegrityError:
+        # Not the peer's word: anyone who saw its request can send it again, as often as they like, so it
+        # is kept with the unauthenticated refusals, which cannot grow the log (found in review: each replay
+        # was a log entry, relayed up the tree).
         raise Unauthorized("replayed request (nonce already used)", code="replay") from None
     conn.execute("DELETE FROM _hemei_nonces WHERE expires_ms < ?", (now,))
+    if peer is not None:
+        call.peer_id = signed.node_id  # from here on, refusals are this peer's
+        if peer["revoked"]:
+            _answer_signed(call.request)  # true of this node whoever sends its request again
+            raise Forbidden(f"node {peer['name']} has been revoked", code="revoked")
     _answer_signed(call.request)
     return peer
 
@@ -133,8 +136,8 @@ def record_refused(call: ApiCall, exc: HemeiError) -> None:
     evidence = getattr(exc, "evidence", None)
     if evidence is not None and peer:
         record_fork(call.node, evidence, peer)
-    if peer:  # a replay is not the peer's contact: anyone who saw its request can send it again
-        record_refusal(call.node, peer, exc.code, exc.message, call.request.url.path, contacted=exc.code != "replay")
+    if peer:
+        record_refusal(call.node, peer, exc.code, exc.message, call.request.url.path)
     else:
         record_anonymous_refusal(call.node, exc.code, exc.message, call.request.url.path,
                                  call.request.client.host if call.request.client else None)

@@ -39,7 +39,11 @@ def district_state(net) -> tuple:
         vv = {o: s for o, s in d.version_vector().items() if o != d.id}
         notes = d.conn.execute("SELECT * FROM notes ORDER BY id").fetchall()
         peers = d.conn.execute("SELECT node_id, revoked, modules FROM _hemei_peers ORDER BY 1").fetchall()
-        logged = d.conn.execute("SELECT count(*) FROM _hemei_log WHERE kind = 'sync.refused'").fetchone()[0]
+        # Logged, or counted beside a like one logged within the hour, the count logged with the next one
+        # (peers.record_refusal).
+        logged = d.conn.execute("SELECT count(*) + coalesce(sum(json_extract(payload, '$.repeats')), 0) FROM"
+                                " _hemei_log WHERE kind = 'sync.refused'").fetchone()[0] + \
+            d.conn.execute("SELECT coalesce(sum(repeats), 0) FROM _hemei_refusal_repeats").fetchone()[0]
         local = d.conn.execute("SELECT count(*) FROM _hemei_anonymous_refusals").fetchone()[0]
     return (vv, notes, peers), (logged, local)
 
@@ -47,8 +51,9 @@ def district_state(net) -> tuple:
 def refused(net, call, status: int, code: str, signed_by_peer: bool = True, match: str = "") -> None:
     """Run ``call``; it must get ``status``/``code``, write nothing, and leave one refusal on record.
 
-    A request a known peer signed is refused in the log; one nobody proved to send goes to the
-    bounded local table (anyone can send those: they must not grow the log relayed upwards).
+    A request a known peer signed is refused in the log (or counted beside a like one logged within the
+    hour); one nobody proved to send, or a replay, goes to the bounded local table (anyone can send those:
+    they must not grow the log relayed upwards).
     """
     before, (logged, local) = district_state(net)
     with pytest.raises(SyncRefused) as err:
@@ -111,7 +116,10 @@ def test_replayed_request_is_refused(net):
         body = wire.encode({"vv": fushan.version_vector()})
         headers = signed_headers(fushan, fushan.key, "/api/sync/pull", body)
     assert raw_post(url, "/api/sync/pull", body, headers).status_code == 200
-    refused(net, lambda: check(raw_post(url, "/api/sync/pull", body, headers)), 401, "replay")
+    # Anyone who saw the request can send it again: kept with the unauthenticated refusals, never logged.
+    for _ in range(3):
+        refused(net, lambda: check(raw_post(url, "/api/sync/pull", body, headers)), 401, "replay",
+                signed_by_peer=False)
 
 
 def test_stale_signature_is_refused(net):
@@ -426,14 +434,12 @@ def test_revoked_node_is_refused(net):
     done = net.hemei("fushan", "sync")
     assert done.returncode == 1 and "revoked" in done.stderr and "ask the parent's operator" in done.stderr
     # Found by an operator walkthrough: a watch retried for ever, each round a refusal in both logs.
-    with net.open("district") as d:
-        size = d.version_vector()[d.id]
+    _, (on_record, _) = district_state(net)
     watched = net.hemei("fushan", "sync", "--watch", "--interval", "1s", "--json", timeout=60)
     assert watched.returncode == 1 and "revoked" in watched.stderr and "Traceback" not in watched.stderr
     rounds = [json.loads(line) for line in watched.stdout.splitlines()]
     assert len(rounds) == 1 and rounds[0]["ok"] is False and rounds[0]["error"]["code"] == "revoked"
-    with net.open("district") as d:
-        assert d.version_vector()[d.id] == size + 1  # that one refusal, on record
+    assert district_state(net)[1][0] == on_record + 1  # that one refusal, on record (counted: like the last)
     text = net.hemei("fushan", "sync", "--watch", "--interval", "1s", timeout=60)
     assert text.returncode == 1 and text.stderr.count("has been revoked. This node can no longer") == 1, text.stderr
     listed = {c["node_id"]: c["revoked"] for c in json.loads(net.ok("district", "nodes", "list", "--json"))}
@@ -558,3 +564,42 @@ def test_an_https_parent_is_reached_only_with_a_certificate_the_pc_trusts(node, 
         monkeypatch.setenv("SSL_CERT_FILE", cert)  # the district's certificate, trusted on this PC
         with ParentLink(node, url) as link:
             assert link.learn_time()["node_id"] == "冒充的区"
+
+
+def test_a_refusal_like_one_logged_within_the_hour_is_counted_and_the_count_logged_with_the_next(net):
+    """Found in review: every refusal of an enrolled node was a log entry, relayed up the tree, so a
+    street under `sync --watch` whose clock stays wrong, or a node that keeps sending what is refused,
+    grew every log above it by an entry per attempt."""
+    def malformed_hello():
+        with net.open("beihai") as beihai, ParentLink(beihai, net.servers["district"].url) as link:
+            link.learn_time()
+            link.call("/api/sync/hello", {"vv": {}, "modules": "不是表"})
+
+    def logged(d) -> list[dict]:
+        return [json.loads(p) for (p,) in d.conn.execute(
+            "SELECT payload FROM _hemei_log WHERE kind = 'sync.refused' AND json_extract(payload, '$.peer') = ?"
+            " AND json_extract(payload, '$.reason') LIKE 'modules must map%' ORDER BY seq", (beihai_id,))]
+
+    with net.open("beihai") as beihai:
+        beihai_id = beihai.id
+    with net.open("district") as d:
+        first = len(logged(d))
+    for _ in range(4):
+        refused(net, malformed_hello, 400, "malformed_batch")
+    with net.open("district") as d:
+        assert len(logged(d)) <= first + 1  # one logged (none if an earlier test logged one this hour)
+        held = d.conn.execute("SELECT repeats FROM _hemei_refusal_repeats WHERE peer = ? AND code = ? AND"
+                              " request = ?", (beihai_id, "malformed_batch", "/api/sync/hello")).fetchone()[0]
+        assert held >= 3
+        # An hour on, the next one is logged, with how many like it were counted since the last.
+        d.conn.execute("UPDATE _hemei_refusal_repeats SET logged_ms = logged_ms - 3600 * 1000 - 1")
+        logged_before = len(logged(d))
+    [street] = [p for p in json.loads(net.ok("district", "status", "--json"))["peers"] if p["node_id"] == beihai_id]
+    assert street["refusals_not_logged"] >= held
+    assert f"{street['refusals_not_logged']} more refusals like these since, counted" in net.ok("district", "status")
+    refused(net, malformed_hello, 400, "malformed_batch")
+    with net.open("district") as d:
+        latest = logged(d)
+        assert len(latest) == logged_before + 1 and latest[-1]["repeats"] == held
+    [street] = [p for p in json.loads(net.ok("district", "status", "--json"))["peers"] if p["node_id"] == beihai_id]
+    assert street["refusals"][0]["repeats"] == held

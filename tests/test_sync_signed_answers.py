@@ -357,4 +357,6 @@ def test_a_replayed_request_is_no_contact_of_its_street(pair):
     assert again.status_code == 401 and again.json()["error"]["code"] == "replay"
     with pair.open("district") as d:
         assert peers.get_peer(d, street_id)["last_contact_ms"] == before
-        assert refusals_of(d) == ["replay"]  # still recorded, as every refusal of a known node
+        # Recorded, but with the unauthenticated refusals: it is anyone's, and must not grow the log.
+        assert refusals_of(d) == []
+        assert [r["code"] for r in peers.anonymous_refusals(d)] == ["replay"]
