@@ -144,12 +144,14 @@ def look(district) -> dict:
     status = district.quick("status")
     refusals = district.quick("audit", "log", "--kind", "sync.refused", "--limit", "100000")
     return {"rows": district.quick("volunteers", "team", "list"), "log": status["log"], "forks": status["forks"],
-            "anonymous": status["refused_unauthenticated"], "refusals": refusals}
+            "anonymous": status["refused_unauthenticated"], "refusals": refusals,
+            "not_logged": {p["node_id"]: p["refusals_not_logged"] for p in status["peers"]}}
 
 
 def refused(district, street, request, status: int, code: str, logged: bool) -> None:
     """``request`` gets ``status``/``code``; the district takes in nothing, and records the refusal where
-    "Signed requests" says: in its log once the signature verified, otherwise in the local table."""
+    "Signed requests" says: in its log once the signature verified and the nonce is fresh (or counted,
+    like one logged within the hour), otherwise in the local table."""
     before = look(district)
     with pytest.raises(Refused) as refusal:
         request()
@@ -158,7 +160,11 @@ def refused(district, street, request, status: int, code: str, logged: bool) -> 
     assert after["rows"] == before["rows"]
     received = after["log"]["entries_all_origins"] - after["log"]["size"]
     assert received == before["log"]["entries_all_origins"] - before["log"]["size"]
-    if logged:
+    if logged and after["log"]["size"] == before["log"]["size"]:  # like one logged within the hour: counted
+        assert after["not_logged"][street.id] == before["not_logged"][street.id] + 1
+        assert any(r["details"]["peer"] == street.id and r["details"]["code"] == code for r in before["refusals"])
+        assert after["anonymous"] == before["anonymous"]
+    elif logged:
         assert after["log"]["size"] == before["log"]["size"] + 1
         assert after["refusals"][1:] == before["refusals"]
         assert (after["refusals"][0]["details"]["peer"], after["refusals"][0]["details"]["code"]) == (street.id, code)
@@ -196,7 +202,7 @@ def test_replay(district, street, pushed):
     headers = street.signed_headers("/api/sync/hello", body)
     street.answer(street.post("/api/sync/hello", body, headers))
     refused(district, street, lambda: street.answer(street.post("/api/sync/hello", body, headers), signed=False),
-            401, "replay", logged=True)
+            401, "replay", logged=False)
 
 
 def test_expired_window(district, street, pushed):
