@@ -78,11 +78,13 @@ def audit_log_cmd(actor: str | None, kind: str | None, table_name: str | None, s
     def human(rows):
         if not rows:
             # A kind is any a module writes, so one not in this log is not refused; but named, a typo shows.
-            kinds = log_kinds(cli_node()) if kind else []
+            if not kind:
+                click.echo("no entries")
+                return
+            kinds = log_kinds(cli_node())
             asked = kind.casefold()  # as SQL's LIKE matches it
             known = any(k.casefold() == asked or k.casefold().startswith(asked + ".") for k in kinds)
-            click.echo("no entries" if not kind or known else
-                       f"no entries of kind {kind!r} (kinds in this log: {', '.join(kinds)})")
+            click.echo("no entries" if known else f"no entries of kind {kind!r} (kinds in this log: {', '.join(kinds)})")
             return
 
         def what(r: dict) -> str:

@@ -174,8 +174,13 @@ class HemeiGroup(click.Group):
                 raise
             if (problem := environment_problem(exc)) is not None:  # the PC's trouble, not a bug
                 self._fail(extra.get("obj"), {"code": "environment", "message": problem})
-            click.echo(f"error: internal error ({type(exc).__name__}: {exc}); "
-                       "run again with HEMEI_DEBUG=1 to see the traceback and report it", err=True)
+            message = (f"internal error ({type(exc).__name__}: {exc}); run again with HEMEI_DEBUG=1 to see the "
+                       "traceback and report it")
+            click.echo(f"error: {message}", err=True)
+            obj = extra.get("obj")
+            if obj is not None and obj.failure_as_json:  # a script reads the outcome on stdout, bug or not
+                click.echo(json.dumps({"ok": False, "error": {"code": "internal", "message": message}},
+                                      ensure_ascii=False))
             sys.exit(70)
 
 

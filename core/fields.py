@@ -12,7 +12,7 @@ import re
 from typing import TYPE_CHECKING, Callable
 
 from .errors import InvalidInput
-from .scope import covers, parse_scope
+from .scope import MAX_SCOPE_LENGTH, covers, parse_scope
 
 if TYPE_CHECKING:
     from .node import Node
@@ -161,7 +161,7 @@ def row_scope(node: Node, scope: str | None) -> str:
     types it (:func:`place_path`: ``西小河社区`` on the street 越城区/府山街道 is 越城区/府山街道/西小河社区)."""
     if scope is None:
         return node.scope
-    path = place_path(node, scope)
+    path = place_path(node, text(scope, "scope", limit=MAX_SCOPE_LENGTH))
     if not covers(node.scope, path):
         raise InvalidInput(f"scope {scope} is outside this node's scope {node.scope}")
     return path
@@ -221,7 +221,7 @@ def place_scope(node: Node, value, field: str, held: Callable[[str], bool]) -> s
     """A place at or below this node's as an operator types it (:func:`place_path`), or by the name of a
     node below it, where no place ``held`` here is meant (``hemei nodes list`` shows 府山街道 for
     yuecheng/fushan; ``府山街道/西小河社区`` is a place inside it)."""
-    value = text(value, field, limit=512)
+    value = text(value, field, limit=MAX_SCOPE_LENGTH)
     try:
         path = place_path(node, value)
     except InvalidInput:

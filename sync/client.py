@@ -197,7 +197,10 @@ class ParentLink:
             info = reply.json()
             if not isinstance(info, dict) or not isinstance(info.get("node_id"), str):
                 raise TypeError(info)
-            self.offset_ms = int(info["time_ms"]) - (before + after) // 2
+            # Whole ms, as far from this clock as a hello may say (found by a fuzzer: 1e400 and 10**26 crashed).
+            if type(info.get("time_ms")) is not int or abs(info["time_ms"] - after) > wire.MAX_CLOCK_OFFSET_MS:
+                raise TypeError(info.get("time_ms"))
+            self.offset_ms = info["time_ms"] - (before + after) // 2
         except (ValueError, TypeError, KeyError):  # a router's page at an old address, another program
             raise WrongParent(f"no hemei node answers at {self.url}" + (
                 f" (it answered {reply.status_code}{_said(reply)})" if reply.status_code >= 400 else "")

@@ -208,3 +208,19 @@ def test_a_caller_gone_mid_body_leaves_no_traceback_in_the_server_log(api):
     while "Traceback" not in server.output() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert call("GET", "/api/health").status_code == 200 and "Traceback" not in server.output()
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/api/volunteers/teams", {"name": "老吴热线"}),
+    ("/api/volunteers/activities", {"title": "助老理发", "category": "daily_care", "date": "2026-11-20"}),
+    ("/api/volunteers/people", {"name": "王丽", "id_number": "330602199001011231"}),
+])
+def test_a_scope_that_is_not_text_is_refused_not_a_server_error(api, path, body):
+    """Found by a fuzzer: "scope": 1 on these three routes was a 500 with a traceback in the server's output."""
+    call, _ = api
+    before = log_size(call)
+    for scope in (1, 0, True, {}, ["西小河社区"], 1.5):
+        refused = call("POST", path, json={**body, "scope": scope})
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"] == {"code": "invalid_input", "message": "scope must be text"}
+    assert log_size(call) == before

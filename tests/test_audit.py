@@ -211,3 +211,27 @@ def test_a_mistyped_table_is_refused_and_a_kind_not_in_the_log_shown_with_those_
     assert none_yet.output.strip() == "no entries"  # a kind this log holds, none of it in the window
     node.set_module_enabled("hook_probe", False, "t")  # its table's changes stay in the log (review)
     assert audit_log(node, table="notes", since="2999-01-01") == [] and audit_log(node, table="notes")
+
+
+@pytest.mark.parametrize("filters", [("--actor", "无此人"), ("--since", "2099-01-01"), ("--origin", "ZZZ")])
+def test_no_entries_without_a_kind_asked_is_said_plainly(written, run_cli, filters):
+    """Found by a fuzzer: with no --kind, "no entries" was an internal error (the kind hint read None)."""
+    node, _ = written
+    none = run_cli("--home", str(node.home), "audit", "log", *filters)
+    assert (none.exit_code, none.output.strip()) == (0, "no entries")
+
+
+def test_an_internal_error_is_still_answered_as_json_with_json(written, run_cli, monkeypatch):
+    """Found by a fuzzer: a bug's failure printed nothing on stdout, where --json promises {"ok": false}."""
+    from hemei.core.node import Node
+
+    node, _ = written
+
+    def broken(self, **kwargs):
+        raise RuntimeError("故障")
+
+    monkeypatch.setattr(Node, "status", broken)
+    done = run_cli("--home", str(node.home), "status", "--json")
+    assert done.exit_code == 70
+    answer = json.loads(done.stdout)
+    assert answer["ok"] is False and answer["error"]["code"] == "internal" and "故障" in answer["error"]["message"]

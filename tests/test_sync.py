@@ -297,3 +297,21 @@ def test_a_refusal_from_an_address_that_has_not_proved_it_is_the_parent_is_nobod
             client.sync_once(s, transport=httpx.MockTransport(forger), url="http://evil.example:1")
         assert s.version_vector()[s.id] == size and "revoked" not in refusals_of(s)
         assert peers.parent_of(s)["url"] == pair.servers["district"].url
+
+
+@pytest.mark.parametrize("time_ms", ["1e400", str(10 ** 26), '"1795343469611"', "true", "null", "1.5"])
+def test_a_health_answer_whose_time_is_no_clock_reading_is_no_hemei_node(pair, time_ms):
+    """Found by a fuzzer: 1e400 there crashed `hemei sync` and `join` (an internal error, and a watch stopped);
+    10**26 crashed it when the hello was encoded."""
+    import httpx
+
+    with pair.open("district") as d:
+        district_id = d.id
+
+    def odd(request):  # the JSON as sent: 1e400 is valid JSON, read as infinity
+        return httpx.Response(200, headers={"Content-Type": "application/json"}, content=(
+            f'{{"ok": true, "node_id": "{district_id}", "name": "district", "time_ms": {time_ms}}}').encode())
+
+    with pair.open("street") as s:
+        with pytest.raises(client.WrongParent, match="no hemei node answers at"):
+            client.sync_once(s, transport=httpx.MockTransport(odd), url="http://odd.example:1")
