@@ -123,6 +123,17 @@ def percent(value) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
+#: Text output cuts a cell past this many characters (the last column past MAX_LAST_CELL): every line is
+#: padded to its column's widest cell, so one 100,000-character key a rogue node sent made `hemei conflicts`
+#: print 221 MB (found by a fuzzer). --json gives every value whole.
+MAX_CELL = 80
+MAX_LAST_CELL = 2000
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def table(rows: list[dict], columns: list[str]) -> None:
     """Print rows as aligned text columns (East Asian characters count double); a rate's column
     (:func:`is_rate`) as percentages, as the totals beside it are (found in a walkthrough: 0.8333 under 83.3%)."""
@@ -136,7 +147,8 @@ def table(rows: list[dict], columns: list[str]) -> None:
             return ""
         return percent(row[column]) if is_rate(column) else shown(row[column])
 
-    cells = [[_one_line(cell(r, c)) for c in columns] for r in rows]
+    cells = [[_cut(_one_line(cell(r, c)), MAX_CELL if i < len(columns) - 1 else MAX_LAST_CELL)
+              for i, c in enumerate(columns)] for r in rows]
     widths = [max([width(c)] + [width(row[i]) for row in cells]) for i, c in enumerate(columns)]
     for line in [columns] + cells:
         click.echo("  ".join(cell + " " * (w - width(cell)) for cell, w in zip(line, widths)).rstrip())

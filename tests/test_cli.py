@@ -452,6 +452,19 @@ def test_a_table_prints_each_row_on_one_line_whatever_a_cell_holds(capsys):
     assert "甲 乙\ufffd丙" in lines[1]
 
 
+def test_a_table_cuts_a_huge_cell_so_one_row_cannot_pad_every_line(capsys):
+    """Found by a fuzzer: a 100,000-character key a rogue node sent padded every line of `hemei conflicts`,
+    221 MB of text."""
+    from hemei.core.cli_support import MAX_CELL, MAX_LAST_CELL, table
+
+    rows = [{"pk": "键" * 100_000, "reason": "因" * 100_000}] + [{"pk": f"k{i}", "reason": "短"} for i in range(50)]
+    table(rows, ["pk", "reason"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 52 and lines[1].startswith("键" * (MAX_CELL - 1) + "…")
+    assert lines[1].endswith("因" * (MAX_LAST_CELL - 1) + "…")
+    assert max(len(line) for line in lines[2:]) <= 2 * MAX_CELL + 2 + 1  # (a 键 is two columns wide)
+
+
 def test_help_with_home_lists_the_commands_of_the_nodes_modules(tmp_path):
     """Found by an operator walkthrough: `hemei --home ./yuecheng --help` left out volunteers, grids and
     cases (HEMEI_HOME=./yuecheng hemei --help listed them)."""
