@@ -92,12 +92,13 @@ def _print_status(s: dict) -> None:
             click.echo(f"          {module} is not enabled there: its changes from here are kept there unread, and "
                        "applied once it is enabled there (hemei modules enable)")
         for refusal in peer["refusals"][:3]:
-            repeats = f" (and {refusal['repeats']} like it before, counted)" if refusal.get("repeats") else ""
+            repeats = (f" ({refusal['refusals']} refusals like it in the hour after the one before, counted; the "
+                       "latest said this)") if refusal.get("refusals") else ""
             click.echo(f"          refused {iso_to_local_text(refusal['time'])}: {refusal['code']}: {refusal['reason']}"
                        + repeats)
         if peer.get("refusals_not_logged"):
-            click.echo(f"          {peer['refusals_not_logged']} more refusals like these since, counted, not logged "
-                       "one by one (one of a kind an hour is)")
+            click.echo(f"          {peer['refusals_not_logged']} more refusals like these since, counted: logged as "
+                       "one entry of each kind once its hour is over")
     for fork in s.get("forks", []):
         click.echo(f"FORK      {fork['origin']}: held {fork['held_size']} entries, presented "
                    f"{fork['presented_size']} with another history ({iso_to_local_text(fork['seen'])})")

@@ -148,10 +148,16 @@ def now_local() -> str:
 FUTURE_SLACK = dt.timedelta(minutes=5)
 
 
+def ahead_of_this_pc(moment: str) -> bool:
+    """Whether a local time (as :func:`local_time` writes it) is later than this PC could have recorded
+    now: past its clock and the slack :func:`past_time` allows."""
+    return moment > local_time(dt.datetime.now() + FUTURE_SLACK)
+
+
 def past_time(value, field: str = "time") -> str:
     """:func:`local_time` of ``value`` (now when ``None``), refused if it is ahead of the clock."""
     moment = now_local() if value is None else local_time(value, field)
-    if moment > local_time(dt.datetime.now() + FUTURE_SLACK):
+    if ahead_of_this_pc(moment):
         raise InvalidInput(f"{field} {moment} is in the future: check the date, or this PC's clock")
     return moment
 

@@ -29,8 +29,8 @@ from hemei.core.node import Node
 
 from . import engine, enroll, signing, wire
 from .address import node_address
-from .peers import (CLOCK_TOLERANCE_MS, clock_gap, parent_of, record_clock, record_fork, record_refusal,
-                    record_utc_offset, set_signs_answers, set_url, time_zone_warning, touch)
+from .peers import (CLOCK_TOLERANCE_MS, clock_gap, log_counted_refusals, parent_of, record_clock, record_fork,
+                    record_refusal, record_utc_offset, set_signs_answers, set_url, time_zone_warning, touch)
 
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
@@ -402,6 +402,7 @@ def sync_once(node: Node, batch_size: int = wire.DEFAULT_BATCH, progress: Progre
                                            f"to {parent_of(node)['url']}, which is kept")
             their_vv = wire.vv_of(hello.get("vv"))
             touch(node, parent["node_id"], modules=wire.modules_of(hello.get("modules")))
+            log_counted_refusals(node)
             record_utc_offset(node, parent["node_id"], zone := wire.utc_offset_of(hello.get("utc_offset_min")))
             if (warning := time_zone_warning(zone)) is not None:
                 report.messages.append(f"{parent['name']}: {warning}")

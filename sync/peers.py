@@ -122,7 +122,8 @@ def time_zone_warning(theirs: int | None) -> str | None:
         return None
     return (f"time zone {utc_offset_text(theirs)} there, {utc_offset_text(ours)} on this PC: times of cases and "
             f"hours are each PC's local time, so these two read each other's {span_text(abs(theirs - ours) * 60_000)} "
-            "apart; set the time zone of the one that is wrong (China Standard Time is UTC+08:00)")
+            "apart; set the time zone of the one that is wrong (China Standard Time is UTC+08:00), then restart "
+            "`hemei serve` or `hemei sync --watch` there")
 
 
 MAX_REASON = 1000  # whole for hemei's own messages (a clock refusal with both sides' view and its cause: 600)
@@ -139,25 +140,42 @@ def record_refusal(node: Node, peer: str, code: str, reason: str, what: str, *,
     unless ``contacted`` is False (an answer that was not the peer's). ``kept``: what else :func:`touch`
     keeps of the contact (what the peer holds, backlogs).
 
-    One like a refusal logged within the last hour (same peer, code and request) is counted instead, and
-    the count goes into the next one logged (``repeats``): a street under ``sync --watch`` whose clock
-    stays wrong, or an enrolled node that keeps sending what is refused, would otherwise grow the log,
-    which is relayed up the tree, by an entry per attempt. The reason of the latest is in the peer's
-    ``last_error`` either way."""
+    One like a refusal logged within the last hour (same peer, code and request) is counted instead; once
+    that hour is over the count is logged as one entry (``refusals``: how many, with the latest reason),
+    by :func:`log_counted_refusals`. A street under ``sync --watch`` whose clock stays wrong, or an enrolled
+    node that keeps sending what is refused, would otherwise grow the log, which is relayed up the tree,
+    by an entry per attempt: this way at most two of a kind an hour."""
     reason = reason[:MAX_REASON]
     now = now_ms()
     with node.writer(SYNC_ACTOR) as w:
-        held = w.conn.execute("SELECT logged_ms, repeats FROM _hemei_refusal_repeats WHERE peer = ? AND code = ?"
-                              " AND request = ?", (peer, code, what)).fetchone()
-        if held is not None and 0 <= now - held[0] < REPEAT_WINDOW_MS:
-            w.conn.execute("UPDATE _hemei_refusal_repeats SET repeats = repeats + 1 WHERE peer = ? AND code = ?"
-                           " AND request = ?", (peer, code, what))
-        else:
-            repeats = {"repeats": held[1]} if held is not None and held[1] else {}
-            w.event("sync.refused", {"peer": peer, "code": code, "reason": reason, "request": what, **repeats})
-            w.conn.execute("INSERT OR REPLACE INTO _hemei_refusal_repeats (peer, code, request, logged_ms, repeats)"
-                           " VALUES (?, ?, ?, ?, 0)", (peer, code, what, now))
+        _log_counted(w, now)
+        updated = w.conn.execute("UPDATE _hemei_refusal_repeats SET repeats = repeats + 1, last_reason = ? WHERE"
+                                 " peer = ? AND code = ? AND request = ?", (reason, peer, code, what)).rowcount
+        if not updated:  # none of its kind this hour: logged, and the hour starts
+            w.event("sync.refused", {"peer": peer, "code": code, "reason": reason, "request": what})
+            w.conn.execute("INSERT INTO _hemei_refusal_repeats (peer, code, request, logged_ms) VALUES (?, ?, ?, ?)",
+                           (peer, code, what, now))
     touch(node, peer, error=f"{code}: {reason}", contacted=contacted, **kept)
+
+
+def log_counted_refusals(node: Node) -> None:
+    """Log the refusals counted in hours that are over (any peer's): called on every refusal, and on each
+    contact of a peer, so a count does not wait for another refusal of its kind to reach the log (found in
+    review: a child could otherwise hide all but its first refusal of a kind from the log above)."""
+    if node.conn.execute("SELECT 1 FROM _hemei_refusal_repeats WHERE logged_ms <= ? LIMIT 1",
+                         (now_ms() - REPEAT_WINDOW_MS,)).fetchone() is None:
+        return  # the usual case: nothing to write, no write transaction
+    with node.writer(SYNC_ACTOR) as w:
+        _log_counted(w, now_ms())
+
+
+def _log_counted(w, now: int) -> None:
+    over = now - REPEAT_WINDOW_MS
+    for peer, code, what, count, reason in w.conn.execute(
+            "SELECT peer, code, request, repeats, last_reason FROM _hemei_refusal_repeats WHERE logged_ms <= ?"
+            " AND repeats > 0 ORDER BY logged_ms, peer, code, request", (over,)).fetchall():
+        w.event("sync.refused", {"peer": peer, "code": code, "reason": reason, "request": what, "refusals": count})
+    w.conn.execute("DELETE FROM _hemei_refusal_repeats WHERE logged_ms <= ?", (over,))
 
 
 def refusals_not_logged(node: Node, peer: str) -> int:

@@ -91,6 +91,7 @@ def sync_0005_peer_utc_offset(db):
 @sync_migrations.step
 def sync_0006_refusal_repeats(db):
     # When a refusal of each kind (peer, code, request) was last logged, and how many like it since were
-    # counted instead (sync.peers.record_refusal).
+    # counted instead, with the latest reason (sync.peers.record_refusal).
     db.execute("CREATE TABLE _hemei_refusal_repeats (peer TEXT NOT NULL, code TEXT NOT NULL, request TEXT NOT NULL,"
-               " logged_ms INTEGER NOT NULL, repeats INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (peer, code, request))")
+               " logged_ms INTEGER NOT NULL, repeats INTEGER NOT NULL DEFAULT 0, last_reason TEXT,"
+               " PRIMARY KEY (peer, code, request))")

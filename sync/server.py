@@ -30,8 +30,8 @@ from hemei.core.node import Node
 
 from . import engine, enroll, signing, wire
 from .engine import own_checkpoint
-from .peers import (get_peer, record_anonymous_refusal, record_clock, record_fork, record_refusal, record_utc_offset,
-                    touch)
+from .peers import (get_peer, log_counted_refusals, record_anonymous_refusal, record_clock, record_fork, record_refusal,
+                    record_utc_offset, touch)
 
 NONCE_TTL_MS = (signing.WINDOW_S + 60) * 1000
 MAX_PULL_ENTRIES = 20_000
@@ -227,6 +227,7 @@ def hello(call: ApiCall) -> Response:
                 "if so, this node's home was restored from an older copy, and its children refuse it as a fork "
                 "(docs/operations.md, A parent restored from a backup)") if held > size else None
     touch(node, child["node_id"], their_vv=their_vv, modules=announced, error=restored)
+    log_counted_refusals(node)
     # At (or below) the size the child holds of this node's chain when that is shorter: the latest could
     # not be compared there, and a parent restored from a backup that wrote past it would show as a bad
     # batch signature on pull instead of a fork. Only a checkpoint this node's writer signed (see

@@ -15,7 +15,7 @@ import json
 import re
 
 from hemei.core import Conflict, InvalidInput, Node, NotFound
-from hemei.core.fields import flag, now_local, one, past_time, subtree_params, text, whole_number
+from hemei.core.fields import ahead_of_this_pc, flag, now_local, one, past_time, subtree_params, text, whole_number
 from hemei.core.scope import covers
 
 from . import grids, status
@@ -186,7 +186,7 @@ def _write_event(node: Node, w, case: dict, current: CaseState, event: dict) -> 
     if event["at"] < current.last_at:
         said = (f"time {event['at']} is before the case's last step ({current.last_at}): steps are recorded in "
                 "the order they happened")
-        if current.last_at > now_local():  # another PC's local time, ahead of this one's (walkthrough)
+        if ahead_of_this_pc(current.last_at):  # another PC's local time, ahead of this one's (walkthrough)
             said += (f"; that step is later than this PC's time now ({now_local()}): it was recorded on a PC whose "
                      "clock or time zone is ahead of this one's. Check both; `hemei status` shows each peer's")
         raise InvalidInput(said)

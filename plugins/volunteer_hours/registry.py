@@ -230,7 +230,8 @@ def add_activity(node: Node, actor: str, *, title, category, date, place=None, c
         if held is not None and not another:
             where = f" at {row['place']}" if row["place"] else ""
             raise Conflict(f"{row['title']} on {row['date']}{where} is held here already, as activity {held['id']}: "
-                           "record on it; to add a second one on purpose (another session), give --another",
+                           "record on it; to add a second one on purpose (another session), give --another "
+                           '("another": true in the API)',
                            code="activity_exists")
         pk = w.insert("volunteer_activities", row)
     return get_activity(node, pk)
