@@ -188,30 +188,30 @@ def node_ids_of(value, field: str) -> frozenset[str]:
     return frozenset(value)
 
 
-def clock_offset_of(value) -> int | None:
-    """A child's measure of how far the parent's clock reads ahead of its own (ms); None if not sent."""
+def _signed_within(value, bound: int, said: str) -> int | None:
+    """An integer at most ``bound`` either way (not a bool, not a float); None if not sent."""
     if value is None:
         return None
-    if type(value) is not int or abs(value) > MAX_CLOCK_OFFSET_MS:
-        raise MalformedBatch("parent_clock_ahead_ms must be an integer number of milliseconds")
+    if type(value) is not int or abs(value) > bound:
+        raise MalformedBatch(said)
     return value
 
 
 #: Larger than any gap between two PC clocks (a clock reset to 1970 is 57 years out).
 MAX_CLOCK_OFFSET_MS = 1000 * 365 * 86_400_000
+#: Real time zones run from UTC-12:00 to UTC+14:00; a day either way is room enough.
+MAX_UTC_OFFSET_MIN = 24 * 60
+
+
+def clock_offset_of(value) -> int | None:
+    """A child's measure of how far the parent's clock reads ahead of its own (ms); None if not sent."""
+    return _signed_within(value, MAX_CLOCK_OFFSET_MS, "parent_clock_ahead_ms must be an integer number of milliseconds")
 
 
 def utc_offset_of(value) -> int | None:
     """A node's time zone as minutes ahead of UTC; None if not sent (a release before it was)."""
-    if value is None:
-        return None
-    if type(value) is not int or abs(value) > MAX_UTC_OFFSET_MIN:
-        raise MalformedBatch("utc_offset_min must be an integer number of minutes, at most a day either way")
-    return value
-
-
-#: Real time zones run from UTC-12:00 to UTC+14:00; a day either way is room enough.
-MAX_UTC_OFFSET_MIN = 24 * 60
+    return _signed_within(value, MAX_UTC_OFFSET_MIN,
+                          "utc_offset_min must be an integer number of minutes, at most a day either way")
 
 
 def checkpoint_of(value) -> dict | None:
