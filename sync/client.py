@@ -31,6 +31,7 @@ from . import engine, enroll, signing, wire
 from .address import node_address
 from .peers import (CLOCK_TOLERANCE_MS, clock_gap, log_counted_refusals, parent_of, record_clock, record_fork,
                     record_refusal, record_utc_offset, set_signs_answers, set_url, time_zone_warning, touch)
+from .transport import LinkTransport
 
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
@@ -134,7 +135,10 @@ class ParentLink:
         self.node = node
         self.url = node_address(url)
         try:
-            self.http = httpx.Client(base_url=self.url, timeout=TIMEOUT, transport=transport, verify=tls_for(self.url))
+            verify = tls_for(self.url)
+            self.transport = transport or LinkTransport(self.url, verify)
+            self.http = httpx.Client(base_url=self.url, timeout=TIMEOUT, verify=verify,
+                                     headers={"Accept-Encoding": "identity"}, transport=self.transport)
         except httpx.InvalidURL as exc:
             raise _bad_address(url, exc) from None
         self.offset_ms = 0
@@ -171,17 +175,40 @@ class ParentLink:
     def _send(self, method: str, path: str, content: bytes = b"") -> httpx.Response:
         try:
             if method == "GET":
-                return self.http.get(path)
-            now_s = (time.time_ns() // 1_000_000 + self.offset_ms) // 1000
-            headers = signing.sign_request(self.node.key, self.node.id, method, path, "", content, now_s)
-            headers["Content-Type"] = wire.CONTENT_TYPE
-            return self.http.request(method, path, content=content, headers=headers)
+                request = self.http.build_request("GET", path)
+            else:
+                now_s = (time.time_ns() // 1_000_000 + self.offset_ms) // 1000
+                headers = signing.sign_request(self.node.key, self.node.id, method, path, "", content, now_s)
+                headers["Content-Type"] = wire.CONTENT_TYPE
+                request = self.http.build_request(method, path, content=content, headers=headers)
+            return self._received(self.http.send(request, stream=True))
         except httpx.TransportError as exc:
+            if isinstance(self.transport, LinkTransport) and self.transport.budget.ran_out:
+                raise Unreachable(f"the link to the parent at {self.url} is too slow ({self.transport.budget.said()})"
+                                  ": the request was given up; try again later, and if this goes on, check the "
+                                  "network between the two PCs, and that it is the parent that answers at that "
+                                  "address") from None
             raise Unreachable(f"cannot reach the parent at {self.url} ({exc or type(exc).__name__}): check that its "
                               "PC is on the network and `hemei serve` runs there; if it moved, give its new "
                               "address with --url") from None
         except httpx.InvalidURL as exc:
             raise _bad_address(self.url, exc) from None
+
+    def _received(self, reply: httpx.Response) -> httpx.Response:
+        """``reply`` read whole, if no bigger than any answer of a hemei node: read unbounded, a rogue answer
+        could fill the PC's memory (nodes never compress an answer with a Content-Encoding, and are asked
+        not to; one that does is cut at the same size once inflated)."""
+        body = bytearray()
+        try:
+            for chunk in reply.iter_bytes():
+                body += chunk
+                if len(body) > wire.MAX_ANSWER_COMPRESSED:
+                    raise Unreachable(f"{self.url} sent an answer of more than {wire.MAX_ANSWER_COMPRESSED >> 20} "
+                                      "MiB, more than a hemei node ever sends: it was not read; check the address")
+        finally:
+            reply.close()
+        headers = [(name, value) for name, value in reply.headers.raw if name.lower() != b"content-encoding"]
+        return httpx.Response(reply.status_code, headers=headers, content=bytes(body), request=reply.request)
 
     def learn_time(self) -> dict:
         """The parent's clock, so a street PC with a wrong clock still signs valid requests."""

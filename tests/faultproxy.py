@@ -1,8 +1,9 @@
-"""A TCP proxy on 127.0.0.1 that cuts every connection after a number of bytes.
+"""A TCP proxy on 127.0.0.1 that cuts every connection after a number of bytes, or paces it.
 
 Used to test sync over a link that drops mid-transfer: bytes flow both ways
 unchanged until ``cut_after`` bytes have gone from client to server, then
-both sockets are closed abruptly (RST where the platform allows it).
+both sockets are closed abruptly (RST where the platform allows it). With
+``bytes_per_s``, each direction is slowed to about that rate (a slow link).
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 
 
 class CuttingProxy:
-    def __init__(self, target_port: int, cut_after: int | None):
+    def __init__(self, target_port: int, cut_after: int | None, bytes_per_s: float | None = None):
         self.target_port = target_port
         self.cut_after = cut_after
+        self.bytes_per_s = bytes_per_s
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(16)
@@ -41,9 +44,11 @@ class CuttingProxy:
     def _pipe(self, src: socket.socket, dst: socket.socket, sent: list[int], counted: bool) -> None:
         try:
             while True:
-                data = src.recv(65536)
+                data = src.recv(65536 if self.bytes_per_s is None else 256)
                 if not data:
                     break
+                if self.bytes_per_s is not None:
+                    time.sleep(len(data) / self.bytes_per_s)
                 if counted and self.cut_after is not None and sent[0] + len(data) > self.cut_after:
                     dst.sendall(data[: max(0, self.cut_after - sent[0])])
                     self.cuts += 1
