@@ -17,6 +17,7 @@ from hemei.core.clock import iso_to_local_text, span_text
 from hemei.core.errors import InvalidInput, NodeStateError
 from hemei.core.fields import filter_scope
 from hemei.core.node import Node
+from hemei.core.slow_links import request_base_s
 
 
 
@@ -250,6 +251,7 @@ def serve(host: str, port: int, log_level: str) -> None:
     from hemei.core.api import RouteNotPath, create_app
 
     ctx: NodeContext = cli_context()
+    request_base_s()  # a wrong HEMEI_REQUEST_SECONDS is said now, not at the first request
     app = create_app(ctx.home, available=ctx.available, builtins=ctx.builtins)
     node = app.state.pool.get()
     # Bound here, before anything is announced: the address printed is the one
@@ -271,11 +273,17 @@ def serve(host: str, port: int, log_level: str) -> None:
 
 
 def http_protocol() -> type:
-    """uvicorn's HTTP protocol, turning Nagle's algorithm off on every connection it is given.
+    """uvicorn's HTTP protocol, turning Nagle's algorithm off on every connection it is given, and
+    closing a connection whose next request has not come whole within a request's base time.
 
-    asyncio does that itself only for sockets whose ``proto`` says TCP, and its Windows loop makes
+    asyncio turns Nagle off itself only for sockets whose ``proto`` says TCP, and its Windows loop makes
     accepted sockets with ``proto`` 0: without this, each answer there could wait for the client's
     delayed ACK (the listener's option, set in :func:`_bound`, may or may not pass on to them).
+
+    uvicorn waits for a request's headers for ever (its keep-alive timeout stops at the first byte, and
+    does not run before the first request): a connection opened and left silent, or sent a header
+    line a second, or from a PC switched off mid-request, held a socket for good, and a few hundred of
+    them every socket the process may open. The body has its own budget (core/api.py).
     """
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
@@ -283,6 +291,32 @@ def http_protocol() -> type:
         def connection_made(self, transport) -> None:
             no_delay(transport.get_extra_info("socket"))
             super().connection_made(transport)
+            self._await_request()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._await_request()
+
+        def connection_lost(self, exc) -> None:
+            self._stop_awaiting()
+            super().connection_lost(exc)
+
+        def _await_request(self) -> None:
+            self._stop_awaiting()
+            if not self.transport.is_closing():
+                self._awaiting = self.loop.call_later(request_base_s(), self._close_if_no_request, self.cycle)
+
+        def _stop_awaiting(self) -> None:
+            if getattr(self, "_awaiting", None) is not None:
+                self._awaiting.cancel()
+                self._awaiting = None
+
+        def _close_if_no_request(self, awaited_after) -> None:
+            """Close unless a request came since ``awaited_after`` (the last one answered, or None), or
+            that one is still being answered (a pipelined one, taken in on_response_complete)."""
+            idle = awaited_after is None or awaited_after.response_complete
+            if self.cycle is awaited_after and idle and not self.transport.is_closing():
+                self.transport.close()
 
     return NoDelayHTTP
 

@@ -20,6 +20,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 import urllib.parse
 from operator import attrgetter
 from typing import Any
@@ -38,6 +39,7 @@ from .modules import NEWER_RELEASE, restart_needed, stored_module_settings
 from .node import DB_NAME, Node
 from .plugins import CORE_BUILTINS, Available, merge_named
 from .routes import ApiCall, ApiRoute
+from .slow_links import request_base_s, seconds_left, too_slow
 from .users import authenticate, require_role
 
 logger = logging.getLogger("hemei.api")
@@ -136,16 +138,28 @@ def _too_large(limit: int) -> HemeiError:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, up to ``limit`` bytes, within the time core/slow_links.py gives a request: a caller that
+    drips it, or whose PC went off mid-upload, no longer holds what came so far (up to ``limit``) and a
+    socket for ever."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     chunks, size = [], 0
-    async for chunk in request.stream():
+    base_s, started = request_base_s(), time.monotonic()
+    arriving = request.stream().__aiter__()
+    while True:
+        left = seconds_left(time.monotonic() - started, size, base_s)
+        try:
+            chunk = await asyncio.wait_for(arriving.__anext__(), max(left, 0))
+        except StopAsyncIteration:
+            return b"".join(chunks)
+        except asyncio.TimeoutError:
+            raise HemeiError(f"the request's body came too slowly ({too_slow(time.monotonic() - started, size, base_s)})"
+                             ": nothing of it was taken; send it again", code="request_timeout", status=408) from None
         size += len(chunk)
         if size > limit:
             raise _too_large(limit)
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class _MethodRoute(Route):

@@ -4,12 +4,10 @@ httpx's timeouts bound each read and each write on the socket, not a
 request. Something at the parent's address that drips a byte a second (a
 broken proxy, a captive portal, a hostile host) kept ``hemei sync`` waiting
 for ever, and ``sync --watch`` with it (found by a fuzzer). Here a request
-has a budget: ``REQUEST_BASE_S`` seconds, plus one second for every
-``MIN_RATE`` bytes it has moved either way. No read or write on its socket
-waits longer than what is left, so a request ends within the base time plus
-what its bytes earned, however the other side paces them. An honest link
-only has to average ``MIN_RATE`` (64 kbit/s) over a request after its first
-minute; a big push earns the time its parent takes to store it.
+has the budget of core/slow_links.py: a minute, and a second more for every
+8 KiB it has moved either way. No read or write on its socket waits longer
+than what is left, so a request ends within its base time plus what its
+bytes earned, however the other side paces them.
 
 Proxies are those of the PC (``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY``,
 and on Windows the system's settings, as ``urllib`` reads them), as httpx
@@ -25,13 +23,10 @@ import urllib.request
 import httpcore
 import httpx
 
-#: Seconds every request has before its bytes earn it more.
-REQUEST_BASE_S = 60.0
-#: Bytes per second a request must average after REQUEST_BASE_S.
-MIN_RATE = 8 * 1024
+from hemei.core.slow_links import MIN_RATE, request_base_s, seconds_left, too_slow
+
 #: Writes are made in pieces this big so that a slow upload is cut on time too.
 WRITE_PIECE = 64 * 1024
-CONNECT_TIMEOUT_S = 10.0
 
 
 class Budget:
@@ -50,7 +45,7 @@ class Budget:
 
     def wait(self, timeout: float | None, out_of_time: type[Exception]) -> float:
         """How long the next read or write may wait: the socket's own timeout, cut to what is left."""
-        left = self.base_s + self.moved / self.min_rate - (time.monotonic() - self.started)
+        left = seconds_left(time.monotonic() - self.started, self.moved, self.base_s, self.min_rate)
         if left <= 0:
             raise self.exhausted(out_of_time)
         return left if timeout is None else min(timeout, left)
@@ -60,8 +55,7 @@ class Budget:
         return out_of_time(f"too slow: {self.said()}")
 
     def said(self) -> str:
-        return (f"{self.moved:,} bytes in {time.monotonic() - self.started:.0f} s, where a request has "
-                f"{self.base_s:.0f} s, and 1 s more for every {self.min_rate / 1024:g} KiB it moves")
+        return too_slow(time.monotonic() - self.started, self.moved, self.base_s, self.min_rate)
 
 
 class _BudgetedStream(httpcore.NetworkStream):
@@ -173,9 +167,9 @@ def proxy_for(url: httpx.URL) -> str | None:
 class LinkTransport(httpx.BaseTransport):
     """Requests to one parent, each within its :class:`Budget`."""
 
-    def __init__(self, url: str, verify: bool | ssl.SSLContext, base_s: float = REQUEST_BASE_S,
+    def __init__(self, url: str, verify: bool | ssl.SSLContext, base_s: float | None = None,
                  min_rate: float = MIN_RATE):
-        self.budget = Budget(base_s, min_rate)
+        self.budget = Budget(request_base_s() if base_s is None else base_s, min_rate)
         backend = _BudgetedBackend(self.budget)
         ssl_context = httpx.create_ssl_context(verify=verify)
         proxy = proxy_for(httpx.URL(url))
