@@ -112,6 +112,44 @@ def test_registration_stores_no_id_number_or_phone_in_clear_and_search_finds_the
         registry.add_volunteer(street, ACTOR, name="王丽", id_number=idn)
 
 
+FULL_WIDTH = str.maketrans("0123456789X-+", "０１２３４５６７８９Ｘ－＋")
+
+
+def test_numbers_typed_in_full_width_are_the_same_numbers(street):
+    """A Chinese input method left in full-width mode types １３８…: before, the phone was refused as
+    not 5 to 20 digits, the ID number as not 18 characters, and a search for either found nobody."""
+    idn = next(n for n in map(id_number, range(100)) if n.endswith("X"))  # its Ｘ typed full-width too
+    wide_id, wide_phone = idn.translate(FULL_WIDTH), "１３８－０５７５－１２３４"
+    v = registry.add_volunteer(street, ACTOR, name="王丽", id_number=wide_id, phone=wide_phone)
+    assert v["phone"] == "138****1234"
+    for query in (wide_id, idn, "１３８０５７５１２３４", "13805751234"):
+        assert [f["id"] for f in registry.find_volunteers(street, ACTOR, query)] == [v["id"]], query
+    with pytest.raises(Conflict):  # the same person, typed the other way
+        registry.add_volunteer(street, ACTOR, name="王丽", id_number=idn)
+    with pytest.raises(InvalidInput):  # other scripts' digits are not taken for these
+        pii.normalize_phone("١٣٨٠٥٧٥١٢٣٤")
+
+
+@pytest.mark.parametrize("typed", ["+86 138 0575 1234", "0086-138-0575-1234", "8613805751234", "＋８６１３８０５７５１２３４"])
+def test_a_mobile_number_with_the_country_code_is_the_number_without_it(street, typed):
+    v = registry.add_volunteer(street, ACTOR, name="李强", id_number=id_number(13), phone=typed)
+    assert v["phone"] == "138****1234"
+    for query in ("13805751234", "+8613805751234", typed):
+        assert [f["id"] for f in registry.find_volunteers(street, ACTOR, query)] == [v["id"]], query
+    assert pii.normalize_phone("+8605758512345") == "+8605758512345"  # not a mobile: kept as typed
+
+
+def test_a_volunteer_registered_with_plus_86_before_is_still_found(street):
+    """Before, +86 138… was kept as its own number: its pseudonym is found by either spelling still."""
+    v = registry.add_volunteer(street, ACTOR, name="张伟", id_number=id_number(14), phone="13805751234")
+    key = keys.require_key(street, ACTOR)
+    street.conn.execute("UPDATE volunteers SET phone_key = ? WHERE id = ?",  # as an earlier release kept it
+                        (key.pseudonym("phone", "+8613805751234"), v["id"]))
+    for query in ("13805751234", "+86 13805751234"):
+        assert [f["id"] for f in registry.find_volunteers(street, ACTOR, query)] == [v["id"]], query
+    assert registry.find_volunteers(street, ACTOR, "13905751234") == []
+
+
 def test_a_node_without_a_key_records_a_request_and_says_what_to_do(make_node):
     node = make_node("street", scope="越城区/府山街道", modules=["volunteer_hours"])
     with pytest.raises(HemeiError, match="hemei sync") as caught:

@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import os
 import re
+import unicodedata
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -58,7 +59,7 @@ def normalize_id_number(text: str) -> str:
         raise InvalidInput("id_number must be text")
     # A file saved by Notepad starts with a byte-order mark, and text pasted from a web page or a chat can
     # carry zero-width marks: neither is part of the number (found in review).
-    value = text.translate(_INVISIBLE).strip().upper()
+    value = typed_plainly(text).strip().upper()
     if not _ID_SHAPE.match(value):
         raise InvalidInput("an ID number has 18 characters: 17 digits and a digit or X")
     try:
@@ -72,14 +73,35 @@ def normalize_id_number(text: str) -> str:
     return value
 
 
+def typed_plainly(text: str) -> str:
+    """``text`` as if typed in half-width and pasted clean: a Chinese input method in full-width mode
+    types １３８ and Ｘ (NFKC makes them 138 and X; other scripts' digits stay, and the ASCII shapes
+    refuse them), and a Notepad file or a web page adds invisible marks."""
+    return unicodedata.normalize("NFKC", text.translate(_INVISIBLE))
+
+
+#: A mainland mobile number behind China's country code, as +86, 0086 or 86.
+_MOBILE_ABROAD = re.compile(r"^(?:\+86|0086|86)(1[3-9][0-9]{9})$")
+
+
 def normalize_phone(text: str) -> str:
-    """Digits (and a leading +) of a phone number: spaces and dashes dropped."""
+    """Digits (and a leading +) of a phone number: spaces and dashes dropped, typed in any width; a
+    mainland mobile number without its country code (+86 138… is 138…: one number, one pseudonym)."""
     if not isinstance(text, str):
         raise InvalidInput("phone must be text")
-    value = re.sub(r"[\s\-()（）]", "", text)
+    value = re.sub(r"[\s\-()]", "", typed_plainly(text))
     if not _PHONE_SHAPE.match(value):
         raise InvalidInput("a phone number has 5 to 20 digits, e.g. 13805751234 or 0575-85123456")
-    return value
+    mobile = _MOBILE_ABROAD.match(value)
+    return mobile.group(1) if mobile else value
+
+
+def phone_spellings(phone: str) -> tuple[str, ...]:
+    """The ways ``phone`` (normalized) was kept before a mainland mobile lost its country code: a search
+    finds a volunteer registered then as +86 138… by 138…, and the other way round."""
+    if re.fullmatch(r"1[3-9][0-9]{9}", phone):
+        return phone, "+86" + phone, "0086" + phone, "86" + phone
+    return (phone,)
 
 
 def _hkdf(secret: bytes, info: bytes) -> bytes:

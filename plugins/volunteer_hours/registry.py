@@ -100,13 +100,16 @@ def mask_phone(phone: str) -> str:
 def find_volunteers(node: Node, actor: str, query, limit: int = 50) -> list[dict]:
     """Volunteers matching a name (part of it), a phone number or an ID number."""
     query = text(query, "query", limit=64)
+    plain = pii.typed_plainly(query).strip()  # numbers typed in full-width are numbers too
     params: tuple
-    if re.fullmatch(r"[0-9]{17}[0-9Xx]", query):
-        person = keys.require_key(node, actor).pseudonym("id", pii.normalize_id_number(query))
+    if re.fullmatch(r"[0-9]{17}[0-9Xx]", plain):
+        person = keys.require_key(node, actor).pseudonym("id", pii.normalize_id_number(plain))
         where, params = "person = ?", (person,)
-    elif re.fullmatch(r"[+0-9][0-9\s\-]{4,24}", query):
-        phone_key = keys.require_key(node, actor).pseudonym("phone", pii.normalize_phone(query))
-        where, params = "phone_key = ?", (phone_key,)
+    elif re.fullmatch(r"[+0-9(][0-9\s\-()]{4,24}", plain):
+        key = keys.require_key(node, actor)
+        spellings = pii.phone_spellings(pii.normalize_phone(plain))
+        where = f"phone_key IN ({', '.join('?' * len(spellings))})"
+        params = tuple(key.pseudonym("phone", spelling) for spelling in spellings)
     else:
         escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         where, params = "name LIKE ? ESCAPE '\\'", (f"%{escaped}%",)
