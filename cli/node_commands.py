@@ -17,7 +17,7 @@ from hemei.core.clock import iso_to_local_text, span_text
 from hemei.core.errors import InvalidInput, NodeStateError
 from hemei.core.fields import filter_scope
 from hemei.core.node import Node
-from hemei.core.slow_links import request_base_s
+from hemei.core.slow_links import MIN_RATE, request_base_s
 
 
 
@@ -287,6 +287,8 @@ def http_protocol() -> type:
     """
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+    from hemei.sync import wire
+
     class NoDelayHTTP(AutoHTTPProtocol):
         def connection_made(self, transport) -> None:
             no_delay(transport.get_extra_info("socket"))
@@ -301,21 +303,38 @@ def http_protocol() -> type:
             self._stop_awaiting()
             super().connection_lost(exc)
 
-        def _await_request(self) -> None:
+        def data_received(self, data: bytes) -> None:
+            self._received += len(data)
+            super().data_received(data)
+
+        def _await_request(self, rest_of_a_body: bool = False) -> None:
             self._stop_awaiting()
+            self._received = 0
+            if not rest_of_a_body:
+                self._rest_taken = 0
             if not self.transport.is_closing():
-                self._awaiting = self.loop.call_later(request_base_s(), self._close_if_no_request, self.cycle)
+                base_s = request_base_s()
+                self._awaiting = self.loop.call_later(base_s, self._close_if_no_request, self.cycle, base_s)
 
         def _stop_awaiting(self) -> None:
             if getattr(self, "_awaiting", None) is not None:
                 self._awaiting.cancel()
                 self._awaiting = None
 
-        def _close_if_no_request(self, awaited_after) -> None:
+        def _close_if_no_request(self, awaited_after, base_s: float) -> None:
             """Close unless a request came since ``awaited_after`` (the last one answered, or None), or
-            that one is still being answered (a pipelined one, taken in on_response_complete)."""
+            that one is still being answered (a pipelined one, taken in on_response_complete), or bytes
+            still come at the pace a body must keep: the rest of a body refused before it was read (401,
+            413, 408), which the client may still be sending (review: cut, a Windows client could lose
+            the refusal it had not read yet); at most as much as any route takes."""
             idle = awaited_after is None or awaited_after.response_complete
-            if self.cycle is awaited_after and idle and not self.transport.is_closing():
+            if self.cycle is not awaited_after or not idle or self.transport.is_closing():
+                return
+            if (awaited_after is not None and awaited_after.more_body and self._received >= base_s * MIN_RATE
+                    and self._rest_taken + self._received <= wire.MAX_COMPRESSED):  # no route takes more
+                self._rest_taken += self._received
+                self._await_request(rest_of_a_body=True)
+            else:
                 self.transport.close()
 
     return NoDelayHTTP

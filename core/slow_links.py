@@ -1,7 +1,7 @@
 """How slow a request may be before it is given up, on either end of a link.
 
 A request has ``request_base_s()`` seconds (60 unless ``HEMEI_REQUEST_SECONDS``
-says otherwise), and 1 s more for every ``MIN_RATE`` bytes it has moved. A
+says otherwise), and 1 s more for every ``MIN_RATE`` bytes (1 KiB) it has moved. A
 fixed deadline would cut an honest large push on a slow line; a timeout per
 read (httpx's), or none (uvicorn waits for a request's headers and body for
 ever), lets a peer that sends a byte a second, or a PC switched off
@@ -20,8 +20,12 @@ from .errors import NodeStateError
 
 REQUEST_SECONDS_ENV = "HEMEI_REQUEST_SECONDS"
 DEFAULT_REQUEST_BASE_S = 60.0
-#: Bytes a second a request must average after its base time: 64 kbit/s.
-MIN_RATE = 8 * 1024
+#: Bytes a second a request must average after its base time: 8 kbit/s. Low on purpose: a message
+#: cut for being slow is built the same at the next try, so a line slower than this never syncs, while
+#: a byte a second is still cut after the base time. (At 8 KiB/s, review found, a 32 kbit/s line was
+#: stuck for good on any message over about 470 kB.) The price: an answer flooded up to its cap and then
+#: dripped may last the base time plus a second per KiB of it (32 MiB: about nine hours), bounded.
+MIN_RATE = 1024
 
 
 def request_base_s() -> float:
@@ -33,8 +37,8 @@ def request_base_s() -> float:
         seconds = float(value)
     except ValueError:
         seconds = 0.0
-    if not 0 < seconds <= 24 * 3600:
-        raise NodeStateError(f"{REQUEST_SECONDS_ENV} must be a number of seconds from 0 to 86400 "
+    if not 1 <= seconds <= 24 * 3600:  # below a second, a served node would close every connection at once
+        raise NodeStateError(f"{REQUEST_SECONDS_ENV} must be a number of seconds from 1 to 86400 "
                              f"(60 unless set), not {value!r}")
     return seconds
 

@@ -196,8 +196,14 @@ class ParentLink:
 
     def _received(self, reply: httpx.Response) -> httpx.Response:
         """``reply`` read whole, if no bigger than any answer of a hemei node: read unbounded, a rogue answer
-        could fill the PC's memory (nodes never compress an answer with a Content-Encoding, and are asked
-        not to; one that does is cut at the same size once inflated)."""
+        could fill the PC's memory. An answer with a Content-Encoding is not read at all: nodes never send
+        one, and httpx would inflate it before anything could count it (review: `gzip, gzip` round 1 GiB of
+        zeros took 2 GB past the cap; a corrupt one was an internal error)."""
+        encoding = reply.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            reply.close()
+            raise Unreachable(f"{self.url} answered with Content-Encoding {encoding[:40]!r}, which no hemei node "
+                              "sends: it was not read; check the address, and any proxy between the two PCs")
         body = bytearray()
         try:
             for chunk in reply.iter_bytes():
@@ -207,8 +213,7 @@ class ParentLink:
                                       "MiB, more than a hemei node ever sends: it was not read; check the address")
         finally:
             reply.close()
-        headers = [(name, value) for name, value in reply.headers.raw if name.lower() != b"content-encoding"]
-        return httpx.Response(reply.status_code, headers=headers, content=bytes(body), request=reply.request)
+        return httpx.Response(reply.status_code, headers=reply.headers.raw, content=bytes(body), request=reply.request)
 
     def learn_time(self) -> dict:
         """The parent's clock, so a street PC with a wrong clock still signs valid requests."""

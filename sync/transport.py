@@ -5,17 +5,19 @@ request. Something at the parent's address that drips a byte a second (a
 broken proxy, a captive portal, a hostile host) kept ``hemei sync`` waiting
 for ever, and ``sync --watch`` with it (found by a fuzzer). Here a request
 has the budget of core/slow_links.py: a minute, and a second more for every
-8 KiB it has moved either way. No read or write on its socket waits longer
+KiB it has moved either way. No read or write on its socket waits longer
 than what is left, so a request ends within its base time plus what its
 bytes earned, however the other side paces them.
 
 Proxies are those of the PC (``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY``,
 and on Windows the system's settings, as ``urllib`` reads them), as httpx
-would use them; the budget applies to a proxied link too.
+would use them; the budget applies to a proxied link too. Looking up the
+parent's name is left to the PC's resolver, which bounds it itself.
 """
 
 from __future__ import annotations
 
+import re
 import ssl
 import time
 import urllib.request
@@ -23,6 +25,7 @@ import urllib.request
 import httpcore
 import httpx
 
+from hemei.core.errors import InvalidInput
 from hemei.core.slow_links import MIN_RATE, request_base_s, seconds_left, too_slow
 
 #: Writes are made in pieces this big so that a slow upload is cut on time too.
@@ -154,14 +157,30 @@ class _Body(httpx.SyncByteStream):
         self._stream.close()
 
 
-def proxy_for(url: httpx.URL) -> str | None:
-    """The HTTP proxy this PC sets for ``url``, if any (a SOCKS one is not used, as httpx without its
-    extra would not)."""
+def proxy_for(url: httpx.URL) -> httpx.Proxy | None:
+    """The HTTP proxy this PC sets for ``url``, if any, read as httpx reads it (``host:port`` is
+    ``http://host:port``; ``user:password@`` is sent as Proxy-Authorization)."""
     if urllib.request.proxy_bypass(url.host):
         return None
     proxies = urllib.request.getproxies()
-    proxy = proxies.get(url.scheme) or proxies.get("all")
-    return proxy if proxy and proxy.startswith(("http://", "https://")) else None
+    setting = proxies.get(url.scheme) or proxies.get("all")
+    if not setting:
+        return None
+    said = (f"this PC's proxy setting for {url.scheme} ({_without_password(setting)!r}, from HTTP_PROXY, "
+            "HTTPS_PROXY or ALL_PROXY, or the system's Internet settings)")
+    try:
+        proxy = httpx.Proxy(setting if "://" in setting else "http://" + setting)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise InvalidInput(f"{said} is not a proxy address such as http://proxy.example:8080 ({exc}): correct it, "
+                           "or name the parent's host in NO_PROXY") from None
+    if proxy.url.scheme not in ("http", "https"):
+        raise InvalidInput(f"{said} is a {proxy.url.scheme} proxy, which hemei does not use: set an HTTP proxy, "
+                           "or name the parent's host in NO_PROXY") from None
+    return proxy
+
+
+def _without_password(setting: str) -> str:
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", setting)
 
 
 class LinkTransport(httpx.BaseTransport):
@@ -177,7 +196,11 @@ class LinkTransport(httpx.BaseTransport):
             self._pool: httpcore.ConnectionPool = httpcore.ConnectionPool(
                 ssl_context=ssl_context, network_backend=backend)
         else:
-            self._pool = httpcore.HTTPProxy(proxy_url=proxy, ssl_context=ssl_context, network_backend=backend)
+            self._pool = httpcore.HTTPProxy(
+                proxy_url=httpcore.URL(scheme=proxy.url.raw_scheme, host=proxy.url.raw_host, port=proxy.url.port,
+                                       target=proxy.url.raw_path),
+                proxy_auth=proxy.raw_auth, proxy_headers=proxy.headers.raw, ssl_context=ssl_context,
+                network_backend=backend)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self.budget.start()

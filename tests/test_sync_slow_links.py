@@ -8,6 +8,8 @@ so that the tests are quick; the rule is the same.
 
 from __future__ import annotations
 
+import base64
+import gzip
 import os
 import socket
 import threading
@@ -160,7 +162,7 @@ def test_a_slow_honest_link_earns_the_time_its_bytes_take(pair):
         assert note_titles(d) == first | second
 
 
-def test_the_pcs_http_proxy_is_used_within_the_budget(tmp_path, monkeypatch):
+def test_the_pcs_http_proxy_is_used_within_the_budget(monkeypatch):
     """A street PC behind a proxy (HTTP_PROXY, or Windows' own settings) reaches its parent through it, as
     before the budget; a proxy that drips is given up like any other link."""
     proxy = Impostor(b"HTTP/1.1 200 OK\r\n", b"X", every_s=0.05)
@@ -172,3 +174,43 @@ def test_the_pcs_http_proxy_is_used_within_the_budget(tmp_path, monkeypatch):
         outcome = finishes(lambda: http.get(parent + "/api/health"))
     assert isinstance(outcome.get("error"), httpx.TimeoutException), outcome
     assert proxy.requests and proxy.requests[0].startswith(b"GET http://district.example:8340/api/health ")
+
+
+@pytest.mark.parametrize("written", ["http://alice:s3cret@{}", "alice:s3cret@{}"], ids=["url", "no scheme"])
+def test_a_proxy_is_read_as_httpx_read_it_credentials_and_all(monkeypatch, written):
+    """Review: credentials in the proxy setting were dropped (407 from the proxy), and a setting without
+    a scheme (host:port, as many write it) was ignored: the street went direct."""
+    proxy = Impostor(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+    monkeypatch.setenv("HTTP_PROXY", written.format(proxy.url.removeprefix("http://")))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    parent = "http://district.example:8340"
+    with httpx.Client(transport=quick_budget(parent)) as http:
+        assert http.get(parent + "/api/health").json() == {}
+    request = proxy.requests[0].decode()
+    assert request.startswith("GET http://district.example:8340/api/health ")
+    sent = dict(line.split(": ", 1) for line in request.split("\r\n")[1:] if ": " in line)
+    assert {k.lower(): v for k, v in sent.items()}["proxy-authorization"] == "Basic " + base64.b64encode(
+        b"alice:s3cret").decode()
+
+
+@pytest.mark.parametrize("setting, said", [("http://proxy.example:80a", "is not a proxy address"),
+                                           ("socks5://proxy.example:1080", "is a socks5 proxy")])
+def test_a_proxy_setting_hemei_cannot_use_is_said_plainly(pair, setting, said):
+    """Review: a port that is no number was an internal error."""
+    done = pair.hemei("street", "sync", env={**pair.env, "HTTP_PROXY": setting, "NO_PROXY": ""})
+    assert done.returncode == 1 and said in done.stderr and "NO_PROXY" in done.stderr, done.stderr
+    assert "internal error" not in done.stderr
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "gzip, gzip", "br"])
+def test_an_answer_with_a_content_encoding_is_not_read(pair, encoding):
+    """Review: httpx inflated an answer before anything counted it, so `gzip, gzip` round 1 GiB of zeros
+    (1.8 kB sent) took 2 GB past the cap. No node compresses an answer: one that is, is nobody's."""
+    bomb = gzip.compress(gzip.compress(b"\0" * (64 << 20)))
+    impostor = Impostor(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: {encoding}\r\n"
+                        f"Content-Length: {len(bomb)}\r\n\r\n".encode() + bomb)
+    with pair.open("street") as s:
+        outcome = finishes(lambda: client.sync_once(s, url=impostor.url))
+    assert isinstance(outcome.get("error"), client.Unreachable), outcome
+    assert "Content-Encoding" in outcome["error"].message
