@@ -137,7 +137,7 @@ def test_a_slow_honest_link_earns_the_time_its_bytes_take(pair):
     The same link is cut when it is slower than the rate asked of it, which shows the budget was in play;
     the next sync over a good link brings what was cut."""
     def patrols(batch: str) -> set[str]:
-        return {f"第{i}次巡查{batch} {os.urandom(24).hex()}" for i in range(500)}  # about 100 kB to push
+        return {f"第{i}次巡查{batch} {os.urandom(24).hex()}" for i in range(300)}  # about 60 kB to push
 
     first, second = patrols("甲"), patrols("乙")
     slow = CuttingProxy(pair.servers["district"].port, cut_after=None, bytes_per_s=10_000)
@@ -149,7 +149,7 @@ def test_a_slow_honest_link_earns_the_time_its_bytes_take(pair):
                                                         transport=quick_budget(slow.url, min_rate=3_000)))
             assert "error" not in outcome, outcome
             assert outcome["value"].pushed >= len(first)
-            assert time.monotonic() - started > 3.0  # the push ran well past its base second
+            assert time.monotonic() - started > 2.5  # the push ran well past its base second
             write_notes(s, [(title, "sx/yc/fs") for title in second])
             outcome = finishes(lambda: client.sync_once(s, url=slow.url,
                                                         transport=quick_budget(slow.url, min_rate=30_000)))
