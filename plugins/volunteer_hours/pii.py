@@ -80,8 +80,10 @@ def typed_plainly(text: str) -> str:
     return unicodedata.normalize("NFKC", text.translate(_INVISIBLE))
 
 
-#: A mainland mobile number behind China's country code, as +86, 0086 or 86.
-_MOBILE_ABROAD = re.compile(r"^(?:\+86|0086|86)(1[3-9][0-9]{9})$")
+#: A mainland mobile number, and the same behind China's country code (as +86, 0086 or 86).
+_MOBILE = "1[3-9][0-9]{9}"
+_COUNTRY_CODES = ("+86", "0086", "86")
+_MOBILE_ABROAD = re.compile(f"^(?:{'|'.join(map(re.escape, _COUNTRY_CODES))})({_MOBILE})$")
 
 
 def normalize_phone(text: str) -> str:
@@ -99,8 +101,8 @@ def normalize_phone(text: str) -> str:
 def phone_spellings(phone: str) -> tuple[str, ...]:
     """The ways ``phone`` (normalized) was kept before a mainland mobile lost its country code: a search
     finds a volunteer registered then as +86 138… by 138…, and the other way round."""
-    if re.fullmatch(r"1[3-9][0-9]{9}", phone):
-        return phone, "+86" + phone, "0086" + phone, "86" + phone
+    if re.fullmatch(_MOBILE, phone):
+        return (phone, *(code + phone for code in _COUNTRY_CODES))
     return (phone,)
 
 
